@@ -1,0 +1,3 @@
+from tbmirror.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,197 @@
+"""The configuration file: YAML -> validated `Settings`.
+
+The shape of the file lives here and only here. `load_settings` either returns settings that the
+rest of tbmirror can trust or raises `ConfigError` whose message names the file, the key path
+(`sources[0].poll_interval`) and what was expected.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from tbmirror.errors import ConfigError
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
+_ENV_REFERENCE = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+_SECRET_FIELD = re.compile(r"password|token|secret|key", re.IGNORECASE)
+
+
+def parse_duration(value: object) -> float:
+    """'500ms', '10s', '5m', '1h', '1d' or a plain number of seconds -> seconds (float)."""
+    if isinstance(value, bool):
+        raise ValueError("expected a duration like '10s', '5m' or a number of seconds")
+    if isinstance(value, (int, float)):
+        return float(value)
+    if isinstance(value, str):
+        match = _DURATION.match(value)
+        if match:
+            return float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+    raise ValueError("expected a duration like '10s', '5m' or a number of seconds")
+
+
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+SourceName = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class MirrorSettings(_Section):
+    """Where the mirror lives: the TensorBoard logdir we own, and our SQLite state."""
+
+    root: Path
+    state: Path
+
+
+class MlflowSourceSettings(_Section):
+    """An MLflow tracking server (or anything speaking its REST API) to poll."""
+
+    name: SourceName
+    type: Literal["mlflow"]
+    tracking_uri: str
+    experiments: list[str] = Field(min_length=1)
+    poll_interval: Duration = 10.0
+    reconcile_interval: Duration = 3600.0
+    reconcile_batch: int = Field(default=50, ge=1)
+    on_delete: Literal["remove", "keep"] = "remove"
+    child_runs_in_other_experiments: bool = True
+    ui_url: str | None = None
+    timeout: Duration = 30.0
+    max_retries: int = Field(default=5, ge=0, le=20)
+    concurrency: int = Field(default=4, ge=1, le=32)
+
+    @field_validator("tracking_uri", "ui_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is not None and not re.match(r"^https?://[^/\s]+", value):
+            raise ValueError("expected an http:// or https:// URL")
+        return value.rstrip("/") if value else value
+
+    @field_validator("poll_interval", "timeout")
+    @classmethod
+    def _positive(cls, value: float) -> float:
+        if value <= 0:
+            raise ValueError("expected a duration greater than 0")
+        return value
+
+    @property
+    def all_experiments(self) -> bool:
+        """True when the source mirrors every experiment ("*")."""
+        return "*" in self.experiments
+
+    @property
+    def run_link_base(self) -> str:
+        """Base URL of the MLflow UI, for links back to runs."""
+        return self.ui_url or self.tracking_uri
+
+
+class LoggingSettings(_Section):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+class Settings(_Section):
+    """The whole configuration file."""
+
+    mirror: MirrorSettings
+    sources: list[MlflowSourceSettings] = Field(min_length=1)
+    logging: LoggingSettings = LoggingSettings()
+
+    @model_validator(mode="after")
+    def _unique_source_names(self) -> Settings:
+        seen: set[str] = set()
+        for source in self.sources:
+            if source.name in seen:
+                raise ValueError(f"sources: the name {source.name!r} is used twice")
+            seen.add(source.name)
+        return self
+
+
+def load_settings(path: Path) -> Settings:
+    """Read, interpolate `${ENV_VAR}` references in, and validate the YAML file at `path`."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as error:
+        raise ConfigError(f"{path}: cannot read the config file: {error.strerror}") from error
+    return parse_settings(text, origin=str(path))
+
+
+def parse_settings(text: str, origin: str = "<config>") -> Settings:
+    """Validate YAML `text`; `origin` names it in errors."""
+    try:
+        document = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{origin}: not valid YAML: {error}") from error
+    if not isinstance(document, dict):
+        raise ConfigError(f"{origin}: expected a mapping with 'mirror' and 'sources' at the top")
+    document = _interpolate(document, (), origin)
+    try:
+        return Settings.model_validate(document)
+    except ValidationError as error:
+        raise ConfigError(_describe(error, origin)) from None
+
+
+def _interpolate(node: Any, where: tuple[str | int, ...], origin: str) -> Any:
+    """Replace `${NAME}` in every string with the environment variable; `$$` is a literal `$`."""
+    if isinstance(node, dict):
+        return {key: _interpolate(value, (*where, key), origin) for key, value in node.items()}
+    if isinstance(node, list):
+        return [_interpolate(value, (*where, index), origin) for index, value in enumerate(node)]
+    if not isinstance(node, str):
+        return node
+
+    def substitute(match: re.Match[str]) -> str:
+        name = match.group(1)
+        if name is None:
+            return "$"
+        if name not in os.environ:
+            raise ConfigError(
+                f"{origin}: {_key_path(where)}: environment variable {name} is not set"
+            )
+        return os.environ[name]
+
+    return _ENV_REFERENCE.sub(substitute, node)
+
+
+def _key_path(location: tuple[str | int, ...]) -> str:
+    path = ""
+    for part in location:
+        path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
+    return path or "(top level)"
+
+
+def _describe(error: ValidationError, origin: str) -> str:
+    lines = []
+    for item in error.errors():
+        location = tuple(item["loc"])
+        message = item["msg"].removeprefix("Value error, ")
+        if item["type"] == "extra_forbidden":
+            message = "unknown key"
+        elif item["type"] == "missing":
+            message = "required key is missing"
+        got = item.get("input")
+        named = " ".join(str(part) for part in location)
+        if (
+            item["type"] not in ("missing", "extra_forbidden")
+            and isinstance(got, (str, int, float))
+            and len(str(got)) <= 80
+            and not _SECRET_FIELD.search(named)
+        ):
+            message += f" (got {got!r})"
+        lines.append(f"{origin}: {_key_path(location)}: {message}")
+    return "\n".join(lines)

@@ -1,0 +1,30 @@
+"""The exception hierarchy: every error tbmirror raises on purpose is a `TbmirrorError`.
+
+The CLI turns each class into one line on stderr and an exit code (`exit_code`).
+"""
+
+from __future__ import annotations
+
+
+class TbmirrorError(Exception):
+    """Base class; `exit_code` is what the CLI exits with when this error ends a command."""
+
+    exit_code = 1
+
+
+class ConfigError(TbmirrorError):
+    """The configuration file is missing, unreadable or invalid (EX_CONFIG)."""
+
+    exit_code = 78
+
+
+class SourceError(TbmirrorError):
+    """A source could not be read: unreachable, refused, or answered with an error."""
+
+
+class MirrorError(TbmirrorError):
+    """The mirror root or the state store cannot be written or is inconsistent."""
+
+
+class UnsafePathError(MirrorError):
+    """A computed path would leave the mirror root."""

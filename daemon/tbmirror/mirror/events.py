@@ -1,0 +1,152 @@
+"""TensorBoard event files: TFRecord framing, crash-safe appends, and reading records back.
+
+A record is `uint64 length | uint32 masked_crc(length) | payload | uint32 masked_crc(payload)`,
+little-endian. The payload is a serialized `Event` proto.
+
+Crash-safety contract: `append` writes at the caller's *committed* length (overwriting and then
+cutting off anything an earlier crash left behind), flushes and fsyncs, and returns the new length.
+Only after that may the caller commit that length together with the cursors the records cover.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import struct
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import google_crc32c
+
+_LENGTH = struct.Struct("<Q")
+_CRC = struct.Struct("<I")
+_HEADER_SIZE = _LENGTH.size + _CRC.size
+_MASK_DELTA = 0xA282EAD8
+EVENTS_PREFIX = "events.out.tfevents."
+
+
+def masked_crc(data: bytes) -> int:
+    """CRC32C of `data`, masked as TFRecord does."""
+    crc = google_crc32c.value(data)
+    return (((crc >> 15) | (crc << 17)) + _MASK_DELTA) & 0xFFFFFFFF
+
+
+def frame(payload: bytes) -> bytes:
+    """One TFRecord holding `payload`."""
+    header = _LENGTH.pack(len(payload))
+    return b"".join(
+        (header, _CRC.pack(masked_crc(header)), payload, _CRC.pack(masked_crc(payload)))
+    )
+
+
+class CorruptRecordError(Exception):
+    """A record whose length or payload CRC does not check out, at byte `offset`."""
+
+    def __init__(self, offset: int) -> None:
+        super().__init__(f"corrupt record at byte {offset}")
+        self.offset = offset
+
+
+@dataclass(frozen=True)
+class Record:
+    payload: bytes
+    end: int  # byte offset just past this record
+
+
+def iter_records(data: bytes, start: int = 0) -> Iterator[Record]:
+    """Whole, CRC-checked records of `data` from `start`; stops silently at a partial last record.
+
+    Raises CorruptRecordError at the first record that does not check out.
+    """
+    offset = start
+    view = memoryview(data)
+    while len(data) - offset >= _HEADER_SIZE:
+        header = bytes(view[offset : offset + _LENGTH.size])
+        (header_crc,) = _CRC.unpack_from(data, offset + _LENGTH.size)
+        if masked_crc(header) != header_crc:
+            raise CorruptRecordError(offset)
+        (length,) = _LENGTH.unpack(header)
+        end = offset + _HEADER_SIZE + length + _CRC.size
+        if end > len(data):
+            return
+        payload = bytes(view[offset + _HEADER_SIZE : end - _CRC.size])
+        (payload_crc,) = _CRC.unpack_from(data, end - _CRC.size)
+        if masked_crc(payload) != payload_crc:
+            raise CorruptRecordError(offset)
+        yield Record(payload, end)
+        offset = end
+
+
+def new_file_name(not_before_secs: int = 0) -> str:
+    """A fresh events file name, `events.out.tfevents.<10-digit secs>.<host>.<pid>.<seq>`.
+
+    `not_before_secs` lets the caller keep name order equal to creation order in one directory.
+    """
+    secs = max(int(time.time()), not_before_secs)
+    host = socket.gethostname().replace("/", "_") or "localhost"
+    return f"{EVENTS_PREFIX}{secs:010d}.{host}.{os.getpid()}.{next(_sequence)}"
+
+
+def file_secs(name: str) -> int:
+    """The creation seconds encoded in one of our file names (0 if it has none)."""
+    field = name.removeprefix(EVENTS_PREFIX).split(".", 1)[0]
+    return int(field) if field.isdigit() else 0
+
+
+def _counter() -> Iterator[int]:
+    value = 0
+    while True:
+        value += 1
+        yield value
+
+
+_sequence = _counter()
+
+
+def append(path: Path, committed_length: int, payloads: Iterable[bytes]) -> int:
+    """Append `payloads` as records at `committed_length` of `path` (created if missing); fsync.
+
+    Returns the file's new length. On any error the file is cut back to `committed_length`.
+    """
+    data = b"".join(frame(payload) for payload in payloads)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            os.lseek(fd, committed_length, os.SEEK_SET)
+            _write_all(fd, data)
+            os.ftruncate(fd, committed_length + len(data))
+            os.fsync(fd)
+        except BaseException:
+            os.ftruncate(fd, committed_length)
+            raise
+    finally:
+        os.close(fd)
+    return committed_length + len(data)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        view = view[written:]
+
+
+def fsync_directory(path: Path) -> None:
+    """Make a directory's entries (new, renamed or removed files) durable."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def truncate(path: Path, length: int) -> None:
+    """Cut `path` back to `length` bytes, durably."""
+    fd = os.open(path, os.O_RDWR)
+    try:
+        os.ftruncate(fd, length)
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,83 @@
+"""Safe paths under the mirror root.
+
+Every directory name tbmirror derives from outside input (source, experiment and run names) goes
+through `sanitize_component`, and every path it touches goes through `MirrorLayout.resolve`, which
+refuses anything that would leave the root. Relative paths are POSIX strings ("team/exp/run").
+"""
+
+from __future__ import annotations
+
+import os
+import unicodedata
+from pathlib import Path, PurePosixPath
+
+from tbmirror.errors import UnsafePathError
+
+MAX_COMPONENT_BYTES = 120
+_REPLACEMENT = "_"
+_FORBIDDEN = {"/", "\\"}
+
+
+def sanitize_component(name: str) -> str:
+    """Turn any string into one safe, non-empty directory name.
+
+    NFC-normalised; `/`, `\\`, NUL, control, format and unpaired-surrogate characters become `_`;
+    surrounding white space is dropped; a leading `.` becomes `_` (so neither `.`, `..` nor a
+    hidden directory can result); at most MAX_COMPONENT_BYTES bytes of UTF-8.
+    """
+    text = unicodedata.normalize("NFC", name)
+    cleaned = "".join(
+        _REPLACEMENT
+        if ch in _FORBIDDEN or unicodedata.category(ch) in ("Cc", "Cf", "Cs", "Co", "Cn")
+        else ch
+        for ch in text
+    ).strip()
+    if cleaned.startswith("."):
+        cleaned = _REPLACEMENT + cleaned[1:]
+    return _truncate_utf8(cleaned, MAX_COMPONENT_BYTES) or _REPLACEMENT
+
+
+def disambiguate(component: str, identifier: str, width: int = 8) -> str:
+    """`component` made distinct by a suffix of `identifier`'s first `width` characters."""
+    suffix = "-" + sanitize_component(identifier)[:width]
+    return _truncate_utf8(component, MAX_COMPONENT_BYTES - len(suffix.encode())) + suffix
+
+
+def _truncate_utf8(text: str, limit: int) -> str:
+    encoded = text.encode("utf-8")
+    if len(encoded) <= limit:
+        return text
+    return encoded[:limit].decode("utf-8", errors="ignore").rstrip()
+
+
+def join(*components: str) -> str:
+    """Join already-sanitised components into a relative path, refusing anything unsafe."""
+    for component in components:
+        if (
+            not component
+            or component in (".", "..")
+            or any(separator in component for separator in _FORBIDDEN)
+            or "\x00" in component
+        ):
+            raise UnsafePathError(f"unsafe path component {component!r}")
+    return str(PurePosixPath(*components))
+
+
+class MirrorLayout:
+    """Maps relative mirror paths to absolute ones, guaranteeing they stay inside the root."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(os.path.abspath(root))
+
+    def resolve(self, relative: str) -> Path:
+        """Absolute path of `relative`; raises UnsafePathError if it would leave the root."""
+        parts = PurePosixPath(relative).parts
+        if not parts or PurePosixPath(relative).is_absolute():
+            raise UnsafePathError(f"not a relative mirror path: {relative!r}")
+        join(*parts)
+        path = self.root.joinpath(*parts)
+        real_root = os.path.realpath(self.root)
+        real_parent = os.path.realpath(path.parent)
+        if os.path.commonpath([real_root, real_parent]) != real_root:
+            raise UnsafePathError(f"{relative!r} resolves outside the mirror root")
+        return path

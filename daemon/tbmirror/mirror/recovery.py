@@ -1,0 +1,71 @@
+"""Start-up recovery: make the mirror root say exactly what the state store says.
+
+Run before anything reads the mirror (TensorBoard included):
+- a file longer than its committed length is cut back to it (records appended, never committed);
+- a file that is missing or shorter than committed cannot be trusted: its run is reset, so its
+  points are fetched and written again into a fresh file;
+- an events file under a source directory we own that the store does not know (created but never
+  committed, or left by a deleted run) is removed.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import structlog
+
+from tbmirror.mirror import events
+from tbmirror.mirror.layout import MirrorLayout
+from tbmirror.state import State
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass
+class RecoveryReport:
+    truncated: int = 0
+    bytes_dropped: int = 0
+    runs_reset: int = 0
+    orphans_removed: int = 0
+
+
+def recover(state: State, layout: MirrorLayout, owned_dirs: list[str]) -> RecoveryReport:
+    """Reconcile disk with `state`; `owned_dirs` are the relative source directories we own."""
+    report = RecoveryReport()
+    committed = state.files()
+    broken: set[str] = set()
+    for relative, length in committed.items():
+        path = layout.resolve(relative)
+        size = path.stat().st_size if path.exists() else -1
+        if size > length:
+            events.truncate(path, length)
+            report.truncated += 1
+            report.bytes_dropped += size - length
+            log.info("uncommitted_tail_truncated", path=relative, bytes=size - length)
+        elif size < length:
+            broken.add(relative)
+    if broken:
+        with state.transaction():
+            for run in state.all_runs():
+                if run.events_path in broken:
+                    log.warning("events_file_damaged_run_reset", path=run.events_path)
+                    layout.resolve(run.events_path).unlink(missing_ok=True)
+                    state.forget_run(run)
+                    run.events_file, run.text_digest, run.text_step = None, None, -1
+                    run.hparams_written = run.end_written = False
+                    state.put_run(run)
+                    report.runs_reset += 1
+    known = set(state.files())
+    for owned in owned_dirs:
+        top = layout.resolve(owned)
+        for directory, _, names in os.walk(top):
+            for name in names:
+                if not name.startswith(events.EVENTS_PREFIX):
+                    continue
+                relative = os.path.relpath(os.path.join(directory, name), layout.root)
+                if relative not in known:
+                    os.unlink(os.path.join(directory, name))
+                    report.orphans_removed += 1
+                    log.info("orphan_events_file_removed", path=relative)
+    return report

@@ -1,0 +1,99 @@
+"""Serialized `Event` protos for what tbmirror writes: scalars, text, HParams sessions.
+
+Everything is built with TensorBoard's own protos and plugin metadata helpers (no TensorFlow).
+Each function returns the payload bytes of one record.
+"""
+
+from __future__ import annotations
+
+import math
+
+from tensorboard.compat.proto.event_pb2 import Event
+from tensorboard.compat.proto.summary_pb2 import Summary
+from tensorboard.plugins.hparams import api_pb2, plugin_data_pb2
+from tensorboard.plugins.hparams import metadata as hparams_metadata
+from tensorboard.plugins.hparams.summary_v2 import hparams_pb
+from tensorboard.plugins.text.summary_v2 import text_pb
+
+FILE_VERSION = "brain.Event:2"
+MAX_TAG_BYTES = 1000
+
+ParamValue = bool | float | str
+
+# MLflow run status -> HParams session status.
+SESSION_STATUS = {
+    "FINISHED": api_pb2.STATUS_SUCCESS,
+    "FAILED": api_pb2.STATUS_FAILURE,
+    "KILLED": api_pb2.STATUS_FAILURE,
+}
+
+
+def clean_tag(tag: str) -> str:
+    """A tag TensorBoard can always parse: valid UTF-8 and at most MAX_TAG_BYTES bytes."""
+    encoded = tag.encode("utf-8", errors="replace")[:MAX_TAG_BYTES]
+    return encoded.decode("utf-8", errors="ignore")
+
+
+def file_version(wall_time: float) -> bytes:
+    """The first record of every events file."""
+    return Event(wall_time=wall_time, file_version=FILE_VERSION).SerializeToString()
+
+
+class ScalarEncoder:
+    """Serializes scalar points of one tag as `simple_value` events (reuses one message: fast)."""
+
+    def __init__(self, tag: str) -> None:
+        self._event = Event(summary=Summary(value=[Summary.Value(tag=clean_tag(tag))]))
+        self._value = self._event.summary.value[0]
+
+    def encode(self, wall_time: float, step: int, value: float) -> bytes:
+        self._event.wall_time = wall_time
+        self._event.step = step
+        self._value.simple_value = value
+        return self._event.SerializeToString()
+
+
+def text(tag: str, markdown: str, wall_time: float, step: int) -> bytes:
+    """A text-plugin summary holding `markdown`."""
+    summary = text_pb(clean_tag(tag), markdown)
+    return Event(wall_time=wall_time, step=step, summary=summary).SerializeToString()
+
+
+def coerce_param(value: str) -> ParamValue:
+    """MLflow stores params as strings; show finite numbers as numbers and true/false as bools."""
+    lowered = value.strip().lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    try:
+        number = float(value)
+    except ValueError:
+        return value
+    return number if math.isfinite(number) else value
+
+
+def session_start(
+    params: dict[str, str], trial_id: str, start_time_secs: float, wall_time: float
+) -> bytes:
+    """An HParams session start (one per run directory), with `params` coerced."""
+    values = {clean_tag(name): coerce_param(value) for name, value in params.items()}
+    summary = hparams_pb(values, trial_id=trial_id, start_time_secs=start_time_secs)
+    return Event(wall_time=wall_time, summary=summary).SerializeToString()
+
+
+def session_end(status: str, end_time_secs: float, wall_time: float) -> bytes:
+    """An HParams session end for a finished MLflow `status` (a key of SESSION_STATUS)."""
+    plugin_data = plugin_data_pb2.HParamsPluginData(
+        session_end_info=plugin_data_pb2.SessionEndInfo(
+            status=SESSION_STATUS[status], end_time_secs=end_time_secs
+        )
+    )
+    summary = Summary(
+        value=[
+            Summary.Value(
+                tag=hparams_metadata.SESSION_END_INFO_TAG,
+                metadata=hparams_metadata.create_summary_metadata(plugin_data),
+                tensor=hparams_metadata.NULL_TENSOR,
+            )
+        ]
+    )
+    return Event(wall_time=wall_time, summary=summary).SerializeToString()

@@ -1,0 +1,352 @@
+"""The MLflow source: run listings and metric histories over MLflow's REST API (no mlflow package).
+
+`MlflowSource.list_runs` returns every run of the configured experiments (child runs logged into
+other experiments included) with each metric key's latest point; `MlflowSource.fetch` returns the
+points of each requested series past its cursor.
+
+History cursors: MLflow orders a key's history by (timestamp, step, value) and pages it by offset,
+and a late point with an older timestamp lands in the middle. For a cursor of `count` points whose
+last is `last`, we read from offset count-1: if the first point returned is `last`, everything after
+it is new. Otherwise points were inserted before the cursor and the whole series is returned for
+the caller to diff (`History.full`). Servers whose page tokens are opaque (Databricks, Azure ML)
+get the whole series and the same check is made locally.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections import defaultdict
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+
+from tbmirror.config import MlflowSourceSettings
+from tbmirror.model import Experiment, MetricPoint, RunSnapshot
+from tbmirror.sources.http import HttpStatusError, RestClient
+from tbmirror.state import Cursor
+
+log = structlog.get_logger(__name__)
+
+API = "/api/2.0/mlflow"
+AJAX_API = "/ajax-api/2.0/mlflow"
+SEARCH_PAGE_SIZE = 1000
+HISTORY_PAGE_SIZE = 25000
+BULK_MAX_RUNS = 100
+BULK_MAX_RESULTS = 25000
+PARENT_TAG = "mlflow.parentRunId"
+RUN_NAME_TAG = "mlflow.runName"
+
+
+@dataclass
+class RunListing:
+    """One complete listing of a source: its experiments and runs, parents before children."""
+
+    experiments: dict[str, Experiment]
+    runs: list[RunSnapshot]
+    missing_experiments: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class HistoryRequest:
+    run_id: str
+    key: str
+    cursor: Cursor
+
+
+@dataclass
+class History:
+    """The points of one series past its cursor, or the whole series if those cannot be told."""
+
+    new: list[MetricPoint]
+    full: list[MetricPoint] | None = None
+
+
+def point_from_json(item: dict[str, Any]) -> MetricPoint:
+    """A metric point from MLflow JSON (values may be numbers or "NaN"/"Infinity" strings)."""
+    return MetricPoint(
+        int(item.get("timestamp", 0)), int(item.get("step", 0)), float(item["value"])
+    )
+
+
+def run_from_json(item: dict[str, Any]) -> RunSnapshot:
+    info, data = item["info"], item.get("data", {})
+    tags = {tag["key"]: tag.get("value", "") for tag in data.get("tags", [])}
+    return RunSnapshot(
+        run_id=info["run_id"],
+        experiment_id=info["experiment_id"],
+        name=info.get("run_name") or tags.get(RUN_NAME_TAG) or info["run_id"],
+        status=info.get("status", "RUNNING"),
+        lifecycle_stage=info.get("lifecycle_stage", "active"),
+        start_time=_optional_int(info.get("start_time")),
+        end_time=_optional_int(info.get("end_time")),
+        parent_run_id=tags.get(PARENT_TAG) or None,
+        params={param["key"]: param.get("value", "") for param in data.get("params", [])},
+        tags=tags,
+        latest={metric["key"]: point_from_json(metric) for metric in data.get("metrics", [])},
+    )
+
+
+def _optional_int(value: object) -> int | None:
+    return None if value is None else int(str(value))
+
+
+def _offset_token(offset: int) -> str:
+    return base64.b64encode(json.dumps({"offset": offset}).encode()).decode()
+
+
+class MlflowClient:
+    """Typed calls to the MLflow REST endpoints tbmirror uses."""
+
+    def __init__(self, rest: RestClient) -> None:
+        self.rest = rest
+
+    def experiment_by_name(self, name: str) -> Experiment | None:
+        try:
+            body = self.rest.get(f"{API}/experiments/get-by-name", {"experiment_name": name})
+        except HttpStatusError as error:
+            if error.error_code == "RESOURCE_DOES_NOT_EXIST" or error.status_code == 404:
+                return None
+            raise
+        return _experiment(body["experiment"])
+
+    def experiments(self) -> list[Experiment]:
+        """Every active experiment."""
+        found: list[Experiment] = []
+        token = None
+        while True:
+            body: dict[str, Any] = {"max_results": 1000, "view_type": "ACTIVE_ONLY"}
+            if token:
+                body["page_token"] = token
+            page = self.rest.post(f"{API}/experiments/search", body)
+            found.extend(_experiment(item) for item in page.get("experiments", []))
+            token = page.get("next_page_token")
+            if not token:
+                return found
+
+    def search_runs(
+        self, experiment_ids: list[str], filter_string: str = ""
+    ) -> Iterator[RunSnapshot]:
+        """All runs (deleted ones too) of `experiment_ids`, oldest start time first."""
+        token = None
+        while True:
+            body: dict[str, Any] = {
+                "experiment_ids": experiment_ids,
+                "filter": filter_string,
+                "run_view_type": "ALL",
+                "max_results": SEARCH_PAGE_SIZE,
+                "order_by": ["attributes.start_time ASC"],
+            }
+            if token:
+                body["page_token"] = token
+            page = self.rest.post(f"{API}/runs/search", body)
+            yield from (run_from_json(item) for item in page.get("runs", []))
+            token = page.get("next_page_token")
+            if not token:
+                return
+
+    def history(self, run_id: str, key: str, offset: int | None = None) -> list[MetricPoint]:
+        """The key's history from `offset` (a constructed offset page token) to the end."""
+        points: list[MetricPoint] = []
+        token = _offset_token(offset) if offset else None
+        while True:
+            params = {"run_id": run_id, "metric_key": key, "max_results": HISTORY_PAGE_SIZE}
+            if token:
+                params["page_token"] = token
+            page = self.rest.get(f"{API}/metrics/get-history", params)
+            points.extend(point_from_json(item) for item in page.get("metrics", []))
+            token = page.get("next_page_token")
+            if not token:
+                return points
+
+    def history_bulk(self, run_ids: list[str], key: str) -> dict[str, list[MetricPoint]] | None:
+        """Whole histories of `key` for up to 100 runs in one request.
+
+        Returns only the runs whose history is certainly complete (the answer is capped at
+        BULK_MAX_RESULTS points, cutting the last run short); None if the server lacks the endpoint.
+        """
+        try:
+            page = self.rest.get(
+                f"{AJAX_API}/metrics/get-history-bulk",
+                {"run_id": sorted(run_ids), "metric_key": key, "max_results": BULK_MAX_RESULTS},
+            )
+        except HttpStatusError as error:
+            if error.status_code in (404, 405, 501):
+                return None
+            raise
+        items = page.get("metrics", [])
+        by_run: dict[str, list[MetricPoint]] = defaultdict(list)
+        for item in items:
+            by_run[item["run_id"]].append(point_from_json(item))
+        if len(items) < BULK_MAX_RESULTS:
+            return {run_id: by_run.get(run_id, []) for run_id in run_ids}
+        cut = items[-1]["run_id"]
+        return {run_id: by_run.get(run_id, []) for run_id in run_ids if run_id < cut}
+
+
+def _experiment(item: dict[str, Any]) -> Experiment:
+    return Experiment(
+        str(item["experiment_id"]), item.get("name", ""), item.get("lifecycle_stage", "active")
+    )
+
+
+class MlflowSource:
+    """Reads one configured MLflow source. Thread-safe for `fetch`'s own worker threads only."""
+
+    def __init__(self, settings: MlflowSourceSettings, client: MlflowClient) -> None:
+        self.settings = settings
+        self.client = client
+        self._bulk_supported = True
+        self._offset_tokens = True
+
+    @classmethod
+    def from_settings(cls, settings: MlflowSourceSettings) -> MlflowSource:
+        rest = RestClient(
+            settings.tracking_uri,
+            settings.name,
+            timeout=settings.timeout,
+            max_retries=settings.max_retries,
+            max_connections=settings.concurrency + 1,
+        )
+        return cls(settings, MlflowClient(rest))
+
+    @property
+    def name(self) -> str:
+        return self.settings.name
+
+    @property
+    def requests_made(self) -> int:
+        return self.client.rest.requests_made
+
+    def close(self) -> None:
+        self.client.rest.close()
+
+    # -- listing ------------------------------------------------------------------------------
+
+    def experiments(self) -> tuple[dict[str, Experiment], list[str]]:
+        """The configured experiments that exist (by id), and the configured names that do not."""
+        if self.settings.all_experiments:
+            return {e.experiment_id: e for e in self.client.experiments()}, []
+        found: dict[str, Experiment] = {}
+        missing: list[str] = []
+        for name in self.settings.experiments:
+            experiment = self.client.experiment_by_name(name)
+            if experiment is None or experiment.lifecycle_stage == "deleted":
+                missing.append(name)
+            else:
+                found[experiment.experiment_id] = experiment
+        return found, missing
+
+    def list_runs(self) -> RunListing:
+        """Every run to mirror, parents ordered before their children. Raises SourceError."""
+        experiments, missing = self.experiments()
+        runs: dict[str, RunSnapshot] = {}
+        ids = sorted(experiments)
+        for start in range(0, len(ids), 100):
+            for run in self.client.search_runs(ids[start : start + 100]):
+                runs[run.run_id] = run
+        if self.settings.child_runs_in_other_experiments and not self.settings.all_experiments:
+            self._add_foreign_children(runs, set(experiments))
+        return RunListing(experiments, _parents_first(runs), missing)
+
+    def _add_foreign_children(self, runs: dict[str, RunSnapshot], configured: set[str]) -> None:
+        """Add child runs that were logged into other experiments than their parent's."""
+        others = sorted(e.experiment_id for e in self.client.experiments())
+        others = [experiment_id for experiment_id in others if experiment_id not in configured]
+        candidates: dict[str, RunSnapshot] = {}
+        for start in range(0, len(others), 100):
+            for run in self.client.search_runs(
+                others[start : start + 100], f"tags.`{PARENT_TAG}` IS NOT NULL"
+            ):
+                candidates[run.run_id] = run
+        added = True
+        while added:
+            added = False
+            for run_id, run in list(candidates.items()):
+                if run.parent_run_id in runs:
+                    runs[run_id] = candidates.pop(run_id)
+                    added = True
+
+    # -- histories ----------------------------------------------------------------------------
+
+    def fetch(self, requests: list[HistoryRequest]) -> dict[tuple[str, str], History]:
+        """New points of every requested series, fetched concurrently. Raises SourceError."""
+        fresh: dict[str, list[str]] = defaultdict(list)
+        incremental: list[HistoryRequest] = []
+        for request in requests:
+            if request.cursor.count == 0 and self._bulk_supported:
+                fresh[request.key].append(request.run_id)
+            else:
+                incremental.append(request)
+        results: dict[tuple[str, str], History] = {}
+        with ThreadPoolExecutor(self.settings.concurrency, thread_name_prefix="fetch") as pool:
+            bulk_jobs = [
+                (key, chunk, pool.submit(self.client.history_bulk, chunk, key))
+                for key, run_ids in fresh.items()
+                for chunk in _chunks(sorted(run_ids), BULK_MAX_RUNS)
+            ]
+            single_jobs = [(r, pool.submit(self._fetch_one, r)) for r in incremental]
+            leftovers: list[HistoryRequest] = []
+            for key, chunk, future in bulk_jobs:
+                histories = future.result()
+                if histories is None:
+                    self._bulk_supported = False
+                for run_id in chunk:
+                    if histories is not None and run_id in histories:
+                        results[(run_id, key)] = History(histories[run_id])
+                    else:
+                        leftovers.append(HistoryRequest(run_id, key, Cursor()))
+            late_jobs = [(r, pool.submit(self._fetch_one, r)) for r in leftovers]
+            for request, single in single_jobs + late_jobs:
+                results[(request.run_id, request.key)] = single.result()
+        return results
+
+    def _fetch_one(self, request: HistoryRequest) -> History:
+        cursor = request.cursor
+        if cursor.count == 0 or cursor.last is None:
+            return History(self.client.history(request.run_id, request.key))
+        if self._offset_tokens:
+            try:
+                tail = self.client.history(request.run_id, request.key, offset=cursor.count - 1)
+            except HttpStatusError as error:
+                if error.status_code != 400:
+                    raise
+                log.warning("offset_page_tokens_unsupported", source=self.name)
+                self._offset_tokens = False
+            else:
+                if tail and tail[0].identity() == cursor.last.identity():
+                    return History(tail[1:])
+        full = self.client.history(request.run_id, request.key)
+        if (
+            len(full) >= cursor.count
+            and full[cursor.count - 1].identity() == cursor.last.identity()
+        ):
+            return History(full[cursor.count :])
+        return History([], full)
+
+
+def _chunks(items: list[str], size: int) -> Iterator[list[str]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def _parents_first(runs: dict[str, RunSnapshot]) -> list[RunSnapshot]:
+    """Runs ordered so that each parent (when listed) comes before its children."""
+    ordered: list[RunSnapshot] = []
+    placed: set[str] = set()
+
+    def place(run: RunSnapshot, trail: set[str]) -> None:
+        if run.run_id in placed:
+            return
+        parent = run.parent_run_id
+        if parent in runs and parent not in trail:
+            place(runs[parent], trail | {run.run_id})
+        placed.add(run.run_id)
+        ordered.append(run)
+
+    for run in runs.values():
+        place(run, {run.run_id})
+    return ordered

@@ -1,0 +1,278 @@
+"""The SQLite state store: mirrored runs, per-series cursors, committed file lengths.
+
+Contract (exactly once): a row here never claims more than what is durably on disk. Callers append
+and fsync records first, then store the cursors that cover them and the file's new length inside
+one `transaction()`. `recover` (mirror/recovery.py) brings the disk back to what this store says.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+from tbmirror.errors import MirrorError
+from tbmirror.model import MetricPoint, value_bits, value_from_bits
+
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS experiments (
+    source TEXT NOT NULL, experiment_id TEXT NOT NULL, name TEXT NOT NULL, dir TEXT NOT NULL,
+    PRIMARY KEY (source, experiment_id));
+CREATE TABLE IF NOT EXISTS runs (
+    source TEXT NOT NULL, run_id TEXT NOT NULL,
+    experiment_id TEXT NOT NULL,
+    parent_run_id TEXT,
+    dir TEXT NOT NULL UNIQUE,
+    name TEXT NOT NULL,
+    status TEXT NOT NULL,
+    events_file TEXT,
+    text_digest TEXT,
+    text_step INTEGER NOT NULL DEFAULT -1,
+    hparams_written INTEGER NOT NULL DEFAULT 0,
+    end_written INTEGER NOT NULL DEFAULT 0,
+    reconciled_at REAL NOT NULL DEFAULT 0,
+    PRIMARY KEY (source, run_id));
+CREATE TABLE IF NOT EXISTS files (path TEXT PRIMARY KEY, length INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS series (
+    source TEXT NOT NULL, run_id TEXT NOT NULL, key TEXT NOT NULL,
+    count INTEGER NOT NULL,
+    last_ts INTEGER, last_step INTEGER, last_value BLOB,
+    tb_step INTEGER,
+    seen_ts INTEGER, seen_step INTEGER, seen_value BLOB,
+    PRIMARY KEY (source, run_id, key));
+"""
+
+
+@dataclass
+class RunRecord:
+    """A run as mirrored: where it lives and what of its metadata has been written."""
+
+    source: str
+    run_id: str
+    experiment_id: str
+    parent_run_id: str | None
+    dir: str
+    name: str
+    status: str
+    events_file: str | None = None
+    text_digest: str | None = None
+    text_step: int = -1
+    hparams_written: bool = False
+    end_written: bool = False
+    reconciled_at: float = 0.0
+
+    @property
+    def events_path(self) -> str | None:
+        """Relative path of the run's active events file, if it has one."""
+        return f"{self.dir}/{self.events_file}" if self.events_file else None
+
+
+_RUN_COLUMNS = [f.name for f in fields(RunRecord) if f.name != "events_path"]
+
+
+@dataclass
+class Cursor:
+    """How far one (run, metric key) series is mirrored.
+
+    `count` points exported, the last of them `last` (in the source's history order); `tb_step` is
+    the last TensorBoard step written; `seen` is the latest point the source's run listing showed.
+    """
+
+    count: int = 0
+    last: MetricPoint | None = None
+    tb_step: int | None = None
+    seen: MetricPoint | None = None
+
+
+class State:
+    """One SQLite database (WAL, synchronous=FULL). Not thread-safe: use from one thread."""
+
+    def __init__(self, path: Path) -> None:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._lock = _exclusive_lock(path.with_name(path.name + ".lock"))
+            self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.execute("PRAGMA busy_timeout=10000")
+            self._db.executescript(_SCHEMA)
+        except (OSError, sqlite3.Error) as error:
+            raise MirrorError(f"cannot open the state store {path}: {error}") from error
+        version = self._meta("schema_version")
+        if version is None:
+            self._set_meta("schema_version", str(SCHEMA_VERSION))
+        elif int(version) != SCHEMA_VERSION:
+            raise MirrorError(
+                f"state store {path} has schema version {version}, expected {SCHEMA_VERSION}"
+            )
+        self.path = path
+
+    def close(self) -> None:
+        self._db.close()
+        os.close(self._lock)
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """All writes inside commit together or not at all."""
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    # -- meta ---------------------------------------------------------------------------------
+
+    def _meta(self, key: str) -> str | None:
+        row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def _set_meta(self, key: str, value: str) -> None:
+        self._db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
+
+    # -- experiments --------------------------------------------------------------------------
+
+    def experiment_dirs(self, source: str) -> dict[str, tuple[str, str]]:
+        """experiment id -> (name, relative dir) for one source."""
+        rows = self._db.execute(
+            "SELECT experiment_id, name, dir FROM experiments WHERE source = ?", (source,)
+        )
+        return {row[0]: (row[1], row[2]) for row in rows}
+
+    def put_experiment(self, source: str, experiment_id: str, name: str, dir: str) -> None:
+        self._db.execute(
+            "INSERT OR REPLACE INTO experiments VALUES (?, ?, ?, ?)",
+            (source, experiment_id, name, dir),
+        )
+
+    # -- runs ---------------------------------------------------------------------------------
+
+    def runs(self, source: str) -> dict[str, RunRecord]:
+        """Every mirrored run of `source`, by run id."""
+        rows = self._db.execute(
+            f"SELECT {', '.join(_RUN_COLUMNS)} FROM runs WHERE source = ?", (source,)
+        )
+        return {row[1]: _run_from_row(row) for row in rows}
+
+    def all_runs(self) -> list[RunRecord]:
+        rows = self._db.execute(f"SELECT {', '.join(_RUN_COLUMNS)} FROM runs")
+        return [_run_from_row(row) for row in rows]
+
+    def dir_owner(self, dir: str) -> tuple[str, str] | None:
+        """(source, run id) of the run mirrored at `dir`, if any."""
+        row = self._db.execute("SELECT source, run_id FROM runs WHERE dir = ?", (dir,)).fetchone()
+        return None if row is None else (row[0], row[1])
+
+    def put_run(self, run: RunRecord) -> None:
+        values = [getattr(run, name) for name in _RUN_COLUMNS]
+        placeholders = ", ".join("?" for _ in _RUN_COLUMNS)
+        self._db.execute(
+            f"INSERT OR REPLACE INTO runs ({', '.join(_RUN_COLUMNS)}) VALUES ({placeholders})",
+            values,
+        )
+
+    def forget_run(self, run: RunRecord) -> None:
+        """Drop a run, its cursors and its file row (its files are the caller's to remove)."""
+        self._db.execute(
+            "DELETE FROM runs WHERE source = ? AND run_id = ?", (run.source, run.run_id)
+        )
+        self.forget_series(run)
+        if run.events_path:
+            self._db.execute("DELETE FROM files WHERE path = ?", (run.events_path,))
+
+    def forget_series(self, run: RunRecord) -> None:
+        self._db.execute(
+            "DELETE FROM series WHERE source = ? AND run_id = ?", (run.source, run.run_id)
+        )
+
+    def move_tree(self, old_dir: str, new_dir: str) -> None:
+        """Re-home every run dir and file path at or below `old_dir` to `new_dir`."""
+        prefix = old_dir + "/"
+        self._db.execute(
+            "UPDATE runs SET dir = ? || substr(dir, ?) WHERE dir = ? OR substr(dir, 1, ?) = ?",
+            (new_dir, len(old_dir) + 1, old_dir, len(prefix), prefix),
+        )
+        self._db.execute(
+            "UPDATE files SET path = ? || substr(path, ?) WHERE substr(path, 1, ?) = ?",
+            (new_dir, len(old_dir) + 1, len(prefix), prefix),
+        )
+
+    # -- files --------------------------------------------------------------------------------
+
+    def files(self) -> dict[str, int]:
+        """Committed length of every mirrored file, by relative path."""
+        return {row[0]: row[1] for row in self._db.execute("SELECT path, length FROM files")}
+
+    def file_length(self, path: str) -> int | None:
+        row = self._db.execute("SELECT length FROM files WHERE path = ?", (path,)).fetchone()
+        return None if row is None else int(row[0])
+
+    def put_file(self, path: str, length: int) -> None:
+        self._db.execute("INSERT OR REPLACE INTO files VALUES (?, ?)", (path, length))
+
+    # -- series -------------------------------------------------------------------------------
+
+    def cursors(self, source: str, run_id: str) -> dict[str, Cursor]:
+        rows = self._db.execute(
+            "SELECT key, count, last_ts, last_step, last_value, tb_step, seen_ts, seen_step, "
+            "seen_value FROM series WHERE source = ? AND run_id = ?",
+            (source, run_id),
+        )
+        return {row[0]: Cursor(row[1], _point(row[2:5]), row[5], _point(row[6:9])) for row in rows}
+
+    def put_cursors(self, source: str, run_id: str, cursors: dict[str, Cursor]) -> None:
+        self._db.executemany(
+            "INSERT OR REPLACE INTO series VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [
+                (source, run_id, key, c.count, *_point_row(c.last), c.tb_step, *_point_row(c.seen))
+                for key, c in cursors.items()
+            ],
+        )
+
+    def totals(self) -> tuple[int, int]:
+        """(runs mirrored, points exported) over all sources."""
+        runs = self._db.execute("SELECT count(*) FROM runs").fetchone()[0]
+        points = self._db.execute("SELECT coalesce(sum(count), 0) FROM series").fetchone()[0]
+        return int(runs), int(points)
+
+
+def _exclusive_lock(path: Path) -> int:
+    """Hold an exclusive lock on `path` for the life of the process (or until close)."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise MirrorError(
+            f"another tbmirror process is using the state store {path.with_suffix('')}"
+        ) from None
+    return fd
+
+
+def _run_from_row(row: tuple[object, ...]) -> RunRecord:
+    run = RunRecord(*row)  # type: ignore[arg-type]
+    run.hparams_written = bool(run.hparams_written)
+    run.end_written = bool(run.end_written)
+    return run
+
+
+def _point(row: tuple[object, ...]) -> MetricPoint | None:
+    timestamp, step, bits = row
+    if timestamp is None:
+        return None
+    assert isinstance(timestamp, int) and isinstance(step, int) and isinstance(bits, bytes)
+    return MetricPoint(timestamp, step, value_from_bits(bits))
+
+
+def _point_row(point: MetricPoint | None) -> tuple[int | None, int | None, bytes | None]:
+    if point is None:
+        return (None, None, None)
+    return (point.timestamp, point.step, value_bits(point.value))

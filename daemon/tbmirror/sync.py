@@ -1,0 +1,391 @@
+"""The sync engine: one incremental pass of one MLflow source into the mirror.
+
+A pass lists the source's runs, works out for each run where it lives in the mirror (moving it on
+rename, removing it on deletion) and which metric series changed, fetches only those histories,
+and appends the new records. Per chunk of runs: records are appended and fsynced first, then the
+cursors and file lengths that cover them are committed in one transaction (see state.py).
+
+One run that fails is logged and counted and the pass goes on; a source that fails (SourceError)
+ends the pass, keeping what earlier chunks committed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timezone
+
+import numpy as np
+import structlog
+
+from tbmirror.errors import TbmirrorError
+from tbmirror.mirror import layout, summaries
+from tbmirror.mirror.steps import next_step
+from tbmirror.mirror.writer import MirrorWriter
+from tbmirror.model import Experiment, MetricPoint, RunSnapshot
+from tbmirror.sources.mlflow import PARENT_TAG, RUN_NAME_TAG, History, HistoryRequest, MlflowSource
+from tbmirror.state import Cursor, RunRecord, State
+
+log = structlog.get_logger(__name__)
+
+CHUNK_RUNS = 100
+TEXT_TAG = "mlflow (run info)"  # has characters MLflow forbids in metric keys: cannot collide
+NOTE_TAG = "mlflow.note.content"
+HIDDEN_TAGS = frozenset({PARENT_TAG, RUN_NAME_TAG, NOTE_TAG, "mlflow.log-model.history"})
+MAX_TEXT_VALUE = 2000
+
+Progress = Callable[[int, int], None]
+
+
+@dataclass
+class PassReport:
+    """What one pass did; `error` is set when the source itself failed."""
+
+    source: str
+    runs_listed: int = 0
+    runs_written: int = 0
+    runs_moved: int = 0
+    runs_removed: int = 0
+    points: int = 0
+    bytes_written: int = 0
+    requests: int = 0
+    history_series: int = 0
+    failed_runs: list[str] = field(default_factory=list)
+    missing_experiments: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None and not self.failed_runs
+
+
+@dataclass
+class _Plan:
+    """One run's work in a chunk: its record (already placed) and the series to fetch."""
+
+    run: RunSnapshot
+    record: RunRecord
+    parent_run_id: str | None
+    cursors: dict[str, Cursor]
+    requests: list[HistoryRequest]
+    reconcile: bool
+
+
+class SourceSync:
+    """Mirrors one MLflow source. Not thread-safe: one pass at a time per instance."""
+
+    def __init__(
+        self,
+        source: MlflowSource,
+        state: State,
+        writer: MirrorWriter,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.source = source
+        self.state = state
+        self.writer = writer
+        self.clock = clock
+        self.settings = source.settings
+        self._records: dict[str, RunRecord] = {}
+        self._dirs: dict[str, str] = {}
+        self._reconcile_budget = 0
+
+    def run_pass(self, reconcile_all: bool = False, progress: Progress | None = None) -> PassReport:
+        """One full incremental pass. Never raises for source or run errors: see the report."""
+        report = PassReport(self.source.name)
+        started, requests_before = time.monotonic(), self.source.requests_made
+        try:
+            self._pass(report, reconcile_all, progress)
+        except TbmirrorError as error:
+            report.error = str(error)
+            log.error("source_failed", source=self.source.name, error=str(error))
+        report.requests = self.source.requests_made - requests_before
+        report.seconds = time.monotonic() - started
+        return report
+
+    def _pass(self, report: PassReport, reconcile_all: bool, progress: Progress | None) -> None:
+        listing = self.source.list_runs()
+        report.runs_listed = len(listing.runs)
+        report.missing_experiments = listing.missing_experiments
+        for name in listing.missing_experiments:
+            log.warning("experiment_not_found", source=self.source.name, experiment=name)
+        self._records = self.state.runs(self.source.name)
+        self._dirs = {record.dir: run_id for run_id, record in self._records.items()}
+        experiment_dirs = self._place_experiments(listing.experiments)
+
+        listed = {run.run_id for run in listing.runs if not run.deleted}
+        for record in list(self._records.values()):
+            if record.run_id not in listed and self.settings.on_delete == "remove":
+                self._remove(record)
+                report.runs_removed += 1
+        live = [run for run in listing.runs if not run.deleted]
+        self._reconcile_budget = self.settings.reconcile_batch
+        done = 0
+        for start in range(0, len(live), CHUNK_RUNS):
+            chunk = live[start : start + CHUNK_RUNS]
+            plans = []
+            for run in chunk:
+                plan = self._plan(run, experiment_dirs, report, reconcile_all)
+                if plan is not None:
+                    plans.append(plan)
+            requests = [request for plan in plans for request in plan.requests]
+            report.history_series += len(requests)
+            histories = self.source.fetch(requests)
+            self._write_chunk(plans, histories, report)
+            done += len(chunk)
+            if progress:
+                progress(done, len(live))
+
+    # -- placement ----------------------------------------------------------------------------
+
+    def _place_experiments(self, experiments: dict[str, Experiment]) -> dict[str, str]:
+        """experiment id -> relative dir, renaming directories of renamed experiments."""
+        known = self.state.experiment_dirs(self.source.name)
+        taken = {dir for _, dir in known.values()}
+        placed: dict[str, str] = {}
+        for experiment_id, experiment in sorted(experiments.items()):
+            old = known.get(experiment_id)
+            if old and old[0] == experiment.name:
+                placed[experiment_id] = old[1]
+                continue
+            wanted = layout.sanitize_component(experiment.name or experiment_id)
+            dir = layout.join(self.source.name, wanted)
+            if dir in taken:
+                dir = layout.join(self.source.name, layout.disambiguate(wanted, experiment_id, 64))
+            with self.state.transaction():
+                if old:
+                    self.writer.move(old[1], dir)
+                    self.state.move_tree(old[1], dir)
+                    self._rehome(old[1], dir)
+                    taken.discard(old[1])
+                self.state.put_experiment(self.source.name, experiment_id, experiment.name, dir)
+            taken.add(dir)
+            placed[experiment_id] = dir
+        return placed
+
+    def _run_dir(self, run: RunSnapshot, parent_dir: str, current: str | None) -> str:
+        """Where `run` belongs: `parent_dir/<name>`, else `<name>-<run id[:8]>` (whole id) if taken.
+
+        A run keeps its current directory while that is still one of these names.
+        """
+        component = layout.sanitize_component(run.name)
+        candidates = [
+            layout.join(*parent_dir.split("/"), name)
+            for name in (
+                component,
+                layout.disambiguate(component, run.run_id),
+                layout.disambiguate(component, run.run_id, width=64),
+            )
+        ]
+        if current in candidates:
+            return current
+        for candidate in candidates:
+            if candidate not in self._dirs and not self.writer.occupied(candidate):
+                return candidate
+        raise TbmirrorError(f"no free directory for run {run.run_id} under {parent_dir}")
+
+    def _rehome(self, old_dir: str, new_dir: str) -> None:
+        """Apply a directory move to the in-memory records (the state store was updated too)."""
+        prefix = old_dir + "/"
+        for record in self._records.values():
+            if record.dir == old_dir or record.dir.startswith(prefix):
+                del self._dirs[record.dir]
+                record.dir = new_dir + record.dir[len(old_dir) :]
+                self._dirs[record.dir] = record.run_id
+
+    def _plan(
+        self,
+        run: RunSnapshot,
+        experiment_dirs: dict[str, str],
+        report: PassReport,
+        reconcile_all: bool,
+    ) -> _Plan | None:
+        record = self._records.get(run.run_id)
+        parent = self._records.get(run.parent_run_id or "")
+        if parent is not None and parent.run_id != run.run_id:
+            parent_dir = parent.dir
+        elif run.experiment_id in experiment_dirs:
+            parent_dir = experiment_dirs[run.experiment_id]
+        else:
+            return None  # a child in another experiment whose parent is gone
+        try:
+            dir = self._run_dir(run, parent_dir, record.dir if record else None)
+            if record is None:
+                record = RunRecord(
+                    self.source.name, run.run_id, run.experiment_id, None, dir, run.name, ""
+                )
+                self._records[run.run_id] = record
+                self._dirs[dir] = run.run_id
+            elif record.dir != dir:
+                self._move(record, dir)
+                report.runs_moved += 1
+        except (OSError, TbmirrorError) as error:
+            self._fail(report, run, error)
+            return None
+        cursors = self.state.cursors(self.source.name, run.run_id)
+        status_changed = bool(record.status) and record.status != run.status
+        due = self.clock() - record.reconciled_at >= self.settings.reconcile_interval
+        reconcile = reconcile_all or status_changed
+        if due and not reconcile and self._reconcile_budget > 0:
+            reconcile = True
+            self._reconcile_budget -= 1
+        requests = [
+            HistoryRequest(run.run_id, key, cursors.get(key, Cursor()))
+            for key, latest in sorted(run.latest.items())
+            if reconcile
+            or key not in cursors
+            or cursors[key].seen is None
+            or cursors[key].seen.identity() != latest.identity()  # type: ignore[union-attr]
+        ]
+        return _Plan(run, record, parent.run_id if parent else None, cursors, requests, reconcile)
+
+    def _move(self, record: RunRecord, new_dir: str) -> None:
+        old_dir = record.dir
+        with self.state.transaction():
+            self.writer.move(old_dir, new_dir)
+            self.state.move_tree(old_dir, new_dir)
+            self._rehome(old_dir, new_dir)
+        log.info("run_moved", source=self.source.name, run_id=record.run_id, dir=new_dir)
+
+    def _remove(self, record: RunRecord) -> None:
+        """Forget a deleted run and remove its own files (nested child runs stay)."""
+        with self.state.transaction():
+            self.state.forget_run(record)
+        if record.events_path:
+            self.writer.remove_file(record.events_path, keep_above=self.source.name)
+        else:
+            self.writer.prune(record.dir, keep_above=self.source.name)
+        del self._records[record.run_id]
+        self._dirs.pop(record.dir, None)
+        log.info("run_removed", source=self.source.name, run_id=record.run_id, dir=record.dir)
+
+    # -- writing ------------------------------------------------------------------------------
+
+    def _write_chunk(
+        self, plans: list[_Plan], histories: dict[tuple[str, str], History], report: PassReport
+    ) -> None:
+        now = self.clock()
+        commits: list[tuple[RunRecord, dict[str, Cursor], int | None]] = []
+        for plan in plans:
+            try:
+                record, cursors, payloads, points = self._records_for(plan, histories, now)
+                length = None
+                if payloads or plan.record.events_file is None:
+                    committed = self.state.file_length(plan.record.events_path or "") or 0
+                    appended = self.writer.append(
+                        record.dir, plan.record.events_file, committed, payloads
+                    )
+                    record.events_file, length = appended.file_name, appended.length
+                    report.bytes_written += appended.written
+                    report.runs_written += 1
+                    report.points += points
+                if record != plan.record or cursors or length is not None:
+                    commits.append((record, cursors, length))
+            except (OSError, TbmirrorError, ValueError) as error:
+                self._fail(report, plan.run, error)
+        with self.state.transaction():
+            for record, cursors, length in commits:
+                self.state.put_run(record)
+                self.state.put_cursors(record.source, record.run_id, cursors)
+                if length is not None and record.events_path:
+                    self.state.put_file(record.events_path, length)
+        for record, _, _ in commits:
+            self._records[record.run_id] = record
+
+    def _records_for(
+        self, plan: _Plan, histories: dict[tuple[str, str], History], now: float
+    ) -> tuple[RunRecord, dict[str, Cursor], list[bytes], int]:
+        """The records to append for one run, with its updated record and cursors."""
+        run, record = plan.run, replace(plan.record)
+        payloads: list[bytes] = []
+        if not record.hparams_written and run.params and (run.latest or run.terminal):
+            start = (run.start_time or 0) / 1000
+            payloads.append(summaries.session_start(run.params, run.run_id, start, now))
+            record.hparams_written = True
+        markdown = self._describe(run)
+        digest = hashlib.sha256(markdown.encode()).hexdigest()
+        if digest != record.text_digest:
+            record.text_step += 1
+            payloads.append(summaries.text(TEXT_TAG, markdown, now, record.text_step))
+            record.text_digest = digest
+        cursors: dict[str, Cursor] = {}
+        points = 0
+        for request in plan.requests:
+            history = histories[(run.run_id, request.key)]
+            cursor = replace(request.cursor)
+            new = history.new
+            if history.full is not None:
+                new = self._unwritten(record.dir, request.key, history.full)
+                cursor.count, cursor.last = len(history.full), history.full[-1]
+            elif new:
+                cursor.count, cursor.last = cursor.count + len(new), new[-1]
+            encoder = summaries.ScalarEncoder(request.key)
+            for point in new:
+                cursor.tb_step = next_step(point.step, cursor.tb_step)
+                payloads.append(encoder.encode(point.timestamp / 1000, cursor.tb_step, point.value))
+            points += len(new)
+            cursor.seen = run.latest[request.key]
+            cursors[request.key] = cursor
+        if run.terminal and record.hparams_written and not record.end_written:
+            end = (run.end_time or run.start_time or 0) / 1000
+            payloads.append(summaries.session_end(run.status, end, now))
+            record.end_written = True
+        record.status, record.name = run.status, run.name
+        record.parent_run_id, record.experiment_id = plan.parent_run_id, run.experiment_id
+        if plan.reconcile:
+            record.reconciled_at = now
+        return record, cursors, payloads, points
+
+    def _unwritten(self, run_dir: str, key: str, full: list[MetricPoint]) -> list[MetricPoint]:
+        """Points of `full` not yet in the run's files, matched on (wall time, float32 value)."""
+        written = Counter(self.writer.scalars(run_dir, key))
+        new = []
+        for point in full:
+            mark = (point.timestamp / 1000, float(np.float32(point.value)))
+            if written[mark] > 0:
+                written[mark] -= 1
+            else:
+                new.append(point)
+        log.info("history_rewritten_upstream", run_dir=run_dir, key=key, new=len(new))
+        return new
+
+    def _describe(self, run: RunSnapshot) -> str:
+        """The run's metadata as Markdown for the text dashboard."""
+        link = f"{self.settings.run_link_base}/#/experiments/{run.experiment_id}/runs/{run.run_id}"
+        lines = [
+            f"**{_escape(run.name)}** · `{run.run_id}` · [open in MLflow]({link})",
+            "",
+            f"**Status:** {run.status} · **started:** {_time(run.start_time)}"
+            f" · **ended:** {_time(run.end_time)}",
+        ]
+        if run.parent_run_id:
+            lines += ["", f"**Parent run:** `{run.parent_run_id}`"]
+        note = run.tags.get(NOTE_TAG)
+        if note:
+            lines += ["", "### Note", "", note[:MAX_TEXT_VALUE]]
+        for title, table in (("Params", run.params), ("Tags", run.tags)):
+            rows = {k: v for k, v in sorted(table.items()) if k not in HIDDEN_TAGS}
+            if rows:
+                lines += ["", f"### {title}", "", "| name | value |", "| --- | --- |"]
+                lines += [
+                    f"| {_escape(k)} | {_escape(v[:MAX_TEXT_VALUE])} |" for k, v in rows.items()
+                ]
+        return "\n".join(lines)
+
+    def _fail(self, report: PassReport, run: RunSnapshot, error: Exception) -> None:
+        report.failed_runs.append(run.run_id)
+        log.error("run_failed", source=self.source.name, run_id=run.run_id, error=str(error))
+
+
+def _escape(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ").replace("\r", " ")
+
+
+def _time(millis: int | None) -> str:
+    if not millis:
+        return "-"
+    return datetime.fromtimestamp(millis / 1000, tz=timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
