@@ -1,0 +1,293 @@
+"""Shared fixtures: a real `mlflow server`, a real TensorBoard reading the mirror, and runners for
+the `tbmirror` command as a subprocess (children always cleaned up)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+SCALARS_SAMPLES = 1_000_000
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float, what: str, every: float = 0.2) -> Any:
+    """Poll `predicate` until it returns something truthy; fail the test after `timeout` s."""
+    deadline = time.monotonic() + timeout
+    last_error: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            result = predicate()
+            if result:
+                return result
+        except (httpx.HTTPError, OSError, ValueError) as error:
+            last_error = error
+        time.sleep(every)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what} ({last_error})")
+
+
+def stop_process(process: subprocess.Popen[Any], grace: float = 10) -> None:
+    """SIGTERM the process group, then SIGKILL it if it is still there after `grace` s."""
+    if process.poll() is None:
+        try:
+            os.killpg(process.pid, signal.SIGTERM)
+            process.wait(grace)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(grace)
+        except ProcessLookupError:
+            pass
+
+
+class MlflowServer:
+    """A real `mlflow server` (sqlite store, --workers 1) on 127.0.0.1."""
+
+    def __init__(self, directory: Path, port: int | None = None) -> None:
+        self.directory = directory
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = directory / f"server-{self.port}.log"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> MlflowServer:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "mlflow",
+                "server",
+                "--backend-store-uri",
+                f"sqlite:///{self.directory / 'mlflow.db'}",
+                "--default-artifact-root",
+                str(self.directory / "artifacts"),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--workers",
+                "1",
+            ],
+            stdout=self.log_path.open("ab"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        wait_until(self._healthy, 120, f"mlflow server on port {self.port}", every=0.5)
+        return self
+
+    def _healthy(self) -> bool:
+        assert self.process is not None
+        if self.process.poll() is not None:
+            raise AssertionError(f"mlflow server exited: {self.log_path.read_text()[-2000:]}")
+        return httpx.get(f"{self.url}/health", timeout=2).status_code == 200
+
+    def stop(self) -> None:
+        if self.process is not None:
+            stop_process(self.process)
+
+    def client(self) -> Any:
+        from mlflow.tracking import MlflowClient
+
+        return MlflowClient(tracking_uri=self.url)
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowServer]:
+    server = MlflowServer(tmp_path_factory.mktemp("mlflow")).start()
+    yield server
+    server.stop()
+
+
+class TensorBoard:
+    """A real TensorBoard (Rust fast loader) over a logdir, read through its HTTP API."""
+
+    def __init__(self, logdir: Path, log_path: Path) -> None:
+        self.logdir = logdir
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "tensorboard.main",
+                "--logdir",
+                str(logdir),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--load_fast",
+                "true",
+                "--reload_interval",
+                "1",
+                "--samples_per_plugin",
+                f"scalars={SCALARS_SAMPLES},text=1000",
+            ],
+            stdout=log_path.open("ab"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        self.http = httpx.Client(base_url=self.url, timeout=30)
+        wait_until(self._ready, 60, "TensorBoard")
+
+    def _ready(self) -> bool:
+        if self.process.poll() is not None:
+            raise AssertionError("TensorBoard exited")
+        return self.http.get("/data/environment").status_code == 200
+
+    def stop(self) -> None:
+        self.http.close()
+        stop_process(self.process)
+
+    def runs(self) -> list[str]:
+        return list(self.http.get("/data/runs").json())
+
+    def scalar_tags(self, run: str) -> list[str]:
+        tags = self.http.get("/data/plugin/scalars/tags").json()
+        return sorted(tags.get(run, {}))
+
+    def scalars(self, run: str, tag: str) -> list[list[float]]:
+        """[[wall_time, step, value], ...]; [] while TensorBoard has no such series."""
+        response = self.http.get("/data/plugin/scalars/scalars", params={"run": run, "tag": tag})
+        if response.status_code == 400 or response.status_code == 404:
+            return []
+        response.raise_for_status()
+        return list(json.loads(response.text))
+
+    def wait_scalars(
+        self, run: str, tag: str, count: int, timeout: float = 30
+    ) -> list[list[float]]:
+        """The series once it holds `count` points (fails on timeout or if it overshoots)."""
+
+        def ready() -> list[list[float]] | None:
+            points = self.scalars(run, tag)
+            assert len(points) <= count, f"{run}/{tag}: {len(points)} points, expected {count}"
+            return points if len(points) == count else None
+
+        result: list[list[float]] = wait_until(ready, timeout, f"{count} points of {run}/{tag}")
+        return result
+
+    def text(self, run: str, tag: str) -> list[dict[str, Any]]:
+        response = self.http.get("/data/plugin/text/text", params={"run": run, "tag": tag})
+        return list(response.json()) if response.status_code == 200 else []
+
+    def session_groups(self) -> list[dict[str, Any]]:
+        body = {
+            "experimentName": "",
+            "allowedStatuses": [
+                "STATUS_UNKNOWN",
+                "STATUS_SUCCESS",
+                "STATUS_FAILURE",
+                "STATUS_RUNNING",
+            ],
+            "colParams": [],
+            "startIndex": 0,
+            "sliceSize": 10000,
+        }
+        response = self.http.post("/data/plugin/hparams/session_groups", json=body)
+        response.raise_for_status()
+        return list(response.json().get("sessionGroups", []))
+
+
+@pytest.fixture(scope="session")
+def mirror_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One mirror root for the session; each test mirrors under its own source name."""
+    return tmp_path_factory.mktemp("mirror")
+
+
+@pytest.fixture(scope="session")
+def tensorboard(
+    mirror_root: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[TensorBoard]:
+    board = TensorBoard(mirror_root, tmp_path_factory.mktemp("tensorboard") / "tensorboard.log")
+    yield board
+    board.stop()
+
+
+@pytest.fixture
+def source_name(request: pytest.FixtureRequest) -> str:
+    """A source name unique to the test, so tests share one mirror root without meeting."""
+    return re.sub(r"[^A-Za-z0-9._-]", "-", request.node.name)[:60]
+
+
+@pytest.fixture
+def experiment_name(source_name: str) -> str:
+    return f"{source_name}-{time.time_ns()}"
+
+
+def write_config(path: Path, root: Path, sources: list[dict[str, Any]], **extra: Any) -> Path:
+    """A tbmirror config at `path` with state next to it."""
+    document = {"mirror": {"root": str(root), "state": str(path.parent / "state.db")}}
+    document["sources"] = sources  # type: ignore[assignment]
+    document.update(extra)
+    path.write_text(yaml.safe_dump(document, sort_keys=False))
+    return path
+
+
+def mlflow_source(name: str, url: str, experiments: list[str], **settings: Any) -> dict[str, Any]:
+    return {
+        "name": name,
+        "type": "mlflow",
+        "tracking_uri": url,
+        "experiments": experiments,
+        "max_retries": 1,
+        **settings,
+    }
+
+
+def tbmirror(
+    *args: str, timeout: float = 300, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run the `tbmirror` command to completion (python -m tbmirror, this interpreter)."""
+    return subprocess.run(
+        [sys.executable, "-m", "tbmirror", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )
+
+
+@pytest.fixture
+def sync(tmp_path: Path, mirror_root: Path, mlflow_server: MlflowServer, source_name: str):  # type: ignore[no-untyped-def]
+    """sync(experiments, **source settings) runs `tbmirror sync` for this test's source."""
+    config_path = tmp_path / "tbmirror.yaml"
+
+    def run(
+        experiments: list[str], *args: str, check: bool = True, **settings: Any
+    ) -> subprocess.CompletedProcess[str]:
+        write_config(
+            config_path,
+            mirror_root,
+            [mlflow_source(source_name, mlflow_server.url, experiments, **settings)],
+        )
+        result = tbmirror("sync", "--config", str(config_path), *args)
+        if check:
+            assert result.returncode == 0, result.stdout + result.stderr
+        return result
+
+    run.config_path = config_path  # type: ignore[attr-defined]
+    return run
+
+
+def tb_run(source: str, *parts: str) -> str:
+    """TensorBoard's run name for a mirrored run directory."""
+    return "/".join((source, *parts))
