@@ -225,7 +225,7 @@ def tensorboard(
 @pytest.fixture
 def source_name(request: pytest.FixtureRequest) -> str:
     """A source name unique to the test, so tests share one mirror root without meeting."""
-    return re.sub(r"[^A-Za-z0-9._-]", "-", request.node.name)[:60]
+    return re.sub(r"[^A-Za-z0-9._-]", "-", request.node.name)[:48]
 
 
 @pytest.fixture
