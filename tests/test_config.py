@@ -1,0 +1,109 @@
+"""Config validation: a good file loads; every mistake names the file, the key path and what was
+expected, and the CLI exits with 78."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO, tbmirror
+from tbmirror.config import load_settings, parse_settings
+from tbmirror.errors import ConfigError
+
+GOOD = """
+mirror:
+  root: /tmp/x/logs
+  state: /tmp/x/state.db
+sources:
+  - name: team
+    type: mlflow
+    tracking_uri: http://127.0.0.1:5000/
+    experiments: ["a", "b"]
+    poll_interval: 10s
+"""
+
+
+def test_the_example_config_is_valid() -> None:
+    settings = load_settings(REPO / "config" / "tbmirror.example.yaml")
+    assert settings.sources[0].name
+
+
+def test_a_good_config_loads_with_defaults() -> None:
+    settings = parse_settings(GOOD)
+    source = settings.sources[0]
+    assert source.tracking_uri == "http://127.0.0.1:5000"
+    assert source.poll_interval == 10.0 and source.on_delete == "remove"
+    assert source.experiments == ["a", "b"] and not source.all_experiments
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (
+            ("poll_interval: 10s", "poll_interval: soon"),
+            "sources[0].poll_interval: expected a duration",
+        ),
+        (
+            ("poll_interval: 10s", "poll_interval: 0"),
+            "sources[0].poll_interval: expected a duration greater than 0",
+        ),
+        (("type: mlflow", "type: wandb"), "sources[0].type: Input should be 'mlflow'"),
+        (
+            ("    tracking_uri: http://127.0.0.1:5000/\n", ""),
+            "sources[0].tracking_uri: required key is missing",
+        ),
+        (
+            ("tracking_uri: http://", "tracking_uri: ftp://"),
+            "sources[0].tracking_uri: expected an http:// or https:// URL",
+        ),
+        (("name: team", "name: ../team"), "sources[0].name: String should match pattern"),
+        (
+            ("  state: /tmp/x/state.db", "  state: /tmp/x/state.db\n  colour: red"),
+            "mirror.colour: unknown key",
+        ),
+        (
+            ('experiments: ["a", "b"]', "experiments: []"),
+            "sources[0].experiments: List should have at least 1 item",
+        ),
+    ],
+)
+def test_errors_name_the_key_path(change: tuple[str, str], message: str) -> None:
+    text = GOOD.replace(*change)
+    assert text != GOOD
+    with pytest.raises(ConfigError) as raised:
+        parse_settings(text, origin="my.yaml")
+    assert f"my.yaml: {message}" in str(raised.value)
+
+
+def test_duplicate_source_names_are_refused() -> None:
+    text = GOOD + GOOD.split("sources:\n")[1]
+    with pytest.raises(ConfigError, match="the name 'team' is used twice"):
+        parse_settings(text)
+
+
+def test_environment_variables_are_interpolated(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TRACKING_HOST", "mlflow.internal:5000")
+    settings = parse_settings(GOOD.replace("127.0.0.1:5000/", "${TRACKING_HOST}"))
+    assert settings.sources[0].tracking_uri == "http://mlflow.internal:5000"
+    escaped = parse_settings(GOOD.replace('["a", "b"]', '["a$$b"]'))
+    assert escaped.sources[0].experiments == ["a$b"]
+
+
+def test_a_missing_environment_variable_names_the_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("NO_SUCH_VARIABLE", raising=False)
+    with pytest.raises(
+        ConfigError,
+        match=r"sources\[0\]\.tracking_uri: environment variable NO_SUCH_VARIABLE is not set",
+    ):
+        parse_settings(GOOD.replace("127.0.0.1:5000/", "${NO_SUCH_VARIABLE}"))
+
+
+def test_cli_exits_78_on_a_bad_config(tmp_path: Path) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text(GOOD.replace("10s", "often"))
+    result = tbmirror("sync", "--config", str(path))
+    assert result.returncode == 78
+    assert f"{path}: sources[0].poll_interval: expected a duration" in result.stderr
+    missing = tbmirror("check", "--config", str(tmp_path / "nope.yaml"))
+    assert missing.returncode == 78 and "cannot read the config file" in missing.stderr

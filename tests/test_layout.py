@@ -1,0 +1,68 @@
+"""Safe paths: sanitised components and a root that nothing escapes."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from tbmirror.errors import UnsafePathError
+from tbmirror.mirror.layout import (
+    MAX_COMPONENT_BYTES,
+    MirrorLayout,
+    disambiguate,
+    join,
+    sanitize_component,
+)
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        ("run-1", "run-1"),
+        ("..", "_."),
+        (".", "_"),
+        ("../../etc", "_._.._etc"),
+        ("a/b\\c", "a_b_c"),
+        ("nul\x00byte", "nul_byte"),
+        ("  spaced  ", "spaced"),
+        ("", "_"),
+        ("   ", "_"),
+        (".hidden", "_hidden"),
+        ("zero\u200bwidth", "zero_width"),
+        ("ünïcödé 损失", "ünïcödé 损失"),
+        ("e\u0301", "é"),
+    ],
+)
+def test_sanitize_component(name: str, expected: str) -> None:
+    assert sanitize_component(name) == expected
+
+
+def test_long_names_are_bounded_in_bytes_on_a_character_boundary() -> None:
+    for name in ("x" * 5000, "损" * 5000, "é" * 999):
+        component = sanitize_component(name)
+        assert 0 < len(component.encode()) <= MAX_COMPONENT_BYTES
+        component.encode("utf-8")
+    suffixed = disambiguate(sanitize_component("损" * 5000), "0123456789abcdef")
+    assert suffixed.endswith("-01234567") and len(suffixed.encode()) <= MAX_COMPONENT_BYTES
+
+
+def test_join_refuses_unsafe_components() -> None:
+    assert join("team", "exp", "run") == "team/exp/run"
+    for bad in ("..", ".", "", "a/b", "a\x00b"):
+        with pytest.raises(UnsafePathError):
+            join("team", bad)
+
+
+def test_resolve_stays_inside_the_root_even_through_symlinks(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    (root / "team").mkdir(parents=True)
+    layout = MirrorLayout(root)
+    assert layout.resolve("team/exp/run") == root / "team" / "exp" / "run"
+    for bad in ("../x", "/etc/passwd", "team/../../x"):
+        with pytest.raises(UnsafePathError):
+            layout.resolve(bad)
+    os.symlink(tmp_path, root / "team" / "escape")
+    with pytest.raises(UnsafePathError, match="outside the mirror root"):
+        layout.resolve("team/escape/run")
