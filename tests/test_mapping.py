@@ -1,0 +1,134 @@
+"""What else TensorBoard shows of a run: children logged into other experiments nest under their
+parent, "*" mirrors every experiment (following renames), and the text summary carries status,
+note, tags and a link back to MLflow."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from mlflow.entities import Metric
+
+from conftest import (
+    MlflowServer,
+    TensorBoard,
+    mlflow_source,
+    tb_run,
+    tbmirror,
+    wait_until,
+    write_config,
+)
+
+
+def test_child_runs_in_another_experiment_nest_under_their_parent(
+    sync,
+    mlflow_server: MlflowServer,
+    tensorboard: TensorBoard,
+    experiment_name: str,
+    source_name: str,
+) -> None:
+    client = mlflow_server.client()
+    parent = client.create_run(
+        client.create_experiment(experiment_name), run_name="parent"
+    ).info.run_id
+    other = client.create_experiment(f"{experiment_name}-elsewhere")
+    child = client.create_run(
+        other, run_name="child", tags={"mlflow.parentRunId": parent}
+    ).info.run_id
+    grandchild = client.create_run("0", run_name="grandchild", tags={"mlflow.parentRunId": child})
+    for run_id in (parent, child, grandchild.info.run_id):
+        client.log_batch(run_id, metrics=[Metric("m", 1.0, 1_700_000_000_000, 0)])
+
+    sync([experiment_name])
+    nested = tb_run(source_name, experiment_name, "parent", "child", "grandchild")
+    wait_until(lambda: nested in tensorboard.runs(), 30, "the grandchild nested under its parent")
+    assert tensorboard.wait_scalars(nested, "m", 1)
+
+
+def test_text_summary_has_status_note_tags_and_a_link(
+    sync,
+    mlflow_server: MlflowServer,
+    tensorboard: TensorBoard,
+    experiment_name: str,
+    source_name: str,
+) -> None:
+    client = mlflow_server.client()
+    experiment_id = client.create_experiment(experiment_name)
+    run_id = client.create_run(
+        experiment_id, run_name="described", tags={"team": "vision|nlp"}
+    ).info.run_id
+    client.set_tag(run_id, "mlflow.note.content", "Baseline with **augmentation**.")
+    client.log_param(run_id, "optimizer", "adam")
+    sync([experiment_name])
+    run = tb_run(source_name, experiment_name, "described")
+    tag = "mlflow (run info)"
+    first = wait_until(lambda: tensorboard.text(run, tag), 30, "the run's text summary")[-1]["text"]
+    assert "RUNNING" in first and "<strong>augmentation</strong>" in first
+    assert f'href="{mlflow_server.url}/#/experiments/{experiment_id}/runs/{run_id}"' in first
+    assert "vision|nlp" in first and "adam" in first
+
+    client.set_terminated(run_id, "FAILED")
+    sync([experiment_name])
+    texts = wait_until(
+        lambda: len(tensorboard.text(run, tag)) == 2 and tensorboard.text(run, tag),
+        30,
+        "a second text",
+    )
+    assert [t["step"] for t in texts] == [0, 1] and "FAILED" in texts[-1]["text"]
+
+
+def test_all_experiments_follow_experiment_renames(
+    tmp_path: Path,
+    mlflow_server: MlflowServer,
+    tensorboard: TensorBoard,
+    experiment_name: str,
+    source_name: str,
+) -> None:
+    """A server of its own, since "*" mirrors everything on it."""
+    server = MlflowServer(tmp_path / "mlflow").start()
+    try:
+        client = server.client()
+        experiment_id = client.create_experiment("before")
+        run_id = client.create_run(experiment_id, run_name="r").info.run_id
+        client.log_batch(run_id, metrics=[Metric("m", 2.0, 1_700_000_000_000, 0)])
+        config = write_config(
+            tmp_path / "c.yaml", tensorboard.logdir, [mlflow_source(source_name, server.url, ["*"])]
+        )
+        assert tbmirror("sync", "--config", str(config)).returncode == 0
+        wait_until(lambda: tb_run(source_name, "before", "r") in tensorboard.runs(), 30, "the run")
+        client.rename_experiment(experiment_id, "after")
+        result = tbmirror("sync", "--config", str(config))
+        assert result.returncode == 0 and ", 0 points, 0 bytes" in result.stdout
+        renamed = tb_run(source_name, "after", "r")
+        assert tensorboard.wait_scalars(renamed, "m", 1)[0][2] == 2.0
+        assert not (tensorboard.logdir / source_name / "before").exists()
+        check = tbmirror("check", "--config", str(config))
+        assert (
+            check.returncode == 0
+            and f"ok    {source_name}: {server.url}: experiments Default, after" in check.stdout
+        )
+    finally:
+        server.stop()
+
+
+def test_check_reports_each_source(
+    tmp_path: Path, mlflow_server: MlflowServer, experiment_name: str
+) -> None:
+    mlflow_server.client().create_experiment(experiment_name)
+    config = write_config(
+        tmp_path / "c.yaml",
+        tmp_path / "root",
+        [
+            mlflow_source("good", mlflow_server.url, [experiment_name, "missing-one"]),
+            mlflow_source("down", "http://127.0.0.1:9", ["x"], max_retries=0),
+        ],
+    )
+    result = tbmirror("check", "--config", str(config))
+    assert result.returncode == 1
+    assert (
+        f"ok    good: {mlflow_server.url}: experiments {experiment_name}; not found: missing-one"
+        in result.stdout
+    )
+    assert (
+        "FAIL  down: source down: POST /api/2.0/mlflow/experiments/get-by-name" in result.stdout
+        or ("FAIL  down: source down: GET /api/2.0/mlflow/experiments/get-by-name" in result.stdout)
+    )
