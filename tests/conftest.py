@@ -6,8 +6,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,14 +17,11 @@ import httpx
 import pytest
 import yaml
 
+from tbmirror.local_mlflow import LocalMlflowServer
+from tbmirror.processes import free_port, stop_process_group
+
 REPO = Path(__file__).resolve().parents[1]
 SCALARS_SAMPLES = 1_000_000
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def wait_until(predicate: Callable[[], Any], timeout: float, what: str, every: float = 0.2) -> Any:
@@ -44,64 +39,8 @@ def wait_until(predicate: Callable[[], Any], timeout: float, what: str, every: f
     raise AssertionError(f"timed out after {timeout} s waiting for {what} ({last_error})")
 
 
-def stop_process(process: subprocess.Popen[Any], grace: float = 10) -> None:
-    """SIGTERM the process group, then SIGKILL it if it is still there after `grace` s."""
-    if process.poll() is None:
-        try:
-            os.killpg(process.pid, signal.SIGTERM)
-            process.wait(grace)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(grace)
-        except ProcessLookupError:
-            pass
-
-
-class MlflowServer:
-    """A real `mlflow server` (sqlite store, --workers 1) on 127.0.0.1."""
-
-    def __init__(self, directory: Path, port: int | None = None) -> None:
-        self.directory = directory
-        self.port = port or free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log_path = directory / f"server-{self.port}.log"
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> MlflowServer:
-        self.directory.mkdir(parents=True, exist_ok=True)
-        self.process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "mlflow",
-                "server",
-                "--backend-store-uri",
-                f"sqlite:///{self.directory / 'mlflow.db'}",
-                "--default-artifact-root",
-                str(self.directory / "artifacts"),
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(self.port),
-                "--workers",
-                "1",
-            ],
-            stdout=self.log_path.open("ab"),
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        wait_until(self._healthy, 120, f"mlflow server on port {self.port}", every=0.5)
-        return self
-
-    def _healthy(self) -> bool:
-        assert self.process is not None
-        if self.process.poll() is not None:
-            raise AssertionError(f"mlflow server exited: {self.log_path.read_text()[-2000:]}")
-        return httpx.get(f"{self.url}/health", timeout=2).status_code == 200
-
-    def stop(self) -> None:
-        if self.process is not None:
-            stop_process(self.process)
+class MlflowServer(LocalMlflowServer):
+    """The local mlflow server, with a client for logging test data."""
 
     def client(self) -> Any:
         from mlflow.tracking import MlflowClient
@@ -155,7 +94,7 @@ class TensorBoard:
 
     def stop(self) -> None:
         self.http.close()
-        stop_process(self.process)
+        stop_process_group(self.process)
 
     def runs(self) -> list[str]:
         return list(self.http.get("/data/runs").json())

@@ -1,0 +1,79 @@
+"""A throw-away local `mlflow server` on 127.0.0.1 (sqlite store, one worker).
+
+Used by `tbmirror demo`, the tests and the benchmarks. Needs the `mlflow` package in this
+interpreter (the `demo` and `test` extras install it).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import TracebackType
+
+import httpx
+
+from tbmirror.errors import TbmirrorError
+from tbmirror.processes import free_port, stop_process_group
+
+
+class LocalMlflowServer:
+    """`mlflow server` with its sqlite store and artifacts under `directory`.
+
+    The server runs in its own process group; `stop` ends the whole group.
+    """
+
+    def __init__(self, directory: Path, port: int | None = None) -> None:
+        self.directory = directory
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = directory / f"mlflow-server-{self.port}.log"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 120) -> LocalMlflowServer:
+        """Start the server and wait until `/health` answers."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        command = [
+            sys.executable, "-m", "mlflow", "server",
+            "--backend-store-uri", f"sqlite:///{self.directory / 'mlflow.db'}",
+            "--default-artifact-root", str(self.directory / "artifacts"),
+            "--host", "127.0.0.1",
+            "--port", str(self.port),
+            "--workers", "1",
+        ]  # fmt: skip
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(
+                command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise TbmirrorError(
+                    f"mlflow server exited with code {self.process.returncode}; "
+                    f"see {self.log_path} (is the 'mlflow' package installed?)"
+                )
+            try:
+                if httpx.get(f"{self.url}/health", timeout=2).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        self.stop()
+        raise TbmirrorError(f"mlflow server did not answer within {timeout:.0f} s")
+
+    def stop(self, grace: float = 10) -> None:
+        """End the server's whole process group."""
+        if self.process is not None:
+            stop_process_group(self.process, grace)
+
+    def __enter__(self) -> LocalMlflowServer:
+        return self.start()
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        trace: TracebackType | None,
+    ) -> None:
+        self.stop()

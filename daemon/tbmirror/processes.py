@@ -1,0 +1,30 @@
+"""Small helpers for the child processes tbmirror runs (mlflow server, TensorBoard)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+from typing import Any
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def stop_process_group(process: subprocess.Popen[Any], grace: float = 10) -> None:
+    """SIGTERM the process group led by `process`; SIGKILL it if still there after `grace` s."""
+    if process.poll() is not None:
+        return
+    try:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(grace)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(grace)
+    except ProcessLookupError:
+        pass
