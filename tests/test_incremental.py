@@ -125,3 +125,46 @@ def test_points_inserted_mid_history_arrive_exactly_once(
     assert [p[1] for p in points] == [*range(10), 20, 21, 22]
     sync([experiment_name], "--reconcile")
     assert len(tensorboard.scalars(run, "loss")) == 13
+
+
+def test_running_runs_are_reconciled_every_interval(
+    tmp_path: Path, mlflow_server: MlflowServer, experiment_name: str
+) -> None:
+    """In-process engine with a controlled clock: a lower-step point logged into a running run is
+    found at the first pass after `reconcile_interval`, not before, and only once."""
+    from tbmirror.config import MlflowSourceSettings
+    from tbmirror.mirror.layout import MirrorLayout
+    from tbmirror.mirror.writer import MirrorWriter
+    from tbmirror.sources.mlflow import MlflowSource
+    from tbmirror.state import State
+    from tbmirror.sync import SourceSync
+
+    client = mlflow_server.client()
+    run_id = client.create_run(client.create_experiment(experiment_name), run_name="r").info.run_id
+    client.log_batch(run_id, metrics=[Metric("m", float(i), T0 + i, i) for i in range(5)])
+    settings = MlflowSourceSettings(
+        name="clocked",
+        type="mlflow",
+        tracking_uri=mlflow_server.url,
+        experiments=[experiment_name],
+        reconcile_interval=600,
+    )
+    now = [1_000_000.0]
+    state = State(tmp_path / "state.db")
+    source = MlflowSource.from_settings(settings)
+    engine = SourceSync(
+        source, state, MirrorWriter(MirrorLayout(tmp_path / "root")), clock=lambda: now[0]
+    )
+    try:
+        assert engine.run_pass().points == 5
+        client.log_batch(run_id, metrics=[Metric("m", 2.5, T0 + 100, 2)])
+        now[0] += 599
+        assert engine.run_pass().history_series == 0
+        now[0] += 1
+        report = engine.run_pass()
+        assert (report.history_series, report.points) == (1, 1)
+        now[0] += 1
+        assert engine.run_pass().history_series == 0
+    finally:
+        source.close()
+        state.close()

@@ -67,8 +67,8 @@ class MlflowSourceSettings(_Section):
     tracking_uri: str
     experiments: list[str] = Field(min_length=1)
     poll_interval: Duration = 10.0
-    reconcile_interval: Duration = 3600.0
-    reconcile_batch: int = Field(default=50, ge=1)
+    reconcile_interval: Duration = 600.0
+    reconcile_batch: int = Field(default=20, ge=0)
     on_delete: Literal["remove", "keep"] = "remove"
     child_runs_in_other_experiments: bool = True
     ui_url: str | None = None

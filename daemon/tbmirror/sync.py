@@ -227,10 +227,9 @@ class SourceSync:
             self._fail(report, run, error)
             return None
         cursors = self.state.cursors(self.source.name, run.run_id)
-        status_changed = bool(record.status) and record.status != run.status
-        due = self.clock() - record.reconciled_at >= self.settings.reconcile_interval
-        reconcile = reconcile_all or status_changed
-        if due and not reconcile and self._reconcile_budget > 0:
+        new_run = not record.status
+        reconcile = new_run or reconcile_all or record.status != run.status
+        if not reconcile and self._reconcile_budget > 0 and self._reconcile_due(run, record):
             reconcile = True
             self._reconcile_budget -= 1
         requests = [
@@ -242,6 +241,22 @@ class SourceSync:
             or cursors[key].seen.identity() != latest.identity()  # type: ignore[union-attr]
         ]
         return _Plan(run, record, parent.run_id if parent else None, cursors, requests, reconcile)
+
+    def _reconcile_due(self, run: RunSnapshot, record: RunRecord) -> bool:
+        """Whether to re-check every series of a run whose status did not change.
+
+        MLflow's latest-per-key cannot reveal a new point with a lower step (resumed training),
+        so running runs are re-checked every `reconcile_interval`; a finished run once more,
+        `reconcile_interval` after it ended (late writes, asynchronous ingestion). Beyond that,
+        `tbmirror sync --reconcile` re-checks everything.
+        """
+        interval = self.settings.reconcile_interval
+        if self.clock() - record.reconciled_at < interval:
+            return False
+        if not run.terminal:
+            return True
+        ended = (run.end_time or run.start_time or 0) / 1000
+        return record.reconciled_at < ended + interval
 
     def _move(self, record: RunRecord, new_dir: str) -> None:
         old_dir = record.dir

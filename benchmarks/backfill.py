@@ -1,0 +1,174 @@
+"""Backfill benchmark: a full `tbmirror sync` against a naive exporter, measured in the same run.
+
+Builds a workload on a local MLflow server (default 1,000 runs x 20 keys x 100 points), then times
+  - naive: MlflowClient.get_metric_history per key + tensorboardX add_scalar per point, one run
+    after another (what azureml-tensorboard's export_to_tensorboard does);
+  - tbmirror: `tbmirror sync` (a subprocess, cold start included) into an empty mirror;
+  - a second `tbmirror sync` with nothing new (requests, seconds, bytes written);
+  - the tfevents write path alone (encode + frame + append + fsync) against tensorboardX's
+    add_scalar for the same points.
+
+Usage: python benchmarks/backfill.py [--runs 1000 --keys 20 --points 100] [--workdir DIR]
+A workdir keeps the workload's MLflow database between invocations (it is built once).
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import yaml
+from mlflow.entities import Metric
+from mlflow.tracking import MlflowClient
+from tensorboardX import SummaryWriter
+
+from tbmirror.local_mlflow import LocalMlflowServer
+from tbmirror.mirror import events, summaries
+
+EXPERIMENT = "backfill-benchmark"
+
+
+def build_workload(client: MlflowClient, runs: int, keys: int, points: int) -> str:
+    """Create the experiment unless a complete one exists; returns its id."""
+    existing = client.get_experiment_by_name(EXPERIMENT)
+    if existing and existing.tags.get("complete") == f"{runs}x{keys}x{points}":
+        return str(existing.experiment_id)
+    if existing:
+        raise SystemExit(f"{EXPERIMENT} exists with another shape: use a fresh --workdir")
+    experiment_id = client.create_experiment(EXPERIMENT)
+    rng = random.Random(0)
+    t0 = int(time.time() * 1000) - 86_400_000
+
+    def one_run(index: int) -> None:
+        run_id = client.create_run(experiment_id, run_name=f"run{index:05d}").info.run_id
+        metrics = [
+            Metric(f"metric_{k:02d}", rng.random(), t0 + 1000 * step, step)
+            for k in range(keys)
+            for step in range(points)
+        ]
+        for start in range(0, len(metrics), 1000):
+            client.log_batch(run_id, metrics=metrics[start : start + 1000])
+        client.set_terminated(run_id)
+
+    started = time.monotonic()
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(one_run, range(runs)))
+    client.set_experiment_tag(experiment_id, "complete", f"{runs}x{keys}x{points}")
+    print(f"workload built in {time.monotonic() - started:.0f} s")
+    return str(experiment_id)
+
+
+def naive_export(client: MlflowClient, experiment_id: str, logdir: Path) -> int:
+    points = 0
+    for run in client.search_runs([experiment_id], max_results=50_000):
+        writer = SummaryWriter(str(logdir / run.info.run_name))
+        for key in run.data.metrics:
+            for metric in client.get_metric_history(run.info.run_id, key):
+                writer.add_scalar(key, metric.value, metric.step, walltime=metric.timestamp / 1000)
+                points += 1
+        writer.close()
+    return points
+
+
+def tbmirror_sync(config: Path) -> tuple[float, str]:
+    started = time.monotonic()
+    result = subprocess.run(
+        [sys.executable, "-m", "tbmirror", "sync", "--config", str(config), "--log-level", "error"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return time.monotonic() - started, result.stdout.strip()
+
+
+def write_path(points: int, directory: Path) -> tuple[float, float]:
+    """Points/s of tbmirror's write path and of tensorboardX add_scalar, same points."""
+    values = [(1.7e9 + i, i, i * 0.5) for i in range(points)]
+    started = time.perf_counter()
+    path = directory / events.new_file_name()
+    length = events.append(path, 0, [summaries.file_version(1.7e9)])
+    for key in range(20):
+        encoder = summaries.ScalarEncoder(f"metric_{key:02d}")
+        chunk = values[key * points // 20 : (key + 1) * points // 20]
+        length = events.append(path, length, [encoder.encode(w, s, v) for w, s, v in chunk])
+    ours = points / (time.perf_counter() - started)
+    started = time.perf_counter()
+    writer = SummaryWriter(str(directory / "tensorboardx"))
+    for index, (wall_time, step, value) in enumerate(values):
+        writer.add_scalar(f"metric_{index * 20 // points:02d}", value, step, walltime=wall_time)
+    writer.close()
+    return ours, points / (time.perf_counter() - started)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--runs", type=int, default=1000)
+    parser.add_argument("--keys", type=int, default=20)
+    parser.add_argument("--points", type=int, default=100)
+    parser.add_argument("--workdir", type=Path)
+    parser.add_argument("--write-points", type=int, default=1_000_000)
+    args = parser.parse_args()
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="tbmirror-bench-"))
+    output = workdir / "output"
+    shutil.rmtree(output, ignore_errors=True)
+    output.mkdir(parents=True)
+
+    with LocalMlflowServer(workdir / "mlflow") as server:
+        client = MlflowClient(server.url)
+        experiment_id = build_workload(client, args.runs, args.keys, args.points)
+        total = args.runs * args.keys * args.points
+
+        started = time.monotonic()
+        naive_points = naive_export(client, experiment_id, output / "naive")
+        naive_seconds = time.monotonic() - started
+        assert naive_points == total, (naive_points, total)
+
+        config = output / "tbmirror.yaml"
+        config.write_text(
+            yaml.safe_dump(
+                {
+                    "mirror": {"root": str(output / "mirror"), "state": str(output / "state.db")},
+                    "sources": [
+                        {
+                            "name": "bench",
+                            "type": "mlflow",
+                            "tracking_uri": server.url,
+                            "experiments": [EXPERIMENT],
+                        }
+                    ],
+                }
+            )
+        )
+        full_seconds, full_summary = tbmirror_sync(config)
+        assert f", {total} points, " in full_summary, full_summary
+        idle_seconds, idle_summary = tbmirror_sync(config)
+
+    ours, baseline = write_path(args.write_points, output)
+    requests = re.search(r"(\d+) requests", idle_summary)
+    written = re.search(r"(\d+) bytes", idle_summary)
+    shape = f"{args.runs} runs x {args.keys} keys x {args.points} points"
+    print(f"workload: {shape} = {total:,} points")
+    print(f"naive exporter:        {naive_seconds:8.1f} s  ({total / naive_seconds:,.0f} points/s)")
+    print(f"tbmirror sync (full):  {full_seconds:8.1f} s  ({total / full_seconds:,.0f} points/s)")
+    print(f"speed-up:              {naive_seconds / full_seconds:8.1f} x")
+    print(
+        f"no-change sync:        {idle_seconds:8.2f} s, "
+        f"{requests.group(1) if requests else '?'} requests, "
+        f"{written.group(1) if written else '?'} bytes written"
+    )
+    print(
+        f"write path:            {ours:,.0f} points/s vs tensorboardX add_scalar "
+        f"{baseline:,.0f} points/s ({ours / baseline:.1f} x)"
+    )
+
+
+if __name__ == "__main__":
+    main()
