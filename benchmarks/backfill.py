@@ -9,7 +9,8 @@ Builds a workload on a local MLflow server (default 1,000 runs x 20 keys x 100 p
     add_scalar for the same points.
 
 Usage: python benchmarks/backfill.py [--runs 1000 --keys 20 --points 100] [--workdir DIR]
-A workdir keeps the workload's MLflow database between invocations (it is built once).
+A workdir keeps the workload's MLflow database between invocations (built once; an
+interrupted build is completed by the next invocation).
 """
 
 from __future__ import annotations
@@ -37,17 +38,23 @@ EXPERIMENT = "backfill-benchmark"
 
 
 def build_workload(client: MlflowClient, runs: int, keys: int, points: int) -> str:
-    """Create the experiment unless a complete one exists; returns its id."""
+    """Create (or complete, if an earlier build was interrupted) the workload; returns its id."""
+    shape = f"{runs}x{keys}x{points}"
     existing = client.get_experiment_by_name(EXPERIMENT)
-    if existing and existing.tags.get("complete") == f"{runs}x{keys}x{points}":
-        return str(existing.experiment_id)
-    if existing:
+    if existing and existing.tags.get("shape", shape) != shape:
         raise SystemExit(f"{EXPERIMENT} exists with another shape: use a fresh --workdir")
-    experiment_id = client.create_experiment(EXPERIMENT)
-    rng = random.Random(0)
+    experiment_id = existing.experiment_id if existing else client.create_experiment(EXPERIMENT)
+    client.set_experiment_tag(experiment_id, "shape", shape)
+    complete = {
+        run.info.run_name
+        for run in client.search_runs(
+            [experiment_id], "attributes.status = 'FINISHED'", max_results=50_000
+        )
+    }
     t0 = int(time.time() * 1000) - 86_400_000
 
     def one_run(index: int) -> None:
+        rng = random.Random(index)
         run_id = client.create_run(experiment_id, run_name=f"run{index:05d}").info.run_id
         metrics = [
             Metric(f"metric_{k:02d}", rng.random(), t0 + 1000 * step, step)
@@ -58,11 +65,16 @@ def build_workload(client: MlflowClient, runs: int, keys: int, points: int) -> s
             client.log_batch(run_id, metrics=metrics[start : start + 1000])
         client.set_terminated(run_id)
 
+    for run in client.search_runs(
+        [experiment_id], "attributes.status = 'RUNNING'", max_results=50_000
+    ):
+        client.delete_run(run.info.run_id)  # interrupted mid-way: incomplete
+    missing = [i for i in range(runs) if f"run{i:05d}" not in complete]
     started = time.monotonic()
     with ThreadPoolExecutor(4) as pool:
-        list(pool.map(one_run, range(runs)))
-    client.set_experiment_tag(experiment_id, "complete", f"{runs}x{keys}x{points}")
-    print(f"workload built in {time.monotonic() - started:.0f} s")
+        list(pool.map(one_run, missing))
+    if missing:
+        print(f"workload: {len(missing)} runs built in {time.monotonic() - started:.0f} s")
     return str(experiment_id)
 
 

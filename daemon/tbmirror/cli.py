@@ -95,7 +95,9 @@ def sync_command(settings: Settings, args: argparse.Namespace) -> int:
             source = MlflowSource.from_settings(source_settings)
             try:
                 with _progress(source.name) as progress:
-                    report = SourceSync(source, state, writer).run_pass(args.reconcile, progress)
+                    report = SourceSync(source, state, writer).run_pass(
+                        reconcile_all=args.reconcile, progress=progress
+                    )
             finally:
                 source.close()
             log.info("source_synced", **vars(report))

@@ -67,6 +67,7 @@ class MlflowSourceSettings(_Section):
     tracking_uri: str
     experiments: list[str] = Field(min_length=1)
     poll_interval: Duration = 10.0
+    full_listing_interval: Duration = 600.0
     reconcile_interval: Duration = 600.0
     reconcile_batch: int = Field(default=20, ge=0)
     on_delete: Literal["remove", "keep"] = "remove"
@@ -105,11 +106,38 @@ class LoggingSettings(_Section):
     level: Literal["debug", "info", "warning", "error"] = "info"
 
 
+class TensorBoardSettings(_Section):
+    """The one TensorBoard the daemon runs on the mirror root."""
+
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = Field(default=6006, ge=1, le=65535)
+    path_prefix: str = Field(default="", pattern=r"^(/[A-Za-z0-9._~-]+)*$")
+    reload_interval: int = Field(default=5, ge=1)
+    scalars_samples: int = Field(default=100_000, ge=1)
+    extra_args: list[str] = []
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}{self.path_prefix}/"
+
+
+class HealthSettings(_Section):
+    """The /healthz and /metrics endpoint."""
+
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = Field(default=9464, ge=1, le=65535)
+    failure_threshold: int = Field(default=3, ge=1)
+
+
 class Settings(_Section):
     """The whole configuration file."""
 
     mirror: MirrorSettings
     sources: list[MlflowSourceSettings] = Field(min_length=1)
+    tensorboard: TensorBoardSettings = TensorBoardSettings()
+    health: HealthSettings = HealthSettings()
     logging: LoggingSettings = LoggingSettings()
 
     @model_validator(mode="after")

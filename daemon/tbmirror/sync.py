@@ -12,6 +12,7 @@ ends the pass, keeping what earlier chunks committed.
 from __future__ import annotations
 
 import hashlib
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -32,6 +33,7 @@ from tbmirror.state import Cursor, RunRecord, State
 log = structlog.get_logger(__name__)
 
 CHUNK_RUNS = 100
+LISTING_MARGIN_SECONDS = 60  # quick listings look this far back for new runs (clock skew)
 TEXT_TAG = "mlflow (run info)"  # has characters MLflow forbids in metric keys: cannot collide
 NOTE_TAG = "mlflow.note.content"
 HIDDEN_TAGS = frozenset({PARENT_TAG, RUN_NAME_TAG, NOTE_TAG, "mlflow.log-model.history"})
@@ -93,13 +95,26 @@ class SourceSync:
         self._records: dict[str, RunRecord] = {}
         self._dirs: dict[str, str] = {}
         self._reconcile_budget = 0
+        self._last_listing: float | None = None
 
-    def run_pass(self, reconcile_all: bool = False, progress: Progress | None = None) -> PassReport:
-        """One full incremental pass. Never raises for source or run errors: see the report."""
+    def run_pass(
+        self,
+        full: bool = True,
+        reconcile_all: bool = False,
+        progress: Progress | None = None,
+        stop: threading.Event | None = None,
+    ) -> PassReport:
+        """One incremental pass. Never raises for source or run errors: see the report.
+
+        A full pass lists every run (and so sees deletions, renames and finished runs); a quick
+        one lists only runs that are running, new, or were running at the last pass (see
+        MlflowSource.list_runs). The first pass of an instance is always full. `stop` ends the
+        pass early, after the runs already written are committed.
+        """
         report = PassReport(self.source.name)
         started, requests_before = time.monotonic(), self.source.requests_made
         try:
-            self._pass(report, reconcile_all, progress)
+            self._pass(report, full or self._last_listing is None, reconcile_all, progress, stop)
         except TbmirrorError as error:
             report.error = str(error)
             log.error("source_failed", source=self.source.name, error=str(error))
@@ -107,21 +122,39 @@ class SourceSync:
         report.seconds = time.monotonic() - started
         return report
 
-    def _pass(self, report: PassReport, reconcile_all: bool, progress: Progress | None) -> None:
-        listing = self.source.list_runs()
+    def _pass(
+        self,
+        report: PassReport,
+        full: bool,
+        reconcile_all: bool,
+        progress: Progress | None,
+        stop: threading.Event | None,
+    ) -> None:
+        self._records = self.state.runs(self.source.name)
+        self._dirs = {record.dir: run_id for run_id, record in self._records.items()}
+        listing_started = self.clock()
+        if full:
+            listing = self.source.list_runs(mirrored_ids=self._records)
+        else:
+            assert self._last_listing is not None
+            listing = self.source.list_runs(
+                since_ms=int((self._last_listing - LISTING_MARGIN_SECONDS) * 1000),
+                watch_ids=[r.run_id for r in self._records.values() if r.status == "RUNNING"],
+                mirrored_ids=self._records,
+            )
         report.runs_listed = len(listing.runs)
         report.missing_experiments = listing.missing_experiments
         for name in listing.missing_experiments:
             log.warning("experiment_not_found", source=self.source.name, experiment=name)
-        self._records = self.state.runs(self.source.name)
-        self._dirs = {record.dir: run_id for run_id, record in self._records.items()}
         experiment_dirs = self._place_experiments(listing.experiments)
 
         listed = {run.run_id for run in listing.runs if not run.deleted}
-        for record in list(self._records.values()):
-            if record.run_id not in listed and self.settings.on_delete == "remove":
-                self._remove(record)
-                report.runs_removed += 1
+        if self.settings.on_delete == "remove":
+            deleted = {run.run_id for run in listing.runs if run.deleted}
+            for run_id, record in list(self._records.items()):
+                if run_id in deleted or (full and run_id not in listed):
+                    self._remove(record)
+                    report.runs_removed += 1
         live = [run for run in listing.runs if not run.deleted]
         self._reconcile_budget = self.settings.reconcile_batch
         done = 0
@@ -135,10 +168,13 @@ class SourceSync:
             requests = [request for plan in plans for request in plan.requests]
             report.history_series += len(requests)
             histories = self.source.fetch(requests)
-            self._write_chunk(plans, histories, report)
+            self._write_chunk(plans, histories, report, stop)
             done += len(chunk)
             if progress:
                 progress(done, len(live))
+            if stop is not None and stop.is_set():
+                return
+        self._last_listing = listing_started
 
     # -- placement ----------------------------------------------------------------------------
 
@@ -281,11 +317,17 @@ class SourceSync:
     # -- writing ------------------------------------------------------------------------------
 
     def _write_chunk(
-        self, plans: list[_Plan], histories: dict[tuple[str, str], History], report: PassReport
+        self,
+        plans: list[_Plan],
+        histories: dict[tuple[str, str], History],
+        report: PassReport,
+        stop: threading.Event | None,
     ) -> None:
         now = self.clock()
         commits: list[tuple[RunRecord, dict[str, Cursor], int | None]] = []
         for plan in plans:
+            if stop is not None and stop.is_set():
+                break
             try:
                 record, cursors, payloads, points = self._records_for(plan, histories, now)
                 length = None

@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -38,6 +39,7 @@ HISTORY_PAGE_SIZE = 25000
 BULK_MAX_RUNS = 100
 BULK_MAX_RESULTS = 25000
 PARENT_TAG = "mlflow.parentRunId"
+_RUN_ID = re.compile(r"^[A-Za-z0-9][\w-]{0,255}$")
 RUN_NAME_TAG = "mlflow.runName"
 
 
@@ -201,6 +203,9 @@ class MlflowSource:
         self.client = client
         self._bulk_supported = True
         self._offset_tokens = True
+        self._experiments: dict[str, Experiment] | None = None
+        self._missing: list[str] = []
+        self._other_experiments: list[str] | None = None
 
     @classmethod
     def from_settings(cls, settings: MlflowSourceSettings) -> MlflowSource:
@@ -240,35 +245,63 @@ class MlflowSource:
                 found[experiment.experiment_id] = experiment
         return found, missing
 
-    def list_runs(self) -> RunListing:
-        """Every run to mirror, parents ordered before their children. Raises SourceError."""
-        experiments, missing = self.experiments()
-        runs: dict[str, RunSnapshot] = {}
-        ids = sorted(experiments)
-        for start in range(0, len(ids), 100):
-            for run in self.client.search_runs(ids[start : start + 100]):
-                runs[run.run_id] = run
-        if self.settings.child_runs_in_other_experiments and not self.settings.all_experiments:
-            self._add_foreign_children(runs, set(experiments))
-        return RunListing(experiments, _parents_first(runs), missing)
+    def list_runs(
+        self,
+        since_ms: int | None = None,
+        watch_ids: Iterable[str] = (),
+        mirrored_ids: Iterable[str] = (),
+    ) -> RunListing:
+        """Runs to mirror, parents ordered before their children. Raises SourceError.
 
-    def _add_foreign_children(self, runs: dict[str, RunSnapshot], configured: set[str]) -> None:
-        """Add child runs that were logged into other experiments than their parent's."""
-        others = sorted(e.experiment_id for e in self.client.experiments())
-        others = [experiment_id for experiment_id in others if experiment_id not in configured]
-        candidates: dict[str, RunSnapshot] = {}
-        for start in range(0, len(others), 100):
-            for run in self.client.search_runs(
-                others[start : start + 100], f"tags.`{PARENT_TAG}` IS NOT NULL"
-            ):
-                candidates[run.run_id] = run
-        added = True
-        while added:
-            added = False
-            for run_id, run in list(candidates.items()):
-                if run.parent_run_id in runs:
-                    runs[run_id] = candidates.pop(run_id)
-                    added = True
+        A full listing (`since_ms` None) holds every run of the configured experiments. A quick
+        one reuses the experiments of the last full listing and holds only runs that are running,
+        started at or after `since_ms`, or are in `watch_ids` (runs last seen running).
+        `mirrored_ids` are runs already mirrored: children of those logged into other experiments
+        are listed too.
+        """
+        if since_ms is None or self._experiments is None:
+            self._experiments, self._missing = self.experiments()
+            self._other_experiments = None
+            filters = [""]
+        else:
+            filters = ["attributes.status = 'RUNNING'", f"attributes.start_time >= {since_ms}"]
+        configured = sorted(self._experiments)
+        runs: dict[str, RunSnapshot] = {}
+        for run in self._search(configured, filters, watch_ids):
+            runs[run.run_id] = run
+        if self.settings.child_runs_in_other_experiments and not self.settings.all_experiments:
+            if self._other_experiments is None:
+                every = sorted(e.experiment_id for e in self.client.experiments())
+                self._other_experiments = [e for e in every if e not in self._experiments]
+            children = [
+                f"tags.`{PARENT_TAG}` IS NOT NULL" + (f" AND {f}" if f else "") for f in filters
+            ]
+            candidates = {
+                r.run_id: r for r in self._search(self._other_experiments, children, watch_ids)
+            }
+            parents = set(runs) | set(mirrored_ids)
+            added = True
+            while added:
+                added = False
+                for run_id, run in list(candidates.items()):
+                    if run.parent_run_id in parents:
+                        runs[run_id] = candidates.pop(run_id)
+                        parents.add(run_id)
+                        added = True
+        return RunListing(dict(self._experiments), _parents_first(runs), list(self._missing))
+
+    def _search(
+        self, experiment_ids: list[str], filters: list[str], run_ids: Iterable[str]
+    ) -> Iterator[RunSnapshot]:
+        """Runs of `experiment_ids` matching any of `filters`, or whose id is in `run_ids`."""
+        wanted = sorted({run_id for run_id in run_ids if _RUN_ID.match(run_id)})
+        queries = list(filters) + [
+            "attributes.run_id IN (" + ", ".join(f"'{run_id}'" for run_id in chunk) + ")"
+            for chunk in _chunks(wanted, 100)
+        ]
+        for experiments in _chunks(experiment_ids, 100):
+            for query in queries:
+                yield from self.client.search_runs(experiments, query)
 
     # -- histories ----------------------------------------------------------------------------
 
