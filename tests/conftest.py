@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -55,46 +56,18 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowSe
     server.stop()
 
 
-class TensorBoard:
-    """A real TensorBoard (Rust fast loader) over a logdir, read through its HTTP API."""
+class TensorBoardReader:
+    """Reads a running TensorBoard through its HTTP API."""
 
-    def __init__(self, logdir: Path, log_path: Path) -> None:
-        self.logdir = logdir
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "tensorboard.main",
-                "--logdir",
-                str(logdir),
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(self.port),
-                "--load_fast",
-                "true",
-                "--reload_interval",
-                "1",
-                "--samples_per_plugin",
-                f"scalars={SCALARS_SAMPLES},text=1000",
-            ],
-            stdout=log_path.open("ab"),
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        self.http = httpx.Client(base_url=self.url, timeout=30)
-        wait_until(self._ready, 60, "TensorBoard")
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.http = httpx.Client(base_url=url, timeout=30)
 
-    def _ready(self) -> bool:
-        if self.process.poll() is not None:
-            raise AssertionError("TensorBoard exited")
-        return self.http.get("/data/environment").status_code == 200
-
-    def stop(self) -> None:
-        self.http.close()
-        stop_process_group(self.process)
+    def answers(self) -> bool:
+        try:
+            return self.http.get("/data/environment").status_code == 200
+        except httpx.HTTPError:
+            return False
 
     def runs(self) -> list[str]:
         return list(self.http.get("/data/runs").json())
@@ -144,6 +117,36 @@ class TensorBoard:
         response = self.http.post("/data/plugin/hparams/session_groups", json=body)
         response.raise_for_status()
         return list(response.json().get("sessionGroups", []))
+
+
+class TensorBoard(TensorBoardReader):
+    """A real TensorBoard (Rust fast loader) of our own over a logdir."""
+
+    def __init__(self, logdir: Path, log_path: Path) -> None:
+        self.logdir = logdir
+        super().__init__(f"http://127.0.0.1:{free_port()}")
+        port = self.url.rsplit(":", 1)[1]
+        self.process = subprocess.Popen(
+            [
+                sys.executable, "-m", "tensorboard.main", "--logdir", str(logdir),
+                "--host", "127.0.0.1", "--port", port, "--load_fast", "true",
+                "--reload_interval", "1",
+                "--samples_per_plugin", f"scalars={SCALARS_SAMPLES},text=1000",
+            ],
+            stdout=log_path.open("ab"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
+        wait_until(self._ready, 60, "TensorBoard")
+
+    def _ready(self) -> bool:
+        if self.process.poll() is not None:
+            raise AssertionError("TensorBoard exited")
+        return self.answers()
+
+    def stop(self) -> None:
+        self.http.close()
+        stop_process_group(self.process)
 
 
 @pytest.fixture(scope="session")
@@ -230,3 +233,101 @@ def sync(tmp_path: Path, mirror_root: Path, mlflow_server: MlflowServer, source_
 def tb_run(source: str, *parts: str) -> str:
     """TensorBoard's run name for a mirrored run directory."""
     return "/".join((source, *parts))
+
+
+class DaemonProcess:
+    """`tbmirror run` as a subprocess in its own session; its JSON log goes to a file."""
+
+    def __init__(self, config: Path, log_path: Path, env: dict[str, str] | None = None) -> None:
+        self.config = config
+        self.log_path = log_path
+        with log_path.open("ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "tbmirror", "run", "--config", str(config)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                env={**os.environ, **(env or {})},
+            )
+
+    def events(self) -> list[dict[str, Any]]:
+        found = []
+        for line in self.log_path.read_text(errors="replace").splitlines():
+            if line.startswith("{"):
+                try:
+                    found.append(json.loads(line))
+                except json.JSONDecodeError:
+                    continue
+        return found
+
+    def wait_event(self, name: str, timeout: float = 60, **fields: Any) -> dict[str, Any]:
+        def seen() -> dict[str, Any] | None:
+            if self.process.poll() is not None:
+                raise AssertionError(f"daemon exited: {self.log_path.read_text()[-3000:]}")
+            matches = [
+                e for e in self.events()
+                if e.get("event") == name and all(e.get(k) == v for k, v in fields.items())
+            ]  # fmt: skip
+            return matches[-1] if matches else None
+
+        event: dict[str, Any] = wait_until(seen, timeout, f"log event {name} {fields}")
+        return event
+
+    def tensorboard_pids(self) -> set[int]:
+        return {e["pid"] for e in self.events() if e.get("event") == "tensorboard_ready"}
+
+    def signal(self, signum: int) -> None:
+        self.process.send_signal(signum)
+
+    def stop(self, timeout: float = 15) -> int:
+        self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(timeout)
+
+    def cleanup(self) -> None:
+        """Never leave a daemon or its TensorBoard behind."""
+        stop_process_group(self.process, grace=5)
+        for pid in self.tensorboard_pids():
+            if pid_alive(pid):
+                os.killpg(pid, signal.SIGKILL)
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # a zombie is dead for our purposes
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except OSError:
+        return False
+
+
+def daemon_config(
+    path: Path, root: Path, sources: list[dict[str, Any]], **sections: Any
+) -> tuple[Path, str, str]:
+    """A daemon config on free ports; returns (config, TensorBoard URL, health URL)."""
+    tensorboard_port, health_port = free_port(), free_port()
+    tensorboard = {
+        "port": tensorboard_port,
+        "reload_interval": 1,
+        "scalars_samples": SCALARS_SAMPLES,
+    }
+    tensorboard.update(sections.pop("tensorboard", {}))
+    health = {"port": health_port, "failure_threshold": 2, **sections.pop("health", {})}
+    write_config(path, root, sources, tensorboard=tensorboard, health=health, **sections)
+    return path, f"http://127.0.0.1:{tensorboard_port}", f"http://127.0.0.1:{health_port}"
+
+
+@pytest.fixture
+def start_daemon(tmp_path: Path) -> Iterator[Callable[..., DaemonProcess]]:
+    """start_daemon(config, env=None) -> a running DaemonProcess, cleaned up after the test."""
+    started: list[DaemonProcess] = []
+
+    def start(config: Path, env: dict[str, str] | None = None) -> DaemonProcess:
+        daemon = DaemonProcess(config, tmp_path / f"daemon-{len(started)}.log", env)
+        started.append(daemon)
+        return daemon
+
+    yield start
+    for daemon in started:
+        daemon.cleanup()

@@ -1,4 +1,4 @@
-"""The `tbmirror` command: sync | check.
+"""The `tbmirror` command: run | sync | check | status | demo.
 
 Every TbmirrorError ends a command with one line on stderr and its exit code (78 for config).
 """
@@ -6,23 +6,27 @@ Every TbmirrorError ends a command with one line on stderr and its exit code (78
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import structlog
+from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
 
 from tbmirror import __version__, logs
 from tbmirror.config import Settings, load_settings
 from tbmirror.errors import TbmirrorError
-from tbmirror.mirror.layout import MirrorLayout
-from tbmirror.mirror.recovery import recover
 from tbmirror.mirror.writer import MirrorWriter
+from tbmirror.service.daemon import Daemon, open_mirror
 from tbmirror.sources.mlflow import MlflowSource
-from tbmirror.state import State
+from tbmirror.state import SourceStatus, State
 from tbmirror.sync import PassReport, SourceSync
 
 log = structlog.get_logger(__name__)
@@ -70,20 +74,10 @@ def _parser() -> argparse.ArgumentParser:
         help="re-check every series of every run, not only those that look changed",
     )
     command("check", check_command, "Validate the config and probe each source.")
+    command("run", run_command, "Run the daemon: poll, mirror, serve TensorBoard (systemd).")
+    status = command("status", status_command, "Show what is mirrored, from the state store.")
+    status.add_argument("--json", action="store_true", help="machine-readable output")
     return parser
-
-
-def open_mirror(settings: Settings) -> tuple[State, MirrorLayout]:
-    """Open the state store and bring the mirror root back to what it says (recovery)."""
-    layout = MirrorLayout(settings.mirror.root)
-    try:
-        layout.root.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise TbmirrorError(f"cannot create the mirror root {layout.root}: {error}") from error
-    state = State(settings.mirror.state)
-    report = recover(state, layout, [source.name for source in settings.sources])
-    log.info("recovered", **vars(report))
-    return state, layout
 
 
 def sync_command(settings: Settings, args: argparse.Namespace) -> int:
@@ -106,6 +100,58 @@ def sync_command(settings: Settings, args: argparse.Namespace) -> int:
     finally:
         state.close()
     return 0 if all(report.ok for report in reports) else 1
+
+
+def run_command(settings: Settings, args: argparse.Namespace) -> int:
+    return Daemon(settings, Path(args.config)).run()
+
+
+def status_command(settings: Settings, args: argparse.Namespace) -> int:
+    path = settings.mirror.state
+    if not path.exists():
+        raise TbmirrorError(f"no state store at {path}: nothing has been mirrored yet")
+    state = State(path, read_only=True)
+    try:
+        statuses, totals = state.source_status(), state.totals()
+    finally:
+        state.close()
+    now = time.time()
+    rows: list[dict[str, Any]] = []
+    for source in settings.sources:
+        status = statuses.get(source.name) or SourceStatus(source.name)
+        experiments = [(d, r, p) for s, d, r, p in totals if s == source.name] or [("-", 0, 0)]
+        for directory, runs, points in experiments:
+            rows.append({
+                "source": source.name,
+                "experiment": directory.split("/", 1)[-1],
+                "runs": runs,
+                "points": points,
+                "last_sync": status.last_success,
+                "lag_seconds": round(now - status.last_success, 1) if status.last_success else None,
+                "consecutive_errors": status.consecutive_errors,
+                "last_error": status.last_error,
+            })  # fmt: skip
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    table = Table("source", "experiment", "runs", "points", "last sync", "lag", "errors")
+    for row in rows:
+        table.add_row(
+            row["source"],
+            row["experiment"],
+            f"{row['runs']:,}",
+            f"{row['points']:,}",
+            _local_time(row["last_sync"]),
+            f"{row['lag_seconds']:.0f} s" if row["lag_seconds"] is not None else "-",
+            f"{row['consecutive_errors']}"
+            + (f": {row['last_error']}" if row["last_error"] else ""),
+        )
+    Console().print(table)
+    return 0
+
+
+def _local_time(timestamp: float | None) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(timestamp)) if timestamp else "never"
 
 
 def check_command(settings: Settings, args: argparse.Namespace) -> int:

@@ -1,4 +1,8 @@
-"""Structured logging (structlog): JSON lines when stderr is not a terminal, colours when it is."""
+"""Structured logging (structlog): JSON lines when stderr is not a terminal, colours when it is.
+
+Libraries that log through the standard `logging` module (APScheduler, httpx) are rendered the
+same way; their chatty INFO lines are held back.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,13 @@ import sys
 from typing import TextIO
 
 import structlog
+
+# Library loggers and the lowest level of theirs that we show.
+QUIET_LIBRARIES = {
+    "apscheduler": logging.ERROR,  # "skipped: maximum number of running instances" is by design
+    "httpx": logging.WARNING,  # one INFO line per request
+    "httpcore": logging.WARNING,
+}
 
 
 def configure(level: str = "info", stream: TextIO | None = None) -> None:
@@ -17,11 +28,28 @@ def configure(level: str = "info", stream: TextIO | None = None) -> None:
         renderer = structlog.dev.ConsoleRenderer()
     else:
         renderer = structlog.processors.JSONRenderer(default=str)
+    timestamper = structlog.processors.TimeStamper(fmt="iso", utc=True)
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
+            foreign_pre_chain=[
+                structlog.stdlib.add_log_level,
+                structlog.stdlib.add_logger_name,
+                timestamper,
+            ],
+        )
+    )
+    root = logging.getLogger()
+    root.handlers = [handler]
+    root.setLevel(logging.getLevelNamesMapping()[level.upper()])
+    for name, quiet in QUIET_LIBRARIES.items():
+        logging.getLogger(name).setLevel(quiet)
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            timestamper,
             structlog.processors.format_exc_info,
             renderer,
         ],

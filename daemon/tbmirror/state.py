@@ -10,10 +10,12 @@ from __future__ import annotations
 import fcntl
 import os
 import sqlite3
-from collections.abc import Iterator
+import threading
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import Any
 
 from tbmirror.errors import MirrorError
 from tbmirror.model import MetricPoint, value_bits, value_from_bits
@@ -40,6 +42,9 @@ CREATE TABLE IF NOT EXISTS runs (
     reconciled_at REAL NOT NULL DEFAULT 0,
     PRIMARY KEY (source, run_id));
 CREATE TABLE IF NOT EXISTS files (path TEXT PRIMARY KEY, length INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS source_status (
+    source TEXT PRIMARY KEY, last_attempt REAL, last_success REAL,
+    consecutive_errors INTEGER NOT NULL DEFAULT 0, last_error TEXT);
 CREATE TABLE IF NOT EXISTS series (
     source TEXT NOT NULL, run_id TEXT NOT NULL, key TEXT NOT NULL,
     count INTEGER NOT NULL,
@@ -74,7 +79,8 @@ class RunRecord:
         return f"{self.dir}/{self.events_file}" if self.events_file else None
 
 
-_RUN_COLUMNS = [f.name for f in fields(RunRecord) if f.name != "events_path"]
+_RUN_COLUMNS = [f.name for f in fields(RunRecord)]
+_RUN_SELECT = ", ".join(_RUN_COLUMNS)
 
 
 @dataclass
@@ -91,11 +97,34 @@ class Cursor:
     seen: MetricPoint | None = None
 
 
-class State:
-    """One SQLite database (WAL, synchronous=FULL). Not thread-safe: use from one thread."""
+@dataclass
+class SourceStatus:
+    """How the last passes of one source went (for `tbmirror status` and /healthz)."""
 
-    def __init__(self, path: Path) -> None:
+    source: str
+    last_attempt: float | None = None
+    last_success: float | None = None
+    consecutive_errors: int = 0
+    last_error: str | None = None
+
+
+class State:
+    """One SQLite database (WAL, synchronous=FULL), used by one process (a lock file says so).
+
+    Thread-safe: every call, and every `transaction()` block as a whole, holds one lock.
+    """
+
+    def __init__(self, path: Path, read_only: bool = False) -> None:
+        self._mutex = threading.RLock()
+        self._lock: int | None = None
         try:
+            if read_only:
+                self._db = sqlite3.connect(
+                    f"file:{path}?mode=ro", uri=True, isolation_level=None, check_same_thread=False
+                )
+                self._db.execute("SELECT count(*) FROM runs")
+                self.path = path
+                return
             path.parent.mkdir(parents=True, exist_ok=True)
             self._lock = _exclusive_lock(path.with_name(path.name + ".lock"))
             self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
@@ -115,40 +144,51 @@ class State:
         self.path = path
 
     def close(self) -> None:
-        self._db.close()
-        os.close(self._lock)
+        with self._mutex:
+            self._db.close()
+            if self._lock is not None:
+                os.close(self._lock)
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
         """All writes inside commit together or not at all."""
-        self._db.execute("BEGIN IMMEDIATE")
-        try:
-            yield
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
-        self._db.execute("COMMIT")
+        with self._mutex:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
 
-    # -- meta ---------------------------------------------------------------------------------
+    def _query(self, sql: str, parameters: Sequence[object] = ()) -> list[tuple[Any, ...]]:
+        with self._mutex:
+            return self._db.execute(sql, parameters).fetchall()
+
+    def _execute(self, sql: str, parameters: Sequence[object] = ()) -> None:
+        with self._mutex:
+            self._db.execute(sql, parameters)
+
+    # -- meta -------------------------------------------------------------------------------
 
     def _meta(self, key: str) -> str | None:
-        row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
-        return None if row is None else str(row[0])
+        rows = self._query("SELECT value FROM meta WHERE key = ?", (key,))
+        return str(rows[0][0]) if rows else None
 
     def _set_meta(self, key: str, value: str) -> None:
-        self._db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
+        self._execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
 
     # -- experiments --------------------------------------------------------------------------
 
     def experiment_dirs(self, source: str) -> dict[str, tuple[str, str]]:
         """experiment id -> (name, relative dir) for one source."""
-        rows = self._db.execute(
+        rows = self._query(
             "SELECT experiment_id, name, dir FROM experiments WHERE source = ?", (source,)
         )
         return {row[0]: (row[1], row[2]) for row in rows}
 
     def put_experiment(self, source: str, experiment_id: str, name: str, dir: str) -> None:
-        self._db.execute(
+        self._execute(
             "INSERT OR REPLACE INTO experiments VALUES (?, ?, ?, ?)",
             (source, experiment_id, name, dir),
         )
@@ -157,50 +197,36 @@ class State:
 
     def runs(self, source: str) -> dict[str, RunRecord]:
         """Every mirrored run of `source`, by run id."""
-        rows = self._db.execute(
-            f"SELECT {', '.join(_RUN_COLUMNS)} FROM runs WHERE source = ?", (source,)
-        )
+        rows = self._query(f"SELECT {_RUN_SELECT} FROM runs WHERE source = ?", (source,))
         return {row[1]: _run_from_row(row) for row in rows}
 
     def all_runs(self) -> list[RunRecord]:
-        rows = self._db.execute(f"SELECT {', '.join(_RUN_COLUMNS)} FROM runs")
-        return [_run_from_row(row) for row in rows]
-
-    def dir_owner(self, dir: str) -> tuple[str, str] | None:
-        """(source, run id) of the run mirrored at `dir`, if any."""
-        row = self._db.execute("SELECT source, run_id FROM runs WHERE dir = ?", (dir,)).fetchone()
-        return None if row is None else (row[0], row[1])
+        return [_run_from_row(row) for row in self._query(f"SELECT {_RUN_SELECT} FROM runs")]
 
     def put_run(self, run: RunRecord) -> None:
         values = [getattr(run, name) for name in _RUN_COLUMNS]
         placeholders = ", ".join("?" for _ in _RUN_COLUMNS)
-        self._db.execute(
-            f"INSERT OR REPLACE INTO runs ({', '.join(_RUN_COLUMNS)}) VALUES ({placeholders})",
-            values,
+        self._execute(
+            f"INSERT OR REPLACE INTO runs ({_RUN_SELECT}) VALUES ({placeholders})", values
         )
 
     def forget_run(self, run: RunRecord) -> None:
         """Drop a run, its cursors and its file row (its files are the caller's to remove)."""
-        self._db.execute(
-            "DELETE FROM runs WHERE source = ? AND run_id = ?", (run.source, run.run_id)
-        )
-        self.forget_series(run)
-        if run.events_path:
-            self._db.execute("DELETE FROM files WHERE path = ?", (run.events_path,))
-
-    def forget_series(self, run: RunRecord) -> None:
-        self._db.execute(
+        self._execute("DELETE FROM runs WHERE source = ? AND run_id = ?", (run.source, run.run_id))
+        self._execute(
             "DELETE FROM series WHERE source = ? AND run_id = ?", (run.source, run.run_id)
         )
+        if run.events_path:
+            self._execute("DELETE FROM files WHERE path = ?", (run.events_path,))
 
     def move_tree(self, old_dir: str, new_dir: str) -> None:
         """Re-home every run dir and file path at or below `old_dir` to `new_dir`."""
         prefix = old_dir + "/"
-        self._db.execute(
+        self._execute(
             "UPDATE runs SET dir = ? || substr(dir, ?) WHERE dir = ? OR substr(dir, 1, ?) = ?",
             (new_dir, len(old_dir) + 1, old_dir, len(prefix), prefix),
         )
-        self._db.execute(
+        self._execute(
             "UPDATE files SET path = ? || substr(path, ?) WHERE substr(path, 1, ?) = ?",
             (new_dir, len(old_dir) + 1, len(prefix), prefix),
         )
@@ -209,19 +235,19 @@ class State:
 
     def files(self) -> dict[str, int]:
         """Committed length of every mirrored file, by relative path."""
-        return {row[0]: row[1] for row in self._db.execute("SELECT path, length FROM files")}
+        return {row[0]: row[1] for row in self._query("SELECT path, length FROM files")}
 
     def file_length(self, path: str) -> int | None:
-        row = self._db.execute("SELECT length FROM files WHERE path = ?", (path,)).fetchone()
-        return None if row is None else int(row[0])
+        rows = self._query("SELECT length FROM files WHERE path = ?", (path,))
+        return int(rows[0][0]) if rows else None
 
     def put_file(self, path: str, length: int) -> None:
-        self._db.execute("INSERT OR REPLACE INTO files VALUES (?, ?)", (path, length))
+        self._execute("INSERT OR REPLACE INTO files VALUES (?, ?)", (path, length))
 
     # -- series -------------------------------------------------------------------------------
 
     def cursors(self, source: str, run_id: str) -> dict[str, Cursor]:
-        rows = self._db.execute(
+        rows = self._query(
             "SELECT key, count, last_ts, last_step, last_value, tb_step, seen_ts, seen_step, "
             "seen_value FROM series WHERE source = ? AND run_id = ?",
             (source, run_id),
@@ -229,19 +255,46 @@ class State:
         return {row[0]: Cursor(row[1], _point(row[2:5]), row[5], _point(row[6:9])) for row in rows}
 
     def put_cursors(self, source: str, run_id: str, cursors: dict[str, Cursor]) -> None:
-        self._db.executemany(
-            "INSERT OR REPLACE INTO series VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            [
-                (source, run_id, key, c.count, *_point_row(c.last), c.tb_step, *_point_row(c.seen))
-                for key, c in cursors.items()
-            ],
+        with self._mutex:
+            self._db.executemany(
+                "INSERT OR REPLACE INTO series VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [
+                    (source, run_id, key, c.count, *_point_row(c.last), c.tb_step,
+                     *_point_row(c.seen))
+                    for key, c in cursors.items()
+                ],
+            )  # fmt: skip
+
+    # -- source status and totals ---------------------------------------------------------------
+
+    def source_status(self) -> dict[str, SourceStatus]:
+        rows = self._query("SELECT * FROM source_status")
+        return {row[0]: SourceStatus(*row) for row in rows}
+
+    def put_source_status(self, status: SourceStatus) -> None:
+        self._execute(
+            "INSERT OR REPLACE INTO source_status VALUES (?, ?, ?, ?, ?)",
+            (
+                status.source,
+                status.last_attempt,
+                status.last_success,
+                status.consecutive_errors,
+                status.last_error,
+            ),
         )
 
-    def totals(self) -> tuple[int, int]:
-        """(runs mirrored, points exported) over all sources."""
-        runs = self._db.execute("SELECT count(*) FROM runs").fetchone()[0]
-        points = self._db.execute("SELECT coalesce(sum(count), 0) FROM series").fetchone()[0]
-        return int(runs), int(points)
+    def totals(self) -> list[tuple[str, str, int, int]]:
+        """(source, experiment dir, runs, points) for every mirrored experiment."""
+        rows = self._query(
+            "SELECT e.source, e.dir, "
+            "(SELECT count(*) FROM runs r WHERE r.source = e.source "
+            "   AND (r.dir = e.dir OR substr(r.dir, 1, length(e.dir) + 1) = e.dir || '/')), "
+            "(SELECT coalesce(sum(s.count), 0) FROM series s JOIN runs r "
+            "   ON s.source = r.source AND s.run_id = r.run_id WHERE r.source = e.source "
+            "   AND substr(r.dir, 1, length(e.dir) + 1) = e.dir || '/') "
+            "FROM experiments e ORDER BY e.source, e.dir"
+        )
+        return [(row[0], row[1], int(row[2]), int(row[3])) for row in rows]
 
 
 def _exclusive_lock(path: Path) -> int:

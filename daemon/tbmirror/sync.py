@@ -28,7 +28,7 @@ from tbmirror.mirror.steps import next_step
 from tbmirror.mirror.writer import MirrorWriter
 from tbmirror.model import Experiment, MetricPoint, RunSnapshot
 from tbmirror.sources.mlflow import PARENT_TAG, RUN_NAME_TAG, History, HistoryRequest, MlflowSource
-from tbmirror.state import Cursor, RunRecord, State
+from tbmirror.state import Cursor, RunRecord, SourceStatus, State
 
 log = structlog.get_logger(__name__)
 
@@ -97,6 +97,11 @@ class SourceSync:
         self._reconcile_budget = 0
         self._last_listing: float | None = None
 
+    @property
+    def runs_mirrored(self) -> int:
+        """Runs of this source in the mirror, as of the last pass."""
+        return len(self._records)
+
     def run_pass(
         self,
         full: bool = True,
@@ -120,7 +125,20 @@ class SourceSync:
             log.error("source_failed", source=self.source.name, error=str(error))
         report.requests = self.source.requests_made - requests_before
         report.seconds = time.monotonic() - started
+        self._record_status(report)
         return report
+
+    def _record_status(self, report: PassReport) -> None:
+        status = self.state.source_status().get(self.source.name) or SourceStatus(self.source.name)
+        status.last_attempt = self.clock()
+        if report.error:
+            status.consecutive_errors += 1
+            status.last_error = report.error
+        else:
+            status.last_success, status.consecutive_errors, status.last_error = (
+                status.last_attempt, 0, None,
+            )  # fmt: skip
+        self.state.put_source_status(status)
 
     def _pass(
         self,

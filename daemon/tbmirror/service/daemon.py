@@ -1,0 +1,195 @@
+"""`tbmirror run`: the long-running service.
+
+Order of start-up: recovery (the mirror brought back to the committed state), then TensorBoard
+(once it answers), the health endpoint, the scheduler, and READY=1 to systemd. The main thread then
+supervises TensorBoard, pings the systemd watchdog and reloads the config on SIGHUP. SIGTERM or
+SIGINT stops the passes at their next run boundary (what was written is committed), stops
+TensorBoard and returns 0.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import structlog
+
+from tbmirror import logs
+from tbmirror.config import Settings, load_settings
+from tbmirror.errors import ConfigError, TbmirrorError
+from tbmirror.mirror.layout import MirrorLayout
+from tbmirror.mirror.recovery import recover
+from tbmirror.mirror.writer import MirrorWriter
+from tbmirror.service.health import HealthReport, HealthServer
+from tbmirror.service.metrics import DaemonMetrics
+from tbmirror.service.scheduler import SourceScheduler
+from tbmirror.service.systemd import Notifier
+from tbmirror.service.tensorboard import TensorBoardSupervisor
+from tbmirror.state import State
+
+log = structlog.get_logger(__name__)
+
+TICK_SECONDS = 1.0
+
+
+def open_mirror(settings: Settings) -> tuple[State, MirrorLayout]:
+    """Open the state store and bring the mirror root back to what it says (recovery)."""
+    layout = MirrorLayout(settings.mirror.root)
+    try:
+        layout.root.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise TbmirrorError(f"cannot create the mirror root {layout.root}: {error}") from error
+    state = State(settings.mirror.state)
+    report = recover(state, layout, [source.name for source in settings.sources])
+    log.info("recovered", **vars(report))
+    return state, layout
+
+
+class Daemon:
+    def __init__(
+        self,
+        settings: Settings,
+        config_path: Path | None = None,
+        on_ready: Callable[[Daemon], None] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.config_path = config_path
+        self.on_ready = on_ready
+        self.stop_event = threading.Event()
+        self._reload_requested = False
+        self.notifier = Notifier()
+        self.tensorboard: TensorBoardSupervisor | None = None
+        self._health: HealthServer | None = None
+
+    def request_stop(self, *_: object) -> None:
+        self.stop_event.set()
+
+    def _request_reload(self, signum: int, frame: FrameType | None) -> None:
+        self._reload_requested = True
+
+    def run(self) -> int:
+        """Serve until SIGTERM/SIGINT; returns the exit code."""
+        signal.signal(signal.SIGTERM, self.request_stop)
+        signal.signal(signal.SIGINT, self.request_stop)
+        signal.signal(signal.SIGHUP, self._request_reload)
+        state, layout = open_mirror(self.settings)
+        try:
+            self.metrics = DaemonMetrics(
+                lambda: {n: s.last_success for n, s in self.scheduler.statuses().items()},
+                lambda: self.tensorboard.restarts if self.tensorboard else 0,
+                lambda: bool(self.tensorboard and self.tensorboard.up),
+            )
+            self.scheduler = SourceScheduler(
+                state, MirrorWriter(layout), self.metrics, self.stop_event
+            )
+            self._start_tensorboard()
+            self._start_health()
+            self.scheduler.start(self.settings.sources)
+            self.notifier.notify(READY="1", STATUS=self._status_line())
+            log.info("daemon_ready", sources=len(self.settings.sources))
+            if self.on_ready:
+                self.on_ready(self)
+            self._main_loop()
+        finally:
+            self.notifier.notify(STOPPING="1")
+            log.info("daemon_stopping")
+            if hasattr(self, "scheduler"):
+                self.scheduler.shutdown()
+            if self.tensorboard:
+                self.tensorboard.stop()
+            if self._health:
+                self._health.stop()
+            state.close()
+        log.info("daemon_stopped")
+        return 0
+
+    def _main_loop(self) -> None:
+        interval = min(TICK_SECONDS, self.notifier.watchdog_interval or TICK_SECONDS)
+        while not self.stop_event.wait(interval):
+            if self._reload_requested:
+                self._reload_requested = False
+                self._reload()
+            if self.tensorboard:
+                self.tensorboard.check()
+            fields = {"STATUS": self._status_line()}
+            if self.notifier.watchdog_interval:
+                fields["WATCHDOG"] = "1"
+            self.notifier.notify(**fields)
+
+    def _start_tensorboard(self) -> None:
+        if self.settings.tensorboard.enabled:
+            self.tensorboard = TensorBoardSupervisor(
+                self.settings.tensorboard, self.settings.mirror.root
+            )
+            self.tensorboard.start()
+            log.info("tensorboard_url", url=self.tensorboard.url)
+
+    def _start_health(self) -> None:
+        settings = self.settings.health
+        if not settings.enabled:
+            return
+        report = HealthReport(settings, self.scheduler.statuses, self._tensorboard_health)
+        try:
+            self._health = HealthServer(settings, report, self.metrics)
+        except OSError as error:
+            raise TbmirrorError(
+                f"health endpoint cannot listen on {settings.host}:{settings.port}: "
+                f"{error.strerror}"
+            ) from None
+        self._health.start()
+        log.info("health_listening", url=f"http://{settings.host}:{settings.port}/healthz")
+
+    def _tensorboard_health(self) -> dict[str, Any] | None:
+        if self.tensorboard is None:
+            return None
+        return {"up": self.tensorboard.up, "url": self.tensorboard.url,
+                "restarts": self.tensorboard.restarts}  # fmt: skip
+
+    def _reload(self) -> None:
+        """Apply a changed config file; an invalid one is reported and the old one kept."""
+        if self.config_path is None:
+            return
+        self.notifier.notify(RELOADING="1", MONOTONIC_USEC=str(time.monotonic_ns() // 1000))
+        try:
+            new = load_settings(self.config_path)
+            if new.mirror != self.settings.mirror:
+                raise ConfigError("mirror.root and mirror.state cannot change without a restart")
+        except ConfigError as error:
+            log.error("reload_failed", error=str(error))
+            self.notifier.notify(READY="1")
+            return
+        old = self.settings
+        self.settings = new
+        logs.configure(new.logging.level)
+        if new.tensorboard != old.tensorboard:
+            if self.tensorboard:
+                self.tensorboard.stop()
+                self.tensorboard = None
+            try:
+                self._start_tensorboard()
+            except TbmirrorError as error:
+                log.error("tensorboard_start_failed", error=str(error))
+        if new.health != old.health:
+            if self._health:
+                self._health.stop()
+                self._health = None
+            try:
+                self._start_health()
+            except TbmirrorError as error:
+                log.error("health_start_failed", error=str(error))
+        self.scheduler.set_sources(new.sources)
+        log.info("reloaded", sources=len(new.sources))
+        self.notifier.notify(READY="1", STATUS=self._status_line())
+
+    def _status_line(self) -> str:
+        statuses = self.scheduler.statuses()
+        successes = [s.last_success for s in statuses.values() if s.last_success]
+        last = f"last sync {time.time() - max(successes):.0f} s ago" if successes else "no sync yet"
+        failing = sum(1 for s in statuses.values() if s.consecutive_errors)
+        line = f"{len(statuses)} sources, {self.scheduler.runs_mirrored():,} runs, {last}"
+        return line + (f", {failing} failing" if failing else "")

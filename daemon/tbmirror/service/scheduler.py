@@ -1,0 +1,155 @@
+"""Polls every source on its own schedule (APScheduler), each in its own thread.
+
+One job per source at `poll_interval` with jitter; never two polls of one source at once
+(max_instances=1, and a per-source lock across config reloads); missed runs coalesced. A pass that
+fails pushes that source's next poll back exponentially (capped), the others keep their schedule.
+Every `full_listing_interval` a pass lists every run; in between, quick passes list only running,
+new and just-finished runs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+
+import structlog
+from apscheduler.executors.pool import ThreadPoolExecutor
+from apscheduler.schedulers.background import BackgroundScheduler
+from apscheduler.triggers.interval import IntervalTrigger
+
+from tbmirror.config import MlflowSourceSettings
+from tbmirror.mirror.writer import MirrorWriter
+from tbmirror.service.metrics import DaemonMetrics
+from tbmirror.sources.mlflow import MlflowSource
+from tbmirror.state import SourceStatus, State
+from tbmirror.sync import SourceSync
+
+log = structlog.get_logger(__name__)
+
+BACKOFF_CAP_SECONDS = 300.0
+
+
+@dataclass
+class _Runner:
+    settings: MlflowSourceSettings
+    engine: SourceSync
+    lock: threading.Lock
+    failures: int = 0
+    last_full: float = field(default=float("-inf"))
+
+
+class SourceScheduler:
+    def __init__(
+        self, state: State, writer: MirrorWriter, metrics: DaemonMetrics, stop: threading.Event
+    ) -> None:
+        self._state, self._writer, self._metrics, self._stop = state, writer, metrics, stop
+        self._runners: dict[str, _Runner] = {}
+        self._locks: dict[str, threading.Lock] = {}
+        self._guard = threading.Lock()
+        self._scheduler = BackgroundScheduler(
+            executors={"default": ThreadPoolExecutor(32)},
+            job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None},
+            timezone=timezone.utc,
+        )
+
+    def start(self, sources: list[MlflowSourceSettings]) -> None:
+        self._scheduler.start()
+        self.set_sources(sources)
+
+    def set_sources(self, sources: list[MlflowSourceSettings]) -> None:
+        """Add, replace (when their settings changed) and remove jobs to match `sources`."""
+        wanted = {source.name: source for source in sources}
+        with self._guard:
+            for name in list(self._runners):
+                if name not in wanted or wanted[name] != self._runners[name].settings:
+                    self._scheduler.remove_job(name)
+                    _retire(self._runners.pop(name))
+                    if name not in wanted:
+                        self._metrics.forget(name)
+                    log.info("source_unscheduled", source=name)
+            for name, settings in wanted.items():
+                if name in self._runners:
+                    continue
+                engine = SourceSync(MlflowSource.from_settings(settings), self._state, self._writer)
+                lock = self._locks.setdefault(name, threading.Lock())
+                self._runners[name] = _Runner(settings, engine, lock)
+                self._scheduler.add_job(
+                    self._poll,
+                    IntervalTrigger(
+                        seconds=settings.poll_interval, jitter=min(5.0, settings.poll_interval / 10)
+                    ),
+                    args=[name],
+                    id=name,
+                    name=f"poll {name}",
+                    next_run_time=datetime.now(timezone.utc),
+                )
+                log.info("source_scheduled", source=name, poll_interval=settings.poll_interval)
+
+    def shutdown(self) -> None:
+        """Stop scheduling; passes in flight end at their next run boundary (stop event)."""
+        self._scheduler.shutdown(wait=True)
+        with self._guard:
+            for runner in self._runners.values():
+                runner.engine.source.close()
+
+    def statuses(self) -> dict[str, SourceStatus]:
+        """Status of every scheduled source (a never-polled one has an empty status)."""
+        stored = self._state.source_status()
+        return {name: stored.get(name) or SourceStatus(name) for name in self.names()}
+
+    def names(self) -> list[str]:
+        with self._guard:
+            return sorted(self._runners)
+
+    def runs_mirrored(self) -> int:
+        with self._guard:
+            return sum(runner.engine.runs_mirrored for runner in self._runners.values())
+
+    def _poll(self, name: str) -> None:
+        with self._guard:
+            runner = self._runners.get(name)
+        if runner is None or self._stop.is_set():
+            return
+        with runner.lock:
+            now = time.monotonic()
+            full = now - runner.last_full >= runner.settings.full_listing_interval
+            report = runner.engine.run_pass(full=full, stop=self._stop)
+            self._metrics.record(report, runner.engine.runs_mirrored)
+        if report.error:
+            runner.failures += 1
+            delay = min(BACKOFF_CAP_SECONDS, runner.settings.poll_interval * 2**runner.failures)
+            delay *= random.uniform(0.8, 1.0)
+            log.warning("source_backoff", source=name, seconds=round(delay, 1))
+            with contextlib.suppress(LookupError):  # removed by a reload meanwhile
+                self._scheduler.modify_job(
+                    name, next_run_time=datetime.now(timezone.utc) + timedelta(seconds=delay)
+                )
+            return
+        runner.failures = 0
+        if full:
+            runner.last_full = now
+        log.info(
+            "source_synced",
+            source=name,
+            full=full,
+            runs=report.runs_listed,
+            points=report.points,
+            bytes=report.bytes_written,
+            requests=report.requests,
+            failed_runs=len(report.failed_runs),
+            duration_ms=round(report.seconds * 1000),
+        )
+
+
+def _retire(runner: _Runner) -> None:
+    """Close a removed source once its pass in flight (if any) is over, without waiting here."""
+
+    def close() -> None:
+        with runner.lock:
+            runner.engine.source.close()
+
+    threading.Thread(target=close, name=f"retire {runner.settings.name}", daemon=True).start()

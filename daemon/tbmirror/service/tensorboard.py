@@ -1,0 +1,195 @@
+"""The one supervised TensorBoard: started on the mirror root, probed, restarted, stopped.
+
+TensorBoard runs as our child (`python -m tensorboard.main`, fast loader) in its own process
+group, with PR_SET_PDEATHSIG so the kernel kills it if we die, even by SIGKILL: a TensorBoard that
+outlived us could read bytes that recovery later truncates. Its output goes into our log.
+
+Thread-safety: `start`, `check` and `stop` are called from the daemon's main thread only (the
+parent-death signal is tied to the thread that forked the child); `up` and `restarts` may be read
+from any thread.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import IO
+
+import httpx
+import structlog
+
+from tbmirror.config import TensorBoardSettings
+from tbmirror.errors import TbmirrorError
+from tbmirror.processes import stop_process_group
+
+log = structlog.get_logger(__name__)
+
+PR_SET_PDEATHSIG = 1
+PROBE_TIMEOUT_SECONDS = 5.0
+UNANSWERED_PROBES_BEFORE_RESTART = 3
+BACKOFF_CAP_SECONDS = 60.0
+START_TIMEOUT = 60.0
+
+
+class PortInUseError(TbmirrorError):
+    """TensorBoard's port is taken by another process."""
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: ask the kernel for SIGKILL when the parent thread dies."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def check_port_free(host: str, port: int) -> None:
+    """Raise PortInUseError if something already listens on host:port."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind((host, port))
+        except OSError as error:
+            if error.errno == errno.EADDRINUSE:
+                raise PortInUseError(
+                    f"TensorBoard port {port} on {host} is already in use: stop what listens "
+                    f"there or set tensorboard.port"
+                ) from None
+            raise
+
+
+class TensorBoardSupervisor:
+    def __init__(self, settings: TensorBoardSettings, logdir: Path) -> None:
+        self.settings = settings
+        self.logdir = logdir
+        self.url = settings.url
+        self.restarts = 0
+        self._process: subprocess.Popen[bytes] | None = None
+        self._ready = False
+        self._unanswered = 0
+        self._failures = 0
+        self._spawned_at = 0.0
+        self._next_attempt = 0.0
+        self._http = httpx.Client(timeout=PROBE_TIMEOUT_SECONDS)
+
+    @property
+    def up(self) -> bool:
+        """True while the child runs and its last probe answered."""
+        return self._ready and self._process is not None and self._process.poll() is None
+
+    def command(self) -> list[str]:
+        s = self.settings
+        return [
+            sys.executable, "-m", "tensorboard.main",
+            "--logdir", str(self.logdir),
+            "--host", s.host,
+            "--port", str(s.port),
+            "--path_prefix", s.path_prefix,
+            "--reload_interval", str(s.reload_interval),
+            "--samples_per_plugin", f"scalars={s.scalars_samples}",
+            "--load_fast", "true",
+            *s.extra_args,
+        ]  # fmt: skip
+
+    def start(self, timeout: float = START_TIMEOUT) -> None:
+        """Start TensorBoard and wait until it answers. Raises PortInUseError, TbmirrorError."""
+        check_port_free(self.settings.host, self.settings.port)
+        self._spawn()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self._probe():
+                self._became_ready()
+                return
+            assert self._process is not None
+            if self._process.poll() is not None:
+                raise TbmirrorError(
+                    f"TensorBoard exited with code {self._process.returncode} at start-up"
+                    + (" (could not bind its port)" if self._process.returncode == 255 else "")
+                )
+            time.sleep(0.2)
+        raise TbmirrorError(f"TensorBoard did not answer on {self.url} within {timeout:.0f} s")
+
+    def check(self) -> None:
+        """Probe once; restart (with capped exponential backoff) if it died or stopped answering."""
+        process = self._process
+        if process is not None and process.poll() is None:
+            if self._probe():
+                self._unanswered = 0
+                if not self._ready:
+                    self._became_ready()
+                return
+            self._unanswered += 1
+            starting = not self._ready and time.monotonic() - self._spawned_at < START_TIMEOUT
+            if starting or self._unanswered < UNANSWERED_PROBES_BEFORE_RESTART:
+                return
+            log.error("tensorboard_unresponsive", probes=self._unanswered)
+            stop_process_group(process, grace=5)
+        elif process is not None:
+            log.error("tensorboard_exited", code=process.returncode)
+        self._process = None
+        self._ready = False
+        self._restart()
+
+    def _restart(self) -> None:
+        now = time.monotonic()
+        if now < self._next_attempt:
+            return
+        self.restarts += 1
+        self._failures += 1
+        self._next_attempt = now + min(BACKOFF_CAP_SECONDS, 2 ** (self._failures - 1))
+        try:
+            check_port_free(self.settings.host, self.settings.port)
+        except PortInUseError as error:
+            log.error("tensorboard_restart_failed", error=str(error))
+            return
+        log.warning("tensorboard_restarting", restarts=self.restarts)
+        self._spawn()
+
+    def stop(self) -> None:
+        self._ready = False
+        if self._process is not None:
+            stop_process_group(self._process, grace=5)
+            self._process = None
+        self._http.close()
+
+    def _spawn(self) -> None:
+        self._unanswered = 0
+        self._process = subprocess.Popen(
+            self.command(),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=_die_with_parent,
+        )
+        assert self._process.stdout is not None
+        threading.Thread(
+            target=_forward_output, args=(self._process.stdout, self._process.pid), daemon=True
+        ).start()
+        self._spawned_at = time.monotonic()
+
+    def _probe(self) -> bool:
+        try:
+            response = self._http.get(self.url.rstrip("/") + "/data/environment")
+        except httpx.HTTPError:
+            return False
+        return response.status_code == 200
+
+    def _became_ready(self) -> None:
+        self._ready = True
+        self._failures = 0
+        log.info(
+            "tensorboard_ready", url=self.url, pid=self._process.pid if self._process else None
+        )
+
+
+def _forward_output(stream: IO[bytes], pid: int) -> None:
+    """Copy TensorBoard's output into our log, one event per line."""
+    for raw in stream:
+        line = raw.decode("utf-8", errors="replace").rstrip()
+        if line:
+            log.info("tensorboard_output", pid=pid, line=line)

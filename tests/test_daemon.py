@@ -1,0 +1,267 @@
+"""`tbmirror run` as a subprocess: live updates, a supervised TensorBoard, SIGHUP reloads, SIGKILL
+recovery, an MLflow outage, and the systemd notify protocol."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import time
+from pathlib import Path
+
+import httpx
+from mlflow.entities import Metric
+from mlflow.tracking import MlflowClient
+
+from conftest import (
+    MlflowServer,
+    TensorBoardReader,
+    daemon_config,
+    mlflow_source,
+    pid_alive,
+    tbmirror,
+    wait_until,
+)
+
+T0 = 1_700_000_000_000
+
+
+def log_steps(client: MlflowClient, run_id: str, steps: range, key: str = "loss") -> None:
+    client.log_batch(run_id, metrics=[Metric(key, float(s), T0 + 1000 * s, s) for s in steps])
+
+
+def health(url: str) -> tuple[int, dict]:
+    response = httpx.get(f"{url}/healthz", timeout=5)
+    return response.status_code, response.json()
+
+
+def test_live_points_and_a_killed_tensorboard_comes_back(
+    tmp_path: Path, mlflow_server: MlflowServer, start_daemon, experiment_name: str
+) -> None:
+    client = mlflow_server.client()
+    run_id = client.create_run(
+        client.create_experiment(experiment_name), run_name="live"
+    ).info.run_id
+    log_steps(client, run_id, range(10))
+    config, tb_url, health_url = daemon_config(
+        tmp_path / "c.yaml", tmp_path / "root",
+        [mlflow_source("live", mlflow_server.url, [experiment_name], poll_interval="1s")],
+    )  # fmt: skip
+    daemon = start_daemon(config)
+    daemon.wait_event("daemon_ready")
+    board = TensorBoardReader(tb_url)
+    run = f"live/{experiment_name}/live"
+    board.wait_scalars(run, "loss", 10)
+
+    log_steps(client, run_id, range(10, 25))
+    assert [p[1] for p in board.wait_scalars(run, "loss", 25)] == list(range(25))
+
+    (pid,) = daemon.tensorboard_pids()
+    os.killpg(pid, signal.SIGKILL)
+    killed = time.monotonic()
+
+    def down() -> dict | None:
+        status, body = health(health_url)
+        return body if status == 503 else None
+
+    body = wait_until(down, 5, "/healthz to report TensorBoard down", every=0.05)
+    assert body["tensorboard"]["up"] is False and body["status"] == "degraded"
+    wait_until(
+        lambda: len(daemon.tensorboard_pids()) == 2 and board.answers(), 10, "a new TensorBoard"
+    )
+    assert time.monotonic() - killed < 5, "TensorBoard must be back and serving within 5 s"
+    assert health(health_url)[0] == 200
+    log_steps(client, run_id, range(25, 30))
+    board.wait_scalars(run, "loss", 30)
+    metrics = httpx.get(f"{health_url}/metrics").text
+    assert "tbmirror_tensorboard_restarts_total 1.0" in metrics
+    assert 'tbmirror_points_written_total{source="live"} 30.0' in metrics
+    assert daemon.stop() == 0
+
+
+def test_sighup_adds_a_source_and_survives_a_broken_config(
+    tmp_path: Path, mlflow_server: MlflowServer, start_daemon, experiment_name: str
+) -> None:
+    client = mlflow_server.client()
+    first = client.create_run(client.create_experiment(experiment_name), run_name="one").info.run_id
+    second_experiment = f"{experiment_name}-second"
+    second = client.create_run(
+        client.create_experiment(second_experiment), run_name="two"
+    ).info.run_id
+    log_steps(client, first, range(3))
+    log_steps(client, second, range(4))
+    one = mlflow_source("one", mlflow_server.url, [experiment_name], poll_interval="1s")
+    two = mlflow_source("two", mlflow_server.url, [second_experiment], poll_interval="1s")
+    path = tmp_path / "c.yaml"
+    config, tb_url, _ = daemon_config(path, tmp_path / "root", [one])
+    daemon = start_daemon(config)
+    daemon.wait_event("daemon_ready")
+    board = TensorBoardReader(tb_url)
+    board.wait_scalars(f"one/{experiment_name}/one", "loss", 3)
+    (tensorboard_pid,) = daemon.tensorboard_pids()
+
+    text = path.read_text()
+    path.write_text(text.replace("sources:\n", "sources:\n" + _yaml_item(two), 1))
+    daemon.signal(signal.SIGHUP)
+    daemon.wait_event("reloaded", sources=2)
+    board.wait_scalars(f"two/{second_experiment}/two", "loss", 4)
+
+    path.write_text(text.replace("poll_interval: 1s", "poll_interval: whenever"))
+    daemon.signal(signal.SIGHUP)
+    failed = daemon.wait_event("reload_failed")
+    assert "sources[0].poll_interval: expected a duration" in failed["error"]
+    log_steps(client, second, range(4, 6))
+    board.wait_scalars(f"two/{second_experiment}/two", "loss", 6)
+    assert daemon.tensorboard_pids() == {tensorboard_pid}, "a reload must not drop TensorBoard"
+    assert daemon.stop() == 0
+
+
+def _yaml_item(source: dict) -> str:
+    lines = [f"  {key}: {value!r}".replace("'", '"') for key, value in source.items()]
+    lines[0] = "- " + lines[0][2:]
+    return "\n".join(lines).replace('"1s"', "1s") + "\n"
+
+
+def test_sigkill_leaves_no_tensorboard_and_a_restart_resumes_exactly(
+    tmp_path: Path, mlflow_server: MlflowServer, start_daemon, experiment_name: str
+) -> None:
+    client = mlflow_server.client()
+    run_id = client.create_run(client.create_experiment(experiment_name), run_name="r").info.run_id
+    log_steps(client, run_id, range(2000))
+    config, tb_url, _ = daemon_config(
+        tmp_path / "c.yaml", tmp_path / "root",
+        [mlflow_source("killed", mlflow_server.url, [experiment_name], poll_interval="1s")],
+    )  # fmt: skip
+    daemon = start_daemon(config)
+    daemon.wait_event("daemon_ready")
+    (pid,) = daemon.tensorboard_pids()
+    log_steps(client, run_id, range(2000, 4000))
+    daemon.process.send_signal(signal.SIGKILL)
+    daemon.process.wait(5)
+    wait_until(lambda: not pid_alive(pid), 5, "TensorBoard to die with the daemon")
+
+    log_steps(client, run_id, range(4000, 5000))
+    restarted = start_daemon(config)
+    restarted.wait_event("daemon_ready")
+    shown = TensorBoardReader(tb_url).wait_scalars(
+        f"killed/{experiment_name}/r", "loss", 5000, timeout=60
+    )
+    assert [p[1] for p in shown] == list(range(5000))
+    assert restarted.stop() == 0
+
+
+def test_an_mlflow_outage_degrades_health_and_loses_nothing(
+    tmp_path: Path, start_daemon, experiment_name: str
+) -> None:
+    """A server of its own, stopped for 30 s; meanwhile points are written straight into its
+    store (as a training job on the database host would), and all of them arrive afterwards."""
+    server = MlflowServer(tmp_path / "mlflow").start()
+    try:
+        client = server.client()
+        run_id = client.create_run(
+            client.create_experiment(experiment_name), run_name="r"
+        ).info.run_id
+        log_steps(client, run_id, range(5))
+        config, tb_url, health_url = daemon_config(
+            tmp_path / "c.yaml", tmp_path / "root",
+            [mlflow_source("outage", server.url, [experiment_name], poll_interval="1s",
+                           max_retries=0)],
+        )  # fmt: skip
+        daemon = start_daemon(config)
+        daemon.wait_event("daemon_ready")
+        board = TensorBoardReader(tb_url)
+        run = f"outage/{experiment_name}/r"
+        board.wait_scalars(run, "loss", 5)
+
+        server.stop()
+        stopped = time.monotonic()
+        store = MlflowClient(f"sqlite:///{server.directory / 'mlflow.db'}")
+        log_steps(store, run_id, range(5, 50))
+        wait_until(
+            lambda: health(health_url)[0] == 503, 20, "/healthz to report the source degraded"
+        )
+        source = health(health_url)[1]["sources"]["outage"]
+        assert source["healthy"] is False and source["consecutive_errors"] >= 2
+        assert "ConnectError" in source["last_error"]
+        time.sleep(max(0.0, 30 - (time.monotonic() - stopped)))
+        assert daemon.process.poll() is None and board.answers()
+
+        server.start()
+        shown = board.wait_scalars(run, "loss", 50, timeout=120)
+        assert [p[1] for p in shown] == list(range(50))
+        wait_until(lambda: health(health_url)[0] == 200, 30, "/healthz to recover")
+        assert daemon.stop() == 0
+    finally:
+        server.stop()
+
+
+def test_notify_socket_gets_ready_and_watchdog_and_sigterm_exits_promptly(
+    tmp_path: Path, mlflow_server: MlflowServer, start_daemon, experiment_name: str
+) -> None:
+    mlflow_server.client().create_experiment(experiment_name)
+    config, _, _ = daemon_config(
+        tmp_path / "c.yaml", tmp_path / "root",
+        [mlflow_source("notify", mlflow_server.url, [experiment_name], poll_interval="1s")],
+    )  # fmt: skip
+    address = str(tmp_path / "notify.sock")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.bind(address)
+        sock.settimeout(60)
+        daemon = start_daemon(config, env={"NOTIFY_SOCKET": address, "WATCHDOG_USEC": "1000000"})
+        messages: list[str] = []
+        while not any("WATCHDOG=1" in m for m in messages[1:]) or len(messages) < 4:
+            messages.append(sock.recv(4096).decode())
+        assert messages[0].startswith("READY=1\nSTATUS=1 sources, ")
+        assert any("sources, " in m and "runs" in m for m in messages)
+        started = time.monotonic()
+        daemon.signal(signal.SIGTERM)
+        assert daemon.process.wait(10) == 0
+        assert time.monotonic() - started < 10
+        sock.settimeout(1)
+        rest = []
+        with contextlib.suppress(TimeoutError):
+            while True:
+                rest.append(sock.recv(4096).decode())
+        assert any("STOPPING=1" in m for m in rest)
+
+
+def test_a_busy_tensorboard_port_is_one_clear_error(
+    tmp_path: Path, mlflow_server: MlflowServer, start_daemon
+) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        config, _, _ = daemon_config(
+            tmp_path / "c.yaml", tmp_path / "root",
+            [mlflow_source("busy", mlflow_server.url, ["x"])], tensorboard={"port": port},
+        )  # fmt: skip
+        daemon = start_daemon(config)
+        assert daemon.process.wait(30) == 1
+    assert f"TensorBoard port {port} on 127.0.0.1 is already in use" in daemon.log_path.read_text()
+
+
+def test_status_command_reads_the_state_store_while_the_daemon_runs(
+    tmp_path: Path, mlflow_server: MlflowServer, start_daemon, experiment_name: str
+) -> None:
+    client = mlflow_server.client()
+    run_id = client.create_run(client.create_experiment(experiment_name), run_name="r").info.run_id
+    log_steps(client, run_id, range(7))
+    config, _, _ = daemon_config(
+        tmp_path / "c.yaml", tmp_path / "root",
+        [mlflow_source("status", mlflow_server.url, [experiment_name], poll_interval="1s")],
+    )  # fmt: skip
+    daemon = start_daemon(config)
+    daemon.wait_event("source_synced", points=7)
+    result = tbmirror("status", "--config", str(config), "--json")
+    assert result.returncode == 0, result.stderr
+    (row,) = json.loads(result.stdout)
+    assert (row["source"], row["experiment"], row["runs"], row["points"]) == (
+        "status", experiment_name, 1, 7,
+    )  # fmt: skip
+    assert row["consecutive_errors"] == 0 and row["lag_seconds"] < 60
+    table = tbmirror("status", "--config", str(config))
+    assert "status" in table.stdout and experiment_name[:10] in table.stdout
+    assert daemon.stop() == 0
