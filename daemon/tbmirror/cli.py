@@ -38,6 +38,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     try:
+        if args.command is demo_command:
+            logs.configure(args.log_level or "info")
+            return demo_command(args)
         settings = load_settings(Path(args.config))
         logs.configure(args.log_level or settings.logging.level)
         result: int = args.command(settings, args)
@@ -56,15 +59,19 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"tbmirror {__version__}")
     commands = parser.add_subparsers(required=True, metavar="COMMAND")
 
-    def command(name: str, handler: Callable[..., int], help: str) -> argparse.ArgumentParser:
+    def command(
+        name: str, handler: Callable[..., int], help: str, config: bool = True
+    ) -> argparse.ArgumentParser:
         sub = commands.add_parser(name, help=help, description=help)
         sub.set_defaults(command=handler)
+        sub.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+        if not config:
+            return sub
         sub.add_argument(
             "--config",
             default=os.environ.get("TBMIRROR_CONFIG", DEFAULT_CONFIG),
             help=f"YAML config file (default: $TBMIRROR_CONFIG or {DEFAULT_CONFIG})",
         )
-        sub.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
         return sub
 
     sync = command("sync", sync_command, "One full incremental pass over every source, then exit.")
@@ -77,6 +84,12 @@ def _parser() -> argparse.ArgumentParser:
     command("run", run_command, "Run the daemon: poll, mirror, serve TensorBoard (systemd).")
     status = command("status", status_command, "Show what is mirrored, from the state store.")
     status.add_argument("--json", action="store_true", help="machine-readable output")
+    demo = command(
+        "demo", demo_command, "Mirror a throw-away local MLflow server (needs the demo extra).",
+        config=False,
+    )  # fmt: skip
+    demo.add_argument("--dir", type=Path, default=Path("tbmirror-demo"), help="demo folder")
+    demo.add_argument("--port", type=int, default=6006, help="TensorBoard port")
     return parser
 
 
@@ -100,6 +113,12 @@ def sync_command(settings: Settings, args: argparse.Namespace) -> int:
     finally:
         state.close()
     return 0 if all(report.ok for report in reports) else 1
+
+
+def demo_command(args: argparse.Namespace) -> int:
+    from tbmirror.demo import run_demo
+
+    return run_demo(args.dir, args.port)
 
 
 def run_command(settings: Settings, args: argparse.Namespace) -> int:

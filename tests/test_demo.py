@@ -1,0 +1,68 @@
+"""`tbmirror demo` as a newcomer runs it: the seed's sweep and a live training run show up in
+TensorBoard, and Ctrl-C leaves nothing running."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+from conftest import TensorBoardReader, pid_alive, wait_until
+from tbmirror.processes import free_port, stop_process_group
+
+
+def test_demo_shows_the_sweep_and_a_live_run_and_stops_cleanly(tmp_path: Path) -> None:
+    port = free_port()
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "tbmirror",
+            "demo",
+            "--dir",
+            str(tmp_path / "demo"),
+            "--port",
+            str(port),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=(tmp_path / "demo.log").open("wb"),
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        assert process.stdout is not None
+        lines = [process.stdout.readline(), process.stdout.readline()]
+        assert lines[0].startswith("MLflow:      http://127.0.0.1:")
+        assert lines[1].startswith(f"TensorBoard: http://127.0.0.1:{port}/")
+        mlflow_url = lines[0].split()[1]
+        board = TensorBoardReader(f"http://127.0.0.1:{port}")
+        sweep = {f"demo/tensorboard-demo/ridge-sweep/alpha0.{i}" for i in range(1, 8)}
+        live = "demo/training-loop/live-training"
+        wait_until(lambda: sweep | {live} <= set(board.runs()), 60, "the demo's runs")
+        assert len(board.wait_scalars("demo/tensorboard-demo/ridge-sweep", "mse", 7)) == 7
+        first = wait_until(lambda: len(board.scalars(live, "train/loss")), 30, "live points")
+        wait_until(
+            lambda: len(board.scalars(live, "train/loss")) >= first + 3, 30, "more live points"
+        )
+        groups = wait_until(
+            lambda: len(board.session_groups()) >= 8 and board.session_groups(), 30, "sessions"
+        )
+        assert {g["sessions"][0]["name"] for g in groups} >= sweep
+
+        process.send_signal(signal.SIGINT)
+        started = time.monotonic()
+        assert process.wait(20) == 0
+        assert time.monotonic() - started < 20
+        for url in (mlflow_url, f"http://127.0.0.1:{port}"):
+            try:
+                httpx.get(url, timeout=2)
+            except httpx.HTTPError:
+                continue
+            raise AssertionError(f"{url} still answers after the demo stopped")
+    finally:
+        stop_process_group(process)
+    assert not pid_alive(process.pid)
