@@ -3,6 +3,7 @@ events file makes its run be written again from scratch; an unknown events file 
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 from mlflow.entities import Metric
@@ -45,3 +46,29 @@ def test_damaged_lost_and_unknown_files(
     assert "orphan_events_file_removed" in result.stderr and not stray.exists()
     assert scalar_steps(top / "shortened") == list(range(50))
     assert scalar_steps(top / "lost") == list(range(50))
+
+
+def test_one_broken_run_does_not_stop_the_others(
+    sync, mlflow_server: MlflowServer, mirror_root: Path, experiment_name: str, source_name: str
+) -> None:
+    client = mlflow_server.client()
+    experiment_id = client.create_experiment(experiment_name)
+    runs = {}
+    for name in ("broken", "fine"):
+        runs[name] = client.create_run(experiment_id, run_name=name).info.run_id
+        client.log_batch(runs[name], metrics=[Metric("m", 1.0, 1_700_000_000_000, 0)])
+    sync([experiment_name])
+    top = mirror_root / source_name / experiment_name
+    shutil.rmtree(top / "broken")
+    (top / "broken").write_text("a file where the run's directory was")
+    for run_id in runs.values():
+        client.log_batch(run_id, metrics=[Metric("m", 2.0, 1_700_000_000_001, 1)])
+
+    result = sync([experiment_name], check=False)
+    assert result.returncode == 1
+    assert f"1 runs failed: {runs['broken']}" in result.stdout
+    assert scalar_steps(top / "fine") == [0, 1]
+
+    (top / "broken").unlink()  # repaired: the lost file makes recovery write the run again
+    sync([experiment_name])
+    assert scalar_steps(top / "broken") == [0, 1]

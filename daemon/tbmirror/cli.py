@@ -48,6 +48,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except TbmirrorError as error:
         print(f"tbmirror: {error}", file=sys.stderr)
         return error.exit_code
+    except OSError as error:  # the mirror root or state on a disk we cannot use
+        print(f"tbmirror: {error}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
 

@@ -123,6 +123,9 @@ class SourceSync:
         except TbmirrorError as error:
             report.error = str(error)
             log.error("source_failed", source=self.source.name, error=str(error))
+        except Exception as error:  # a bug or unexpected data: fail this pass, not the daemon
+            report.error = f"unexpected {type(error).__name__}: {error}"
+            log.exception("source_failed", source=self.source.name, error=report.error)
         report.requests = self.source.requests_made - requests_before
         report.seconds = time.monotonic() - started
         self._record_status(report)
@@ -277,7 +280,7 @@ class SourceSync:
             elif record.dir != dir:
                 self._move(record, dir)
                 report.runs_moved += 1
-        except (OSError, TbmirrorError) as error:
+        except Exception as error:  # one bad run never stops the others
             self._fail(report, run, error)
             return None
         cursors = self.state.cursors(self.source.name, run.run_id)
@@ -360,7 +363,7 @@ class SourceSync:
                     report.points += points
                 if record != plan.record or cursors or length is not None:
                     commits.append((record, cursors, length))
-            except (OSError, TbmirrorError, ValueError) as error:
+            except Exception as error:  # one bad run never stops the others
                 self._fail(report, plan.run, error)
         with self.state.transaction():
             for record, cursors, length in commits:
@@ -453,7 +456,10 @@ class SourceSync:
 
     def _fail(self, report: PassReport, run: RunSnapshot, error: Exception) -> None:
         report.failed_runs.append(run.run_id)
-        log.error("run_failed", source=self.source.name, run_id=run.run_id, error=str(error))
+        expected = isinstance(error, (OSError, TbmirrorError))
+        (log.error if expected else log.exception)(
+            "run_failed", source=self.source.name, run_id=run.run_id, error=str(error)
+        )
 
 
 def _escape(text: str) -> str:

@@ -2,7 +2,7 @@
 
 Run before anything reads the mirror (TensorBoard included):
 - a file longer than its committed length is cut back to it (records appended, never committed);
-- a file that is missing or shorter than committed cannot be trusted: its run is reset, so its
+- a file that is missing, shorter than committed or not a file at all cannot be trusted: its run
   points are fetched and written again into a fresh file;
 - an events file under a source directory we own that the store does not know (created but never
   committed, or left by a deleted run) is removed.
@@ -37,7 +37,10 @@ def recover(state: State, layout: MirrorLayout, owned_dirs: list[str]) -> Recove
     broken: set[str] = set()
     for relative, length in committed.items():
         path = layout.resolve(relative)
-        size = path.stat().st_size if path.exists() else -1
+        try:
+            size = path.stat().st_size if path.is_file() else -1
+        except OSError:
+            size = -1
         if size > length:
             events.truncate(path, length)
             report.truncated += 1
@@ -50,7 +53,11 @@ def recover(state: State, layout: MirrorLayout, owned_dirs: list[str]) -> Recove
             for run in state.all_runs():
                 if run.events_path in broken:
                     log.warning("events_file_damaged_run_reset", path=run.events_path)
-                    layout.resolve(run.events_path).unlink(missing_ok=True)
+                    try:
+                        layout.resolve(run.events_path).unlink(missing_ok=True)
+                    except OSError as error:
+                        log.warning("damaged_file_not_removed", path=run.events_path,
+                                    error=str(error))  # fmt: skip
                     state.forget_run(run)
                     run.events_file, run.text_digest, run.text_step = None, None, -1
                     run.hparams_written = run.end_written = False
