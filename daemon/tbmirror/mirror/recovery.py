@@ -3,7 +3,7 @@
 Run before anything reads the mirror (TensorBoard included):
 - a file longer than its committed length is cut back to it (records appended, never committed);
 - a file that is missing, shorter than committed or not a file at all cannot be trusted: its run
-  points are fetched and written again into a fresh file;
+  is reset, so its points are fetched and written again into a fresh file;
 - an events file under a source directory we own that the store does not know (created but never
   committed, or left by a deleted run) is removed.
 """
