@@ -92,8 +92,10 @@ class SourceSync:
         self.writer = writer
         self.clock = clock
         self.settings = source.settings
+        # The source's mirrored runs, kept in step with the state store between passes.
         self._records: dict[str, RunRecord] = {}
         self._dirs: dict[str, str] = {}
+        self._records_stale = True
         self._reconcile_budget = 0
         self._last_listing: float | None = None
 
@@ -121,9 +123,11 @@ class SourceSync:
         try:
             self._pass(report, full or self._last_listing is None, reconcile_all, progress, stop)
         except TbmirrorError as error:
+            self._records_stale = True
             report.error = str(error)
             log.error("source_failed", source=self.source.name, error=str(error))
         except Exception as error:  # a bug or unexpected data: fail this pass, not the daemon
+            self._records_stale = True
             report.error = f"unexpected {type(error).__name__}: {error}"
             log.exception("source_failed", source=self.source.name, error=report.error)
         report.requests = self.source.requests_made - requests_before
@@ -151,8 +155,10 @@ class SourceSync:
         progress: Progress | None,
         stop: threading.Event | None,
     ) -> None:
-        self._records = self.state.runs(self.source.name)
-        self._dirs = {record.dir: run_id for run_id, record in self._records.items()}
+        if self._records_stale:  # the first pass, or the last one failed half-way
+            self._records = self.state.runs(self.source.name)
+            self._dirs = {record.dir: run_id for run_id, record in self._records.items()}
+            self._records_stale = False
         listing_started = self.clock()
         if full:
             listing = self.source.list_runs(mirrored_ids=self._records)
