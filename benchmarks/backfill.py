@@ -26,11 +26,11 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import yaml
 from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 from tensorboardX import SummaryWriter
 
+from common import write_config
 from tbmirror.local_mlflow import LocalMlflowServer
 from tbmirror.mirror import events, summaries
 
@@ -143,22 +143,7 @@ def main() -> None:
         naive_seconds = time.monotonic() - started
         assert naive_points == total, (naive_points, total)
 
-        config = output / "tbmirror.yaml"
-        config.write_text(
-            yaml.safe_dump(
-                {
-                    "mirror": {"root": str(output / "mirror"), "state": str(output / "state.db")},
-                    "sources": [
-                        {
-                            "name": "bench",
-                            "type": "mlflow",
-                            "tracking_uri": server.url,
-                            "experiments": [EXPERIMENT],
-                        }
-                    ],
-                }
-            )
-        )
+        config = write_config(output, server.url, EXPERIMENT)
         full_seconds, full_summary = tbmirror_sync(config)
         assert f", {total} points, " in full_summary, full_summary
         idle_seconds, idle_summary = tbmirror_sync(config)

@@ -23,10 +23,10 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import yaml
 from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 
+from common import start_daemon, write_config
 from tbmirror.config import load_settings
 from tbmirror.local_mlflow import LocalMlflowServer
 from tbmirror.mirror.layout import MirrorLayout
@@ -105,27 +105,12 @@ def main() -> None:
 
     with LocalMlflowServer(work / "mlflow") as server:
         build(MlflowClient(server.url), args.runs, args.keys)
-        config = work / "tbmirror.yaml"
-        config.write_text(
-            yaml.safe_dump(
-                {
-                    "mirror": {"root": str(work / "logs"), "state": str(work / "state.db")},
-                    "sources": [
-                        {"name": "bench", "type": "mlflow", "tracking_uri": server.url,
-                         "experiments": [EXPERIMENT], "poll_interval": 10}
-                    ],
-                    "tensorboard": {"port": free_port(), "reload_interval": 5},
-                    "health": {"port": free_port()},
-                }
-            )
+        config = write_config(
+            work, server.url, EXPERIMENT, source={"poll_interval": 10},
+            tensorboard={"port": free_port(), "reload_interval": 5}, health={"port": free_port()},
         )  # fmt: skip
         log_path = work / "daemon.log"
-        daemon = subprocess.Popen(
-            [sys.executable, "-m", "tbmirror", "run", "--config", str(config)],
-            stdout=subprocess.DEVNULL,
-            stderr=log_path.open("wb"),
-            start_new_session=True,
-        )
+        daemon = start_daemon(config, log_path)
         baseline = subprocess.Popen(
             [sys.executable, "-c", "import tbmirror.cli, time; time.sleep(3600)"]
         )

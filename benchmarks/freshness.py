@@ -13,18 +13,16 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import subprocess
-import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
 
 import httpx
-import yaml
 from mlflow.tracking import MlflowClient
 from tensorboardX import SummaryWriter
 
+from common import start_daemon, write_config
 from tbmirror.local_mlflow import LocalMlflowServer
 from tbmirror.processes import free_port, stop_process_group
 
@@ -59,26 +57,11 @@ def main() -> None:
         client = MlflowClient(server.url)
         run_id = client.create_run(client.create_experiment("fresh"), run_name="r").info.run_id
         tensorboard_port = free_port()
-        config = work / "tbmirror.yaml"
-        config.write_text(
-            yaml.safe_dump(
-                {
-                    "mirror": {"root": str(work / "logs"), "state": str(work / "state.db")},
-                    "sources": [
-                        {"name": "bench", "type": "mlflow", "tracking_uri": server.url,
-                         "experiments": ["fresh"], "poll_interval": POLL_SECONDS}
-                    ],
-                    "tensorboard": {"port": tensorboard_port, "reload_interval": 1},
-                    "health": {"enabled": False},
-                }
-            )
+        config = write_config(
+            work, server.url, "fresh", source={"poll_interval": POLL_SECONDS},
+            tensorboard={"port": tensorboard_port, "reload_interval": 1}, health={"enabled": False},
         )  # fmt: skip
-        daemon = subprocess.Popen(
-            [sys.executable, "-m", "tbmirror", "run", "--config", str(config)],
-            stdout=subprocess.DEVNULL,
-            stderr=(work / "daemon.log").open("wb"),
-            start_new_session=True,
-        )
+        daemon = start_daemon(config, work / "daemon.log")
         url = f"http://127.0.0.1:{tensorboard_port}"
         try:
             deadline = time.monotonic() + 60

@@ -331,3 +331,10 @@ def start_daemon(tmp_path: Path) -> Iterator[Callable[..., DaemonProcess]]:
     yield start
     for daemon in started:
         daemon.cleanup()
+
+
+def new_run(client: Any, experiment: str, name: str) -> str:
+    """A new run called `name` in `experiment` (created if missing); returns its id."""
+    existing = client.get_experiment_by_name(experiment)
+    experiment_id = existing.experiment_id if existing else client.create_experiment(experiment)
+    return str(client.create_run(experiment_id, run_name=name).info.run_id)

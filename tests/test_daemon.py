@@ -20,6 +20,7 @@ from conftest import (
     TensorBoardReader,
     daemon_config,
     mlflow_source,
+    new_run,
     pid_alive,
     tbmirror,
     wait_until,
@@ -85,7 +86,7 @@ def test_sighup_adds_a_source_and_survives_a_broken_config(
     tmp_path: Path, mlflow_server: MlflowServer, start_daemon, experiment_name: str
 ) -> None:
     client = mlflow_server.client()
-    first = client.create_run(client.create_experiment(experiment_name), run_name="one").info.run_id
+    first = new_run(client, experiment_name, "one")
     second_experiment = f"{experiment_name}-second"
     second = client.create_run(
         client.create_experiment(second_experiment), run_name="two"
@@ -128,7 +129,7 @@ def test_sigkill_leaves_no_tensorboard_and_a_restart_resumes_exactly(
     tmp_path: Path, mlflow_server: MlflowServer, start_daemon, experiment_name: str
 ) -> None:
     client = mlflow_server.client()
-    run_id = client.create_run(client.create_experiment(experiment_name), run_name="r").info.run_id
+    run_id = new_run(client, experiment_name, "r")
     log_steps(client, run_id, range(2000))
     config, tb_url, _ = daemon_config(
         tmp_path / "c.yaml", tmp_path / "root",
@@ -247,7 +248,7 @@ def test_status_command_reads_the_state_store_while_the_daemon_runs(
     tmp_path: Path, mlflow_server: MlflowServer, start_daemon, experiment_name: str
 ) -> None:
     client = mlflow_server.client()
-    run_id = client.create_run(client.create_experiment(experiment_name), run_name="r").info.run_id
+    run_id = new_run(client, experiment_name, "r")
     log_steps(client, run_id, range(7))
     config, _, _ = daemon_config(
         tmp_path / "c.yaml", tmp_path / "root",

@@ -11,7 +11,7 @@ from mlflow.entities import Metric
 from tensorboard.backend.event_processing.event_file_loader import RawEventFileLoader
 from tensorboard.compat.proto.event_pb2 import Event
 
-from conftest import MlflowServer, TensorBoard, tb_run
+from conftest import MlflowServer, TensorBoard, new_run, tb_run
 
 T0 = int(time.time() * 1000) - 600_000
 
@@ -44,7 +44,7 @@ def test_only_new_points_are_appended_and_an_idle_sync_writes_nothing(
     source_name: str,
 ) -> None:
     client = mlflow_server.client()
-    run_id = client.create_run(client.create_experiment(experiment_name), run_name="r").info.run_id
+    run_id = new_run(client, experiment_name, "r")
     client.log_batch(run_id, metrics=[Metric("a", i, T0 + i, i) for i in range(5)])
     client.log_batch(run_id, metrics=[Metric("b", -i, T0 + i, 0) for i in range(3)])
     sync([experiment_name])
@@ -140,7 +140,7 @@ def test_running_runs_are_reconciled_every_interval(
     from tbmirror.sync import SourceSync
 
     client = mlflow_server.client()
-    run_id = client.create_run(client.create_experiment(experiment_name), run_name="r").info.run_id
+    run_id = new_run(client, experiment_name, "r")
     client.log_batch(run_id, metrics=[Metric("m", float(i), T0 + i, i) for i in range(5)])
     settings = MlflowSourceSettings(
         name="clocked",

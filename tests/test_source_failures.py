@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from mlflow.entities import Metric
 
-from conftest import MlflowServer, free_port, mlflow_source, tbmirror, write_config
+from conftest import MlflowServer, free_port, mlflow_source, new_run, tbmirror, write_config
 
 
 class ErrorServer(http.server.ThreadingHTTPServer):
@@ -64,7 +64,7 @@ def test_failing_sources_are_reported_and_leave_the_mirror_untouched(
     source_name: str,
 ) -> None:
     client = mlflow_server.client()
-    run_id = client.create_run(client.create_experiment(experiment_name), run_name="r").info.run_id
+    run_id = new_run(client, experiment_name, "r")
     client.log_batch(
         run_id, metrics=[Metric("m", float(i), 1_700_000_000_000 + i, i) for i in range(5)]
     )

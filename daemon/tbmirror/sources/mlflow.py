@@ -18,7 +18,7 @@ import base64
 import json
 import re
 from collections import defaultdict
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -117,52 +117,44 @@ class MlflowClient:
 
     def experiments(self) -> list[Experiment]:
         """Every active experiment."""
-        found: list[Experiment] = []
-        token = None
-        while True:
-            body: dict[str, Any] = {"max_results": 1000, "view_type": "ACTIVE_ONLY"}
-            if token:
-                body["page_token"] = token
-            page = self.rest.post(f"{API}/experiments/search", body)
-            found.extend(_experiment(item) for item in page.get("experiments", []))
-            token = page.get("next_page_token")
-            if not token:
-                return found
+        body = {"max_results": 1000, "view_type": "ACTIVE_ONLY"}
+        pages = self._pages(lambda extra: self.rest.post(f"{API}/experiments/search", body | extra))
+        return [_experiment(item) for page in pages for item in page.get("experiments", [])]
 
     def search_runs(
         self, experiment_ids: list[str], filter_string: str = ""
     ) -> Iterator[RunSnapshot]:
         """All runs (deleted ones too) of `experiment_ids`, oldest start time first."""
-        token = None
-        while True:
-            body: dict[str, Any] = {
-                "experiment_ids": experiment_ids,
-                "filter": filter_string,
-                "run_view_type": "ALL",
-                "max_results": SEARCH_PAGE_SIZE,
-                "order_by": ["attributes.start_time ASC"],
-            }
-            if token:
-                body["page_token"] = token
-            page = self.rest.post(f"{API}/runs/search", body)
+        body = {
+            "experiment_ids": experiment_ids,
+            "filter": filter_string,
+            "run_view_type": "ALL",
+            "max_results": SEARCH_PAGE_SIZE,
+            "order_by": ["attributes.start_time ASC"],
+        }
+        for page in self._pages(lambda extra: self.rest.post(f"{API}/runs/search", body | extra)):
             yield from (run_from_json(item) for item in page.get("runs", []))
-            token = page.get("next_page_token")
-            if not token:
-                return
 
     def history(self, run_id: str, key: str, offset: int | None = None) -> list[MetricPoint]:
         """The key's history from `offset` (a constructed offset page token) to the end."""
-        points: list[MetricPoint] = []
-        token = _offset_token(offset) if offset else None
+        params = {"run_id": run_id, "metric_key": key, "max_results": HISTORY_PAGE_SIZE}
+        first = {"page_token": _offset_token(offset)} if offset else {}
+        pages = self._pages(
+            lambda extra: self.rest.get(f"{API}/metrics/get-history", params | (extra or first))
+        )
+        return [point_from_json(item) for page in pages for item in page.get("metrics", [])]
+
+    @staticmethod
+    def _pages(fetch: Callable[[dict[str, str]], dict[str, Any]]) -> Iterator[dict[str, Any]]:
+        """Every page of a paged endpoint; `fetch` gets {} first, then {"page_token": ...}."""
+        extra: dict[str, str] = {}
         while True:
-            params = {"run_id": run_id, "metric_key": key, "max_results": HISTORY_PAGE_SIZE}
-            if token:
-                params["page_token"] = token
-            page = self.rest.get(f"{API}/metrics/get-history", params)
-            points.extend(point_from_json(item) for item in page.get("metrics", []))
+            page = fetch(extra)
+            yield page
             token = page.get("next_page_token")
             if not token:
-                return points
+                return
+            extra = {"page_token": token}
 
     def history_bulk(self, run_ids: list[str], key: str) -> dict[str, list[MetricPoint]] | None:
         """Whole histories of `key` for up to 100 runs in one request.
