@@ -104,7 +104,9 @@ def test_all_experiments_follow_experiment_renames(
         check = tbmirror("check", "--config", str(config))
         assert (
             check.returncode == 0
-            and f"ok    {source_name}: {server.url}: experiments Default, after" in check.stdout
+            and f"ok    {source_name}: {server.url} (auth none, 2 experiments visible): "
+            f"experiments Default, after"
+            in check.stdout
         )
     finally:
         server.stop()
@@ -124,11 +126,12 @@ def test_check_reports_each_source(
     )
     result = tbmirror("check", "--config", str(config))
     assert result.returncode == 1
-    assert (
-        f"ok    good: {mlflow_server.url}: experiments {experiment_name}; not found: missing-one"
-        in result.stdout
+    good = [line for line in result.stdout.splitlines() if line.startswith("ok    good: ")]
+    assert good and good[0].startswith(f"ok    good: {mlflow_server.url} (auth none, ")
+    assert good[0].endswith(
+        f"experiments visible): experiments {experiment_name}; not found: missing-one"
     )
     assert (
-        "FAIL  down: source down: POST /api/2.0/mlflow/experiments/get-by-name" in result.stdout
-        or ("FAIL  down: source down: GET /api/2.0/mlflow/experiments/get-by-name" in result.stdout)
+        "FAIL  down: source down: GET /api/2.0/mlflow/experiments/get-by-name: Connect"
+        in result.stdout
     )

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -180,8 +181,10 @@ def check_command(settings: Settings, args: argparse.Namespace) -> int:
     failures = 0
     for source_settings in settings.sources:
         source = MlflowSource.from_settings(source_settings)
+        auth = source_settings.auth.type if source_settings.auth else "none"
         try:
             experiments, missing = source.experiments()
+            visible = len(source.client.experiments())
         except TbmirrorError as error:
             failures += 1
             print(f"FAIL  {source.name}: {error}")
@@ -189,11 +192,19 @@ def check_command(settings: Settings, args: argparse.Namespace) -> int:
         finally:
             source.close()
         names = ", ".join(sorted(e.name for e in experiments.values())) or "none"
-        line = f"ok    {source.name}: {source_settings.tracking_uri}: experiments {names}"
+        line = (
+            f"ok    {source.name}: {_without_userinfo(source_settings.tracking_uri)} "
+            f"(auth {auth}, {visible} experiments visible): experiments {names}"
+        )
         if missing:
             line += f"; not found: {', '.join(missing)}"
         print(line)
     return 1 if failures else 0
+
+
+def _without_userinfo(url: str) -> str:
+    """The URL without any user:password@ part (never print credentials)."""
+    return re.sub(r"//[^/@]*@", "//", url)
 
 
 def _summary(report: PassReport) -> str:

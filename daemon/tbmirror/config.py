@@ -18,6 +18,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    SecretStr,
     ValidationError,
     field_validator,
     model_validator,
@@ -59,6 +60,96 @@ class MirrorSettings(_Section):
     state: Path
 
 
+class _SecretSource(_Section):
+    """A secret given inline (use ${ENV_VAR}) or as a file (e.g. systemd LoadCredential=)."""
+
+    def secret(self, field: str) -> str:
+        """The secret `field`, read from `<field>_file` when that is set (first line, stripped)."""
+        value = getattr(self, field)
+        if value is not None:
+            return str(value.get_secret_value())
+        path: Path = getattr(self, f"{field}_file")
+        try:
+            return path.read_text(encoding="utf-8").strip()
+        except OSError as error:
+            raise ConfigError(f"cannot read {field}_file {path}: {error.strerror}") from None
+
+    @staticmethod
+    def _one_of(settings: _Section, field: str, required: bool = True) -> None:
+        given = [
+            getattr(settings, field) is not None,
+            getattr(settings, f"{field}_file") is not None,
+        ]
+        if all(given):
+            raise ValueError(f"give either {field} or {field}_file, not both")
+        if required and not any(given):
+            raise ValueError(f"{field} or {field}_file is required")
+
+
+class BasicAuth(_SecretSource):
+    """MLflow's own basic authentication (`mlflow server --app-name basic-auth`)."""
+
+    type: Literal["basic"]
+    username: str
+    password: SecretStr | None = None
+    password_file: Path | None = None
+
+    @model_validator(mode="after")
+    def _password(self) -> BasicAuth:
+        self._one_of(self, "password")
+        return self
+
+
+class BearerAuth(_SecretSource):
+    """A static bearer token."""
+
+    type: Literal["bearer"]
+    token: SecretStr | None = None
+    token_file: Path | None = None
+
+    @model_validator(mode="after")
+    def _token(self) -> BearerAuth:
+        self._one_of(self, "token")
+        return self
+
+
+class DatabricksAuth(_SecretSource):
+    """A Databricks workspace: a personal access token, or OAuth machine-to-machine."""
+
+    type: Literal["databricks"]
+    host: str | None = None  # default: the tracking_uri
+    token: SecretStr | None = None
+    token_file: Path | None = None
+    client_id: str | None = None
+    client_secret: SecretStr | None = None
+    client_secret_file: Path | None = None
+
+    @model_validator(mode="after")
+    def _credentials(self) -> DatabricksAuth:
+        if self.client_id is None:
+            self._one_of(self, "token")
+            self._one_of(self, "client_secret", required=False)
+            if self.client_secret or self.client_secret_file:
+                raise ValueError("client_secret needs client_id")
+        else:
+            self._one_of(self, "client_secret")
+            if self.token or self.token_file:
+                raise ValueError("give either token or client_id/client_secret, not both")
+        return self
+
+
+class AzureAuth(_SecretSource):
+    """An Azure ML workspace, with a token from azure-identity (the `azure` extra)."""
+
+    type: Literal["azure"]
+    credential: Literal["default", "managed_identity", "environment", "cli"] = "default"
+    client_id: str | None = None  # a user-assigned managed identity
+    scope: str = "https://management.azure.com/.default"
+
+
+Auth = Annotated[BasicAuth | BearerAuth | DatabricksAuth | AzureAuth, Field(discriminator="type")]
+
+
 class MlflowSourceSettings(_Section):
     """An MLflow tracking server (or anything speaking its REST API) to poll."""
 
@@ -76,13 +167,34 @@ class MlflowSourceSettings(_Section):
     timeout: Duration = 30.0
     max_retries: int = Field(default=5, ge=0, le=20)
     concurrency: int = Field(default=4, ge=1, le=32)
+    auth: Auth | None = None
+    max_requests_per_second: float | None = Field(default=None, gt=0)
+    max_search_requests_per_second: float | None = Field(default=None, gt=0)
 
     @field_validator("tracking_uri", "ui_url")
     @classmethod
     def _http_url(cls, value: str | None) -> str | None:
+        if value is not None and value.startswith("azureml://"):
+            value = "https://" + value.removeprefix("azureml://")  # as Azure prints it
         if value is not None and not re.match(r"^https?://[^/\s]+", value):
-            raise ValueError("expected an http:// or https:// URL")
+            raise ValueError("expected an http:// or https:// (or azureml://) URL")
         return value.rstrip("/") if value else value
+
+    @property
+    def search_rate_limit(self) -> float | None:
+        """Requests per second for search and experiment calls (Databricks allows 7)."""
+        if self.max_search_requests_per_second is not None:
+            return self.max_search_requests_per_second
+        if isinstance(self.auth, DatabricksAuth):
+            return 7.0
+        return self.max_requests_per_second
+
+    @property
+    def rate_limit(self) -> float | None:
+        """Requests per second for every other call (Databricks allows 127)."""
+        if self.max_requests_per_second is None and isinstance(self.auth, DatabricksAuth):
+            return 127.0
+        return self.max_requests_per_second
 
     @field_validator("poll_interval", "timeout")
     @classmethod

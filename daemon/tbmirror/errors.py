@@ -22,6 +22,10 @@ class SourceError(TbmirrorError):
     """A source could not be read: unreachable, refused, or answered with an error."""
 
 
+class AuthError(SourceError):
+    """A source refused our credentials, or no token could be obtained for it."""
+
+
 class MirrorError(TbmirrorError):
     """The mirror root or the state store cannot be written or is inconsistent."""
 

@@ -6,9 +6,11 @@ interpreter (the `demo` and `test` extras install it).
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 
@@ -24,8 +26,16 @@ class LocalMlflowServer:
     The server runs in its own process group; `stop` ends the whole group.
     """
 
-    def __init__(self, directory: Path, port: int | None = None) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        port: int | None = None,
+        extra_args: Sequence[str] = (),
+        env: Mapping[str, str] | None = None,
+    ) -> None:
         self.directory = directory
+        self.extra_args = list(extra_args)
+        self.env = {**os.environ, **(env or {})}
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = directory / f"mlflow-server-{self.port}.log"
@@ -41,10 +51,11 @@ class LocalMlflowServer:
             "--host", "127.0.0.1",
             "--port", str(self.port),
             "--workers", "1",
+            *self.extra_args,
         ]  # fmt: skip
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
-                command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+                command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=self.env
             )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

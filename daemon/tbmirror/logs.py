@@ -17,6 +17,7 @@ QUIET_LIBRARIES = {
     "apscheduler": logging.ERROR,  # "skipped: maximum number of running instances" is by design
     "httpx": logging.WARNING,  # one INFO line per request
     "httpcore": logging.WARNING,
+    "azure": logging.WARNING,  # azure-identity logs every token request
 }
 
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import httpx
 
-from tbmirror.errors import SourceError
+from tbmirror.errors import AuthError, SourceError
 
 RETRYABLE_STATUS = frozenset({429, 500, 502, 503, 504})
 BACKOFF_BASE_SECONDS = 0.5
@@ -45,16 +45,23 @@ class RestClient:
         timeout: float,
         max_retries: int,
         max_connections: int = 8,
+        auth: httpx.Auth | None = None,
+        auth_name: str | None = None,
+        rate_limit: float | None = None,
+        search_rate_limit: float | None = None,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.source_name = source_name
+        self._auth_name = auth_name
         self._max_retries = max_retries
         self._sleep = sleep
+        self._limiters = (RateLimiter(search_rate_limit, sleep), RateLimiter(rate_limit, sleep))
         self._client = httpx.Client(
             base_url=base_url,
             timeout=timeout,
             limits=httpx.Limits(max_connections=max_connections),
             headers={"User-Agent": "tbmirror"},
+            auth=auth,
         )
         self._lock = threading.Lock()
         self.requests_made = 0
@@ -70,7 +77,9 @@ class RestClient:
 
     def _request(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
         attempt = 0
+        limiter = self._limiters[0 if _is_search(path) else 1]
         while True:
+            limiter.wait()
             with self._lock:
                 self.requests_made += 1
             try:
@@ -86,11 +95,42 @@ class RestClient:
                 continue
             if response.status_code < 400:
                 return _json(response, self.source_name)
+            if response.status_code in (401, 403):
+                how = f"{self._auth_name} credentials" if self._auth_name else "no credentials"
+                raise AuthError(
+                    f"source {self.source_name}: {method} {path}: HTTP {response.status_code}: "
+                    f"authentication failed ({how})"
+                )
             if response.status_code in RETRYABLE_STATUS and attempt < self._max_retries:
                 self._sleep(_retry_after(response) or _backoff(attempt))
                 attempt += 1
                 continue
             raise _status_error(response, method, path, self.source_name)
+
+
+class RateLimiter:
+    """Spaces calls at least 1/rate seconds apart (no limit when rate is None). Thread-safe."""
+
+    def __init__(self, rate: float | None, sleep: Callable[[float], None] = time.sleep) -> None:
+        self._interval = 1 / rate if rate else 0.0
+        self._sleep = sleep
+        self._lock = threading.Lock()
+        self._next = 0.0
+
+    def wait(self) -> None:
+        if not self._interval:
+            return
+        with self._lock:
+            now = time.monotonic()
+            start = max(now, self._next)
+            self._next = start + self._interval
+        if start > now:
+            self._sleep(start - now)
+
+
+def _is_search(path: str) -> bool:
+    """Search and experiment calls, which Databricks limits more tightly than others."""
+    return "/runs/search" in path or "/experiments/" in path
 
 
 def _backoff(attempt: int) -> float:

@@ -27,6 +27,7 @@ import structlog
 
 from tbmirror.config import MlflowSourceSettings
 from tbmirror.model import Experiment, MetricPoint, RunSnapshot
+from tbmirror.sources.auth import build_auth
 from tbmirror.sources.http import HttpStatusError, RestClient
 from tbmirror.state import Cursor
 
@@ -207,6 +208,10 @@ class MlflowSource:
             timeout=settings.timeout,
             max_retries=settings.max_retries,
             max_connections=settings.concurrency + 1,
+            auth=build_auth(settings),
+            auth_name=settings.auth.type if settings.auth else None,
+            rate_limit=settings.rate_limit,
+            search_rate_limit=settings.search_rate_limit,
         )
         return cls(settings, MlflowClient(rest))
 

@@ -1,0 +1,143 @@
+"""Authentication of a source's requests: basic, static bearer, Databricks (PAT or OAuth M2M) and
+Azure ML (azure-identity).
+
+Tokens are cached and refreshed before they expire; a request answered 401 gets one fresh token
+and is sent once more. No secret is ever put into a log event or an error message.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Generator
+from typing import Any
+
+import httpx
+import structlog
+
+from tbmirror.config import AzureAuth, BasicAuth, BearerAuth, DatabricksAuth, MlflowSourceSettings
+from tbmirror.errors import AuthError
+
+log = structlog.get_logger(__name__)
+
+REFRESH_MARGIN_SECONDS = 120.0
+
+
+class CachedToken:
+    """A token from `fetch` (-> (token, expires at epoch seconds)), refreshed before expiry."""
+
+    def __init__(self, fetch: Callable[[], tuple[str, float]]) -> None:
+        self._fetch = fetch
+        self._lock = threading.Lock()
+        self._token: str | None = None
+        self._expires = 0.0
+
+    def get(self, force: bool = False) -> str:
+        with self._lock:
+            if (
+                force
+                or self._token is None
+                or time.time() >= self._expires - REFRESH_MARGIN_SECONDS
+            ):
+                self._token, self._expires = self._fetch()
+            return self._token
+
+
+class TokenAuth(httpx.Auth):
+    """`Authorization: Bearer <token>`; on a 401, one retry with a freshly fetched token."""
+
+    def __init__(self, token: CachedToken) -> None:
+        self._token = token
+
+    def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
+        request.headers["Authorization"] = f"Bearer {self._token.get()}"
+        response = yield request
+        if response.status_code == 401:
+            log.info("token_refused_refreshing")
+            request.headers["Authorization"] = f"Bearer {self._token.get(force=True)}"
+            yield request
+
+
+def build_auth(settings: MlflowSourceSettings) -> httpx.Auth | None:
+    """The httpx auth for a source (None without `auth:`)."""
+    auth = settings.auth
+    if auth is None:
+        return None
+    if isinstance(auth, BasicAuth):
+        return httpx.BasicAuth(auth.username, auth.secret("password"))
+    if isinstance(auth, BearerAuth):
+        return TokenAuth(CachedToken(lambda: (auth.secret("token"), float("inf"))))
+    if isinstance(auth, DatabricksAuth):
+        if auth.client_id is None:
+            return TokenAuth(CachedToken(lambda: (auth.secret("token"), float("inf"))))
+        host = (auth.host or settings.tracking_uri).rstrip("/")
+        return TokenAuth(CachedToken(lambda: _databricks_oauth(settings.name, host, auth)))
+    return TokenAuth(CachedToken(_AzureTokens(settings.name, auth)))
+
+
+def _databricks_oauth(source: str, host: str, auth: DatabricksAuth) -> tuple[str, float]:
+    """OAuth machine-to-machine: client id and secret exchanged at <host>/oidc/v1/token."""
+    assert auth.client_id is not None
+    try:
+        response = httpx.post(
+            f"{host}/oidc/v1/token",
+            data={"grant_type": "client_credentials", "scope": "all-apis"},
+            auth=(auth.client_id, auth.secret("client_secret")),
+            timeout=30,
+        )
+    except httpx.HTTPError as error:
+        raise AuthError(
+            f"source {source}: databricks OAuth token request failed: {type(error).__name__}"
+        ) from None
+    if response.status_code != 200:
+        raise AuthError(
+            f"source {source}: databricks OAuth token request refused: HTTP {response.status_code}"
+        )
+    body: dict[str, Any] = response.json()
+    return str(body["access_token"]), time.time() + float(body.get("expires_in", 3600))
+
+
+class _AzureTokens:
+    """Tokens for `auth.scope` from the configured azure-identity credential, made on first use
+    (so a missing azure-identity fails this source's passes, not the daemon)."""
+
+    def __init__(self, source: str, auth: AzureAuth) -> None:
+        self._source, self._auth = source, auth
+        self._credential: Any = None
+
+    def __call__(self) -> tuple[str, float]:
+        try:
+            from azure.core.exceptions import ClientAuthenticationError
+        except ImportError:
+            raise AuthError(
+                f"source {self._source}: auth type azure needs azure-identity: "
+                "pip install 'tbmirror[azure]'"
+            ) from None
+        if self._credential is None:
+            self._credential = self._make_credential()
+        try:
+            token = self._credential.get_token(self._auth.scope)
+        except ClientAuthenticationError as error:
+            message = str(error).splitlines()[0][:300]
+            raise AuthError(
+                f"source {self._source}: azure credential ({self._auth.credential}) gave no "
+                f"token: {message}"
+            ) from None
+        return token.token, float(token.expires_on)
+
+    def _make_credential(self) -> Any:
+        from azure.identity import (
+            AzureCliCredential,
+            DefaultAzureCredential,
+            EnvironmentCredential,
+            ManagedIdentityCredential,
+        )
+
+        kind, client_id = self._auth.credential, self._auth.client_id
+        if kind == "managed_identity":
+            return ManagedIdentityCredential(client_id=client_id)
+        if kind == "environment":
+            return EnvironmentCredential()
+        if kind == "cli":
+            return AzureCliCredential()
+        return DefaultAzureCredential(managed_identity_client_id=client_id)
