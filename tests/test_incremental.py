@@ -4,7 +4,9 @@ nothing new writes 0 bytes and fetches no history, and points that MLflow insert
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from mlflow.entities import Metric
@@ -12,6 +14,12 @@ from tensorboard.backend.event_processing.event_file_loader import RawEventFileL
 from tensorboard.compat.proto.event_pb2 import Event
 
 from conftest import MlflowServer, TensorBoard, new_run, tb_run
+from tbmirror.config import MlflowSourceSettings
+from tbmirror.mirror.layout import MirrorLayout
+from tbmirror.mirror.writer import MirrorWriter
+from tbmirror.sources.mlflow import MlflowSource
+from tbmirror.state import State
+from tbmirror.sync import SourceSync
 
 T0 = int(time.time() * 1000) - 600_000
 
@@ -127,35 +135,35 @@ def test_points_inserted_mid_history_arrive_exactly_once(
     assert len(tensorboard.scalars(run, "loss")) == 13
 
 
+@contextlib.contextmanager
+def clocked_engine(
+    tmp_path: Path, server: MlflowServer, experiment: str, now: list[float]
+) -> Iterator[SourceSync]:
+    """An in-process engine for one experiment whose clock is `now[0]`."""
+    settings = MlflowSourceSettings(
+        name="clocked", type="mlflow", tracking_uri=server.url, experiments=[experiment],
+        reconcile_interval=600,
+    )  # fmt: skip
+    state = State(tmp_path / "state.db")
+    source = MlflowSource.from_settings(settings)
+    writer = MirrorWriter(MirrorLayout(tmp_path / "root"))
+    try:
+        yield SourceSync(source, state, writer, clock=lambda: now[0])
+    finally:
+        source.close()
+        state.close()
+
+
 def test_running_runs_are_reconciled_every_interval(
     tmp_path: Path, mlflow_server: MlflowServer, experiment_name: str
 ) -> None:
-    """In-process engine with a controlled clock: a lower-step point logged into a running run is
-    found at the first pass after `reconcile_interval`, not before, and only once."""
-    from tbmirror.config import MlflowSourceSettings
-    from tbmirror.mirror.layout import MirrorLayout
-    from tbmirror.mirror.writer import MirrorWriter
-    from tbmirror.sources.mlflow import MlflowSource
-    from tbmirror.state import State
-    from tbmirror.sync import SourceSync
-
+    """A lower-step point logged into a running run is found at the first pass after
+    `reconcile_interval`, not before, and only once."""
     client = mlflow_server.client()
     run_id = new_run(client, experiment_name, "r")
     client.log_batch(run_id, metrics=[Metric("m", float(i), T0 + i, i) for i in range(5)])
-    settings = MlflowSourceSettings(
-        name="clocked",
-        type="mlflow",
-        tracking_uri=mlflow_server.url,
-        experiments=[experiment_name],
-        reconcile_interval=600,
-    )
     now = [1_000_000.0]
-    state = State(tmp_path / "state.db")
-    source = MlflowSource.from_settings(settings)
-    engine = SourceSync(
-        source, state, MirrorWriter(MirrorLayout(tmp_path / "root")), clock=lambda: now[0]
-    )
-    try:
+    with clocked_engine(tmp_path, mlflow_server, experiment_name, now) as engine:
         assert engine.run_pass().points == 5
         client.log_batch(run_id, metrics=[Metric("m", 2.5, T0 + 100, 2)])
         now[0] += 599
@@ -165,6 +173,26 @@ def test_running_runs_are_reconciled_every_interval(
         assert (report.history_series, report.points) == (1, 1)
         now[0] += 1
         assert engine.run_pass().history_series == 0
-    finally:
-        source.close()
-        state.close()
+
+
+def test_finished_runs_are_reconciled_once_after_a_grace_period(
+    tmp_path: Path, mlflow_server: MlflowServer, experiment_name: str
+) -> None:
+    """A point that lands after the run finished (Azure ML ingests asynchronously) with a step
+    that does not change MLflow's latest is found `reconcile_interval` after the run ended;
+    after that the run is left alone."""
+    client = mlflow_server.client()
+    run_id = new_run(client, experiment_name, "done")
+    client.log_batch(run_id, metrics=[Metric("m", float(i), T0 + i, i) for i in range(5)])
+    client.set_terminated(run_id, "FINISHED")
+    now = [time.time()]
+    with clocked_engine(tmp_path, mlflow_server, experiment_name, now) as engine:
+        assert engine.run_pass().points == 5
+        client.log_batch(run_id, metrics=[Metric("m", 1.5, T0 + 50, 1)])
+        now[0] += 599
+        assert engine.run_pass().history_series == 0
+        now[0] += 2
+        assert engine.run_pass().points == 1
+        client.log_batch(run_id, metrics=[Metric("m", 0.5, T0 + 60, 0)])
+        now[0] += 601
+        assert engine.run_pass().history_series == 0
