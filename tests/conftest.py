@@ -331,6 +331,8 @@ def start_daemon(tmp_path: Path) -> Iterator[Callable[..., DaemonProcess]]:
     yield start
     for daemon in started:
         daemon.cleanup()
+    for daemon in started:  # an unexpected exception anywhere in the daemon is a bug
+        assert "Traceback" not in daemon.log_path.read_text(errors="replace"), daemon.log_path
 
 
 def new_run(client: Any, experiment: str, name: str) -> str:

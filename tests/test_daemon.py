@@ -241,7 +241,9 @@ def test_a_busy_tensorboard_port_is_one_clear_error(
         )  # fmt: skip
         daemon = start_daemon(config)
         assert daemon.process.wait(30) == 1
-    assert f"TensorBoard port {port} on 127.0.0.1 is already in use" in daemon.log_path.read_text()
+    output = daemon.log_path.read_text()
+    assert f"tbmirror: TensorBoard port {port} on 127.0.0.1 is already in use" in output
+    assert "Traceback" not in output
 
 
 def test_status_command_reads_the_state_store_while_the_daemon_runs(

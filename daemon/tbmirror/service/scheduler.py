@@ -91,7 +91,8 @@ class SourceScheduler:
 
     def shutdown(self) -> None:
         """Stop scheduling; passes in flight end at their next run boundary (stop event)."""
-        self._scheduler.shutdown(wait=True)
+        if self._scheduler.running:
+            self._scheduler.shutdown(wait=True)
         with self._guard:
             for runner in self._runners.values():
                 runner.engine.source.close()
