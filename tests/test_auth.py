@@ -306,3 +306,19 @@ def test_auth_config_errors_name_the_field() -> None:
         assert message.replace("Value error, ", "") in str(raised.value), str(raised.value)
     secret = parse_settings(base % "{type: bearer, token: hunter2-token}")
     assert "hunter2" not in repr(secret) and "hunter2" not in str(secret.model_dump())
+
+
+def test_an_unreadable_secret_file_fails_that_source_only(
+    tmp_path: Path, mlflow_server: MlflowServer, mirror_root: Path, experiment_name: str
+) -> None:
+    mlflow_server.client().create_experiment(experiment_name)
+    missing = tmp_path / "no-such-password"
+    config = write_config(tmp_path / "c.yaml", mirror_root, [
+        mlflow_source("locked", mlflow_server.url, [experiment_name],
+                      auth={"type": "basic", "username": "u", "password_file": str(missing)}),
+        mlflow_source("open", mlflow_server.url, [experiment_name]),
+    ])  # fmt: skip
+    result = tbmirror("sync", "--config", str(config))
+    assert result.returncode == 1
+    assert f"FAIL  locked: cannot read password_file {missing}: No such file" in result.stdout
+    assert "ok    open: 0 runs" in result.stdout

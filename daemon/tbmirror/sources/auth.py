@@ -1,12 +1,14 @@
 """Authentication of a source's requests: basic, static bearer, Databricks (PAT or OAuth M2M) and
 Azure ML (azure-identity).
 
-Tokens are cached and refreshed before they expire; a request answered 401 gets one fresh token
-and is sent once more. No secret is ever put into a log event or an error message.
+Secrets are read on first use, tokens are cached and refreshed before they expire; a request
+answered 401 gets one fresh token and is sent once more. No secret is ever put into a log event or
+an error message.
 """
 
 from __future__ import annotations
 
+import base64
 import threading
 import time
 from collections.abc import Callable, Generator
@@ -58,13 +60,29 @@ class TokenAuth(httpx.Auth):
             yield request
 
 
+class LazyBasicAuth(httpx.Auth):
+    """HTTP basic auth whose password is read on first use (an unreadable password file fails
+    this source's passes with a clear error, not the daemon's start or reload)."""
+
+    def __init__(self, username: str, password: Callable[[], str]) -> None:
+        self._username, self._password = username, password
+        self._header: str | None = None
+
+    def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
+        if self._header is None:
+            pair = f"{self._username}:{self._password()}".encode()
+            self._header = "Basic " + base64.b64encode(pair).decode()
+        request.headers["Authorization"] = self._header
+        yield request
+
+
 def build_auth(settings: MlflowSourceSettings) -> httpx.Auth | None:
     """The httpx auth for a source (None without `auth:`)."""
     auth = settings.auth
     if auth is None:
         return None
     if isinstance(auth, BasicAuth):
-        return httpx.BasicAuth(auth.username, auth.secret("password"))
+        return LazyBasicAuth(auth.username, lambda: auth.secret("password"))
     if isinstance(auth, BearerAuth):
         return TokenAuth(CachedToken(lambda: (auth.secret("token"), float("inf"))))
     if isinstance(auth, DatabricksAuth):
