@@ -55,7 +55,7 @@ def test_a_good_config_loads_with_defaults() -> None:
         ),
         (
             ("tracking_uri: http://", "tracking_uri: ftp://"),
-            "sources[0].tracking_uri: expected an http:// or https:// URL",
+            "sources[0].tracking_uri: expected an http:// or https:// (or azureml://) URL",
         ),
         (("name: team", "name: ../team"), "sources[0].name: String should match pattern"),
         (

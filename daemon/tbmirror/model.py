@@ -11,7 +11,7 @@ _DOUBLE = struct.Struct("<d")
 TERMINAL_STATUSES = frozenset({"FINISHED", "FAILED", "KILLED"})
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class MetricPoint:
     """One logged metric value: MLflow's (timestamp ms, step, value)."""
 
@@ -33,14 +33,14 @@ def value_from_bits(bits: bytes) -> float:
     return float(_DOUBLE.unpack(bits)[0])
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Experiment:
     experiment_id: str
     name: str
     lifecycle_stage: str = "active"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class RunSnapshot:
     """What a source says about one run now (metadata and each key's latest point)."""
 

@@ -55,7 +55,7 @@ CREATE TABLE IF NOT EXISTS series (
 """
 
 
-@dataclass
+@dataclass(slots=True)
 class RunRecord:
     """A run as mirrored: where it lives and what of its metadata has been written."""
 
@@ -83,7 +83,7 @@ _RUN_COLUMNS = [f.name for f in fields(RunRecord)]
 _RUN_SELECT = ", ".join(_RUN_COLUMNS)
 
 
-@dataclass
+@dataclass(slots=True)
 class Cursor:
     """How far one (run, metric key) series is mirrored.
 
@@ -97,7 +97,7 @@ class Cursor:
     seen: MetricPoint | None = None
 
 
-@dataclass
+@dataclass(slots=True)
 class SourceStatus:
     """How the last passes of one source went (for `tbmirror status` and /healthz)."""
 
