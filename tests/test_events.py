@@ -68,3 +68,15 @@ def test_file_names_sort_in_creation_order() -> None:
     later = events.new_file_name(not_before_secs=events.file_secs(first) + 1)
     assert first.startswith("events.out.tfevents.") and sorted([later, first]) == [first, later]
     assert len(first.split(".")[3]) == 10
+
+
+def test_a_lost_or_shortened_committed_file_is_never_recreated(tmp_path: Path) -> None:
+    path = tmp_path / "events.out.tfevents.1"
+    length = events.append(path, 0, [b"one", b"two"])
+    path.write_bytes(path.read_bytes()[:5])
+    with pytest.raises(events.EventsFileLostError, match="shorter"):
+        events.append(path, length, [b"three"])
+    path.unlink()
+    with pytest.raises(events.EventsFileLostError, match="gone"):
+        events.append(path, length, [b"three"])
+    assert not path.exists()

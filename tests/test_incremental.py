@@ -100,8 +100,9 @@ def test_points_inserted_mid_history_arrive_exactly_once(
     run_id = client.create_run(
         client.create_experiment(experiment_name), run_name="late"
     ).info.run_id
+    values = [float("nan") if i == 3 else float(i) for i in range(10)]  # a NaN must match too
     client.log_batch(
-        run_id, metrics=[Metric("loss", float(i), T0 + 1000 * i, i) for i in range(10)]
+        run_id, metrics=[Metric("loss", values[i], T0 + 1000 * i, i) for i in range(10)]
     )
     sync([experiment_name])
 

@@ -66,3 +66,16 @@ def test_resolve_stays_inside_the_root_even_through_symlinks(tmp_path: Path) -> 
     os.symlink(tmp_path, root / "team" / "escape")
     with pytest.raises(UnsafePathError, match="outside the mirror root"):
         layout.resolve("team/escape/run")
+
+
+def test_a_symlinked_run_directory_or_file_is_refused(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    (root / "team" / "exp").mkdir(parents=True)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    os.symlink(outside, root / "team" / "exp" / "run")
+    os.symlink(outside / "file", root / "team" / "exp" / "events.out.tfevents.1")
+    layout = MirrorLayout(root)
+    for relative in ("team/exp/run", "team/exp/events.out.tfevents.1"):
+        with pytest.raises(UnsafePathError):
+            layout.resolve(relative)

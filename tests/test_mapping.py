@@ -58,16 +58,18 @@ def test_text_summary_has_status_note_tags_and_a_link(
     ).info.run_id
     client.set_tag(run_id, "mlflow.note.content", "Baseline with **augmentation**.")
     client.log_param(run_id, "optimizer", "adam")
-    sync([experiment_name])
+    ui = "https://viewer:hunter2-pw@mlflow.example.com"  # credentials never reach TensorBoard
+    sync([experiment_name], ui_url=ui)
     run = tb_run(source_name, experiment_name, "described")
     tag = "mlflow (run info)"
     first = wait_until(lambda: tensorboard.text(run, tag), 30, "the run's text summary")[-1]["text"]
     assert "RUNNING" in first and "<strong>augmentation</strong>" in first
-    assert f'href="{mlflow_server.url}/#/experiments/{experiment_id}/runs/{run_id}"' in first
+    link = f"https://mlflow.example.com/#/experiments/{experiment_id}/runs/{run_id}"
+    assert f'href="{link}"' in first and "hunter2" not in first
     assert "vision|nlp" in first and "adam" in first
 
     client.set_terminated(run_id, "FAILED")
-    sync([experiment_name])
+    sync([experiment_name], ui_url=ui)
     texts = wait_until(
         lambda: len(tensorboard.text(run, tag)) == 2 and tensorboard.text(run, tag),
         30,

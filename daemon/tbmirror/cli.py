@@ -8,7 +8,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -22,7 +21,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from tbmirror import __version__, logs
-from tbmirror.config import Settings, load_settings
+from tbmirror.config import Settings, load_settings, without_userinfo
 from tbmirror.errors import TbmirrorError
 from tbmirror.mirror.writer import MirrorWriter
 from tbmirror.service.daemon import Daemon, open_mirror
@@ -193,18 +192,13 @@ def check_command(settings: Settings, args: argparse.Namespace) -> int:
             source.close()
         names = ", ".join(sorted(e.name for e in experiments.values())) or "none"
         line = (
-            f"ok    {source.name}: {_without_userinfo(source_settings.tracking_uri)} "
+            f"ok    {source.name}: {without_userinfo(source_settings.tracking_uri)} "
             f"(auth {auth}, {visible} experiments visible): experiments {names}"
         )
         if missing:
             line += f"; not found: {', '.join(missing)}"
         print(line)
     return 1 if failures else 0
-
-
-def _without_userinfo(url: str) -> str:
-    """The URL without any user:password@ part (never print credentials)."""
-    return re.sub(r"//[^/@]*@", "//", url)
 
 
 def _summary(report: PassReport) -> str:

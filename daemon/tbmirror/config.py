@@ -210,8 +210,8 @@ class MlflowSourceSettings(_Section):
 
     @property
     def run_link_base(self) -> str:
-        """Base URL of the MLflow UI, for links back to runs."""
-        return self.ui_url or self.tracking_uri
+        """Base URL of the MLflow UI, for links back to runs (never with user:password@)."""
+        return without_userinfo(self.ui_url or self.tracking_uri)
 
 
 class LoggingSettings(_Section):
@@ -260,6 +260,11 @@ class Settings(_Section):
                 raise ValueError(f"sources: the name {source.name!r} is used twice")
             seen.add(source.name)
         return self
+
+
+def without_userinfo(url: str) -> str:
+    """`url` without any user:password@ part: never show credentials."""
+    return re.sub(r"//[^/@]*@", "//", url)
 
 
 def load_settings(path: Path) -> Settings:

@@ -19,13 +19,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 
-import numpy as np
 import structlog
 
-from tbmirror.errors import TbmirrorError
+from tbmirror.errors import SourceError, TbmirrorError
 from tbmirror.mirror import layout, summaries
+from tbmirror.mirror.events import EventsFileLostError
 from tbmirror.mirror.steps import next_step
-from tbmirror.mirror.writer import MirrorWriter
+from tbmirror.mirror.writer import MirrorWriter, float32_bits
 from tbmirror.model import Experiment, MetricPoint, RunSnapshot
 from tbmirror.sources.mlflow import PARENT_TAG, RUN_NAME_TAG, History, HistoryRequest, MlflowSource
 from tbmirror.state import Cursor, RunRecord, SourceStatus, State
@@ -178,8 +178,10 @@ class SourceSync:
         listed = {run.run_id for run in listing.runs if not run.deleted}
         if self.settings.on_delete == "remove":
             deleted = {run.run_id for run in listing.runs if run.deleted}
+            searched = set(listing.experiments)  # a run of a missing experiment is not "gone"
             for run_id, record in list(self._records.items()):
-                if run_id in deleted or (full and run_id not in listed):
+                absent = full and run_id not in listed and record.experiment_id in searched
+                if run_id in deleted or absent:
                     self._remove(record)
                     report.runs_removed += 1
         live = [run for run in listing.runs if not run.deleted]
@@ -352,6 +354,7 @@ class SourceSync:
     ) -> None:
         now = self.clock()
         commits: list[tuple[RunRecord, dict[str, Cursor], int | None]] = []
+        appended_to: list[tuple[str, int]] = []  # (relative file, committed length before)
         for plan in plans:
             if stop is not None and stop.is_set():
                 break
@@ -360,10 +363,15 @@ class SourceSync:
                 length = None
                 if payloads or plan.record.events_file is None:
                     committed = self.state.file_length(plan.record.events_path or "") or 0
+                    if plan.record.events_file is not None and committed == 0:
+                        raise EventsFileLostError(
+                            f"{plan.record.events_path} has no committed length"
+                        )
                     appended = self.writer.append(
                         record.dir, plan.record.events_file, committed, payloads
                     )
                     record.events_file, length = appended.file_name, appended.length
+                    appended_to.append((f"{record.dir}/{appended.file_name}", committed))
                     report.bytes_written += appended.written
                     report.runs_written += 1
                     report.points += points
@@ -371,12 +379,19 @@ class SourceSync:
                     commits.append((record, cursors, length))
             except Exception as error:  # one bad run never stops the others
                 self._fail(report, plan.run, error)
-        with self.state.transaction():
-            for record, cursors, length in commits:
-                self.state.put_run(record)
-                self.state.put_cursors(record.source, record.run_id, cursors)
-                if length is not None and record.events_path:
-                    self.state.put_file(record.events_path, length)
+                if isinstance(error, EventsFileLostError):
+                    self._reset(plan.record)
+        try:
+            with self.state.transaction():
+                for record, cursors, length in commits:
+                    self.state.put_run(record)
+                    self.state.put_cursors(record.source, record.run_id, cursors)
+                    if length is not None and record.events_path:
+                        self.state.put_file(record.events_path, length)
+        except BaseException:
+            for path, committed in appended_to:  # nothing uncommitted may stay for TensorBoard
+                self.writer.cut_back(path, committed)
+            raise
         for record, _, _ in commits:
             self._records[record.run_id] = record
 
@@ -400,11 +415,14 @@ class SourceSync:
         points = 0
         for request in plan.requests:
             history = histories[(run.run_id, request.key)]
+            if history.error:
+                raise SourceError(history.error)
             cursor = replace(request.cursor)
             new = history.new
             if history.full is not None:
                 new = self._unwritten(record.dir, request.key, history.full)
-                cursor.count, cursor.last = len(history.full), history.full[-1]
+                cursor.count = len(history.full)
+                cursor.last = history.full[-1] if history.full else None
             elif new:
                 cursor.count, cursor.last = cursor.count + len(new), new[-1]
             encoder = summaries.ScalarEncoder(request.key)
@@ -429,13 +447,23 @@ class SourceSync:
         written = Counter(self.writer.scalars(run_dir, key))
         new = []
         for point in full:
-            mark = (point.timestamp / 1000, float(np.float32(point.value)))
+            mark = (point.timestamp / 1000, float32_bits(point.value))
             if written[mark] > 0:
                 written[mark] -= 1
             else:
                 new.append(point)
         log.info("history_rewritten_upstream", run_dir=run_dir, key=key, new=len(new))
         return new
+
+    def _reset(self, record: RunRecord) -> None:
+        """Forget what was written of a run whose file was lost: the next pass writes it anew."""
+        log.warning("events_file_lost_run_reset", source=record.source, run_id=record.run_id)
+        with self.state.transaction():
+            self.state.forget_run(record)
+        if record.events_path:
+            self.writer.cut_back(record.events_path, 0)
+        del self._records[record.run_id]
+        self._dirs.pop(record.dir, None)
 
     def _describe(self, run: RunSnapshot) -> str:
         """The run's metadata as Markdown for the text dashboard."""

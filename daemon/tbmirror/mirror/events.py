@@ -20,6 +20,8 @@ from pathlib import Path
 
 import google_crc32c
 
+from tbmirror.errors import MirrorError
+
 _LENGTH = struct.Struct("<Q")
 _CRC = struct.Struct("<I")
 _HEADER_SIZE = _LENGTH.size + _CRC.size
@@ -47,6 +49,10 @@ class CorruptRecordError(Exception):
     def __init__(self, offset: int) -> None:
         super().__init__(f"corrupt record at byte {offset}")
         self.offset = offset
+
+
+class EventsFileLostError(MirrorError):
+    """A mirrored file is missing or shorter than what was committed: its run must be redone."""
 
 
 @dataclass(frozen=True)
@@ -109,9 +115,18 @@ def append(path: Path, committed_length: int, payloads: Iterable[bytes]) -> int:
     """Append `payloads` as records at `committed_length` of `path` (created if missing); fsync.
 
     Returns the file's new length. On any error the file is cut back to `committed_length`.
+    A file with a committed length must exist and be at least that long (EventsFileLostError);
+    a new one (`committed_length` 0) must not exist yet.
     """
     data = b"".join(frame(payload) for payload in payloads)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    flags = os.O_RDWR | os.O_NOFOLLOW | (os.O_CREAT | os.O_EXCL if committed_length == 0 else 0)
+    try:
+        fd = os.open(path, flags, 0o644)
+    except FileNotFoundError:
+        raise EventsFileLostError(f"{path} is gone (committed length {committed_length})") from None
+    if os.fstat(fd).st_size < committed_length:
+        os.close(fd)
+        raise EventsFileLostError(f"{path} is shorter than its committed length")
     try:
         try:
             os.lseek(fd, committed_length, os.SEEK_SET)

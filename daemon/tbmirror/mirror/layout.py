@@ -77,7 +77,7 @@ class MirrorLayout:
         join(*parts)
         path = self.root.joinpath(*parts)
         real_root = os.path.realpath(self.root)
-        real_parent = os.path.realpath(path.parent)
-        if os.path.commonpath([real_root, real_parent]) != real_root:
+        real_path = os.path.realpath(path)
+        if real_path == real_root or os.path.commonpath([real_root, real_path]) != real_root:
             raise UnsafePathError(f"{relative!r} resolves outside the mirror root")
         return path

@@ -53,6 +53,14 @@ class MirrorWriter:
             events.fsync_directory(directory)
         return Appended(file_name, length, length - committed)
 
+    def cut_back(self, relative_path: str, committed: int) -> None:
+        """Undo an append that will not be committed: truncate, or remove a new file."""
+        path = self.layout.resolve(relative_path)
+        if committed == 0:
+            path.unlink(missing_ok=True)
+        elif path.exists():
+            events.truncate(path, committed)
+
     def occupied(self, relative_dir: str) -> bool:
         """True if something non-empty (a file, or a directory with entries) is at that path."""
         path = self.layout.resolve(relative_dir)
@@ -91,17 +99,24 @@ class MirrorWriter:
     def remove_tree(self, relative_dir: str) -> None:
         shutil.rmtree(self.layout.resolve(relative_dir), ignore_errors=True)
 
-    def scalars(self, run_dir: str, tag: str) -> list[tuple[float, float]]:
-        """(wall_time, float32 value) of every `tag` scalar already in the run's own files."""
-        found: list[tuple[float, float]] = []
+    def scalars(self, run_dir: str, tag: str) -> list[tuple[float, bytes]]:
+        """(wall_time, float32_bits(value)) of every `tag` scalar already in the run's files."""
+        found: list[tuple[float, bytes]] = []
         wanted = summaries.clean_tag(tag)
         for path in sorted(_event_files(self.layout.resolve(run_dir))):
             for record in events.iter_records(path.read_bytes()):
                 event = Event.FromString(record.payload)
                 for value in event.summary.value:
                     if value.tag == wanted and value.WhichOneof("value") == "simple_value":
-                        found.append((event.wall_time, float(np.float32(value.simple_value))))
+                        found.append((event.wall_time, float32_bits(value.simple_value)))
         return found
+
+
+def float32_bits(value: float) -> bytes:
+    """A value as TensorBoard stores it (float32), as bytes: NaN-safe for matching."""
+    with np.errstate(over="ignore"):
+        single = np.float32(value)
+    return (np.float32(np.nan) if np.isnan(single) else single).tobytes()
 
 
 def _event_files(directory: Path) -> list[Path]:

@@ -116,6 +116,9 @@ class SourceScheduler:
         if runner is None or self._stop.is_set():
             return
         with runner.lock:
+            with self._guard:
+                if self._runners.get(name) is not runner:
+                    return  # replaced by a reload while we waited
             now = time.monotonic()
             full = now - runner.last_full >= runner.settings.full_listing_interval
             report = runner.engine.run_pass(full=full, stop=self._stop)

@@ -161,7 +161,9 @@ def _json(response: httpx.Response, source_name: str) -> dict[str, Any]:
             f"answer is not JSON (HTTP {response.status_code})"
         ) from None
     if not isinstance(body, dict):
-        raise SourceError(f"source {source_name}: unexpected answer from {response.request.url}")
+        raise SourceError(
+            f"source {source_name}: unexpected answer from {response.request.url.path}"
+        )
     return body
 
 

@@ -66,6 +66,7 @@ class History:
 
     new: list[MetricPoint]
     full: list[MetricPoint] | None = None
+    error: str | None = None  # the server refused this one series (its run fails, others go on)
 
 
 def point_from_json(item: dict[str, Any]) -> MetricPoint:
@@ -321,7 +322,11 @@ class MlflowSource:
             single_jobs = [(r, pool.submit(self._fetch_one, r)) for r in incremental]
             leftovers: list[HistoryRequest] = []
             for key, chunk, future in bulk_jobs:
-                histories = future.result()
+                try:
+                    histories = future.result()
+                except HttpStatusError as error:  # fall back to one request per run
+                    log.warning("bulk_history_failed", source=self.name, key=key, error=str(error))
+                    histories = {}
                 if histories is None:
                     self._bulk_supported = False
                 for run_id in chunk:
@@ -331,7 +336,10 @@ class MlflowSource:
                         leftovers.append(HistoryRequest(run_id, key, Cursor()))
             late_jobs = [(r, pool.submit(self._fetch_one, r)) for r in leftovers]
             for request, single in single_jobs + late_jobs:
-                results[(request.run_id, request.key)] = single.result()
+                try:
+                    results[(request.run_id, request.key)] = single.result()
+                except HttpStatusError as error:
+                    results[(request.run_id, request.key)] = History([], error=str(error))
         return results
 
     def _fetch_one(self, request: HistoryRequest) -> History:
