@@ -100,3 +100,20 @@ def test_on_delete_keep_leaves_the_mirrored_run(
     client.delete_run(run_id)
     sync([experiment_name], on_delete="keep")
     assert {p.name: p.read_bytes() for p in run_dir.iterdir()} == content
+
+
+def test_runs_of_an_experiment_that_is_not_found_are_kept(
+    sync, mlflow_server: MlflowServer, mirror_root: Path, experiment_name: str, source_name: str
+) -> None:
+    """A typo in the config (or a renamed experiment) must not wipe a mirror."""
+    client = mlflow_server.client()
+    run_id = client.create_run(
+        client.create_experiment(experiment_name), run_name="kept"
+    ).info.run_id
+    client.log_batch(run_id, metrics=[Metric("m", 1.0, 1_700_000_000_000, 0)])
+    sync([experiment_name])
+    run_dir = mirror_root / source_name / experiment_name / "kept"
+    content = {p.name: p.read_bytes() for p in run_dir.iterdir()}
+    result = sync([f"{experiment_name}-typo"])
+    assert "experiments not found" in result.stdout
+    assert {p.name: p.read_bytes() for p in run_dir.iterdir()} == content
