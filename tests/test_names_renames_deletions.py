@@ -8,7 +8,7 @@ from pathlib import Path
 
 from mlflow.entities import Metric
 
-from conftest import MlflowServer, TensorBoard, tb_run, wait_until
+from conftest import MlflowServer, TensorBoard, new_run, tb_run, wait_until
 
 HOSTILE = ["../../etc", "a/b", "nul\x00byte", "x" * 5000, "tab\tnew\nline", "same", "same"]
 EXPECTED_DIRS = ["_._.._etc", "a_b", "nul_byte", "x" * 120, "tab_new_line", "same", None]
@@ -86,34 +86,37 @@ def test_hostile_names_stay_inside_and_distinct_and_renames_and_deletions_are_mi
     assert len(tensorboard.wait_scalars(restored, "m", 1)) == 1
 
 
+def files_of(directory: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in directory.iterdir()}
+
+
+def mirror_one_run(client, sync, experiment: str, **settings: object) -> tuple[str, list[str]]:  # type: ignore[no-untyped-def]
+    """A run "kept" with one point, mirrored once; returns its id and relative path parts."""
+    run_id = new_run(client, experiment, "kept")
+    client.log_batch(run_id, metrics=[Metric("m", 1.0, 1_700_000_000_000, 0)])
+    sync([experiment], **settings)
+    return run_id, [experiment, "kept"]
+
+
 def test_on_delete_keep_leaves_the_mirrored_run(
     sync, mlflow_server: MlflowServer, mirror_root: Path, experiment_name: str, source_name: str
 ) -> None:
     client = mlflow_server.client()
-    run_id = client.create_run(
-        client.create_experiment(experiment_name), run_name="kept"
-    ).info.run_id
-    client.log_batch(run_id, metrics=[Metric("m", 1.0, 1_700_000_000_000, 0)])
-    sync([experiment_name], on_delete="keep")
-    run_dir = mirror_root / source_name / experiment_name / "kept"
-    content = {p.name: p.read_bytes() for p in run_dir.iterdir()}
+    run_id, parts = mirror_one_run(client, sync, experiment_name, on_delete="keep")
+    run_dir = mirror_root.joinpath(source_name, *parts)
+    content = files_of(run_dir)
     client.delete_run(run_id)
     sync([experiment_name], on_delete="keep")
-    assert {p.name: p.read_bytes() for p in run_dir.iterdir()} == content
+    assert files_of(run_dir) == content
 
 
 def test_runs_of_an_experiment_that_is_not_found_are_kept(
     sync, mlflow_server: MlflowServer, mirror_root: Path, experiment_name: str, source_name: str
 ) -> None:
     """A typo in the config (or a renamed experiment) must not wipe a mirror."""
-    client = mlflow_server.client()
-    run_id = client.create_run(
-        client.create_experiment(experiment_name), run_name="kept"
-    ).info.run_id
-    client.log_batch(run_id, metrics=[Metric("m", 1.0, 1_700_000_000_000, 0)])
-    sync([experiment_name])
-    run_dir = mirror_root / source_name / experiment_name / "kept"
-    content = {p.name: p.read_bytes() for p in run_dir.iterdir()}
+    _, parts = mirror_one_run(mlflow_server.client(), sync, experiment_name)
+    run_dir = mirror_root.joinpath(source_name, *parts)
+    content = files_of(run_dir)
     result = sync([f"{experiment_name}-typo"])
     assert "experiments not found" in result.stdout
-    assert {p.name: p.read_bytes() for p in run_dir.iterdir()} == content
+    assert files_of(run_dir) == content
