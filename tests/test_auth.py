@@ -291,11 +291,11 @@ def test_auth_config_errors_name_the_field() -> None:
     for auth, message in [
         (
             "{type: basic, username: u}",
-            "sources[0].auth.basic: Value error, password or password_file is required",
+            "sources[0].auth: Value error, password or password_file is required",
         ),
         ("{type: bearer, token: t, token_file: /f}", "give either token or token_file, not both"),
         ("{type: databricks, client_id: c}", "client_secret or client_secret_file is required"),
-        ("{type: azure, credential: magic}", "sources[0].auth.azure.credential: Input should be"),
+        ("{type: azure, credential: magic}", "sources[0].auth.credential: Input should be"),
         (
             "{type: kerberos}",
             "sources[0].auth: Input tag 'kerberos' found using 'type' does not match",

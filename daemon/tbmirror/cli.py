@@ -10,6 +10,7 @@ import json
 import os
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -21,13 +22,15 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from tbmirror import __version__, logs
-from tbmirror.config import Settings, load_settings, without_userinfo
+from tbmirror.config import Settings, UploadsSourceSettings, load_settings, without_userinfo
+from tbmirror.engines import build_engine
 from tbmirror.errors import TbmirrorError
 from tbmirror.mirror.writer import MirrorWriter
+from tbmirror.report import PassReport
 from tbmirror.service.daemon import Daemon, open_mirror
 from tbmirror.sources.mlflow import MlflowSource
+from tbmirror.sources.uploads import UploadTree
 from tbmirror.state import SourceStatus, State
-from tbmirror.sync import PassReport, SourceSync
 
 log = structlog.get_logger(__name__)
 
@@ -102,14 +105,12 @@ def sync_command(settings: Settings, args: argparse.Namespace) -> int:
     reports = []
     try:
         for source_settings in settings.sources:
-            source = MlflowSource.from_settings(source_settings)
+            engine = build_engine(source_settings, state, writer)
             try:
-                with _progress(source.name) as progress:
-                    report = SourceSync(source, state, writer).run_pass(
-                        reconcile_all=args.reconcile, progress=progress
-                    )
+                with _progress(engine.name) as progress:
+                    report = engine.run_pass(reconcile_all=args.reconcile, progress=progress)
             finally:
-                source.close()
+                engine.close()
             log.info("source_synced", **vars(report))
             print(_summary(report))
             reports.append(report)
@@ -179,6 +180,11 @@ def _local_time(timestamp: float | None) -> str:
 def check_command(settings: Settings, args: argparse.Namespace) -> int:
     failures = 0
     for source_settings in settings.sources:
+        if isinstance(source_settings, UploadsSourceSettings):
+            line = _check_uploads(source_settings)
+            failures += line.startswith("FAIL")
+            print(line)
+            continue
         source = MlflowSource.from_settings(source_settings)
         auth = source_settings.auth.type if source_settings.auth else "none"
         try:
@@ -199,6 +205,20 @@ def check_command(settings: Settings, args: argparse.Namespace) -> int:
             line += f"; not found: {', '.join(missing)}"
         print(line)
     return 1 if failures else 0
+
+
+def _check_uploads(settings: UploadsSourceSettings) -> str:
+    """One line on an upload directory: there and readable, and what it holds to mirror."""
+    tree = UploadTree(settings)
+    problems: list[str] = []
+    if not settings.path.is_dir():
+        return f"FAIL  {settings.name}: upload directory {settings.path} does not exist"
+    kinds = Counter(f.kind for f in tree.scan(problem=lambda r, m: problems.append(f"{r}: {m}")))
+    found = ", ".join(f"{n} {kind}" for kind, n in sorted(kinds.items())) or "no files to mirror"
+    line = f"ok    {settings.name}: {settings.path} ({settings.observer} observer): {found}"
+    if problems:
+        line += f"; {len(problems)} skipped: {'; '.join(problems[:3])}"
+    return line
 
 
 def _summary(report: PassReport) -> str:

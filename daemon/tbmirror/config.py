@@ -10,12 +10,13 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 import yaml
 from pydantic import (
     BaseModel,
     BeforeValidator,
+    ByteSize,
     ConfigDict,
     Field,
     SecretStr,
@@ -150,6 +151,18 @@ class AzureAuth(_SecretSource):
 Auth = Annotated[BasicAuth | BearerAuth | DatabricksAuth | AzureAuth, Field(discriminator="type")]
 
 
+DEFAULT_MAX_FILE_SIZE = 2 * 1024**3
+
+
+class ArtifactSettings(_Section):
+    """Which artifacts of MLflow runs are tfevents files to mirror into the run's directory."""
+
+    enabled: bool = True
+    pattern: str = "*tfevents*"  # fnmatch on the file name
+    max_depth: int = Field(default=3, ge=0, le=16)  # folder levels below the run's root
+    max_file_size: ByteSize = ByteSize(DEFAULT_MAX_FILE_SIZE)
+
+
 class MlflowSourceSettings(_Section):
     """An MLflow tracking server (or anything speaking its REST API) to poll."""
 
@@ -170,6 +183,7 @@ class MlflowSourceSettings(_Section):
     auth: Auth | None = None
     max_requests_per_second: float | None = Field(default=None, gt=0)
     max_search_requests_per_second: float | None = Field(default=None, gt=0)
+    artifacts: ArtifactSettings = ArtifactSettings()
 
     @field_validator("tracking_uri", "ui_url")
     @classmethod
@@ -214,6 +228,52 @@ class MlflowSourceSettings(_Section):
         return without_userinfo(self.ui_url or self.tracking_uri)
 
 
+class UploadsSourceSettings(_Section):
+    """A directory tree training jobs write TensorBoard logs or CSV/JSON-lines metric logs into.
+
+    Patterns are fnmatch globs on the path relative to `path` (`*` also matches `/`).
+    """
+
+    name: SourceName
+    type: Literal["uploads"]
+    path: Path
+    include: list[str] = ["*"]
+    exclude: list[str] = [".*", "*/.*"]  # hidden files: temporary files of rsync, editors
+    observer: Literal["native", "polling"] = "native"
+    polling_interval: Duration = 2.0
+    rescan_interval: Duration = 60.0
+    debounce: Duration = 0.2
+    tfevents_patterns: list[str] = ["*tfevents*"]
+    csv_patterns: list[str] = ["*.csv"]
+    jsonl_patterns: list[str] = ["*.jsonl", "*.ndjson"]
+    step_columns: list[str] = Field(default=["step", "global_step", "epoch"], min_length=1)
+    max_file_size: ByteSize = ByteSize(DEFAULT_MAX_FILE_SIZE)
+
+    @field_validator("path")
+    @classmethod
+    def _absolute(cls, value: Path) -> Path:
+        if not value.is_absolute():
+            raise ValueError("expected an absolute path")
+        return value
+
+    @field_validator("polling_interval", "rescan_interval")
+    @classmethod
+    def _positive(cls, value: float) -> float:
+        if value <= 0:
+            raise ValueError("expected a duration greater than 0")
+        return value
+
+    @property
+    def poll_interval(self) -> float:
+        """The scheduler's interval for this source: its periodic rescan."""
+        return self.rescan_interval
+
+
+SourceSettings = Annotated[
+    MlflowSourceSettings | UploadsSourceSettings, Field(discriminator="type")
+]
+
+
 class LoggingSettings(_Section):
     level: Literal["debug", "info", "warning", "error"] = "info"
 
@@ -247,7 +307,7 @@ class Settings(_Section):
     """The whole configuration file."""
 
     mirror: MirrorSettings
-    sources: list[MlflowSourceSettings] = Field(min_length=1)
+    sources: list[SourceSettings] = Field(min_length=1)
     tensorboard: TensorBoardSettings = TensorBoardSettings()
     health: HealthSettings = HealthSettings()
     logging: LoggingSettings = LoggingSettings()
@@ -320,10 +380,35 @@ def _key_path(location: tuple[str | int, ...]) -> str:
     return path or "(top level)"
 
 
+def _union_tags(union: Any) -> frozenset[str]:
+    """The `type` values that select a member of a discriminated union of sections."""
+    members = get_args(get_args(union)[0])
+    return frozenset(
+        tag for member in members for tag in get_args(member.model_fields["type"].annotation)
+    )
+
+
+_UNION_TAGS = {"sources": _union_tags(SourceSettings), "auth": _union_tags(Auth)}
+
+
+def _without_union_tags(location: tuple[str | int, ...]) -> tuple[str | int, ...]:
+    """A pydantic error location without the union member names (`sources[0].mlflow.x` ->
+    `sources[0].x`): the file has no such key."""
+    kept: list[str | int] = []
+    for part in location:
+        owner = kept[-1] if kept else None
+        if isinstance(owner, int) and len(kept) > 1:
+            owner = kept[-2]  # the list a union member is in: sources[0] -> sources
+        if isinstance(part, str) and isinstance(owner, str) and part in _UNION_TAGS.get(owner, ()):
+            continue
+        kept.append(part)
+    return tuple(kept)
+
+
 def _describe(error: ValidationError, origin: str) -> str:
     lines = []
     for item in error.errors():
-        location = tuple(item["loc"])
+        location = _without_union_tags(tuple(item["loc"]))
         message = item["msg"].removeprefix("Value error, ")
         if item["type"] == "extra_forbidden":
             message = "unknown key"

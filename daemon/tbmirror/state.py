@@ -1,4 +1,4 @@
-"""The SQLite state store: mirrored runs, per-series cursors, committed file lengths.
+"""The SQLite state store: mirrored runs, per-series cursors, tailed files, committed file lengths.
 
 Contract (exactly once): a row here never claims more than what is durably on disk. Callers append
 and fsync records first, then store the cursors that cover them and the file's new length inside
@@ -52,6 +52,12 @@ CREATE TABLE IF NOT EXISTS series (
     tb_step INTEGER,
     seen_ts INTEGER, seen_step INTEGER, seen_value BLOB,
     PRIMARY KEY (source, run_id, key));
+CREATE TABLE IF NOT EXISTS tails (
+    source TEXT NOT NULL, origin TEXT NOT NULL, kind TEXT NOT NULL, mirror_dir TEXT NOT NULL,
+    mirror_file TEXT, offset INTEGER NOT NULL, seen_size INTEGER NOT NULL, identity TEXT,
+    head_digest TEXT, tail_digest TEXT, generation INTEGER NOT NULL, stopped_at INTEGER,
+    converter TEXT,
+    PRIMARY KEY (source, origin));
 """
 
 
@@ -95,6 +101,47 @@ class Cursor:
     last: MetricPoint | None = None
     tb_step: int | None = None
     seen: MetricPoint | None = None
+
+
+@dataclass(slots=True)
+class TailRecord:
+    """How far one tailed file (an uploaded file, or a run's tfevents artifact) is mirrored.
+
+    `origin` names the file within its source (a path relative to the watched directory, or
+    "<run id>/<artifact path>"); its mirror copy is `mirror_dir/mirror_file`. `offset` source bytes
+    are mirrored; `head_digest` and `tail_digest` fingerprint the first and the last (up to
+    FINGERPRINT_BYTES) of them, `identity` is the local file's device:inode, so a truncated,
+    replaced or rewritten file is detected. `seen_size` is the size last looked at (a partial last
+    record or line is not read again until the file changes). A corrupt record stops the file at
+    `stopped_at`. `converter` is the JSON state of a CSV/JSON-lines converter.
+    """
+
+    source: str
+    origin: str
+    kind: str
+    mirror_dir: str
+    mirror_file: str | None = None
+    offset: int = 0
+    seen_size: int = 0
+    identity: str | None = None
+    head_digest: str | None = None
+    tail_digest: str | None = None
+    generation: int = 0
+    stopped_at: int | None = None
+    converter: str | None = None
+
+    @property
+    def mirror_path(self) -> str | None:
+        return f"{self.mirror_dir}/{self.mirror_file}" if self.mirror_file else None
+
+    def restarted(self) -> TailRecord:
+        """The record for mirroring this file again from the start, into a new copy."""
+        return TailRecord(
+            self.source, self.origin, self.kind, self.mirror_dir, generation=self.generation + 1
+        )
+
+
+_TAIL_COLUMNS = [f.name for f in fields(TailRecord)]
 
 
 @dataclass(slots=True)
@@ -217,7 +264,7 @@ class State:
             "DELETE FROM series WHERE source = ? AND run_id = ?", (run.source, run.run_id)
         )
         if run.events_path:
-            self._execute("DELETE FROM files WHERE path = ?", (run.events_path,))
+            self.forget_file(run.events_path)
 
     def move_tree(self, old_dir: str, new_dir: str) -> None:
         """Re-home every run dir and file path at or below `old_dir` to `new_dir`."""
@@ -229,6 +276,11 @@ class State:
         self._execute(
             "UPDATE files SET path = ? || substr(path, ?) WHERE substr(path, 1, ?) = ?",
             (new_dir, len(old_dir) + 1, len(prefix), prefix),
+        )
+        self._execute(
+            "UPDATE tails SET mirror_dir = ? || substr(mirror_dir, ?) "
+            "WHERE mirror_dir = ? OR substr(mirror_dir, 1, ?) = ?",
+            (new_dir, len(old_dir) + 1, old_dir, len(prefix), prefix),
         )
 
     # -- files --------------------------------------------------------------------------------
@@ -243,6 +295,41 @@ class State:
 
     def put_file(self, path: str, length: int) -> None:
         self._execute("INSERT OR REPLACE INTO files VALUES (?, ?)", (path, length))
+
+    def forget_file(self, path: str) -> None:
+        self._execute("DELETE FROM files WHERE path = ?", (path,))
+
+    # -- tailed files -------------------------------------------------------------------------
+
+    def tails(self, source: str, origin_prefix: str = "") -> dict[str, TailRecord]:
+        """Tailed files of `source` (those whose origin starts with `origin_prefix`), by origin."""
+        rows = self._query(
+            f"SELECT {', '.join(_TAIL_COLUMNS)} FROM tails "
+            "WHERE source = ? AND substr(origin, 1, ?) = ?",
+            (source, len(origin_prefix), origin_prefix),
+        )
+        return {row[1]: TailRecord(*row) for row in rows}
+
+    def all_tails(self) -> list[TailRecord]:
+        return [
+            TailRecord(*row) for row in self._query(f"SELECT {', '.join(_TAIL_COLUMNS)} FROM tails")
+        ]
+
+    def put_tail(self, tail: TailRecord) -> None:
+        values = [getattr(tail, name) for name in _TAIL_COLUMNS]
+        placeholders = ", ".join("?" for _ in _TAIL_COLUMNS)
+        self._execute(
+            f"INSERT OR REPLACE INTO tails ({', '.join(_TAIL_COLUMNS)}) VALUES ({placeholders})",
+            values,
+        )
+
+    def forget_tail(self, tail: TailRecord) -> None:
+        """Drop a tailed file and its copy's file row (the copy is the caller's to remove)."""
+        self._execute(
+            "DELETE FROM tails WHERE source = ? AND origin = ?", (tail.source, tail.origin)
+        )
+        if tail.mirror_path:
+            self.forget_file(tail.mirror_path)
 
     # -- series -------------------------------------------------------------------------------
 

@@ -2,7 +2,10 @@
 
 A pass lists the source's runs, works out for each run where it lives in the mirror (moving it on
 rename, removing it on deletion) and which metric series changed, fetches only those histories,
-and appends the new records. Per chunk of runs: records are appended and fsynced first, then the
+and appends the new records. Running runs, and runs due for a reconcile, are also checked for
+tfevents artifacts, which are tailed (tailing.py) into folders of the run's directory.
+
+Per chunk of runs: records are appended and fsynced first, then the
 cursors and file lengths that cover them are committed in one transaction (see state.py).
 
 One run that fails is logged and counted and the pass goes on; a source that fails (SourceError)
@@ -16,7 +19,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 
 import structlog
@@ -27,8 +30,17 @@ from tbmirror.mirror.events import EventsFileLostError
 from tbmirror.mirror.steps import next_step
 from tbmirror.mirror.writer import MirrorWriter, float32_bits
 from tbmirror.model import Experiment, MetricPoint, RunSnapshot
-from tbmirror.sources.mlflow import PARENT_TAG, RUN_NAME_TAG, History, HistoryRequest, MlflowSource
-from tbmirror.state import Cursor, RunRecord, SourceStatus, State
+from tbmirror.report import PassReport, record_status
+from tbmirror.sources.mlflow import (
+    PARENT_TAG,
+    RUN_NAME_TAG,
+    Artifact,
+    History,
+    HistoryRequest,
+    MlflowSource,
+)
+from tbmirror.state import Cursor, RunRecord, State, TailRecord
+from tbmirror.tailing import Tailer
 
 log = structlog.get_logger(__name__)
 
@@ -43,29 +55,6 @@ Progress = Callable[[int, int], None]
 
 
 @dataclass
-class PassReport:
-    """What one pass did; `error` is set when the source itself failed."""
-
-    source: str
-    runs_listed: int = 0
-    runs_written: int = 0
-    runs_moved: int = 0
-    runs_removed: int = 0
-    points: int = 0
-    bytes_written: int = 0
-    requests: int = 0
-    history_series: int = 0
-    failed_runs: list[str] = field(default_factory=list)
-    missing_experiments: list[str] = field(default_factory=list)
-    seconds: float = 0.0
-    error: str | None = None
-
-    @property
-    def ok(self) -> bool:
-        return self.error is None and not self.failed_runs
-
-
-@dataclass
 class _Plan:
     """One run's work in a chunk: its record (already placed) and the series to fetch."""
 
@@ -75,6 +64,7 @@ class _Plan:
     cursors: dict[str, Cursor]
     requests: list[HistoryRequest]
     reconcile: bool
+    artifacts: bool  # look for new or grown tfevents artifacts
 
 
 class SourceSync:
@@ -92,6 +82,7 @@ class SourceSync:
         self.writer = writer
         self.clock = clock
         self.settings = source.settings
+        self.tailer = Tailer(state, writer)
         # The source's mirrored runs, kept in step with the state store between passes.
         self._records: dict[str, RunRecord] = {}
         self._dirs: dict[str, str] = {}
@@ -103,6 +94,13 @@ class SourceSync:
     def runs_mirrored(self) -> int:
         """Runs of this source in the mirror, as of the last pass."""
         return len(self._records)
+
+    @property
+    def name(self) -> str:
+        return self.source.name
+
+    def close(self) -> None:
+        self.source.close()
 
     def run_pass(
         self,
@@ -132,20 +130,8 @@ class SourceSync:
             log.exception("source_failed", source=self.source.name, error=report.error)
         report.requests = self.source.requests_made - requests_before
         report.seconds = time.monotonic() - started
-        self._record_status(report)
+        record_status(self.state, report, self.clock())
         return report
-
-    def _record_status(self, report: PassReport) -> None:
-        status = self.state.source_status().get(self.source.name) or SourceStatus(self.source.name)
-        status.last_attempt = self.clock()
-        if report.error:
-            status.consecutive_errors += 1
-            status.last_error = report.error
-        else:
-            status.last_success, status.consecutive_errors, status.last_error = (
-                status.last_attempt, 0, None,
-            )  # fmt: skip
-        self.state.put_source_status(status)
 
     def _pass(
         self,
@@ -198,6 +184,7 @@ class SourceSync:
             report.history_series += len(requests)
             histories = self.source.fetch(requests)
             self._write_chunk(plans, histories, report, stop)
+            self._sync_artifacts(plans, report, stop)
             done += len(chunk)
             if progress:
                 progress(done, len(live))
@@ -305,7 +292,9 @@ class SourceSync:
             or cursors[key].seen is None
             or cursors[key].seen.identity() != latest.identity()  # type: ignore[union-attr]
         ]
-        return _Plan(run, record, parent.run_id if parent else None, cursors, requests, reconcile)
+        artifacts = self.settings.artifacts.enabled and (reconcile or not run.terminal)
+        parent_id = parent.run_id if parent else None
+        return _Plan(run, record, parent_id, cursors, requests, reconcile, artifacts)
 
     def _reconcile_due(self, run: RunSnapshot, record: RunRecord) -> bool:
         """Whether to re-check every series of a run whose status did not change.
@@ -333,6 +322,8 @@ class SourceSync:
 
     def _remove(self, record: RunRecord) -> None:
         """Forget a deleted run and remove its own files (nested child runs stay)."""
+        for tail in self.state.tails(self.source.name, f"{record.run_id}/").values():
+            self.tailer.forget(tail, keep_above=self.source.name)
         with self.state.transaction():
             self.state.forget_run(record)
         if record.events_path:
@@ -342,6 +333,54 @@ class SourceSync:
         del self._records[record.run_id]
         self._dirs.pop(record.dir, None)
         log.info("run_removed", source=self.source.name, run_id=record.run_id, dir=record.dir)
+
+    # -- tfevents artifacts -------------------------------------------------------------------
+
+    def _sync_artifacts(
+        self, plans: list[_Plan], report: PassReport, stop: threading.Event | None
+    ) -> None:
+        """Mirror new and grown tfevents artifacts of the planned runs that are due for a look."""
+        due = [plan for plan in plans if plan.artifacts and plan.run.run_id in self._records]
+        if not due or (stop is not None and stop.is_set()):
+            return
+        listed = self.source.tfevents_artifacts_of([plan.run.run_id for plan in due])
+        limit = self.settings.artifacts.max_file_size
+        for plan in due:
+            run_id = plan.run.run_id
+            try:
+                found = listed[run_id]
+                if isinstance(found, str):
+                    raise SourceError(found)
+                tails = self.state.tails(self.source.name, f"{run_id}/")
+                for artifact in found:
+                    if artifact.size > limit:
+                        log.warning(
+                            "artifact_too_large_skipped",
+                            source=self.source.name,
+                            run_id=run_id,
+                            path=artifact.path,
+                            size=artifact.size,
+                        )
+                        continue
+                    origin = f"{run_id}/{artifact.path}"
+                    tail = tails.get(origin) or TailRecord(
+                        self.source.name, origin, "tfevents", self._artifact_dir(run_id, artifact)
+                    )
+                    reader = self.source.artifact_file(run_id, artifact)
+                    outcome = self.tailer.advance(tail, reader, self.clock())
+                    report.points += outcome.points
+                    report.bytes_written += outcome.bytes_written
+            except Exception as error:  # one bad run never stops the others
+                self._fail(report, plan.run, error)
+
+    def _artifact_dir(self, run_id: str, artifact: Artifact) -> str:
+        """Where a tfevents artifact is mirrored: its folder (or `artifacts`) in the run's dir."""
+        run_dir = self._records[run_id].dir
+        folders = artifact.path.split("/")[:-1] or ["artifacts"]
+        dir = layout.join(run_dir, *(layout.sanitize_component(f) for f in folders))
+        if dir in self._dirs:  # a child run's directory has that name
+            dir = layout.join(run_dir, "artifacts", *dir.split("/")[len(run_dir.split("/")) :])
+        return dir
 
     # -- writing ------------------------------------------------------------------------------
 

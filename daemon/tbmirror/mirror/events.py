@@ -111,14 +111,23 @@ def _counter() -> Iterator[int]:
 _sequence = _counter()
 
 
+def frame_all(payloads: Iterable[bytes]) -> bytes:
+    """Records holding `payloads`, one after the other."""
+    return b"".join(frame(payload) for payload in payloads)
+
+
 def append(path: Path, committed_length: int, payloads: Iterable[bytes]) -> int:
-    """Append `payloads` as records at `committed_length` of `path` (created if missing); fsync.
+    """Append `payloads` as records at `committed_length` of `path`: see append_bytes."""
+    return append_bytes(path, committed_length, frame_all(payloads))
+
+
+def append_bytes(path: Path, committed_length: int, data: bytes) -> int:
+    """Write `data` (whole records) at `committed_length` of `path` (created if missing); fsync.
 
     Returns the file's new length. On any error the file is cut back to `committed_length`.
     A file with a committed length must exist and be at least that long (EventsFileLostError);
     a new one (`committed_length` 0) must not exist yet.
     """
-    data = b"".join(frame(payload) for payload in payloads)
     flags = os.O_RDWR | os.O_NOFOLLOW | (os.O_CREAT | os.O_EXCL if committed_length == 0 else 0)
     try:
         fd = os.open(path, flags, 0o644)

@@ -3,9 +3,10 @@
 Run before anything reads the mirror (TensorBoard included):
 - a file longer than its committed length is cut back to it (records appended, never committed);
 - a file that is missing, shorter than committed or not a file at all cannot be trusted: its run
-  is reset, so its points are fetched and written again into a fresh file;
-- an events file under a source directory we own that the store does not know (created but never
-  committed, or left by a deleted run) is removed.
+  is reset, so its points are fetched and written again into a fresh file (a tailed file's copy:
+  the file is mirrored again from the start);
+- an events file (any name with "tfevents") under a source directory we own that the store does not
+  know (created but never committed, or left by a deleted run or a replaced upload) is removed.
 """
 
 from __future__ import annotations
@@ -53,22 +54,25 @@ def recover(state: State, layout: MirrorLayout, owned_dirs: list[str]) -> Recove
             for run in state.all_runs():
                 if run.events_path in broken:
                     log.warning("events_file_damaged_run_reset", path=run.events_path)
-                    try:
-                        layout.resolve(run.events_path).unlink(missing_ok=True)
-                    except OSError as error:
-                        log.warning("damaged_file_not_removed", path=run.events_path,
-                                    error=str(error))  # fmt: skip
+                    _remove(layout, run.events_path)
                     state.forget_run(run)
                     run.events_file, run.text_digest, run.text_step = None, None, -1
                     run.hparams_written = run.end_written = False
                     state.put_run(run)
+                    report.runs_reset += 1
+            for tail in state.all_tails():
+                if tail.mirror_path in broken:
+                    log.warning("mirror_copy_damaged_file_restarted", path=tail.mirror_path)
+                    _remove(layout, tail.mirror_path)
+                    state.forget_tail(tail)
+                    state.put_tail(tail.restarted())
                     report.runs_reset += 1
     known = set(state.files())
     for owned in owned_dirs:
         top = layout.resolve(owned)
         for directory, _, names in os.walk(top):
             for name in names:
-                if not name.startswith(events.EVENTS_PREFIX):
+                if "tfevents" not in name:
                     continue
                 relative = os.path.relpath(os.path.join(directory, name), layout.root)
                 if relative not in known:
@@ -76,3 +80,10 @@ def recover(state: State, layout: MirrorLayout, owned_dirs: list[str]) -> Recove
                     report.orphans_removed += 1
                     log.info("orphan_events_file_removed", path=relative)
     return report
+
+
+def _remove(layout: MirrorLayout, relative: str) -> None:
+    try:
+        layout.resolve(relative).unlink(missing_ok=True)
+    except OSError as error:
+        log.warning("damaged_file_not_removed", path=relative, error=str(error))

@@ -47,8 +47,20 @@ class MirrorWriter:
             file_name = events.new_file_name(not_before_secs=newest + 1 if newest else 0)
             payloads = [summaries.file_version(time.time()), *payloads]
             committed = 0
-        path = directory / file_name
-        length = events.append(path, committed, payloads)
+        return self._write(directory, file_name, committed, events.frame_all(payloads))
+
+    def append_records(self, run_dir: str, file_name: str, committed: int, data: bytes) -> Appended:
+        """Append already framed, checked records (a copied events file) at `committed`, durably.
+
+        The file is created (exclusively) when `committed` is 0.
+        """
+        directory = self.layout.resolve(run_dir)
+        if committed == 0:
+            directory.mkdir(parents=True, exist_ok=True)
+        return self._write(directory, file_name, committed, data)
+
+    def _write(self, directory: Path, file_name: str, committed: int, data: bytes) -> Appended:
+        length = events.append_bytes(directory / file_name, committed, data)
         if committed == 0:
             events.fsync_directory(directory)
         return Appended(file_name, length, length - committed)

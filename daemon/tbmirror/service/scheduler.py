@@ -4,7 +4,8 @@ One job per source at `poll_interval` with jitter; never two polls of one source
 (max_instances=1, and a per-source lock across config reloads); missed runs coalesced. A pass that
 fails pushes that source's next poll back exponentially (capped), the others keep their schedule.
 Every `full_listing_interval` a pass lists every run; in between, quick passes list only running,
-new and just-finished runs.
+new and just-finished runs. An uploads source is rescanned at `rescan_interval` and, once its
+directory exists, also watched (watcher.py): changed files are synced under the same lock.
 """
 
 from __future__ import annotations
@@ -21,12 +22,14 @@ from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 
-from tbmirror.config import MlflowSourceSettings
+from tbmirror.config import SourceSettings, UploadsSourceSettings
+from tbmirror.engines import Engine, build_engine
 from tbmirror.mirror.writer import MirrorWriter
+from tbmirror.report import PassReport
 from tbmirror.service.metrics import DaemonMetrics
-from tbmirror.sources.mlflow import MlflowSource
+from tbmirror.service.watcher import UploadWatcher
 from tbmirror.state import SourceStatus, State
-from tbmirror.sync import SourceSync
+from tbmirror.upload_sync import UploadSync
 
 log = structlog.get_logger(__name__)
 
@@ -35,11 +38,13 @@ BACKOFF_CAP_SECONDS = 300.0
 
 @dataclass
 class _Runner:
-    settings: MlflowSourceSettings
-    engine: SourceSync
+    settings: SourceSettings
+    engine: Engine
     lock: threading.Lock
     failures: int = 0
     last_full: float = field(default=float("-inf"))
+    watcher: UploadWatcher | None = None
+    retired: bool = False
 
 
 class SourceScheduler:
@@ -56,11 +61,11 @@ class SourceScheduler:
             timezone=timezone.utc,
         )
 
-    def start(self, sources: list[MlflowSourceSettings]) -> None:
+    def start(self, sources: list[SourceSettings]) -> None:
         self._scheduler.start()
         self.set_sources(sources)
 
-    def set_sources(self, sources: list[MlflowSourceSettings]) -> None:
+    def set_sources(self, sources: list[SourceSettings]) -> None:
         """Add, replace (when their settings changed) and remove jobs to match `sources`."""
         wanted = {source.name: source for source in sources}
         with self._guard:
@@ -74,7 +79,7 @@ class SourceScheduler:
             for name, settings in wanted.items():
                 if name in self._runners:
                     continue
-                engine = SourceSync(MlflowSource.from_settings(settings), self._state, self._writer)
+                engine = build_engine(settings, self._state, self._writer)
                 lock = self._locks.setdefault(name, threading.Lock())
                 self._runners[name] = _Runner(settings, engine, lock)
                 self._scheduler.add_job(
@@ -91,11 +96,14 @@ class SourceScheduler:
 
     def shutdown(self) -> None:
         """Stop scheduling; passes in flight end at their next run boundary (stop event)."""
+        with self._guard:
+            for runner in self._runners.values():
+                _stop_watching(runner)
         if self._scheduler.running:
             self._scheduler.shutdown(wait=True)
         with self._guard:
             for runner in self._runners.values():
-                runner.engine.source.close()
+                runner.engine.close()
 
     def statuses(self) -> dict[str, SourceStatus]:
         """Status of every scheduled source (a never-polled one has an empty status)."""
@@ -120,9 +128,11 @@ class SourceScheduler:
                 if self._runners.get(name) is not runner:
                     return  # replaced by a reload while we waited
             now = time.monotonic()
-            full = now - runner.last_full >= runner.settings.full_listing_interval
+            full = now - runner.last_full >= getattr(runner.settings, "full_listing_interval", 0)
             report = runner.engine.run_pass(full=full, stop=self._stop)
             self._metrics.record(report, runner.engine.runs_mirrored)
+            if not report.error:
+                self._watch(runner)
         if report.error:
             runner.failures += 1
             delay = min(BACKOFF_CAP_SECONDS, runner.settings.poll_interval * 2**runner.failures)
@@ -136,24 +146,66 @@ class SourceScheduler:
         runner.failures = 0
         if full:
             runner.last_full = now
-        log.info(
-            "source_synced",
-            source=name,
-            full=full,
-            runs=report.runs_listed,
-            points=report.points,
-            bytes=report.bytes_written,
-            requests=report.requests,
-            failed_runs=len(report.failed_runs),
-            duration_ms=round(report.seconds * 1000),
+        _log_synced(report, full)
+
+    def _watch(self, runner: _Runner) -> None:
+        """Start watching an uploads source's directory (once it exists); called under its lock."""
+        engine = runner.engine
+        if runner.watcher is not None or runner.retired or not isinstance(engine, UploadSync):
+            return
+        settings = runner.settings
+        assert isinstance(settings, UploadsSourceSettings)
+        watcher = UploadWatcher(
+            settings, engine.tree.relative, lambda paths: self._sync_paths(runner, paths)
         )
+        try:
+            watcher.start()
+        except OSError as error:  # e.g. inotify watch limits: rescans still catch everything
+            log.warning("watch_failed", source=settings.name, error=str(error))
+            watcher.stop()
+            return
+        runner.watcher = watcher
+
+    def _sync_paths(self, runner: _Runner, paths: set[str]) -> None:
+        """Sync the files a watcher saw change (on the watcher's thread)."""
+        engine = runner.engine
+        assert isinstance(engine, UploadSync)
+        with runner.lock:
+            if runner.retired or self._stop.is_set():
+                return
+            report = engine.sync_paths(paths, stop=self._stop)
+            self._metrics.record(report, engine.runs_mirrored)
+        if report.points or report.error or report.failed_runs:
+            _log_synced(report, full=False)
+
+
+def _log_synced(report: PassReport, full: bool) -> None:
+    log.info(
+        "source_synced",
+        source=report.source,
+        full=full,
+        runs=report.runs_listed,
+        points=report.points,
+        bytes=report.bytes_written,
+        requests=report.requests,
+        failed_runs=len(report.failed_runs),
+        duration_ms=round(report.seconds * 1000),
+    )
+
+
+def _stop_watching(runner: _Runner) -> None:
+    if runner.watcher is not None:
+        runner.watcher.stop()
+        runner.watcher = None
 
 
 def _retire(runner: _Runner) -> None:
     """Close a removed source once its pass in flight (if any) is over, without waiting here."""
+    runner.retired = True
 
     def close() -> None:
+        _stop_watching(runner)
         with runner.lock:
-            runner.engine.source.close()
+            runner.engine.close()
 
     threading.Thread(target=close, name=f"retire {runner.settings.name}", daemon=True).start()

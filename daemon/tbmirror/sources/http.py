@@ -70,12 +70,30 @@ class RestClient:
         self._client.close()
 
     def get(self, path: str, params: dict[str, Any] | None = None) -> dict[str, Any]:
-        return self._request("GET", path, params=params)
+        return _json(self._request("GET", path, params=params), self.source_name)
 
     def post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
-        return self._request("POST", path, json=body)
+        return _json(self._request("POST", path, json=body), self.source_name)
 
-    def _request(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
+    def get_range(self, path: str, params: dict[str, Any], start: int, end: int) -> bytes:
+        """Bytes `start` to `end` (exclusive, or fewer at the end) of a file download.
+
+        A server that ignores Range (200) is answered from the whole body, so callers always get
+        exactly the bytes they asked for. Requests past the end give b"" (416).
+        """
+        headers = {"Range": f"bytes={start}-{end - 1}"}
+        response = self._request("GET", path, params=params, headers=headers, allow=(416,))
+        if response.status_code == 416:
+            return b""
+        if response.status_code == 206:
+            return response.content
+        return response.content[start:end]
+
+    def _request(
+        self, method: str, path: str, allow: tuple[int, ...] = (), **kwargs: Any
+    ) -> httpx.Response:
+        """The answer to one request (retried as described above); an error status raises,
+        unless it is in `allow`."""
         attempt = 0
         limiter = self._limiters[0 if _is_search(path) else 1]
         while True:
@@ -93,8 +111,8 @@ class RestClient:
                 self._sleep(_backoff(attempt))
                 attempt += 1
                 continue
-            if response.status_code < 400:
-                return _json(response, self.source_name)
+            if response.status_code < 400 or response.status_code in allow:
+                return response
             if response.status_code in (401, 403):
                 how = f"{self._auth_name} credentials" if self._auth_name else "no credentials"
                 raise AuthError(

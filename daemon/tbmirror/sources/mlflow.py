@@ -2,7 +2,8 @@
 
 `MlflowSource.list_runs` returns every run of the configured experiments (child runs logged into
 other experiments included) with each metric key's latest point; `MlflowSource.fetch` returns the
-points of each requested series past its cursor.
+points of each requested series past its cursor; `MlflowSource.tfevents_artifacts` finds a run's
+tfevents artifacts, which `ArtifactFile` reads with HTTP Range requests (tailing.py tails them).
 
 History cursors: MLflow orders a key's history by (timestamp, step, value) and pages it by offset,
 and a late point with an older timestamp lands in the middle. For a cursor of `count` points whose
@@ -15,6 +16,7 @@ get the whole series and the same check is made locally.
 from __future__ import annotations
 
 import base64
+import fnmatch
 import json
 import re
 from collections import defaultdict
@@ -51,6 +53,14 @@ class RunListing:
     experiments: dict[str, Experiment]
     runs: list[RunSnapshot]
     missing_experiments: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """A file among a run's artifacts: its path below the run's artifact root, and size."""
+
+    path: str
+    size: int
 
 
 @dataclass(frozen=True)
@@ -182,6 +192,33 @@ class MlflowClient:
         cut = items[-1]["run_id"]
         return {run_id: by_run.get(run_id, []) for run_id in run_ids if run_id < cut}
 
+    def artifacts(self, run_id: str, path: str = "") -> Iterator[tuple[str, bool, int]]:
+        """(path, is_dir, size) of the entries of one artifact folder (one level)."""
+        params = {"run_id": run_id} | ({"path": path} if path else {})
+        pages = self._pages(lambda extra: self.rest.get(f"{API}/artifacts/list", params | extra))
+        for page in pages:
+            for item in page.get("files", []):
+                yield item["path"], bool(item.get("is_dir")), int(item.get("file_size") or 0)
+
+
+class ArtifactFile:
+    """One artifact of a run, read over HTTP Range requests (a `tailing.FileReader`).
+
+    `size` is the size the listing gave; no identity (a server does not tell).
+    """
+
+    identity: str | None = None
+
+    def __init__(self, rest: RestClient, run_id: str, artifact: Artifact) -> None:
+        self._rest, self._params, self.size = (
+            rest,
+            {"run_id": run_id, "path": artifact.path},
+            artifact.size,
+        )
+
+    def read(self, start: int, end: int) -> bytes:
+        return self._rest.get_range("/get-artifact", self._params, start, end)
+
 
 def _experiment(item: dict[str, Any]) -> Experiment:
     return Experiment(
@@ -300,6 +337,40 @@ class MlflowSource:
         for experiments in _chunks(experiment_ids, 100):
             for query in queries:
                 yield from self.client.search_runs(experiments, query)
+
+    # -- artifacts ----------------------------------------------------------------------------
+
+    def tfevents_artifacts(self, run_id: str) -> list[Artifact]:
+        """The run's artifacts whose file name matches `artifacts.pattern`, down to `max_depth`
+        folders. Raises SourceError."""
+        settings = self.settings.artifacts
+        found: list[Artifact] = []
+        folders = [("", 0)]
+        while folders:
+            folder, depth = folders.pop()
+            for path, is_dir, size in self.client.artifacts(run_id, folder):
+                if is_dir:
+                    if depth < settings.max_depth:
+                        folders.append((path, depth + 1))
+                elif fnmatch.fnmatchcase(path.rsplit("/", 1)[-1], settings.pattern):
+                    found.append(Artifact(path, size))
+        return sorted(found, key=lambda artifact: artifact.path)
+
+    def tfevents_artifacts_of(self, run_ids: list[str]) -> dict[str, list[Artifact] | str]:
+        """`tfevents_artifacts` of each run, listed concurrently; an error message for a run
+        whose listing the server refused. Raises SourceError when the server cannot be reached."""
+
+        def one(run_id: str) -> list[Artifact] | str:
+            try:
+                return self.tfevents_artifacts(run_id)
+            except HttpStatusError as error:
+                return str(error)
+
+        with ThreadPoolExecutor(self.settings.concurrency, thread_name_prefix="artifacts") as pool:
+            return dict(zip(run_ids, pool.map(one, run_ids), strict=True))
+
+    def artifact_file(self, run_id: str, artifact: Artifact) -> ArtifactFile:
+        return ArtifactFile(self.client.rest, run_id, artifact)
 
     # -- histories ----------------------------------------------------------------------------
 

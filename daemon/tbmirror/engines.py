@@ -1,0 +1,19 @@
+"""One sync engine per configured source, whatever its type."""
+
+from __future__ import annotations
+
+from tbmirror.config import MlflowSourceSettings, SourceSettings
+from tbmirror.mirror.writer import MirrorWriter
+from tbmirror.sources.mlflow import MlflowSource
+from tbmirror.state import State
+from tbmirror.sync import SourceSync
+from tbmirror.upload_sync import UploadSync
+
+Engine = SourceSync | UploadSync
+
+
+def build_engine(settings: SourceSettings, state: State, writer: MirrorWriter) -> Engine:
+    """The engine that mirrors the source `settings` describe (close it when done)."""
+    if isinstance(settings, MlflowSourceSettings):
+        return SourceSync(MlflowSource.from_settings(settings), state, writer)
+    return UploadSync(settings, state, writer)

@@ -1,0 +1,268 @@
+"""Tailing: mirroring a growing file from a source, exactly once, however it changes.
+
+Shared by upload directories and the tfevents artifacts of MLflow runs. A `TailRecord` (state.py)
+says how many bytes of one source file are mirrored. `Tailer.advance` brings one file up to date:
+
+1. A file shorter than what we mirrored, replaced (another inode) or whose mirrored bytes changed
+   (the fingerprints of the first and the last FINGERPRINT_BYTES before the offset) is mirrored
+   again from the start, into a new mirror file: TensorBoard, which remembers how far it read each
+   file, is never shown bytes that changed under it. The old copy is removed after the commit.
+2. New bytes are read (CHUNK_BYTES at a time; the last FINGERPRINT_BYTES before the offset come
+   along for the check) and only what is complete is taken: for tfevents, whole records whose CRCs
+   check out and whose payloads parse, copied verbatim (so the copy's length equals the offset);
+   for CSV and JSON lines, whole lines, converted to scalars. A partial last record or line waits
+   for its rest. A corrupt record stops the file there, with one warning.
+3. The records are appended and fsynced, and only then are the new TailRecord and the mirror
+   file's length committed in one transaction (state.py). Recovery cuts back anything uncommitted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field, replace
+from typing import Protocol
+
+import structlog
+from google.protobuf.message import DecodeError
+from tensorboard.compat.proto.event_pb2 import Event
+
+from tbmirror.mirror import events, layout
+from tbmirror.mirror.convert import DEFAULT_STEP_COLUMNS, LineConverter
+from tbmirror.mirror.events import CorruptRecordError, EventsFileLostError
+from tbmirror.mirror.writer import MirrorWriter
+from tbmirror.state import State, TailRecord
+
+log = structlog.get_logger(__name__)
+
+FINGERPRINT_BYTES = 1024
+CHUNK_BYTES = 16 * 1024 * 1024
+
+
+class FileReader(Protocol):
+    """One source file as it is now: its size, identity (None if it has none) and bytes."""
+
+    @property
+    def size(self) -> int: ...
+
+    @property
+    def identity(self) -> str | None: ...
+
+    def read(self, start: int, end: int) -> bytes:
+        """Bytes `start` to `end` (exclusive; fewer at the end of the file)."""
+        ...
+
+
+@dataclass
+class TailOutcome:
+    """What one `advance` did: the record as now committed, and the records (tfevents) or scalar
+    points (CSV/JSON lines) mirrored."""
+
+    tail: TailRecord
+    points: int = 0
+    bytes_written: int = 0
+    restarted: str | None = None  # why the file was mirrored again from the start
+
+    @property
+    def written(self) -> bool:
+        return self.bytes_written > 0
+
+
+@dataclass
+class _Taken:
+    """The complete part of newly read bytes: what to append and how many source bytes it covers.
+
+    tfevents: `records`, verbatim; CSV/JSON lines: `payloads` (events to frame), `converter` state.
+    """
+
+    consumed: int
+    points: int
+    records: bytes = b""
+    payloads: list[bytes] = field(default_factory=list)
+    converter: str | None = None
+    corrupt_at: int | None = None  # offset in the new bytes of a record that does not check out
+
+
+class _Restart(Exception):
+    """The file must be mirrored again from the start, for the reason given."""
+
+
+class Tailer:
+    """Advances tailed files into the mirror; the TailRecord passed in is all the state."""
+
+    def __init__(
+        self, state: State, writer: MirrorWriter, step_columns: tuple[str, ...] | list[str] = ()
+    ) -> None:
+        self.state = state
+        self.writer = writer
+        self.step_columns = tuple(step_columns) or DEFAULT_STEP_COLUMNS
+
+    def advance(self, tail: TailRecord, reader: FileReader, now: float) -> TailOutcome:
+        """Mirror what `reader` has beyond `tail` (a stored record or a new one); commit it."""
+        outcome = TailOutcome(tail)
+        unchanged = reader.size == tail.seen_size and reader.identity == tail.identity
+        if unchanged and tail.offset <= reader.size:
+            return outcome
+        old_copy: str | None = None
+        reason = self._rewritten(tail, reader)
+        if reason is not None:
+            log.warning("tailed_file_restarted", source=tail.source, file=tail.origin, why=reason)
+            outcome.restarted, old_copy, tail = reason, tail.mirror_path, tail.restarted()
+        if tail.stopped_at is not None:
+            outcome.tail = replace(tail, seen_size=reader.size, identity=reader.identity)
+            self._commit(outcome.tail, None, old_copy)
+            return outcome
+        while True:
+            try:
+                tail, more = self._step(tail, reader, now, outcome, old_copy)
+            except (_Restart, EventsFileLostError) as error:
+                if outcome.restarted:
+                    raise  # once per call: a file that keeps changing waits for the next one
+                why = str(error) if isinstance(error, _Restart) else "mirror copy lost"
+                log.warning("tailed_file_restarted", source=tail.source, file=tail.origin, why=why)
+                outcome.restarted, old_copy, tail = (
+                    why,
+                    old_copy or tail.mirror_path,
+                    tail.restarted(),
+                )
+                continue
+            outcome.tail, old_copy = tail, None
+            if not more:
+                return outcome
+
+    def _rewritten(self, tail: TailRecord, reader: FileReader) -> str | None:
+        """Why the mirrored bytes can no longer be trusted, or None if they still match."""
+        if tail.offset == 0 and tail.mirror_file is None:
+            return None
+        if reader.size < tail.offset:
+            return "truncated"
+        if tail.identity is not None and reader.identity != tail.identity:
+            return "replaced"
+        if tail.offset > FINGERPRINT_BYTES:
+            head = reader.read(0, FINGERPRINT_BYTES)
+            if _digest(head) != tail.head_digest:
+                return "rewritten"
+        return None
+
+    def _step(
+        self,
+        tail: TailRecord,
+        reader: FileReader,
+        now: float,
+        outcome: TailOutcome,
+        old_copy: str | None,
+    ) -> tuple[TailRecord, bool]:
+        """Read, take, append and commit one chunk; returns the new record and whether to go on."""
+        overlap = min(tail.offset, FINGERPRINT_BYTES)
+        start = tail.offset - overlap
+        data = reader.read(start, tail.offset + CHUNK_BYTES)
+        if tail.offset and _digest(data[:overlap]) != tail.tail_digest:
+            raise _Restart("rewritten")
+        new = data[overlap:]
+        taken = self._take(tail, new, now)
+        offset = tail.offset + taken.consumed
+        updated = replace(
+            tail,
+            offset=offset,
+            seen_size=reader.size,
+            identity=reader.identity,
+            converter=taken.converter if taken.converter is not None else tail.converter,
+        )
+        if taken.consumed:
+            head_end = min(offset, FINGERPRINT_BYTES)
+            if start == 0:
+                updated.head_digest = _digest(data[:head_end])
+            tail_start = offset - min(offset, FINGERPRINT_BYTES)
+            updated.tail_digest = _digest(data[tail_start - start : offset - start])
+        if taken.corrupt_at is not None:
+            updated.stopped_at = tail.offset + taken.corrupt_at
+            log.warning(
+                "corrupt_record_file_stopped",
+                source=tail.source,
+                file=tail.origin,
+                offset=updated.stopped_at,
+            )
+        length = None
+        appended_to = None
+        if taken.records or taken.payloads:
+            committed = self.state.file_length(tail.mirror_path or "") or 0
+            if tail.mirror_file is not None and committed == 0:
+                raise EventsFileLostError(f"{tail.mirror_path} has no committed length")
+            if taken.records:
+                name = tail.mirror_file or self._copy_name(tail)
+                appended = self.writer.append_records(
+                    tail.mirror_dir, name, committed, taken.records
+                )
+            else:
+                appended = self.writer.append(
+                    tail.mirror_dir, tail.mirror_file, committed, taken.payloads
+                )
+            updated.mirror_file = appended.file_name
+            length, appended_to = appended.length, (updated.mirror_path, committed)
+            outcome.bytes_written += appended.written
+            outcome.points += taken.points
+        try:
+            self._commit(updated, length, old_copy)
+        except BaseException:
+            if appended_to and appended_to[0]:
+                self.writer.cut_back(appended_to[0], appended_to[1])
+            raise
+        more = taken.consumed > 0 and len(new) >= CHUNK_BYTES and updated.stopped_at is None
+        return updated, more
+
+    def _take(self, tail: TailRecord, new: bytes, now: float) -> _Taken:
+        if tail.kind == "tfevents":
+            return _whole_records(new)
+        state = json.loads(tail.converter) if tail.converter else None
+        converter = LineConverter(tail.kind, self.step_columns, state=state)  # type: ignore[arg-type]
+        payloads, consumed = converter.feed(new, now)
+        return _Taken(
+            consumed, converter.points, payloads=payloads, converter=json.dumps(converter.state())
+        )
+
+    def _copy_name(self, tail: TailRecord) -> str:
+        """The name of a copied tfevents file: the source's own, made safe and distinct."""
+        name = layout.sanitize_component(os.path.basename(tail.origin))
+        if "tfevents" not in name:
+            name = events.EVENTS_PREFIX + name  # TensorBoard reads only files named so
+        if tail.generation:
+            name = f"{name}.{tail.generation}"
+        if self.writer.occupied(f"{tail.mirror_dir}/{name}"):
+            name = layout.disambiguate(name, hashlib.sha1(tail.origin.encode()).hexdigest())
+        return name
+
+    def _commit(self, tail: TailRecord, length: int | None, old_copy: str | None) -> None:
+        with self.state.transaction():
+            self.state.put_tail(tail)
+            if length is not None and tail.mirror_path:
+                self.state.put_file(tail.mirror_path, length)
+            if old_copy and old_copy != tail.mirror_path:
+                self.state.forget_file(old_copy)
+        if old_copy and old_copy != tail.mirror_path:
+            self.writer.remove_file(old_copy, keep_above=tail.mirror_dir)
+
+    def forget(self, tail: TailRecord, keep_above: str) -> None:
+        """Drop a tailed file, remove its copy and the directories that leaves empty (up to
+        `keep_above`)."""
+        with self.state.transaction():
+            self.state.forget_tail(tail)
+        if tail.mirror_path:
+            self.writer.remove_file(tail.mirror_path, keep_above=keep_above)
+
+
+def _whole_records(new: bytes) -> _Taken:
+    """The whole, valid records at the start of `new` (verbatim), stopping at a corrupt one."""
+    end = count = 0
+    corrupt_at = None
+    try:
+        for record in events.iter_records(new):
+            Event.FromString(record.payload)
+            end, count = record.end, count + 1
+    except (CorruptRecordError, DecodeError):
+        corrupt_at = end
+    return _Taken(end, count, records=new[:end], corrupt_at=corrupt_at)
+
+
+def _digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
