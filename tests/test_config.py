@@ -48,7 +48,10 @@ def test_a_good_config_loads_with_defaults() -> None:
             ("poll_interval: 10s", "poll_interval: 0"),
             "sources[0].poll_interval: expected a duration greater than 0",
         ),
-        (("type: mlflow", "type: wandb"), "sources[0].type: Input should be 'mlflow'"),
+        (
+            ("type: mlflow", "type: wandb"),
+            "sources[0].type: expected one of 'mlflow', 'uploads' (got 'wandb')",
+        ),
         (
             ("    tracking_uri: http://127.0.0.1:5000/\n", ""),
             "sources[0].tracking_uri: required key is missing",

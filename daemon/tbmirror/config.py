@@ -410,10 +410,15 @@ def _describe(error: ValidationError, origin: str) -> str:
     for item in error.errors():
         location = _without_union_tags(tuple(item["loc"]))
         message = item["msg"].removeprefix("Value error, ")
+        context = item.get("ctx") or {}
         if item["type"] == "extra_forbidden":
             message = "unknown key"
-        elif item["type"] == "missing":
+        elif item["type"] in ("missing", "union_tag_not_found"):
             message = "required key is missing"
+        if item["type"] in ("union_tag_invalid", "union_tag_not_found"):
+            location += (context.get("discriminator", "type").strip("'"),)
+        if item["type"] == "union_tag_invalid":
+            message = f"expected one of {context['expected_tags']} (got {context['tag']!r})"
         got = item.get("input")
         named = " ".join(str(part) for part in location)
         if (
