@@ -225,12 +225,13 @@ def _summary(report: PassReport) -> str:
     if report.error:
         return f"FAIL  {report.source}: {report.error}"
     text = (
-        f"{'ok  ' if report.ok else 'FAIL'}  {report.source}: {report.runs_listed} runs, "
+        f"{'ok  ' if report.ok else 'FAIL'}  {report.source}: {report.runs_listed} {report.unit}, "
         f"{report.runs_written} written, {report.points} points, {report.bytes_written} bytes, "
         f"{report.requests} requests, {report.seconds:.1f} s"
     )
     if report.failed_runs:
-        text += f"; {len(report.failed_runs)} runs failed: {', '.join(report.failed_runs[:5])}"
+        failed = ", ".join(report.failed_runs[:5])
+        text += f"; {len(report.failed_runs)} {report.unit} failed: {failed}"
     if report.missing_experiments:
         text += f"; experiments not found: {', '.join(report.missing_experiments)}"
     return text

@@ -11,7 +11,7 @@ from tbmirror.state import SourceStatus, State
 class PassReport:
     """What one pass did; `error` is set when the source itself failed.
 
-    For an uploads source, "runs" are the files found, written and failed (by relative path).
+    For an uploads source, "runs" are the files (`unit`) found, written and failed (by path).
     """
 
     source: str
@@ -27,6 +27,7 @@ class PassReport:
     missing_experiments: list[str] = field(default_factory=list)
     seconds: float = 0.0
     error: str | None = None
+    unit: str = "runs"  # what runs_* count: "files" for an uploads source
 
     @property
     def ok(self) -> bool:

@@ -21,6 +21,7 @@ from tbmirror.errors import MirrorError
 from tbmirror.model import MetricPoint, value_bits, value_from_bits
 
 SCHEMA_VERSION = 1
+TAILED_FILES = "(tailed files)"
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -56,7 +57,7 @@ CREATE TABLE IF NOT EXISTS tails (
     source TEXT NOT NULL, origin TEXT NOT NULL, kind TEXT NOT NULL, mirror_dir TEXT NOT NULL,
     mirror_file TEXT, offset INTEGER NOT NULL, seen_size INTEGER NOT NULL, identity TEXT,
     head_digest TEXT, tail_digest TEXT, generation INTEGER NOT NULL, stopped_at INTEGER,
-    converter TEXT,
+    converter TEXT, points INTEGER NOT NULL,
     PRIMARY KEY (source, origin));
 """
 
@@ -129,6 +130,7 @@ class TailRecord:
     generation: int = 0
     stopped_at: int | None = None
     converter: str | None = None
+    points: int = 0  # records (tfevents) or scalar points (converted logs) mirrored
 
     @property
     def mirror_path(self) -> str | None:
@@ -371,7 +373,8 @@ class State:
         )
 
     def totals(self) -> list[tuple[str, str, int, int]]:
-        """(source, experiment dir, runs, points) for every mirrored experiment."""
+        """(source, experiment dir, runs, points) for every mirrored experiment, and
+        (source, TAILED_FILES, files, points) for each source with tailed files."""
         rows = self._query(
             "SELECT e.source, e.dir, "
             "(SELECT count(*) FROM runs r WHERE r.source = e.source "
@@ -379,7 +382,10 @@ class State:
             "(SELECT coalesce(sum(s.count), 0) FROM series s JOIN runs r "
             "   ON s.source = r.source AND s.run_id = r.run_id WHERE r.source = e.source "
             "   AND substr(r.dir, 1, length(e.dir) + 1) = e.dir || '/') "
-            "FROM experiments e ORDER BY e.source, e.dir"
+            "FROM experiments e "
+            "UNION ALL SELECT source, ?, count(mirror_file), sum(points) FROM tails "
+            "GROUP BY source ORDER BY 1, 2",
+            (TAILED_FILES,),
         )
         return [(row[0], row[1], int(row[2]), int(row[3])) for row in rows]
 

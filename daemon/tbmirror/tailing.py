@@ -168,6 +168,7 @@ class Tailer:
             seen_size=reader.size,
             identity=reader.identity,
             converter=taken.converter if taken.converter is not None else tail.converter,
+            points=tail.points + taken.points,
         )
         if taken.consumed:
             head_end = min(offset, FINGERPRINT_BYTES)

@@ -86,7 +86,7 @@ class UploadSync:
         progress: Progress | None,
         stop: threading.Event | None,
     ) -> PassReport:
-        report = PassReport(self.name)
+        report = PassReport(self.name, unit="files")
         started = time.monotonic()
         try:
             if not self.tree.settings.path.is_dir():
