@@ -375,11 +375,11 @@ class SourceSync:
 
     def _artifact_dir(self, run_id: str, artifact: Artifact) -> str:
         """Where a tfevents artifact is mirrored: its folder (or `artifacts`) in the run's dir."""
-        run_dir = self._records[run_id].dir
-        folders = artifact.path.split("/")[:-1] or ["artifacts"]
-        dir = layout.join(run_dir, *(layout.sanitize_component(f) for f in folders))
+        run_dir = self._records[run_id].dir.split("/")
+        folders = [layout.sanitize_component(f) for f in artifact.path.split("/")[:-1]]
+        dir = layout.join(*run_dir, *(folders or ["artifacts"]))
         if dir in self._dirs:  # a child run's directory has that name
-            dir = layout.join(run_dir, "artifacts", *dir.split("/")[len(run_dir.split("/")) :])
+            dir = layout.join(*run_dir, "artifacts", *folders)
         return dir
 
     # -- writing ------------------------------------------------------------------------------
