@@ -110,3 +110,47 @@ def test_cli_exits_78_on_a_bad_config(tmp_path: Path) -> None:
     assert f"{path}: sources[0].poll_interval: expected a duration" in result.stderr
     missing = tbmirror("check", "--config", str(tmp_path / "nope.yaml"))
     assert missing.returncode == 78 and "cannot read the config file" in missing.stderr
+
+
+UPLOADS = """
+mirror: {root: /srv/tbmirror/logs, state: /srv/tbmirror/state.db}
+sources:
+  - {name: jobs, type: uploads, path: /mnt/uploads}
+"""
+
+
+def test_an_uploads_source_loads_with_defaults() -> None:
+    source = parse_settings(UPLOADS).sources[0]
+    assert source.type == "uploads" and source.observer == "native"
+    assert source.rescan_interval == 60.0 and source.poll_interval == 60.0
+    assert source.max_file_size == 2 * 1024**3
+    sized = parse_settings(UPLOADS.replace("/mnt/uploads", "/mnt/uploads, max_file_size: 512MiB"))
+    assert sized.sources[0].max_file_size == 512 * 1024**2
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (("path: /mnt/uploads", "path: uploads"), "sources[0].path: expected an absolute path"),
+        (
+            ("path: /mnt/uploads", "path: /mnt/uploads, observer: fanotify"),
+            "sources[0].observer: Input should be 'native' or 'polling'",
+        ),
+        (
+            ("path: /mnt/uploads", "path: /srv/tbmirror"),
+            "sources[0].path: /srv/tbmirror and mirror.root /srv/tbmirror/logs must not contain",
+        ),
+        (
+            ("path: /mnt/uploads", "path: /mnt/uploads, rescan_interval: 0"),
+            "sources[0].rescan_interval: expected a duration greater than 0",
+        ),
+        (
+            ("path: /mnt/uploads", "path: /mnt/uploads, max_file_size: lots"),
+            "sources[0].max_file_size: could not parse value and unit from byte string",
+        ),
+    ],
+)
+def test_uploads_errors_name_the_key_path(change: tuple[str, str], message: str) -> None:
+    with pytest.raises(ConfigError) as raised:
+        parse_settings(UPLOADS.replace(*change), origin="my.yaml")
+    assert f"my.yaml: {message}" in str(raised.value)

@@ -321,6 +321,20 @@ class Settings(_Section):
             seen.add(source.name)
         return self
 
+    @model_validator(mode="after")
+    def _uploads_apart_from_mirror(self) -> Settings:
+        """An upload directory and the mirror root must not contain each other (a loop)."""
+        root = os.path.abspath(self.mirror.root)
+        for index, source in enumerate(self.sources):
+            if isinstance(source, UploadsSourceSettings):
+                path = os.path.abspath(source.path)
+                if os.path.commonpath([root, path]) in (root, path):
+                    raise ValueError(
+                        f"sources[{index}].path: {path} and mirror.root {root} must not "
+                        "contain each other"
+                    )
+        return self
+
 
 def without_userinfo(url: str) -> str:
     """`url` without any user:password@ part: never show credentials."""
@@ -428,5 +442,6 @@ def _describe(error: ValidationError, origin: str) -> str:
             and not _SECRET_FIELD.search(named)
         ):
             message += f" (got {got!r})"
-        lines.append(f"{origin}: {_key_path(location)}: {message}")
+        where = f"{_key_path(location)}: " if location else ""  # whole-file checks name the keys
+        lines.append(f"{origin}: {where}{message}")
     return "\n".join(lines)

@@ -113,5 +113,7 @@ class _Handler(FileSystemEventHandler):
     def on_any_event(self, event: FileSystemEvent) -> None:
         if event.event_type in ("opened", "closed_no_write"):
             return  # reads (ours included) change nothing
+        if event.is_directory and event.event_type == "modified":
+            return  # its files have their own events; a created or moved-in one is scanned
         paths = [event.src_path, getattr(event, "dest_path", "") or ""]
         self._add([p if isinstance(p, str) else p.decode() for p in paths if p])
