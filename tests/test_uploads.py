@@ -278,6 +278,14 @@ def test_rewritten_corrupt_hostile_and_empty_files(tmp_path: Path, source_name: 
     assert copies[0].read_bytes() == replaced
     assert (mirrored / "fine" / "events.out.tfevents.1.fine").read_bytes() == fine
 
+    # The same bytes under a new inode (a remount renumbers them): still the same file.
+    original = uploads / "fine" / "events.out.tfevents.1.fine"
+    shutil.copy(original, original.with_name("copy"))
+    original.with_name("copy").rename(original)
+    third = sync()
+    assert "restarted" not in third and "0 written" in third
+    assert [c.name for c in (mirrored / "fine").iterdir()] == [original.name]
+
     board = TensorBoard(root, tmp_path / "tensorboard.log")
     try:
         assert_steps_and_values(

@@ -3,10 +3,11 @@
 Shared by upload directories and the tfevents artifacts of MLflow runs. A `TailRecord` (state.py)
 says how many bytes of one source file are mirrored. `Tailer.advance` brings one file up to date:
 
-1. A file shorter than what we mirrored, replaced (another inode) or whose mirrored bytes changed
-   (the fingerprints of the first and the last FINGERPRINT_BYTES before the offset) is mirrored
-   again from the start, into a new mirror file: TensorBoard, which remembers how far it read each
-   file, is never shown bytes that changed under it. The old copy is removed after the commit.
+1. A file shorter than what we mirrored, or whose mirrored bytes changed (the fingerprints of the
+   first and the last FINGERPRINT_BYTES before the offset; "replaced" when its inode changed too)
+   is mirrored again from the start, into a new mirror file: TensorBoard, which remembers how far
+   it read each file, is never shown bytes that changed under it. The old copy is removed after
+   the commit. A new inode with the same bytes (a remount) is the same file.
 2. New bytes are read (CHUNK_BYTES at a time; the last FINGERPRINT_BYTES before the offset come
    along for the check) and only what is complete is taken: for tfevents, whole records whose CRCs
    check out and whose payloads parse, copied verbatim (so the copy's length equals the offset);
@@ -132,17 +133,20 @@ class Tailer:
                 return outcome
 
     def _rewritten(self, tail: TailRecord, reader: FileReader) -> str | None:
-        """Why the mirrored bytes can no longer be trusted, or None if they still match."""
+        """Why the mirrored bytes can no longer be trusted (the head; `_step` checks the bytes
+        just before the offset), or None if they still match.
+
+        Another identity alone is no reason: the file is compared by its bytes, so a remount
+        that renumbers inodes (rclone, blobfuse) does not make every file be mirrored again.
+        """
         if tail.offset == 0 and tail.mirror_file is None:
             return None
         if reader.size < tail.offset:
             return "truncated"
-        if tail.identity is not None and reader.identity != tail.identity:
-            return "replaced"
         if tail.offset > FINGERPRINT_BYTES:
             head = reader.read(0, FINGERPRINT_BYTES)
             if _digest(head) != tail.head_digest:
-                return "rewritten"
+                return _changed(tail, reader)
         return None
 
     def _step(
@@ -158,7 +162,7 @@ class Tailer:
         start = tail.offset - overlap
         data = reader.read(start, tail.offset + CHUNK_BYTES)
         if tail.offset and _digest(data[:overlap]) != tail.tail_digest:
-            raise _Restart("rewritten")
+            raise _Restart(_changed(tail, reader))
         new = data[overlap:]
         taken = self._take(tail, new, now)
         offset = tail.offset + taken.consumed
@@ -203,6 +207,8 @@ class Tailer:
             length, appended_to = appended.length, (updated.mirror_path, committed)
             outcome.bytes_written += appended.written
             outcome.points += taken.points
+        if updated == tail and length is None and old_copy is None:
+            return tail, False  # nothing new (an empty file, a partial record seen before)
         try:
             self._commit(updated, length, old_copy)
         except BaseException:
@@ -263,6 +269,12 @@ def _whole_records(new: bytes) -> _Taken:
     except (CorruptRecordError, DecodeError):
         corrupt_at = end
     return _Taken(end, count, records=new[:end], corrupt_at=corrupt_at)
+
+
+def _changed(tail: TailRecord, reader: FileReader) -> str:
+    """How a file whose mirrored bytes differ changed: replaced (another inode) or rewritten."""
+    replaced = tail.identity is not None and reader.identity != tail.identity
+    return "replaced" if replaced else "rewritten"
 
 
 def _digest(data: bytes) -> str:

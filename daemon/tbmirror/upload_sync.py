@@ -144,8 +144,7 @@ class UploadSync:
             if stored is not None:  # what was committed before the failure
                 self._tails[upload.relative] = stored
             return
-        if outcome.tail.seen_size or outcome.tail.mirror_file:  # stored (a 0-byte file is not)
-            self._tails[upload.relative] = outcome.tail
+        self._tails[upload.relative] = outcome.tail
         if outcome.written:
             report.runs_written += 1
             report.points += outcome.points

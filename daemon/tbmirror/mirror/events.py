@@ -24,7 +24,8 @@ from tbmirror.errors import MirrorError
 
 _LENGTH = struct.Struct("<Q")
 _CRC = struct.Struct("<I")
-_HEADER_SIZE = _LENGTH.size + _CRC.size
+_HEADER = struct.Struct("<QI")  # length, masked CRC of the length
+_HEADER_SIZE = _HEADER.size
 _MASK_DELTA = 0xA282EAD8
 EVENTS_PREFIX = "events.out.tfevents."
 
@@ -55,7 +56,7 @@ class EventsFileLostError(MirrorError):
     """A mirrored file is missing or shorter than what was committed: its run must be redone."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Record:
     payload: bytes
     end: int  # byte offset just past this record
@@ -66,20 +67,16 @@ def iter_records(data: bytes, start: int = 0) -> Iterator[Record]:
 
     Raises CorruptRecordError at the first record that does not check out.
     """
-    offset = start
-    view = memoryview(data)
-    while len(data) - offset >= _HEADER_SIZE:
-        header = bytes(view[offset : offset + _LENGTH.size])
-        (header_crc,) = _CRC.unpack_from(data, offset + _LENGTH.size)
-        if masked_crc(header) != header_crc:
+    offset, size = start, len(data)
+    while size - offset >= _HEADER_SIZE:
+        length, header_crc = _HEADER.unpack_from(data, offset)
+        if masked_crc(data[offset : offset + _LENGTH.size]) != header_crc:
             raise CorruptRecordError(offset)
-        (length,) = _LENGTH.unpack(header)
         end = offset + _HEADER_SIZE + length + _CRC.size
-        if end > len(data):
+        if end > size:
             return
-        payload = bytes(view[offset + _HEADER_SIZE : end - _CRC.size])
-        (payload_crc,) = _CRC.unpack_from(data, end - _CRC.size)
-        if masked_crc(payload) != payload_crc:
+        payload = data[offset + _HEADER_SIZE : end - _CRC.size]
+        if masked_crc(payload) != _CRC.unpack_from(data, end - _CRC.size)[0]:
             raise CorruptRecordError(offset)
         yield Record(payload, end)
         offset = end

@@ -1,0 +1,374 @@
+"""Uploads source: delay from an appended record to TensorBoard, and mirror throughput.
+
+Latency: the daemon (`tbmirror run`, TensorBoard reload 1 s) mirrors an upload directory with one
+job in it. A writer appends scalar records (tag x, one per step) to a tfevents file in the job's
+directory at a steady average rate (intervals jittered +-50 % so that they do not phase-lock with
+TensorBoard's reload), each one a plain file append + flush, and watchers poll TensorBoard's HTTP
+API every 50 ms for each step (and the mirror copy's size every 10 ms, to split the delay into
+copy and reload). Baseline, measured in the same run and concurrently (each step is appended to
+both files back to back by the same loop): the same records appended straight into a run
+directory that the same TensorBoard reads (`<mirror root>/direct/<job>`, outside the daemon's
+`<root>/bench`), i.e. TensorBoard's own reload delay, which no mirror can beat.
+
+Throughput: a tree of 1,000 tfevents files (50 job directories, 2,000 scalar records each, about
+100 MB) is mirrored by `tbmirror sync` (a subprocess, cold start included; the pass alone is read
+from its summary line) and copied by `cp -r` (alone, and followed by `sync`, since tbmirror fsyncs
+what it writes), then `tbmirror sync` runs again with nothing changed (the idle rescan). The page
+cache cannot be dropped: the source files are in it for every contender.
+
+Usage: python benchmarks/uploads.py [--part latency|throughput|all] [--observer native|polling]
+           [--points 60 --rate 2] [--files 1000 --points-per-file 2000] [--workdir DIR]
+Target: p95 <= 2 s from append to visible in TensorBoard (reload 1 s); throughput reported against
+`cp -r` of the same tree (MB = 10^6 bytes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import yaml
+
+from common import start_daemon
+from tbmirror.mirror import events, summaries
+from tbmirror.processes import free_port, stop_process_group
+
+RELOAD_SECONDS = 1
+TARGET_P95_SECONDS = 2.0
+JOB = "job-1"
+JOBS = 50
+TAGS = ("loss", "accuracy", "learning_rate", "grad_norm")
+SCALARS = "/data/plugin/scalars/scalars"
+SUMMARY = re.compile(r"(\d+) files, (\d+) written, (\d+) points, (\d+) bytes, .*?([\d.]+) s")
+
+
+def write_config(work: Path, uploads: Path, **sections: Any) -> Path:
+    """tbmirror.yaml in `work` (mirror root `work/logs`, state there) for one uploads source."""
+    source = {"name": "bench", "type": "uploads", "path": str(uploads)}
+    source.update(sections.pop("source", {}))
+    document = {
+        "mirror": {"root": str(work / "logs"), "state": str(work / "state.db")},
+        "sources": [source],
+        **sections,
+    }
+    config = work / "tbmirror.yaml"
+    config.write_text(yaml.safe_dump(document))
+    return config
+
+
+def percentiles(delays: list[float]) -> tuple[float, float]:
+    ordered = sorted(delays)
+    return statistics.median(ordered), ordered[max(0, round(0.95 * len(ordered)) - 1)]
+
+
+# --- latency ---------------------------------------------------------------------------------
+
+
+class Appender:
+    """A tfevents file a job writes: scalar records of tag x appended and flushed one at a time."""
+
+    def __init__(self, directory: Path) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        self.path = directory / events.new_file_name()
+        self.file = self.path.open("ab")
+        self.encoder = summaries.ScalarEncoder("x")
+        self.length = 0  # bytes appended so far
+        self.append_payload(summaries.file_version(time.time()))
+
+    def append_payload(self, payload: bytes) -> None:
+        self.length += self.file.write(events.frame(payload))
+        self.file.flush()
+
+    def append(self, step: int) -> float:
+        """Append the record of `step`; the time it was appended."""
+        now = time.time()
+        self.append_payload(self.encoder.encode(now, step, 1.0 / (step + 1)))
+        return now
+
+    def close(self) -> None:
+        self.file.close()
+
+
+def watch(url: str, run: str, count: int, seen: dict[int, float], stop: threading.Event) -> None:
+    """Record when each step of run/x first shows in TensorBoard (polled every 50 ms)."""
+    with httpx.Client(base_url=url, timeout=10) as client:
+        while len(seen) < count and not stop.is_set():
+            try:
+                response = client.get(SCALARS, params={"run": run, "tag": "x"})
+            except httpx.HTTPError:
+                response = None
+            now = time.time()
+            if response is not None and response.status_code == 200:
+                for _, step, _ in response.json():
+                    seen.setdefault(int(step), now)
+            time.sleep(0.05)
+
+
+def watch_copy(
+    path: Path, ends: dict[int, int], count: int, seen: dict[int, float], stop: threading.Event
+) -> None:
+    """Record when the mirror copy at `path` first holds each step (its size, every 10 ms)."""
+    while len(seen) < count and not stop.is_set():
+        try:
+            size = path.stat().st_size
+        except FileNotFoundError:
+            size = 0
+        now = time.time()
+        for step, end in list(ends.items()):
+            if size >= end:
+                seen.setdefault(step, now)
+        time.sleep(0.01)
+
+
+def wait_for(condition: Any, what: str, daemon: subprocess.Popen[bytes], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if daemon.poll() is not None:
+            raise SystemExit(f"the daemon exited ({daemon.returncode}) while waiting for {what}")
+        if time.monotonic() > deadline:
+            raise SystemExit(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(0.2)
+
+
+def latency(work: Path, args: argparse.Namespace) -> None:
+    uploads = work / "uploads"
+    source: dict[str, Any] = {"observer": args.observer}
+    if args.polling_interval is not None:
+        source["polling_interval"] = args.polling_interval
+    tensorboard_port = free_port()
+    config = write_config(
+        work, uploads, source=source, health={"port": free_port()},
+        tensorboard={"port": tensorboard_port, "reload_interval": RELOAD_SECONDS,
+                     "scalars_samples": 1_000_000},
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{tensorboard_port}"
+    # Both files exist (with a step 0) before the daemon starts, so what is measured is appends
+    # to runs TensorBoard already knows, with the daemon's watcher already running.
+    mirrored_file = Appender(uploads / JOB)
+    direct_file = Appender(work / "logs" / "direct" / JOB)
+    mirrored_file.append(0)
+    direct_file.append(0)
+    runs = {"mirrored": f"bench/{JOB}", "direct": f"direct/{JOB}"}
+    seen: dict[str, dict[int, float]] = {"mirrored": {}, "direct": {}}
+    appended: dict[str, dict[int, float]] = {"mirrored": {}, "direct": {}}
+    ends: dict[int, int] = {}  # step -> length of the upload file once it was appended
+    copied: dict[int, float] = {}  # step -> when the mirror copy first held it
+    stop = threading.Event()
+    watchers = [
+        threading.Thread(target=watch, args=(url, runs[k], args.points + 1, seen[k], stop))
+        for k in runs
+    ]
+    copy = work / "logs" / "bench" / JOB / mirrored_file.path.name
+    watchers.append(
+        threading.Thread(target=watch_copy, args=(copy, ends, args.points, copied, stop))
+    )
+    daemon = start_daemon(config, work / "daemon.log")
+    try:
+
+        def answers() -> bool:
+            try:
+                return httpx.get(f"{url}/data/environment", timeout=5).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        wait_for(answers, "TensorBoard", daemon, 90)
+        for watcher in watchers:
+            watcher.start()
+        wait_for(lambda: 0 in seen["mirrored"] and 0 in seen["direct"], "step 0", daemon, 60)
+        time.sleep(1)  # let the daemon's first pass and watcher start settle
+        # Jittered intervals (+-50 %, mean 1/rate): at exact multiples of 0.5 s the appends would
+        # phase-lock with TensorBoard's 1 s reload and every run would measure one phase only.
+        jitter = random.Random(0)
+        due = time.time()
+        for step in range(1, args.points + 1):
+            time.sleep(max(0.0, due - time.time()))
+            due += jitter.uniform(0.5, 1.5) / args.rate
+            appended["mirrored"][step] = mirrored_file.append(step)
+            ends[step] = mirrored_file.length
+            appended["direct"][step] = direct_file.append(step)
+        deadline = time.monotonic() + 30
+        while any(w.is_alive() for w in watchers) and time.monotonic() < deadline:
+            time.sleep(0.1)
+    finally:
+        stop.set()
+        for watcher in watchers:
+            if watcher.is_alive():
+                watcher.join()
+        stop_process_group(daemon)
+        mirrored_file.close()
+        direct_file.close()
+    delays = {
+        kind: [seen[kind][s] - t for s, t in appended[kind].items() if s in seen[kind]]
+        for kind in runs
+    }
+    polling = f", polling interval {args.polling_interval or 'default (2 s)'}"
+    print(
+        f"latency: {args.points} records at {args.rate}/s (jittered); observer {args.observer}"
+        f"{polling if args.observer == 'polling' else ''}, debounce default (0.2 s), "
+        f"TensorBoard reload {RELOAD_SECONDS} s; both writers concurrent"
+    )
+    for kind, label in (("mirrored", "through tbmirror:"), ("direct", "written directly:")):
+        if not delays[kind]:
+            print(f"  {label:20} 0/{args.points} seen")
+            continue
+        p50, p95 = percentiles(delays[kind])
+        print(
+            f"  {label:20} {len(delays[kind])}/{args.points} seen, p50 {p50:.2f} s, "
+            f"p95 {p95:.2f} s, max {max(delays[kind]):.2f} s"
+        )
+    copy_delays = [copied[s] - t for s, t in appended["mirrored"].items() if s in copied]
+    if copy_delays:
+        p50, p95 = percentiles(copy_delays)
+        print(
+            f"  {'in the mirror copy:':20} {len(copy_delays)}/{args.points} copied, "
+            f"p50 {p50:.2f} s, p95 {p95:.2f} s, max {max(copy_delays):.2f} s "
+            f"(append -> bytes in <root>/bench, before TensorBoard reads them)"
+        )
+    if delays["mirrored"] and delays["direct"]:
+        m95, b95 = percentiles(delays["mirrored"])[1], percentiles(delays["direct"])[1]
+        miss = m95 - TARGET_P95_SECONDS
+        verdict = "met" if miss <= 0 else f"NOT met (by {miss:.2f} s)"
+        print(f"  p95 ratio tbmirror/direct: {m95 / b95:.1f} x; target p95 <= "
+              f"{TARGET_P95_SECONDS:.0f} s: {verdict}")  # fmt: skip
+
+
+# --- throughput ------------------------------------------------------------------------------
+
+
+def build_tree(tree: Path, files: int, points: int) -> None:
+    """`files` tfevents files spread over JOBS job directories, `points` scalar records each."""
+    shutil.rmtree(tree, ignore_errors=True)
+    encoders = [summaries.ScalarEncoder(tag) for tag in TAGS]
+    t0 = time.time() - 86_400
+    for index in range(files):
+        directory = tree / f"job-{index % JOBS:03d}"
+        directory.mkdir(parents=True, exist_ok=True)
+        payloads = [summaries.file_version(t0)]
+        for i in range(points):
+            step = i // len(TAGS)
+            encoder = encoders[i % len(TAGS)]
+            payloads.append(encoder.encode(t0 + step, step, ((index * 7919 + i) % 1000) / 1000))
+        # Names unique per file, in creation order within their directory.
+        name = f"{events.EVENTS_PREFIX}{int(t0) + index:010d}.bench.{os.getpid()}.{index}"
+        (directory / name).write_bytes(events.frame_all(payloads))
+
+
+def tree_bytes(tree: Path) -> tuple[int, int]:
+    """(files, bytes) under `tree`."""
+    count = size = 0
+    for directory, _, names in os.walk(tree):
+        for name in names:
+            count += 1
+            size += os.path.getsize(os.path.join(directory, name))
+    return count, size
+
+
+def timed(command: list[str]) -> tuple[float, str]:
+    started = time.monotonic()
+    result = subprocess.run(command, capture_output=True, text=True, check=True)
+    return time.monotonic() - started, result.stdout.strip()
+
+
+def tbmirror_sync(config: Path) -> tuple[float, float, int, str]:
+    """(wall seconds, pass seconds from the summary, bytes written, summary line)."""
+    command = [sys.executable, "-m", "tbmirror", "sync", "--config", str(config),
+               "--log-level", "error"]  # fmt: skip
+    wall, summary = timed(command)
+    match = SUMMARY.search(summary)
+    if match is None:
+        raise SystemExit(f"unexpected tbmirror sync output: {summary!r}")
+    return wall, float(match.group(5)), int(match.group(4)), summary
+
+
+def throughput(work: Path, args: argparse.Namespace) -> None:
+    tree = work / "uploads"
+    shape_file = work / "tree.shape"
+    shape = f"{args.files} files x {args.points_per_file} records\n"
+    if not (shape_file.exists() and shape_file.read_text() == shape and tree.is_dir()):
+        shape_file.unlink(missing_ok=True)
+        started = time.monotonic()
+        build_tree(tree, args.files, args.points_per_file)
+        shape_file.write_text(shape)
+        print(f"tree built in {time.monotonic() - started:.1f} s")
+    files, size = tree_bytes(tree)
+    megabytes = size / 1e6
+    for leftover in ("cp", "cp-sync", "logs", "state.db", "state.db-wal", "state.db-shm"):
+        path = work / leftover
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
+
+    subprocess.run(["sync"], check=True)  # start every contender with nothing dirty
+    cp_seconds, _ = timed(["cp", "-r", str(tree), str(work / "cp")])
+    sync_seconds, _ = timed(["sync"])
+    cp_sync_seconds, _ = timed(["sh", "-c", f"cp -r '{tree}' '{work / 'cp-sync'}' && sync"])
+
+    config = write_config(work, tree)
+    subprocess.run(["sync"], check=True)
+    wall, pass_seconds, written, full_summary = tbmirror_sync(config)
+    if written != size:
+        print(f"WARNING: tbmirror wrote {written} bytes, the tree holds {size}")
+    idle_wall, idle_pass, idle_written, idle_summary = tbmirror_sync(config)
+
+    def rate(seconds: float) -> str:
+        return f"{megabytes / seconds:7.1f} MB/s" if seconds > 0 else "      - MB/s"
+
+    print(f"throughput: {files} files in {min(files, JOBS)} job dirs, {megabytes:.1f} MB "
+          f"(source files in the page cache for every contender)")  # fmt: skip
+    print(f"  cp -r:                        {cp_seconds:6.2f} s  {rate(cp_seconds)}  "
+          f"(then sync: {sync_seconds:.2f} s)")  # fmt: skip
+    print(f"  cp -r && sync:                {cp_sync_seconds:6.2f} s  {rate(cp_sync_seconds)}")
+    print(f"  tbmirror sync (process):      {wall:6.2f} s  {rate(wall)}")
+    print(f"  tbmirror sync (pass alone):   {pass_seconds:6.2f} s  {rate(pass_seconds)}  "
+          f"(summary: {full_summary})")  # fmt: skip
+    print(
+        f"  ratios tbmirror/cp (time):    process {wall / cp_seconds:.1f} x cp -r, "
+        f"{wall / cp_sync_seconds:.1f} x cp -r && sync; pass alone "
+        f"{pass_seconds / cp_seconds:.1f} x cp -r, {pass_seconds / cp_sync_seconds:.1f} x "
+        f"cp -r && sync"
+    )
+    print(f"  no-change sync (process):     {idle_wall:6.2f} s, {idle_written} bytes written; "
+          f"pass alone {idle_pass:.1f} s  (summary: {idle_summary})")  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--part", choices=["latency", "throughput", "all"], default="all")
+    parser.add_argument("--observer", choices=["native", "polling"], default="native")
+    parser.add_argument("--polling-interval", help="e.g. 0.5s (default: the config's, 2 s)")
+    parser.add_argument("--points", type=int, default=60, help="records appended (latency)")
+    parser.add_argument("--rate", type=float, default=2.0, help="records per second (latency)")
+    parser.add_argument("--files", type=int, default=1000, help="tfevents files (throughput)")
+    parser.add_argument("--points-per-file", type=int, default=2000, help="records per file")
+    parser.add_argument("--workdir", type=Path, help="kept (default: a temp dir, removed)")
+    args = parser.parse_args()
+    work = args.workdir or Path(tempfile.mkdtemp(prefix="tbmirror-uploads-"))
+    try:
+        if args.part in ("latency", "all"):
+            latency_work = work / "latency"
+            shutil.rmtree(latency_work, ignore_errors=True)
+            latency_work.mkdir(parents=True)
+            latency(latency_work, args)
+        if args.part in ("throughput", "all"):
+            (work / "throughput").mkdir(parents=True, exist_ok=True)
+            throughput(work / "throughput", args)
+    finally:
+        if args.workdir is None:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
