@@ -14,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
 import pytest
 
@@ -330,3 +331,36 @@ def test_an_unreadable_file_is_reported_and_the_others_go_on() -> None:
         assert not (root / "perm" / "a").exists()
     finally:
         shutil.rmtree(base)
+
+
+def test_a_late_upload_directory_and_a_reload_keep_the_watch_going(
+    tmp_path: Path, source_name: str, start_daemon: Callable[..., DaemonProcess]
+) -> None:
+    uploads, root = tmp_path / "uploads", tmp_path / "mirror"
+    path = tmp_path / "tbmirror.yaml"
+    source = uploads_source(source_name, uploads, rescan_interval="1s", debounce="0.1s")
+    config, tensorboard_url, health_url = daemon_config(path, root, [source])
+    daemon = start_daemon(config)
+    daemon.wait_event("daemon_ready")
+    failed = daemon.wait_event("source_failed", source=source_name)
+    assert "does not exist" in failed["error"]
+
+    events_file = uploads / "job" / "events.out.tfevents.1.job"
+    write_tfevents(events_file, [0.0, 1.0])  # the directory appears: the next rescan sees it
+    board = TensorBoardReader(tensorboard_url)
+    run = tb_run(source_name, "job")
+    board.wait_scalars(run, "x", 2, timeout=60)
+    daemon.wait_event("watching", source=source_name)
+
+    path.write_text(path.read_text().replace("rescan_interval: 1s", "rescan_interval: 1h"))
+    daemon.signal(signal.SIGHUP)  # a changed source: its old watcher stops, a new one starts
+    daemon.wait_event("reloaded")
+    wait_until(
+        lambda: sum(e.get("event") == "watching" for e in daemon.events()) == 2, 30, "a new watch"
+    )
+    encoder = summaries.ScalarEncoder("x")
+    with events_file.open("ab") as file:  # seen by the new watcher, long before a rescan
+        file.write(b"".join(events.frame(encoder.encode(1.8e9, s, s)) for s in range(2, 5)))
+    assert_steps_and_values(board.wait_scalars(run, "x", 5), list(range(5)), list(range(5)))
+    wait_until(lambda: httpx.get(f"{health_url}/healthz").status_code == 200, 30, "healthy")
+    assert daemon.stop() == 0
