@@ -364,3 +364,20 @@ def test_a_late_upload_directory_and_a_reload_keep_the_watch_going(
     assert_steps_and_values(board.wait_scalars(run, "x", 5), list(range(5)), list(range(5)))
     wait_until(lambda: httpx.get(f"{health_url}/healthz").status_code == 200, 30, "healthy")
     assert daemon.stop() == 0
+
+
+def test_check_describes_an_upload_directory(tmp_path: Path) -> None:
+    uploads = tmp_path / "uploads"
+    write_tfevents(uploads / "a" / "events.out.tfevents.1.a", [1.0])
+    (uploads / "a" / "metrics.csv").write_text("step,x\n0,1\n")
+    (uploads / "a" / ".metrics.csv.partial").write_text("step,x\n")  # excluded: hidden
+    (uploads / "a" / "notes.txt").write_text("not a log")
+    sources = [
+        uploads_source("here", uploads, observer="polling"),
+        uploads_source("gone", tmp_path / "missing"),
+    ]
+    config = write_config(tmp_path / "tbmirror.yaml", tmp_path / "mirror", sources)
+    result = tbmirror("check", "--config", str(config))
+    assert result.returncode == 1
+    assert f"ok    here: {uploads} (polling observer): 1 csv, 1 tfevents" in result.stdout
+    assert f"FAIL  gone: upload directory {tmp_path / 'missing'} does not exist" in result.stdout
