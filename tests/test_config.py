@@ -154,3 +154,13 @@ def test_uploads_errors_name_the_key_path(change: tuple[str, str], message: str)
     with pytest.raises(ConfigError) as raised:
         parse_settings(UPLOADS.replace(*change), origin="my.yaml")
     assert f"my.yaml: {message}" in str(raised.value)
+
+
+def test_an_upload_directory_linked_to_the_mirror_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "srv" / "logs").mkdir(parents=True)
+    (tmp_path / "uploads").symlink_to(tmp_path / "srv", target_is_directory=True)
+    text = UPLOADS.replace("/srv/tbmirror", str(tmp_path / "srv")).replace(
+        "/mnt/uploads", str(tmp_path / "uploads")
+    )
+    with pytest.raises(ConfigError, match=r"sources\[0\]\.path: .* must not contain each other"):
+        parse_settings(text)

@@ -352,12 +352,17 @@ def test_a_late_upload_directory_and_a_reload_keep_the_watch_going(
     board.wait_scalars(run, "x", 2, timeout=60)
     daemon.wait_event("watching", source=source_name)
 
+    def watches() -> int:
+        return sum(e.get("event") == "watching" for e in daemon.events())
+
+    shutil.rmtree(uploads)  # the watch ends with the directory; the next rescan watches anew
+    write_tfevents(events_file, [0.0, 1.0])
+    wait_until(lambda: watches() == 2, 30, "a watch of the new directory")
+
     path.write_text(path.read_text().replace("rescan_interval: 1s", "rescan_interval: 1h"))
     daemon.signal(signal.SIGHUP)  # a changed source: its old watcher stops, a new one starts
     daemon.wait_event("reloaded")
-    wait_until(
-        lambda: sum(e.get("event") == "watching" for e in daemon.events()) == 2, 30, "a new watch"
-    )
+    wait_until(lambda: watches() == 3, 30, "a watch after the reload")
     encoder = summaries.ScalarEncoder("x")
     with events_file.open("ab") as file:  # seen by the new watcher, long before a rescan
         file.write(b"".join(events.frame(encoder.encode(1.8e9, s, s)) for s in range(2, 5)))
@@ -381,3 +386,58 @@ def test_check_describes_an_upload_directory(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert f"ok    here: {uploads} (polling observer): 1 csv, 1 tfevents" in result.stdout
     assert f"FAIL  gone: upload directory {tmp_path / 'missing'} does not exist" in result.stdout
+
+
+def test_odd_names_collisions_huge_records_and_bytes_that_arrive_late(
+    tmp_path: Path, source_name: str
+) -> None:
+    uploads, root = tmp_path / "uploads", tmp_path / "mirror"
+    # A file name that is not UTF-8 next to a good one: both mirrored.
+    (uploads / "a").mkdir(parents=True)
+    (uploads / "a" / "good.csv").write_text("step,x\n0,1\n")
+    os.mkdir(os.fsencode(uploads / "b"))
+    with open(os.fsencode(uploads / "b") + b"/\xff.csv", "wb") as file:
+        file.write(b"step,x\n0,2\n")
+    # Two job directories whose names differ only past 120 bytes: two run directories.
+    long = "resnet50_" + "lr0.001_" * 20
+    write_tfevents(uploads / f"{long}seed1" / "events.out.tfevents.1.s1", [1.0])
+    write_tfevents(uploads / f"{long}seed2" / "events.out.tfevents.1.s2", [2.0])
+    # A symlink to a directory inside the tree: mirrored once, under its real path.
+    write_tfevents(uploads / "real" / "events.out.tfevents.1.real", [3.0])
+    (uploads / "alias").symlink_to(uploads / "real", target_is_directory=True)
+    # A record larger than the 16 MiB read window, between two small ones.
+    huge = uploads / "huge" / "events.out.tfevents.1.huge"
+    encoder = summaries.ScalarEncoder("x")
+    huge.parent.mkdir()
+    huge.write_bytes(
+        events.frame(encoder.encode(1.0, 0, 0.0))
+        + events.frame(summaries.text("notes", "y" * (17 * 2**20), 1.0, 0))
+        + events.frame(encoder.encode(2.0, 1, 1.0))
+    )
+    # Bytes a network share shows as zeros first: the file waits, then goes on.
+    late = uploads / "late" / "events.out.tfevents.1.late"
+    data = write_tfevents(late, [0.0, 1.0])
+    tail = b"".join(events.frame(encoder.encode(9.0 + s, s, s)) for s in range(2, 5))
+    late.write_bytes(data + bytes(len(tail)))
+    config = write_config(tmp_path / "tbmirror.yaml", root, [uploads_source(source_name, uploads)])
+
+    def sync() -> str:
+        result = tbmirror("sync", "--config", str(config))
+        assert result.returncode == 0, result.stdout + result.stderr
+        return result.stdout + result.stderr
+
+    output = sync()
+    mirrored = root / source_name
+    assert (mirrored / "a" / "good.csv").is_dir() and (mirrored / "b" / "_.csv").is_dir()
+    long_dirs = sorted(p for p in mirrored.iterdir() if p.name.startswith("resnet50_"))
+    assert len(long_dirs) == 2 and all(len(list(d.iterdir())) == 1 for d in long_dirs)
+    assert (mirrored / "real").is_dir() and not (mirrored / "alias").exists()
+    assert "symlink" not in output  # one inside the tree is not a problem worth a warning
+    assert (mirrored / "huge" / huge.name).read_bytes() == huge.read_bytes()
+    assert (mirrored / "late" / late.name).read_bytes() == data
+    assert output.count("corrupt_record_file_stopped") == 1
+
+    late.write_bytes(data + tail)  # the bytes arrive
+    output = sync()
+    assert "corrupt_record_resolved" in output
+    assert (mirrored / "late" / late.name).read_bytes() == data + tail

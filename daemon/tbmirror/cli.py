@@ -227,7 +227,8 @@ def _summary(report: PassReport) -> str:
     text = (
         f"{'ok  ' if report.ok else 'FAIL'}  {report.source}: {report.runs_listed} {report.unit}, "
         f"{report.runs_written} written, {report.points} points, {report.bytes_written} bytes, "
-        f"{report.requests} requests, {report.seconds:.1f} s"
+        + (f"{report.requests} requests, " if report.unit == "runs" else "")
+        + f"{report.seconds:.1f} s"
     )
     if report.failed_runs:
         failed = ", ".join(report.failed_runs[:5])

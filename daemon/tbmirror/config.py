@@ -324,10 +324,10 @@ class Settings(_Section):
     @model_validator(mode="after")
     def _uploads_apart_from_mirror(self) -> Settings:
         """An upload directory and the mirror root must not contain each other (a loop)."""
-        root = os.path.abspath(self.mirror.root)
+        root = os.path.realpath(self.mirror.root)
         for index, source in enumerate(self.sources):
             if isinstance(source, UploadsSourceSettings):
-                path = os.path.abspath(source.path)
+                path = os.path.realpath(source.path)
                 if os.path.commonpath([root, path]) in (root, path):
                     raise ValueError(
                         f"sources[{index}].path: {path} and mirror.root {root} must not "

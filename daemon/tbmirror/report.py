@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from tbmirror.state import SourceStatus, State
+
+Progress = Callable[[int, int], None]  # (done, total), for a progress bar
 
 
 @dataclass

@@ -114,7 +114,8 @@ class TailRecord:
     FINGERPRINT_BYTES) of them, `identity` is the local file's device:inode, so a truncated,
     replaced or rewritten file is detected. `seen_size` is the size last looked at (a partial last
     record or line is not read again until the file changes). A corrupt record stops the file at
-    `stopped_at`. `converter` is the JSON state of a CSV/JSON-lines converter.
+    `stopped_at` (warned once, read again each time the file is looked at). `converter` is the JSON
+    state of a CSV/JSON-lines converter.
     """
 
     source: str

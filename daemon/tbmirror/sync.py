@@ -30,7 +30,7 @@ from tbmirror.mirror.events import EventsFileLostError
 from tbmirror.mirror.steps import next_step
 from tbmirror.mirror.writer import MirrorWriter, float32_bits
 from tbmirror.model import Experiment, MetricPoint, RunSnapshot
-from tbmirror.report import PassReport, record_status
+from tbmirror.report import PassReport, Progress, record_status
 from tbmirror.sources.mlflow import (
     PARENT_TAG,
     RUN_NAME_TAG,
@@ -50,8 +50,6 @@ TEXT_TAG = "mlflow (run info)"  # has characters MLflow forbids in metric keys: 
 NOTE_TAG = "mlflow.note.content"
 HIDDEN_TAGS = frozenset({PARENT_TAG, RUN_NAME_TAG, NOTE_TAG, "mlflow.log-model.history"})
 MAX_TEXT_VALUE = 2000
-
-Progress = Callable[[int, int], None]
 
 
 @dataclass
@@ -377,9 +375,10 @@ class SourceSync:
         """Where a tfevents artifact is mirrored: its folder (or `artifacts`) in the run's dir."""
         run_dir = self._records[run_id].dir.split("/")
         folders = [layout.sanitize_component(f) for f in artifact.path.split("/")[:-1]]
-        dir = layout.join(*run_dir, *(folders or ["artifacts"]))
+        folders = folders or ["artifacts"]
+        dir = layout.join(*run_dir, *folders)
         if dir in self._dirs:  # a child run's directory has that name
-            dir = layout.join(*run_dir, "artifacts", *folders)
+            dir = layout.join(*run_dir, layout.disambiguate(folders[0], "tfevents"), *folders[1:])
         return dir
 
     # -- writing ------------------------------------------------------------------------------

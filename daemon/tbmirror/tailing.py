@@ -12,7 +12,9 @@ says how many bytes of one source file are mirrored. `Tailer.advance` brings one
    along for the check) and only what is complete is taken: for tfevents, whole records whose CRCs
    check out and whose payloads parse, copied verbatim (so the copy's length equals the offset);
    for CSV and JSON lines, whole lines, converted to scalars. A partial last record or line waits
-   for its rest. A corrupt record stops the file there, with one warning.
+   for its rest; one longer than CHUNK_BYTES is read with a larger window. A corrupt record stops
+   the file there, with one warning; it is read again (RECHECK_BYTES) each time the file is looked
+   at, since a network share may show a region as zeros before its bytes arrive.
 3. The records are appended and fsynced, and only then are the new TailRecord and the mirror
    file's length committed in one transaction (state.py). Recovery cuts back anything uncommitted.
 """
@@ -23,12 +25,13 @@ import hashlib
 import json
 import os
 from dataclasses import dataclass, field, replace
-from typing import Protocol
+from typing import Literal, Protocol
 
 import structlog
 from google.protobuf.message import DecodeError
 from tensorboard.compat.proto.event_pb2 import Event
 
+from tbmirror.errors import TbmirrorError
 from tbmirror.mirror import events, layout
 from tbmirror.mirror.convert import DEFAULT_STEP_COLUMNS, LineConverter
 from tbmirror.mirror.events import CorruptRecordError, EventsFileLostError
@@ -39,6 +42,7 @@ log = structlog.get_logger(__name__)
 
 FINGERPRINT_BYTES = 1024
 CHUNK_BYTES = 16 * 1024 * 1024
+RECHECK_BYTES = 64 * 1024  # read at a corrupt record each time its file is looked at
 
 
 class FileReader(Protocol):
@@ -85,7 +89,7 @@ class _Taken:
     corrupt_at: int | None = None  # offset in the new bytes of a record that does not check out
 
 
-class _Restart(Exception):
+class _Restart(TbmirrorError):
     """The file must be mirrored again from the start, for the reason given."""
 
 
@@ -100,36 +104,35 @@ class Tailer:
         self.step_columns = tuple(step_columns) or DEFAULT_STEP_COLUMNS
 
     def advance(self, tail: TailRecord, reader: FileReader, now: float) -> TailOutcome:
-        """Mirror what `reader` has beyond `tail` (a stored record or a new one); commit it."""
+        """Mirror what `reader` has beyond `tail` (a stored record or a new one); commit it.
+
+        Raises TbmirrorError or OSError for this file only; what was committed stays.
+        """
         outcome = TailOutcome(tail)
         unchanged = reader.size == tail.seen_size and reader.identity == tail.identity
-        if unchanged and tail.offset <= reader.size:
+        if unchanged and tail.stopped_at is None:
             return outcome
         old_copy: str | None = None
         reason = self._rewritten(tail, reader)
         if reason is not None:
             log.warning("tailed_file_restarted", source=tail.source, file=tail.origin, why=reason)
             outcome.restarted, old_copy, tail = reason, tail.mirror_path, tail.restarted()
-        if tail.stopped_at is not None:
-            outcome.tail = replace(tail, seen_size=reader.size, identity=reader.identity)
-            self._commit(outcome.tail, None, old_copy)
-            return outcome
+        window = CHUNK_BYTES if tail.stopped_at is None else RECHECK_BYTES
         while True:
             try:
-                tail, more = self._step(tail, reader, now, outcome, old_copy)
+                tail, progress = self._step(tail, reader, now, outcome, old_copy, window)
             except (_Restart, EventsFileLostError) as error:
                 if outcome.restarted:
-                    raise  # once per call: a file that keeps changing waits for the next one
+                    raise  # changed again while being mirrored anew: the next look retries
                 why = str(error) if isinstance(error, _Restart) else "mirror copy lost"
                 log.warning("tailed_file_restarted", source=tail.source, file=tail.origin, why=why)
-                outcome.restarted, old_copy, tail = (
-                    why,
-                    old_copy or tail.mirror_path,
-                    tail.restarted(),
-                )
+                outcome.restarted = why
+                old_copy, tail = old_copy or tail.mirror_path, tail.restarted()
                 continue
             outcome.tail, old_copy = tail, None
-            if not more:
+            if progress == "grow":  # one record or line longer than the window: read more
+                window *= 2
+            elif progress == "done":
                 return outcome
 
     def _rewritten(self, tail: TailRecord, reader: FileReader) -> str | None:
@@ -139,8 +142,6 @@ class Tailer:
         Another identity alone is no reason: the file is compared by its bytes, so a remount
         that renumbers inodes (rclone, blobfuse) does not make every file be mirrored again.
         """
-        if tail.offset == 0 and tail.mirror_file is None:
-            return None
         if reader.size < tail.offset:
             return "truncated"
         if tail.offset > FINGERPRINT_BYTES:
@@ -156,11 +157,17 @@ class Tailer:
         now: float,
         outcome: TailOutcome,
         old_copy: str | None,
-    ) -> tuple[TailRecord, bool]:
-        """Read, take, append and commit one chunk; returns the new record and whether to go on."""
+        window: int,
+    ) -> tuple[TailRecord, Literal["more", "grow", "done"]]:
+        """Read up to `window` new bytes, take what is complete, append, commit.
+
+        Returns the new record and what next: "more" (the window was full), "grow" (nothing
+        complete in a full window), "done".
+        """
         overlap = min(tail.offset, FINGERPRINT_BYTES)
         start = tail.offset - overlap
-        data = reader.read(start, tail.offset + CHUNK_BYTES)
+        end = min(tail.offset + window, reader.size)  # no further than the size looked at
+        data = reader.read(start, end)
         if tail.offset and _digest(data[:overlap]) != tail.tail_digest:
             raise _Restart(_changed(tail, reader))
         new = data[overlap:]
@@ -180,14 +187,12 @@ class Tailer:
                 updated.head_digest = _digest(data[:head_end])
             tail_start = offset - min(offset, FINGERPRINT_BYTES)
             updated.tail_digest = _digest(data[tail_start - start : offset - start])
-        if taken.corrupt_at is not None:
-            updated.stopped_at = tail.offset + taken.corrupt_at
-            log.warning(
-                "corrupt_record_file_stopped",
-                source=tail.source,
-                file=tail.origin,
-                offset=updated.stopped_at,
-            )
+        updated.stopped_at = None if taken.corrupt_at is None else offset
+        if updated.stopped_at is not None and updated.stopped_at != tail.stopped_at:
+            log.warning("corrupt_record_file_stopped", source=tail.source, file=tail.origin,
+                        offset=updated.stopped_at)  # fmt: skip
+        elif tail.stopped_at is not None and updated.stopped_at is None:
+            log.info("corrupt_record_resolved", source=tail.source, file=tail.origin)
         length = None
         appended_to = None
         if taken.records or taken.payloads:
@@ -207,16 +212,17 @@ class Tailer:
             length, appended_to = appended.length, (updated.mirror_path, committed)
             outcome.bytes_written += appended.written
             outcome.points += taken.points
-        if updated == tail and length is None and old_copy is None:
-            return tail, False  # nothing new (an empty file, a partial record seen before)
-        try:
-            self._commit(updated, length, old_copy)
-        except BaseException:
-            if appended_to and appended_to[0]:
-                self.writer.cut_back(appended_to[0], appended_to[1])
-            raise
-        more = taken.consumed > 0 and len(new) >= CHUNK_BYTES and updated.stopped_at is None
-        return updated, more
+        if updated != tail or length is not None or old_copy is not None:
+            try:
+                self._commit(updated, length, old_copy)
+            except BaseException:
+                if appended_to and appended_to[0]:
+                    self.writer.cut_back(appended_to[0], appended_to[1])
+                raise
+        full_window = len(new) >= window
+        if not full_window or updated.stopped_at is not None:
+            return updated, "done"
+        return updated, "more" if taken.consumed else "grow"
 
     def _take(self, tail: TailRecord, new: bytes, now: float) -> _Taken:
         if tail.kind == "tfevents":

@@ -2,16 +2,21 @@
 
 A file at `<path>/<dir>/<name>` is mirrored under `<root>/<source>/<dir>/`: a tfevents file as a
 verbatim copy (same name), a CSV or JSON-lines log as an events file of its own in a run directory
-named after it (`<dir>/<name>/`, so its tags never mix with a job's own tfevents). Tailing and the
-exactly-once protocol are tailing.py's. A file deleted from the upload directory stays mirrored.
+named after it (`<dir>/<name>/`, so its tags never mix with a job's own tfevents). Two source
+directories (or logs) whose sanitised names meet get distinct run directories (`-<hash8>`).
+Tailing and the exactly-once protocol are tailing.py's. A file deleted from the upload directory
+stays mirrored.
 
-`run_pass` rescans the whole tree (the safety net, on the scheduler's clock); `sync_paths` brings
-just the files a watcher saw change up to date. One file that fails is reported and the others go
-on. Not thread-safe: the scheduler runs one pass or batch at a time per source.
+`run_pass` rescans the whole tree (the safety net, on the scheduler's clock) and records the
+source's status; `sync_paths` brings just the files a watcher saw change up to date. One file that
+fails is reported and the others go on. Not thread-safe: the scheduler runs one pass or batch at a
+time per source (`runs_mirrored` may be read from any thread).
 """
 
 from __future__ import annotations
 
+import hashlib
+import os
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -22,14 +27,12 @@ from tbmirror.config import UploadsSourceSettings
 from tbmirror.errors import SourceError, TbmirrorError
 from tbmirror.mirror import layout
 from tbmirror.mirror.writer import MirrorWriter
-from tbmirror.report import PassReport, record_status
-from tbmirror.sources.uploads import LocalFile, UploadFile, UploadTree
+from tbmirror.report import PassReport, Progress, record_status
+from tbmirror.sources.uploads import LocalFile, Problem, UploadFile, UploadTree
 from tbmirror.state import State, TailRecord
 from tbmirror.tailing import Tailer
 
 log = structlog.get_logger(__name__)
-
-Progress = Callable[[int, int], None]
 
 
 class UploadSync:
@@ -44,15 +47,13 @@ class UploadSync:
         self.name = settings.name
         self.tree = UploadTree(settings)
         self.state = state
+        self.writer = writer
         self.tailer = Tailer(state, writer, settings.step_columns)
         self.clock = clock
-        self._tails: dict[str, TailRecord] | None = None
+        self._tails: dict[str, TailRecord] | None = None  # by origin
+        self._dir_owners: dict[str, str] = {}  # mirror dir -> the source dir or log it holds
         self._warned: set[tuple[str, str]] = set()  # (file, problem) already logged
-
-    @property
-    def runs_mirrored(self) -> int:
-        """Files of this source with a copy in the mirror."""
-        return sum(1 for tail in (self._tails or {}).values() if tail.mirror_file)
+        self.runs_mirrored = 0  # files of this source with a copy in the mirror
 
     def close(self) -> None:
         """Nothing to release (the watcher belongs to the scheduler)."""
@@ -64,13 +65,16 @@ class UploadSync:
         progress: Progress | None = None,
         stop: threading.Event | None = None,
     ) -> PassReport:
-        """Rescan the whole upload directory. Never raises: see the report."""
-        return self._run(lambda problem: self.tree.scan(problem=problem), progress, stop)
+        """Rescan the whole upload directory (every pass is full: `full` and `reconcile_all`
+        change nothing). Never raises: see the report, which is also the source's status."""
+        report = self._run(lambda problem: self.tree.scan(problem=problem), progress, stop)
+        record_status(self.state, report, self.clock())
+        return report
 
     def sync_paths(self, paths: Iterable[str], stop: threading.Event | None = None) -> PassReport:
         """Bring the files (or directories, scanned) at these relative paths up to date."""
 
-        def files(problem: Callable[[str, str], None]) -> Iterable[UploadFile]:
+        def files(problem: Problem) -> Iterable[UploadFile]:
             for relative in sorted(set(paths)):
                 found = self.tree.file(relative)
                 if found is not None:
@@ -82,24 +86,17 @@ class UploadSync:
 
     def _run(
         self,
-        files: Callable[[Callable[[str, str], None]], Iterable[UploadFile]],
+        files: Callable[[Problem], Iterable[UploadFile]],
         progress: Progress | None,
         stop: threading.Event | None,
     ) -> PassReport:
         report = PassReport(self.name, unit="files")
         started = time.monotonic()
         try:
-            if not self.tree.settings.path.is_dir():
-                raise SourceError(
-                    f"source {self.name}: upload directory {self.settings.path} does not exist"
-                )
+            self._check_tree()
             if self._tails is None:
-                self._tails = self.state.tails(self.name)
-
-            def problem(relative: str, message: str) -> None:
-                self._warn(relative, message)
-
-            found = list(files(problem))
+                self._load()
+            found = list(files(self._warn))
             report.runs_listed = len(found)
             for done, upload in enumerate(found, 1):
                 if stop is not None and stop.is_set():
@@ -115,14 +112,31 @@ class UploadSync:
             report.error = f"unexpected {type(error).__name__}: {error}"
             log.exception("source_failed", source=self.name, error=report.error)
         report.seconds = time.monotonic() - started
-        record_status(self.state, report, self.clock())
         return report
+
+    def _check_tree(self) -> None:
+        if not self.settings.path.is_dir():
+            raise SourceError(
+                f"source {self.name}: upload directory {self.settings.path} does not exist"
+            )
+        real_root, mirror = self.tree.real_root, os.path.realpath(self.writer.layout.root)
+        if os.path.commonpath([real_root, mirror]) in (real_root, mirror):
+            raise SourceError(
+                f"source {self.name}: upload directory {real_root} and the mirror root {mirror} "
+                "contain each other"
+            )
+
+    def _load(self) -> None:
+        self._tails = self.state.tails(self.name)
+        self._dir_owners = {t.mirror_dir: _owner(t.origin, t.kind) for t in self._tails.values()}
+        self.runs_mirrored = sum(1 for tail in self._tails.values() if tail.mirror_file)
 
     def _sync_file(self, upload: UploadFile, report: PassReport) -> None:
         assert self._tails is not None
-        tail = self._tails.get(upload.relative)
+        origin = _origin(upload.relative)
+        tail = self._tails.get(origin)
         try:
-            with LocalFile(upload.real) as reader:
+            with LocalFile(upload.real, self.tree.real_root) as reader:
                 if reader.size > self.settings.max_file_size:
                     self._warn(
                         upload.relative,
@@ -131,26 +145,44 @@ class UploadSync:
                     )
                     return
                 if tail is None:
-                    tail = TailRecord(
-                        self.name, upload.relative, upload.kind, _mirror_dir(self.name, upload)
-                    )
+                    tail = TailRecord(self.name, origin, upload.kind, self._mirror_dir(upload))
                 outcome = self.tailer.advance(tail, reader, self.clock())
-        except (OSError, TbmirrorError) as error:
+        except Exception as error:  # one bad file never stops the others
             report.failed_runs.append(upload.relative)
-            message = getattr(error, "strerror", None) or str(error)
-            log.error("upload_failed", source=self.name, file=upload.relative, error=message)
-            stored = self.state.tails(self.name, upload.relative).get(upload.relative)
-            self._tails.pop(upload.relative, None)
+            expected = isinstance(error, (OSError, TbmirrorError))
+            message = (getattr(error, "strerror", None) if expected else None) or str(error)
+            (log.error if expected else log.exception)(
+                "upload_failed", source=self.name, file=upload.relative, error=message
+            )
+            stored = self.state.tails(self.name, origin).get(origin)
+            self._tails.pop(origin, None)
             if stored is not None:  # what was committed before the failure
-                self._tails[upload.relative] = stored
+                self._tails[origin] = stored
             return
-        self._tails[upload.relative] = outcome.tail
+        stored_before = self._tails.get(origin)
+        self.runs_mirrored += bool(outcome.tail.mirror_file) - bool(
+            stored_before and stored_before.mirror_file
+        )
+        self._tails[origin] = outcome.tail
         if outcome.written:
             report.runs_written += 1
             report.points += outcome.points
             report.bytes_written += outcome.bytes_written
-            log.debug("upload_synced", source=self.name, file=upload.relative,
-                      points=outcome.points, bytes=outcome.bytes_written)  # fmt: skip
+
+    def _mirror_dir(self, upload: UploadFile) -> str:
+        """The run directory of a new upload: its own directory (tfevents) or one named after it
+        (a converted log), made distinct from a directory that holds another source dir or log."""
+        parts = upload.relative.split("/")
+        if upload.kind == "tfevents":
+            parts = parts[:-1]
+        components = [layout.sanitize_component(part) for part in parts]
+        owner = _owner(_origin(upload.relative), upload.kind)
+        dir = layout.join(self.name, *components)
+        if components and self._dir_owners.get(dir, owner) != owner:
+            unique = layout.disambiguate(components[-1], hashlib.sha1(owner.encode()).hexdigest())
+            dir = layout.join(self.name, *components[:-1], unique)
+        self._dir_owners[dir] = owner
+        return dir
 
     def _warn(self, relative: str, problem: str) -> None:
         """Log a problem with one file once (per process), not on every rescan."""
@@ -159,9 +191,12 @@ class UploadSync:
             log.warning("upload_skipped", source=self.name, file=relative, problem=problem)
 
 
-def _mirror_dir(source: str, upload: UploadFile) -> str:
-    """The run directory of an upload: its own directory, or for a converted log one after it."""
-    parts = upload.relative.split("/")
-    if upload.kind == "tfevents":
-        parts = parts[:-1]
-    return layout.join(source, *(layout.sanitize_component(part) for part in parts))
+def _origin(relative: str) -> str:
+    """A file's key in the state store: its relative path, with bytes that are not UTF-8 (kept by
+    os as surrogates, which SQLite cannot store) written as `\\xNN`."""
+    return relative.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def _owner(origin: str, kind: str) -> str:
+    """What a mirror directory holds: a source directory's tfevents files, or one converted log."""
+    return origin.rpartition("/")[0] + "/" if kind == "tfevents" else origin

@@ -25,7 +25,7 @@ from typing import Any, Literal
 import structlog
 
 from tbmirror.mirror.steps import next_step
-from tbmirror.mirror.summaries import ScalarEncoder
+from tbmirror.mirror.summaries import ScalarEncoder, clean_tag
 
 log = structlog.get_logger(__name__)
 
@@ -150,7 +150,9 @@ class LineConverter:
     def _emit(
         self, payloads: list[bytes], tag: str, source_step: int, wall_time: float, value: float
     ) -> None:
-        """Append one point of `tag`, its step passed through the step rule."""
+        """Append one point of `tag`, its step passed through the step rule (per tag as
+        TensorBoard will see it: two long keys cut to the same tag are one series)."""
+        tag = clean_tag(tag)
         tb_step = next_step(source_step, self._tb_steps.get(tag))
         self._tb_steps[tag] = tb_step
         encoder = self._encoders.get(tag)

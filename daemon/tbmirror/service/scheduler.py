@@ -97,8 +97,9 @@ class SourceScheduler:
     def shutdown(self) -> None:
         """Stop scheduling; passes in flight end at their next run boundary (stop event)."""
         with self._guard:
-            for runner in self._runners.values():
-                _stop_watching(runner)
+            runners = list(self._runners.values())
+        for runner in runners:  # not under the guard: a watcher's batch may be waiting for it
+            _stop_watching(runner)
         if self._scheduler.running:
             self._scheduler.shutdown(wait=True)
         with self._guard:
@@ -129,10 +130,9 @@ class SourceScheduler:
                     return  # replaced by a reload while we waited
             now = time.monotonic()
             full = now - runner.last_full >= getattr(runner.settings, "full_listing_interval", 0)
+            self._watch(runner)  # before the rescan: nothing changes unseen between the two
             report = runner.engine.run_pass(full=full, stop=self._stop)
             self._metrics.record(report, runner.engine.runs_mirrored)
-            if not report.error:
-                self._watch(runner)
         if report.error:
             runner.failures += 1
             delay = min(BACKOFF_CAP_SECONDS, runner.settings.poll_interval * 2**runner.failures)
@@ -149,12 +149,18 @@ class SourceScheduler:
         _log_synced(report, full)
 
     def _watch(self, runner: _Runner) -> None:
-        """Start watching an uploads source's directory (once it exists); called under its lock."""
+        """Watch an uploads source's directory once it exists, and again after its watch ended
+        (the directory was removed and made again); called under the runner's lock."""
         engine = runner.engine
-        if runner.watcher is not None or runner.retired or not isinstance(engine, UploadSync):
+        if not isinstance(engine, UploadSync) or runner.retired or self._stop.is_set():
             return
+        if runner.watcher is not None and runner.watcher.healthy:
+            return
+        _stop_watching(runner)
         settings = runner.settings
         assert isinstance(settings, UploadsSourceSettings)
+        if not settings.path.is_dir():
+            return
         watcher = UploadWatcher(
             settings, engine.tree.relative, lambda paths: self._sync_paths(runner, paths)
         )
@@ -170,11 +176,16 @@ class SourceScheduler:
         """Sync the files a watcher saw change (on the watcher's thread)."""
         engine = runner.engine
         assert isinstance(engine, UploadSync)
-        with runner.lock:
+        while not runner.lock.acquire(timeout=0.5):  # a rescan is running: wait, unless retired
+            if runner.retired or self._stop.is_set():
+                return
+        try:
             if runner.retired or self._stop.is_set():
                 return
             report = engine.sync_paths(paths, stop=self._stop)
             self._metrics.record(report, engine.runs_mirrored)
+        finally:
+            runner.lock.release()
         if report.points or report.error or report.failed_runs:
             _log_synced(report, full=False)
 
@@ -204,8 +215,8 @@ def _retire(runner: _Runner) -> None:
     runner.retired = True
 
     def close() -> None:
-        _stop_watching(runner)
         with runner.lock:
+            _stop_watching(runner)
             runner.engine.close()
 
     threading.Thread(target=close, name=f"retire {runner.settings.name}", daemon=True).start()

@@ -62,6 +62,11 @@ class UploadWatcher:
         log.info("watching", source=self.settings.name, path=str(self.settings.path),
                  observer=self.settings.observer)  # fmt: skip
 
+    @property
+    def healthy(self) -> bool:
+        """False once the observer has stopped watching (e.g. the directory was removed)."""
+        return self._observer.is_alive() and all(e.is_alive() for e in self._observer.emitters)
+
     def stop(self) -> None:
         with self._condition:
             self._stopped = True

@@ -78,16 +78,22 @@ class RestClient:
     def get_range(self, path: str, params: dict[str, Any], start: int, end: int) -> bytes:
         """Bytes `start` to `end` (exclusive, or fewer at the end) of a file download.
 
-        A server that ignores Range (200) is answered from the whole body, so callers always get
-        exactly the bytes they asked for. Requests past the end give b"" (416).
+        A server that ignores Range (200) is answered from the whole body (downloaded each time);
+        a 206 answer must start where asked; a request past the end gives b"" (416).
         """
         headers = {"Range": f"bytes={start}-{end - 1}"}
         response = self._request("GET", path, params=params, headers=headers, allow=(416,))
         if response.status_code == 416:
             return b""
-        if response.status_code == 206:
-            return response.content
-        return response.content[start:end]
+        if response.status_code != 206:
+            return response.content[start:end]
+        answered = response.headers.get("Content-Range", "")
+        if not answered.startswith(f"bytes {start}-"):
+            raise SourceError(
+                f"source {self.source_name}: GET {path}: asked for bytes {start}-{end - 1}, "
+                f"got {answered or 'no Content-Range'}"
+            )
+        return response.content
 
     def _request(
         self, method: str, path: str, allow: tuple[int, ...] = (), **kwargs: Any

@@ -1,8 +1,9 @@
 """An upload directory: the files training jobs write into it, found and read safely.
 
 `UploadTree` decides which files are mirrored and as what (tfevents, CSV, JSON lines), lists them
-without ever leaving the tree (a symlink is followed only when its target is inside the tree), and
-opens them for reading (`LocalFile`). It reads; it never writes.
+and opens them for reading (`LocalFile`) without ever leaving the tree: symlinks are not followed
+at all (one that leads out of the tree is reported; one inside would only mirror a file twice),
+and an opened file's real path is checked. It reads; it never writes.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from tbmirror.config import UploadsSourceSettings
+from tbmirror.errors import UnsafePathError
 
 Kind = Literal["tfevents", "csv", "jsonl"]
 Problem = Callable[[str, str], None]  # (relative path, what is wrong)
@@ -66,45 +68,37 @@ class UploadTree:
     def scan(self, under: str = "", problem: Problem | None = None) -> Iterator[UploadFile]:
         """Every file to mirror at or below the relative directory `under`.
 
-        Symlinks are followed only when their target is inside the tree (each real directory is
-        walked once); others, and directories that cannot be read, are reported to `problem`.
+        Symlinks that lead out of the tree, and directories that cannot be read, are reported to
+        `problem`; no symlink is followed.
         """
         start = self.resolve(under) if under else self.real_root
         if start is None or not os.path.isdir(start):
             return
-        visited: set[tuple[int, int]] = set()
         pending = [(under, start)]
         while pending:
             relative_dir, real_dir = pending.pop()
             try:
-                info = os.stat(real_dir)
-                if (info.st_dev, info.st_ino) in visited:
-                    continue
-                visited.add((info.st_dev, info.st_ino))
                 entries = sorted(os.scandir(real_dir), key=lambda entry: entry.name)
             except OSError as error:
                 _report(problem, relative_dir or ".", error)
                 continue
             for entry in entries:
                 relative = f"{relative_dir}/{entry.name}" if relative_dir else entry.name
-                real = entry.path
                 try:
                     if entry.is_symlink():
-                        target = self.resolve(relative)
-                        if target is None:
+                        if not self._inside(os.path.realpath(entry.path)):
                             _report(problem, relative, "symlink leads out of the upload directory")
-                            continue
-                        real = target
-                    mode = os.stat(real).st_mode
+                        continue
+                    mode = entry.stat(follow_symlinks=False).st_mode
                 except OSError as error:
                     _report(problem, relative, error)
                     continue
                 if stat.S_ISDIR(mode):
-                    pending.append((relative, real))
+                    pending.append((relative, entry.path))
                 elif stat.S_ISREG(mode):
                     kind = self.kind_of(relative)
                     if kind is not None:
-                        yield UploadFile(relative, real, kind)
+                        yield UploadFile(relative, entry.path, kind)
 
     def file(self, relative: str) -> UploadFile | None:
         """The file at `relative` if it is one to mirror and (its real path) is inside the tree."""
@@ -115,26 +109,38 @@ class UploadTree:
         return UploadFile(relative, real, kind)
 
     def resolve(self, relative: str) -> str | None:
-        """The real path of `relative` (symlinks resolved) if it is inside the tree, else None."""
+        """The real path of `relative`, or None if it leaves the tree or passes a symlink."""
         real_root = self.real_root
-        real = os.path.realpath(os.path.join(self.root, relative))
-        if real == real_root or os.path.commonpath([real_root, real]) != real_root:
+        path = os.path.normpath(os.path.join(real_root, relative))
+        if os.path.realpath(path) != path or not self._inside(path):
             return None
-        return real
+        return path
+
+    def _inside(self, real: str) -> bool:
+        real_root = self.real_root
+        return real != real_root and os.path.commonpath([real_root, real]) == real_root
 
 
 class LocalFile:
     """A read-only handle on one upload file (a `tailing.FileReader`); close it after use.
 
-    Size and identity are those of the opened file, so what is read matches what was checked.
+    Size and identity are those of the opened file when it was opened. Whatever was swapped on
+    the way (a parent directory replaced by a symlink), the file opened is checked to be a
+    regular file inside `real_root` (on Linux, through /proc/self/fd), else UnsafePathError.
     """
 
-    def __init__(self, real_path: str) -> None:
+    def __init__(self, real_path: str, real_root: str) -> None:
         self._fd = os.open(real_path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-        info = os.fstat(self._fd)
-        if not stat.S_ISREG(info.st_mode):
+        try:
+            info = os.fstat(self._fd)
+            if not stat.S_ISREG(info.st_mode):
+                raise UnsafePathError(f"{real_path} is not a regular file")
+            opened = _opened_path(self._fd)
+            if opened is not None and os.path.commonpath([real_root, opened]) != real_root:
+                raise UnsafePathError(f"{real_path} led out of the upload directory to {opened}")
+        except BaseException:
             os.close(self._fd)
-            raise IsADirectoryError(f"{real_path} is not a regular file")
+            raise
         self.size = info.st_size
         self.identity: str | None = f"{info.st_dev}:{info.st_ino}"
 
@@ -157,6 +163,14 @@ class LocalFile:
 
     def __exit__(self, *_: object) -> None:
         self.close()
+
+
+def _opened_path(fd: int) -> str | None:
+    """The path the kernel has for an open file (Linux); None where that cannot be told."""
+    try:
+        return os.readlink(f"/proc/self/fd/{fd}")
+    except OSError:
+        return None
 
 
 def _matches(relative: str, patterns: list[str]) -> bool:
