@@ -3,7 +3,9 @@ from a real TensorBoard."""
 
 from __future__ import annotations
 
+import json
 import os
+import random
 import shutil
 import signal
 import subprocess
@@ -17,6 +19,7 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
+from tensorboard.compat.proto.event_pb2 import Event
 
 from conftest import (
     REPO,
@@ -441,3 +444,80 @@ def test_odd_names_collisions_huge_records_and_bytes_that_arrive_late(
     output = sync()
     assert "corrupt_record_resolved" in output
     assert (mirrored / "late" / late.name).read_bytes() == data + tail
+
+
+def test_sigkill_at_random_moments_copies_and_converts_exactly_once(
+    tmp_path: Path, source_name: str
+) -> None:
+    """`tbmirror sync` over growing uploads is killed again and again, then allowed to finish:
+    every copy equals its source byte for byte, every converted line is there once."""
+    rng = random.Random(4321)
+    uploads, root = tmp_path / "uploads", tmp_path / "mirror"
+    files = [uploads / f"job{i}" / f"events.out.tfevents.1.job{i}" for i in range(8)]
+    logs = [uploads / f"csv{i}" / "metrics.csv" for i in range(4)]
+    lines = {path: 0 for path in logs}
+    encoder = summaries.ScalarEncoder("x")
+
+    def grow() -> None:  # every file gets longer, tfevents ones by whole records
+        for path in files:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            new = not path.exists()
+            with path.open("ab") as file:
+                if new:
+                    file.write(events.frame(summaries.file_version(1.0)))
+                start = rng.randrange(10**6)
+                file.write(b"".join(
+                    events.frame(encoder.encode(1.0 + s, s, s)) for s in range(start, start + 8000)
+                ))  # fmt: skip
+        for path in logs:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with path.open("a") as file:
+                if lines[path] == 0:
+                    file.write("step,loss,acc\n")
+                file.writelines(
+                    f"{s},{s / 3},{s % 7}\n" for s in range(lines[path], lines[path] + 4000)
+                )
+            lines[path] += 4000
+
+    config = write_config(tmp_path / "tbmirror.yaml", root, [uploads_source(source_name, uploads)])
+    command = [sys.executable, "-m", "tbmirror", "sync", "--config", str(config)]
+
+    def mirrored_bytes() -> int:
+        return sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
+
+    log = tmp_path / "sync.log"
+
+    def cut_back() -> int:  # files recovery cut back: kills that landed between write and commit
+        recoveries = [json.loads(line) for line in log.read_text().splitlines()
+                      if '"event": "recovered"' in line]  # fmt: skip
+        return sum(r["truncated"] + r["orphans_removed"] for r in recoveries)
+
+    kills = 0
+    while kills < 40 and (kills < 8 or cut_back() < 2):
+        grow()
+        before = mirrored_bytes()
+        with log.open("ab") as output:
+            process = subprocess.Popen(command, stdout=output, stderr=output)
+            while process.poll() is None and mirrored_bytes() == before:
+                time.sleep(0.002)  # until it writes, then at once (before its commit?) or later
+            time.sleep(rng.choice([0.0, 0.0, rng.uniform(0, 0.2)]))
+            if process.poll() is None:
+                process.send_signal(signal.SIGKILL)
+                kills += 1
+            process.wait()
+    with log.open("ab") as output:
+        assert subprocess.run(command, stdout=output, stderr=output).returncode == 0
+    assert cut_back() >= 2, f"{kills} kills, {cut_back()} files cut back: none mid-write"
+
+    for path in files:
+        copies = list((root / source_name / path.parent.name).iterdir())
+        assert [c.name for c in copies] == [path.name]
+        assert copies[0].read_bytes() == path.read_bytes()
+    for path in logs:
+        [converted] = list((root / source_name / path.parent.name / "metrics.csv").iterdir())
+        seen: dict[str, list[int]] = {"loss": [], "acc": []}
+        for record in events.iter_records(converted.read_bytes()):
+            event = Event.FromString(record.payload)
+            for value in event.summary.value:
+                seen[value.tag].append(event.step)
+        assert seen == {"loss": list(range(lines[path])), "acc": list(range(lines[path]))}

@@ -320,8 +320,7 @@ class SourceSync:
 
     def _remove(self, record: RunRecord) -> None:
         """Forget a deleted run and remove its own files (nested child runs stay)."""
-        for tail in self.state.tails(self.source.name, f"{record.run_id}/").values():
-            self.tailer.forget(tail, keep_above=self.source.name)
+        self._forget_artifacts(record)
         with self.state.transaction():
             self.state.forget_run(record)
         if record.events_path:
@@ -370,6 +369,11 @@ class SourceSync:
                     report.bytes_written += outcome.bytes_written
             except Exception as error:  # one bad run never stops the others
                 self._fail(report, plan.run, error)
+
+    def _forget_artifacts(self, record: RunRecord) -> None:
+        """Forget a run's tfevents artifacts and remove their copies."""
+        for tail in self.state.tails(self.source.name, f"{record.run_id}/").values():
+            self.tailer.forget(tail, keep_above=self.source.name)
 
     def _artifact_dir(self, run_id: str, artifact: Artifact) -> str:
         """Where a tfevents artifact is mirrored: its folder (or `artifacts`) in the run's dir."""
@@ -496,6 +500,7 @@ class SourceSync:
     def _reset(self, record: RunRecord) -> None:
         """Forget what was written of a run whose file was lost: the next pass writes it anew."""
         log.warning("events_file_lost_run_reset", source=record.source, run_id=record.run_id)
+        self._forget_artifacts(record)  # fetched again with the run, into the same place
         with self.state.transaction():
             self.state.forget_run(record)
         if record.events_path:
