@@ -11,7 +11,7 @@ import http.server
 import shutil
 import tempfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,14 +19,18 @@ import httpx
 import pytest
 
 from conftest import (
+    DaemonProcess,
     MlflowServer,
     TensorBoard,
+    daemon_config,
     mlflow_source,
     new_run,
     tb_run,
     tbmirror,
+    wait_until,
     write_config,
 )
+from test_uploads import write_tfevents
 
 
 class RecordingProxy(http.server.ThreadingHTTPServer):
@@ -195,3 +199,37 @@ def test_a_rewritten_artifact_is_downloaded_again_and_a_deleted_run_takes_it_alo
     client.delete_run(run_id)
     sync()
     assert not (mirror_root / source_name / experiment_name / "job").exists()
+
+
+def test_the_daemon_mirrors_old_runs_metrics_first_and_their_artifacts_in_batches(
+    tmp_path: Path,
+    mlflow_server: MlflowServer,
+    source_name: str,
+    experiment_name: str,
+    start_daemon: Callable[..., DaemonProcess],
+) -> None:
+    client = mlflow_server.client()
+    logdir = Path(tempfile.mkdtemp())
+    try:
+        write_tfevents(logdir / "events.out.tfevents.1.old", [1.0, 2.0])
+        for index in range(3):  # finished runs, each with metrics and a tfevents artifact
+            run_id = new_run(client, experiment_name, f"old{index}")
+            client.log_metric(run_id, "m", float(index), step=0)
+            client.log_artifact(run_id, str(logdir / "events.out.tfevents.1.old"), "tb")
+            client.set_terminated(run_id)
+    finally:
+        shutil.rmtree(logdir)
+    source = mlflow_source(
+        source_name, mlflow_server.url, [experiment_name], poll_interval="1s",
+        full_listing_interval="1s", artifacts={"batch": 1},
+    )  # fmt: skip
+    config, _, _ = daemon_config(tmp_path / "tbmirror.yaml", tmp_path / "root", [source])
+    daemon = start_daemon(config)
+    first = daemon.wait_event("source_synced", source=source_name)
+    experiment = tmp_path / "root" / source_name / experiment_name
+    # Every run's metric at once, one run's artifact (file_version and 2 scalars) with them.
+    assert first["runs"] == 3 and first["points"] == 3 + 3
+    copies = sorted(experiment.glob("old*/tb/events.out.tfevents.1.old"))
+    assert len(copies) <= 2  # at most one run's artifacts per pass (two passes may be done)
+    wait_until(lambda: len(list(experiment.glob("old*/tb/*"))) == 3, 30, "every run's artifact")
+    assert daemon.stop() == 0

@@ -161,6 +161,7 @@ class ArtifactSettings(_Section):
     pattern: str = "*tfevents*"  # fnmatch on the file name
     max_depth: int = Field(default=3, ge=0, le=16)  # folder levels below the run's root
     max_file_size: ByteSize = ByteSize(DEFAULT_MAX_FILE_SIZE)
+    batch: int = Field(default=100, ge=0)  # finished runs never looked at, per daemon pass
 
 
 class MlflowSourceSettings(_Section):

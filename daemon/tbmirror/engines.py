@@ -12,8 +12,12 @@ from tbmirror.upload_sync import UploadSync
 Engine = SourceSync | UploadSync
 
 
-def build_engine(settings: SourceSettings, state: State, writer: MirrorWriter) -> Engine:
-    """The engine that mirrors the source `settings` describe (close it when done)."""
+def build_engine(
+    settings: SourceSettings, state: State, writer: MirrorWriter, in_daemon: bool = False
+) -> Engine:
+    """The engine that mirrors the source `settings` describe (close it when done). In the
+    daemon, a pass lists the artifacts of at most `artifacts.batch` runs never looked at."""
     if isinstance(settings, MlflowSourceSettings):
-        return SourceSync(MlflowSource.from_settings(settings), state, writer)
+        batch = settings.artifacts.batch if in_daemon else None
+        return SourceSync(MlflowSource.from_settings(settings), state, writer, artifact_batch=batch)
     return UploadSync(settings, state, writer)

@@ -41,6 +41,7 @@ CREATE TABLE IF NOT EXISTS runs (
     hparams_written INTEGER NOT NULL DEFAULT 0,
     end_written INTEGER NOT NULL DEFAULT 0,
     reconciled_at REAL NOT NULL DEFAULT 0,
+    artifacts_at REAL NOT NULL DEFAULT 0,
     PRIMARY KEY (source, run_id));
 CREATE TABLE IF NOT EXISTS files (path TEXT PRIMARY KEY, length INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS source_status (
@@ -79,6 +80,7 @@ class RunRecord:
     hparams_written: bool = False
     end_written: bool = False
     reconciled_at: float = 0.0
+    artifacts_at: float = 0.0  # when its tfevents artifacts were last looked at (0: never)
 
     @property
     def events_path(self) -> str | None:
@@ -182,6 +184,7 @@ class State:
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.execute("PRAGMA busy_timeout=10000")
             self._db.executescript(_SCHEMA)
+            self._add_missing_columns()
         except (OSError, sqlite3.Error) as error:
             raise MirrorError(f"cannot open the state store {path}: {error}") from error
         version = self._meta("schema_version")
@@ -192,6 +195,12 @@ class State:
                 f"state store {path} has schema version {version}, expected {SCHEMA_VERSION}"
             )
         self.path = path
+
+    def _add_missing_columns(self) -> None:
+        """Bring a store made by an earlier tbmirror up to this schema (columns only added)."""
+        present = {row[1] for row in self._db.execute("PRAGMA table_info(runs)")}
+        if "artifacts_at" not in present:
+            self._db.execute("ALTER TABLE runs ADD COLUMN artifacts_at REAL NOT NULL DEFAULT 0")
 
     def close(self) -> None:
         with self._mutex:

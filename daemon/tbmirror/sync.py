@@ -74,7 +74,10 @@ class SourceSync:
         state: State,
         writer: MirrorWriter,
         clock: Callable[[], float] = time.time,
+        artifact_batch: int | None = None,
     ) -> None:
+        """`artifact_batch`: finished runs never looked at whose artifacts a pass lists (None: all
+        of them; the daemon passes `artifacts.batch`)."""
         self.source = source
         self.state = state
         self.writer = writer
@@ -86,6 +89,8 @@ class SourceSync:
         self._dirs: dict[str, str] = {}
         self._records_stale = True
         self._reconcile_budget = 0
+        self.artifact_batch = artifact_batch
+        self._artifact_budget: int | None = None
         self._last_listing: float | None = None
 
     @property
@@ -170,6 +175,7 @@ class SourceSync:
                     report.runs_removed += 1
         live = [run for run in listing.runs if not run.deleted]
         self._reconcile_budget = self.settings.reconcile_batch
+        self._artifact_budget = self.artifact_batch
         done = 0
         for start in range(0, len(live), CHUNK_RUNS):
             chunk = live[start : start + CHUNK_RUNS]
@@ -290,9 +296,27 @@ class SourceSync:
             or cursors[key].seen is None
             or cursors[key].seen.identity() != latest.identity()  # type: ignore[union-attr]
         ]
-        artifacts = self.settings.artifacts.enabled and (reconcile or not run.terminal)
+        status_changed = not new_run and record.status != run.status
+        artifacts = self._artifacts_due(run, record, reconcile_all or status_changed, reconcile)
         parent_id = parent.run_id if parent else None
         return _Plan(run, record, parent_id, cursors, requests, reconcile, artifacts)
+
+    def _artifacts_due(
+        self, run: RunSnapshot, record: RunRecord, always: bool, reconcile: bool
+    ) -> bool:
+        """Whether to list a run's artifacts this pass: a running run's every pass; a run that
+        just ended, or everything with `--reconcile` (`always`); a finished run due for a
+        reconcile; and a finished run never looked at, within the pass's artifact budget (so
+        that a daemon's first pass over 10,000 old runs mirrors their metrics first)."""
+        if not self.settings.artifacts.enabled:
+            return False
+        if always or not run.terminal or (reconcile and record.artifacts_at):
+            return True
+        if record.artifacts_at or self._artifact_budget == 0:
+            return False
+        if self._artifact_budget is not None:
+            self._artifact_budget -= 1
+        return True
 
     def _reconcile_due(self, run: RunSnapshot, record: RunRecord) -> bool:
         """Whether to re-check every series of a run whose status did not change.
@@ -367,6 +391,9 @@ class SourceSync:
                     outcome = self.tailer.advance(tail, reader, self.clock())
                     report.points += outcome.points
                     report.bytes_written += outcome.bytes_written
+                record = self._records[run_id]
+                record.artifacts_at = self.clock()
+                self.state.put_run(record)
             except Exception as error:  # one bad run never stops the others
                 self._fail(report, plan.run, error)
 

@@ -79,7 +79,7 @@ class SourceScheduler:
             for name, settings in wanted.items():
                 if name in self._runners:
                     continue
-                engine = build_engine(settings, self._state, self._writer)
+                engine = build_engine(settings, self._state, self._writer, in_daemon=True)
                 lock = self._locks.setdefault(name, threading.Lock())
                 self._runners[name] = _Runner(settings, engine, lock)
                 self._scheduler.add_job(
