@@ -3,8 +3,9 @@
 Builds (once per --workdir) an MLflow experiment of 10,000 finished runs x 20 keys, lets the
 daemon (poll interval 10 s) mirror it, then measures over an idle window:
   - the daemon's RSS (and peak) and CPU share, from /proc; TensorBoard, its child, apart;
-  - the CPU seconds of one full listing with nothing new (in-process, after the daemon stopped),
-    amortised over `full_listing_interval`;
+  - the CPU seconds of one full listing with nothing new (in-process, after the daemon stopped,
+    and after one pass that lists the artifacts of the runs the daemon had not looked at yet, a
+    one-time cost the daemon spreads over its passes), amortised over `full_listing_interval`;
 against a baseline measured in the same run: a Python process that only imports tbmirror.
 
 Usage: python benchmarks/footprint.py [--runs 10000 --keys 20] [--window 120] [--workdir DIR]
@@ -139,6 +140,9 @@ def main() -> None:
         state = State(settings.mirror.state)
         source = MlflowSource.from_settings(settings.sources[0])
         engine = SourceSync(source, state, MirrorWriter(MirrorLayout(settings.mirror.root)))
+        wall_start = time.monotonic()
+        drained = engine.run_pass(full=True)  # the artifact listings the daemon had not done yet
+        drain_wall = time.monotonic() - wall_start
         cpu_start, wall_start = time.process_time(), time.monotonic()
         report = engine.run_pass(full=True)
         full_cpu, full_wall = time.process_time() - cpu_start, time.monotonic() - wall_start
@@ -146,7 +150,9 @@ def main() -> None:
         state.close()
     interval = settings.sources[0].full_listing_interval
     print(f"workload: {args.runs:,} runs x {args.keys} keys, poll interval 10 s")
-    print(f"initial backfill pass: {backfill:.1f} s")
+    print(f"initial backfill pass: {backfill:.1f} s (every run's metrics; artifacts of 100 runs)")
+    print(f"artifact listings the daemon had left (one-time): {drain_wall:.1f} s wall, "
+          f"{drained.requests} requests")  # fmt: skip
     print(f"daemon RSS {rss:.0f} MB (peak {peak:.0f} MB) vs import-only Python {base_rss:.0f} MB "
           f"({rss / base_rss:.1f} x); target <= 150 MB")  # fmt: skip
     print(f"idle CPU over {wall:.0f} s (quick polls): daemon {idle_cpu:.2f} %, "

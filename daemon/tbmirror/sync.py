@@ -15,6 +15,7 @@ ends the pass, keeping what earlier chunks committed.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import threading
 import time
 from collections import Counter
@@ -29,7 +30,7 @@ from tbmirror.mirror import layout, summaries
 from tbmirror.mirror.events import EventsFileLostError
 from tbmirror.mirror.steps import next_step
 from tbmirror.mirror.writer import MirrorWriter, float32_bits
-from tbmirror.model import Experiment, MetricPoint, RunSnapshot
+from tbmirror.model import TERMINAL_STATUSES, Experiment, MetricPoint, RunSnapshot
 from tbmirror.report import PassReport, Progress, record_status
 from tbmirror.sources.mlflow import (
     PARENT_TAG,
@@ -90,7 +91,7 @@ class SourceSync:
         self._records_stale = True
         self._reconcile_budget = 0
         self.artifact_batch = artifact_batch
-        self._artifact_budget: int | None = None
+        self._artifacts_retry: dict[str, float] = {}  # run id -> backlog retry time after a failure
         self._last_listing: float | None = None
 
     @property
@@ -175,7 +176,6 @@ class SourceSync:
                     report.runs_removed += 1
         live = [run for run in listing.runs if not run.deleted]
         self._reconcile_budget = self.settings.reconcile_batch
-        self._artifact_budget = self.artifact_batch
         done = 0
         for start in range(0, len(live), CHUNK_RUNS):
             chunk = live[start : start + CHUNK_RUNS]
@@ -188,12 +188,17 @@ class SourceSync:
             report.history_series += len(requests)
             histories = self.source.fetch(requests)
             self._write_chunk(plans, histories, report, stop)
-            self._sync_artifacts(plans, report, stop)
+            self._sync_artifacts(
+                [plan.run.run_id for plan in plans if plan.artifacts], report, stop
+            )
             done += len(chunk)
             if progress:
                 progress(done, len(live))
             if stop is not None and stop.is_set():
                 return
+        backlog = self._artifact_backlog()
+        for start in range(0, len(backlog), CHUNK_RUNS):
+            self._sync_artifacts(backlog[start : start + CHUNK_RUNS], report, stop)
         self._last_listing = listing_started
 
     # -- placement ----------------------------------------------------------------------------
@@ -280,7 +285,7 @@ class SourceSync:
                 self._move(record, dir)
                 report.runs_moved += 1
         except Exception as error:  # one bad run never stops the others
-            self._fail(report, run, error)
+            self._fail(report, run.run_id, error)
             return None
         cursors = self.state.cursors(self.source.name, run.run_id)
         new_run = not record.status
@@ -304,19 +309,12 @@ class SourceSync:
     def _artifacts_due(
         self, run: RunSnapshot, record: RunRecord, always: bool, reconcile: bool
     ) -> bool:
-        """Whether to list a run's artifacts this pass: a running run's every pass; a run that
-        just ended, or everything with `--reconcile` (`always`); a finished run due for a
-        reconcile; and a finished run never looked at, within the pass's artifact budget (so
-        that a daemon's first pass over 10,000 old runs mirrors their metrics first)."""
+        """Whether to list a run's artifacts with its chunk: a running run's every pass; a run
+        that just ended, or everything with `--reconcile` (`always`); a finished run due for a
+        reconcile. Finished runs never looked at are the backlog's (`_artifact_backlog`)."""
         if not self.settings.artifacts.enabled:
             return False
-        if always or not run.terminal or (reconcile and record.artifacts_at):
-            return True
-        if record.artifacts_at or self._artifact_budget == 0:
-            return False
-        if self._artifact_budget is not None:
-            self._artifact_budget -= 1
-        return True
+        return always or not run.terminal or (reconcile and bool(record.artifacts_at))
 
     def _reconcile_due(self, run: RunSnapshot, record: RunRecord) -> bool:
         """Whether to re-check every series of a run whose status did not change.
@@ -357,17 +355,32 @@ class SourceSync:
 
     # -- tfevents artifacts -------------------------------------------------------------------
 
+    def _artifact_backlog(self) -> list[str]:
+        """Finished runs whose artifacts were never looked at: all of them, or in the daemon
+        `artifact_batch` per pass (quick passes too), so that a first pass over 10,000 old runs
+        mirrors their metrics without waiting for 10,000 listings."""
+        if not self.settings.artifacts.enabled:
+            return []
+        now = self.clock()
+        backlog = (
+            run_id
+            for run_id, record in self._records.items()
+            if not record.artifacts_at
+            and record.status in TERMINAL_STATUSES
+            and self._artifacts_retry.get(run_id, 0) <= now
+        )
+        return list(itertools.islice(backlog, self.artifact_batch))
+
     def _sync_artifacts(
-        self, plans: list[_Plan], report: PassReport, stop: threading.Event | None
+        self, run_ids: list[str], report: PassReport, stop: threading.Event | None
     ) -> None:
-        """Mirror new and grown tfevents artifacts of the planned runs that are due for a look."""
-        due = [plan for plan in plans if plan.artifacts and plan.run.run_id in self._records]
+        """Mirror new and grown tfevents artifacts of these (mirrored) runs."""
+        due = [run_id for run_id in run_ids if run_id in self._records]
         if not due or (stop is not None and stop.is_set()):
             return
-        listed = self.source.tfevents_artifacts_of([plan.run.run_id for plan in due])
+        listed = self.source.tfevents_artifacts_of(due)
         limit = self.settings.artifacts.max_file_size
-        for plan in due:
-            run_id = plan.run.run_id
+        for run_id in due:
             try:
                 found = listed[run_id]
                 if isinstance(found, str):
@@ -395,7 +408,9 @@ class SourceSync:
                 record.artifacts_at = self.clock()
                 self.state.put_run(record)
             except Exception as error:  # one bad run never stops the others
-                self._fail(report, plan.run, error)
+                self._fail(report, run_id, error)
+                retry = self.clock() + self.settings.reconcile_interval
+                self._artifacts_retry[run_id] = retry  # meanwhile the backlog goes on
 
     def _forget_artifacts(self, record: RunRecord) -> None:
         """Forget a run's tfevents artifacts and remove their copies."""
@@ -447,7 +462,7 @@ class SourceSync:
                 if record != plan.record or cursors or length is not None:
                     commits.append((record, cursors, length))
             except Exception as error:  # one bad run never stops the others
-                self._fail(report, plan.run, error)
+                self._fail(report, plan.run.run_id, error)
                 if isinstance(error, EventsFileLostError):
                     self._reset(plan.record)
         try:
@@ -558,11 +573,11 @@ class SourceSync:
                 ]
         return "\n".join(lines)
 
-    def _fail(self, report: PassReport, run: RunSnapshot, error: Exception) -> None:
-        report.failed_runs.append(run.run_id)
+    def _fail(self, report: PassReport, run_id: str, error: Exception) -> None:
+        report.failed_runs.append(run_id)
         expected = isinstance(error, (OSError, TbmirrorError))
         (log.error if expected else log.exception)(
-            "run_failed", source=self.source.name, run_id=run.run_id, error=str(error)
+            "run_failed", source=self.source.name, run_id=run_id, error=str(error)
         )
 
 
