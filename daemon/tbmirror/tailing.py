@@ -132,7 +132,9 @@ class Tailer:
             outcome.tail, old_copy = tail, None
             if progress == "grow":  # one record or line longer than the window: read more
                 window *= 2
-            elif progress == "done":
+            elif progress == "more":  # past a re-checked corrupt record: full chunks again
+                window = max(window, CHUNK_BYTES)
+            else:
                 return outcome
 
     def _rewritten(self, tail: TailRecord, reader: FileReader) -> str | None:
