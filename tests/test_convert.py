@@ -315,3 +315,15 @@ def test_points_counts_the_last_feed_only() -> None:
 def test_unknown_kind_is_rejected() -> None:
     with pytest.raises(ValueError, match="kind"):
         LineConverter(cast(Kind, "xml"))
+
+
+def test_keys_cut_to_the_same_tensorboard_tag_are_one_series() -> None:
+    """TensorBoard tags are cut to 1,000 bytes: two longer keys with one prefix are one tag there,
+    so their steps must still strictly increase together."""
+    prefix = "k" * 1000
+    text = "".join(
+        json.dumps({"step": step, prefix + "a": 1.0, prefix + "b": 2.0}) + "\n" for step in (1, 2)
+    )
+    points = convert("jsonl", text)
+    assert {tag for tag, *_ in points} == {prefix}
+    assert [step for _, step, _, _ in points] == [1, 2, 3, 4]
