@@ -1,4 +1,4 @@
-"""What the benchmarks share: a config for one MLflow source, and the daemon as a subprocess."""
+"""What the benchmarks share: a config for one source, and the daemon as a subprocess."""
 
 from __future__ import annotations
 
@@ -11,9 +11,14 @@ import yaml
 
 
 def write_config(work: Path, tracking_uri: str, experiment: str, **sections: Any) -> Path:
-    """tbmirror.yaml in `work` (mirror root and state there too) for one source named bench."""
+    """tbmirror.yaml in `work` (mirror root and state there too) for one MLflow source, bench."""
     source = {"name": "bench", "type": "mlflow", "tracking_uri": tracking_uri,
               "experiments": [experiment], **sections.pop("source", {})}  # fmt: skip
+    return write_source_config(work, source, **sections)
+
+
+def write_source_config(work: Path, source: dict[str, Any], **sections: Any) -> Path:
+    """tbmirror.yaml in `work` (mirror root `work/logs`, state there) for the one `source`."""
     document = {
         "mirror": {"root": str(work / "logs"), "state": str(work / "state.db")},
         "sources": [source],

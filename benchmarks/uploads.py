@@ -39,9 +39,8 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import yaml
 
-from common import start_daemon
+from common import start_daemon, write_source_config
 from tbmirror.mirror import events, summaries
 from tbmirror.processes import free_port, stop_process_group
 
@@ -58,14 +57,7 @@ def write_config(work: Path, uploads: Path, **sections: Any) -> Path:
     """tbmirror.yaml in `work` (mirror root `work/logs`, state there) for one uploads source."""
     source = {"name": "bench", "type": "uploads", "path": str(uploads)}
     source.update(sections.pop("source", {}))
-    document = {
-        "mirror": {"root": str(work / "logs"), "state": str(work / "state.db")},
-        "sources": [source],
-        **sections,
-    }
-    config = work / "tbmirror.yaml"
-    config.write_text(yaml.safe_dump(document))
-    return config
+    return write_source_config(work, source, **sections)
 
 
 def percentiles(delays: list[float]) -> tuple[float, float]:

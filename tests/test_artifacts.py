@@ -84,11 +84,35 @@ def proxy(mlflow_server: MlflowServer) -> Iterator[RecordingProxy]:
     server.upstream.close()
 
 
+@pytest.fixture
+def sync(
+    tmp_path: Path,
+    mirror_root: Path,
+    proxy: RecordingProxy,
+    source_name: str,
+    experiment_name: str,
+) -> Callable[[], str]:
+    """sync() runs `tbmirror sync` of this test's experiment through the proxy; its log."""
+    config = write_config(
+        tmp_path / "tbmirror.yaml",
+        mirror_root,
+        [mlflow_source(source_name, proxy.url, [experiment_name])],
+    )
+
+    def run() -> str:
+        result = tbmirror("sync", "--config", str(config))
+        assert result.returncode == 0, result.stdout + result.stderr
+        return result.stderr
+
+    return run
+
+
 def test_a_growing_tfevents_artifact_is_fetched_by_its_new_bytes_only(
     tmp_path: Path,
     mirror_root: Path,
     mlflow_server: MlflowServer,
     proxy: RecordingProxy,
+    sync: Callable[[], str],
     source_name: str,
     experiment_name: str,
 ) -> None:
@@ -100,11 +124,6 @@ def test_a_growing_tfevents_artifact_is_fetched_by_its_new_bytes_only(
     logdir = Path(tempfile.mkdtemp())
     writer = SummaryWriter(str(logdir))
     [events_file] = list(logdir.iterdir())
-    config = write_config(
-        tmp_path / "tbmirror.yaml",
-        mirror_root,
-        [mlflow_source(source_name, proxy.url, [experiment_name])],
-    )
 
     def log_points(start: int, count: int, last: bool = False) -> int:
         for step in range(start, start + count):
@@ -112,10 +131,6 @@ def test_a_growing_tfevents_artifact_is_fetched_by_its_new_bytes_only(
         writer.close() if last else writer.flush()  # tensorboardX's flush leaves some queued
         client.log_artifact(run_id, str(events_file), "tensorboard")  # replaces the old one
         return events_file.stat().st_size
-
-    def sync() -> None:
-        result = tbmirror("sync", "--config", str(config))
-        assert result.returncode == 0, result.stdout + result.stderr
 
     try:
         first_size = log_points(0, 900)
@@ -152,10 +167,9 @@ def test_a_growing_tfevents_artifact_is_fetched_by_its_new_bytes_only(
 
 
 def test_a_rewritten_artifact_is_downloaded_again_and_a_deleted_run_takes_it_along(
-    tmp_path: Path,
     mirror_root: Path,
     mlflow_server: MlflowServer,
-    proxy: RecordingProxy,
+    sync: Callable[[], str],
     source_name: str,
     experiment_name: str,
 ) -> None:
@@ -163,11 +177,6 @@ def test_a_rewritten_artifact_is_downloaded_again_and_a_deleted_run_takes_it_alo
 
     client = mlflow_server.client()
     run_id = new_run(client, experiment_name, "job")
-    config = write_config(
-        tmp_path / "tbmirror.yaml",
-        mirror_root,
-        [mlflow_source(source_name, proxy.url, [experiment_name])],
-    )
 
     def upload(values: list[float]) -> bytes:
         logdir = Path(tempfile.mkdtemp())
@@ -182,11 +191,6 @@ def test_a_rewritten_artifact_is_downloaded_again_and_a_deleted_run_takes_it_alo
             return named.read_bytes()
         finally:
             shutil.rmtree(logdir)
-
-    def sync() -> str:
-        result = tbmirror("sync", "--config", str(config))
-        assert result.returncode == 0, result.stdout + result.stderr
-        return result.stderr
 
     upload([float(i) for i in range(300)])
     sync()

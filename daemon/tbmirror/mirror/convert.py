@@ -54,6 +54,17 @@ def _json_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
+def _finite_cell(cells: list[str], index: int | None) -> float | None:
+    """The CSV cell at `index` as a finite float; None if absent, empty or not a finite number."""
+    if index is None or index >= len(cells):
+        return None
+    try:
+        number = float(cells[index])
+    except ValueError:
+        return None
+    return number if math.isfinite(number) else None
+
+
 def _json_finite(value: Any) -> float | None:
     """A decoded JSON value as a finite float, or None if it is not a number or not finite."""
     if not _json_number(value):
@@ -224,24 +235,10 @@ class LineConverter:
                 continue  # a repeated header (e.g. Keras CSVLogger appending after a restart)
             row = self._rows
             self._rows += 1
-            source_step = row
-            if step_index is not None and step_index < count:
-                try:
-                    number = float(cells[step_index])
-                except ValueError:
-                    pass
-                else:
-                    if math.isfinite(number):
-                        source_step = _int_step(number)
-            wall_time = read_time
-            if wall_index is not None and wall_index < count:
-                try:
-                    number = float(cells[wall_index])
-                except ValueError:
-                    pass
-                else:
-                    if math.isfinite(number):
-                        wall_time = _seconds(number)
+            step = _finite_cell(cells, step_index)
+            source_step = row if step is None else _int_step(step)
+            wall = _finite_cell(cells, wall_index)
+            wall_time = read_time if wall is None else _seconds(wall)
             for index, tag in tag_columns:
                 if index >= count:
                     break
