@@ -31,8 +31,10 @@ from mlflow.tracking import MlflowClient
 from tensorboardX import SummaryWriter
 
 from common import write_config
+from tbmirror.journal import Journal
 from tbmirror.local_mlflow import LocalMlflowServer
 from tbmirror.mirror import events, summaries
+from tbmirror.mirror.layout import MirrorLayout
 
 EXPERIMENT = "backfill-benchmark"
 
@@ -105,13 +107,17 @@ def write_path(points: int, directory: Path) -> tuple[float, float]:
     """Points/s of tbmirror's write path and of tensorboardX add_scalar, same points."""
     values = [(1.7e9 + i, i, i * 0.5) for i in range(points)]
     started = time.perf_counter()
-    path = directory / events.new_file_name()
-    length = events.append(path, 0, [summaries.file_version(1.7e9)])
+    journal = Journal.open(MirrorLayout(directory / "mirror"), directory / "state.db")
+    with journal.batch("bench") as batch:
+        name = batch.create("bench", events.frame_all([summaries.file_version(1.7e9)]))
     for key in range(20):
         encoder = summaries.ScalarEncoder(f"metric_{key:02d}")
         chunk = values[key * points // 20 : (key + 1) * points // 20]
-        length = events.append(path, length, [encoder.encode(w, s, v) for w, s, v in chunk])
+        with journal.batch("bench") as batch:
+            batch.append(f"bench/{name}", events.frame_all(
+                [encoder.encode(w, s, v) for w, s, v in chunk]))  # fmt: skip
     ours = points / (time.perf_counter() - started)
+    journal.close()
     started = time.perf_counter()
     writer = SummaryWriter(str(directory / "tensorboardx"))
     for index, (wall_time, step, value) in enumerate(values):

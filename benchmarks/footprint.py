@@ -30,13 +30,12 @@ from mlflow.tracking import MlflowClient
 
 from common import start_daemon, write_config
 from tbmirror.config import load_settings
+from tbmirror.engine.mlflow.engine import MlflowEngine
+from tbmirror.journal import Journal
 from tbmirror.local_mlflow import LocalMlflowServer
 from tbmirror.mirror.layout import MirrorLayout
-from tbmirror.mirror.writer import MirrorWriter
 from tbmirror.processes import free_port, stop_process_group
 from tbmirror.sources.mlflow import MlflowSource
-from tbmirror.state import State
-from tbmirror.sync import SourceSync
 
 EXPERIMENT = "footprint"
 TICKS = os.sysconf("SC_CLK_TCK")
@@ -158,9 +157,9 @@ def main() -> None:
             stop_process_group(daemon)
 
         settings = load_settings(config)
-        state = State(settings.mirror.state)
+        journal = Journal.open(MirrorLayout(settings.mirror.root), settings.mirror.state)
         source = MlflowSource.from_settings(settings.sources[0])
-        engine = SourceSync(source, state, MirrorWriter(MirrorLayout(settings.mirror.root)))
+        engine = MlflowEngine(source, journal)
         wall_start = time.monotonic()
         drained = engine.run_pass(full=True)  # the artifact listings the daemon had not done yet
         drain_wall = time.monotonic() - wall_start
@@ -168,7 +167,7 @@ def main() -> None:
         report = engine.run_pass(full=True)
         full_cpu, full_wall = time.process_time() - cpu_start, time.monotonic() - wall_start
         source.close()
-        state.close()
+        journal.close()
     interval = settings.sources[0].full_listing_interval
     print(f"workload: {args.runs:,} runs x {args.keys} keys, poll interval 10 s")
     print(f"initial backfill pass: {backfill:.1f} s (every run's metrics, the artifacts of "

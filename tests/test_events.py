@@ -1,4 +1,4 @@
-"""Event file framing, checked against TensorBoard's own reader, and the append contract."""
+"""Event file framing, checked against TensorBoard's own reader."""
 
 from __future__ import annotations
 
@@ -19,9 +19,11 @@ def read_events(path: Path) -> list[Event]:
 def test_records_read_back_with_tensorboards_reader(tmp_path: Path) -> None:
     path = tmp_path / events.new_file_name()
     encoder = summaries.ScalarEncoder("loss")
-    length = events.append(path, 0, [summaries.file_version(1.0)])
-    length = events.append(path, length, [encoder.encode(2.5, i, i / 3) for i in range(100)])
-    assert length == path.stat().st_size
+    path.write_bytes(
+        events.frame_all(
+            [summaries.file_version(1.0), *(encoder.encode(2.5, i, i / 3) for i in range(100))]
+        )
+    )
     loaded = read_events(path)
     assert loaded[0].file_version == "brain.Event:2"
     assert [(e.step, e.wall_time) for e in loaded[1:]] == [(i, 2.5) for i in range(100)]
@@ -41,16 +43,6 @@ def test_scalar_encoder_matches_a_freshly_built_proto() -> None:
         assert encoder.encode(wall_time, step, value) == expected
 
 
-def test_append_overwrites_an_uncommitted_tail(tmp_path: Path) -> None:
-    path = tmp_path / "events.out.tfevents.1"
-    committed = events.append(path, 0, [b"first"])
-    with path.open("ab") as file:
-        file.write(b"garbage left by a crash" * 10)
-    length = events.append(path, committed, [b"second"])
-    assert length == path.stat().st_size
-    assert [r.payload for r in events.iter_records(path.read_bytes())] == [b"first", b"second"]
-
-
 def test_iter_records_waits_on_a_partial_record_and_flags_corruption() -> None:
     data = events.frame(b"one") + events.frame(b"two")
     partial = data + events.frame(b"three")[:-3]
@@ -68,15 +60,3 @@ def test_file_names_sort_in_creation_order() -> None:
     later = events.new_file_name(not_before_secs=events.file_secs(first) + 1)
     assert first.startswith("events.out.tfevents.") and sorted([later, first]) == [first, later]
     assert len(first.split(".")[3]) == 10
-
-
-def test_a_lost_or_shortened_committed_file_is_never_recreated(tmp_path: Path) -> None:
-    path = tmp_path / "events.out.tfevents.1"
-    length = events.append(path, 0, [b"one", b"two"])
-    path.write_bytes(path.read_bytes()[:5])
-    with pytest.raises(events.EventsFileLostError, match="shorter"):
-        events.append(path, length, [b"three"])
-    path.unlink()
-    with pytest.raises(events.EventsFileLostError, match="gone"):
-        events.append(path, length, [b"three"])
-    assert not path.exists()

@@ -15,11 +15,10 @@ from tensorboard.compat.proto.event_pb2 import Event
 
 from conftest import MlflowServer, TensorBoard, new_run, tb_run
 from tbmirror.config import MlflowSourceSettings
+from tbmirror.engine.mlflow.engine import MlflowEngine
+from tbmirror.journal import Journal
 from tbmirror.mirror.layout import MirrorLayout
-from tbmirror.mirror.writer import MirrorWriter
 from tbmirror.sources.mlflow import MlflowSource
-from tbmirror.state import State
-from tbmirror.sync import SourceSync
 
 T0 = int(time.time() * 1000) - 600_000
 
@@ -139,20 +138,19 @@ def test_points_inserted_mid_history_arrive_exactly_once(
 @contextlib.contextmanager
 def clocked_engine(
     tmp_path: Path, server: MlflowServer, experiment: str, now: list[float]
-) -> Iterator[SourceSync]:
+) -> Iterator[MlflowEngine]:
     """An in-process engine for one experiment whose clock is `now[0]`."""
     settings = MlflowSourceSettings(
         name="clocked", type="mlflow", tracking_uri=server.url, experiments=[experiment],
         reconcile_interval=600,
     )  # fmt: skip
-    state = State(tmp_path / "state.db")
+    journal = Journal.open(MirrorLayout(tmp_path / "root"), tmp_path / "state.db")
     source = MlflowSource.from_settings(settings)
-    writer = MirrorWriter(MirrorLayout(tmp_path / "root"))
     try:
-        yield SourceSync(source, state, writer, clock=lambda: now[0])
+        yield MlflowEngine(source, journal, clock=lambda: now[0])
     finally:
         source.close()
-        state.close()
+        journal.close()
 
 
 def test_running_runs_are_reconciled_every_interval(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
-from tbmirror.state import State
+from tbmirror.journal import Store
 
 # The runs table as tbmirror 0.1 (issues 2, 3 and 5) created it.
 OLD_RUNS = """
@@ -26,7 +26,7 @@ def test_a_store_from_an_earlier_version_opens_with_its_runs(tmp_path: Path) -> 
     path = tmp_path / "state.db"
     with sqlite3.connect(path) as db:
         db.executescript(OLD_RUNS)
-    state = State(path)
+    state = Store(path)
     try:
         [run] = state.runs("team").values()
         assert (run.dir, run.status, run.reconciled_at, run.artifacts_at) == (

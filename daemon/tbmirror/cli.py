@@ -1,4 +1,5 @@
-"""The `tbmirror` command: run | sync | check | status | demo.
+"""The `tbmirror` command: run | sync | check | status | demo. Parses, dispatches to app.py (or
+the daemon) and renders.
 
 Every TbmirrorError ends a command with one line on stderr and its exit code (78 for config).
 """
@@ -10,27 +11,20 @@ import json
 import os
 import sys
 import time
-from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
 import structlog
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from tbmirror import __version__, logs
-from tbmirror.config import Settings, UploadsSourceSettings, load_settings, without_userinfo
-from tbmirror.engines import build_engine
+from tbmirror import __version__, app, logs
+from tbmirror.config import Settings, load_settings
+from tbmirror.engine.base import PassReport
 from tbmirror.errors import TbmirrorError
-from tbmirror.mirror.writer import MirrorWriter
-from tbmirror.report import PassReport
-from tbmirror.service.daemon import Daemon, open_mirror
-from tbmirror.sources.mlflow import MlflowSource
-from tbmirror.sources.uploads import UploadTree
-from tbmirror.state import SourceStatus, State
+from tbmirror.service.daemon import Daemon
 
 log = structlog.get_logger(__name__)
 
@@ -100,23 +94,12 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def sync_command(settings: Settings, args: argparse.Namespace) -> int:
-    state, layout = open_mirror(settings)
-    writer = MirrorWriter(layout)
-    reports = []
-    try:
-        for source_settings in settings.sources:
-            engine = build_engine(source_settings, state, writer)
-            try:
-                with _progress(engine.name) as progress:
-                    report = engine.run_pass(reconcile_all=args.reconcile, progress=progress)
-            finally:
-                engine.close()
-            log.info("source_synced", **vars(report))
-            print(_summary(report))
-            reports.append(report)
-    finally:
-        state.close()
-    return 0 if all(report.ok for report in reports) else 1
+    ok = True
+    for report in app.sync_sources(settings, args.reconcile, _progress):
+        log.info("source_synced", **vars(report))
+        print(_summary(report))
+        ok &= report.ok
+    return 0 if ok else 1
 
 
 def demo_command(args: argparse.Namespace) -> int:
@@ -130,30 +113,7 @@ def run_command(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def status_command(settings: Settings, args: argparse.Namespace) -> int:
-    path = settings.mirror.state
-    if not path.exists():
-        raise TbmirrorError(f"no state store at {path}: nothing has been mirrored yet")
-    state = State(path, read_only=True)
-    try:
-        statuses, totals = state.source_status(), state.totals()
-    finally:
-        state.close()
-    now = time.time()
-    rows: list[dict[str, Any]] = []
-    for source in settings.sources:
-        status = statuses.get(source.name) or SourceStatus(source.name)
-        experiments = [(d, r, p) for s, d, r, p in totals if s == source.name] or [("-", 0, 0)]
-        for directory, runs, points in experiments:
-            rows.append({
-                "source": source.name,
-                "experiment": directory.split("/", 1)[-1],
-                "runs": runs,
-                "points": points,
-                "last_sync": status.last_success,
-                "lag_seconds": round(now - status.last_success, 1) if status.last_success else None,
-                "consecutive_errors": status.consecutive_errors,
-                "last_error": status.last_error,
-            })  # fmt: skip
+    rows = app.status_rows(settings)
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
@@ -178,47 +138,10 @@ def _local_time(timestamp: float | None) -> str:
 
 
 def check_command(settings: Settings, args: argparse.Namespace) -> int:
-    failures = 0
-    for source_settings in settings.sources:
-        if isinstance(source_settings, UploadsSourceSettings):
-            line = _check_uploads(source_settings)
-            failures += line.startswith("FAIL")
-            print(line)
-            continue
-        source = MlflowSource.from_settings(source_settings)
-        auth = source_settings.auth.type if source_settings.auth else "none"
-        try:
-            experiments, missing = source.experiments()
-            visible = len(source.client.experiments())
-        except TbmirrorError as error:
-            failures += 1
-            print(f"FAIL  {source.name}: {error}")
-            continue
-        finally:
-            source.close()
-        names = ", ".join(sorted(e.name for e in experiments.values())) or "none"
-        line = (
-            f"ok    {source.name}: {without_userinfo(source_settings.tracking_uri)} "
-            f"(auth {auth}, {visible} experiments visible): experiments {names}"
-        )
-        if missing:
-            line += f"; not found: {', '.join(missing)}"
-        print(line)
-    return 1 if failures else 0
-
-
-def _check_uploads(settings: UploadsSourceSettings) -> str:
-    """One line on an upload directory: there and readable, and what it holds to mirror."""
-    tree = UploadTree(settings)
-    problems: list[str] = []
-    if not settings.path.is_dir():
-        return f"FAIL  {settings.name}: upload directory {settings.path} does not exist"
-    kinds = Counter(f.kind for f in tree.scan(problem=lambda r, m: problems.append(f"{r}: {m}")))
-    found = ", ".join(f"{n} {kind}" for kind, n in sorted(kinds.items())) or "no files to mirror"
-    line = f"ok    {settings.name}: {settings.path} ({settings.observer} observer): {found}"
-    if problems:
-        line += f"; {len(problems)} skipped: {'; '.join(problems[:3])}"
-    return line
+    results = app.check_sources(settings)
+    for result in results:
+        print(f"{'ok  ' if result.ok else 'FAIL'}  {result.source}: {result.text}")
+    return 0 if all(result.ok for result in results) else 1
 
 
 def _summary(report: PassReport) -> str:

@@ -1,4 +1,4 @@
-"""Plain data shared by sources, the sync engine and the state store."""
+"""Plain records shared by all layers: what sources say, and what the journal keeps."""
 
 from __future__ import annotations
 
@@ -63,3 +63,93 @@ class RunSnapshot:
     @property
     def terminal(self) -> bool:
         return self.status in TERMINAL_STATUSES
+
+
+@dataclass(slots=True)
+class RunRecord:
+    """A run as mirrored: where it lives and what of its metadata has been written."""
+
+    source: str
+    run_id: str
+    experiment_id: str
+    parent_run_id: str | None
+    dir: str
+    name: str
+    status: str
+    events_file: str | None = None
+    text_digest: str | None = None
+    text_step: int = -1
+    hparams_written: bool = False
+    end_written: bool = False
+    reconciled_at: float = 0.0
+    artifacts_at: float = 0.0  # when its tfevents artifacts were last looked at (0: never)
+
+    @property
+    def events_path(self) -> str | None:
+        """Relative path of the run's active events file, if it has one."""
+        return f"{self.dir}/{self.events_file}" if self.events_file else None
+
+
+@dataclass(slots=True)
+class Cursor:
+    """How far one (run, metric key) series is mirrored.
+
+    `count` points exported, the last of them `last` (in the source's history order); `tb_step` is
+    the last TensorBoard step written; `seen` is the latest point the source's run listing showed.
+    """
+
+    count: int = 0
+    last: MetricPoint | None = None
+    tb_step: int | None = None
+    seen: MetricPoint | None = None
+
+
+@dataclass(slots=True)
+class TailRecord:
+    """How far one tailed file (an uploaded file, or a run's tfevents artifact) is mirrored.
+
+    `origin` names the file within its source (a path relative to the watched directory, or
+    "<run id>/<artifact path>"); its mirror copy is `mirror_dir/mirror_file`. `offset` source bytes
+    are mirrored; `head_digest` and `tail_digest` fingerprint the first and the last (up to
+    FINGERPRINT_BYTES) of them, `identity` is the local file's device:inode, so a truncated,
+    replaced or rewritten file is detected. `seen_size` is the size last looked at (a partial last
+    record or line is not read again until the file changes). A corrupt record stops the file at
+    `stopped_at` (warned once, read again each time the file is looked at). `converter` is the JSON
+    state of a CSV/JSON-lines converter.
+    """
+
+    source: str
+    origin: str
+    kind: str
+    mirror_dir: str
+    mirror_file: str | None = None
+    offset: int = 0
+    seen_size: int = 0
+    identity: str | None = None
+    head_digest: str | None = None
+    tail_digest: str | None = None
+    generation: int = 0
+    stopped_at: int | None = None
+    converter: str | None = None
+    points: int = 0  # records (tfevents) or scalar points (converted logs) mirrored
+
+    @property
+    def mirror_path(self) -> str | None:
+        return f"{self.mirror_dir}/{self.mirror_file}" if self.mirror_file else None
+
+    def restarted(self) -> TailRecord:
+        """The record for mirroring this file again from the start, into a new copy."""
+        return TailRecord(
+            self.source, self.origin, self.kind, self.mirror_dir, generation=self.generation + 1
+        )
+
+
+@dataclass(slots=True)
+class SourceStatus:
+    """How the last passes of one source went (for `tbmirror status` and /healthz)."""
+
+    source: str
+    last_attempt: float | None = None
+    last_success: float | None = None
+    consecutive_errors: int = 0
+    last_error: str | None = None

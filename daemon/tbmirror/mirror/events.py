@@ -1,11 +1,7 @@
-"""TensorBoard event files: TFRecord framing, crash-safe appends, and reading records back.
+"""TensorBoard event files: TFRecord framing, file names, and reading records back.
 
 A record is `uint64 length | uint32 masked_crc(length) | payload | uint32 masked_crc(payload)`,
-little-endian. The payload is a serialized `Event` proto.
-
-Crash-safety contract: `append` writes at the caller's *committed* length (overwriting and then
-cutting off anything an earlier crash left behind), flushes and fsyncs, and returns the new length.
-Only after that may the caller commit that length together with the cursors the records cover.
+little-endian. The payload is a serialized `Event` proto. Writing them is the journal's.
 """
 
 from __future__ import annotations
@@ -16,7 +12,6 @@ import struct
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import google_crc32c
 
@@ -111,63 +106,3 @@ _sequence = _counter()
 def frame_all(payloads: Iterable[bytes]) -> bytes:
     """Records holding `payloads`, one after the other."""
     return b"".join(frame(payload) for payload in payloads)
-
-
-def append(path: Path, committed_length: int, payloads: Iterable[bytes]) -> int:
-    """Append `payloads` as records at `committed_length` of `path`: see append_bytes."""
-    return append_bytes(path, committed_length, frame_all(payloads))
-
-
-def append_bytes(path: Path, committed_length: int, data: bytes) -> int:
-    """Write `data` (whole records) at `committed_length` of `path` (created if missing); fsync.
-
-    Returns the file's new length. On any error the file is cut back to `committed_length`.
-    A file with a committed length must exist and be at least that long (EventsFileLostError);
-    a new one (`committed_length` 0) must not exist yet.
-    """
-    flags = os.O_RDWR | os.O_NOFOLLOW | (os.O_CREAT | os.O_EXCL if committed_length == 0 else 0)
-    try:
-        fd = os.open(path, flags, 0o644)
-    except FileNotFoundError:
-        raise EventsFileLostError(f"{path} is gone (committed length {committed_length})") from None
-    if os.fstat(fd).st_size < committed_length:
-        os.close(fd)
-        raise EventsFileLostError(f"{path} is shorter than its committed length")
-    try:
-        try:
-            os.lseek(fd, committed_length, os.SEEK_SET)
-            _write_all(fd, data)
-            os.ftruncate(fd, committed_length + len(data))
-            os.fsync(fd)
-        except BaseException:
-            os.ftruncate(fd, committed_length)
-            raise
-    finally:
-        os.close(fd)
-    return committed_length + len(data)
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        written = os.write(fd, view)
-        view = view[written:]
-
-
-def fsync_directory(path: Path) -> None:
-    """Make a directory's entries (new, renamed or removed files) durable."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def truncate(path: Path, length: int) -> None:
-    """Cut `path` back to `length` bytes, durably."""
-    fd = os.open(path, os.O_RDWR)
-    try:
-        os.ftruncate(fd, length)
-        os.fsync(fd)
-    finally:
-        os.close(fd)

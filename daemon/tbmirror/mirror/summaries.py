@@ -1,19 +1,24 @@
-"""Serialized `Event` protos for what tbmirror writes: scalars, text, HParams sessions.
+"""Serialized `Event` protos for what tbmirror writes: scalars, text, HParams sessions; and the
+scalars of a run directory read back.
 
 Everything is built with TensorBoard's own protos and plugin metadata helpers (no TensorFlow).
-Each function returns the payload bytes of one record.
+Each encoding function returns the payload bytes of one record.
 """
 
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
+import numpy as np
 from tensorboard.compat.proto.event_pb2 import Event
 from tensorboard.compat.proto.summary_pb2 import Summary
 from tensorboard.plugins.hparams import api_pb2, plugin_data_pb2
 from tensorboard.plugins.hparams import metadata as hparams_metadata
 from tensorboard.plugins.hparams.summary_v2 import hparams_pb
 from tensorboard.plugins.text.summary_v2 import text_pb
+
+from tbmirror.mirror import events
 
 FILE_VERSION = "brain.Event:2"
 MAX_TAG_BYTES = 1000
@@ -97,3 +102,27 @@ def session_end(status: str, end_time_secs: float, wall_time: float) -> bytes:
         ]
     )
     return Event(wall_time=wall_time, summary=summary).SerializeToString()
+
+
+def float32_bits(value: float) -> bytes:
+    """A value as TensorBoard stores it (float32), as bytes: NaN-safe for matching."""
+    with np.errstate(over="ignore"):
+        single = np.float32(value)
+    return (np.float32(np.nan) if np.isnan(single) else single).tobytes()
+
+
+def scalars_in(directory: Path, tag: str) -> list[tuple[float, bytes]]:
+    """(wall_time, float32_bits(value)) of every `tag` scalar in the events files of a run
+    directory, in file-name order."""
+    if not directory.is_dir():
+        return []
+    paths = sorted(p for p in directory.iterdir() if p.is_file() and "tfevents" in p.name)
+    found: list[tuple[float, bytes]] = []
+    wanted = clean_tag(tag)
+    for path in paths:
+        for record in events.iter_records(path.read_bytes()):
+            event = Event.FromString(record.payload)
+            for value in event.summary.value:
+                if value.tag == wanted and value.WhichOneof("value") == "simple_value":
+                    found.append((event.wall_time, float32_bits(value.simple_value)))
+    return found

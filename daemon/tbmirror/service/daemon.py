@@ -20,34 +20,18 @@ from typing import Any
 import structlog
 
 from tbmirror import logs
+from tbmirror.app import open_journal
 from tbmirror.config import Settings, load_settings
 from tbmirror.errors import ConfigError, TbmirrorError
-from tbmirror.mirror.layout import MirrorLayout
-from tbmirror.mirror.recovery import recover
-from tbmirror.mirror.writer import MirrorWriter
 from tbmirror.service.health import HealthReport, HealthServer
 from tbmirror.service.metrics import DaemonMetrics
 from tbmirror.service.scheduler import SourceScheduler
 from tbmirror.service.systemd import Notifier
 from tbmirror.service.tensorboard import TensorBoardSupervisor
-from tbmirror.state import State
 
 log = structlog.get_logger(__name__)
 
 TICK_SECONDS = 1.0
-
-
-def open_mirror(settings: Settings) -> tuple[State, MirrorLayout]:
-    """Open the state store and bring the mirror root back to what it says (recovery)."""
-    layout = MirrorLayout(settings.mirror.root)
-    try:
-        layout.root.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise TbmirrorError(f"cannot create the mirror root {layout.root}: {error}") from error
-    state = State(settings.mirror.state)
-    report = recover(state, layout, [source.name for source in settings.sources])
-    log.info("recovered", **vars(report))
-    return state, layout
 
 
 class Daemon:
@@ -77,16 +61,16 @@ class Daemon:
         signal.signal(signal.SIGTERM, self.request_stop)
         signal.signal(signal.SIGINT, self.request_stop)
         signal.signal(signal.SIGHUP, self._request_reload)
-        state, layout = open_mirror(self.settings)
+        journal = open_journal(self.settings)
         try:
             self.metrics = DaemonMetrics(
                 lambda: {n: s.last_success for n, s in self.scheduler.statuses().items()},
                 lambda: self.tensorboard.restarts if self.tensorboard else 0,
                 lambda: bool(self.tensorboard and self.tensorboard.up),
             )
-            self.scheduler = SourceScheduler(
-                state, MirrorWriter(layout), self.metrics, self.stop_event
-            )
+            journal.add_fault_listener(self.metrics.write_failed)
+            self.journal = journal
+            self.scheduler = SourceScheduler(journal, self.metrics, self.stop_event)
             self._start_tensorboard()
             self._start_health()
             self.scheduler.start(self.settings.sources)
@@ -104,7 +88,7 @@ class Daemon:
                 self.tensorboard.stop()
             if self._health:
                 self._health.stop()
-            state.close()
+            journal.close()
         log.info("daemon_stopped")
         return 0
 
@@ -133,7 +117,9 @@ class Daemon:
         settings = self.settings.health
         if not settings.enabled:
             return
-        report = HealthReport(settings, self.scheduler.statuses, self._tensorboard_health)
+        report = HealthReport(
+            settings, self.scheduler.statuses, self.journal.faults, self._tensorboard_health
+        )
         try:
             self._health = HealthServer(settings, report, self.metrics)
         except OSError as error:

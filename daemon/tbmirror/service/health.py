@@ -13,8 +13,9 @@ from typing import Any
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from tbmirror.config import HealthSettings
+from tbmirror.journal import Fault
+from tbmirror.model import SourceStatus
 from tbmirror.service.metrics import DaemonMetrics
-from tbmirror.state import SourceStatus
 
 
 class HealthReport:
@@ -24,17 +25,22 @@ class HealthReport:
         self,
         settings: HealthSettings,
         statuses: Callable[[], dict[str, SourceStatus]],
+        write_faults: Callable[[], dict[str, Fault]],
         tensorboard: Callable[[], dict[str, Any] | None],
     ) -> None:
         self.settings, self._statuses, self._tensorboard = settings, statuses, tensorboard
+        self._write_faults = write_faults
 
     def build(self) -> tuple[bool, dict[str, Any]]:
-        """(healthy, body): unhealthy when TensorBoard is down or a source failed too often."""
+        """(healthy, body): unhealthy when TensorBoard is down, a source failed too often, or
+        writes of a source's mirror fail."""
         now = time.time()
         sources = {}
         healthy = True
+        faults = self._write_faults()
         for name, status in sorted(self._statuses().items()):
-            ok = status.consecutive_errors < self.settings.failure_threshold
+            fault = faults.get(name)
+            ok = status.consecutive_errors < self.settings.failure_threshold and fault is None
             healthy &= ok
             sources[name] = {
                 "healthy": ok,
@@ -42,7 +48,10 @@ class HealthReport:
                 "lag_seconds": round(now - status.last_success, 3) if status.last_success else None,
                 "consecutive_errors": status.consecutive_errors,
                 "last_error": status.last_error,
-            }
+                "write_fault": None if fault is None else {
+                    "cause": fault.cause, "path": fault.path, "since": _iso(fault.since)
+                },
+            }  # fmt: skip
         tensorboard = self._tensorboard()
         if tensorboard is not None:
             healthy &= bool(tensorboard["up"])

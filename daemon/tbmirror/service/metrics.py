@@ -10,7 +10,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from tbmirror.report import PassReport
+from tbmirror.engine.base import PassReport
 
 
 class DaemonMetrics:
@@ -43,6 +43,10 @@ class DaemonMetrics:
         self.requests = Counter(
             "tbmirror_source_requests", "HTTP requests made", labels, registry=self.registry
         )
+        self.write_failures = Counter(
+            "tbmirror_write_failures", "Failed attempts to write a source's mirror, by cause",
+            ["source", "cause"], registry=self.registry,
+        )  # fmt: skip
         self.runs = Gauge("tbmirror_runs_mirrored", "Runs mirrored", labels, registry=self.registry)
         self.duration = Histogram(
             "tbmirror_sync_duration_seconds", "Duration of a pass", labels,
@@ -62,6 +66,9 @@ class DaemonMetrics:
         self.requests.labels(source).inc(report.requests)
         self.runs.labels(source).set(runs_mirrored)
         self.duration.labels(source).observe(report.seconds)
+
+    def write_failed(self, source: str, cause: str) -> None:
+        self.write_failures.labels(source, cause).inc()
 
     def forget(self, source: str) -> None:
         """Drop a removed source's series."""

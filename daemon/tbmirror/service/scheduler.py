@@ -22,14 +22,13 @@ from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 
-from tbmirror.config import SourceSettings, UploadsSourceSettings
-from tbmirror.engines import Engine, build_engine
-from tbmirror.mirror.writer import MirrorWriter
-from tbmirror.report import PassReport
+from tbmirror.app import build_engine
+from tbmirror.config import SourceSettings
+from tbmirror.engine.base import Engine, PassReport, WatchSpec
+from tbmirror.journal import Journal
+from tbmirror.model import SourceStatus
 from tbmirror.service.metrics import DaemonMetrics
 from tbmirror.service.watcher import UploadWatcher
-from tbmirror.state import SourceStatus, State
-from tbmirror.upload_sync import UploadSync
 
 log = structlog.get_logger(__name__)
 
@@ -48,10 +47,8 @@ class _Runner:
 
 
 class SourceScheduler:
-    def __init__(
-        self, state: State, writer: MirrorWriter, metrics: DaemonMetrics, stop: threading.Event
-    ) -> None:
-        self._state, self._writer, self._metrics, self._stop = state, writer, metrics, stop
+    def __init__(self, journal: Journal, metrics: DaemonMetrics, stop: threading.Event) -> None:
+        self._journal, self._metrics, self._stop = journal, metrics, stop
         self._runners: dict[str, _Runner] = {}
         self._locks: dict[str, threading.Lock] = {}
         self._guard = threading.Lock()
@@ -79,7 +76,7 @@ class SourceScheduler:
             for name, settings in wanted.items():
                 if name in self._runners:
                     continue
-                engine = build_engine(settings, self._state, self._writer, in_daemon=True)
+                engine = build_engine(settings, self._journal, in_daemon=True)
                 lock = self._locks.setdefault(name, threading.Lock())
                 self._runners[name] = _Runner(settings, engine, lock)
                 self._scheduler.add_job(
@@ -108,7 +105,7 @@ class SourceScheduler:
 
     def statuses(self) -> dict[str, SourceStatus]:
         """Status of every scheduled source (a never-polled one has an empty status)."""
-        stored = self._state.source_status()
+        stored = self._journal.statuses()
         return {name: stored.get(name) or SourceStatus(name) for name in self.names()}
 
     def names(self) -> list[str]:
@@ -133,6 +130,9 @@ class SourceScheduler:
             self._watch(runner)  # before the rescan: nothing changes unseen between the two
             report = runner.engine.run_pass(full=full, stop=self._stop)
             self._metrics.record(report, runner.engine.runs_mirrored)
+        if report.error and report.write_fault:  # the disk, not the source: retry on schedule
+            log.warning("source_write_fault", source=name)
+            return
         if report.error:
             runner.failures += 1
             delay = min(BACKOFF_CAP_SECONDS, runner.settings.poll_interval * 2**runner.failures)
@@ -149,41 +149,35 @@ class SourceScheduler:
         _log_synced(report, full)
 
     def _watch(self, runner: _Runner) -> None:
-        """Watch an uploads source's directory once it exists, and again after its watch ended
-        (the directory was removed and made again); called under the runner's lock."""
-        engine = runner.engine
-        if not isinstance(engine, UploadSync) or runner.retired or self._stop.is_set():
+        """Watch an engine's directory (if it has one) once it exists, and again after its watch
+        ended (the directory was removed and made again); called under the runner's lock."""
+        spec = runner.engine.watch_spec()
+        if spec is None or runner.retired or self._stop.is_set():
             return
         if runner.watcher is not None and runner.watcher.healthy:
             return
         _stop_watching(runner)
-        settings = runner.settings
-        assert isinstance(settings, UploadsSourceSettings)
-        if not settings.path.is_dir():
+        if not spec.path.is_dir():
             return
-        watcher = UploadWatcher(
-            settings, engine.tree.relative, lambda paths: self._sync_paths(runner, paths)
-        )
+        watcher = UploadWatcher(spec, lambda paths: self._sync_paths(runner, spec, paths))
         try:
             watcher.start()
         except OSError as error:  # e.g. inotify watch limits: rescans still catch everything
-            log.warning("watch_failed", source=settings.name, error=str(error))
+            log.warning("watch_failed", source=spec.name, error=str(error))
             watcher.stop()
             return
         runner.watcher = watcher
 
-    def _sync_paths(self, runner: _Runner, paths: set[str]) -> None:
+    def _sync_paths(self, runner: _Runner, spec: WatchSpec, paths: set[str]) -> None:
         """Sync the files a watcher saw change (on the watcher's thread)."""
-        engine = runner.engine
-        assert isinstance(engine, UploadSync)
         while not runner.lock.acquire(timeout=0.5):  # a rescan is running: wait, unless retired
             if runner.retired or self._stop.is_set():
                 return
         try:
             if runner.retired or self._stop.is_set():
                 return
-            report = engine.sync_paths(paths, stop=self._stop)
-            self._metrics.record(report, engine.runs_mirrored)
+            report = spec.sync_paths(paths, self._stop)
+            self._metrics.record(report, runner.engine.runs_mirrored)
         finally:
             runner.lock.release()
         if report.points or report.error or report.failed_runs:

@@ -21,7 +21,7 @@ from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver
 from watchdog.observers.polling import PollingObserver
 
-from tbmirror.config import UploadsSourceSettings
+from tbmirror.engine.base import WatchSpec
 
 log = structlog.get_logger(__name__)
 
@@ -33,12 +33,11 @@ class UploadWatcher:
 
     def __init__(
         self,
-        settings: UploadsSourceSettings,
-        relative: Callable[[str], str | None],
+        spec: WatchSpec,
         on_changes: Callable[[set[str]], None],
     ) -> None:
-        self.settings = settings
-        self._relative = relative
+        self.spec = spec
+        self._relative = spec.relative
         self._on_changes = on_changes
         self._pending: set[str] = set()
         self._first: float | None = None
@@ -46,21 +45,19 @@ class UploadWatcher:
         self._condition = threading.Condition()
         self._stopped = False
         self._observer: BaseObserver = (
-            PollingObserver(timeout=settings.polling_interval)
-            if settings.observer == "polling"
+            PollingObserver(timeout=spec.polling_interval)
+            if spec.observer == "polling"
             else Observer()
         )
-        self._worker = threading.Thread(
-            target=self._work, name=f"watch {settings.name}", daemon=True
-        )
+        self._worker = threading.Thread(target=self._work, name=f"watch {spec.name}", daemon=True)
 
     def start(self) -> None:
         """Start watching; OSError if the directory cannot be watched (e.g. inotify limits)."""
-        self._observer.schedule(_Handler(self._add), str(self.settings.path), recursive=True)
+        self._observer.schedule(_Handler(self._add), str(self.spec.path), recursive=True)
         self._observer.start()
         self._worker.start()
-        log.info("watching", source=self.settings.name, path=str(self.settings.path),
-                 observer=self.settings.observer)  # fmt: skip
+        log.info("watching", source=self.spec.name, path=str(self.spec.path),
+                 observer=self.spec.observer)  # fmt: skip
 
     @property
     def healthy(self) -> bool:
@@ -90,7 +87,7 @@ class UploadWatcher:
             self._condition.notify()
 
     def _work(self) -> None:
-        debounce = self.settings.debounce
+        debounce = self.spec.debounce
         while True:
             with self._condition:
                 while not self._stopped:
@@ -108,7 +105,7 @@ class UploadWatcher:
             try:
                 self._on_changes(batch)
             except Exception:  # keep watching whatever one batch did
-                log.exception("watch_batch_failed", source=self.settings.name)
+                log.exception("watch_batch_failed", source=self.spec.name)
 
 
 class _Handler(FileSystemEventHandler):

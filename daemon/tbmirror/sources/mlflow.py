@@ -28,10 +28,9 @@ from typing import Any
 import structlog
 
 from tbmirror.config import MlflowSourceSettings
-from tbmirror.model import Experiment, MetricPoint, RunSnapshot
+from tbmirror.model import Cursor, Experiment, MetricPoint, RunSnapshot
 from tbmirror.sources.auth import build_auth
 from tbmirror.sources.http import HttpStatusError, RestClient
-from tbmirror.state import Cursor
 
 log = structlog.get_logger(__name__)
 
@@ -44,6 +43,7 @@ BULK_MAX_RESULTS = 25000
 PARENT_TAG = "mlflow.parentRunId"
 _RUN_ID = re.compile(r"^[A-Za-z0-9][\w-]{0,255}$")
 RUN_NAME_TAG = "mlflow.runName"
+NOTE_TAG = "mlflow.note.content"
 
 
 @dataclass

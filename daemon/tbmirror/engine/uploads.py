@@ -4,8 +4,8 @@ A file at `<path>/<dir>/<name>` is mirrored under `<root>/<source>/<dir>/`: a tf
 verbatim copy (same name), a CSV or JSON-lines log as an events file of its own in a run directory
 named after it (`<dir>/<name>/`, so its tags never mix with a job's own tfevents). Two source
 directories (or logs) whose sanitised names meet get distinct run directories (`-<hash8>`).
-Tailing and the exactly-once protocol are tailing.py's. A file deleted from the upload directory
-stays mirrored.
+Tailing is tailing.py's, the exactly-once protocol the journal's. A file deleted from the upload
+directory stays mirrored.
 
 `run_pass` rescans the whole tree (the safety net, on the scheduler's clock) and records the
 source's status; `sync_paths` brings just the files a watcher saw change up to date. One file that
@@ -24,31 +24,31 @@ from collections.abc import Callable, Iterable
 import structlog
 
 from tbmirror.config import UploadsSourceSettings
+from tbmirror.engine.base import PassReport, Progress, WatchSpec
+from tbmirror.engine.tailing import Tailer
 from tbmirror.errors import SourceError, TbmirrorError
+from tbmirror.journal import Journal, WriteFault
 from tbmirror.mirror import layout
-from tbmirror.mirror.writer import MirrorWriter
-from tbmirror.report import PassReport, Progress, record_status
+from tbmirror.model import TailRecord
 from tbmirror.sources.uploads import LocalFile, Problem, UploadFile, UploadTree
-from tbmirror.state import State, TailRecord
-from tbmirror.tailing import Tailer
 
 log = structlog.get_logger(__name__)
 
 
-class UploadSync:
+class UploadEngine:
+    """The Engine (engine/base.py) of one uploads source."""
+
     def __init__(
         self,
         settings: UploadsSourceSettings,
-        state: State,
-        writer: MirrorWriter,
+        journal: Journal,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.settings = settings
         self.name = settings.name
         self.tree = UploadTree(settings)
-        self.state = state
-        self.writer = writer
-        self.tailer = Tailer(state, writer, settings.step_columns)
+        self.journal = journal
+        self.tailer = Tailer(journal, settings.step_columns)
         self.clock = clock
         self._tails: dict[str, TailRecord] | None = None  # by origin
         self._dir_owners: dict[str, str] = {}  # mirror dir -> the source dir or log it holds
@@ -57,6 +57,13 @@ class UploadSync:
 
     def close(self) -> None:
         """Nothing to release (the watcher belongs to the scheduler)."""
+
+    def watch_spec(self) -> WatchSpec:
+        settings = self.settings
+        return WatchSpec(
+            settings.name, settings.path, settings.observer, settings.polling_interval,
+            settings.debounce, self.tree.relative, self.sync_paths,
+        )  # fmt: skip
 
     def run_pass(
         self,
@@ -68,7 +75,7 @@ class UploadSync:
         """Rescan the whole upload directory (every pass is full: `full` and `reconcile_all`
         change nothing). Never raises: see the report, which is also the source's status."""
         report = self._run(lambda problem: self.tree.scan(problem=problem), progress, stop)
-        record_status(self.state, report, self.clock())
+        self.journal.record_pass(self.name, report.error, self.clock())
         return report
 
     def sync_paths(self, paths: Iterable[str], stop: threading.Event | None = None) -> PassReport:
@@ -94,6 +101,7 @@ class UploadSync:
         started = time.monotonic()
         try:
             self._check_tree()
+            self.journal.settle(self.name)
             if self._tails is None:
                 self._load()
             found = list(files(self._warn))
@@ -105,6 +113,8 @@ class UploadSync:
                 if progress:
                     progress(done, len(found))
         except TbmirrorError as error:
+            if isinstance(error, WriteFault):  # what was cached may lag the store: read it again
+                self._tails, report.write_fault = None, True
             report.error = str(error)
             log.error("source_failed", source=self.name, error=report.error)
         except Exception as error:  # a bug or unexpected data: fail this pass, not the daemon
@@ -119,7 +129,7 @@ class UploadSync:
             raise SourceError(
                 f"source {self.name}: upload directory {self.settings.path} does not exist"
             )
-        real_root, mirror = self.tree.real_root, os.path.realpath(self.writer.layout.root)
+        real_root, mirror = self.tree.real_root, os.path.realpath(self.journal.layout.root)
         if os.path.commonpath([real_root, mirror]) in (real_root, mirror):
             raise SourceError(
                 f"source {self.name}: upload directory {real_root} and the mirror root {mirror} "
@@ -127,7 +137,7 @@ class UploadSync:
             )
 
     def _load(self) -> None:
-        self._tails = self.state.tails(self.name)
+        self._tails = self.journal.tails(self.name)
         self._dir_owners = {t.mirror_dir: _owner(t.origin, t.kind) for t in self._tails.values()}
         self.runs_mirrored = sum(1 for tail in self._tails.values() if tail.mirror_file)
 
@@ -147,6 +157,8 @@ class UploadSync:
                 if tail is None:
                     tail = TailRecord(self.name, origin, upload.kind, self._mirror_dir(upload))
                 outcome = self.tailer.advance(tail, reader, self.clock())
+        except WriteFault:
+            raise  # the mirror's disk, not this file: the pass ends
         except Exception as error:  # one bad file never stops the others
             report.failed_runs.append(upload.relative)
             expected = isinstance(error, (OSError, TbmirrorError))
@@ -154,7 +166,7 @@ class UploadSync:
             (log.error if expected else log.exception)(
                 "upload_failed", source=self.name, file=upload.relative, error=message
             )
-            stored = self.state.tails(self.name, origin).get(origin)
+            stored = self.journal.tails(self.name, origin).get(origin)
             self._tails.pop(origin, None)
             if stored is not None:  # what was committed before the failure
                 self._tails[origin] = stored

@@ -1,6 +1,6 @@
 """Tailing: mirroring a growing file from a source, exactly once, however it changes.
 
-Shared by upload directories and the tfevents artifacts of MLflow runs. A `TailRecord` (state.py)
+Shared by upload directories and the tfevents artifacts of MLflow runs. A `TailRecord` (model.py)
 says how many bytes of one source file are mirrored. `Tailer.advance` brings one file up to date:
 
 1. A file shorter than what we mirrored, or whose mirrored bytes changed (the fingerprints of the
@@ -15,8 +15,8 @@ says how many bytes of one source file are mirrored. `Tailer.advance` brings one
    for its rest; one longer than CHUNK_BYTES is read with a larger window. A corrupt record stops
    the file there, with one warning; it is read again (RECHECK_BYTES) each time the file is looked
    at, since a network share may show a region as zeros before its bytes arrive.
-3. The records are appended and fsynced, and only then are the new TailRecord and the mirror
-   file's length committed in one transaction (state.py). Recovery cuts back anything uncommitted.
+3. The records and the new TailRecord go to the journal as one batch per read window (journal/):
+   appended, fsynced, then committed together; a write fault is the journal's to complete.
 """
 
 from __future__ import annotations
@@ -32,11 +32,11 @@ from google.protobuf.message import DecodeError
 from tensorboard.compat.proto.event_pb2 import Event
 
 from tbmirror.errors import TbmirrorError
-from tbmirror.mirror import events, layout
+from tbmirror.journal import Batch, Journal
+from tbmirror.mirror import events, layout, summaries
 from tbmirror.mirror.convert import DEFAULT_STEP_COLUMNS, LineConverter
 from tbmirror.mirror.events import CorruptRecordError, EventsFileLostError
-from tbmirror.mirror.writer import MirrorWriter
-from tbmirror.state import State, TailRecord
+from tbmirror.model import TailRecord
 
 log = structlog.get_logger(__name__)
 
@@ -96,17 +96,15 @@ class _Restart(TbmirrorError):
 class Tailer:
     """Advances tailed files into the mirror; the TailRecord passed in is all the state."""
 
-    def __init__(
-        self, state: State, writer: MirrorWriter, step_columns: tuple[str, ...] | list[str] = ()
-    ) -> None:
-        self.state = state
-        self.writer = writer
+    def __init__(self, journal: Journal, step_columns: tuple[str, ...] | list[str] = ()) -> None:
+        self.journal = journal
         self.step_columns = tuple(step_columns) or DEFAULT_STEP_COLUMNS
 
     def advance(self, tail: TailRecord, reader: FileReader, now: float) -> TailOutcome:
         """Mirror what `reader` has beyond `tail` (a stored record or a new one); commit it.
 
-        Raises TbmirrorError or OSError for this file only; what was committed stays.
+        Raises TbmirrorError or OSError for this file only (WriteFault: writing failed, for the
+        whole source); what was committed stays.
         """
         outcome = TailOutcome(tail)
         unchanged = reader.size == tail.seen_size and reader.identity == tail.identity
@@ -195,32 +193,15 @@ class Tailer:
                         offset=updated.stopped_at)  # fmt: skip
         elif tail.stopped_at is not None and updated.stopped_at is None:
             log.info("corrupt_record_resolved", source=tail.source, file=tail.origin)
-        length = None
-        appended_to = None
-        if taken.records or taken.payloads:
-            committed = self.state.file_length(tail.mirror_path or "") or 0
-            if tail.mirror_file is not None and committed == 0:
-                raise EventsFileLostError(f"{tail.mirror_path} has no committed length")
-            if taken.records:
-                name = tail.mirror_file or self._copy_name(tail)
-                appended = self.writer.append_records(
-                    tail.mirror_dir, name, committed, taken.records
-                )
-            else:
-                appended = self.writer.append(
-                    tail.mirror_dir, tail.mirror_file, committed, taken.payloads
-                )
-            updated.mirror_file = appended.file_name
-            length, appended_to = appended.length, (updated.mirror_path, committed)
-            outcome.bytes_written += appended.written
-            outcome.points += taken.points
-        if updated != tail or length is not None or old_copy is not None:
-            try:
-                self._commit(updated, length, old_copy)
-            except BaseException:
-                if appended_to and appended_to[0]:
-                    self.writer.cut_back(appended_to[0], appended_to[1])
-                raise
+        written = 0
+        if updated != tail or taken.records or taken.payloads or old_copy is not None:
+            with self.journal.batch(tail.source) as batch:
+                written = self._append(batch, updated, taken, now)
+                batch.put_tail(updated)
+                if old_copy and old_copy != updated.mirror_path:
+                    batch.discard_file(old_copy, keep_above=tail.mirror_dir)
+        outcome.bytes_written += written
+        outcome.points += taken.points if written else 0
         full_window = len(new) >= window
         if not full_window or updated.stopped_at is not None:
             return updated, "done"
@@ -243,27 +224,31 @@ class Tailer:
             name = events.EVENTS_PREFIX + name  # TensorBoard reads only files named so
         if tail.generation:
             name = f"{name}.{tail.generation}"
-        if self.writer.occupied(f"{tail.mirror_dir}/{name}"):
+        if self.journal.occupied(f"{tail.mirror_dir}/{name}"):
             name = layout.disambiguate(name, hashlib.sha1(tail.origin.encode()).hexdigest())
         return name
 
-    def _commit(self, tail: TailRecord, length: int | None, old_copy: str | None) -> None:
-        with self.state.transaction():
-            self.state.put_tail(tail)
-            if length is not None and tail.mirror_path:
-                self.state.put_file(tail.mirror_path, length)
-            if old_copy and old_copy != tail.mirror_path:
-                self.state.forget_file(old_copy)
-        if old_copy and old_copy != tail.mirror_path:
-            self.writer.remove_file(old_copy, keep_above=tail.mirror_dir)
+    def _append(self, batch: Batch, tail: TailRecord, taken: _Taken, now: float) -> int:
+        """Add what was taken to the tail's copy (created, and named in `tail`, if it has none);
+        returns the bytes added."""
+        if not taken.records and not taken.payloads:
+            return 0
+        if tail.mirror_path is not None:
+            data = taken.records or events.frame_all(taken.payloads)
+            batch.append(tail.mirror_path, data)
+        elif taken.records:  # a verbatim copy, under the source file's own name
+            data = taken.records
+            tail.mirror_file = batch.create(tail.mirror_dir, data, self._copy_name(tail))
+        else:
+            data = events.frame_all([summaries.file_version(now), *taken.payloads])
+            tail.mirror_file = batch.create(tail.mirror_dir, data)
+        return len(data)
 
     def forget(self, tail: TailRecord, keep_above: str) -> None:
         """Drop a tailed file, remove its copy and the directories that leaves empty (up to
         `keep_above`)."""
-        with self.state.transaction():
-            self.state.forget_tail(tail)
-        if tail.mirror_path:
-            self.writer.remove_file(tail.mirror_path, keep_above=keep_above)
+        with self.journal.batch(tail.source) as batch:
+            batch.forget_tail(tail, keep_above)
 
 
 def _whole_records(new: bytes) -> _Taken:

@@ -1,8 +1,9 @@
-"""The SQLite state store: mirrored runs, per-series cursors, tailed files, committed file lengths.
+"""The SQLite state store: mirrored runs, per-series cursors, tailed files, committed file lengths,
+directory moves in flight, and how each source's passes went.
 
-Contract (exactly once): a row here never claims more than what is durably on disk. Callers append
-and fsync records first, then store the cursors that cover them and the file's new length inside
-one `transaction()`. `recover` (mirror/recovery.py) brings the disk back to what this store says.
+Only journal/ uses this module: rows here never claim more than what is durably on disk, which the
+journal (journal.py) guarantees by writing and fsyncing records before it commits the rows that
+cover them. Tables only; no file is touched here.
 """
 
 from __future__ import annotations
@@ -12,13 +13,21 @@ import os
 import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
-from dataclasses import dataclass, fields
+from contextlib import contextmanager, suppress
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
 from tbmirror.errors import MirrorError
-from tbmirror.model import MetricPoint, value_bits, value_from_bits
+from tbmirror.model import (
+    Cursor,
+    MetricPoint,
+    RunRecord,
+    SourceStatus,
+    TailRecord,
+    value_bits,
+    value_from_bits,
+)
 
 SCHEMA_VERSION = 1
 TAILED_FILES = "(tailed files)"
@@ -54,6 +63,8 @@ CREATE TABLE IF NOT EXISTS series (
     tb_step INTEGER,
     seen_ts INTEGER, seen_step INTEGER, seen_value BLOB,
     PRIMARY KEY (source, run_id, key));
+CREATE TABLE IF NOT EXISTS moves (
+    old_dir TEXT PRIMARY KEY, new_dir TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS tails (
     source TEXT NOT NULL, origin TEXT NOT NULL, kind TEXT NOT NULL, mirror_dir TEXT NOT NULL,
     mirror_file TEXT, offset INTEGER NOT NULL, seen_size INTEGER NOT NULL, identity TEXT,
@@ -63,104 +74,12 @@ CREATE TABLE IF NOT EXISTS tails (
 """
 
 
-@dataclass(slots=True)
-class RunRecord:
-    """A run as mirrored: where it lives and what of its metadata has been written."""
-
-    source: str
-    run_id: str
-    experiment_id: str
-    parent_run_id: str | None
-    dir: str
-    name: str
-    status: str
-    events_file: str | None = None
-    text_digest: str | None = None
-    text_step: int = -1
-    hparams_written: bool = False
-    end_written: bool = False
-    reconciled_at: float = 0.0
-    artifacts_at: float = 0.0  # when its tfevents artifacts were last looked at (0: never)
-
-    @property
-    def events_path(self) -> str | None:
-        """Relative path of the run's active events file, if it has one."""
-        return f"{self.dir}/{self.events_file}" if self.events_file else None
-
-
 _RUN_COLUMNS = [f.name for f in fields(RunRecord)]
 _RUN_SELECT = ", ".join(_RUN_COLUMNS)
-
-
-@dataclass(slots=True)
-class Cursor:
-    """How far one (run, metric key) series is mirrored.
-
-    `count` points exported, the last of them `last` (in the source's history order); `tb_step` is
-    the last TensorBoard step written; `seen` is the latest point the source's run listing showed.
-    """
-
-    count: int = 0
-    last: MetricPoint | None = None
-    tb_step: int | None = None
-    seen: MetricPoint | None = None
-
-
-@dataclass(slots=True)
-class TailRecord:
-    """How far one tailed file (an uploaded file, or a run's tfevents artifact) is mirrored.
-
-    `origin` names the file within its source (a path relative to the watched directory, or
-    "<run id>/<artifact path>"); its mirror copy is `mirror_dir/mirror_file`. `offset` source bytes
-    are mirrored; `head_digest` and `tail_digest` fingerprint the first and the last (up to
-    FINGERPRINT_BYTES) of them, `identity` is the local file's device:inode, so a truncated,
-    replaced or rewritten file is detected. `seen_size` is the size last looked at (a partial last
-    record or line is not read again until the file changes). A corrupt record stops the file at
-    `stopped_at` (warned once, read again each time the file is looked at). `converter` is the JSON
-    state of a CSV/JSON-lines converter.
-    """
-
-    source: str
-    origin: str
-    kind: str
-    mirror_dir: str
-    mirror_file: str | None = None
-    offset: int = 0
-    seen_size: int = 0
-    identity: str | None = None
-    head_digest: str | None = None
-    tail_digest: str | None = None
-    generation: int = 0
-    stopped_at: int | None = None
-    converter: str | None = None
-    points: int = 0  # records (tfevents) or scalar points (converted logs) mirrored
-
-    @property
-    def mirror_path(self) -> str | None:
-        return f"{self.mirror_dir}/{self.mirror_file}" if self.mirror_file else None
-
-    def restarted(self) -> TailRecord:
-        """The record for mirroring this file again from the start, into a new copy."""
-        return TailRecord(
-            self.source, self.origin, self.kind, self.mirror_dir, generation=self.generation + 1
-        )
-
-
 _TAIL_COLUMNS = [f.name for f in fields(TailRecord)]
 
 
-@dataclass(slots=True)
-class SourceStatus:
-    """How the last passes of one source went (for `tbmirror status` and /healthz)."""
-
-    source: str
-    last_attempt: float | None = None
-    last_success: float | None = None
-    consecutive_errors: int = 0
-    last_error: str | None = None
-
-
-class State:
+class Store:
     """One SQLite database (WAL, synchronous=FULL), used by one process (a lock file says so).
 
     Thread-safe: every call, and every `transaction()` block as a whole, holds one lock.
@@ -210,15 +129,18 @@ class State:
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
-        """All writes inside commit together or not at all."""
+        """All writes inside commit together or not at all (a failed COMMIT included: SQLite may
+        have rolled back already, e.g. on SQLITE_FULL)."""
         with self._mutex:
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 yield
+                self._db.execute("COMMIT")
             except BaseException:
-                self._db.execute("ROLLBACK")
+                if self._db.in_transaction:
+                    with suppress(sqlite3.Error):
+                        self._db.execute("ROLLBACK")
                 raise
-            self._db.execute("COMMIT")
 
     def _query(self, sql: str, parameters: Sequence[object] = ()) -> list[tuple[Any, ...]]:
         with self._mutex:
@@ -272,11 +194,14 @@ class State:
     def forget_run(self, run: RunRecord) -> None:
         """Drop a run, its cursors and its file row (its files are the caller's to remove)."""
         self._execute("DELETE FROM runs WHERE source = ? AND run_id = ?", (run.source, run.run_id))
+        self.forget_cursors(run)
+        if run.events_path:
+            self.forget_file(run.events_path)
+
+    def forget_cursors(self, run: RunRecord) -> None:
         self._execute(
             "DELETE FROM series WHERE source = ? AND run_id = ?", (run.source, run.run_id)
         )
-        if run.events_path:
-            self.forget_file(run.events_path)
 
     def move_tree(self, old_dir: str, new_dir: str) -> None:
         """Re-home every run dir and file path at or below `old_dir` to `new_dir`."""
@@ -294,6 +219,16 @@ class State:
             "WHERE mirror_dir = ? OR substr(mirror_dir, 1, ?) = ?",
             (new_dir, len(old_dir) + 1, old_dir, len(prefix), prefix),
         )
+
+    def moves(self) -> list[tuple[str, str]]:
+        """Directory moves recorded as intended and not yet applied to the tables: (old, new)."""
+        return [(row[0], row[1]) for row in self._query("SELECT old_dir, new_dir FROM moves")]
+
+    def put_move(self, old_dir: str, new_dir: str) -> None:
+        self._execute("INSERT OR REPLACE INTO moves VALUES (?, ?)", (old_dir, new_dir))
+
+    def forget_move(self, old_dir: str) -> None:
+        self._execute("DELETE FROM moves WHERE old_dir = ?", (old_dir,))
 
     # -- files --------------------------------------------------------------------------------
 

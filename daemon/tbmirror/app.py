@@ -1,0 +1,159 @@
+"""The composition root: settings -> the journal (locked, recovered) and one engine per source, and
+the actions the commands run on them (`sync`, `check`, `status`; `run` is service/daemon.py).
+
+Actions return plain results; cli.py renders them.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+
+from tbmirror.config import (
+    MlflowSourceSettings,
+    Settings,
+    SourceSettings,
+    UploadsSourceSettings,
+    without_userinfo,
+)
+from tbmirror.engine.base import Engine, PassReport, Progress
+from tbmirror.engine.mlflow.engine import MlflowEngine
+from tbmirror.engine.uploads import UploadEngine
+from tbmirror.errors import TbmirrorError
+from tbmirror.journal import Journal, read_summary, recover
+from tbmirror.mirror.layout import MirrorLayout
+from tbmirror.model import SourceStatus
+from tbmirror.sources.mlflow import MlflowSource
+from tbmirror.sources.uploads import UploadTree
+
+log = structlog.get_logger(__name__)
+
+ProgressFor = Callable[[str], AbstractContextManager[Progress | None]]
+
+
+def open_journal(settings: Settings) -> Journal:
+    """Open the store (locked for this process) and bring the mirror root back to what it says
+    (recovery), before anything reads it."""
+    layout = MirrorLayout(settings.mirror.root)
+    try:
+        layout.root.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise TbmirrorError(f"cannot create the mirror root {layout.root}: {error}") from error
+    journal = Journal.open(layout, settings.mirror.state)
+    try:
+        report = recover(journal, [source.name for source in settings.sources])
+    except BaseException:
+        journal.close()
+        raise
+    log.info("recovered", **vars(report))
+    return journal
+
+
+def build_engine(settings: SourceSettings, journal: Journal, in_daemon: bool = False) -> Engine:
+    """The engine that mirrors the source `settings` describe (close it when done). In the
+    daemon, a pass lists the artifacts of at most `artifacts.batch` runs never looked at."""
+    if isinstance(settings, MlflowSourceSettings):
+        batch = settings.artifacts.batch if in_daemon else None
+        return MlflowEngine(MlflowSource.from_settings(settings), journal, artifact_batch=batch)
+    return UploadEngine(settings, journal)
+
+
+def sync_sources(
+    settings: Settings, reconcile_all: bool, progress_for: ProgressFor
+) -> Iterator[PassReport]:
+    """One full pass over each source in turn (`tbmirror sync`), reported as each ends."""
+    journal = open_journal(settings)
+    try:
+        for source_settings in settings.sources:
+            engine = build_engine(source_settings, journal)
+            try:
+                with progress_for(engine.name) as progress:
+                    report = engine.run_pass(reconcile_all=reconcile_all, progress=progress)
+            finally:
+                engine.close()
+            yield report
+    finally:
+        journal.close()
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    source: str
+    ok: bool
+    text: str
+
+
+def check_sources(settings: Settings) -> list[CheckResult]:
+    """Probe every source without writing anything (`tbmirror check`)."""
+    return [
+        _check_uploads(source)
+        if isinstance(source, UploadsSourceSettings)
+        else _check_mlflow(source)
+        for source in settings.sources
+    ]
+
+
+def _check_mlflow(settings: MlflowSourceSettings) -> CheckResult:
+    source = MlflowSource.from_settings(settings)
+    auth = settings.auth.type if settings.auth else "none"
+    try:
+        experiments, missing = source.experiments()
+        visible = len(source.client.experiments())
+    except TbmirrorError as error:
+        return CheckResult(settings.name, False, str(error))
+    finally:
+        source.close()
+    names = ", ".join(sorted(e.name for e in experiments.values())) or "none"
+    text = (
+        f"{without_userinfo(settings.tracking_uri)} "
+        f"(auth {auth}, {visible} experiments visible): experiments {names}"
+    )
+    if missing:
+        text += f"; not found: {', '.join(missing)}"
+    return CheckResult(settings.name, True, text)
+
+
+def _check_uploads(settings: UploadsSourceSettings) -> CheckResult:
+    """An upload directory: there and readable, and what it holds to mirror."""
+    if not settings.path.is_dir():
+        return CheckResult(settings.name, False, f"upload directory {settings.path} does not exist")
+    problems: list[str] = []
+    tree = UploadTree(settings)
+    kinds = Counter(f.kind for f in tree.scan(problem=lambda r, m: problems.append(f"{r}: {m}")))
+    found = ", ".join(f"{n} {kind}" for kind, n in sorted(kinds.items())) or "no files to mirror"
+    text = f"{settings.path} ({settings.observer} observer): {found}"
+    if problems:
+        text += f"; {len(problems)} skipped: {'; '.join(problems[:3])}"
+    return CheckResult(settings.name, True, text)
+
+
+def status_rows(settings: Settings) -> list[dict[str, Any]]:
+    """One row per mirrored experiment (or a source's tailed files) of each configured source,
+    read from the store without locking it (`tbmirror status`)."""
+    path = settings.mirror.state
+    if not path.exists():
+        raise TbmirrorError(f"no state store at {path}: nothing has been mirrored yet")
+    statuses, totals = read_summary(path)
+    now = time.time()
+    rows: list[dict[str, Any]] = []
+    for source in settings.sources:
+        status = statuses.get(source.name) or SourceStatus(source.name)
+        experiments = [(d, r, p) for s, d, r, p in totals if s == source.name] or [("-", 0, 0)]
+        for directory, runs, points in experiments:
+            rows.append({
+                "source": source.name,
+                "experiment": directory.split("/", 1)[-1],
+                "runs": runs,
+                "points": points,
+                "last_sync": status.last_success,
+                "lag_seconds": round(now - status.last_success, 1) if status.last_success else None,
+                "consecutive_errors": status.consecutive_errors,
+                "last_error": status.last_error,
+            })  # fmt: skip
+    return rows

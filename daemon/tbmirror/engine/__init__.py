@@ -1,0 +1,1 @@
+"""Sync engines: one incremental pass of one source into the journal (see base.py)."""

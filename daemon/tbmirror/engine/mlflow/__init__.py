@@ -1,0 +1,1 @@
+"""The engine of an MLflow source, split by job: placement, planning, encoding, artifacts."""

@@ -1,0 +1,229 @@
+"""The MLflow engine: one incremental pass of one MLflow source into the mirror.
+
+A pass lists the source's runs, places each (placement.py: moved on rename, removed on deletion),
+plans which series changed (planning.py), fetches only those histories, encodes the new records
+(encoding.py) and hands each chunk of runs to the journal as one batch; running runs and runs due
+for a reconcile are also checked for tfevents artifacts (artifacts.py).
+
+One run that fails is logged and counted and the pass goes on; a source error ends the pass,
+keeping what earlier chunks committed; a write fault (the journal's) ends it too, and the next
+pass starts by completing the batch that failed.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+
+import structlog
+
+from tbmirror.engine.base import PassReport, Progress
+from tbmirror.engine.mlflow.artifacts import ArtifactSync
+from tbmirror.engine.mlflow.encoding import Encoded, RunEncoder
+from tbmirror.engine.mlflow.placement import Placement
+from tbmirror.engine.mlflow.planning import Plan, Planner
+from tbmirror.errors import TbmirrorError
+from tbmirror.journal import Journal, WriteFault
+from tbmirror.mirror import events, summaries
+from tbmirror.mirror.events import EventsFileLostError
+from tbmirror.model import RunRecord
+from tbmirror.sources.mlflow import History, MlflowSource, RunListing
+
+log = structlog.get_logger(__name__)
+
+CHUNK_RUNS = 100
+LISTING_MARGIN_SECONDS = 60  # quick listings look this far back for new runs (clock skew)
+
+
+class MlflowEngine:
+    """The Engine (engine/base.py) of one MLflow source. One pass at a time per instance."""
+
+    def __init__(
+        self,
+        source: MlflowSource,
+        journal: Journal,
+        clock: Callable[[], float] = time.time,
+        artifact_batch: int | None = None,
+    ) -> None:
+        """`artifact_batch`: finished runs never looked at whose artifacts a pass lists (None: all
+        of them; the daemon passes `artifacts.batch`)."""
+        self.source = source
+        self.journal = journal
+        self.clock = clock
+        self.settings = source.settings
+        self.placement = Placement(source.name, journal)
+        self.planner = Planner(self.settings, journal, clock)
+        self.encoder = RunEncoder(self.settings.run_link_base, journal.layout.resolve)
+        self.artifacts = ArtifactSync(source, journal, self.placement, clock, self._fail)
+        self.artifact_batch = artifact_batch
+        self._last_listing: float | None = None
+
+    @property
+    def name(self) -> str:
+        return self.source.name
+
+    @property
+    def runs_mirrored(self) -> int:
+        return self.placement.runs_mirrored
+
+    def watch_spec(self) -> None:
+        """Nothing to watch: an MLflow source is polled."""
+        return None
+
+    def close(self) -> None:
+        self.source.close()
+
+    def run_pass(
+        self,
+        full: bool = True,
+        reconcile_all: bool = False,
+        progress: Progress | None = None,
+        stop: threading.Event | None = None,
+    ) -> PassReport:
+        """One incremental pass (Engine.run_pass). A quick one (`full` False) lists only runs
+        that are running, new, or were running at the last pass (MlflowSource.list_runs); the
+        first pass of an instance is always full."""
+        report = PassReport(self.source.name)
+        started, requests_before = time.monotonic(), self.source.requests_made
+        try:
+            self._pass(report, full or self._last_listing is None, reconcile_all, progress, stop)
+        except TbmirrorError as error:
+            self.placement.invalidate()
+            report.error, report.write_fault = str(error), isinstance(error, WriteFault)
+            log.error("source_failed", source=self.source.name, error=str(error))
+        except Exception as error:  # a bug or unexpected data: fail this pass, not the daemon
+            self.placement.invalidate()
+            report.error = f"unexpected {type(error).__name__}: {error}"
+            log.exception("source_failed", source=self.source.name, error=report.error)
+        report.requests = self.source.requests_made - requests_before
+        report.seconds = time.monotonic() - started
+        self.journal.record_pass(self.source.name, report.error, self.clock())
+        return report
+
+    def _pass(
+        self,
+        report: PassReport,
+        full: bool,
+        reconcile_all: bool,
+        progress: Progress | None,
+        stop: threading.Event | None,
+    ) -> None:
+        self.journal.settle(self.source.name)
+        self.placement.load()
+        listing_started = self.clock()
+        listing = self._list(full)
+        report.runs_listed = len(listing.runs)
+        report.missing_experiments = listing.missing_experiments
+        for name in listing.missing_experiments:
+            log.warning("experiment_not_found", source=self.source.name, experiment=name)
+        experiment_dirs = self.placement.place_experiments(listing.experiments)
+        if self.settings.on_delete == "remove":
+            self._remove_deleted(listing, full, report)
+        live = [run for run in listing.runs if not run.deleted]
+        self.planner.start_pass()
+        for start in range(0, len(live), CHUNK_RUNS):
+            plans: list[Plan] = []
+            for run in live[start : start + CHUNK_RUNS]:
+                try:
+                    placed = self.placement.place(run, experiment_dirs)
+                except WriteFault:
+                    raise
+                except Exception as error:  # one bad run never stops the others
+                    self._fail(report, run.run_id, error)
+                    continue
+                if placed is None:
+                    continue
+                report.runs_moved += placed.moved
+                plans.append(
+                    self.planner.plan(run, placed.record, placed.parent_run_id, reconcile_all)
+                )
+            requests = [request for plan in plans for request in plan.requests]
+            report.history_series += len(requests)
+            histories = self.source.fetch(requests)
+            self._write_chunk(plans, histories, report, stop)
+            self.artifacts.sync([p.run.run_id for p in plans if p.artifacts], report, stop)
+            if progress:
+                progress(min(start + CHUNK_RUNS, len(live)), len(live))
+            if stop is not None and stop.is_set():
+                return
+        backlog = self.planner.artifact_backlog(
+            self.placement.records, self.artifacts.retry_at, self.artifact_batch
+        )
+        for start in range(0, len(backlog), CHUNK_RUNS):
+            self.artifacts.sync(backlog[start : start + CHUNK_RUNS], report, stop)
+        self._last_listing = listing_started
+
+    def _list(self, full: bool) -> RunListing:
+        mirrored = self.placement.records
+        if full:
+            return self.source.list_runs(mirrored_ids=mirrored)
+        assert self._last_listing is not None
+        return self.source.list_runs(
+            since_ms=int((self._last_listing - LISTING_MARGIN_SECONDS) * 1000),
+            watch_ids=[r.run_id for r in mirrored.values() if r.status == "RUNNING"],
+            mirrored_ids=mirrored,
+        )
+
+    def _remove_deleted(self, listing: RunListing, full: bool, report: PassReport) -> None:
+        """Remove the mirror of runs the listing shows deleted, or (a full listing) no longer
+        lists in an experiment it searched."""
+        listed = {run.run_id for run in listing.runs if not run.deleted}
+        deleted = {run.run_id for run in listing.runs if run.deleted}
+        searched = set(listing.experiments)  # a run of a missing experiment is not "gone"
+        for run_id, record in list(self.placement.records.items()):
+            absent = full and run_id not in listed and record.experiment_id in searched
+            if run_id in deleted or absent:
+                self.placement.remove(record)
+                report.runs_removed += 1
+
+    def _write_chunk(
+        self,
+        plans: list[Plan],
+        histories: dict[tuple[str, str], History],
+        report: PassReport,
+        stop: threading.Event | None,
+    ) -> None:
+        """Encode every planned run and hand them to the journal as one batch."""
+        now = self.clock()
+        lost: list[RunRecord] = []
+        committed: list[RunRecord] = []
+        written: list[Encoded] = []
+        with self.journal.batch(self.source.name) as batch:
+            for plan in plans:
+                if stop is not None and stop.is_set():
+                    break
+                try:
+                    encoded = self.encoder.encode(plan, histories, now)
+                    record = encoded.record
+                    if plan.record.events_file is None:
+                        data = events.frame_all([summaries.file_version(now), *encoded.payloads])
+                        record.events_file = batch.create(record.dir, data)
+                    elif encoded.payloads:
+                        batch.append(plan.record.events_path or "", events.frame_all(
+                            encoded.payloads))  # fmt: skip
+                except Exception as error:  # one bad run never stops the others
+                    self._fail(report, plan.run.run_id, error)
+                    if isinstance(error, EventsFileLostError):
+                        lost.append(plan.record)
+                    continue
+                if record != plan.record or encoded.cursors:
+                    batch.put_run(record)
+                    batch.put_cursors(record.source, record.run_id, encoded.cursors)
+                    committed.append(record)
+                if encoded.payloads:
+                    written.append(encoded)
+            bytes_written = batch.bytes_written
+        self.placement.committed(committed)
+        report.bytes_written += bytes_written
+        report.runs_written += len(written)
+        report.points += sum(encoded.points for encoded in written)
+        for record in lost:
+            self.placement.reset(record)
+
+    def _fail(self, report: PassReport, run_id: str, error: Exception) -> None:
+        report.failed_runs.append(run_id)
+        expected = isinstance(error, (OSError, TbmirrorError))
+        (log.error if expected else log.exception)(
+            "run_failed", source=self.source.name, run_id=run_id, error=str(error)
+        )

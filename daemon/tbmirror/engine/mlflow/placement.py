@@ -1,0 +1,169 @@
+"""Placement: where each run of one MLflow source lives in the mirror, and nothing else.
+
+The single owner of the source's run records and directories. What it holds is the journal's
+store as last read, plus what was committed since (`committed`); after a failed pass it is read
+again (`invalidate`). Directories: `<source>/<experiment>/<run>`, a child run nested in its
+parent's directory; a name taken by another run gets `-<run id[:8]>` (then the whole id).
+Renames move directories through the journal; deletions remove a run's own files (nested child
+runs stay).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import structlog
+
+from tbmirror.errors import TbmirrorError
+from tbmirror.journal import Journal
+from tbmirror.mirror import layout
+from tbmirror.model import Experiment, RunRecord, RunSnapshot
+from tbmirror.sources.mlflow import Artifact
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class Placed:
+    record: RunRecord
+    parent_run_id: str | None
+    moved: bool
+
+
+class Placement:
+    """Run records and directories of one source. Not thread-safe (one pass at a time), except
+    `runs_mirrored`."""
+
+    def __init__(self, source: str, journal: Journal) -> None:
+        self.source = source
+        self.journal = journal
+        self.records: dict[str, RunRecord] = {}
+        self._dirs: dict[str, str] = {}  # run dir -> run id
+        self._loaded = False
+
+    @property
+    def runs_mirrored(self) -> int:
+        return len(self.records)
+
+    def load(self) -> None:
+        """Read the records from the store unless what is held is current."""
+        if not self._loaded:
+            self.records = self.journal.runs(self.source)
+            self._dirs = {record.dir: run_id for run_id, record in self.records.items()}
+            self._loaded = True
+
+    def invalidate(self) -> None:
+        """What is held may differ from the store (a pass failed half-way): read it again."""
+        self._loaded = False
+
+    def committed(self, records: list[RunRecord]) -> None:
+        """Take records just committed by a batch."""
+        for record in records:
+            self.records[record.run_id] = record
+
+    # -- experiments --------------------------------------------------------------------------
+
+    def place_experiments(self, experiments: dict[str, Experiment]) -> dict[str, str]:
+        """experiment id -> relative dir, moving directories of renamed experiments."""
+        known = self.journal.experiment_dirs(self.source)
+        taken = {dir for _, dir in known.values()}
+        placed: dict[str, str] = {}
+        for experiment_id, experiment in sorted(experiments.items()):
+            old = known.get(experiment_id)
+            if old and old[0] == experiment.name:
+                placed[experiment_id] = old[1]
+                continue
+            wanted = layout.sanitize_component(experiment.name or experiment_id)
+            dir = layout.join(self.source, wanted)
+            if dir in taken:
+                dir = layout.join(self.source, layout.disambiguate(wanted, experiment_id, 64))
+            if old:
+                self._move(old[1], dir)
+                taken.discard(old[1])
+            with self.journal.batch(self.source) as batch:
+                batch.put_experiment(self.source, experiment_id, experiment.name, dir)
+            taken.add(dir)
+            placed[experiment_id] = dir
+        return placed
+
+    # -- runs ---------------------------------------------------------------------------------
+
+    def place(self, run: RunSnapshot, experiment_dirs: dict[str, str]) -> Placed | None:
+        """The run's record, placed (new, or moved after a rename or a new parent); None if it
+        has no place (a child in another experiment whose parent is not mirrored). Raises for
+        this run only."""
+        record = self.records.get(run.run_id)
+        parent = self.records.get(run.parent_run_id or "")
+        if parent is not None and parent.run_id != run.run_id:
+            parent_dir = parent.dir
+        elif run.experiment_id in experiment_dirs:
+            parent_dir = experiment_dirs[run.experiment_id]
+        else:
+            return None
+        dir = self._run_dir(run, parent_dir, record.dir if record else None)
+        moved = False
+        if record is None:
+            record = RunRecord(self.source, run.run_id, run.experiment_id, None, dir, run.name, "")
+            self.records[run.run_id] = record
+            self._dirs[dir] = run.run_id
+        elif record.dir != dir:
+            self._move(record.dir, dir)
+            moved = True
+            log.info("run_moved", source=self.source, run_id=record.run_id, dir=dir)
+        return Placed(record, parent.run_id if parent else None, moved)
+
+    def _run_dir(self, run: RunSnapshot, parent_dir: str, current: str | None) -> str:
+        """`parent_dir/<name>`, else `<name>-<run id[:8]>`, else `<name>-<run id>`; a run keeps
+        its current directory while that is still one of these names."""
+        component = layout.sanitize_component(run.name)
+        candidates = [
+            layout.join(*parent_dir.split("/"), name)
+            for name in (
+                component,
+                layout.disambiguate(component, run.run_id),
+                layout.disambiguate(component, run.run_id, width=64),
+            )
+        ]
+        if current in candidates:
+            return current
+        for candidate in candidates:
+            if candidate not in self._dirs and not self.journal.occupied(candidate):
+                return candidate
+        raise TbmirrorError(f"no free directory for run {run.run_id} under {parent_dir}")
+
+    def _move(self, old_dir: str, new_dir: str) -> None:
+        """Move a directory (and every run below it) on disk, in the store and here."""
+        self.journal.move(self.source, old_dir, new_dir)
+        prefix = old_dir + "/"
+        for record in self.records.values():
+            if record.dir == old_dir or record.dir.startswith(prefix):
+                del self._dirs[record.dir]
+                record.dir = new_dir + record.dir[len(old_dir) :]
+                self._dirs[record.dir] = record.run_id
+
+    def remove(self, record: RunRecord) -> None:
+        """Forget a deleted run and remove its own files and tfevents artifacts."""
+        with self.journal.batch(self.source) as batch:
+            for tail in self.journal.tails(self.source, f"{record.run_id}/").values():
+                batch.forget_tail(tail)
+            batch.forget_run(record)
+        del self.records[record.run_id]
+        self._dirs.pop(record.dir, None)
+        log.info("run_removed", source=self.source, run_id=record.run_id, dir=record.dir)
+
+    def reset(self, record: RunRecord) -> None:
+        """Forget what was written of a run whose file was lost: the next pass writes it anew."""
+        log.warning("events_file_lost_run_reset", source=self.source, run_id=record.run_id)
+        with self.journal.batch(self.source) as batch:
+            self.records[record.run_id] = batch.reset_run(record)
+
+    def artifact_dir(self, run_id: str, artifact: Artifact) -> str:
+        """Where a tfevents artifact is mirrored: its folder (or `artifacts`) in the run's dir,
+        made distinct from a child run's directory of that name."""
+        run_dir = self.records[run_id].dir.split("/")
+        folders = [layout.sanitize_component(f) for f in artifact.path.split("/")[:-1]]
+        folders = folders or ["artifacts"]
+        dir = layout.join(*run_dir, *folders)
+        if dir in self._dirs:
+            dir = layout.join(*run_dir, layout.disambiguate(folders[0], "tfevents"), *folders[1:])
+        return dir

@@ -1,0 +1,33 @@
+"""The exactly-once protocol: the store, batches, faults and start-up recovery (see journal.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tbmirror.journal.journal import Batch, Fault, Journal, WriteFault
+from tbmirror.journal.recovery import RecoveryReport, recover
+from tbmirror.journal.store import Store
+from tbmirror.model import SourceStatus
+
+__all__ = [
+    "Batch",
+    "Fault",
+    "Journal",
+    "RecoveryReport",
+    "Store",
+    "WriteFault",
+    "read_summary",
+    "recover",
+]
+
+
+def read_summary(
+    state_path: Path,
+) -> tuple[dict[str, SourceStatus], list[tuple[str, str, int, int]]]:
+    """(status by source, totals) from a store, read-only (a running daemon may hold it): see
+    Store.totals."""
+    store = Store(state_path, read_only=True)
+    try:
+        return store.source_status(), store.totals()
+    finally:
+        store.close()

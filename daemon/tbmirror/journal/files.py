@@ -1,0 +1,100 @@
+"""The file layer under the journal: the few system calls the exactly-once protocol is made of.
+
+A `FileLayer` is passed into the journal, so tests can hand in one that fails (ENOSPC at a write,
+EIO at an fsync) or "crashes" between two steps. `OsFiles` is the real one. Paths are absolute
+(already checked by MirrorLayout); symlinks are never followed into a file we write.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+from typing import Protocol
+
+
+class FileLayer(Protocol):
+    def write_at(self, path: Path, offset: int, data: bytes, create: bool) -> None:
+        """Write `data` at `offset`, then cut the file to end there. `create`: the file may be
+        created (and may already exist, from an earlier try of the same write); otherwise it must
+        exist. Nothing is made durable here."""
+        ...
+
+    def fsync(self, path: Path) -> None:
+        """Make a file's bytes durable."""
+        ...
+
+    def fsync_dir(self, path: Path) -> None:
+        """Make a directory's entries (created, renamed, removed) durable."""
+        ...
+
+    def truncate(self, path: Path, length: int) -> None:
+        """Cut a file back to `length` bytes, durably."""
+        ...
+
+    def make_dirs(self, path: Path) -> None: ...
+
+    def rename(self, old: Path, new: Path) -> None: ...
+
+    def unlink(self, path: Path) -> None:
+        """Remove a file; a missing one is fine."""
+        ...
+
+    def size(self, path: Path) -> int | None:
+        """A regular file's size; None if it is missing or not a regular file."""
+        ...
+
+
+class OsFiles:
+    """The real file layer (POSIX)."""
+
+    def write_at(self, path: Path, offset: int, data: bytes, create: bool) -> None:
+        flags = os.O_WRONLY | os.O_NOFOLLOW | (os.O_CREAT if create else 0)
+        fd = os.open(path, flags, 0o644)
+        try:
+            view = memoryview(data)
+            position = offset
+            while view:
+                written = os.pwrite(fd, view, position)
+                view, position = view[written:], position + written
+            os.ftruncate(fd, offset + len(data))
+        finally:
+            os.close(fd)
+
+    def fsync(self, path: Path) -> None:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def fsync_dir(self, path: Path) -> None:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def truncate(self, path: Path, length: int) -> None:
+        fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW)
+        try:
+            os.ftruncate(fd, length)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def make_dirs(self, path: Path) -> None:
+        path.mkdir(parents=True, exist_ok=True)
+
+    def rename(self, old: Path, new: Path) -> None:
+        os.rename(old, new)
+
+    def unlink(self, path: Path) -> None:
+        path.unlink(missing_ok=True)
+
+    def size(self, path: Path) -> int | None:
+        try:
+            found = os.lstat(path)
+        except OSError:
+            return None
+        return found.st_size if stat.S_ISREG(found.st_mode) else None

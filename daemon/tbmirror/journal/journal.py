@@ -1,0 +1,464 @@
+"""The journal: the one owner of the exactly-once protocol (after Vector's file checkpointer).
+
+Every change to the mirror is a `Batch`, owned by one source (its `<root>/<source>` subtree):
+1. The batch collects appends (whole framed records, per file) and store changes (runs, cursors,
+   tails, experiments, files to discard). Nothing reaches the disk while it is built; an error
+   raised while building it discards it whole.
+2. At its end the journal writes each file's new bytes at the file's committed length, fsyncs every
+   file it touched once (and the directories of the files it created), then commits the store
+   changes and the files' new lengths in one SQLite transaction. Only then are discarded files
+   removed.
+3. If a write, an fsync or the commit fails (ENOSPC, EIO, EDQUOT reported at fsync, SQLITE_FULL),
+   the batch is *not* undone. It stays pending for its owner, exact bytes and all, and every later
+   batch of that owner first settles it: the same bytes are written again at the same offsets,
+   fsynced, and committed. Why: TensorBoard may already have read complete records past the
+   committed length, and its fast loader marks a file dead (until restarted) on a record that
+   changed under it; our records carry the current time (text, HParams) and later points shift,
+   so writing anything but the same bytes there would freeze that run in TensorBoard. Writing the
+   same bytes again is harmless, and a torn last record is completed (TensorBoard waits on a torn
+   record and reads it again from its start). Until the batch settles, its owner's passes fail
+   with `WriteFault` (logged once per cause, counted, shown by /healthz), so nothing new is
+   planned on a state that lags the disk. A write fault never restarts TensorBoard.
+4. At start-up, before TensorBoard, recovery (recovery.py) cuts every file back to its committed
+   length, finishes directory moves in flight, resets runs whose files were lost and removes
+   events files no row knows: a batch pending when the process ended is fetched again.
+
+Directory moves (renamed runs and experiments) are recorded as intended, then renamed, then the
+tables follow; a failure or a crash in between is rolled forward by the next settle or by recovery.
+
+Thread-safety: batches of different owners may run at once; one owner's batches are serial (the
+scheduler runs one pass per source at a time).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import structlog
+
+from tbmirror.errors import MirrorError
+from tbmirror.journal.files import FileLayer, OsFiles
+from tbmirror.journal.store import Store
+from tbmirror.mirror import events
+from tbmirror.mirror.events import EventsFileLostError
+from tbmirror.mirror.layout import MirrorLayout
+from tbmirror.model import Cursor, RunRecord, SourceStatus, TailRecord
+
+log = structlog.get_logger(__name__)
+
+StoreChange = Callable[[Store], None]
+FaultListener = Callable[[str, str], None]  # (owner, cause), once per failed attempt
+
+
+class WriteFault(MirrorError):
+    """Writing to the mirror failed; the batch is kept and written again on the next pass."""
+
+    def __init__(self, owner: str, cause: str, path: str, detail: str) -> None:
+        super().__init__(
+            f"writes to the mirror fail ({cause}: {detail}) at {path}; "
+            "what was written is kept and completed once writes succeed again"
+        )
+        self.owner, self.cause, self.path = owner, cause, path
+
+
+@dataclass(frozen=True)
+class Fault:
+    """A write fault in force for one owner: since when, why, where."""
+
+    cause: str
+    path: str
+    detail: str
+    since: float
+
+
+@dataclass
+class _FileWrite:
+    """New bytes for one file: `data` goes at `committed` (a new file: 0, `created`)."""
+
+    committed: int
+    created: bool
+    data: bytearray = field(default_factory=bytearray)
+
+
+class Batch:
+    """One unit of the protocol: appends plus the store changes that cover them (see module)."""
+
+    def __init__(self, journal: Journal, owner: str) -> None:
+        self._journal = journal
+        self.owner = owner
+        self._files: dict[str, _FileWrite] = {}
+        self._changes: list[StoreChange] = []
+        self._discarded: list[tuple[str, str]] = []  # (file, keep_above) removed after commit
+        self._pruned: list[tuple[str, str]] = []  # (directory, keep_above) pruned after commit
+
+    @property
+    def bytes_written(self) -> int:
+        return sum(len(write.data) for write in self._files.values())
+
+    # -- bytes ------------------------------------------------------------------------------
+
+    def append(self, relative_path: str, data: bytes) -> int:
+        """Append whole records to a committed file; returns its length after the batch.
+
+        Raises EventsFileLostError if the file has no committed length or is now shorter than it
+        (lost or damaged outside tbmirror: its run or tail must be reset).
+        """
+        write = self._files.get(relative_path)
+        if write is None:
+            committed = self._journal.store.file_length(relative_path)
+            if not committed:
+                raise EventsFileLostError(f"{relative_path} has no committed length")
+            size = self._journal.files.size(self._journal.layout.resolve(relative_path))
+            if size is None or size < committed:
+                raise EventsFileLostError(f"{relative_path} is gone or shorter than committed")
+            write = self._files[relative_path] = _FileWrite(committed, created=False)
+        write.data += data
+        return write.committed + len(write.data)
+
+    def create(self, relative_dir: str, data: bytes, name: str | None = None) -> str:
+        """A new file in `relative_dir` holding `data`; returns its name.
+
+        With no `name`, a fresh events file name is chosen whose order is creation order among
+        the directory's files. A name in use (on disk or in this batch) is refused.
+        """
+        directory = self._journal.layout.resolve(relative_dir)
+        blocker = _non_directory_in(directory, self._journal.layout.root)
+        if blocker is not None:  # refused now, for this run only, not when the batch is written
+            raise MirrorError(f"{os.path.relpath(blocker, self._journal.layout.root)} is in "
+                              f"the way of {relative_dir}: not a directory")  # fmt: skip
+        if name is None:
+            newest = max((events.file_secs(p) for p in _names(directory)), default=0)
+            name = events.new_file_name(not_before_secs=newest + 1 if newest else 0)
+        relative = f"{relative_dir}/{name}"
+        path = self._journal.layout.resolve(relative)
+        if relative in self._files or os.path.lexists(path):
+            raise MirrorError(f"{relative} exists already")
+        self._files[relative] = _FileWrite(0, created=True, data=bytearray(data))
+        return name
+
+    # -- store changes ------------------------------------------------------------------------
+
+    def put_run(self, run: RunRecord) -> None:
+        run = replace(run)
+        self._changes.append(lambda store: store.put_run(run))
+
+    def put_cursors(self, source: str, run_id: str, cursors: dict[str, Cursor]) -> None:
+        copied = {key: replace(cursor) for key, cursor in cursors.items()}
+        self._changes.append(lambda store: store.put_cursors(source, run_id, copied))
+
+    def put_tail(self, tail: TailRecord) -> None:
+        tail = replace(tail)
+        self._changes.append(lambda store: store.put_tail(tail))
+
+    def put_experiment(self, source: str, experiment_id: str, name: str, dir: str) -> None:
+        self._changes.append(lambda store: store.put_experiment(source, experiment_id, name, dir))
+
+    def forget_run(self, run: RunRecord) -> None:
+        """Drop a run and its cursors; its events file (or, without one, its directory if empty)
+        goes after the commit. Nested child runs stay."""
+        run = replace(run)
+        self._changes.append(lambda store: store.forget_run(run))
+        if run.events_path:
+            self._discarded.append((run.events_path, self.owner))
+        else:
+            self._pruned.append((run.dir, self.owner))
+
+    def forget_tail(self, tail: TailRecord, keep_above: str | None = None) -> None:
+        """Drop a tailed file; its copy goes after the commit, with the directories that leaves
+        empty below `keep_above` (default: the owner's directory)."""
+        tail = replace(tail)
+        self._changes.append(lambda store: store.forget_tail(tail))
+        if tail.mirror_path:
+            self._discarded.append((tail.mirror_path, keep_above or self.owner))
+
+    def discard_file(self, relative_path: str, keep_above: str) -> None:
+        """Forget a file's committed length; it is removed after the commit."""
+        self._changes.append(lambda store: store.forget_file(relative_path))
+        self._discarded.append((relative_path, keep_above))
+
+    def reset_run(self, run: RunRecord) -> RunRecord:
+        """Forget what was written of a run whose file was lost or damaged: its cursors, its
+        events file, its written metadata and its tfevents artifacts. The run keeps its directory;
+        the next pass writes it again from the source. Returns the reset record."""
+        for tail in self._journal.store.tails(run.source, f"{run.run_id}/").values():
+            self.forget_tail(tail)
+        reset = replace(
+            run, events_file=None, text_digest=None, text_step=-1, hparams_written=False,
+            end_written=False, status="", reconciled_at=0.0, artifacts_at=0.0,
+        )  # fmt: skip
+        original = replace(run)
+        self._changes.append(lambda store: store.forget_cursors(original))
+        if run.events_path:
+            self.discard_file(run.events_path, keep_above=run.dir)
+        self.put_run(reset)
+        return reset
+
+    def restart_tail(self, tail: TailRecord) -> TailRecord:
+        """Mirror a tailed file again from the start (its copy was lost or damaged)."""
+        restarted = tail.restarted()
+        if tail.mirror_path:
+            self.discard_file(tail.mirror_path, keep_above=tail.mirror_dir)
+        self.put_tail(restarted)
+        return restarted
+
+
+class Journal:
+    """The store, the mirror root and the file layer, used only through batches (see module)."""
+
+    def __init__(
+        self,
+        store: Store,
+        layout: MirrorLayout,
+        files: FileLayer | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.store = store
+        self.layout = layout
+        self.files: FileLayer = files or OsFiles()
+        self.clock = clock
+        self._guard = threading.Lock()
+        self._pending: dict[str, Batch] = {}
+        self._faults: dict[str, Fault] = {}
+        self._logged: dict[str, set[str]] = {}
+        self._listeners: list[FaultListener] = []
+        self._statuses = store.source_status()
+
+    @classmethod
+    def open(cls, layout: MirrorLayout, state_path: Path) -> Journal:
+        """The journal of a mirror root with its store at `state_path` (locked for this process;
+        MirrorError if another holds it). Run recovery (recovery.py) before anything reads."""
+        return cls(Store(state_path), layout)
+
+    def close(self) -> None:
+        self.store.close()
+
+    # -- batches ------------------------------------------------------------------------------
+
+    @contextmanager
+    def batch(self, owner: str) -> Iterator[Batch]:
+        """A batch of `owner`'s, ended by the protocol when the block ends (module docstring).
+
+        Settles the owner's pending batch first. Raises WriteFault when writing fails.
+        """
+        self.settle(owner)
+        batch = Batch(self, owner)
+        yield batch
+        self._finish(batch)
+
+    def settle(self, owner: str) -> None:
+        """Complete `owner`'s pending batch and directory moves, if any (WriteFault if it still
+        cannot be written)."""
+        with self._guard:
+            pending = self._pending.get(owner)
+        if pending is not None:
+            self._finish(pending)
+        self._finish_moves(owner)
+        if owner in self._faults:
+            self._healed(owner)
+
+    def _finish(self, batch: Batch) -> None:
+        where = self.store.path.name
+        try:
+            written: list[Path] = []
+            new_dirs: set[Path] = set()
+            for relative, write in batch._files.items():
+                where, path = relative, self.layout.resolve(relative)
+                if write.created:
+                    self.files.make_dirs(path.parent)
+                    new_dirs.add(path.parent)
+                self.files.write_at(path, write.committed, bytes(write.data), write.created)
+                written.append(path)
+            for path in written:
+                where = os.path.relpath(path, self.layout.root)
+                self.files.fsync(path)
+            for directory in new_dirs:
+                where = os.path.relpath(directory, self.layout.root)
+                self.files.fsync_dir(directory)
+            where = self.store.path.name
+            with self.store.transaction():
+                for change in batch._changes:
+                    change(self.store)
+                for relative, write in batch._files.items():
+                    self.store.put_file(relative, write.committed + len(write.data))
+        except (OSError, sqlite3.Error) as error:
+            with self._guard:
+                self._pending[batch.owner] = batch
+            raise self._fault(batch.owner, where, error) from None
+        with self._guard:
+            if self._pending.get(batch.owner) is batch:
+                del self._pending[batch.owner]
+        for relative, keep_above in batch._discarded:
+            self._remove_file(relative, keep_above)
+        for relative, keep_above in batch._pruned:
+            self._prune(relative, keep_above)
+        if batch.owner in self._faults:
+            self._healed(batch.owner)
+
+    # -- moves --------------------------------------------------------------------------------
+
+    def move(self, owner: str, old_dir: str, new_dir: str) -> None:
+        """Move a run or experiment directory, with everything nested in it, on disk and in the
+        store; rolled forward by the next settle or by recovery if interrupted."""
+        self.settle(owner)
+        try:
+            with self.store.transaction():
+                self.store.put_move(old_dir, new_dir)
+        except sqlite3.Error as error:
+            raise self._fault(owner, self.store.path.name, error) from None
+        self._finish_moves(owner, only=old_dir)
+        if owner in self._faults:
+            self._healed(owner)
+
+    def _finish_moves(self, owner: str, only: str | None = None) -> None:
+        """Complete recorded moves below `owner` (or just the one from `only`)."""
+        for old_dir, new_dir in self.store.moves():
+            if only is not None and old_dir != only:
+                continue
+            if only is None and old_dir.split("/", 1)[0] != owner:
+                continue
+            where = old_dir
+            try:
+                old, new = self.layout.resolve(old_dir), self.layout.resolve(new_dir)
+                if os.path.lexists(old) and not os.path.lexists(new):
+                    self.files.make_dirs(new.parent)
+                    self.files.rename(old, new)
+                    self.files.fsync_dir(new.parent)
+                    if old.parent != new.parent:
+                        self.files.fsync_dir(old.parent)
+                where = self.store.path.name
+                with self.store.transaction():
+                    self.store.move_tree(old_dir, new_dir)
+                    self.store.forget_move(old_dir)
+            except (OSError, sqlite3.Error) as error:
+                raise self._fault(owner, where, error) from None
+
+    # -- faults -------------------------------------------------------------------------------
+
+    def add_fault_listener(self, listener: FaultListener) -> None:
+        self._listeners.append(listener)
+
+    def faults(self) -> dict[str, Fault]:
+        """Owners whose writes fail now, with the first cause."""
+        with self._guard:
+            return dict(self._faults)
+
+    def _fault(self, owner: str, where: str, error: OSError | sqlite3.Error) -> WriteFault:
+        cause, detail = _cause(error)
+        with self._guard:
+            self._faults.setdefault(owner, Fault(cause, where, detail, self.clock()))
+            first = cause not in self._logged.setdefault(owner, set())
+            self._logged[owner].add(cause)
+        if first:
+            log.error("write_failed", source=owner, path=where, cause=cause, error=detail)
+        for listener in self._listeners:
+            listener(owner, cause)
+        return WriteFault(owner, cause, where, detail)
+
+    def _healed(self, owner: str) -> None:
+        with self._guard:
+            fault = self._faults.pop(owner, None)
+            self._logged.pop(owner, None)
+        if fault is not None:
+            log.info("writes_recovered", source=owner, after_seconds=round(
+                self.clock() - fault.since, 1))  # fmt: skip
+
+    # -- removal ------------------------------------------------------------------------------
+
+    def _remove_file(self, relative: str, keep_above: str) -> None:
+        """Remove a discarded file and the directories that leaves empty; failures only logged
+        (recovery removes an events file no row knows)."""
+        try:
+            self.files.unlink(self.layout.resolve(relative))
+        except OSError as error:
+            log.warning("file_not_removed", path=relative, error=error.strerror)
+            return
+        self._prune(relative.rpartition("/")[0], keep_above)
+
+    def _prune(self, relative_dir: str, keep_above: str) -> None:
+        """Remove `relative_dir` and its ancestors while they are empty, up to `keep_above`."""
+        stop = self.layout.resolve(keep_above)
+        directory = self.layout.resolve(relative_dir)
+        while directory != stop and stop in directory.parents:
+            try:
+                directory.rmdir()
+            except OSError:
+                return
+            directory = directory.parent
+
+    # -- reading (what engines may know of the store) ------------------------------------------
+
+    def runs(self, source: str) -> dict[str, RunRecord]:
+        return self.store.runs(source)
+
+    def cursors(self, source: str, run_id: str) -> dict[str, Cursor]:
+        return self.store.cursors(source, run_id)
+
+    def tails(self, source: str, origin_prefix: str = "") -> dict[str, TailRecord]:
+        return self.store.tails(source, origin_prefix)
+
+    def experiment_dirs(self, source: str) -> dict[str, tuple[str, str]]:
+        return self.store.experiment_dirs(source)
+
+    def occupied(self, relative: str) -> bool:
+        """True if something non-empty (a file, or a directory with entries) is at that path."""
+        path = self.layout.resolve(relative)
+        if path.is_dir():
+            return any(path.iterdir())
+        return os.path.lexists(path)
+
+    # -- source status ------------------------------------------------------------------------
+
+    def record_pass(self, source: str, error: str | None, now: float) -> SourceStatus:
+        """Note how a pass of `source` went. Kept in memory (so /healthz is right while the disk
+        is full) and stored when the store can be written."""
+        with self._guard:
+            status = replace(self._statuses.get(source) or SourceStatus(source))
+            status.last_attempt = now
+            if error:
+                status.consecutive_errors += 1
+                status.last_error = error
+            else:
+                status.last_success, status.consecutive_errors, status.last_error = now, 0, None
+            self._statuses[source] = status
+        try:
+            self.store.put_source_status(status)
+        except sqlite3.Error as error_:
+            log.debug("source_status_not_stored", source=source, error=str(error_))
+        return status
+
+    def statuses(self) -> dict[str, SourceStatus]:
+        with self._guard:
+            return dict(self._statuses)
+
+
+def _cause(error: OSError | sqlite3.Error) -> tuple[str, str]:
+    """(short cause, detail) of a write error, with no path or data in it."""
+    if isinstance(error, OSError):
+        name = errno.errorcode.get(error.errno or 0, type(error).__name__)
+        return name, error.strerror or name
+    name = getattr(error, "sqlite_errorname", None) or type(error).__name__
+    return name, str(error)
+
+
+def _names(directory: Path) -> list[str]:
+    try:
+        return [name for name in os.listdir(directory) if "tfevents" in name]
+    except OSError:
+        return []
+
+
+def _non_directory_in(directory: Path, root: Path) -> Path | None:
+    """The nearest existing path at or above `directory` (below `root`) if it is not a directory
+    (then nothing can be created there), else None."""
+    path = directory
+    while path != root and not os.path.lexists(path):
+        path = path.parent
+    return None if path == root or os.path.isdir(path) and not os.path.islink(path) else path
