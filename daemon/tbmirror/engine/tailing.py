@@ -106,6 +106,8 @@ class Tailer:
         Raises TbmirrorError or OSError for this file only (WriteFault: writing failed, for the
         whole source); what was committed stays.
         """
+        if self.journal.settle(tail.source):  # what the caller read may be stale now
+            tail = self.journal.tails(tail.source, tail.origin).get(tail.origin, tail)
         outcome = TailOutcome(tail)
         unchanged = reader.size == tail.seen_size and reader.identity == tail.identity
         if unchanged and tail.stopped_at is None:

@@ -246,34 +246,47 @@ class Journal:
     def batch(self, owner: str) -> Iterator[Batch]:
         """A batch of `owner`'s, ended by the protocol when the block ends (module docstring).
 
-        Settles the owner's pending batch first. Raises WriteFault when writing fails.
+        Raises WriteFault when writing fails, and at once while the owner has a batch pending:
+        `settle` first, then read the state the batch builds on.
         """
-        self.settle(owner)
+        with self._guard:
+            fault = self._faults.get(owner) if owner in self._pending else None
+        if fault is not None:
+            raise WriteFault(owner, fault.cause, fault.path, fault.detail)
         batch = Batch(self, owner)
         yield batch
         self._finish(batch)
 
-    def settle(self, owner: str) -> None:
-        """Complete `owner`'s pending batch and directory moves, if any (WriteFault if it still
-        cannot be written)."""
+    def settle(self, owner: str) -> bool:
+        """Complete `owner`'s pending batch and directory moves, if any; True if there were any
+        (state read before may be stale). WriteFault if they still cannot be written."""
         with self._guard:
             pending = self._pending.get(owner)
         if pending is not None:
             self._finish(pending)
-        self._finish_moves(owner)
+        moved = self._finish_moves(owner)
         if owner in self._faults:
             self._healed(owner)
+        return pending is not None or moved
 
     def _finish(self, batch: Batch) -> None:
+        lost = {
+            relative
+            for relative, write in batch._files.items()
+            if not write.created
+            and (self.files.size(self.layout.resolve(relative)) or 0) < write.committed
+        }  # removed or cut outside tbmirror (while the batch was pending): reset, not written
         where = self.store.path.name
         try:
             written: list[Path] = []
             new_dirs: set[Path] = set()
             for relative, write in batch._files.items():
+                if relative in lost:
+                    continue
                 where, path = relative, self.layout.resolve(relative)
                 if write.created:
+                    new_dirs.update(_entries_to_sync(path.parent, self.layout.root))
                     self.files.make_dirs(path.parent)
-                    new_dirs.add(path.parent)
                 self.files.write_at(path, write.committed, bytes(write.data), write.created)
                 written.append(path)
             for path in written:
@@ -287,7 +300,8 @@ class Journal:
                 for change in batch._changes:
                     change(self.store)
                 for relative, write in batch._files.items():
-                    self.store.put_file(relative, write.committed + len(write.data))
+                    if relative not in lost:
+                        self.store.put_file(relative, write.committed + len(write.data))
         except (OSError, sqlite3.Error) as error:
             with self._guard:
                 self._pending[batch.owner] = batch
@@ -301,6 +315,24 @@ class Journal:
             self._prune(relative, keep_above)
         if batch.owner in self._faults:
             self._healed(batch.owner)
+        if lost:
+            self.reset_broken(batch.owner, lost)
+
+    def reset_broken(self, owner: str, broken: set[str]) -> int:
+        """Reset `owner`'s runs, and restart its tailed files, whose files (relative paths in
+        `broken`) were lost or damaged outside tbmirror; returns how many."""
+        runs = [run for run in self.store.runs(owner).values() if run.events_path in broken]
+        tails = [tail for tail in self.store.tails(owner).values() if tail.mirror_path in broken]
+        if not runs and not tails:
+            return 0
+        with self.batch(owner) as batch:
+            for run in runs:
+                log.warning("events_file_damaged_run_reset", path=run.events_path)
+                batch.reset_run(run)
+            for tail in tails:
+                log.warning("mirror_copy_damaged_file_restarted", path=tail.mirror_path)
+                batch.restart_tail(tail)
+        return len(runs) + len(tails)
 
     # -- moves --------------------------------------------------------------------------------
 
@@ -317,8 +349,9 @@ class Journal:
         if owner in self._faults:
             self._healed(owner)
 
-    def _finish_moves(self, owner: str, only: str | None = None) -> None:
-        """Complete recorded moves below `owner` (or just the one from `only`)."""
+    def _finish_moves(self, owner: str, only: str | None = None) -> bool:
+        """Complete recorded moves below `owner` (or just the one from `only`); True if any."""
+        done = False
         for old_dir, new_dir in self.store.moves():
             if only is not None and old_dir != only:
                 continue
@@ -327,7 +360,11 @@ class Journal:
             where = old_dir
             try:
                 old, new = self.layout.resolve(old_dir), self.layout.resolve(new_dir)
-                if os.path.lexists(old) and not os.path.lexists(new):
+                if os.path.lexists(old) and _occupied(new):  # not ours to replace: no move
+                    with self.store.transaction():
+                        self.store.forget_move(old_dir)
+                    raise MirrorError(f"cannot move {old_dir} to {new_dir}: that is not empty")
+                if os.path.lexists(old):  # (an empty directory at `new` is replaced)
                     self.files.make_dirs(new.parent)
                     self.files.rename(old, new)
                     self.files.fsync_dir(new.parent)
@@ -339,6 +376,8 @@ class Journal:
                     self.store.forget_move(old_dir)
             except (OSError, sqlite3.Error) as error:
                 raise self._fault(owner, where, error) from None
+            done = True
+        return done
 
     # -- faults -------------------------------------------------------------------------------
 
@@ -409,10 +448,7 @@ class Journal:
 
     def occupied(self, relative: str) -> bool:
         """True if something non-empty (a file, or a directory with entries) is at that path."""
-        path = self.layout.resolve(relative)
-        if path.is_dir():
-            return any(path.iterdir())
-        return os.path.lexists(path)
+        return _occupied(self.layout.resolve(relative))
 
     # -- source status ------------------------------------------------------------------------
 
@@ -448,6 +484,22 @@ def _cause(error: OSError | sqlite3.Error) -> tuple[str, str]:
     return name, str(error)
 
 
+def _occupied(path: Path) -> bool:
+    """True if something non-empty (a file, or a directory with entries) is at `path`."""
+    if path.is_dir() and not path.is_symlink():
+        return any(path.iterdir())
+    return os.path.lexists(path)
+
+
+def _entries_to_sync(directory: Path, root: Path) -> list[Path]:
+    """The directories whose entries a new file in `directory` needs made durable: `directory`,
+    and each one that gains a new subdirectory when the missing levels are made."""
+    chain = [directory]
+    while not os.path.isdir(chain[-1]) and chain[-1] != root:
+        chain.append(chain[-1].parent)
+    return chain
+
+
 def _names(directory: Path) -> list[str]:
     try:
         return [name for name in os.listdir(directory) if "tfevents" in name]
@@ -461,4 +513,4 @@ def _non_directory_in(directory: Path, root: Path) -> Path | None:
     path = directory
     while path != root and not os.path.lexists(path):
         path = path.parent
-    return None if path == root or os.path.isdir(path) and not os.path.islink(path) else path
+    return None if path == root or (os.path.isdir(path) and not os.path.islink(path)) else path

@@ -50,18 +50,7 @@ def recover(journal: Journal, owned: list[str]) -> RecoveryReport:
         elif size is None or size < length:
             broken.add(relative)
     for source in owned:
-        runs = [run for run in store.runs(source).values() if run.events_path in broken]
-        tails = [tail for tail in store.tails(source).values() if tail.mirror_path in broken]
-        if not runs and not tails:
-            continue
-        with journal.batch(source) as batch:
-            for run in runs:
-                log.warning("events_file_damaged_run_reset", path=run.events_path)
-                batch.reset_run(run)
-            for tail in tails:
-                log.warning("mirror_copy_damaged_file_restarted", path=tail.mirror_path)
-                batch.restart_tail(tail)
-        report.runs_reset += len(runs) + len(tails)
+        report.runs_reset += journal.reset_broken(source, broken)
     known = set(store.files())
     for source in owned:
         for directory, _, names in os.walk(layout.resolve(source)):

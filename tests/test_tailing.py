@@ -1,0 +1,330 @@
+"""The tailer driven in-process: a source file in memory, the journal on temp files over a failing
+file layer. Copies of tfevents files must equal their source byte for byte, each record once,
+whatever the disk did meanwhile; converted CSV logs must equal a fault-free run's copy. A torn
+last record waits, a corrupt one stops the file, a rewritten file is mirrored anew.
+"""
+
+from __future__ import annotations
+
+import errno
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from structlog.testing import capture_logs
+
+from helpers.failing_files import (
+    Crash,
+    FailingFiles,
+    Rig,
+    file_start,
+    scalar_records,
+    scratch,
+    steps_in,
+)
+from tbmirror.engine.tailing import FINGERPRINT_BYTES, Tailer, TailOutcome
+from tbmirror.journal import WriteFault, recover
+from tbmirror.model import TailRecord
+
+SOURCE = "up"
+ORIGIN = "job/events.out.tfevents.1700000000.trainer"
+NAME = "events.out.tfevents.1700000000.trainer"
+MIRROR_DIR = f"{SOURCE}/job"
+CSV_ORIGIN = "job/metrics.csv"
+CSV_DIR = f"{SOURCE}/job/metrics.csv"
+
+
+@pytest.fixture
+def tmp_path(tmp_path: Path) -> Iterator[Path]:
+    """Each test's directory, where fsync is cheap (see helpers.failing_files.scratch)."""
+    with scratch(tmp_path) as directory:
+        yield directory
+
+
+class MemoryFile:
+    """A source file in memory (a FileReader) that tests grow, change or replace."""
+
+    def __init__(self, data: bytes = b"", identity: str | None = "8:1") -> None:
+        self.data = bytearray(data)
+        self._identity = identity
+
+    @property
+    def size(self) -> int:
+        return len(self.data)
+
+    @property
+    def identity(self) -> str | None:
+        return self._identity
+
+    def read(self, start: int, end: int) -> bytes:
+        return bytes(self.data[start:end])
+
+
+def tfevents(steps: range, wall_time: float = 1.0) -> bytes:
+    """A training job's events file holding `steps` (the start too when steps start at 0)."""
+    head = file_start(wall_time) if steps.start == 0 else b""
+    return head + scalar_records(steps, wall_time)
+
+
+def csv_lines(steps: range) -> bytes:
+    return "".join(f"{step},{step / 4}\n" for step in steps).encode()
+
+
+def tail_pass(rig: Rig, reader: MemoryFile, now: float, kind: str = "tfevents") -> TailOutcome:
+    """What an engine does for one file in a pass: settle the source, take the file's record as
+    stored (a new one if none), advance."""
+    origin, directory = (ORIGIN, MIRROR_DIR) if kind == "tfevents" else (CSV_ORIGIN, CSV_DIR)
+    rig.journal.settle(SOURCE)
+    stored = rig.journal.tails(SOURCE, origin).get(origin)
+    tail = stored or TailRecord(SOURCE, origin, kind, directory)
+    return Tailer(rig.journal).advance(tail, reader, now)
+
+
+def copy_of(rig: Rig, kind: str = "tfevents") -> bytes:
+    """The committed mirror copy of the tailed file (checked to be the only events file)."""
+    origin = ORIGIN if kind == "tfevents" else CSV_ORIGIN
+    tail = rig.journal.tails(SOURCE)[origin]
+    assert tail.mirror_file is not None
+    assert rig.events_files(tail.mirror_dir) == [tail.mirror_file]
+    return rig.read(f"{tail.mirror_dir}/{tail.mirror_file}")
+
+
+def test_a_tfevents_file_is_copied_verbatim_as_it_grows(tmp_path: Path) -> None:
+    rig = Rig.open(tmp_path)
+    source = MemoryFile(tfevents(range(10)))
+    outcome = tail_pass(rig, source, 100.0)
+    assert (outcome.points, outcome.bytes_written) == (11, source.size)
+    source.data += tfevents(range(10, 20))
+    tail_pass(rig, source, 200.0)
+    assert copy_of(rig) == source.data
+    tail = rig.journal.tails(SOURCE)[ORIGIN]
+    assert (tail.mirror_file, tail.offset, tail.seen_size, tail.points) == (
+        NAME,
+        source.size,
+        source.size,
+        21,
+    )
+    assert tail_pass(rig, source, 300.0).bytes_written == 0  # unchanged: nothing read
+    rig.check_store_matches_disk(SOURCE)
+
+
+FAULTS: dict[str, Callable[[FailingFiles], object]] = {
+    "ENOSPC-half-way": lambda files: files.fail("write_at", errno.ENOSPC, partial=40),
+    "EIO-at-fsync": lambda files: files.fail("fsync", errno.EIO),
+    "SQLITE_FULL-at-commit": lambda files: files.fail("commit"),
+}
+COPY_FAULTS = [
+    pytest.param(phase, fault, id=f"{phase}-{fault}")
+    for phase in ("first-copy", "later-copy")
+    for fault in FAULTS
+]
+
+
+@pytest.mark.parametrize(("phase", "fault"), COPY_FAULTS)
+def test_a_write_fault_during_a_copy_is_completed_byte_for_byte(
+    tmp_path: Path, phase: str, fault: str
+) -> None:
+    """ENOSPC (half a record written), EIO at fsync or SQLITE_FULL while copying: the pass fails
+    with WriteFault, and keeps failing while the source grows on; once the disk works, the next
+    pass (record reloaded after the settle) leaves a copy identical to the source, under its own
+    name, holding what a reader saw meanwhile as its prefix."""
+    rig = Rig.open(tmp_path)
+    source = MemoryFile(tfevents(range(5)))
+    if phase == "later-copy":
+        tail_pass(rig, source, 100.0)
+    committed = source.size if phase == "later-copy" else 0
+    source.data += tfevents(range(5, 10))
+    FAULTS[fault](rig.files)
+    with pytest.raises(WriteFault):
+        tail_pass(rig, source, 200.0)
+    assert rig.events_files(MIRROR_DIR) == [NAME]
+    seen = rig.read(f"{MIRROR_DIR}/{NAME}")  # what TensorBoard may have read
+    if fault == "ENOSPC-half-way":
+        assert seen == source.data[: committed + 40]  # a torn record, left as it is
+    else:
+        assert seen == source.data  # every record written, none committed
+    assert rig.journal.store.file_length(f"{MIRROR_DIR}/{NAME}") == (committed or None)
+    source.data += tfevents(range(10, 15))
+    with pytest.raises(WriteFault):
+        tail_pass(rig, source, 300.0)
+    assert list(rig.journal.faults()) == [SOURCE]
+    rig.files.heal()
+    outcome = tail_pass(rig, source, 400.0)
+    assert outcome.restarted is None
+    assert copy_of(rig) == source.data and copy_of(rig).startswith(seen)
+    assert steps_in(copy_of(rig)) == list(range(15))
+    tail = rig.journal.tails(SOURCE)[ORIGIN]
+    assert (tail.mirror_file, tail.offset, tail.generation) == (NAME, source.size, 0)
+    assert rig.journal.faults() == {}
+    rig.check_store_matches_disk(SOURCE)
+
+
+@pytest.mark.parametrize("phase", ["first-copy", "later-copy"])
+def test_a_record_read_before_the_settle_does_not_copy_twice(tmp_path: Path, phase: str) -> None:
+    """A caller that took the file's record from the store while a batch of its source was still
+    pending (a cache filled before the settle) and advances once the disk works: the advance's own
+    batch completes the pending one first, and what that held must not be copied again (into a
+    second file, or twice into the same one)."""
+    rig = Rig.open(tmp_path)
+    source = MemoryFile(tfevents(range(5)))
+    if phase == "later-copy":
+        tail_pass(rig, source, 100.0)
+        source.data += tfevents(range(5, 10))
+    rig.files.fail("fsync", errno.EIO, times=1)
+    with pytest.raises(WriteFault):
+        tail_pass(rig, source, 200.0)
+    stale = rig.journal.tails(SOURCE).get(ORIGIN) or TailRecord(
+        SOURCE, ORIGIN, "tfevents", MIRROR_DIR
+    )
+    Tailer(rig.journal).advance(stale, source, 300.0)
+    assert rig.events_files(MIRROR_DIR) == [NAME]
+    assert copy_of(rig) == source.data
+    rig.check_store_matches_disk(SOURCE)
+
+
+@pytest.mark.parametrize("phase", ["first-copy", "later-copy"])
+def test_a_csv_copy_after_a_write_fault_equals_a_fault_free_one(tmp_path: Path, phase: str) -> None:
+    """Converted lines carry the time they were read: the copy completed after a fault holds the
+    points as first encoded, so it equals the copy a disk that never failed would hold."""
+
+    def run(directory: Path, fail: bool) -> bytes:
+        rig = Rig.open(directory)
+        source = MemoryFile(b"step,loss\n" + csv_lines(range(3)))
+        if phase == "later-copy":
+            tail_pass(rig, source, 50.0, "csv")
+            source.data += csv_lines(range(3, 6))
+        if fail:
+            rig.files.fail("write_at", errno.ENOSPC, partial=25)
+            with pytest.raises(WriteFault):
+                tail_pass(rig, source, 100.0, "csv")
+            rig.files.heal()
+        else:
+            tail_pass(rig, source, 100.0, "csv")
+        source.data += csv_lines(range(6, 8))
+        tail_pass(rig, source, 200.0, "csv")
+        rig.check_store_matches_disk(SOURCE)
+        assert rig.journal.tails(SOURCE)[CSV_ORIGIN].offset == source.size
+        return copy_of(rig, "csv")
+
+    faulty, fault_free = run(tmp_path / "faulty", True), run(tmp_path / "fault-free", False)
+    assert faulty == fault_free
+    expected = list(range(3)) + ([] if phase == "first-copy" else list(range(3, 6)))
+    assert steps_in(faulty) == [*expected, 6, 7]
+
+
+@pytest.mark.parametrize("cut", [5, 20], ids=["in-the-header", "in-the-payload"])
+def test_a_torn_last_record_waits_for_its_rest(tmp_path: Path, cut: int) -> None:
+    rig = Rig.open(tmp_path)
+    whole, last = tfevents(range(5)), scalar_records([5], 1.0)
+    source = MemoryFile(whole + last[:cut])
+    tail_pass(rig, source, 100.0)
+    assert copy_of(rig) == whole
+    tail = rig.journal.tails(SOURCE)[ORIGIN]
+    assert (tail.offset, tail.seen_size, tail.stopped_at) == (len(whole), source.size, None)
+    assert tail_pass(rig, source, 200.0).bytes_written == 0
+    source.data += last[cut:]
+    assert tail_pass(rig, source, 300.0).bytes_written == len(last)
+    assert copy_of(rig) == source.data
+
+
+def test_a_corrupt_record_stops_the_file_until_it_reads_right(tmp_path: Path) -> None:
+    """A record whose CRC fails stops the copy before it (warned once); it is read again each
+    time, and once its bytes are right (a share showed zeros first) the copy goes on."""
+    rig = Rig.open(tmp_path)
+    good, bad = tfevents(range(5)), bytearray(scalar_records([5], 1.0))
+    rest = scalar_records(range(6, 9), 1.0)
+    right = bytes(bad)
+    bad[-6] ^= 0xFF  # a payload byte: the payload CRC fails
+    source = MemoryFile(good + bad + rest)
+    with capture_logs() as logs:
+        tail_pass(rig, source, 100.0)
+        assert copy_of(rig) == good
+        assert rig.journal.tails(SOURCE)[ORIGIN].stopped_at == len(good)
+        assert tail_pass(rig, source, 200.0).bytes_written == 0
+        assert copy_of(rig) == good
+        source.data[len(good) : len(good) + len(bad)] = right
+        tail_pass(rig, source, 300.0)
+    assert copy_of(rig) == source.data
+    assert steps_in(copy_of(rig)) == list(range(9))
+    assert rig.journal.tails(SOURCE)[ORIGIN].stopped_at is None
+    names = [entry["event"] for entry in logs if entry["event"].startswith("corrupt_record")]
+    assert names == ["corrupt_record_file_stopped", "corrupt_record_resolved"]
+
+
+@pytest.mark.parametrize(
+    ("identity", "reason"), [("8:1", "rewritten"), ("8:2", "replaced")], ids=["same", "new-inode"]
+)
+def test_a_rewritten_file_is_mirrored_anew_under_a_new_name(
+    tmp_path: Path, identity: str, reason: str
+) -> None:
+    """Only the head of the mirrored bytes changed (its first record, more than
+    FINGERPRINT_BYTES before the offset) and the file grew: a new copy `<name>.1` holds the new
+    content; the old copy, which a reader may have read, is removed, never rewritten."""
+    rig = Rig.open(tmp_path)
+    source = MemoryFile(tfevents(range(60)))
+    assert source.size > 2 * FINGERPRINT_BYTES
+    tail_pass(rig, source, 100.0)
+    head = file_start(2.0)
+    assert len(head) == len(file_start(1.0))
+    rewritten = MemoryFile(head + source.data[len(head) :] + tfevents(range(60, 65)), identity)
+    outcome = tail_pass(rig, rewritten, 200.0)
+    assert outcome.restarted == reason
+    tail = rig.journal.tails(SOURCE)[ORIGIN]
+    assert (tail.mirror_file, tail.generation, tail.offset) == (f"{NAME}.1", 1, rewritten.size)
+    assert copy_of(rig) == rewritten.data
+    assert rig.journal.store.files() == {f"{MIRROR_DIR}/{NAME}.1": rewritten.size}
+    rig.check_store_matches_disk(SOURCE)
+
+
+def test_a_rewrite_met_by_a_write_fault_removes_the_old_copy_only_once_committed(
+    tmp_path: Path,
+) -> None:
+    rig = Rig.open(tmp_path)
+    source = MemoryFile(tfevents(range(40)))
+    tail_pass(rig, source, 100.0)
+    old_copy = copy_of(rig)
+    rewritten = MemoryFile(tfevents(range(45), wall_time=2.0))
+    rig.files.fail("commit")
+    with pytest.raises(WriteFault):
+        tail_pass(rig, rewritten, 200.0)
+    assert rig.read(f"{MIRROR_DIR}/{NAME}") == old_copy  # still what the store says
+    rig.files.heal()
+    tail_pass(rig, rewritten, 300.0)
+    assert rig.events_files(MIRROR_DIR) == [f"{NAME}.1"]
+    assert copy_of(rig) == rewritten.data
+    rig.check_store_matches_disk(SOURCE)
+
+
+def test_a_lost_copy_is_mirrored_anew(tmp_path: Path) -> None:
+    rig = Rig.open(tmp_path)
+    source = MemoryFile(tfevents(range(5)))
+    tail_pass(rig, source, 100.0)
+    (rig.root / MIRROR_DIR / NAME).unlink()
+    source.data += tfevents(range(5, 8))
+    outcome = tail_pass(rig, source, 200.0)
+    assert outcome.restarted == "mirror copy lost"
+    assert rig.journal.tails(SOURCE)[ORIGIN].mirror_file == f"{NAME}.1"
+    assert copy_of(rig) == source.data
+    rig.check_store_matches_disk(SOURCE)
+
+
+@pytest.mark.parametrize("when", ["after-write", "inside-the-commit"])
+def test_a_crash_during_a_copy_is_recovered_and_copied_once(tmp_path: Path, when: str) -> None:
+    """The process dies half-way through a copy: recovery cuts the uncommitted bytes, the next
+    pass reads them again from the source: the copy equals the source, each record once."""
+    rig = Rig.open(tmp_path)
+    source = MemoryFile(tfevents(range(5)))
+    tail_pass(rig, source, 100.0)
+    source.data += tfevents(range(5, 10))
+    if when == "after-write":
+        rig.files.crash("write_at", "after")
+    else:
+        rig.files.crash("commit", "before")
+    with pytest.raises(Crash):
+        tail_pass(rig, source, 200.0)
+    rig = rig.restart()
+    assert recover(rig.journal, [SOURCE]).truncated == 1
+    tail_pass(rig, source, 300.0)
+    assert copy_of(rig) == source.data
+    assert steps_in(copy_of(rig)) == list(range(10))
+    rig.check_store_matches_disk(SOURCE)
