@@ -6,17 +6,18 @@ healthy again."""
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import math
 import os
 import re
+import select
 import struct
 import subprocess
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
-from hashlib import sha256
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +52,8 @@ RUN_INFO = "mlflow (run info)"
 NO_SPACE = re.compile(r"No space left on device|ENOSPC|Errno 28|disk is full", re.IGNORECASE)
 DEAD_FILE = re.compile(r"BadLengthCrc|ChecksumError|ReadRecordError|InvalidRecord|\bdead\b")
 _MASK_DELTA = 0xA282EAD8
+_IN_MODIFY, _IN_MOVED_TO, _IN_CREATE, _IN_Q_OVERFLOW, _IN_ISDIR = 0x2, 0x80, 0x100, 0x4000, 1 << 30
+_INOTIFY_EVENT = struct.Struct("iIII")  # wd, mask, cookie, len; then len bytes of name
 
 Series = dict[int, float]  # step -> value
 
@@ -212,66 +215,131 @@ def health(url: str) -> tuple[int, dict[str, Any]]:
 
 class ReaderView:
     """What a reader of the mirror (TensorBoard's loader) may have read: every prefix of whole
-    records of every events file, looked at whenever a file changes (checked every 10 ms, from a
-    thread). Invariant 7: bytes a reader may have read are never replaced. (Torn and corrupt
-    tails are left out: a reader's view of a file being written may be torn.)"""
+    records of every events file, read as soon as inotify says the file changed (from a thread).
+    Invariant 7: such bytes are never replaced. Torn and corrupt tails are left out, since a
+    reader may meet a record half written."""
 
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.seen: dict[Path, dict[int, str]] = {}  # path -> {end of whole records: sha256}
-        self.changed: list[str] = []  # whole records seen to change while the daemon ran
-        self.looks = 0  # reads of a changed file
+    def __init__(self, top: Path, root: Path) -> None:
+        self.top, self.root = top, root  # everything below `top` is watched
+        self.seen: dict[Path, dict[int, bytes]] = {}  # path -> {end of whole records: them}
+        self.changed: dict[Path, str] = {}  # per file, the first change of whole records seen
+        self.looks = 0  # reads of a changed events file
+        self._libc = ctypes.CDLL(None, use_errno=True)
+        self._fd = self._libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC)
+        assert self._fd >= 0, os.strerror(ctypes.get_errno())
+        self._directories: dict[int, Path] = {}  # watch descriptor -> directory
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="reader-view", daemon=True)
 
     def start(self) -> ReaderView:
+        self._watch(self.top)
         self._thread.start()
         return self
 
     def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(30)
+        if not self._stop.is_set():
+            self._stop.set()
+            self._thread.join(30)
+            os.close(self._fd)
+
+    def _watch(self, directory: Path) -> None:
+        """Watch `directory` and the directories below it; look at the events files in them."""
+        mask = ctypes.c_uint32(_IN_MODIFY | _IN_CREATE | _IN_MOVED_TO)
+        watch = self._libc.inotify_add_watch(self._fd, os.fsencode(directory), mask)
+        if watch < 0:
+            return  # gone meanwhile
+        self._directories[watch] = directory
+        try:
+            children = list(directory.iterdir())
+        except OSError:
+            return
+        for child in children:
+            if child.is_dir():
+                self._watch(child)
+            elif "tfevents" in child.name:
+                self._look(child)
 
     def _loop(self) -> None:
-        versions: dict[Path, tuple[int, int]] = {}  # path -> (size, mtime_ns) last read
-        while not self._stop.wait(0.01):
-            for path in self.root.rglob("*tfevents*") if self.root.is_dir() else []:
-                try:
-                    status = path.stat()
-                    if versions.get(path) == (status.st_size, status.st_mtime_ns):
-                        continue
-                    versions[path] = (status.st_size, status.st_mtime_ns)
-                    data = path.read_bytes()
-                except OSError:  # gone meanwhile, or a directory
+        while not self._stop.is_set():
+            if not select.select([self._fd], [], [], 0.1)[0]:
+                continue
+            try:
+                data = os.read(self._fd, 1 << 16)
+            except BlockingIOError:
+                continue
+            changed: dict[Path, None] = {}
+            offset = 0
+            while offset < len(data):
+                watch, mask, _, length = _INOTIFY_EVENT.unpack_from(data, offset)
+                name = data[offset + 16 : offset + 16 + length].rstrip(b"\0")
+                offset += 16 + length
+                if mask & _IN_Q_OVERFLOW:
+                    self._watch(self.top)
+                directory = self._directories.get(watch)
+                if directory is None or not name:
                     continue
-                self.looks += 1
-                _, end, _ = parse_records(data)
-                digest = sha256(data[:end]).hexdigest()
-                prefixes = self.seen.setdefault(path, {})
-                if prefixes.get(end, digest) != digest:
-                    self.changed.append(f"{path.relative_to(self.root)}: bytes 0-{end} changed")
-                prefixes[end] = digest
+                path = directory / os.fsdecode(name)
+                if mask & _IN_ISDIR and mask & (_IN_CREATE | _IN_MOVED_TO):
+                    self._watch(path)
+                elif "tfevents" in path.name:
+                    changed[path] = None
+            for path in changed:
+                self._look(path)
+
+    def _look(self, path: Path) -> None:
+        try:
+            data = path.read_bytes()
+        except OSError:  # gone meanwhile
+            return
+        self.looks += 1
+        _, end, _ = parse_records(data)
+        prefixes = self.seen.setdefault(path, {})
+        if end in prefixes and prefixes[end] != data[:end] and path not in self.changed:
+            self.changed[path] = (
+                f"{path.relative_to(self.root)}: {replacement(prefixes[end], data)}"
+            )
+        prefixes[end] = data[:end]
 
     def replaced(self) -> list[str]:
         """One line per file whose whole records, once read, were replaced or removed."""
-        problems = list(self.changed)
+        problems = list(self.changed.values())
         for path, prefixes in sorted(self.seen.items()):
+            if path in self.changed:
+                continue
             data = path.read_bytes() if path.is_file() else None
-            for end, digest in sorted(prefixes.items()):
-                if data is None or len(data) < end or sha256(data[:end]).hexdigest() != digest:
-                    state = "it is gone" if data is None else f"it has {len(data)} bytes now"
-                    problems.append(
-                        f"{path.relative_to(self.root)}: bytes 0-{end}, whole records a reader "
-                        f"read, were replaced ({state})"
-                    )
+            for end, old in sorted(prefixes.items()):
+                if data is None:
+                    problems.append(f"{path.relative_to(self.root)}: removed after being read")
+                    break
+                if data[:end] != old:
+                    problems.append(f"{path.relative_to(self.root)}: {replacement(old, data)}")
                     break
         return problems
+
+
+def replacement(old: bytes, new: bytes) -> str:
+    """Where `new` stops holding the whole records of `old`, and which record was there."""
+    common = min(len(old), len(new))
+    offset = next((i for i in range(common) if old[i] != new[i]), common)
+    start = 0
+    for payload in parse_records(old)[0]:
+        end = start + 16 + len(payload)
+        if offset < end:
+            event = Event.FromString(payload)
+            what = ", ".join(v.tag for v in event.summary.value) or event.WhichOneof("what")
+            return (
+                f"bytes {start}-{len(old)}, whole records a reader read, were replaced: first "
+                f"difference at byte {offset}, in a record of {what} at step {event.step}, wall "
+                f"time {event.wall_time:.3f}; the file has {len(new)} bytes now"
+            )
+        start = end
+    return f"bytes 0-{len(old)} were replaced"
 
 
 @pytest.fixture
 def reader_view(small_disk: Path) -> Iterator[ReaderView]:
     """A ReaderView of the mirror root `small_disk/mirror`, looking from the start of the test."""
-    view = ReaderView(small_disk / "mirror").start()
+    view = ReaderView(small_disk, small_disk / "mirror").start()
     yield view
     view.stop()
 
@@ -332,7 +400,9 @@ def mlflow_value(key: str, step: int) -> float:
     return 1 / (1 + step) if key == "loss" else step / (step + 10)
 
 
+@pytest.mark.parametrize("state_on", ["the-full-disk", "another-disk"])
 def test_a_full_disk_heals_without_a_restart_and_loses_nothing(
+    state_on: str,
     small_disk: Path,
     reader_view: ReaderView,
     start_daemon: Callable[..., DaemonProcess],
@@ -341,7 +411,10 @@ def test_a_full_disk_heals_without_a_restart_and_loses_nothing(
     source_name: str,
     experiment_name: str,
 ) -> None:
-    root, state = reader_view.root, small_disk / "state.db"
+    """With the state store on the full disk too (as in /var/lib/tbmirror), the first failures
+    are the store's; with it elsewhere, the events files' own writes fail."""
+    root = reader_view.root
+    state = (small_disk if state_on == "the-full-disk" else tmp_path) / "state.db"
     uploads = tmp_path / "uploads"
     (uploads / "job").mkdir(parents=True)
     (uploads / "csv").mkdir()
