@@ -108,6 +108,7 @@ def write_path(points: int, directory: Path) -> tuple[float, float]:
     values = [(1.7e9 + i, i, i * 0.5) for i in range(points)]
     started = time.perf_counter()
     journal = Journal.open(MirrorLayout(directory / "mirror"), directory / "state.db")
+    journal.own("bench")
     with journal.batch("bench") as batch:
         name = batch.create("bench", events.frame_all([summaries.file_version(1.7e9)]))
     for key in range(20):

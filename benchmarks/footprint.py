@@ -158,6 +158,7 @@ def main() -> None:
 
         settings = load_settings(config)
         journal = Journal.open(MirrorLayout(settings.mirror.root), settings.mirror.state)
+        journal.own(settings.sources[0].name)
         source = MlflowSource.from_settings(settings.sources[0])
         engine = MlflowEngine(source, journal)
         wall_start = time.monotonic()

@@ -102,7 +102,7 @@ def test_basic_auth_right_wrong_and_from_a_file(
     refused_before = basic_auth_server.log_path.read_text().count(" 401")
     wrong = {"type": "basic", "username": "admin", "password": "not-the-password"}
     out = sync(wrong, f"{source_name}-wrong")
-    assert f"FAIL  {source_name}-wrong: source {source_name}-wrong: GET " in out
+    assert f"FAIL  {source_name}-wrong: GET " in out
     assert "HTTP 401: authentication failed (basic credentials)" in out
     refused = basic_auth_server.log_path.read_text().count(" 401") - refused_before
     assert refused == 1, "a refused credential must not be retried in a tight loop"

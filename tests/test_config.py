@@ -3,13 +3,18 @@ expected, and the CLI exits with 78."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 
 from conftest import REPO, tbmirror
+from tbmirror.app import build_engine
 from tbmirror.config import load_settings, parse_settings
 from tbmirror.errors import ConfigError
+from tbmirror.journal import Journal
+from tbmirror.mirror.layout import MirrorLayout
+from tbmirror.processes import free_port
 
 GOOD = """
 mirror:
@@ -164,3 +169,184 @@ def test_an_upload_directory_linked_to_the_mirror_is_refused(tmp_path: Path) -> 
     )
     with pytest.raises(ConfigError, match=r"sources\[0\]\.path: .* must not contain each other"):
         parse_settings(text)
+
+
+# -- a config that validates also builds ----------------------------------------------------------
+
+CLOSED_PORT = free_port()  # nothing listens there: a pass fails at once with "connection refused"
+
+
+@pytest.mark.parametrize(
+    "uri",
+    [
+        f"http://127.0.0.1:{CLOSED_PORT}",
+        f"https://127.0.0.1:{CLOSED_PORT}/mlflow/",
+        f"http://user:pw@127.0.0.1:{CLOSED_PORT}",
+        f"http://[::1]:{CLOSED_PORT}",
+        f"HTTP://127.0.0.1:{CLOSED_PORT}",
+        f"azureml://127.0.0.1:{CLOSED_PORT}/mlflow/v1.0/subscriptions/s",
+        "http://mlflow:50o0",
+        "http://127.0.0.1:99999",
+        "http://127.0.0.1:0",
+        "http://127.0.0.1:-1",
+        "http://127.0.0.1:+80",
+        "http://:80",
+        "http:///api",
+        "http://[::1",
+        "http://[zz]:5000",
+        "http://999.1.1.1:5000",
+        "http://xn--zz:5000",
+        "http://bad_host!:5000",
+        "http://a..b:5000",
+        "http://ml flow:5000",
+        "http://mlflow:5000\n",
+        f"http://127.0.0.1:{CLOSED_PORT}/?token=x",
+        f"http://127.0.0.1:{CLOSED_PORT}/#/experiments",
+        "ftp://mlflow:21",
+        "mlflow:5000",
+        "",
+    ],
+)
+@pytest.mark.parametrize("key", ["tracking_uri", "auth.host"])
+def test_a_config_that_validates_also_builds(tmp_path: Path, key: str, uri: str) -> None:
+    """Either the value is refused naming its key, or the source's engine builds and a pass
+    against it fails only as a source error (nothing listens there), never as a crash."""
+    source: dict = {
+        "name": "a", "type": "mlflow", "experiments": ["e"], "max_retries": 0, "timeout": "5s",
+        "tracking_uri": f"http://127.0.0.1:{CLOSED_PORT}",
+    }  # fmt: skip
+    if key == "auth.host":
+        source["auth"] = {"type": "databricks", "host": uri, "client_id": "c",
+                          "client_secret": "s"}  # fmt: skip
+    else:
+        source["tracking_uri"] = uri
+    document = {"mirror": {"root": str(tmp_path / "root"), "state": str(tmp_path / "s.db")},
+                "sources": [source]}  # fmt: skip
+    try:
+        settings = parse_settings(json.dumps(document), origin="my.yaml")
+    except ConfigError as error:
+        assert str(error).startswith(f"my.yaml: sources[0].{key}: "), str(error)
+        assert "\n" not in str(error) and "Traceback" not in str(error)
+        return
+    journal = Journal.open(MirrorLayout(tmp_path / "root"), tmp_path / "state.db")
+    try:
+        engine = build_engine(settings.sources[0], journal)
+        try:
+            report = engine.run_pass()
+        finally:
+            engine.close()
+    finally:
+        journal.close()
+    assert report.error is not None and "unexpected" not in report.error, report.error
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ("ui_url: 'http://mlflow:50o0'", "sources[0].ui_url: expected a port from 1 to 65535"),
+        ("ui_url: 'http://x/#/a'", "sources[0].ui_url: expected a URL without a query"),
+        ("poll_interval: .nan", "sources[0].poll_interval: expected a duration"),
+        ("poll_interval: .inf", "sources[0].poll_interval: expected a duration"),
+        ("poll_interval: 1e400", "sources[0].poll_interval: expected a duration"),
+        ("poll_interval: " + "9" * 400, "sources[0].poll_interval: expected a duration"),
+        ("full_listing_interval: -5", "sources[0].full_listing_interval: expected a duration"),
+        ("debounce_x: 1", "sources[0].debounce_x: unknown key"),
+        ("timeout: .nan", "sources[0].timeout: expected a duration"),
+        ("reconcile_batch: " + "9" * 30, "sources[0].reconcile_batch: expected at most"),
+        ("max_requests_per_second: 1e-300", "sources[0].max_requests_per_second: Input should"),
+        ("max_requests_per_second: .inf", "sources[0].max_requests_per_second: Input should"),
+        ("max_retries: true", "sources[0].max_retries: expected a number, not true or false"),
+        ('experiments: ["a\\0b"]', "sources[0].experiments[0]: contains a NUL character"),
+        ("artifacts: {max_file_size: -1}", "sources[0].artifacts.max_file_size: "),
+        (
+            "artifacts: {max_file_size: 0}",
+            "sources[0].artifacts.max_file_size: expected a size greater than 0",
+        ),
+        (
+            'auth: {type: bearer, token: "abc\\ndef"}',
+            "sources[0].auth.token: expected one line (no CR, LF or NUL)",
+        ),
+    ],
+)
+def test_every_value_is_checked_and_errors_name_the_key(change: str, message: str) -> None:
+    text = GOOD.replace("    poll_interval: 10s\n", "") + f"    {change}\n"
+    with pytest.raises(ConfigError) as raised:
+        parse_settings(text, origin="my.yaml")
+    assert f"my.yaml: {message}" in str(raised.value)
+    assert "abc" not in str(raised.value)  # never a secret's value
+
+
+@pytest.mark.parametrize(
+    ("section", "message"),
+    [
+        ("tensorboard: {port: 0}", "tensorboard.port: Input should be greater than or equal to 1"),
+        ("tensorboard: {port: 65536}", "tensorboard.port: Input should be less than or equal"),
+        ("tensorboard: {port: '60o6'}", "tensorboard.port: Input should be a valid integer"),
+        ("health: {port: 99999}", "health.port: Input should be less than or equal to 65535"),
+        ("health: {host: ''}", "health.host: expected an IPv4 address or a host name"),
+        ("health: {host: '::1'}", "health.host: expected an IPv4 address or a host name"),
+        ("tensorboard: {host: 'local host'}", "tensorboard.host: expected an IPv4 address"),
+        ('tensorboard: {extra_args: ["--x=\\0"]}', "tensorboard.extra_args[0]: contains a NUL"),
+        ("tensorboard: {reload_interval: " + "9" * 30 + "}", "tensorboard.reload_interval: "),
+        ("mirror: {root: '', state: /tmp/x/s.db}", "mirror.root: expected a path"),
+        ("mirror: {root: /tmp/x/logs, state: ''}", "mirror.state: expected a path"),
+    ],
+)
+def test_every_section_value_is_checked(section: str, message: str) -> None:
+    text = GOOD + section + "\n"
+    if section.startswith("mirror:"):
+        text = section + "\n" + GOOD[GOOD.index("sources:") :]
+    with pytest.raises(ConfigError) as raised:
+        parse_settings(text, origin="my.yaml")
+    assert f"my.yaml: {message}" in str(raised.value)
+
+
+FAKE_PASSWORD = "pw-hunter2-in-a-yaml-line"
+
+
+@pytest.mark.parametrize(
+    ("text", "line", "column"),
+    [
+        (GOOD + f"    auth: {{type: basic, username: u, password: {FAKE_PASSWORD}: x}}\n", 11, 73),
+        (
+            GOOD + f'    auth: {{type: basic, username: u, password: "{FAKE_PASSWORD}\\q"}}\n',
+            11,
+            75,
+        ),
+        (GOOD + f"    auth:\n\ttype: basic  # {FAKE_PASSWORD}\n", 12, 1),
+        (GOOD + f"    auth: {{type: basic, password: !!int {FAKE_PASSWORD}}}\n", 11, 35),
+        (GOOD + f"    auth: {{type: basic, password: !!python/name:{FAKE_PASSWORD} x}}\n", 11, 35),
+        (GOOD + f"    password: *{FAKE_PASSWORD}\n", 11, 15),
+        (GOOD + f"---\npassword: {FAKE_PASSWORD}\n", 11, 1),
+        ("[" * 5000 + FAKE_PASSWORD, None, None),
+    ],
+)
+def test_yaml_errors_name_the_line_and_column_and_never_show_its_content(
+    text: str, line: int | None, column: int | None
+) -> None:
+    with pytest.raises(ConfigError) as raised:
+        parse_settings(text, origin="my.yaml")
+    message = str(raised.value)
+    assert FAKE_PASSWORD not in message and "hunter2" not in message
+    assert message.startswith("my.yaml: ") and "\n" not in message
+    if line is not None:
+        assert f"my.yaml: line {line}, column {column}: not valid YAML: " in message, message
+
+
+def test_run_check_and_sync_print_one_line_and_no_traceback_for_any_config_problem(
+    tmp_path: Path,
+) -> None:
+    bad_url = GOOD.replace("http://127.0.0.1:5000/", "http://mlflow:50o0") + (
+        "tensorboard: {enabled: false}\nhealth: {enabled: false}\n"
+    )
+    yaml_error = GOOD + f"    auth: {{type: basic, username: u, password: {FAKE_PASSWORD}: x}}\n"
+    not_utf8 = GOOD.encode() + b"    experiments: ['\xff\xfe']\n"
+    for name, content in [("url", bad_url), ("yaml", yaml_error), ("bytes", not_utf8)]:
+        path = tmp_path / f"{name}.yaml"
+        path.write_bytes(content.encode() if isinstance(content, str) else content)
+        for command in ("check", "run", "sync"):
+            result = tbmirror(command, "--config", str(path), timeout=60)
+            assert result.returncode == 78, (command, name, result.stderr)
+            assert result.stdout == "" and result.stderr.startswith(f"tbmirror: {path}: ")
+            assert result.stderr.count("\n") == 1, result.stderr
+            assert "Traceback" not in result.stderr and FAKE_PASSWORD not in result.stderr

@@ -130,7 +130,7 @@ def test_csv_step_cells_float_empty_or_bad_and_quoted_cells() -> None:
         '3.0,"1.0",0.5,999\n'  # extra cell ignored
         ",2.0\n"  # empty step: row index 1; missing acc cell
         "x,4.0,nan\n"  # bad step: row index 2
-        "nan,8.0\n"  # non-finite step: row index 3
+        "nan,8.0\n"  # non-finite step: a poison value, the line is skipped
         "1e1,inf,-inf\n"
     )
     points = convert("csv", text)
@@ -140,14 +140,13 @@ def test_csv_step_cells_float_empty_or_bad_and_quoted_cells() -> None:
         ("loss, total", 4),  # source step 1 <= 3: moved just past the previous point
         ("loss, total", 5),
         ("acc", 4),
-        ("loss, total", 6),
         ("loss, total", 10),
         ("acc", 10),
     ]
     values = [value for *_, value in points]
     assert values[:4] == [1.0, 0.5, 2.0, 4.0]
     assert values[4] != values[4]  # nan
-    assert values[5:] == [8.0, float("inf"), float("-inf")]
+    assert values[5:] == [float("inf"), float("-inf")]
 
 
 def test_repeated_and_backward_steps_follow_the_step_rule_per_tag() -> None:
@@ -226,11 +225,11 @@ def test_non_numeric_column_is_warned_once_even_after_restore() -> None:
         restored = LineConverter("csv", state=json.loads(json.dumps(converter.state())))
         payloads, _ = restored.feed(b"3,x,ghi\n", READ_TIME)
     assert payloads == []
-    assert logs == [
+    assert logs == [  # the column and the line, never the value
         {"event": "non_numeric_column_ignored", "log_level": "warning", "column": "name",
-         "value": "abc"},
+         "line": 2},
         {"event": "non_numeric_column_ignored", "log_level": "warning", "column": "loss",
-         "value": "x"},
+         "line": 4},
     ]  # fmt: skip
 
 
@@ -247,13 +246,13 @@ def test_jsonl_fields_steps_wall_times_nesting_and_invalid_lines() -> None:
         ("loss", 22, 5.0, 1.5),  # source step 7 (epoch) <= 21: moved past
     ]
     assert [(entry["event"], entry.get("line"), entry.get("column")) for entry in logs] == [
-        ("non_numeric_column_ignored", None, "done"),
-        ("non_numeric_column_ignored", None, "note"),
+        ("non_numeric_column_ignored", 2, "done"),
+        ("non_numeric_column_ignored", 2, "note"),
         ("invalid_line_skipped", 4, None),  # blank lines count in line numbers
         ("invalid_line_skipped", 5, None),
-        ("non_numeric_column_ignored", None, "global_step"),
-        ("non_numeric_column_ignored", None, "tags"),
-        ("non_numeric_column_ignored", None, "none"),
+        ("non_numeric_column_ignored", 6, "global_step"),
+        ("non_numeric_column_ignored", 7, "tags"),
+        ("non_numeric_column_ignored", 7, "none"),
     ]
     assert all("error" in entry for entry in logs if entry["event"] == "invalid_line_skipped")
 

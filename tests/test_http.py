@@ -49,7 +49,7 @@ def test_429_waits_as_long_as_retry_after_says(
     busy_server: http.server.ThreadingHTTPServer,
 ) -> None:
     url = f"http://127.0.0.1:{busy_server.server_address[1]}"
-    client = RestClient(url, "busy", timeout=5, max_retries=3)
+    client = RestClient(url, timeout=5, max_retries=3)
     assert client.get("/x") == {"ok": True}
     seen = busy_server.seen  # type: ignore[attr-defined]
     assert len(seen) == 3
@@ -57,7 +57,7 @@ def test_429_waits_as_long_as_retry_after_says(
     client.close()
 
     busy_server.seen.clear()  # type: ignore[attr-defined]
-    impatient = RestClient(url, "busy", timeout=5, max_retries=1)
+    impatient = RestClient(url, timeout=5, max_retries=1)
     with pytest.raises(SourceError, match="HTTP 429 REQUEST_LIMIT_EXCEEDED"):
         impatient.get("/x")
     impatient.close()

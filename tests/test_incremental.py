@@ -145,6 +145,7 @@ def clocked_engine(
         reconcile_interval=600,
     )  # fmt: skip
     journal = Journal.open(MirrorLayout(tmp_path / "root"), tmp_path / "state.db")
+    journal.own(settings.name)
     source = MlflowSource.from_settings(settings)
     try:
         yield MlflowEngine(source, journal, clock=lambda: now[0])

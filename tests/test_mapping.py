@@ -134,6 +134,7 @@ def test_check_reports_each_source(
         f"experiments visible): experiments {experiment_name}; not found: missing-one"
     )
     assert (
-        "FAIL  down: source down: GET /api/2.0/mlflow/experiments/get-by-name: Connect"
+        "FAIL  down: http://127.0.0.1:9: GET /api/2.0/mlflow/experiments/get-by-name: "
+        "cannot connect"
         in result.stdout
     )

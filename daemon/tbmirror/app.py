@@ -6,6 +6,7 @@ Actions return plain results; cli.py renders them.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -38,8 +39,8 @@ ProgressFor = Callable[[str], AbstractContextManager[Progress | None]]
 
 
 def open_journal(settings: Settings) -> Journal:
-    """Open the store (locked for this process) and bring the mirror root back to what it says
-    (recovery), before anything reads it."""
+    """Open the store and own every configured source's subtree (both locked for this process),
+    and bring those subtrees back to what the store says (recovery) before anything reads them."""
     layout = MirrorLayout(settings.mirror.root)
     try:
         layout.root.mkdir(parents=True, exist_ok=True)
@@ -47,6 +48,8 @@ def open_journal(settings: Settings) -> Journal:
         raise TbmirrorError(f"cannot create the mirror root {layout.root}: {error}") from error
     journal = Journal.open(layout, settings.mirror.state)
     try:
+        for source in settings.sources:
+            journal.own(source.name)
         report = recover(journal, [source.name for source in settings.sources])
     except BaseException:
         journal.close()
@@ -55,12 +58,16 @@ def open_journal(settings: Settings) -> Journal:
     return journal
 
 
-def build_engine(settings: SourceSettings, journal: Journal, in_daemon: bool = False) -> Engine:
+def build_engine(
+    settings: SourceSettings, journal: Journal, stop: threading.Event | None = None
+) -> Engine:
     """The engine that mirrors the source `settings` describe (close it when done). In the
-    daemon, a pass lists the artifacts of at most `artifacts.batch` runs never looked at."""
+    daemon (which passes its `stop` event: it ends waits and reads at once), a pass lists the
+    artifacts of at most `artifacts.batch` runs never looked at."""
     if isinstance(settings, MlflowSourceSettings):
-        batch = settings.artifacts.batch if in_daemon else None
-        return MlflowEngine(MlflowSource.from_settings(settings), journal, artifact_batch=batch)
+        batch = settings.artifacts.batch if stop is not None else None
+        source = MlflowSource.from_settings(settings, stop)
+        return MlflowEngine(source, journal, artifact_batch=batch)
     return UploadEngine(settings, journal)
 
 
@@ -72,6 +79,7 @@ def sync_sources(
     try:
         for source_settings in settings.sources:
             engine = build_engine(source_settings, journal)
+            log.info("source_syncing", source=engine.name, location=_location(source_settings))
             try:
                 with progress_for(engine.name) as progress:
                     report = engine.run_pass(reconcile_all=reconcile_all, progress=progress)
@@ -80,6 +88,13 @@ def sync_sources(
             yield report
     finally:
         journal.close()
+
+
+def _location(settings: SourceSettings) -> str:
+    """Where a source reads from, as shown to an operator (no user:password@)."""
+    if isinstance(settings, MlflowSourceSettings):
+        return without_userinfo(settings.tracking_uri)
+    return str(settings.path)
 
 
 @dataclass(frozen=True)
@@ -102,18 +117,16 @@ def check_sources(settings: Settings) -> list[CheckResult]:
 def _check_mlflow(settings: MlflowSourceSettings) -> CheckResult:
     source = MlflowSource.from_settings(settings)
     auth = settings.auth.type if settings.auth else "none"
+    url = _location(settings)
     try:
         experiments, missing = source.experiments()
         visible = len(source.client.experiments())
     except TbmirrorError as error:
-        return CheckResult(settings.name, False, str(error))
+        return CheckResult(settings.name, False, f"{url}: {error}")
     finally:
         source.close()
     names = ", ".join(sorted(e.name for e in experiments.values())) or "none"
-    text = (
-        f"{without_userinfo(settings.tracking_uri)} "
-        f"(auth {auth}, {visible} experiments visible): experiments {names}"
-    )
+    text = f"{url} (auth {auth}, {visible} experiments visible): experiments {names}"
     if missing:
         text += f"; not found: {', '.join(missing)}"
     return CheckResult(settings.name, True, text)
@@ -155,5 +168,6 @@ def status_rows(settings: Settings) -> list[dict[str, Any]]:
                 "lag_seconds": round(now - status.last_success, 1) if status.last_success else None,
                 "consecutive_errors": status.consecutive_errors,
                 "last_error": status.last_error,
+                "failed_runs": status.failed_runs,
             })  # fmt: skip
     return rows

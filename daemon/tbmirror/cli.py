@@ -23,7 +23,7 @@ from rich.table import Table
 from tbmirror import __version__, app, logs
 from tbmirror.config import Settings, load_settings
 from tbmirror.engine.base import PassReport
-from tbmirror.errors import TbmirrorError
+from tbmirror.errors import ConfigError, TbmirrorError
 from tbmirror.service.daemon import Daemon
 
 log = structlog.get_logger(__name__)
@@ -38,7 +38,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command is demo_command:
             logs.configure(args.log_level or "info")
             return demo_command(args)
-        settings = load_settings(Path(args.config))
+        try:
+            settings = load_settings(Path(args.config))
+        except TbmirrorError:
+            raise
+        except Exception as error:  # a bug, but a config problem is one line: never a traceback
+            raise ConfigError(f"{args.config}: cannot be loaded ({type(error).__name__})") from None
         logs.configure(args.log_level or settings.logging.level)
         result: int = args.command(settings, args)
         return result
@@ -96,7 +101,8 @@ def _parser() -> argparse.ArgumentParser:
 def sync_command(settings: Settings, args: argparse.Namespace) -> int:
     ok = True
     for report in app.sync_sources(settings, args.reconcile, _progress):
-        log.info("source_synced", **vars(report))
+        if report.error is None:  # a failed pass was logged as source_failed
+            log.info("source_synced", **vars(report))
         print(_summary(report))
         ok &= report.ok
     return 0 if ok else 1
@@ -117,7 +123,10 @@ def status_command(settings: Settings, args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
-    table = Table("source", "experiment", "runs", "points", "last sync", "lag", "errors")
+    table = Table()
+    columns = ("source", "experiment", "runs", "points", "last sync", "lag", "failed", "errors")
+    for column in columns:
+        table.add_column(column, overflow="fold")  # names wrap on a narrow terminal, not cut
     for row in rows:
         table.add_row(
             row["source"],
@@ -126,6 +135,7 @@ def status_command(settings: Settings, args: argparse.Namespace) -> int:
             f"{row['points']:,}",
             _local_time(row["last_sync"]),
             f"{row['lag_seconds']:.0f} s" if row["lag_seconds"] is not None else "-",
+            f"{row['failed_runs']:,}",
             f"{row['consecutive_errors']}"
             + (f": {row['last_error']}" if row["last_error"] else ""),
         )

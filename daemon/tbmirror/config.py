@@ -3,15 +3,27 @@
 The shape of the file lives here and only here. `load_settings` either returns settings that the
 rest of tbmirror can trust or raises `ConfigError` whose message names the file, the key path
 (`sources[0].poll_interval`) and what was expected.
+
+Settings that validate also build: every value is checked here (URLs parsed down to the host and
+port, ports, durations, sizes and counts in range, no NUL anywhere, secrets on one line), so a
+source's engine, the scheduler, TensorBoard and the health endpoint never meet a value they
+cannot use. No error message shows a secret, a line of the file or a URL's user:password@.
 """
 
 from __future__ import annotations
 
+import errno
+import ipaddress
+import math
 import os
 import re
+import stat
+import urllib.parse
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
 
+import httpx
 import yaml
 from pydantic import (
     BaseModel,
@@ -31,19 +43,83 @@ _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
 _ENV_REFERENCE = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _SECRET_FIELD = re.compile(r"password|token|secret|key", re.IGNORECASE)
+_HOST_NAME = re.compile(r"^(?!-)[A-Za-z0-9_-]{1,63}(?<!-)(\.(?!-)[A-Za-z0-9_-]{1,63}(?<!-))*\.?$")
+_INT64 = (-(2**63), 2**63 - 1)
+MAX_DURATION_SECONDS = 366 * 86400.0  # longer is a mistake (and overflows timers)
+MAX_SECRET_FILE_BYTES = 64 * 1024
 
 
 def parse_duration(value: object) -> float:
-    """'500ms', '10s', '5m', '1h', '1d' or a plain number of seconds -> seconds (float)."""
-    if isinstance(value, bool):
+    """'500ms', '10s', '5m', '1h', '1d' or a plain number of seconds -> seconds (float), from 0 to
+    MAX_DURATION_SECONDS."""
+    seconds: float | None = None
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        try:
+            seconds = float(value)
+        except OverflowError:  # an int too large for a float
+            seconds = math.inf
+    elif isinstance(value, str) and (match := _DURATION.match(value)):
+        seconds = float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+    if seconds is None:
         raise ValueError("expected a duration like '10s', '5m' or a number of seconds")
-    if isinstance(value, (int, float)):
-        return float(value)
-    if isinstance(value, str):
-        match = _DURATION.match(value)
-        if match:
-            return float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
-    raise ValueError("expected a duration like '10s', '5m' or a number of seconds")
+    if not (math.isfinite(seconds) and 0 <= seconds <= MAX_DURATION_SECONDS):
+        raise ValueError("expected a duration from 0 to 366 days")
+    return seconds
+
+
+def http_url(value: str) -> str:
+    """`value` as an http(s) base URL requests can be sent to (`azureml://` as `https://`, no
+    trailing "/"), or ValueError saying what is wrong (never quoting the value)."""
+    if value.startswith("azureml://"):
+        value = "https://" + value.removeprefix("azureml://")  # as Azure prints it
+    if not value.isprintable() or any(character.isspace() for character in value):
+        raise ValueError("expected a URL without spaces or control characters")
+    try:
+        parts = urllib.parse.urlsplit(value)
+    except ValueError:  # an unclosed or invalid [IPv6] host
+        raise ValueError("expected a valid host name or address") from None
+    if parts.scheme.lower() not in ("http", "https") or not value.lower().startswith(
+        f"{parts.scheme.lower()}://"
+    ):
+        raise ValueError("expected an http:// or https:// (or azureml://) URL")
+    if not parts.hostname:
+        raise ValueError("expected a host after http(s)://")
+    try:
+        port = parts.port
+    except ValueError:
+        port = 0
+    if port == 0:
+        raise ValueError("expected a port from 1 to 65535 after the host")
+    if parts.query or parts.fragment or "?" in value or "#" in value:
+        raise ValueError("expected a URL without a query (?...) or fragment (#...)")
+    try:
+        url = httpx.URL(value)
+        host = url.raw_host.decode("ascii")
+        url.host  # noqa: B018 (decodes an IDNA name, which can fail)
+    except Exception:  # httpx.InvalidURL, IDNA errors
+        raise ValueError("expected a valid host name or address") from None
+    if not (host and _valid_host(host, ipv6=parts.netloc.rpartition("@")[2].startswith("["))):
+        raise ValueError("expected a valid host name or address")
+    return value.rstrip("/")
+
+
+def _valid_host(host: str, ipv6: bool = False) -> bool:
+    """Whether `host` (ASCII, as sent) is an IPv4 address, a DNS name or, with `ipv6`, an IPv6
+    address."""
+    try:
+        ipaddress.ip_address(host) if ipv6 else ipaddress.IPv4Address(host)
+        return True
+    except ValueError:
+        if ipv6 or re.fullmatch(r"[0-9.]+", host):  # a bad address is not a name
+            return False
+    return len(host) <= 253 and _HOST_NAME.match(host) is not None
+
+
+def listen_host(value: str) -> str:
+    """A host to listen on (IPv4: TensorBoard's port check and the health endpoint use IPv4)."""
+    if not _valid_host(value):
+        raise ValueError("expected an IPv4 address or a host name (IPv6 is not supported here)")
+    return value
 
 
 Duration = Annotated[float, BeforeValidator(parse_duration)]
@@ -51,7 +127,23 @@ SourceName = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")]
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    """A section of the file: unknown keys refused, floats finite, and every value in the range
+    the code that uses it can take (checked for every field of every section; `_lax_inputs`
+    refuses what pydantic's lax mode would quietly take)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _in_range(cls, value: Any) -> Any:
+        if isinstance(value, ByteSize) and not 0 < value <= _INT64[1]:
+            raise ValueError("expected a size greater than 0 (and below 8 EiB)")
+        if isinstance(value, int) and not isinstance(value, bool):
+            if value > _INT64[1]:
+                raise ValueError(f"expected at most {_INT64[1]}")
+            if value < _INT64[0]:
+                raise ValueError(f"expected at least {_INT64[0]}")
+        return value
 
 
 class MirrorSettings(_Section):
@@ -62,18 +154,47 @@ class MirrorSettings(_Section):
 
 
 class _SecretSource(_Section):
-    """A secret given inline (use ${ENV_VAR}) or as a file (e.g. systemd LoadCredential=)."""
+    """A secret given inline (use ${ENV_VAR}) or as a file (e.g. systemd LoadCredential=).
+
+    A secret is one line: an inline one with a CR, LF or NUL is refused at validation, a file is
+    checked when it is read (on first use) and may end with a newline. Errors name the key or the
+    file, never the content."""
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _one_line(cls, value: Any) -> Any:
+        if isinstance(value, SecretStr):
+            secret = value.get_secret_value()
+            if not secret.strip():
+                raise ValueError("expected a secret, not an empty value")
+            if any(character in secret for character in "\r\n\0"):
+                raise ValueError("expected one line (no CR, LF or NUL)")
+        return value
 
     def secret(self, field: str) -> str:
-        """The secret `field`, read from `<field>_file` when that is set (first line, stripped)."""
+        """The secret `field`, or the content of `<field>_file` when that is set (trimmed)."""
         value = getattr(self, field)
         if value is not None:
             return str(value.get_secret_value())
         path: Path = getattr(self, f"{field}_file")
+        name = f"{field}_file {path}"
         try:
-            return path.read_text(encoding="utf-8").strip()
+            data = _read_small_file(path, MAX_SECRET_FILE_BYTES)
         except OSError as error:
-            raise ConfigError(f"cannot read {field}_file {path}: {error.strerror}") from None
+            raise ConfigError(f"cannot read {name}: {error.strerror or error}") from None
+        if data is None:
+            raise ConfigError(f"{name}: expected a secret of at most {MAX_SECRET_FILE_BYTES} bytes")
+        try:
+            text = data.decode("utf-8").strip()
+        except UnicodeDecodeError:
+            raise ConfigError(f"{name}: expected UTF-8 text") from None
+        if not text:
+            raise ConfigError(f"{name}: expected a secret, the file is empty")
+        if any(character in text for character in "\r\n\0"):
+            raise ConfigError(
+                f"{name}: expected the secret on one line (found a second line, a CR or a NUL)"
+            )
+        return text
 
     @staticmethod
     def _one_of(settings: _Section, field: str, required: bool = True) -> None:
@@ -124,6 +245,11 @@ class DatabricksAuth(_SecretSource):
     client_id: str | None = None
     client_secret: SecretStr | None = None
     client_secret_file: Path | None = None
+
+    @field_validator("host")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        return None if value is None else http_url(value)
 
     @model_validator(mode="after")
     def _credentials(self) -> DatabricksAuth:
@@ -178,22 +304,20 @@ class MlflowSourceSettings(_Section):
     on_delete: Literal["remove", "keep"] = "remove"
     child_runs_in_other_experiments: bool = True
     ui_url: str | None = None
-    timeout: Duration = 30.0
+    timeout: Duration = 30.0  # total, per request (connect, wait, every byte of the answer)
+    max_response_bytes: ByteSize = ByteSize(64 * 1024**2)  # a larger answer is an error
+    stall_timeout: Duration = 300.0  # a pass with no answer at all for this long is ended
     max_retries: int = Field(default=5, ge=0, le=20)
     concurrency: int = Field(default=4, ge=1, le=32)
     auth: Auth | None = None
-    max_requests_per_second: float | None = Field(default=None, gt=0)
-    max_search_requests_per_second: float | None = Field(default=None, gt=0)
+    max_requests_per_second: float | None = Field(default=None, ge=0.001, le=1e6)
+    max_search_requests_per_second: float | None = Field(default=None, ge=0.001, le=1e6)
     artifacts: ArtifactSettings = ArtifactSettings()
 
     @field_validator("tracking_uri", "ui_url")
     @classmethod
     def _http_url(cls, value: str | None) -> str | None:
-        if value is not None and value.startswith("azureml://"):
-            value = "https://" + value.removeprefix("azureml://")  # as Azure prints it
-        if value is not None and not re.match(r"^https?://[^/\s]+", value):
-            raise ValueError("expected an http:// or https:// (or azureml://) URL")
-        return value.rstrip("/") if value else value
+        return None if value is None else http_url(value)
 
     @property
     def search_rate_limit(self) -> float | None:
@@ -211,7 +335,7 @@ class MlflowSourceSettings(_Section):
             return 127.0
         return self.max_requests_per_second
 
-    @field_validator("poll_interval", "timeout")
+    @field_validator("poll_interval", "timeout", "stall_timeout")
     @classmethod
     def _positive(cls, value: float) -> float:
         if value <= 0:
@@ -286,9 +410,14 @@ class TensorBoardSettings(_Section):
     host: str = "127.0.0.1"
     port: int = Field(default=6006, ge=1, le=65535)
     path_prefix: str = Field(default="", pattern=r"^(/[A-Za-z0-9._~-]+)*$")
-    reload_interval: int = Field(default=5, ge=1)
-    scalars_samples: int = Field(default=100_000, ge=1)
+    reload_interval: int = Field(default=5, ge=1, le=86_400)
+    scalars_samples: int = Field(default=100_000, ge=1, le=1_000_000_000)
     extra_args: list[str] = []
+
+    @field_validator("host")
+    @classmethod
+    def _host(cls, value: str) -> str:
+        return listen_host(value)
 
     @property
     def url(self) -> str:
@@ -301,7 +430,19 @@ class HealthSettings(_Section):
     enabled: bool = True
     host: str = "127.0.0.1"
     port: int = Field(default=9464, ge=1, le=65535)
-    failure_threshold: int = Field(default=3, ge=1)
+    failure_threshold: int = Field(default=3, ge=1, le=1_000_000)
+    # a source is degraded once no pass of it succeeded for this long (default per source:
+    # max(3 x poll_interval, 15 s)), while a pass runs longer than that, or when every run or
+    # file of its last pass failed
+    stale_after: Duration | None = None
+
+    @field_validator("host")
+    @classmethod
+    def _host(cls, value: str) -> str:
+        return listen_host(value)
+
+    def stale_after_for(self, poll_interval: float) -> float:
+        return self.stale_after or max(3 * poll_interval, 15.0)
 
 
 class Settings(_Section):
@@ -345,29 +486,126 @@ def without_userinfo(url: str) -> str:
 def load_settings(path: Path) -> Settings:
     """Read, interpolate `${ENV_VAR}` references in, and validate the YAML file at `path`."""
     try:
-        text = path.read_text(encoding="utf-8")
+        data = path.read_bytes()
     except OSError as error:
-        raise ConfigError(f"{path}: cannot read the config file: {error.strerror}") from error
+        raise ConfigError(f"{path}: cannot read the config file: {error.strerror}") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line = data.count(b"\n", 0, error.start) + 1
+        raise ConfigError(f"{path}: line {line}: not UTF-8 text") from None
     return parse_settings(text, origin=str(path))
 
 
 def parse_settings(text: str, origin: str = "<config>") -> Settings:
     """Validate YAML `text`; `origin` names it in errors."""
     try:
-        document = yaml.safe_load(text)
+        document = yaml.load(text, Loader=_Loader)  # a SafeLoader
     except yaml.YAMLError as error:
-        raise ConfigError(f"{origin}: not valid YAML: {error}") from error
+        raise ConfigError(f"{origin}: {_yaml_error(error, text)}") from None
+    except RecursionError:
+        raise ConfigError(f"{origin}: not valid YAML: nested too deeply") from None
     if not isinstance(document, dict):
         raise ConfigError(f"{origin}: expected a mapping with 'mirror' and 'sources' at the top")
     document = _interpolate(document, (), origin)
     try:
-        return Settings.model_validate(document)
+        settings = Settings.model_validate(document)
     except ValidationError as error:
         raise ConfigError(_describe(error, origin)) from None
+    problems = [
+        f"{origin}: {_key_path(where)}: {what}"
+        for where, what in _lax_inputs(settings, document, ())
+    ]
+    if problems:
+        raise ConfigError("\n".join(problems))
+    return settings
+
+
+def _lax_inputs(
+    section: BaseModel, raw: Any, where: tuple[str | int, ...]
+) -> Iterator[tuple[tuple[str | int, ...], str]]:
+    """Values of the file that validated only because pydantic is lax, and what was expected:
+    true/false for a number (`port: true` would be port 1), an empty path (the working
+    directory)."""
+    if not isinstance(raw, dict):
+        return
+    for name, field in type(section).model_fields.items():
+        if name not in raw:
+            continue
+        value, given = getattr(section, name), raw[name]
+        kinds = get_args(field.annotation) or (field.annotation,)
+        if isinstance(value, BaseModel):
+            yield from _lax_inputs(value, given, (*where, name))
+        elif isinstance(value, list) and isinstance(given, list):
+            for index, (item, item_given) in enumerate(zip(value, given, strict=False)):
+                if isinstance(item, BaseModel):
+                    yield from _lax_inputs(item, item_given, (*where, name, index))
+        elif isinstance(given, bool) and not isinstance(value, bool):
+            yield (*where, name), "expected a number, not true or false"
+        elif isinstance(given, str) and not given.strip() and Path in kinds:
+            yield (*where, name), "expected a path"
+
+
+class _Loader(yaml.SafeLoader):
+    """pyyaml's safe loader, whose tagged values that cannot be read (`!!int abc`) are YAML errors
+    with a position, rather than a ValueError that quotes the value."""
+
+    def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
+        try:
+            return super().construct_object(node, deep)
+        except yaml.YAMLError:
+            raise
+        except (ValueError, TypeError, OverflowError):
+            raise yaml.constructor.ConstructorError(
+                None, None, "a value cannot be read as its tag says", node.start_mark
+            ) from None
+
+
+_QUOTED = re.compile(r"'(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\"")
+
+
+def _yaml_error(error: yaml.YAMLError, text: str) -> str:
+    """Where the YAML is wrong and pyyaml's one-line problem, never the line itself (pyyaml's own
+    message quotes it, and it may hold an inline password): quoted parts of the problem are kept
+    only when they are one escaped or punctuation character."""
+    where = ""
+    problem: str | None = None
+    if isinstance(error, yaml.MarkedYAMLError):
+        problem = ": ".join(part for part in (error.context, error.problem) if part)
+        if error.problem_mark is not None:
+            mark = error.problem_mark
+            where = f"line {mark.line + 1}, column {mark.column + 1}: "
+    elif isinstance(error, yaml.reader.ReaderError):
+        line = text.count("\n", 0, error.position) + 1
+        column = error.position - (text.rfind("\n", 0, error.position) + 1) + 1
+        where = f"line {line}, column {column}: "
+        problem = f"character U+{error.character:04X} is not allowed"
+
+    def keep(match: re.Match[str]) -> str:
+        inner = match.group(0)[1:-1]
+        plain = len(inner) == 1 and not inner.isalnum()
+        return match.group(0) if plain or re.fullmatch(r"\\[a-z0-9]{1,5}", inner) else "'...'"
+
+    problem = _QUOTED.sub(keep, problem or "").replace("\n", " ").strip()
+    return f"{where}not valid YAML" + (f": {problem}" if problem else "")
+
+
+def _read_small_file(path: Path, limit: int) -> bytes | None:
+    """The content of the regular file at `path`, or None if it holds more than `limit` bytes.
+    Never blocks (a FIFO is refused); OSError if it cannot be read."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file")
+        data = os.read(fd, limit + 1)
+    finally:
+        os.close(fd)
+    return data if len(data) <= limit else None
 
 
 def _interpolate(node: Any, where: tuple[str | int, ...], origin: str) -> Any:
-    """Replace `${NAME}` in every string with the environment variable; `$$` is a literal `$`."""
+    """Replace `${NAME}` in every string with the environment variable; `$$` is a literal `$`.
+    A NUL in any string is refused (no path, argument or header can hold one)."""
     if isinstance(node, dict):
         return {key: _interpolate(value, (*where, key), origin) for key, value in node.items()}
     if isinstance(node, list):
@@ -385,7 +623,10 @@ def _interpolate(node: Any, where: tuple[str | int, ...], origin: str) -> Any:
             )
         return os.environ[name]
 
-    return _ENV_REFERENCE.sub(substitute, node)
+    text = _ENV_REFERENCE.sub(substitute, node)
+    if "\0" in text:
+        raise ConfigError(f"{origin}: {_key_path(where)}: contains a NUL character")
+    return text
 
 
 def _key_path(location: tuple[str | int, ...]) -> str:
@@ -435,12 +676,15 @@ def _describe(error: ValidationError, origin: str) -> str:
         if item["type"] == "union_tag_invalid":
             message = f"expected one of {context['expected_tags']} (got {context['tag']!r})"
         got = item.get("input")
+        if isinstance(got, str):
+            got = without_userinfo(got)
         named = " ".join(str(part) for part in location)
         if (
             item["type"] not in ("missing", "extra_forbidden")
             and isinstance(got, (str, int, float))
             and len(str(got)) <= 80
             and not _SECRET_FIELD.search(named)
+            and "@" not in str(got)  # a user:password@ that without_userinfo could not find
         ):
             message += f" (got {got!r})"
         where = f"{_key_path(location)}: " if location else ""  # whole-file checks name the keys

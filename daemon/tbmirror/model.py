@@ -153,3 +153,5 @@ class SourceStatus:
     last_success: float | None = None
     consecutive_errors: int = 0
     last_error: str | None = None
+    failed_runs: int = 0  # runs (or files) that failed in the last pass
+    all_failed: bool = False  # every run (or file) the last pass looked at failed

@@ -52,7 +52,9 @@ class UploadEngine:
         self.clock = clock
         self._tails: dict[str, TailRecord] | None = None  # by origin
         self._dir_owners: dict[str, str] = {}  # mirror dir -> the source dir or log it holds
-        self._warned: set[tuple[str, str]] = set()  # (file, problem) already logged
+        # Problems already logged, by file: as many entries as files with a problem in the tree
+        # (a full rescan forgets the files it no longer finds).
+        self._warned: dict[str, set[str]] = {}
         self.runs_mirrored = 0  # files of this source with a copy in the mirror
 
     def close(self) -> None:
@@ -74,8 +76,23 @@ class UploadEngine:
     ) -> PassReport:
         """Rescan the whole upload directory (every pass is full: `full` and `reconcile_all`
         change nothing). Never raises: see the report, which is also the source's status."""
-        report = self._run(lambda problem: self.tree.scan(problem=problem), progress, stop)
-        self.journal.record_pass(self.name, report.error, self.clock())
+        seen: set[str] = set()
+
+        def scan(problem: Problem) -> Iterable[UploadFile]:
+            def noted(relative: str, message: str) -> None:
+                seen.add(relative)
+                problem(relative, message)
+
+            for upload in self.tree.scan(problem=noted):
+                seen.add(upload.relative)
+                yield upload
+
+        report = self._run(scan, progress, stop)
+        if report.error is None and (stop is None or not stop.is_set()):
+            self._warned = {f: causes for f, causes in self._warned.items() if f in seen}
+        self.journal.record_pass(
+            self.name, report.error, self.clock(), len(report.failed_runs), report.runs_listed
+        )
         return report
 
     def sync_paths(self, paths: Iterable[str], stop: threading.Event | None = None) -> PassReport:
@@ -146,14 +163,19 @@ class UploadEngine:
         origin = _origin(upload.relative)
         tail = self._tails.get(origin)
         try:
-            with LocalFile(upload.real, self.tree.real_root) as reader:
+            with (
+                LocalFile(upload.real, self.tree.real_root) as reader,
+                structlog.contextvars.bound_contextvars(source=self.name, file=upload.relative),
+            ):
                 if reader.size > self.settings.max_file_size:
                     self._warn(
                         upload.relative,
                         f"larger than max_file_size ({reader.size:,} > "
                         f"{self.settings.max_file_size:,} bytes): skipped",
+                        cause="too_large",
                     )
                     return
+                self._warned.get(upload.relative, set()).discard("too_large")
                 if tail is None:
                     tail = TailRecord(self.name, origin, upload.kind, self._mirror_dir(upload))
                 outcome = self.tailer.advance(tail, reader, self.clock())
@@ -196,10 +218,12 @@ class UploadEngine:
         self._dir_owners[dir] = owner
         return dir
 
-    def _warn(self, relative: str, problem: str) -> None:
-        """Log a problem with one file once (per process), not on every rescan."""
-        if (relative, problem) not in self._warned:
-            self._warned.add((relative, problem))
+    def _warn(self, relative: str, problem: str, cause: str | None = None) -> None:
+        """Log a problem with one file once per cause (the problem itself by default), not on
+        every rescan nor on every append (a file that grows past max_file_size is one cause)."""
+        causes = self._warned.setdefault(relative, set())
+        if (cause or problem) not in causes:
+            causes.add(cause or problem)
             log.warning("upload_skipped", source=self.name, file=relative, problem=problem)
 
 

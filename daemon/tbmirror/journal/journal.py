@@ -46,6 +46,7 @@ import structlog
 
 from tbmirror.errors import MirrorError
 from tbmirror.journal.files import FileLayer, OsFiles
+from tbmirror.journal.locks import SubtreeLocks
 from tbmirror.journal.store import Store
 from tbmirror.mirror import events
 from tbmirror.mirror.events import EventsFileLostError
@@ -219,8 +220,12 @@ class Journal:
         layout: MirrorLayout,
         files: FileLayer | None = None,
         clock: Callable[[], float] = time.time,
+        locks: SubtreeLocks | None = None,
     ) -> None:
+        """`locks`: when given, batches, moves and recovery are refused for a source whose
+        subtree this process does not own (`own`)."""
         self.store = store
+        self.locks = locks
         self.layout = layout
         self.files: FileLayer = files or OsFiles()
         self.clock = clock
@@ -235,10 +240,27 @@ class Journal:
     def open(cls, layout: MirrorLayout, state_path: Path) -> Journal:
         """The journal of a mirror root with its store at `state_path` (locked for this process;
         MirrorError if another holds it). Run recovery (recovery.py) before anything reads."""
-        return cls(Store(state_path), layout)
+        return cls(Store(state_path), layout, locks=SubtreeLocks(layout.root))
 
     def close(self) -> None:
+        if self.locks is not None:
+            self.locks.release_all()
         self.store.close()
+
+    def own(self, source: str) -> None:
+        """Lock `source`'s subtree for this process (MirrorError naming the holder if another
+        process has it)."""
+        if self.locks is not None:
+            self.locks.acquire(source)
+
+    def disown(self, source: str) -> None:
+        """Let go of a source no longer configured (its files stay)."""
+        if self.locks is not None:
+            self.locks.release(source)
+
+    def _check_owned(self, owner: str) -> None:
+        if self.locks is not None and not self.locks.held(owner):
+            raise MirrorError(f"source {owner}: its mirror is not owned by this process")
 
     # -- batches ------------------------------------------------------------------------------
 
@@ -249,6 +271,7 @@ class Journal:
         Raises WriteFault when writing fails, and at once while the owner has a batch pending:
         `settle` first, then read the state the batch builds on.
         """
+        self._check_owned(owner)
         with self._guard:
             fault = self._faults.get(owner) if owner in self._pending else None
         if fault is not None:
@@ -339,6 +362,7 @@ class Journal:
     def move(self, owner: str, old_dir: str, new_dir: str) -> None:
         """Move a run or experiment directory, with everything nested in it, on disk and in the
         store; rolled forward by the next settle or by recovery if interrupted."""
+        self._check_owned(owner)
         self.settle(owner)
         try:
             with self.store.transaction():
@@ -452,12 +476,17 @@ class Journal:
 
     # -- source status ------------------------------------------------------------------------
 
-    def record_pass(self, source: str, error: str | None, now: float) -> SourceStatus:
-        """Note how a pass of `source` went. Kept in memory (so /healthz is right while the disk
-        is full) and stored when the store can be written."""
+    def record_pass(
+        self, source: str, error: str | None, now: float, failed_runs: int = 0, tried: int = 0
+    ) -> SourceStatus:
+        """Note how a pass of `source` went (`failed_runs` of the `tried` runs or files failed).
+        Kept in memory (so /healthz is right while the disk is full) and stored when the store
+        can be written."""
         with self._guard:
             status = replace(self._statuses.get(source) or SourceStatus(source))
             status.last_attempt = now
+            status.failed_runs = failed_runs
+            status.all_failed = failed_runs > 0 and failed_runs >= tried
             if error:
                 status.consecutive_errors += 1
                 status.last_error = error

@@ -8,17 +8,16 @@ cover them. Tables only; no file is touched here.
 
 from __future__ import annotations
 
-import fcntl
-import os
 import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
-from dataclasses import fields
+from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
 
 from tbmirror.errors import MirrorError
+from tbmirror.journal.locks import PidLock
 from tbmirror.model import (
     Cursor,
     MetricPoint,
@@ -55,7 +54,8 @@ CREATE TABLE IF NOT EXISTS runs (
 CREATE TABLE IF NOT EXISTS files (path TEXT PRIMARY KEY, length INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS source_status (
     source TEXT PRIMARY KEY, last_attempt REAL, last_success REAL,
-    consecutive_errors INTEGER NOT NULL DEFAULT 0, last_error TEXT);
+    consecutive_errors INTEGER NOT NULL DEFAULT 0, last_error TEXT,
+    failed_runs INTEGER NOT NULL DEFAULT 0, all_failed INTEGER NOT NULL DEFAULT 0);
 CREATE TABLE IF NOT EXISTS series (
     source TEXT NOT NULL, run_id TEXT NOT NULL, key TEXT NOT NULL,
     count INTEGER NOT NULL,
@@ -77,6 +77,7 @@ CREATE TABLE IF NOT EXISTS tails (
 _RUN_COLUMNS = [f.name for f in fields(RunRecord)]
 _RUN_SELECT = ", ".join(_RUN_COLUMNS)
 _TAIL_COLUMNS = [f.name for f in fields(TailRecord)]
+_STATUS_COLUMNS = [f.name for f in fields(SourceStatus)]
 
 
 class Store:
@@ -87,7 +88,7 @@ class Store:
 
     def __init__(self, path: Path, read_only: bool = False) -> None:
         self._mutex = threading.RLock()
-        self._lock: int | None = None
+        self._lock: PidLock | None = None
         try:
             if read_only:
                 self._db = sqlite3.connect(
@@ -97,7 +98,7 @@ class Store:
                 self.path = path
                 return
             path.parent.mkdir(parents=True, exist_ok=True)
-            self._lock = _exclusive_lock(path.with_name(path.name + ".lock"))
+            self._lock = PidLock(path.with_name(path.name + ".lock"), f"the state store {path}")
             self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
@@ -117,15 +118,24 @@ class Store:
 
     def _add_missing_columns(self) -> None:
         """Bring a store made by an earlier tbmirror up to this schema (columns only added)."""
-        present = {row[1] for row in self._db.execute("PRAGMA table_info(runs)")}
-        if "artifacts_at" not in present:
-            self._db.execute("ALTER TABLE runs ADD COLUMN artifacts_at REAL NOT NULL DEFAULT 0")
+        added = {
+            "runs": ["artifacts_at REAL NOT NULL DEFAULT 0"],
+            "source_status": [
+                "failed_runs INTEGER NOT NULL DEFAULT 0",
+                "all_failed INTEGER NOT NULL DEFAULT 0",
+            ],
+        }
+        for table, columns in added.items():
+            present = {row[1] for row in self._db.execute(f"PRAGMA table_info({table})")}
+            for column in columns:
+                if column.split()[0] not in present:
+                    self._db.execute(f"ALTER TABLE {table} ADD COLUMN {column}")
 
     def close(self) -> None:
         with self._mutex:
             self._db.close()
             if self._lock is not None:
-                os.close(self._lock)
+                self._lock.release()
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
@@ -302,19 +312,16 @@ class Store:
     # -- source status and totals ---------------------------------------------------------------
 
     def source_status(self) -> dict[str, SourceStatus]:
-        rows = self._query("SELECT * FROM source_status")
-        return {row[0]: SourceStatus(*row) for row in rows}
+        rows = self._query(f"SELECT {', '.join(_STATUS_COLUMNS)} FROM source_status")
+        return {row[0]: replace(SourceStatus(*row), all_failed=bool(row[-1])) for row in rows}
 
     def put_source_status(self, status: SourceStatus) -> None:
+        values = [getattr(status, name) for name in _STATUS_COLUMNS]
+        placeholders = ", ".join("?" for _ in _STATUS_COLUMNS)
         self._execute(
-            "INSERT OR REPLACE INTO source_status VALUES (?, ?, ?, ?, ?)",
-            (
-                status.source,
-                status.last_attempt,
-                status.last_success,
-                status.consecutive_errors,
-                status.last_error,
-            ),
+            f"INSERT OR REPLACE INTO source_status ({', '.join(_STATUS_COLUMNS)}) "
+            f"VALUES ({placeholders})",
+            values,
         )
 
     def totals(self) -> list[tuple[str, str, int, int]]:
@@ -333,19 +340,6 @@ class Store:
             (TAILED_FILES,),
         )
         return [(row[0], row[1], int(row[2]), int(row[3])) for row in rows]
-
-
-def _exclusive_lock(path: Path) -> int:
-    """Hold an exclusive lock on `path` for the life of the process (or until close)."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        raise MirrorError(
-            f"another tbmirror process is using the state store {path.with_suffix('')}"
-        ) from None
-    return fd
 
 
 def _run_from_row(row: tuple[object, ...]) -> RunRecord:

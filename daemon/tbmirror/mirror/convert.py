@@ -12,6 +12,13 @@ the read time); every other column is a tag. JSON lines: one object a line; nume
 
 Every tag's steps go through the step rule (`steps.next_step`), so repeated steps or steps going
 back still show every point.
+
+Poison never blocks a file: a line whose step is a number TensorBoard cannot hold (NaN, infinite,
+beyond int64) is skipped, a point the step rule would move past int64 is skipped, an absurd wall
+time (negative, past the year 9999) is replaced by the read time, an object nested too deeply is
+skipped; lines that are not valid are skipped. Each cause is logged once per file (the state
+remembers, bounded) with the line number and the column or key name, never a value, and counted
+(`skipped`).
 """
 
 from __future__ import annotations
@@ -24,7 +31,7 @@ from typing import Any, Literal
 
 import structlog
 
-from tbmirror.mirror.steps import next_step
+from tbmirror.mirror.steps import INT64_MAX, INT64_MIN, next_step, valid_step
 from tbmirror.mirror.summaries import ScalarEncoder, clean_tag
 
 log = structlog.get_logger(__name__)
@@ -35,18 +42,18 @@ WALL_TIME_COLUMNS = ("wall_time", "timestamp", "time")
 # A wall time above this is in milliseconds (1e11 s is the year 5138; 1e11 ms is 1973).
 MILLISECONDS_ABOVE = 1e11
 BOM = b"\xef\xbb\xbf"
-_INT64_MIN = -(2**63)
-_INT64_MAX = 2**63 - 1
+MAX_WALL_TIME = 253_402_300_799.0  # 9999-12-31T23:59:59Z, in seconds
+MAX_DEPTH = 32  # levels of nested JSON objects flattened into a tag
+MAX_WARNED = 32  # distinct warnings (cause and column) remembered per file
 
 
-def _seconds(value: float) -> float:
-    """A wall time in seconds, from seconds or (when > MILLISECONDS_ABOVE) milliseconds."""
-    return value / 1000.0 if value > MILLISECONDS_ABOVE else value
-
-
-def _int_step(value: float) -> int:
-    """A finite source step as an int64 (fractions truncated, out-of-range values clamped)."""
-    return min(max(int(value), _INT64_MIN), _INT64_MAX)
+def _seconds(value: float) -> float | None:
+    """A wall time in seconds, from seconds or (when > MILLISECONDS_ABOVE) milliseconds; None if
+    it is no plausible time (not finite, before 1970 or after 9999)."""
+    if not math.isfinite(value):
+        return None
+    seconds = value / 1000.0 if value > MILLISECONDS_ABOVE else value
+    return seconds if 0 <= seconds <= MAX_WALL_TIME else None
 
 
 def _json_number(value: Any) -> bool:
@@ -54,26 +61,25 @@ def _json_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def _finite_cell(cells: list[str], index: int | None) -> float | None:
-    """The CSV cell at `index` as a finite float; None if absent, empty or not a finite number."""
+def _number_cell(cells: list[str], index: int | None) -> str | None:
+    """The CSV cell at `index` (stripped) if it holds a number (NaN and infinities included);
+    None if it is absent, empty or not a number."""
     if index is None or index >= len(cells):
         return None
+    cell = cells[index].strip()
     try:
-        number = float(cells[index])
+        float(cell)
     except ValueError:
         return None
-    return number if math.isfinite(number) else None
+    return cell
 
 
-def _json_finite(value: Any) -> float | None:
-    """A decoded JSON value as a finite float, or None if it is not a number or not finite."""
-    if not _json_number(value):
-        return None
+def _json_float(value: Any) -> float:
+    """A decoded JSON number as a float (an int too large for one is infinite)."""
     try:
-        number = float(value)
-    except OverflowError:  # an int too large for a float
-        return None
-    return number if math.isfinite(number) else None
+        return float(value)
+    except OverflowError:
+        return math.inf if value > 0 else -math.inf
 
 
 class LineConverter:
@@ -100,7 +106,15 @@ class LineConverter:
         self._tb_steps: dict[str, int] = {
             str(tag): int(step) for tag, step in state.get("tb_steps", {}).items()
         }
-        self._warned: set[str] = set(state.get("warned", []))
+        # Warnings already logged ("cause" or "cause:column"; a bare column name is from an
+        # older version, when only non-numeric columns were warned about) and skips counted.
+        self._warned: set[str] = {
+            entry if ":" in entry or entry in _CAUSES else f"non_numeric:{entry}"
+            for entry in state.get("warned", [])
+        }
+        self._skipped: dict[str, int] = {
+            str(cause): int(count) for cause, count in state.get("skipped", {}).items()
+        }
         self._bom_checked: bool = bool(state.get("bom_checked", False))
         self._encoders: dict[str, ScalarEncoder] = {}
         self._points = 0
@@ -116,6 +130,12 @@ class LineConverter:
         """The number of scalar points produced by the last `feed()` call."""
         return self._points
 
+    @property
+    def skipped(self) -> dict[str, int]:
+        """How many lines, values or points were skipped (or wall times replaced), by cause,
+        over the file's life."""
+        return dict(self._skipped)
+
     def state(self) -> dict[str, Any]:
         """JSON-serialisable state; `LineConverter(kind, step_columns, state=that)` continues
         exactly where this one stopped."""
@@ -127,6 +147,7 @@ class LineConverter:
             "line": self._line,
             "tb_steps": dict(self._tb_steps),
             "warned": sorted(self._warned),
+            "skipped": dict(self._skipped),
             "bom_checked": self._bom_checked,
         }
 
@@ -165,17 +186,31 @@ class LineConverter:
         TensorBoard will see it: two long keys cut to the same tag are one series)."""
         tag = clean_tag(tag)
         tb_step = next_step(source_step, self._tb_steps.get(tag))
+        if not INT64_MIN <= tb_step <= INT64_MAX:  # moved past a step at the end of int64
+            self._skip("step_overflow", column=tag)
+            return
         self._tb_steps[tag] = tb_step
         encoder = self._encoders.get(tag)
         if encoder is None:
             encoder = self._encoders[tag] = ScalarEncoder(tag)
         payloads.append(encoder.encode(wall_time, tb_step, value))
 
-    def _warn_non_numeric(self, column: str, value: Any) -> None:
-        """Log that `column` holds a non-numeric value, once per column over the file's life."""
-        if column not in self._warned:
-            self._warned.add(column)
-            log.warning("non_numeric_column_ignored", column=column, value=value)
+    def _skip(self, cause: str, column: str | None = None, **fields: Any) -> None:
+        """Count a skip for `cause` and log it, once per file for each cause (and column, for a
+        non-numeric one), at most MAX_WARNED warnings in all. Names and line numbers only: a
+        value may be anything (a token someone logged)."""
+        self._skipped[cause] = self._skipped.get(cause, 0) + 1
+        key = f"{cause}:{column[:200]}" if cause == "non_numeric" and column else cause
+        if key in self._warned or _CAPPED in self._warned:
+            return
+        if len(self._warned) >= MAX_WARNED:
+            self._warned.add(_CAPPED)
+            log.warning("metric_log_warnings_capped", line=self._line, limit=MAX_WARNED)
+            return
+        self._warned.add(key)
+        if column is not None:
+            fields["column"] = column
+        log.warning(_CAUSES[cause], line=self._line, **fields)
 
     # -- CSV ------------------------------------------------------------------------------------
 
@@ -219,7 +254,7 @@ class LineConverter:
                 try:
                     cells = next(csv.reader((line,)), [])
                 except csv.Error as error:
-                    log.warning("invalid_line_skipped", line=self._line, error=str(error))
+                    self._skip("invalid_line", error=str(error))
                     continue
             else:
                 cells = line.split(",")
@@ -235,10 +270,16 @@ class LineConverter:
                 continue  # a repeated header (e.g. Keras CSVLogger appending after a restart)
             row = self._rows
             self._rows += 1
-            step = _finite_cell(cells, step_index)
-            source_step = row if step is None else _int_step(step)
-            wall = _finite_cell(cells, wall_index)
-            wall_time = read_time if wall is None else _seconds(wall)
+            source_step: int | None = row
+            step_cell = _number_cell(cells, step_index)
+            if step_cell is not None and (source_step := valid_step(step_cell)) is None:
+                self._skip("invalid_step", column=self._step_column)
+                continue
+            assert source_step is not None
+            wall_time = read_time
+            wall_cell = _number_cell(cells, wall_index)
+            if wall_cell is not None:
+                wall_time = self._wall_time(float(wall_cell), self._wall_time_column, read_time)
             for index, tag in tag_columns:
                 if index >= count:
                     break
@@ -248,9 +289,17 @@ class LineConverter:
                 try:
                     value = float(cell)
                 except ValueError:
-                    self._warn_non_numeric(tag, cell)
+                    self._skip("non_numeric", column=tag)
                     continue
                 self._emit(payloads, tag, source_step, wall_time, value)
+
+    def _wall_time(self, number: float, column: str | None, read_time: float) -> float:
+        """A source wall time in seconds; the read time (and a warning) if it is absurd."""
+        seconds = _seconds(number)
+        if seconds is None:
+            self._skip("invalid_wall_time", column=column)
+            return read_time
+        return seconds
 
     # -- JSON lines -----------------------------------------------------------------------------
 
@@ -264,56 +313,73 @@ class LineConverter:
                 continue
             try:
                 record = json.loads(line)
+            except json.JSONDecodeError as error:
+                self._skip("invalid_line", error=error.msg)  # the message alone: no line text
+                continue
             except (ValueError, RecursionError) as error:
-                log.warning("invalid_line_skipped", line=self._line, error=str(error))
+                self._skip("invalid_line", error=type(error).__name__)
                 continue
             if not isinstance(record, dict):
-                log.warning(
-                    "invalid_line_skipped",
-                    line=self._line,
-                    error=f"not a JSON object but {type(record).__name__}",
-                )
+                self._skip("not_an_object", error=f"not a JSON object but {type(record).__name__}")
                 continue
             row = self._rows
             self._rows += 1
-            source_step = row
+            source_step: int | None = row
             step_key: str | None = None
             for key in self._step_columns:
                 value = record.get(key)
-                if isinstance(value, int) and not isinstance(value, bool):
-                    source_step = min(max(value, _INT64_MIN), _INT64_MAX)
-                elif (number := _json_finite(value)) is not None:
-                    source_step = _int_step(number)
-                else:
-                    continue
-                step_key = key
-                break
+                if _json_number(value):
+                    step_key = key
+                    source_step = valid_step(value)
+                    break
+            if source_step is None:
+                self._skip("invalid_step", column=step_key)
+                continue
             wall_time = read_time
             wall_key: str | None = None
             for key in WALL_TIME_COLUMNS:
-                if key != step_key and (number := _json_finite(record.get(key))) is not None:
-                    wall_time = _seconds(number)
+                value = record.get(key)
+                if key != step_key and _json_number(value):
+                    wall_time = self._wall_time(_json_float(value), key, read_time)
                     wall_key = key
                     break
             for key, value in record.items():
                 if key in (step_key, wall_key):
                     continue
-                self._json_value(payloads, key, value, source_step, wall_time)
+                self._json_value(payloads, key, value, source_step, wall_time, 1)
 
     def _json_value(
-        self, payloads: list[bytes], tag: str, value: Any, source_step: int, wall_time: float
+        self,
+        payloads: list[bytes],
+        tag: str,
+        value: Any,
+        source_step: int,
+        wall_time: float,
+        depth: int,
     ) -> None:
         """Emit `value` under `tag` if numeric, recursing into objects (keys joined with "/")."""
         if isinstance(value, dict):
-            for key, inner in value.items():
-                self._json_value(payloads, f"{tag}/{key}", inner, source_step, wall_time)
-            return
-        if _json_number(value):
-            try:
-                number = float(value)
-            except OverflowError:
-                self._warn_non_numeric(tag, value)
+            if depth >= MAX_DEPTH:
+                self._skip("too_deep", column=tag.split("/", 1)[0])
                 return
-            self._emit(payloads, tag, source_step, wall_time, number)
+            for key, inner in value.items():
+                self._json_value(payloads, f"{tag}/{key}", inner, source_step, wall_time, depth + 1)
             return
-        self._warn_non_numeric(tag, value)
+        number = _json_float(value) if _json_number(value) else None
+        if number is None or (isinstance(value, int) and not math.isfinite(number)):
+            self._skip("non_numeric", column=tag)  # not a number, or an int beyond a float
+            return
+        self._emit(payloads, tag, source_step, wall_time, number)
+
+
+# The warning logged (once per file) for each cause of a skip.
+_CAUSES = {
+    "invalid_line": "invalid_line_skipped",
+    "not_an_object": "invalid_line_skipped",
+    "invalid_step": "invalid_step_skipped",  # NaN, infinite or beyond int64: the line
+    "step_overflow": "step_overflow_skipped",  # the step rule would leave int64: the point
+    "invalid_wall_time": "wall_time_out_of_range",  # the read time is used instead
+    "too_deep": "nested_too_deep_skipped",  # an object nested over MAX_DEPTH levels
+    "non_numeric": "non_numeric_column_ignored",  # per column
+}
+_CAPPED = "capped"  # MAX_WARNED reached: nothing more is logged for this file

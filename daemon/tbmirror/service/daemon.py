@@ -9,6 +9,7 @@ TensorBoard and returns 0.
 
 from __future__ import annotations
 
+import os
 import signal
 import threading
 import time
@@ -20,7 +21,7 @@ from typing import Any
 import structlog
 
 from tbmirror import logs
-from tbmirror.app import open_journal
+from tbmirror.app import build_engine, open_journal
 from tbmirror.config import Settings, load_settings
 from tbmirror.errors import ConfigError, TbmirrorError
 from tbmirror.service.health import HealthReport, HealthServer
@@ -32,6 +33,9 @@ from tbmirror.service.tensorboard import TensorBoardSupervisor
 log = structlog.get_logger(__name__)
 
 TICK_SECONDS = 1.0
+SHUTDOWN_GRACE_SECONDS = (
+    5.0  # then passes still in a request are abandoned (SIGTERM -> exit < 10 s)
+)
 
 
 class Daemon:
@@ -82,14 +86,18 @@ class Daemon:
         finally:
             self.notifier.notify(STOPPING="1")
             log.info("daemon_stopping")
+            ended = True
             if hasattr(self, "scheduler"):
-                self.scheduler.shutdown()
+                ended = self.scheduler.shutdown(SHUTDOWN_GRACE_SECONDS)
             if self.tensorboard:
                 self.tensorboard.stop()
             if self._health:
                 self._health.stop()
-            journal.close()
+            if ended:
+                journal.close()
         log.info("daemon_stopped")
+        if not ended:  # a pass stuck in a request: leave it (what it wrote is recovered at start)
+            os._exit(0)
         return 0
 
     def _main_loop(self) -> None:
@@ -118,7 +126,7 @@ class Daemon:
         if not settings.enabled:
             return
         report = HealthReport(
-            settings, self.scheduler.statuses, self.journal.faults, self._tensorboard_health
+            settings, self.scheduler.views, self.journal.faults, self._tensorboard_health
         )
         try:
             self._health = HealthServer(settings, report, self.metrics)
@@ -137,7 +145,9 @@ class Daemon:
                 "restarts": self.tensorboard.restarts}  # fmt: skip
 
     def _reload(self) -> None:
-        """Apply a changed config file; an invalid one is reported and the old one kept."""
+        """Apply a changed config file. One that is invalid, or whose new or changed sources
+        cannot be built, is reported in one `reload_failed` line (never a traceback: the
+        file may hold secrets) and the old config keeps running."""
         if self.config_path is None:
             return
         self.notifier.notify(RELOADING="1", MONOTONIC_USEC=str(time.monotonic_ns() // 1000))
@@ -145,8 +155,16 @@ class Daemon:
             new = load_settings(self.config_path)
             if new.mirror != self.settings.mirror:
                 raise ConfigError("mirror.root and mirror.state cannot change without a restart")
-        except ConfigError as error:
-            log.error("reload_failed", error=str(error))
+            for source in new.sources:  # built (and closed) before anything is replaced
+                if source not in self.settings.sources:
+                    build_engine(source, self.journal).close()
+        except Exception as error:
+            message = (
+                str(error)
+                if isinstance(error, TbmirrorError)
+                else f"unexpected {type(error).__name__}"
+            )
+            log.error("reload_failed", error=message)
             self.notifier.notify(READY="1")
             return
         old = self.settings
@@ -158,7 +176,7 @@ class Daemon:
                 self.tensorboard = None
             try:
                 self._start_tensorboard()
-            except TbmirrorError as error:
+            except (TbmirrorError, OSError) as error:
                 log.error("tensorboard_start_failed", error=str(error))
         if new.health != old.health:
             if self._health:

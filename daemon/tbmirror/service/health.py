@@ -6,7 +6,8 @@ import json
 import threading
 import time
 from collections.abc import Callable
-from datetime import datetime, timezone
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -18,36 +19,57 @@ from tbmirror.model import SourceStatus
 from tbmirror.service.metrics import DaemonMetrics
 
 
+@dataclass(frozen=True)
+class SourceView:
+    """What health needs of one scheduled source."""
+
+    status: SourceStatus
+    poll_interval: float
+    running_since: float | None  # wall time the pass in flight began, if one is
+
+
 class HealthReport:
-    """What /healthz says, built from the daemon's live state."""
+    """What /healthz says, built from the daemon's live state.
+
+    A source is degraded when no pass of it succeeded for `stale_after` (since the daemon
+    started, before its first success), while a pass has run longer than that, when every run
+    or file of its last pass failed, when `failure_threshold` passes in a row failed, or while
+    writes of its mirror fail. The daemon is healthy when TensorBoard is up and every source is.
+    """
 
     def __init__(
         self,
         settings: HealthSettings,
-        statuses: Callable[[], dict[str, SourceStatus]],
+        sources: Callable[[], dict[str, SourceView]],
         write_faults: Callable[[], dict[str, Fault]],
         tensorboard: Callable[[], dict[str, Any] | None],
+        clock: Callable[[], float] = time.time,
     ) -> None:
-        self.settings, self._statuses, self._tensorboard = settings, statuses, tensorboard
-        self._write_faults = write_faults
+        self.settings, self._sources, self._tensorboard = settings, sources, tensorboard
+        self._write_faults, self._clock = write_faults, clock
+        self._started = clock()
 
     def build(self) -> tuple[bool, dict[str, Any]]:
-        """(healthy, body): unhealthy when TensorBoard is down, a source failed too often, or
-        writes of a source's mirror fail."""
-        now = time.time()
+        """(healthy, body)."""
+        now = self._clock()
+        faults = self._write_faults()
         sources = {}
         healthy = True
-        faults = self._write_faults()
-        for name, status in sorted(self._statuses().items()):
-            fault = faults.get(name)
-            ok = status.consecutive_errors < self.settings.failure_threshold and fault is None
-            healthy &= ok
+        for name, view in sorted(self._sources().items()):
+            problems = self._problems(view, faults.get(name), now)
+            healthy &= not problems
+            status, fault = view.status, faults.get(name)
             sources[name] = {
-                "healthy": ok,
+                "healthy": not problems,
+                "problems": problems,
                 "last_success": _iso(status.last_success),
                 "lag_seconds": round(now - status.last_success, 3) if status.last_success else None,
                 "consecutive_errors": status.consecutive_errors,
                 "last_error": status.last_error,
+                "failed_runs": status.failed_runs,
+                "pass_running_seconds": (
+                    round(now - view.running_since, 1) if view.running_since else None
+                ),
                 "write_fault": None if fault is None else {
                     "cause": fault.cause, "path": fault.path, "since": _iso(fault.since)
                 },
@@ -58,6 +80,24 @@ class HealthReport:
         body = {"status": "ok" if healthy else "degraded", "tensorboard": tensorboard}
         body["sources"] = sources
         return healthy, body
+
+    def _problems(self, view: SourceView, fault: Fault | None, now: float) -> list[str]:
+        """Why one source is degraded (none: healthy), one short phrase each."""
+        status = view.status
+        stale_after = self.settings.stale_after_for(view.poll_interval)
+        problems = []
+        since = status.last_success or self._started
+        if now - since > stale_after:
+            problems.append(f"no successful pass for {now - since:.0f} s")
+        if view.running_since is not None and now - view.running_since > stale_after:
+            problems.append(f"a pass has run for {now - view.running_since:.0f} s")
+        if status.consecutive_errors >= self.settings.failure_threshold:
+            problems.append(f"{status.consecutive_errors} passes in a row failed")
+        if status.all_failed:
+            problems.append(f"every run of the last pass failed ({status.failed_runs})")
+        if fault is not None:
+            problems.append(f"writes fail ({fault.cause})")
+        return problems
 
 
 class HealthServer:
@@ -104,4 +144,4 @@ class HealthServer:
 def _iso(timestamp: float | None) -> str | None:
     if timestamp is None:
         return None
-    return datetime.fromtimestamp(timestamp, tz=timezone.utc).isoformat()
+    return datetime.fromtimestamp(timestamp, tz=UTC).isoformat()

@@ -2,7 +2,9 @@
 
 One job per source at `poll_interval` with jitter; never two polls of one source at once
 (max_instances=1, and a per-source lock across config reloads); missed runs coalesced. A pass that
-fails pushes that source's next poll back exponentially (capped), the others keep their schedule.
+fails pushes that source's next poll back to 2 x poll_interval (the HTTP layer already backs off
+exponentially between its retries, honouring Retry-After); longer, and /healthz would stay
+degraded long after an outage ends. The other sources keep their schedule.
 Every `full_listing_interval` a pass lists every run; in between, quick passes list only running,
 new and just-finished runs. An uploads source is rescanned at `rescan_interval` and, once its
 directory exists, also watched (watcher.py): changed files are synced under the same lock.
@@ -15,7 +17,7 @@ import random
 import threading
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import structlog
 from apscheduler.executors.pool import ThreadPoolExecutor
@@ -25,14 +27,15 @@ from apscheduler.triggers.interval import IntervalTrigger
 from tbmirror.app import build_engine
 from tbmirror.config import SourceSettings
 from tbmirror.engine.base import Engine, PassReport, WatchSpec
+from tbmirror.errors import TbmirrorError
 from tbmirror.journal import Journal
 from tbmirror.model import SourceStatus
+from tbmirror.service.health import SourceView
 from tbmirror.service.metrics import DaemonMetrics
 from tbmirror.service.watcher import UploadWatcher
 
 log = structlog.get_logger(__name__)
 
-BACKOFF_CAP_SECONDS = 300.0
 
 
 @dataclass
@@ -40,10 +43,10 @@ class _Runner:
     settings: SourceSettings
     engine: Engine
     lock: threading.Lock
-    failures: int = 0
     last_full: float = field(default=float("-inf"))
     watcher: UploadWatcher | None = None
     retired: bool = False
+    running_since: float | None = None  # wall time the pass in flight began
 
 
 class SourceScheduler:
@@ -55,7 +58,7 @@ class SourceScheduler:
         self._scheduler = BackgroundScheduler(
             executors={"default": ThreadPoolExecutor(32)},
             job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None},
-            timezone=timezone.utc,
+            timezone=UTC,
         )
 
     def start(self, sources: list[SourceSettings]) -> None:
@@ -69,14 +72,19 @@ class SourceScheduler:
             for name in list(self._runners):
                 if name not in wanted or wanted[name] != self._runners[name].settings:
                     self._scheduler.remove_job(name)
-                    _retire(self._runners.pop(name))
+                    self._retire(self._runners.pop(name))
                     if name not in wanted:
                         self._metrics.forget(name)
                     log.info("source_unscheduled", source=name)
             for name, settings in wanted.items():
                 if name in self._runners:
                     continue
-                engine = build_engine(settings, self._journal, in_daemon=True)
+                try:
+                    self._journal.own(name)
+                except TbmirrorError as error:  # another process mirrors it: not scheduled
+                    log.error("source_not_scheduled", source=name, error=str(error))
+                    continue
+                engine = build_engine(settings, self._journal, self._stop)
                 lock = self._locks.setdefault(name, threading.Lock())
                 self._runners[name] = _Runner(settings, engine, lock)
                 self._scheduler.add_job(
@@ -87,26 +95,46 @@ class SourceScheduler:
                     args=[name],
                     id=name,
                     name=f"poll {name}",
-                    next_run_time=datetime.now(timezone.utc),
+                    next_run_time=datetime.now(UTC),
                 )
                 log.info("source_scheduled", source=name, poll_interval=settings.poll_interval)
 
-    def shutdown(self) -> None:
-        """Stop scheduling; passes in flight end at their next run boundary (stop event)."""
+    def shutdown(self, grace: float) -> bool:
+        """Stop scheduling; passes in flight end at their next run boundary (the stop event ends
+        waits and reads at once). True if every pass ended within `grace` seconds (engines are
+        then closed); False if some are still in a request that does not end."""
         with self._guard:
             runners = list(self._runners.values())
         for runner in runners:  # not under the guard: a watcher's batch may be waiting for it
             _stop_watching(runner)
         if self._scheduler.running:
-            self._scheduler.shutdown(wait=True)
-        with self._guard:
-            for runner in self._runners.values():
-                runner.engine.close()
+            self._scheduler.shutdown(wait=False)
+        deadline = time.monotonic() + grace
+        for runner in runners:
+            if not runner.lock.acquire(timeout=max(0.0, deadline - time.monotonic())):
+                log.warning("pass_abandoned", source=runner.settings.name)
+                return False
+            runner.engine.close()
+        return True
 
     def statuses(self) -> dict[str, SourceStatus]:
         """Status of every scheduled source (a never-polled one has an empty status)."""
         stored = self._journal.statuses()
         return {name: stored.get(name) or SourceStatus(name) for name in self.names()}
+
+    def views(self) -> dict[str, SourceView]:
+        """What health needs of every scheduled source."""
+        stored = self._journal.statuses()
+        with self._guard:
+            runners = dict(self._runners)
+        return {
+            name: SourceView(
+                stored.get(name) or SourceStatus(name),
+                runner.settings.poll_interval,
+                runner.running_since,
+            )
+            for name, runner in runners.items()
+        }
 
     def names(self) -> list[str]:
         with self._guard:
@@ -128,25 +156,42 @@ class SourceScheduler:
             now = time.monotonic()
             full = now - runner.last_full >= getattr(runner.settings, "full_listing_interval", 0)
             self._watch(runner)  # before the rescan: nothing changes unseen between the two
-            report = runner.engine.run_pass(full=full, stop=self._stop)
+            runner.running_since = time.time()
+            try:
+                report = runner.engine.run_pass(full=full, stop=self._stop)
+            finally:
+                runner.running_since = None
             self._metrics.record(report, runner.engine.runs_mirrored)
         if report.error and report.write_fault:  # the disk, not the source: retry on schedule
             log.warning("source_write_fault", source=name)
             return
         if report.error:
-            runner.failures += 1
-            delay = min(BACKOFF_CAP_SECONDS, runner.settings.poll_interval * 2**runner.failures)
-            delay *= random.uniform(0.8, 1.0)
+            delay = runner.settings.poll_interval * random.uniform(1.6, 2.0)
             log.warning("source_backoff", source=name, seconds=round(delay, 1))
             with contextlib.suppress(LookupError):  # removed by a reload meanwhile
                 self._scheduler.modify_job(
-                    name, next_run_time=datetime.now(timezone.utc) + timedelta(seconds=delay)
+                    name, next_run_time=datetime.now(UTC) + timedelta(seconds=delay)
                 )
             return
-        runner.failures = 0
         if full:
             runner.last_full = now
         _log_synced(report, full)
+
+    def _retire(self, runner: _Runner) -> None:
+        """Close a replaced or removed source once its pass in flight (if any) is over, without
+        waiting here; the subtree of a source no longer scheduled is let go."""
+        runner.retired = True
+        name = runner.settings.name
+
+        def close() -> None:
+            with runner.lock:
+                _stop_watching(runner)
+                runner.engine.close()
+                with self._guard:
+                    if name not in self._runners:
+                        self._journal.disown(name)
+
+        threading.Thread(target=close, name=f"retire {name}", daemon=True).start()
 
     def _watch(self, runner: _Runner) -> None:
         """Watch an engine's directory (if it has one) once it exists, and again after its watch
@@ -202,15 +247,3 @@ def _stop_watching(runner: _Runner) -> None:
     if runner.watcher is not None:
         runner.watcher.stop()
         runner.watcher = None
-
-
-def _retire(runner: _Runner) -> None:
-    """Close a removed source once its pass in flight (if any) is over, without waiting here."""
-    runner.retired = True
-
-    def close() -> None:
-        with runner.lock:
-            _stop_watching(runner)
-            runner.engine.close()
-
-    threading.Thread(target=close, name=f"retire {runner.settings.name}", daemon=True).start()

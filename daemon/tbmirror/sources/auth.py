@@ -3,12 +3,15 @@ Azure ML (azure-identity).
 
 Secrets are read on first use, tokens are cached and refreshed before they expire; a request
 answered 401 gets one fresh token and is sent once more. No secret is ever put into a log event or
-an error message.
+an error message: a secret file must hold one line (config.py checks it when it is read) and a
+bearer token, from the config or from a token service, must be visible ASCII before it goes into
+a header (else the HTTP library's error, which quotes the header, would carry it out).
 """
 
 from __future__ import annotations
 
 import base64
+import re
 import threading
 import time
 from collections.abc import Callable, Generator
@@ -18,11 +21,12 @@ import httpx
 import structlog
 
 from tbmirror.config import AzureAuth, BasicAuth, BearerAuth, DatabricksAuth, MlflowSourceSettings
-from tbmirror.errors import AuthError
+from tbmirror.errors import AuthError, ConfigError
 
 log = structlog.get_logger(__name__)
 
 REFRESH_MARGIN_SECONDS = 120.0
+_HEADER_TOKEN = re.compile(r"[\x21-\x7e]+")  # what may follow "Bearer " (visible ASCII)
 
 
 class CachedToken:
@@ -83,14 +87,30 @@ def build_auth(settings: MlflowSourceSettings) -> httpx.Auth | None:
         return None
     if isinstance(auth, BasicAuth):
         return LazyBasicAuth(auth.username, lambda: auth.secret("password"))
-    if isinstance(auth, BearerAuth):
-        return TokenAuth(CachedToken(lambda: (auth.secret("token"), float("inf"))))
+    if isinstance(auth, BearerAuth) or (
+        isinstance(auth, DatabricksAuth) and auth.client_id is None
+    ):
+        return TokenAuth(CachedToken(lambda: (_configured_token(auth), float("inf"))))
     if isinstance(auth, DatabricksAuth):
-        if auth.client_id is None:
-            return TokenAuth(CachedToken(lambda: (auth.secret("token"), float("inf"))))
         host = (auth.host or settings.tracking_uri).rstrip("/")
         return TokenAuth(CachedToken(lambda: _databricks_oauth(settings.name, host, auth)))
     return TokenAuth(CachedToken(_AzureTokens(settings.name, auth)))
+
+
+def _configured_token(auth: BearerAuth | DatabricksAuth) -> str:
+    """The static token of the config (inline or from `token_file`), checked to fit a header."""
+    token = auth.secret("token")
+    if not _HEADER_TOKEN.fullmatch(token):
+        where = f"token_file {auth.token_file}" if auth.token_file else "auth.token"
+        raise ConfigError(f"{where}: expected a bearer token of visible ASCII characters")
+    return token
+
+
+def _fetched_token(source: str, what: str, token: object) -> str:
+    """A token a token service gave, checked to fit a header (AuthError naming `what`)."""
+    if not isinstance(token, str) or not _HEADER_TOKEN.fullmatch(token):
+        raise AuthError(f"source {source}: {what} gave no usable bearer token")
+    return token
 
 
 def _databricks_oauth(source: str, host: str, auth: DatabricksAuth) -> tuple[str, float]:
@@ -111,8 +131,15 @@ def _databricks_oauth(source: str, host: str, auth: DatabricksAuth) -> tuple[str
         raise AuthError(
             f"source {source}: databricks OAuth token request refused: HTTP {response.status_code}"
         )
-    body: dict[str, Any] = response.json()
-    return str(body["access_token"]), time.time() + float(body.get("expires_in", 3600))
+    try:
+        body = response.json()
+        expires_in = float(body.get("expires_in", 3600))
+    except (ValueError, AttributeError, TypeError):
+        raise AuthError(
+            f"source {source}: databricks OAuth token request answered without a token"
+        ) from None
+    token = _fetched_token(source, "the databricks OAuth token request", body.get("access_token"))
+    return token, time.time() + min(max(expires_in, 0.0), 86_400.0)
 
 
 class _AzureTokens:
@@ -141,7 +168,8 @@ class _AzureTokens:
                 f"source {self._source}: azure credential ({self._auth.credential}) gave no "
                 f"token: {message}"
             ) from None
-        return token.token, float(token.expires_on)
+        what = f"azure credential ({self._auth.credential})"
+        return _fetched_token(self._source, what, token.token), float(token.expires_on)
 
     def _make_credential(self) -> Any:
         from azure.identity import (

@@ -1,8 +1,17 @@
-"""JSON over HTTP for one source, with retries that are polite to busy servers.
+"""JSON and byte ranges over HTTP for one source, bounded and polite, trusting no answer.
 
-429 and 5xx answers and connection failures are retried with exponential backoff and full jitter,
-honouring `Retry-After`; anything still failing becomes a `SourceError` naming the source, the
-request and the server's own error message. Thread-safe (one shared httpx.Client).
+- Bounded: each request has a total deadline (`timeout`: connecting, waiting and every byte of
+  the answer), an answer is at most `max_response_bytes`, and once no request has been answered
+  for `stall_timeout` the source gives up. A set `stop` event ends waits and reads at once.
+- Polite: 429, 5xx and connection failures are retried with exponential backoff and full jitter,
+  honouring `Retry-After`; every retry is logged with the URL tried (`request_retrying`).
+- Distrustful: a redirect (an expired SSO session), an HTML page where JSON was expected (a
+  gateway or login page), a non-object JSON body, or a byte range that does not match what was
+  asked for is an error, never data.
+- Discreet: errors name the method, the endpoint and what was wrong, never a header value, a
+  query string or a redirect target (they may carry secrets or signed URLs).
+
+Thread-safe (one shared httpx.Client).
 """
 
 from __future__ import annotations
@@ -10,19 +19,27 @@ from __future__ import annotations
 import email.utils
 import json
 import random
+import re
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
+import structlog
 
 from tbmirror.errors import AuthError, SourceError
+
+log = structlog.get_logger(__name__)
 
 RETRYABLE_STATUS = frozenset({429, 500, 502, 503, 504})
 BACKOFF_BASE_SECONDS = 0.5
 BACKOFF_CAP_SECONDS = 30.0
 RETRY_AFTER_CAP_SECONDS = 120.0
+DEFAULT_MAX_RESPONSE_BYTES = 64 * 1024**2
+_CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
+_UNSATISFIED_RANGE = re.compile(r"^bytes \*/(\d+)$")
 
 
 class HttpStatusError(SourceError):
@@ -34,70 +51,131 @@ class HttpStatusError(SourceError):
         self.error_code = error_code
 
 
+class BadAnswerError(SourceError):
+    """An answer that is not what was asked for: a redirect, an HTML page, the wrong shape, a
+    byte range that does not match. Never data, never proof of anything."""
+
+
+class StoppedError(SourceError):
+    """The daemon is stopping: the request was abandoned."""
+
+
+@dataclass(frozen=True)
+class Answer:
+    """A whole (bounded) answer: status, headers and body."""
+
+    status_code: int
+    headers: httpx.Headers
+    content: bytes
+
+
+class _Retryable(Exception):
+    """An attempt that may be tried again: `reason` says why (no secrets in it)."""
+
+    def __init__(
+        self, reason: str, wait: float | None = None, final: SourceError | None = None
+    ) -> None:
+        super().__init__(reason)
+        self.reason, self.wait, self.final = reason, wait, final
+
+
 class RestClient:
-    """GET/POST JSON against `base_url` on behalf of the source called `source_name`."""
+    """GET/POST JSON and ranged GETs against `base_url` for one source (see module docstring)."""
 
     def __init__(
         self,
         base_url: str,
-        source_name: str,
         *,
         timeout: float,
         max_retries: int,
+        max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
+        stall_timeout: float | None = None,
         max_connections: int = 8,
         auth: httpx.Auth | None = None,
         auth_name: str | None = None,
         rate_limit: float | None = None,
         search_rate_limit: float | None = None,
-        sleep: Callable[[float], None] = time.sleep,
+        stop: threading.Event | None = None,
+        display_url: str | None = None,
     ) -> None:
-        self.source_name = source_name
-        self._auth_name = auth_name
+        """`display_url`: how the server is named in logs (no user:password@)."""
+        self.display_url = display_url or base_url
+        self._timeout = timeout
         self._max_retries = max_retries
-        self._sleep = sleep
-        self._limiters = (RateLimiter(search_rate_limit, sleep), RateLimiter(rate_limit, sleep))
+        self._max_bytes = max_response_bytes
+        self._stall_timeout = stall_timeout
+        self._auth_name = auth_name
+        self.stop = stop or threading.Event()
+        self._limiters = (
+            RateLimiter(search_rate_limit, self._sleep),
+            RateLimiter(rate_limit, self._sleep),
+        )
         self._client = httpx.Client(
             base_url=base_url,
             timeout=timeout,
             limits=httpx.Limits(max_connections=max_connections),
             headers={"User-Agent": "tbmirror"},
             auth=auth,
+            follow_redirects=False,
         )
         self._lock = threading.Lock()
         self.requests_made = 0
+        self._last_answer = time.monotonic()
 
     def close(self) -> None:
         self._client.close()
 
     def get(self, path: str, params: dict[str, Any] | None = None) -> dict[str, Any]:
-        return _json(self._request("GET", path, params=params), self.source_name)
+        return _json(self._request("GET", path, params=params), "GET", path)
 
     def post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
-        return _json(self._request("POST", path, json=body), self.source_name)
+        return _json(self._request("POST", path, json=body), "POST", path)
 
-    def get_range(self, path: str, params: dict[str, Any], start: int, end: int) -> bytes:
-        """Bytes `start` to `end` (exclusive, or fewer at the end) of a file download.
+    def get_range(
+        self, path: str, params: dict[str, Any], start: int, end: int, size: int
+    ) -> bytes:
+        """Bytes `start` to `end` (exclusive; fewer at the end) of a file listed at `size` bytes.
 
-        A server that ignores Range (200) is answered from the whole body (downloaded each time);
-        a 206 answer must start where asked; a request past the end gives b"" (416).
+        Taken only from a proper answer: a 206 whose Content-Range starts at `start` and matches
+        the body, or a 200 (a server ignoring Range) holding exactly `size` bytes; a 416 showing
+        a length at or below `start` means there is nothing there (b""). Anything else raises.
         """
         headers = {"Range": f"bytes={start}-{end - 1}"}
-        response = self._request("GET", path, params=params, headers=headers, allow=(416,))
-        if response.status_code == 416:
-            return b""
-        if response.status_code != 206:
-            return response.content[start:end]
-        answered = response.headers.get("Content-Range", "")
-        if not answered.startswith(f"bytes {start}-"):
-            raise SourceError(
-                f"source {self.source_name}: GET {path}: asked for bytes {start}-{end - 1}, "
-                f"got {answered or 'no Content-Range'}"
-            )
-        return response.content
+        answer = self._request("GET", path, params=params, headers=headers, allow=(416,))
+        where = f"GET {path} bytes {start}-{end - 1}"
+        answered = answer.headers.get("Content-Range", "")
+        if answer.status_code == 416:
+            total = _UNSATISFIED_RANGE.match(answered)
+            if total and int(total.group(1)) <= start:
+                return b""
+            raise BadAnswerError(f"{where}: HTTP 416 with Content-Range {answered or 'missing'}")
+        if answer.status_code == 206:
+            matched = _CONTENT_RANGE.match(answered)
+            if (
+                matched is None
+                or int(matched.group(1)) != start
+                or int(matched.group(2)) >= end
+                or int(matched.group(2)) - start + 1 != len(answer.content)
+            ):
+                raise BadAnswerError(
+                    f"{where}: a 206 answer with Content-Range {answered or 'missing'} "
+                    f"and {len(answer.content)} bytes"
+                )
+            return answer.content
+        if (
+            answer.status_code == 200
+            and len(answer.content) == size
+            and not _is_html(answer, False)
+        ):
+            return answer.content[start:end]
+        raise BadAnswerError(
+            f"{where}: HTTP {answer.status_code} with {len(answer.content)} bytes "
+            f"({answer.headers.get('Content-Type', 'no type')}) for a file of {size} bytes"
+        )
 
     def _request(
         self, method: str, path: str, allow: tuple[int, ...] = (), **kwargs: Any
-    ) -> httpx.Response:
+    ) -> Answer:
         """The answer to one request (retried as described above); an error status raises,
         unless it is in `allow`."""
         attempt = 0
@@ -107,29 +185,81 @@ class RestClient:
             with self._lock:
                 self.requests_made += 1
             try:
-                response = self._client.request(method, path, **kwargs)
-            except httpx.HTTPError as error:
-                if attempt >= self._max_retries:
-                    raise SourceError(
-                        f"source {self.source_name}: {method} {path}: "
-                        f"{type(error).__name__}: {error or 'no answer'}"
-                    ) from None
-                self._sleep(_backoff(attempt))
-                attempt += 1
-                continue
-            if response.status_code < 400 or response.status_code in allow:
-                return response
-            if response.status_code in (401, 403):
-                how = f"{self._auth_name} credentials" if self._auth_name else "no credentials"
-                raise AuthError(
-                    f"source {self.source_name}: {method} {path}: HTTP {response.status_code}: "
-                    f"authentication failed ({how})"
+                answer = self._attempt(method, path, allow, **kwargs)
+            except _Retryable as retry:
+                if attempt >= self._max_retries or self._stalled():
+                    raise retry.final or SourceError(f"{method} {path}: {retry.reason}") from None
+                delay = retry.wait if retry.wait is not None else _backoff(attempt)
+                log.warning(
+                    "request_retrying",
+                    url=self.display_url,
+                    request=f"{method} {path}",
+                    reason=retry.reason,
+                    attempt=attempt + 1,
+                    in_seconds=round(delay, 1),
                 )
-            if response.status_code in RETRYABLE_STATUS and attempt < self._max_retries:
-                self._sleep(_retry_after(response) or _backoff(attempt))
+                self._sleep(delay)
                 attempt += 1
                 continue
-            raise _status_error(response, method, path, self.source_name)
+            self._last_answer = time.monotonic()
+            return answer
+
+    def _attempt(self, method: str, path: str, allow: tuple[int, ...], **kwargs: Any) -> Answer:
+        """One try: a whole answer within the deadline and the size limit, or an error."""
+        try:
+            answer = self._read(method, path, **kwargs)
+        except httpx.HTTPError as error:
+            raise _Retryable(_describe(error)) from None
+        status = answer.status_code
+        if status in allow or 200 <= status < 300:
+            return answer
+        if 300 <= status < 400:
+            raise BadAnswerError(
+                f"{method} {path}: HTTP {status} redirect (an expired login session, or a proxy "
+                "in the way?): not followed"
+            )
+        if status in (401, 403):
+            how = f"{self._auth_name} credentials" if self._auth_name else "no credentials"
+            raise AuthError(f"{method} {path}: HTTP {status}: authentication failed ({how})")
+        if status in RETRYABLE_STATUS:
+            final = _status_error(answer, method, path)
+            raise _Retryable(f"HTTP {status}", _retry_after(answer), final)
+        raise _status_error(answer, method, path)
+
+    def _read(self, method: str, path: str, **kwargs: Any) -> Answer:
+        deadline = time.monotonic() + self._timeout
+        with self._client.stream(method, path, **kwargs) as response:
+            length = response.headers.get("Content-Length", "")
+            if length.isdigit() and int(length) > self._max_bytes:
+                raise SourceError(self._too_large(method, path, int(length)))
+            chunks, size = [], 0
+            for chunk in response.iter_bytes():  # decoded: the limit holds for compressed ones
+                size += len(chunk)
+                if size > self._max_bytes:
+                    raise SourceError(self._too_large(method, path, size))
+                chunks.append(chunk)
+                if self.stop.is_set():
+                    raise StoppedError(f"{method} {path}: stopped")
+                if time.monotonic() > deadline:
+                    raise httpx.ReadTimeout("total deadline exceeded")
+            return Answer(response.status_code, response.headers, b"".join(chunks))
+
+    def _too_large(self, method: str, path: str, size: int) -> str:
+        return (
+            f"{method} {path}: the answer is larger than max_response_bytes "
+            f"({size:,} > {self._max_bytes:,} bytes)"
+        )
+
+    def _stalled(self) -> bool:
+        """True once no request has been answered for `stall_timeout`."""
+        if self._stall_timeout is None:
+            return False
+        return time.monotonic() - self._last_answer > self._stall_timeout
+
+    def _sleep(self, seconds: float) -> None:
+        """Wait, unless the daemon stops (StoppedError)."""
+        if self.stop.wait(seconds):
+            raise StoppedError("stopped")
 
 
 class RateLimiter:
@@ -161,9 +291,9 @@ def _backoff(attempt: int) -> float:
     return random.uniform(0, min(BACKOFF_CAP_SECONDS, BACKOFF_BASE_SECONDS * 2**attempt))
 
 
-def _retry_after(response: httpx.Response) -> float | None:
+def _retry_after(answer: Answer) -> float | None:
     """Seconds the server asked us to wait (delta-seconds or HTTP date), capped."""
-    value = response.headers.get("Retry-After")
+    value = answer.headers.get("Retry-After")
     if not value:
         return None
     try:
@@ -176,37 +306,56 @@ def _retry_after(response: httpx.Response) -> float | None:
     return min(max(seconds, 0.0), RETRY_AFTER_CAP_SECONDS)
 
 
-def _json(response: httpx.Response, source_name: str) -> dict[str, Any]:
+def _describe(error: httpx.HTTPError) -> str:
+    """What went wrong with a request, in words that carry no header, URL or body."""
+    if isinstance(error, httpx.TimeoutException):
+        return "no complete answer within the timeout"
+    if isinstance(error, httpx.ConnectError):
+        return "cannot connect"
+    if isinstance(error, httpx.RemoteProtocolError):
+        return "the connection closed without a complete answer"
+    if isinstance(error, httpx.LocalProtocolError):
+        return "the request could not be sent (a header value with a newline?)"
+    return f"{type(error).__name__}"
+
+
+def _is_html(answer: Answer, sniff: bool = True) -> bool:
+    """Labelled HTML, or (`sniff`, for JSON endpoints) a body that starts like markup."""
+    content_type = answer.headers.get("Content-Type", "").lower()
+    return "html" in content_type or (sniff and answer.content.lstrip()[:1] == b"<")
+
+
+def _json(answer: Answer, method: str, path: str) -> dict[str, Any]:
+    """The answer's JSON object; an HTML page or anything but an object is an error."""
+    if _is_html(answer):
+        raise BadAnswerError(
+            f"{method} {path}: answered an HTML page, not JSON (a login page or a gateway?)"
+        )
     try:
-        body = response.json()
+        body = json.loads(answer.content)
     except (json.JSONDecodeError, UnicodeDecodeError):
-        raise SourceError(
-            f"source {source_name}: {response.request.method} {response.request.url.path}: "
-            f"answer is not JSON (HTTP {response.status_code})"
+        raise BadAnswerError(
+            f"{method} {path}: the answer is not JSON (HTTP {answer.status_code})"
         ) from None
     if not isinstance(body, dict):
-        raise SourceError(
-            f"source {source_name}: unexpected answer from {response.request.url.path}"
-        )
+        raise BadAnswerError(f"{method} {path}: expected a JSON object, got {type(body).__name__}")
     return body
 
 
-def _status_error(
-    response: httpx.Response, method: str, path: str, source_name: str
-) -> HttpStatusError:
+def _status_error(answer: Answer, method: str, path: str) -> HttpStatusError:
     error_code = None
-    detail = response.reason_phrase
+    detail = ""
     try:
-        body = response.json()
+        body = json.loads(answer.content)
         if isinstance(body, dict):
             error_code = body.get("error_code")
-            detail = str(body.get("message") or detail)[:300]
+            detail = str(body.get("message") or "")[:300]
     except (json.JSONDecodeError, UnicodeDecodeError):
-        pass
+        detail = "an HTML page" if _is_html(answer) else ""
     return HttpStatusError(
-        f"source {source_name}: {method} {path}: HTTP {response.status_code}"
-        + (f" {error_code}" if error_code else "")
+        f"{method} {path}: HTTP {answer.status_code}"
+        + (f" {error_code}" if isinstance(error_code, str) else "")
         + (f": {detail}" if detail else ""),
-        response.status_code,
-        error_code,
+        answer.status_code,
+        error_code if isinstance(error_code, str) else None,
     )

@@ -19,18 +19,31 @@ import base64
 import fnmatch
 import json
 import re
+import threading
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import structlog
 
-from tbmirror.config import MlflowSourceSettings
+from tbmirror.config import MlflowSourceSettings, without_userinfo
 from tbmirror.model import Cursor, Experiment, MetricPoint, RunSnapshot
 from tbmirror.sources.auth import build_auth
-from tbmirror.sources.http import HttpStatusError, RestClient
+from tbmirror.sources.http import BadAnswerError, HttpStatusError, RestClient
+from tbmirror.sources.responses import (
+    ExperimentAnswer,
+    ExperimentJson,
+    ExperimentsPage,
+    FilesPage,
+    HistoryPage,
+    MetricJson,
+    RunAnswer,
+    RunJson,
+    RunsPage,
+    parse,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -79,33 +92,31 @@ class History:
     error: str | None = None  # the server refused this one series (its run fails, others go on)
 
 
-def point_from_json(item: dict[str, Any]) -> MetricPoint:
-    """A metric point from MLflow JSON (values may be numbers or "NaN"/"Infinity" strings)."""
-    return MetricPoint(
-        int(item.get("timestamp", 0)), int(item.get("step", 0)), float(item["value"])
-    )
+def point_from_json(item: MetricJson) -> MetricPoint:
+    """A metric point (values may be numbers or "NaN"/"Infinity" strings)."""
+    try:
+        value = float(item.value)
+    except ValueError:
+        raise BadAnswerError(f"a metric value that is not a number ({item.key})") from None
+    return MetricPoint(item.timestamp, item.step, value)
 
 
-def run_from_json(item: dict[str, Any]) -> RunSnapshot:
-    info, data = item["info"], item.get("data", {})
-    tags = {tag["key"]: tag.get("value", "") for tag in data.get("tags", [])}
+def run_from_json(item: RunJson) -> RunSnapshot:
+    info, data = item.info, item.data
+    tags = {tag.key: tag.value for tag in data.tags}
     return RunSnapshot(
-        run_id=info["run_id"],
-        experiment_id=info["experiment_id"],
-        name=info.get("run_name") or tags.get(RUN_NAME_TAG) or info["run_id"],
-        status=info.get("status", "RUNNING"),
-        lifecycle_stage=info.get("lifecycle_stage", "active"),
-        start_time=_optional_int(info.get("start_time")),
-        end_time=_optional_int(info.get("end_time")),
+        run_id=info.run_id,
+        experiment_id=info.experiment_id,
+        name=info.run_name or tags.get(RUN_NAME_TAG) or info.run_id,
+        status=info.status,
+        lifecycle_stage=info.lifecycle_stage,
+        start_time=info.start_time,
+        end_time=info.end_time,
         parent_run_id=tags.get(PARENT_TAG) or None,
-        params={param["key"]: param.get("value", "") for param in data.get("params", [])},
+        params={param.key: param.value for param in data.params},
         tags=tags,
-        latest={metric["key"]: point_from_json(metric) for metric in data.get("metrics", [])},
+        latest={metric.key: point_from_json(metric) for metric in data.metrics},
     )
-
-
-def _optional_int(value: object) -> int | None:
-    return None if value is None else int(str(value))
 
 
 def _offset_token(offset: int) -> str:
@@ -113,30 +124,36 @@ def _offset_token(offset: int) -> str:
 
 
 class MlflowClient:
-    """Typed calls to the MLflow REST endpoints tbmirror uses."""
+    """Typed calls to the MLflow REST endpoints tbmirror uses; every answer validated
+    (responses.py) and every paged listing checked to advance."""
 
     def __init__(self, rest: RestClient) -> None:
         self.rest = rest
 
     def experiment_by_name(self, name: str) -> Experiment | None:
+        endpoint = f"{API}/experiments/get-by-name"
         try:
-            body = self.rest.get(f"{API}/experiments/get-by-name", {"experiment_name": name})
+            body = self.rest.get(endpoint, {"experiment_name": name})
         except HttpStatusError as error:
             if error.error_code == "RESOURCE_DOES_NOT_EXIST" or error.status_code == 404:
                 return None
             raise
-        return _experiment(body["experiment"])
+        return _experiment(parse(ExperimentAnswer, body, endpoint).experiment)
 
     def experiments(self) -> list[Experiment]:
         """Every active experiment."""
+        endpoint = f"{API}/experiments/search"
         body = {"max_results": 1000, "view_type": "ACTIVE_ONLY"}
-        pages = self._pages(lambda extra: self.rest.post(f"{API}/experiments/search", body | extra))
-        return [_experiment(item) for page in pages for item in page.get("experiments", [])]
+        pages = _pages(
+            lambda extra: self.rest.post(endpoint, body | extra), ExperimentsPage, endpoint
+        )
+        return [_experiment(item) for page in pages for item in page.experiments]
 
     def search_runs(
         self, experiment_ids: list[str], filter_string: str = ""
     ) -> Iterator[RunSnapshot]:
         """All runs (deleted ones too) of `experiment_ids`, oldest start time first."""
+        endpoint = f"{API}/runs/search"
         body = {
             "experiment_ids": experiment_ids,
             "filter": filter_string,
@@ -144,29 +161,35 @@ class MlflowClient:
             "max_results": SEARCH_PAGE_SIZE,
             "order_by": ["attributes.start_time ASC"],
         }
-        for page in self._pages(lambda extra: self.rest.post(f"{API}/runs/search", body | extra)):
-            yield from (run_from_json(item) for item in page.get("runs", []))
+        for page in _pages(
+            lambda extra: self.rest.post(endpoint, body | extra), RunsPage, endpoint
+        ):
+            yield from (run_from_json(item) for item in page.runs)
+
+    def run_state(self, run_id: str) -> str:
+        """ "active", "deleted", or "gone" (the server says it does not exist: a JSON 404 with
+        RESOURCE_DOES_NOT_EXIST). Anything else raises: it proves nothing."""
+        endpoint = f"{API}/runs/get"
+        try:
+            body = self.rest.get(endpoint, {"run_id": run_id})
+        except HttpStatusError as error:
+            if error.status_code == 404 and error.error_code == "RESOURCE_DOES_NOT_EXIST":
+                return "gone"
+            raise
+        info = parse(RunAnswer, body, endpoint).run.info
+        if info.run_id != run_id:
+            raise BadAnswerError(f"{endpoint}: asked for run {run_id}, got {info.run_id}")
+        return "deleted" if info.lifecycle_stage == "deleted" else "active"
 
     def history(self, run_id: str, key: str, offset: int | None = None) -> list[MetricPoint]:
         """The key's history from `offset` (a constructed offset page token) to the end."""
+        endpoint = f"{API}/metrics/get-history"
         params = {"run_id": run_id, "metric_key": key, "max_results": HISTORY_PAGE_SIZE}
         first = {"page_token": _offset_token(offset)} if offset else {}
-        pages = self._pages(
-            lambda extra: self.rest.get(f"{API}/metrics/get-history", params | (extra or first))
+        pages = _pages(
+            lambda extra: self.rest.get(endpoint, params | (extra or first)), HistoryPage, endpoint
         )
-        return [point_from_json(item) for page in pages for item in page.get("metrics", [])]
-
-    @staticmethod
-    def _pages(fetch: Callable[[dict[str, str]], dict[str, Any]]) -> Iterator[dict[str, Any]]:
-        """Every page of a paged endpoint; `fetch` gets {} first, then {"page_token": ...}."""
-        extra: dict[str, str] = {}
-        while True:
-            page = fetch(extra)
-            yield page
-            token = page.get("next_page_token")
-            if not token:
-                return
-            extra = {"page_token": token}
+        return [point_from_json(item) for page in pages for item in page.metrics]
 
     def history_bulk(self, run_ids: list[str], key: str) -> dict[str, list[MetricPoint]] | None:
         """Whole histories of `key` for up to 100 runs in one request.
@@ -174,31 +197,64 @@ class MlflowClient:
         Returns only the runs whose history is certainly complete (the answer is capped at
         BULK_MAX_RESULTS points, cutting the last run short); None if the server lacks the endpoint.
         """
+        endpoint = f"{AJAX_API}/metrics/get-history-bulk"
         try:
-            page = self.rest.get(
-                f"{AJAX_API}/metrics/get-history-bulk",
+            body = self.rest.get(
+                endpoint,
                 {"run_id": sorted(run_ids), "metric_key": key, "max_results": BULK_MAX_RESULTS},
             )
         except HttpStatusError as error:
             if error.status_code in (404, 405, 501):
                 return None
             raise
-        items = page.get("metrics", [])
+        items = parse(HistoryPage, body, endpoint).metrics
         by_run: dict[str, list[MetricPoint]] = defaultdict(list)
         for item in items:
-            by_run[item["run_id"]].append(point_from_json(item))
+            if item.run_id not in run_ids:
+                raise BadAnswerError(f"{endpoint}: a point of a run that was not asked for")
+            by_run[item.run_id].append(point_from_json(item))
         if len(items) < BULK_MAX_RESULTS:
             return {run_id: by_run.get(run_id, []) for run_id in run_ids}
-        cut = items[-1]["run_id"]
+        cut = items[-1].run_id or ""
         return {run_id: by_run.get(run_id, []) for run_id in run_ids if run_id < cut}
 
     def artifacts(self, run_id: str, path: str = "") -> Iterator[tuple[str, bool, int]]:
         """(path, is_dir, size) of the entries of one artifact folder (one level)."""
+        endpoint = f"{API}/artifacts/list"
         params = {"run_id": run_id} | ({"path": path} if path else {})
-        pages = self._pages(lambda extra: self.rest.get(f"{API}/artifacts/list", params | extra))
+        pages = _pages(lambda extra: self.rest.get(endpoint, params | extra), FilesPage, endpoint)
         for page in pages:
-            for item in page.get("files", []):
-                yield item["path"], bool(item.get("is_dir")), int(item.get("file_size") or 0)
+            for item in page.files:
+                yield item.path, item.is_dir, item.file_size or 0
+
+
+Page = TypeVar("Page", RunsPage, HistoryPage, ExperimentsPage, FilesPage)
+
+
+def _pages(
+    fetch: Callable[[dict[str, str]], dict[str, Any]], model: type[Page], endpoint: str
+) -> Iterator[Page]:
+    """Every page of a paged endpoint; `fetch` gets {} first, then {"page_token": ...}. A page
+    token seen before, or a page identical to the one before, is an error (a server stuck on
+    one page would otherwise hold a pass forever)."""
+    extra: dict[str, str] = {}
+    seen: set[str] = set()
+    previous: dict[str, Any] | None = None
+    while True:
+        body = fetch(extra)
+        if previous is not None and body == previous:
+            raise BadAnswerError(f"{endpoint}: the same page again for another page token")
+        page = parse(model, body, endpoint)
+        yield page
+        token = page.next_page_token
+        if not token:
+            return
+        if token in seen or token == extra.get("page_token"):
+            raise BadAnswerError(
+                f"{endpoint}: the page token repeats: the listing does not advance"
+            )
+        seen.add(token)
+        extra, previous = {"page_token": token}, body
 
 
 class ArtifactFile:
@@ -217,13 +273,11 @@ class ArtifactFile:
         )
 
     def read(self, start: int, end: int) -> bytes:
-        return self._rest.get_range("/get-artifact", self._params, start, end)
+        return self._rest.get_range("/get-artifact", self._params, start, end, self.size)
 
 
-def _experiment(item: dict[str, Any]) -> Experiment:
-    return Experiment(
-        str(item["experiment_id"]), item.get("name", ""), item.get("lifecycle_stage", "active")
-    )
+def _experiment(item: ExperimentJson) -> Experiment:
+    return Experiment(item.experiment_id, item.name, item.lifecycle_stage)
 
 
 class MlflowSource:
@@ -239,12 +293,18 @@ class MlflowSource:
         self._other_experiments: list[str] | None = None
 
     @classmethod
-    def from_settings(cls, settings: MlflowSourceSettings) -> MlflowSource:
+    def from_settings(
+        cls, settings: MlflowSourceSettings, stop: threading.Event | None = None
+    ) -> MlflowSource:
+        """The source `settings` describe; a set `stop` ends its waits and reads at once."""
         rest = RestClient(
             settings.tracking_uri,
-            settings.name,
             timeout=settings.timeout,
             max_retries=settings.max_retries,
+            max_response_bytes=settings.max_response_bytes,
+            stall_timeout=settings.stall_timeout,
+            stop=stop,
+            display_url=without_userinfo(settings.tracking_uri),
             max_connections=settings.concurrency + 1,
             auth=build_auth(settings),
             auth_name=settings.auth.type if settings.auth else None,
@@ -363,7 +423,7 @@ class MlflowSource:
         def one(run_id: str) -> list[Artifact] | str:
             try:
                 return self.tfevents_artifacts(run_id)
-            except HttpStatusError as error:
+            except (HttpStatusError, BadAnswerError) as error:  # this run's; not the source's
                 return str(error)
 
         with ThreadPoolExecutor(self.settings.concurrency, thread_name_prefix="artifacts") as pool:
@@ -395,7 +455,7 @@ class MlflowSource:
             for key, chunk, future in bulk_jobs:
                 try:
                     histories = future.result()
-                except HttpStatusError as error:  # fall back to one request per run
+                except (HttpStatusError, BadAnswerError) as error:  # one request per run instead
                     log.warning("bulk_history_failed", source=self.name, key=key, error=str(error))
                     histories = {}
                 if histories is None:
@@ -409,7 +469,7 @@ class MlflowSource:
             for request, single in single_jobs + late_jobs:
                 try:
                     results[(request.run_id, request.key)] = single.result()
-                except HttpStatusError as error:
+                except (HttpStatusError, BadAnswerError) as error:  # fails this run only
                     results[(request.run_id, request.key)] = History([], error=str(error))
         return results
 

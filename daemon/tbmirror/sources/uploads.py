@@ -125,16 +125,20 @@ class LocalFile:
     """A read-only handle on one upload file (a `tailing.FileReader`); close it after use.
 
     Size and identity are those of the opened file when it was opened. Whatever was swapped on
-    the way (a parent directory replaced by a symlink), the file opened is checked to be a
-    regular file inside `real_root` (on Linux, through /proc/self/fd), else UnsafePathError.
+    the way (a parent directory replaced by a symlink, the file by a FIFO or a device), the file
+    opened is checked to be a regular file inside `real_root` (on Linux, through
+    /proc/self/fd), else UnsafePathError. Opening never blocks (O_NONBLOCK: a FIFO without a
+    writer would hold open() forever); on a regular file that flag changes nothing.
     """
 
     def __init__(self, real_path: str, real_root: str) -> None:
-        self._fd = os.open(real_path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+        self._fd = os.open(real_path, flags)
         try:
             info = os.fstat(self._fd)
             if not stat.S_ISREG(info.st_mode):
                 raise UnsafePathError(f"{real_path} is not a regular file")
+            os.set_blocking(self._fd, True)
             opened = _opened_path(self._fd)
             if opened is not None and os.path.commonpath([real_root, opened]) != real_root:
                 raise UnsafePathError(f"{real_path} led out of the upload directory to {opened}")

@@ -12,7 +12,7 @@ import hashlib
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import structlog
@@ -20,7 +20,7 @@ import structlog
 from tbmirror.engine.mlflow.planning import Plan
 from tbmirror.errors import SourceError
 from tbmirror.mirror import summaries
-from tbmirror.mirror.steps import next_step
+from tbmirror.mirror.steps import INT64_MAX, next_step, valid_step
 from tbmirror.model import Cursor, MetricPoint, RunRecord, RunSnapshot
 from tbmirror.sources.mlflow import NOTE_TAG, PARENT_TAG, RUN_NAME_TAG, History
 
@@ -80,7 +80,10 @@ class RunEncoder:
                 cursor.count, cursor.last = cursor.count + len(new), new[-1]
             encoder = summaries.ScalarEncoder(request.key)
             for point in new:
-                cursor.tb_step = next_step(point.step, cursor.tb_step)
+                step = next_step(_usable(point.step, cursor.tb_step), cursor.tb_step)
+                if step > INT64_MAX:  # nothing TensorBoard can hold comes after INT64_MAX
+                    continue
+                cursor.tb_step = step
                 payloads.append(encoder.encode(point.timestamp / 1000, cursor.tb_step, point.value))
             points += len(new)
             cursor.seen = run.latest[request.key]
@@ -132,6 +135,13 @@ class RunEncoder:
         return "\n".join(lines)
 
 
+def _usable(step: int, previous: int | None) -> int:
+    """A source step TensorBoard can hold (int64); one beyond gets the next step in line."""
+    if valid_step(step) is not None:
+        return step
+    return 0 if previous is None else previous
+
+
 def _escape(text: str) -> str:
     return text.replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ").replace("\r", " ")
 
@@ -139,4 +149,4 @@ def _escape(text: str) -> str:
 def _time(millis: int | None) -> str:
     if not millis:
         return "-"
-    return datetime.fromtimestamp(millis / 1000, tz=timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+    return datetime.fromtimestamp(millis / 1000, tz=UTC).strftime("%Y-%m-%d %H:%M:%S UTC")

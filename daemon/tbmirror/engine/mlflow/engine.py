@@ -34,6 +34,7 @@ log = structlog.get_logger(__name__)
 
 CHUNK_RUNS = 100
 LISTING_MARGIN_SECONDS = 60  # quick listings look this far back for new runs (clock skew)
+PROOF_CHECKS = 200  # runs missing from a full listing asked about (runs/get) per pass
 
 
 class MlflowEngine:
@@ -98,7 +99,13 @@ class MlflowEngine:
             log.exception("source_failed", source=self.source.name, error=report.error)
         report.requests = self.source.requests_made - requests_before
         report.seconds = time.monotonic() - started
-        self.journal.record_pass(self.source.name, report.error, self.clock())
+        self.journal.record_pass(
+            self.source.name,
+            report.error,
+            self.clock(),
+            len(report.failed_runs),
+            report.runs_listed,
+        )
         return report
 
     def _pass(
@@ -166,16 +173,28 @@ class MlflowEngine:
         )
 
     def _remove_deleted(self, listing: RunListing, full: bool, report: PassReport) -> None:
-        """Remove the mirror of runs the listing shows deleted, or (a full listing) no longer
-        lists in an experiment it searched."""
+        """Remove the mirror of runs proven deleted: shown deleted (in the listing, or by
+        runs/get), or unknown to the server (runs/get: RESOURCE_DOES_NOT_EXIST). A run a full
+        listing does not show is only a reason to ask (at most PROOF_CHECKS per pass): a listing
+        proves nothing by what it lacks."""
         listed = {run.run_id for run in listing.runs if not run.deleted}
         deleted = {run.run_id for run in listing.runs if run.deleted}
         searched = set(listing.experiments)  # a run of a missing experiment is not "gone"
-        for run_id, record in list(self.placement.records.items()):
-            absent = full and run_id not in listed and record.experiment_id in searched
-            if run_id in deleted or absent:
-                self.placement.remove(record)
-                report.runs_removed += 1
+        shown = listed | deleted
+        absent = [
+            run_id
+            for run_id, record in self.placement.records.items()
+            if full and run_id not in shown and record.experiment_id in searched
+        ]
+        for run_id in absent[:PROOF_CHECKS]:
+            try:
+                if self.source.client.run_state(run_id) != "active":
+                    deleted.add(run_id)
+            except TbmirrorError as error:  # no proof either way: kept
+                log.warning("run_absent_kept", source=self.name, run_id=run_id, error=str(error))
+        for run_id in deleted & set(self.placement.records):
+            self.placement.remove(self.placement.records[run_id])
+            report.runs_removed += 1
 
     def _write_chunk(
         self,

@@ -1,0 +1,82 @@
+"""Process locks: on the state store, and on each `<root>/<source>` subtree a process owns.
+
+Several daemons may share one mirror root (sharding by source), each with its own state store; a
+process writes, recovers and removes only inside the subtrees it holds. A lock is an flock on a
+file that also holds the holder's pid, so a second process is refused with a message naming it.
+The OS releases the locks when the process dies.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+from pathlib import Path
+
+from tbmirror.errors import MirrorError
+
+LOCKS_DIR = ".tbmirror-locks"  # in the root, beside the subtrees (which hold mirror data only)
+
+
+class PidLock:
+    """An exclusive flock on `path` held until `release` (or the process ends)."""
+
+    def __init__(self, path: Path, what: str) -> None:
+        """Take the lock; MirrorError naming `what` and the holder's pid if another has it."""
+        self.path = path
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+        except OSError as error:
+            raise MirrorError(f"cannot lock {what} ({path}): {error.strerror}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise MirrorError(
+                f"{what} is in use by another tbmirror process (pid {holder}); "
+                "each source of a mirror root can be mirrored by one process only"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._fd: int | None = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            with contextlib.suppress(OSError):
+                os.ftruncate(self._fd, 0)
+            os.close(self._fd)
+            self._fd = None
+
+
+class SubtreeLocks:
+    """The `<root>/<source>` subtrees this process owns, each locked by
+    `<root>/.tbmirror-locks/<source>.lock` (TensorBoard reads only files named *tfevents*)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self._held: dict[str, PidLock] = {}
+
+    def acquire(self, source: str) -> None:
+        """Own `source`'s subtree; MirrorError if another process does."""
+        if source in self._held:
+            return
+        directory = self.root / LOCKS_DIR
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise MirrorError(f"cannot create {directory}: {error.strerror}") from None
+        what = f"the mirror of source {source}"
+        self._held[source] = PidLock(directory / f"{source}.lock", what)
+
+    def release(self, source: str) -> None:
+        lock = self._held.pop(source, None)
+        if lock is not None:
+            lock.release()
+
+    def release_all(self) -> None:
+        for source in list(self._held):
+            self.release(source)
+
+    def held(self, source: str) -> bool:
+        return source in self._held

@@ -1,0 +1,123 @@
+"""The shapes of the MLflow REST answers tbmirror reads, validated before anything is believed.
+
+An answer is data only if it has the expected shape. `{}` is MLflow's valid empty page (runs/search
+of an empty experiment, get-history of a key with no points); a field of the wrong type, or a body
+with none of the endpoint's fields (a gateway's `{"message": "upstream busy"}`), is a SourceError
+naming the endpoint and what was wrong (field names only, never values). Unknown extra fields are
+allowed: servers add fields over time.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, TypeVar
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from tbmirror.sources.http import BadAnswerError
+
+
+class _Answer(BaseModel):
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+
+class _Page(_Answer):
+    """An answer whose every field may be absent (`{}` is a valid empty page), but that must
+    hold at least one of its fields when it holds anything."""
+
+    FIELDS: ClassVar[frozenset[str]]
+    next_page_token: str | None = None
+
+
+class MetricJson(_Answer):
+    key: str = ""
+    value: float | str  # MLflow sends NaN and infinities as strings
+    timestamp: int = 0
+    step: int = 0
+    run_id: str | None = None
+
+
+class KeyValueJson(_Answer):
+    key: str
+    value: str = ""
+
+
+class RunInfoJson(_Answer):
+    run_id: str
+    experiment_id: str
+    run_name: str | None = None
+    status: str = "RUNNING"
+    lifecycle_stage: str = "active"
+    start_time: int | None = None
+    end_time: int | None = None
+
+
+class RunDataJson(_Answer):
+    metrics: list[MetricJson] = []
+    params: list[KeyValueJson] = []
+    tags: list[KeyValueJson] = []
+
+
+class RunJson(_Answer):
+    info: RunInfoJson
+    data: RunDataJson = RunDataJson()
+
+
+class ExperimentJson(_Answer):
+    experiment_id: str
+    name: str = ""
+    lifecycle_stage: str = "active"
+
+
+class FileJson(_Answer):
+    path: str
+    is_dir: bool = False
+    file_size: int | None = None
+
+
+class RunsPage(_Page):
+    FIELDS = frozenset({"runs", "next_page_token"})
+    runs: list[RunJson] = []
+
+
+class HistoryPage(_Page):
+    FIELDS = frozenset({"metrics", "next_page_token"})
+    metrics: list[MetricJson] = []
+
+
+class ExperimentsPage(_Page):
+    FIELDS = frozenset({"experiments", "next_page_token"})
+    experiments: list[ExperimentJson] = []
+
+
+class FilesPage(_Page):
+    FIELDS = frozenset({"files", "next_page_token", "root_uri"})
+    files: list[FileJson] = []
+
+
+class ExperimentAnswer(_Answer):
+    experiment: ExperimentJson
+
+
+class RunAnswer(_Answer):
+    run: RunJson
+
+
+Model = TypeVar("Model", bound=_Answer)
+
+
+def parse(model: type[Model], body: dict[str, Any], endpoint: str) -> Model:
+    """`body` as `model`, or a SourceError naming `endpoint` and the fields that were wrong."""
+    if issubclass(model, _Page) and body and not model.FIELDS & body.keys():
+        keys = ", ".join(sorted(body)[:5])
+        raise BadAnswerError(
+            f"{endpoint}: an answer without {' or '.join(sorted(model.FIELDS))} "
+            f"(it has {keys}): not MLflow's, perhaps a gateway's"
+        )
+    try:
+        return model.model_validate(body)
+    except ValidationError as error:
+        where = "; ".join(
+            f"{'.'.join(str(part) for part in item['loc']) or 'body'}: {item['msg']}"
+            for item in error.errors(include_input=False, include_url=False)[:3]
+        )
+        raise BadAnswerError(f"{endpoint}: an answer of the wrong shape ({where})") from None
