@@ -135,6 +135,5 @@ def test_check_reports_each_source(
     )
     assert (
         "FAIL  down: http://127.0.0.1:9: GET /api/2.0/mlflow/experiments/get-by-name: "
-        "cannot connect"
-        in result.stdout
+        "cannot connect" in result.stdout
     )

@@ -37,7 +37,6 @@ from tbmirror.service.watcher import UploadWatcher
 log = structlog.get_logger(__name__)
 
 
-
 @dataclass
 class _Runner:
     settings: SourceSettings
