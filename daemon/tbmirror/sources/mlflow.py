@@ -242,17 +242,19 @@ def _pages(
     previous: dict[str, Any] | None = None
     while True:
         body = fetch(extra)
-        if previous is not None and body == previous:
-            raise BadAnswerError(f"{endpoint}: the same page again for another page token")
         page = parse(model, body, endpoint)
-        yield page
         token = page.next_page_token
+        if token and (token in seen or token == extra.get("page_token")):
+            raise BadAnswerError(
+                f"{endpoint}: the page token {token[:64]} repeats: the listing does not advance"
+            )
+        if previous is not None and body == previous:
+            raise BadAnswerError(
+                f"{endpoint}: the same page again for page token {extra['page_token'][:64]}"
+            )
+        yield page
         if not token:
             return
-        if token in seen or token == extra.get("page_token"):
-            raise BadAnswerError(
-                f"{endpoint}: the page token repeats: the listing does not advance"
-            )
         seen.add(token)
         extra, previous = {"page_token": token}, body
 
