@@ -235,6 +235,18 @@ def tb_run(source: str, *parts: str) -> str:
     return "/".join((source, *parts))
 
 
+def json_log_lines(text: str) -> list[dict[str, Any]]:
+    """The JSON log events among the lines of `text` (other lines skipped)."""
+    found = []
+    for line in text.splitlines():
+        if line.startswith("{"):
+            try:
+                found.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    return found
+
+
 class DaemonProcess:
     """`tbmirror run` as a subprocess in its own session; its JSON log goes to a file."""
 
@@ -251,14 +263,7 @@ class DaemonProcess:
             )
 
     def events(self) -> list[dict[str, Any]]:
-        found = []
-        for line in self.log_path.read_text(errors="replace").splitlines():
-            if line.startswith("{"):
-                try:
-                    found.append(json.loads(line))
-                except json.JSONDecodeError:
-                    continue
-        return found
+        return json_log_lines(self.log_path.read_text(errors="replace"))
 
     def wait_event(self, name: str, timeout: float = 60, **fields: Any) -> dict[str, Any]:
         def seen() -> dict[str, Any] | None:

@@ -38,6 +38,7 @@ from conftest import (
     MlflowServer,
     TensorBoardReader,
     daemon_config,
+    json_log_lines,
     mlflow_source,
     new_run,
     tb_run,
@@ -201,18 +202,6 @@ def events_files(directory: Path) -> list[Path]:
 
 def output_of(result: subprocess.CompletedProcess[str]) -> str:
     return (result.stdout + result.stderr)[-4000:]
-
-
-def log_events(stderr: str) -> list[dict[str, Any]]:
-    """The JSON log lines of a command's stderr."""
-    found = []
-    for line in stderr.splitlines():
-        if line.startswith("{"):
-            try:
-                found.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue
-    return found
 
 
 def metric_value(metrics_text: str, name: str, source: str) -> float:
@@ -772,7 +761,7 @@ def test_a_failed_pass_is_logged_as_source_failed(
     proxy.set("status", **UNAVAILABLE)
     result = source.sync()
     assert result.returncode == 1, output_of(result)
-    logged = [e for e in log_events(result.stderr) if e.get("source") == source.name]
+    logged = [e for e in json_log_lines(result.stderr) if e.get("source") == source.name]
     failed = [e for e in logged if e.get("event") == "source_failed"]
     assert failed and all(e["level"] == "error" for e in failed), result.stderr
     synced = [e for e in logged if e.get("event") == "source_synced"]

@@ -229,7 +229,8 @@ class HostileProxy:
         return None
 
     def _record(self, seen: Seen) -> None:
-        seen.seconds = time.monotonic() - seen.started
+        """Note a request as it arrives (its answer fills in `seen` later), so a client that
+        has its answer always finds its request listed."""
         with self._lock:
             self._seen.append(seen)
 
@@ -322,6 +323,7 @@ class _Handler(BaseHTTPRequestHandler):
         rule = proxy._rule_for(self.path)
         fault = rule.fault if rule is not None else None
         seen = Seen(self.command, self.path, self.headers.get("Range"), fault)
+        proxy._record(seen)
         try:
             if rule is None:
                 self._pass_through(seen, body)
@@ -333,7 +335,7 @@ class _Handler(BaseHTTPRequestHandler):
             with contextlib.suppress(ConnectionError, TimeoutError):
                 self._answer(seen, 502, f"bad gateway: {error}".encode(), "text/plain")
         finally:
-            proxy._record(seen)
+            seen.seconds = time.monotonic() - seen.started
 
     def _upstream(self, body: bytes, drop: frozenset[str] = frozenset()) -> httpx.Response:
         headers = {

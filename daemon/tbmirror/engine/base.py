@@ -24,6 +24,7 @@ class PassReport:
 
     source: str
     runs_listed: int = 0
+    runs_tried: int = 0  # runs (or files) the pass worked on: `failed_runs` are among them
     runs_written: int = 0
     runs_moved: int = 0
     runs_removed: int = 0
@@ -69,6 +70,12 @@ class Engine(Protocol):
     @property
     def runs_mirrored(self) -> int:
         """Runs (or files) of this source in the mirror; may be read from any thread."""
+        ...
+
+    @property
+    def progress_at(self) -> float | None:
+        """Wall time of the last sign of progress (an answer, a file done), for telling a long
+        pass from a stuck one; may be read from any thread."""
         ...
 
     def run_pass(

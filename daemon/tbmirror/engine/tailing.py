@@ -24,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import threading
 from dataclasses import dataclass, field, replace
 from typing import Literal, Protocol
 
@@ -100,7 +101,13 @@ class Tailer:
         self.journal = journal
         self.step_columns = tuple(step_columns) or DEFAULT_STEP_COLUMNS
 
-    def advance(self, tail: TailRecord, reader: FileReader, now: float) -> TailOutcome:
+    def advance(
+        self,
+        tail: TailRecord,
+        reader: FileReader,
+        now: float,
+        stop: threading.Event | None = None,
+    ) -> TailOutcome:
         """Mirror what `reader` has beyond `tail` (a stored record or a new one); commit it.
 
         Raises TbmirrorError or OSError for this file only (WriteFault: writing failed, for the
@@ -130,6 +137,8 @@ class Tailer:
                 old_copy, tail = old_copy or tail.mirror_path, tail.restarted()
                 continue
             outcome.tail, old_copy = tail, None
+            if progress != "done" and stop is not None and stop.is_set():
+                return outcome  # what was read is committed; the rest waits for the next look
             if progress == "grow":  # one record or line longer than the window: read more
                 window *= 2
             elif progress == "more":  # past a re-checked corrupt record: full chunks again
@@ -175,10 +184,11 @@ class Tailer:
         new = data[overlap:]
         taken = self._take(tail, new, now)
         offset = tail.offset + taken.consumed
+        short = len(data) < end - start  # fewer bytes than the size looked at: not all seen yet
         updated = replace(
             tail,
             offset=offset,
-            seen_size=reader.size,
+            seen_size=tail.seen_size if short else reader.size,
             identity=reader.identity,
             converter=taken.converter if taken.converter is not None else tail.converter,
             points=tail.points + taken.points,
@@ -204,8 +214,11 @@ class Tailer:
                     batch.discard_file(old_copy, keep_above=tail.mirror_dir)
         outcome.bytes_written += written
         outcome.points += taken.points if written else 0
-        full_window = len(new) >= window
-        if not full_window or updated.stopped_at is not None:
+        if updated.stopped_at is not None:
+            return updated, "done"
+        if short:  # a server that sent less than asked (a capped range): on, while it moves
+            return updated, "more" if taken.consumed else "done"
+        if len(new) < window:
             return updated, "done"
         return updated, "more" if taken.consumed else "grow"
 

@@ -56,6 +56,7 @@ class UploadEngine:
         # (a full rescan forgets the files it no longer finds).
         self._warned: dict[str, set[str]] = {}
         self.runs_mirrored = 0  # files of this source with a copy in the mirror
+        self.progress_at: float | None = None  # wall time the last file was looked at
 
     def close(self) -> None:
         """Nothing to release (the watcher belongs to the scheduler)."""
@@ -91,7 +92,7 @@ class UploadEngine:
         if report.error is None and (stop is None or not stop.is_set()):
             self._warned = {f: causes for f, causes in self._warned.items() if f in seen}
         self.journal.record_pass(
-            self.name, report.error, self.clock(), len(report.failed_runs), report.runs_listed
+            self.name, report.error, self.clock(), len(set(report.failed_runs)), report.runs_tried
         )
         return report
 
@@ -122,11 +123,12 @@ class UploadEngine:
             if self._tails is None:
                 self._load()
             found = list(files(self._warn))
-            report.runs_listed = len(found)
+            report.runs_listed = report.runs_tried = len(found)
             for done, upload in enumerate(found, 1):
                 if stop is not None and stop.is_set():
                     break
-                self._sync_file(upload, report)
+                self._sync_file(upload, report, stop)
+                self.progress_at = time.time()
                 if progress:
                     progress(done, len(found))
         except TbmirrorError as error:
@@ -158,7 +160,9 @@ class UploadEngine:
         self._dir_owners = {t.mirror_dir: _owner(t.origin, t.kind) for t in self._tails.values()}
         self.runs_mirrored = sum(1 for tail in self._tails.values() if tail.mirror_file)
 
-    def _sync_file(self, upload: UploadFile, report: PassReport) -> None:
+    def _sync_file(
+        self, upload: UploadFile, report: PassReport, stop: threading.Event | None
+    ) -> None:
         assert self._tails is not None
         origin = _origin(upload.relative)
         tail = self._tails.get(origin)
@@ -178,7 +182,7 @@ class UploadEngine:
                 self._warned.get(upload.relative, set()).discard("too_large")
                 if tail is None:
                     tail = TailRecord(self.name, origin, upload.kind, self._mirror_dir(upload))
-                outcome = self.tailer.advance(tail, reader, self.clock())
+                outcome = self.tailer.advance(tail, reader, self.clock(), stop)
         except WriteFault:
             raise  # the mirror's disk, not this file: the pass ends
         except Exception as error:  # one bad file never stops the others

@@ -286,9 +286,9 @@ class Journal:
         with self._guard:
             pending = self._pending.get(owner)
         if pending is not None:
-            self._finish(pending)
+            self._finish(pending)  # heals the fault once written
         moved = self._finish_moves(owner)
-        if owner in self._faults:
+        if moved and owner in self._faults:
             self._healed(owner)
         return pending is not None or moved
 
@@ -325,7 +325,7 @@ class Journal:
                 for relative, write in batch._files.items():
                     if relative not in lost:
                         self.store.put_file(relative, write.committed + len(write.data))
-        except (OSError, sqlite3.Error) as error:
+        except Exception as error:  # bytes may be out: whatever failed, never write others there
             with self._guard:
                 self._pending[batch.owner] = batch
             raise self._fault(batch.owner, where, error) from None
@@ -413,7 +413,7 @@ class Journal:
         with self._guard:
             return dict(self._faults)
 
-    def _fault(self, owner: str, where: str, error: OSError | sqlite3.Error) -> WriteFault:
+    def _fault(self, owner: str, where: str, error: Exception) -> WriteFault:
         cause, detail = _cause(error)
         with self._guard:
             self._faults.setdefault(owner, Fault(cause, where, detail, self.clock()))
@@ -504,13 +504,16 @@ class Journal:
             return dict(self._statuses)
 
 
-def _cause(error: OSError | sqlite3.Error) -> tuple[str, str]:
-    """(short cause, detail) of a write error, with no path or data in it."""
+def _cause(error: Exception) -> tuple[str, str]:
+    """(short cause, detail) of a write error, with no path or data in it. Anything but an
+    OSError or an SQLite error is a bug: named by its type only."""
     if isinstance(error, OSError):
         name = errno.errorcode.get(error.errno or 0, type(error).__name__)
         return name, error.strerror or name
-    name = getattr(error, "sqlite_errorname", None) or type(error).__name__
-    return name, str(error)
+    if isinstance(error, sqlite3.Error):
+        name = getattr(error, "sqlite_errorname", None) or type(error).__name__
+        return name, str(error)
+    return type(error).__name__, "an unexpected error (a bug): the batch is kept"
 
 
 def _occupied(path: Path) -> bool:

@@ -24,6 +24,7 @@ from tbmirror import logs
 from tbmirror.app import build_engine, open_journal
 from tbmirror.config import Settings, load_settings
 from tbmirror.errors import ConfigError, TbmirrorError
+from tbmirror.journal import recover
 from tbmirror.service.health import HealthReport, HealthServer
 from tbmirror.service.metrics import DaemonMetrics
 from tbmirror.service.scheduler import SourceScheduler
@@ -170,14 +171,9 @@ class Daemon:
         old = self.settings
         self.settings = new
         logs.configure(new.logging.level)
-        if new.tensorboard != old.tensorboard:
-            if self.tensorboard:
-                self.tensorboard.stop()
-                self.tensorboard = None
-            try:
-                self._start_tensorboard()
-            except (TbmirrorError, OSError) as error:
-                log.error("tensorboard_start_failed", error=str(error))
+        added = {source.name for source in new.sources} - {source.name for source in old.sources}
+        if new.tensorboard != old.tensorboard or self._recover_added(sorted(added)):
+            self._restart_tensorboard()
         if new.health != old.health:
             if self._health:
                 self._health.stop()
@@ -189,6 +185,32 @@ class Daemon:
         self.scheduler.set_sources(new.sources)
         log.info("reloaded", sources=len(new.sources))
         self.notifier.notify(READY="1", STATUS=self._status_line())
+
+    def _recover_added(self, names: list[str]) -> bool:
+        """Own the sources a reload adds and recover their subtrees (a source left out of the
+        config since a crash may hold uncommitted bytes). True if recovery cut or removed
+        anything: TensorBoard may have read it, so it must start afresh."""
+        owned = []
+        for name in names:
+            try:
+                self.journal.own(name)
+            except TbmirrorError:
+                continue  # another process has it: the scheduler reports it
+            owned.append(name)
+        report = recover(self.journal, owned)
+        changed = bool(report.truncated or report.orphans_removed or report.runs_reset)
+        if changed:
+            log.warning("added_sources_recovered", **vars(report))
+        return changed
+
+    def _restart_tensorboard(self) -> None:
+        if self.tensorboard:
+            self.tensorboard.stop()
+            self.tensorboard = None
+        try:
+            self._start_tensorboard()
+        except (TbmirrorError, OSError) as error:
+            log.error("tensorboard_start_failed", error=str(error))
 
     def _status_line(self) -> str:
         statuses = self.scheduler.statuses()

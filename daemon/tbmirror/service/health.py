@@ -26,13 +26,15 @@ class SourceView:
     status: SourceStatus
     poll_interval: float
     running_since: float | None  # wall time the pass in flight began, if one is
+    progress_at: float | None = None  # wall time of its last progress (an answer, a file)
 
 
 class HealthReport:
     """What /healthz says, built from the daemon's live state.
 
     A source is degraded when no pass of it succeeded for `stale_after` (since the daemon
-    started, before its first success), while a pass has run longer than that, when every run
+    started, before its first success), while a pass has made no progress for that long (no
+    answer, no file done), when every run
     or file of its last pass failed, when `failure_threshold` passes in a row failed, or while
     writes of its mirror fail. The daemon is healthy when TensorBoard is up and every source is.
     """
@@ -89,8 +91,10 @@ class HealthReport:
         since = status.last_success or self._started
         if now - since > stale_after:
             problems.append(f"no successful pass for {now - since:.0f} s")
-        if view.running_since is not None and now - view.running_since > stale_after:
-            problems.append(f"a pass has run for {now - view.running_since:.0f} s")
+        if view.running_since is not None:
+            moved = max(view.running_since, view.progress_at or 0.0)
+            if now - moved > stale_after:  # a long pass that moves is fine; a stuck one is not
+                problems.append(f"a pass has made no progress for {now - moved:.0f} s")
         if status.consecutive_errors >= self.settings.failure_threshold:
             problems.append(f"{status.consecutive_errors} passes in a row failed")
         if status.all_failed:

@@ -52,6 +52,7 @@ class SourceScheduler:
     def __init__(self, journal: Journal, metrics: DaemonMetrics, stop: threading.Event) -> None:
         self._journal, self._metrics, self._stop = journal, metrics, stop
         self._runners: dict[str, _Runner] = {}
+        self._retiring: list[_Runner] = []  # replaced or removed, closing once their pass ends
         self._locks: dict[str, threading.Lock] = {}
         self._guard = threading.Lock()
         self._scheduler = BackgroundScheduler(
@@ -100,19 +101,22 @@ class SourceScheduler:
 
     def shutdown(self, grace: float) -> bool:
         """Stop scheduling; passes in flight end at their next run boundary (the stop event ends
-        waits and reads at once). True if every pass ended within `grace` seconds (engines are
-        then closed); False if some are still in a request that does not end."""
+        waits and reads at once). True if every pass, of retired sources too, ended within
+        `grace` seconds (engines are then closed); False if some are still in a request."""
+        deadline = time.monotonic() + grace
         with self._guard:
             runners = list(self._runners.values())
+            retiring = list(self._retiring)
         for runner in runners:  # not under the guard: a watcher's batch may be waiting for it
-            _stop_watching(runner)
+            _stop_watching(runner, max(0.0, deadline - time.monotonic()))
         if self._scheduler.running:
             self._scheduler.shutdown(wait=False)
-        deadline = time.monotonic() + grace
-        for runner in runners:
+        for runner in runners + retiring:
             if not runner.lock.acquire(timeout=max(0.0, deadline - time.monotonic())):
                 log.warning("pass_abandoned", source=runner.settings.name)
                 return False
+            runner.lock.release()
+        for runner in runners:
             runner.engine.close()
         return True
 
@@ -131,6 +135,7 @@ class SourceScheduler:
                 stored.get(name) or SourceStatus(name),
                 runner.settings.poll_interval,
                 runner.running_since,
+                runner.engine.progress_at,
             )
             for name, runner in runners.items()
         }
@@ -181,12 +186,14 @@ class SourceScheduler:
         waiting here; the subtree of a source no longer scheduled is let go."""
         runner.retired = True
         name = runner.settings.name
+        self._retiring.append(runner)
 
         def close() -> None:
             with runner.lock:
                 _stop_watching(runner)
                 runner.engine.close()
                 with self._guard:
+                    self._retiring.remove(runner)
                     if name not in self._runners:
                         self._journal.disown(name)
 
@@ -242,7 +249,7 @@ def _log_synced(report: PassReport, full: bool) -> None:
     )
 
 
-def _stop_watching(runner: _Runner) -> None:
+def _stop_watching(runner: _Runner, timeout: float = 10.0) -> None:
     if runner.watcher is not None:
-        runner.watcher.stop()
+        runner.watcher.stop(timeout)
         runner.watcher = None

@@ -64,15 +64,18 @@ class UploadWatcher:
         """False once the observer has stopped watching (e.g. the directory was removed)."""
         return self._observer.is_alive() and all(e.is_alive() for e in self._observer.emitters)
 
-    def stop(self) -> None:
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop watching; waits at most `timeout` seconds for the threads (a batch in flight
+        ends at its next file, or window, once the daemon's stop is set)."""
+        deadline = time.monotonic() + timeout
         with self._condition:
             self._stopped = True
             self._condition.notify()
         self._observer.stop()
         if self._observer.is_alive():
-            self._observer.join(timeout=10)
+            self._observer.join(timeout=max(0.0, deadline - time.monotonic()))
         if self._worker.is_alive() and self._worker is not threading.current_thread():
-            self._worker.join(timeout=10)
+            self._worker.join(timeout=max(0.0, deadline - time.monotonic()))
 
     def _add(self, paths: list[str]) -> None:
         relatives = {r for r in map(self._relative, paths) if r is not None}

@@ -121,6 +121,7 @@ class RestClient:
         self._lock = threading.Lock()
         self.requests_made = 0
         self._last_answer = time.monotonic()
+        self.answered_at: float | None = None  # wall time of the last answer (progress)
 
     def close(self) -> None:
         self._client.close()
@@ -178,7 +179,7 @@ class RestClient:
     ) -> Answer:
         """The answer to one request (retried as described above); an error status raises,
         unless it is in `allow`."""
-        attempt = 0
+        attempt, started = 0, time.monotonic()
         limiter = self._limiters[0 if _is_search(path) else 1]
         while True:
             limiter.wait()
@@ -187,7 +188,7 @@ class RestClient:
             try:
                 answer = self._attempt(method, path, allow, **kwargs)
             except _Retryable as retry:
-                if attempt >= self._max_retries or self._stalled():
+                if attempt >= self._max_retries or self._stalled(started):
                     raise retry.final or SourceError(f"{method} {path}: {retry.reason}") from None
                 delay = retry.wait if retry.wait is not None else _backoff(attempt)
                 log.warning(
@@ -201,7 +202,7 @@ class RestClient:
                 self._sleep(delay)
                 attempt += 1
                 continue
-            self._last_answer = time.monotonic()
+            self._last_answer, self.answered_at = time.monotonic(), time.time()
             return answer
 
     def _attempt(self, method: str, path: str, allow: tuple[int, ...], **kwargs: Any) -> Answer:
@@ -250,11 +251,12 @@ class RestClient:
             f"({size:,} > {self._max_bytes:,} bytes)"
         )
 
-    def _stalled(self) -> bool:
-        """True once no request has been answered for `stall_timeout`."""
+    def _stalled(self, started: float) -> bool:
+        """True once nothing has been answered for `stall_timeout`, counted from the later of
+        the last answer and the start of this request (quiet time between passes not counted)."""
         if self._stall_timeout is None:
             return False
-        return time.monotonic() - self._last_answer > self._stall_timeout
+        return time.monotonic() - max(self._last_answer, started) > self._stall_timeout
 
     def _sleep(self, seconds: float) -> None:
         """Wait, unless the daemon stops (StoppedError)."""

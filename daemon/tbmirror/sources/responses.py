@@ -9,11 +9,13 @@ allowed: servers add fields over time.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, TypeVar
+from typing import Annotated, Any, ClassVar, TypeVar
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from tbmirror.sources.http import BadAnswerError
+
+Int64 = Annotated[int, Field(ge=-(2**63), le=2**63 - 1)]  # what MLflow stores and TensorBoard holds
 
 
 class _Answer(BaseModel):
@@ -31,8 +33,8 @@ class _Page(_Answer):
 class MetricJson(_Answer):
     key: str = ""
     value: float | str  # MLflow sends NaN and infinities as strings
-    timestamp: int = 0
-    step: int = 0
+    timestamp: Int64 = 0
+    step: Int64 = 0
     run_id: str | None = None
 
 
@@ -47,8 +49,8 @@ class RunInfoJson(_Answer):
     run_name: str | None = None
     status: str = "RUNNING"
     lifecycle_stage: str = "active"
-    start_time: int | None = None
-    end_time: int | None = None
+    start_time: Int64 | None = None
+    end_time: Int64 | None = None
 
 
 class RunDataJson(_Answer):

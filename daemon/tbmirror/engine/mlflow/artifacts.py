@@ -76,7 +76,7 @@ class ArtifactSync:
                         self.placement.artifact_dir(run_id, artifact),
                     )
                     reader = self.source.artifact_file(run_id, artifact)
-                    outcome = self.tailer.advance(tail, reader, self.clock())
+                    outcome = self.tailer.advance(tail, reader, self.clock(), stop)
                     report.points += outcome.points
                     report.bytes_written += outcome.bytes_written
                 record = records[run_id]

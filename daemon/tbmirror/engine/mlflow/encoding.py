@@ -20,7 +20,7 @@ import structlog
 from tbmirror.engine.mlflow.planning import Plan
 from tbmirror.errors import SourceError
 from tbmirror.mirror import summaries
-from tbmirror.mirror.steps import INT64_MAX, next_step, valid_step
+from tbmirror.mirror.steps import INT64_MAX, next_step
 from tbmirror.model import Cursor, MetricPoint, RunRecord, RunSnapshot
 from tbmirror.sources.mlflow import NOTE_TAG, PARENT_TAG, RUN_NAME_TAG, History
 
@@ -80,7 +80,7 @@ class RunEncoder:
                 cursor.count, cursor.last = cursor.count + len(new), new[-1]
             encoder = summaries.ScalarEncoder(request.key)
             for point in new:
-                step = next_step(_usable(point.step, cursor.tb_step), cursor.tb_step)
+                step = next_step(point.step, cursor.tb_step)  # an int64 (responses.py)
                 if step > INT64_MAX:  # nothing TensorBoard can hold comes after INT64_MAX
                     continue
                 cursor.tb_step = step
@@ -133,13 +133,6 @@ class RunEncoder:
                     f"| {_escape(k)} | {_escape(v[:MAX_TEXT_VALUE])} |" for k, v in rows.items()
                 ]
         return "\n".join(lines)
-
-
-def _usable(step: int, previous: int | None) -> int:
-    """A source step TensorBoard can hold (int64); one beyond gets the next step in line."""
-    if valid_step(step) is not None:
-        return step
-    return 0 if previous is None else previous
 
 
 def _escape(text: str) -> str:

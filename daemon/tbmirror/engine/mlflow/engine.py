@@ -68,6 +68,10 @@ class MlflowEngine:
     def runs_mirrored(self) -> int:
         return self.placement.runs_mirrored
 
+    @property
+    def progress_at(self) -> float | None:
+        return self.source.client.rest.answered_at
+
     def watch_spec(self) -> None:
         """Nothing to watch: an MLflow source is polled."""
         return None
@@ -103,8 +107,8 @@ class MlflowEngine:
             self.source.name,
             report.error,
             self.clock(),
-            len(report.failed_runs),
-            report.runs_listed,
+            len(set(report.failed_runs)),
+            report.runs_tried,
         )
         return report
 
@@ -128,6 +132,7 @@ class MlflowEngine:
         if self.settings.on_delete == "remove":
             self._remove_deleted(listing, full, report)
         live = [run for run in listing.runs if not run.deleted]
+        report.runs_tried = len(live)
         self.planner.start_pass()
         for start in range(0, len(live), CHUNK_RUNS):
             plans: list[Plan] = []
@@ -157,6 +162,7 @@ class MlflowEngine:
         backlog = self.planner.artifact_backlog(
             self.placement.records, self.artifacts.retry_at, self.artifact_batch
         )
+        report.runs_tried += len(set(backlog) - {run.run_id for run in live})
         for start in range(0, len(backlog), CHUNK_RUNS):
             self.artifacts.sync(backlog[start : start + CHUNK_RUNS], report, stop)
         self._last_listing = listing_started
