@@ -25,6 +25,7 @@ from conftest import (
     tbmirror,
     wait_until,
 )
+from tbmirror.mirror import events, summaries
 
 T0 = 1_700_000_000_000
 
@@ -313,3 +314,35 @@ def test_sighup_with_a_bad_url_or_a_yaml_error_keeps_the_old_config_and_no_secre
     assert daemon.stop() == 0
     log = daemon.log_path.read_text()
     assert password not in log and "hunter2" not in log
+
+
+def test_a_source_added_by_sighup_is_recovered_before_it_writes(
+    tmp_path: Path, mlflow_server: MlflowServer, start_daemon, experiment_name: str
+) -> None:
+    """A source left out of the config since a crash may have left uncommitted files that the
+    running TensorBoard already read: when a reload adds it back, recovery removes them and
+    TensorBoard starts afresh (a source added with nothing to recover keeps it running)."""
+    client = mlflow_server.client()
+    log_steps(client, new_run(client, experiment_name, "one"), range(3))
+    one = mlflow_source("one", mlflow_server.url, [experiment_name], poll_interval="1s")
+    back = mlflow_source("back", mlflow_server.url, [experiment_name], poll_interval="1s")
+    path = tmp_path / "c.yaml"
+    config, tb_url, _ = daemon_config(path, tmp_path / "root", [one])
+    leftover = tmp_path / "root" / "back" / experiment_name / "one"
+    leftover.mkdir(parents=True)
+    stray = leftover / "events.out.tfevents.1700000000.crashed.1.1"
+    stray.write_bytes(events.frame_all([summaries.file_version(1.0)]))
+    daemon = start_daemon(config)
+    board = TensorBoardReader(tb_url)
+    board.wait_scalars(f"one/{experiment_name}/one", "loss", 3)
+    assert stray.exists(), "not this daemon's source yet: left alone"
+    (before,) = daemon.tensorboard_pids()
+
+    path.write_text(path.read_text().replace("sources:\n", "sources:\n" + _yaml_item(back), 1))
+    daemon.signal(signal.SIGHUP)
+    daemon.wait_event("reloaded", sources=2)
+    assert daemon.wait_event("added_sources_recovered")["orphans_removed"] == 1
+    board.wait_scalars(f"back/{experiment_name}/one", "loss", 3, timeout=60)
+    assert not stray.exists()
+    assert len(daemon.tensorboard_pids() - {before}) == 1, "TensorBoard started afresh"
+    assert daemon.stop() == 0

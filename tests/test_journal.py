@@ -646,3 +646,25 @@ def test_recovery_cuts_and_removes_only_in_owned_directories(tmp_path: Path) -> 
     assert not orphan.exists() and foreign.exists() and notes.exists()
     assert run_file(rig, f"{OTHER}/exp/{RUN}") == (other_name, other + extra)
     rig.check_store_matches_disk(OWNER)
+
+
+def test_a_bug_after_the_bytes_are_out_keeps_the_batch_and_never_writes_other_bytes(
+    tmp_path: Path,
+) -> None:
+    """Not only disk errors: any failure once bytes may be on disk (here a cursor SQLite cannot
+    hold) leaves the batch pending, named by its type, and no later batch writes at its offset."""
+    rig = Rig.open(tmp_path)
+    sync_pass(rig.journal, 3, 100.0)
+    name, before = run_file(rig)
+    poison = Cursor(4, MetricPoint(1, 2**64, 1.0))  # beyond SQLite's INTEGER
+    with pytest.raises(WriteFault) as raised, rig.journal.batch(OWNER) as batch:
+        batch.append(f"{RUN_DIR}/{name}", scalar_records(range(3, 4), 200.0))
+        batch.put_cursors(OWNER, RUN, {TAG: poison})
+    assert raised.value.cause == "OverflowError"
+    _, written = run_file(rig)
+    assert written == before + scalar_records(range(3, 4), 200.0)  # out, not committed
+    for wall_time in (300.0, 400.0):  # every later pass is refused, nothing is written
+        with pytest.raises(WriteFault):
+            sync_pass(rig.journal, 6, wall_time)
+    assert run_file(rig) == (name, written)
+    assert list(rig.journal.faults()) == [OWNER]

@@ -328,3 +328,33 @@ def test_a_crash_during_a_copy_is_recovered_and_copied_once(tmp_path: Path, when
     assert copy_of(rig) == source.data
     assert steps_in(copy_of(rig)) == list(range(10))
     rig.check_store_matches_disk(SOURCE)
+
+
+class CappedFile(MemoryFile):
+    """A server that answers at most `cap` bytes of any range (a proxy capping range sizes)."""
+
+    def __init__(self, data: bytes, cap: int) -> None:
+        super().__init__(data, identity=None)
+        self.cap = cap
+
+    def read(self, start: int, end: int) -> bytes:
+        return super().read(start, min(end, start + self.cap))
+
+
+def test_a_server_that_sends_less_than_asked_is_read_on_to_the_end(tmp_path: Path) -> None:
+    """Short answers are not the end of the file: the copy reaches the listed size in one look
+    (or, if nothing whole came, a later one), and nothing is taken twice."""
+    rig = Rig.open(tmp_path)
+    data = tfevents(range(200))
+    source = CappedFile(data, cap=1500)
+    tail_pass(rig, source, 100.0)
+    assert copy_of(rig) == data
+    assert rig.journal.tails(SOURCE)[ORIGIN].seen_size == len(data)
+
+    stingy = CappedFile(data + tfevents(range(200, 400)), cap=20)  # not one whole record
+    tail_pass(rig, stingy, 200.0)
+    assert copy_of(rig) == data, "nothing whole arrived: nothing taken"
+    assert rig.journal.tails(SOURCE)[ORIGIN].seen_size == len(data), "looked at again later"
+    stingy.cap = 10**6
+    tail_pass(rig, stingy, 300.0)
+    assert copy_of(rig) == bytes(stingy.data)

@@ -51,6 +51,9 @@ def _die_with_parent() -> None:
 def check_port_free(host: str, port: int) -> None:
     """Raise PortInUseError if something already listens on host:port."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        # as TensorBoard's server binds: connections of a TensorBoard that just died, left in
+        # TIME_WAIT, do not make the port busy
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((host, port))
         except OSError as error:
