@@ -91,7 +91,7 @@ class UploadEngine:
         report = self._run(scan, progress, stop)
         if report.error is None and (stop is None or not stop.is_set()):
             self._warned = {f: causes for f, causes in self._warned.items() if f in seen}
-        self.journal.record_pass(
+        self.journal.passes.record(
             self.name, report.error, self.clock(), len(set(report.failed_runs)), report.runs_tried
         )
         return report

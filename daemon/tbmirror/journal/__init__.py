@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tbmirror.journal.journal import Batch, Fault, Journal, WriteFault
+from tbmirror.journal.faults import Fault, WriteFault
+from tbmirror.journal.journal import Batch, Journal
 from tbmirror.journal.recovery import RecoveryReport, recover
 from tbmirror.journal.store import Store
 from tbmirror.model import SourceStatus

@@ -32,7 +32,6 @@ scheduler runs one pass per source at a time).
 
 from __future__ import annotations
 
-import errno
 import os
 import sqlite3
 import threading
@@ -45,39 +44,19 @@ from pathlib import Path
 import structlog
 
 from tbmirror.errors import MirrorError
+from tbmirror.journal.faults import Fault, FaultListener, FaultLog, WriteFault
 from tbmirror.journal.files import FileLayer, OsFiles
 from tbmirror.journal.locks import SubtreeLocks
+from tbmirror.journal.passes import PassLog
 from tbmirror.journal.store import Store
 from tbmirror.mirror import events
 from tbmirror.mirror.events import EventsFileLostError
 from tbmirror.mirror.layout import MirrorLayout
-from tbmirror.model import Cursor, RunRecord, SourceStatus, TailRecord
+from tbmirror.model import Cursor, RunRecord, TailRecord
 
 log = structlog.get_logger(__name__)
 
 StoreChange = Callable[[Store], None]
-FaultListener = Callable[[str, str], None]  # (owner, cause), once per failed attempt
-
-
-class WriteFault(MirrorError):
-    """Writing to the mirror failed; the batch is kept and written again on the next pass."""
-
-    def __init__(self, owner: str, cause: str, path: str, detail: str) -> None:
-        super().__init__(
-            f"writes to the mirror fail ({cause}: {detail}) at {path}; "
-            "what was written is kept and completed once writes succeed again"
-        )
-        self.owner, self.cause, self.path = owner, cause, path
-
-
-@dataclass(frozen=True)
-class Fault:
-    """A write fault in force for one owner: since when, why, where."""
-
-    cause: str
-    path: str
-    detail: str
-    since: float
 
 
 @dataclass
@@ -231,10 +210,8 @@ class Journal:
         self.clock = clock
         self._guard = threading.Lock()
         self._pending: dict[str, Batch] = {}
-        self._faults: dict[str, Fault] = {}
-        self._logged: dict[str, set[str]] = {}
-        self._listeners: list[FaultListener] = []
-        self._statuses = store.source_status()
+        self._faults = FaultLog(clock)
+        self.passes = PassLog(store)  # how each source's passes went
 
     @classmethod
     def open(cls, layout: MirrorLayout, state_path: Path) -> Journal:
@@ -273,9 +250,10 @@ class Journal:
         """
         self._check_owned(owner)
         with self._guard:
-            fault = self._faults.get(owner) if owner in self._pending else None
-        if fault is not None:
-            raise WriteFault(owner, fault.cause, fault.path, fault.detail)
+            pending = owner in self._pending
+        if pending:
+            fault = self._faults.of(owner)
+            raise fault.error(owner) if fault else WriteFault(owner, "pending", "-", "settle first")
         batch = Batch(self, owner)
         yield batch
         self._finish(batch)
@@ -288,8 +266,8 @@ class Journal:
         if pending is not None:
             self._finish(pending)  # heals the fault once written
         moved = self._finish_moves(owner)
-        if moved and owner in self._faults:
-            self._healed(owner)
+        if moved:
+            self._faults.healed(owner)
         return pending is not None or moved
 
     def _finish(self, batch: Batch) -> None:
@@ -328,7 +306,7 @@ class Journal:
         except Exception as error:  # bytes may be out: whatever failed, never write others there
             with self._guard:
                 self._pending[batch.owner] = batch
-            raise self._fault(batch.owner, where, error) from None
+            raise self._faults.failed(batch.owner, where, error) from None
         with self._guard:
             if self._pending.get(batch.owner) is batch:
                 del self._pending[batch.owner]
@@ -336,8 +314,7 @@ class Journal:
             self._remove_file(relative, keep_above)
         for relative, keep_above in batch._pruned:
             self._prune(relative, keep_above)
-        if batch.owner in self._faults:
-            self._healed(batch.owner)
+        self._faults.healed(batch.owner)
         if lost:
             self.reset_broken(batch.owner, lost)
 
@@ -368,10 +345,9 @@ class Journal:
             with self.store.transaction():
                 self.store.put_move(old_dir, new_dir)
         except sqlite3.Error as error:
-            raise self._fault(owner, self.store.path.name, error) from None
+            raise self._faults.failed(owner, self.store.path.name, error) from None
         self._finish_moves(owner, only=old_dir)
-        if owner in self._faults:
-            self._healed(owner)
+        self._faults.healed(owner)
 
     def _finish_moves(self, owner: str, only: str | None = None) -> bool:
         """Complete recorded moves below `owner` (or just the one from `only`); True if any."""
@@ -399,39 +375,18 @@ class Journal:
                     self.store.move_tree(old_dir, new_dir)
                     self.store.forget_move(old_dir)
             except (OSError, sqlite3.Error) as error:
-                raise self._fault(owner, where, error) from None
+                raise self._faults.failed(owner, where, error) from None
             done = True
         return done
 
     # -- faults -------------------------------------------------------------------------------
 
     def add_fault_listener(self, listener: FaultListener) -> None:
-        self._listeners.append(listener)
+        self._faults.add_listener(listener)
 
     def faults(self) -> dict[str, Fault]:
         """Owners whose writes fail now, with the first cause."""
-        with self._guard:
-            return dict(self._faults)
-
-    def _fault(self, owner: str, where: str, error: Exception) -> WriteFault:
-        cause, detail = _cause(error)
-        with self._guard:
-            self._faults.setdefault(owner, Fault(cause, where, detail, self.clock()))
-            first = cause not in self._logged.setdefault(owner, set())
-            self._logged[owner].add(cause)
-        if first:
-            log.error("write_failed", source=owner, path=where, cause=cause, error=detail)
-        for listener in self._listeners:
-            listener(owner, cause)
-        return WriteFault(owner, cause, where, detail)
-
-    def _healed(self, owner: str) -> None:
-        with self._guard:
-            fault = self._faults.pop(owner, None)
-            self._logged.pop(owner, None)
-        if fault is not None:
-            log.info("writes_recovered", source=owner, after_seconds=round(
-                self.clock() - fault.since, 1))  # fmt: skip
+        return self._faults.current()
 
     # -- removal ------------------------------------------------------------------------------
 
@@ -473,47 +428,6 @@ class Journal:
     def occupied(self, relative: str) -> bool:
         """True if something non-empty (a file, or a directory with entries) is at that path."""
         return _occupied(self.layout.resolve(relative))
-
-    # -- source status ------------------------------------------------------------------------
-
-    def record_pass(
-        self, source: str, error: str | None, now: float, failed_runs: int = 0, tried: int = 0
-    ) -> SourceStatus:
-        """Note how a pass of `source` went (`failed_runs` of the `tried` runs or files failed).
-        Kept in memory (so /healthz is right while the disk is full) and stored when the store
-        can be written."""
-        with self._guard:
-            status = replace(self._statuses.get(source) or SourceStatus(source))
-            status.last_attempt = now
-            status.failed_runs = failed_runs
-            status.all_failed = failed_runs > 0 and failed_runs >= tried
-            if error:
-                status.consecutive_errors += 1
-                status.last_error = error
-            else:
-                status.last_success, status.consecutive_errors, status.last_error = now, 0, None
-            self._statuses[source] = status
-        try:
-            self.store.put_source_status(status)
-        except sqlite3.Error as error_:
-            log.debug("source_status_not_stored", source=source, error=str(error_))
-        return status
-
-    def statuses(self) -> dict[str, SourceStatus]:
-        with self._guard:
-            return dict(self._statuses)
-
-
-def _cause(error: Exception) -> tuple[str, str]:
-    """(short cause, detail) of a write error, with no path or data in it. Anything but an
-    OSError or an SQLite error is a bug: named by its type only."""
-    if isinstance(error, OSError):
-        name = errno.errorcode.get(error.errno or 0, type(error).__name__)
-        return name, error.strerror or name
-    if isinstance(error, sqlite3.Error):
-        name = getattr(error, "sqlite_errorname", None) or type(error).__name__
-        return name, str(error)
-    return type(error).__name__, "an unexpected error (a bug): the batch is kept"
 
 
 def _occupied(path: Path) -> bool:

@@ -122,12 +122,12 @@ class SourceScheduler:
 
     def statuses(self) -> dict[str, SourceStatus]:
         """Status of every scheduled source (a never-polled one has an empty status)."""
-        stored = self._journal.statuses()
+        stored = self._journal.passes.current()
         return {name: stored.get(name) or SourceStatus(name) for name in self.names()}
 
     def views(self) -> dict[str, SourceView]:
         """What health needs of every scheduled source."""
-        stored = self._journal.statuses()
+        stored = self._journal.passes.current()
         with self._guard:
             runners = dict(self._runners)
         return {

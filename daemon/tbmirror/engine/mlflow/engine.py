@@ -103,7 +103,7 @@ class MlflowEngine:
             log.exception("source_failed", source=self.source.name, error=report.error)
         report.requests = self.source.requests_made - requests_before
         report.seconds = time.monotonic() - started
-        self.journal.record_pass(
+        self.journal.passes.record(
             self.source.name,
             report.error,
             self.clock(),
