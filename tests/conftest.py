@@ -56,6 +56,32 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowSe
     server.stop()
 
 
+ADMIN_PASSWORD = "s3cret-Admin-pw-9431"
+
+
+@pytest.fixture(scope="session")
+def basic_auth_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowServer]:
+    """A real `mlflow server --app-name basic-auth` (user admin, ADMIN_PASSWORD), shared."""
+    directory = tmp_path_factory.mktemp("basic-auth")
+    ini = directory / "basic_auth.ini"
+    ini.write_text(
+        "[mlflow]\ndefault_permission = READ\n"
+        f"database_uri = sqlite:///{directory / 'auth.db'}\nadmin_username = admin\n"
+        "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
+    )
+    server = MlflowServer(
+        directory,
+        extra_args=["--app-name", "basic-auth"],
+        env={
+            "MLFLOW_AUTH_CONFIG_PATH": str(ini),
+            "MLFLOW_AUTH_ADMIN_PASSWORD": ADMIN_PASSWORD,
+            "MLFLOW_FLASK_SERVER_SECRET_KEY": "test-only-csrf-key",
+        },
+    ).start()
+    yield server
+    server.stop()
+
+
 class TensorBoardReader:
     """Reads a running TensorBoard through its HTTP API."""
 

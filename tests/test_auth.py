@@ -27,6 +27,7 @@ import pytest
 from mlflow.entities import Metric
 
 from conftest import (
+    ADMIN_PASSWORD,
     MlflowServer,
     mlflow_source,
     new_run,
@@ -35,7 +36,6 @@ from conftest import (
 )
 from tbmirror.config import parse_settings
 
-ADMIN_PASSWORD = "s3cret-Admin-pw-9431"
 CLIENT_SECRET = "dbx-client-secret-77251"
 PAT = "dapi-personal-token-50817"
 IDENTITY_HEADER = "identity-header-secret-3310"
@@ -44,28 +44,6 @@ IDENTITY_HEADER = "identity-header-secret-3310"
 def assert_no_secret(text: str, *secrets: str) -> None:
     for secret in secrets:
         assert secret not in text, "a secret leaked into the output"
-
-
-@pytest.fixture(scope="module")
-def basic_auth_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowServer]:
-    directory = tmp_path_factory.mktemp("basic-auth")
-    ini = directory / "basic_auth.ini"
-    ini.write_text(
-        "[mlflow]\ndefault_permission = READ\n"
-        f"database_uri = sqlite:///{directory / 'auth.db'}\nadmin_username = admin\n"
-        "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
-    )
-    server = MlflowServer(
-        directory,
-        extra_args=["--app-name", "basic-auth"],
-        env={
-            "MLFLOW_AUTH_CONFIG_PATH": str(ini),
-            "MLFLOW_AUTH_ADMIN_PASSWORD": ADMIN_PASSWORD,
-            "MLFLOW_FLASK_SERVER_SECRET_KEY": "test-only-csrf-key",
-        },
-    ).start()
-    yield server
-    server.stop()
 
 
 def test_basic_auth_right_wrong_and_from_a_file(

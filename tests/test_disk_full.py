@@ -43,7 +43,7 @@ from conftest import (
 SMALL, LARGE = "8m", "256m"  # the tmpfs before and after the space comes back
 TICK = 0.1  # seconds between two points of every series
 TAG_EVERY = 10  # ticks between two tag changes (new run-info text records)
-FULL_SECONDS = 18  # how long the disk stays full while the workload goes on
+FULL_SECONDS = 12  # how long the disk stays full while the workload goes on
 AFTER_SECONDS = 4  # how long the workload goes on once the space is back
 HEAL_TIMEOUT = 90  # for every point to be visible in TensorBoard afterwards
 KEYS = ("loss", "acc")

@@ -782,7 +782,7 @@ def test_a_failed_source_is_named_once_in_its_line(
 
 CHAOS_SECONDS = float(os.environ.get("TBMIRROR_CHAOS_SECONDS", "0"))  # 0: every fault once
 POLL_SECONDS, STALE_SECONDS = 1.0, 2.0
-SOURCE_FAULT_SECONDS, RUN_FAULT_SECONDS = 4.0, 3.5
+SOURCE_FAULT_SECONDS, RUN_FAULT_SECONDS = 3.5, 3.5
 SOURCE_GAP_SECONDS, RUN_GAP_SECONDS = 4.0, 2.5
 KEYS = ("loss", "acc")
 

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import MlflowServer, mlflow_source, tbmirror, write_config
-from test_auth import ADMIN_PASSWORD, assert_no_secret, basic_auth_server  # noqa: F401
+from conftest import ADMIN_PASSWORD, MlflowServer, mlflow_source, tbmirror, write_config
+from test_auth import assert_no_secret
 
 TOKEN = "tok-7f3a9c-first-line"
 SECOND = "second-line-e41d08"
@@ -21,7 +21,7 @@ SECOND = "second-line-e41d08"
 
 def test_a_secret_file_that_is_not_one_line_is_an_error_naming_the_file(
     tmp_path: Path, mirror_root: Path, mlflow_server: MlflowServer,
-    basic_auth_server: MlflowServer,  # noqa: F811
+    basic_auth_server: MlflowServer,
 ) -> None:  # fmt: skip
     files = {
         "bearer-two-lines": f"{TOKEN}\n{SECOND}\n",
