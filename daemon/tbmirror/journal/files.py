@@ -62,18 +62,10 @@ class OsFiles:
             os.close(fd)
 
     def fsync(self, path: Path) -> None:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        _fsync(path, os.O_RDONLY | os.O_NOFOLLOW)
 
     def fsync_dir(self, path: Path) -> None:
-        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        _fsync(path, os.O_RDONLY | os.O_DIRECTORY)
 
     def truncate(self, path: Path, length: int) -> None:
         fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW)
@@ -98,3 +90,11 @@ class OsFiles:
         except OSError:
             return None
         return found.st_size if stat.S_ISREG(found.st_mode) else None
+
+
+def _fsync(path: Path, flags: int) -> None:
+    fd = os.open(path, flags)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -191,9 +191,6 @@ class Store:
         rows = self._query(f"SELECT {_RUN_SELECT} FROM runs WHERE source = ?", (source,))
         return {row[1]: _run_from_row(row) for row in rows}
 
-    def all_runs(self) -> list[RunRecord]:
-        return [_run_from_row(row) for row in self._query(f"SELECT {_RUN_SELECT} FROM runs")]
-
     def put_run(self, run: RunRecord) -> None:
         values = [getattr(run, name) for name in _RUN_COLUMNS]
         placeholders = ", ".join("?" for _ in _RUN_COLUMNS)
@@ -266,11 +263,6 @@ class Store:
             (source, len(origin_prefix), origin_prefix),
         )
         return {row[1]: TailRecord(*row) for row in rows}
-
-    def all_tails(self) -> list[TailRecord]:
-        return [
-            TailRecord(*row) for row in self._query(f"SELECT {', '.join(_TAIL_COLUMNS)} FROM tails")
-        ]
 
     def put_tail(self, tail: TailRecord) -> None:
         values = [getattr(tail, name) for name in _TAIL_COLUMNS]
