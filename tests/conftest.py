@@ -127,6 +127,20 @@ class TensorBoardReader:
         response = self.http.get("/data/plugin/text/text", params={"run": run, "tag": tag})
         return list(response.json()) if response.status_code == 200 else []
 
+    def image_tags(self, run: str) -> list[str]:
+        return sorted(self.http.get("/data/plugin/images/tags").json().get(run, {}))
+
+    def images(self, run: str, tag: str) -> list[dict[str, Any]]:
+        """[{wall_time, step, query}, ...]; [] while TensorBoard has no such series."""
+        response = self.http.get("/data/plugin/images/images", params={"run": run, "tag": tag})
+        return list(response.json()) if response.status_code == 200 else []
+
+    def image_bytes(self, query: str) -> bytes:
+        """The bytes of one image, by the `query` of an `images` entry."""
+        response = self.http.get(f"/data/plugin/images/individualImage?{query}")
+        response.raise_for_status()
+        return response.content
+
     def session_groups(self) -> list[dict[str, Any]]:
         body = {
             "experimentName": "",
@@ -157,7 +171,7 @@ class TensorBoard(TensorBoardReader):
                 sys.executable, "-m", "tensorboard.main", "--logdir", str(logdir),
                 "--host", "127.0.0.1", "--port", port, "--load_fast", "true",
                 "--reload_interval", "1",
-                "--samples_per_plugin", f"scalars={SCALARS_SAMPLES},text=1000",
+                "--samples_per_plugin", f"scalars={SCALARS_SAMPLES},text=1000,images=1000",
             ],
             stdout=log_path.open("ab"),
             stderr=subprocess.STDOUT,

@@ -16,7 +16,7 @@ from tbmirror.processes import free_port, stop_process_group
 
 
 def test_demo_shows_the_sweep_and_a_live_run_and_stops_cleanly(tmp_path: Path) -> None:
-    port = free_port()
+    port, health_port = free_port(), free_port()
     process = subprocess.Popen(
         [
             sys.executable,
@@ -27,6 +27,8 @@ def test_demo_shows_the_sweep_and_a_live_run_and_stops_cleanly(tmp_path: Path) -
             str(tmp_path / "demo"),
             "--port",
             str(port),
+            "--health-port",
+            str(health_port),
         ],
         stdout=subprocess.PIPE,
         stderr=(tmp_path / "demo.log").open("wb"),
@@ -35,10 +37,14 @@ def test_demo_shows_the_sweep_and_a_live_run_and_stops_cleanly(tmp_path: Path) -
     )
     try:
         assert process.stdout is not None
-        lines = [process.stdout.readline(), process.stdout.readline()]
-        assert lines[0].startswith("MLflow:      http://127.0.0.1:")
-        assert lines[1].startswith(f"TensorBoard: http://127.0.0.1:{port}/")
-        mlflow_url = lines[0].split()[1]
+        lines = [process.stdout.readline() for _ in range(6)]
+        assert lines[0].startswith(f"Starting MLflow and TensorBoard in {tmp_path / 'demo'}")
+        assert lines[1].startswith("MLflow:      http://127.0.0.1:")
+        assert lines[2].startswith(f"TensorBoard: http://127.0.0.1:{port}/")
+        assert lines[3] == f"Health:      http://127.0.0.1:{health_port}/healthz\n"
+        assert lines[4].startswith(f"Data:        {tmp_path / 'demo'} (kept, and reused")
+        mlflow_url = lines[1].split()[1]
+        assert httpx.get(lines[3].split()[1], timeout=10).status_code in (200, 503)
         board = TensorBoardReader(f"http://127.0.0.1:{port}")
         sweep = {f"demo/tensorboard-demo/ridge-sweep/alpha0.{i}" for i in range(1, 8)}
         live = "demo/training-loop/live-training"
@@ -52,6 +58,12 @@ def test_demo_shows_the_sweep_and_a_live_run_and_stops_cleanly(tmp_path: Path) -
             lambda: len(board.session_groups()) >= 8 and board.session_groups(), 30, "sessions"
         )
         assert {g["sessions"][0]["name"] for g in groups} >= sweep
+        assert {f"alpha{i / 10}" for i in range(1, 8)} <= {g["name"] for g in groups}
+        parent = "demo/tensorboard-demo/ridge-sweep"
+        wait_until(lambda: board.images(live, "predictions"), 30, "the live run's plots")
+        wait_until(lambda: board.image_tags(parent) == ["mse_vs_alpha.png"], 30, "the figure")
+        [table] = wait_until(lambda: board.text(parent, "results.json (table)"), 30, "the table")
+        assert table["text"].count("<tr>") == 8  # the header and the seven alphas
 
         process.send_signal(signal.SIGINT)
         started = time.monotonic()

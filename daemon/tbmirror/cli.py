@@ -36,7 +36,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         if args.command is demo_command:
-            logs.configure(args.log_level or "info")
+            logs.configure(args.log_level or "warning")  # the banner stays in view
             return demo_command(args)
         try:
             settings = load_settings(Path(args.config))
@@ -95,6 +95,7 @@ def _parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     demo.add_argument("--dir", type=Path, default=Path("tbmirror-demo"), help="demo folder")
     demo.add_argument("--port", type=int, default=6006, help="TensorBoard port")
+    demo.add_argument("--health-port", type=int, default=9464, help="/healthz and /metrics port")
     return parser
 
 
@@ -111,7 +112,7 @@ def sync_command(settings: Settings, args: argparse.Namespace) -> int:
 def demo_command(args: argparse.Namespace) -> int:
     from tbmirror.demo import run_demo
 
-    return run_demo(args.dir, args.port)
+    return run_demo(args.dir, args.port, args.health_port)
 
 
 def run_command(settings: Settings, args: argparse.Namespace) -> int:

@@ -281,13 +281,19 @@ DEFAULT_MAX_FILE_SIZE = 2 * 1024**3
 
 
 class ArtifactSettings(_Section):
-    """Which artifacts of MLflow runs are tfevents files to mirror into the run's directory."""
+    """What of MLflow runs' artifacts is mirrored into the run's directory: tfevents files
+    (tailed), images and figures (the images dashboard), tables (the text dashboard)."""
 
-    enabled: bool = True
+    enabled: bool = True  # list the runs' artifacts at all
     pattern: str = "*tfevents*"  # fnmatch on the file name
     max_depth: int = Field(default=3, ge=0, le=16)  # folder levels below the run's root
     max_file_size: ByteSize = ByteSize(DEFAULT_MAX_FILE_SIZE)
     batch: int = Field(default=100, ge=0)  # finished runs never looked at, per daemon pass
+    images: bool = True  # log_image series, log_figure and other PNG/JPEG/GIF artifacts
+    tables: bool = True  # log_table JSON artifacts, as Markdown
+    max_images: int = Field(default=50, ge=0, le=100_000)  # single images (figures) per run
+    max_media_size: ByteSize = ByteSize(16 * 1024**2)  # a larger image or table is skipped
+    table_rows: int = Field(default=100, ge=1, le=100_000)  # the last rows shown of a table
 
 
 class MlflowSourceSettings(_Section):
@@ -412,6 +418,8 @@ class TensorBoardSettings(_Section):
     path_prefix: str = Field(default="", pattern=r"^(/[A-Za-z0-9._~-]+)*$")
     reload_interval: int = Field(default=5, ge=1, le=86_400)
     scalars_samples: int = Field(default=100_000, ge=1, le=1_000_000_000)
+    images_samples: int = Field(default=1000, ge=1, le=1_000_000)  # per run and tag
+    text_samples: int = Field(default=100, ge=1, le=1_000_000)  # run info and table versions
     extra_args: list[str] = []
 
     @field_validator("host")

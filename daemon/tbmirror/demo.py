@@ -2,9 +2,10 @@
 
 Starts a throw-away MLflow server (sqlite store under the demo folder), logs the seed's example
 (scikit-learn's diabetes data, Ridge regression for alpha 0.1 .. 0.7 as child runs of one parent,
-param alpha, metric mse, and the parent logging alpha and mse without steps), starts a training
-loop run that logs new points every second, and runs the daemon on it. Ctrl-C stops everything.
-Needs the `demo` extra (mlflow, scikit-learn).
+param alpha, metric mse, and the parent logging alpha and mse without steps, a results table and a
+plot of mse against alpha), starts a training loop run that logs new points every second and a
+prediction plot every PLOT_EVERY steps, and runs the daemon on it. The folder is kept and reused
+by the next demo. Ctrl-C stops everything. Needs the `demo` extra (mlflow, scikit-learn).
 """
 
 from __future__ import annotations
@@ -28,9 +29,10 @@ log = structlog.get_logger(__name__)
 
 SWEEP_EXPERIMENT = "tensorboard-demo"
 TRAINING_EXPERIMENT = "training-loop"
+PLOT_EVERY = 5  # steps of the live run between two prediction plots
 
 
-def run_demo(directory: Path, port: int) -> int:
+def run_demo(directory: Path, port: int, health_port: int) -> int:
     """Run the demo until Ctrl-C; returns the exit code."""
     try:
         import mlflow  # noqa: F401
@@ -41,8 +43,8 @@ def run_demo(directory: Path, port: int) -> int:
         ) from None
     directory = directory.resolve()
     os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
+    print(f"Starting MLflow and TensorBoard in {directory} ...", flush=True)
     with LocalMlflowServer(directory / "mlflow") as server:
-        log.info("demo_mlflow_server", url=server.url)
         log_sweep(server.url)
         stop = threading.Event()
         trainer = threading.Thread(target=train, args=(server.url, stop), daemon=True)
@@ -60,20 +62,32 @@ def run_demo(directory: Path, port: int) -> int:
                     }
                 ],
                 "tensorboard": {"port": port, "reload_interval": 1},
-                "health": {"port": free_port()},
+                "health": {"port": health_port},
             }
         )
 
         def ready(daemon: Daemon) -> None:
             assert daemon.tensorboard is not None
-            print(f"MLflow:      {server.url}", flush=True)
-            print(f"TensorBoard: {daemon.tensorboard.url}   (Ctrl-C to stop)", flush=True)
+            print(banner(server.url, daemon.tensorboard.url, health_port, directory), flush=True)
 
         try:
             return Daemon(settings, on_ready=ready).run()
         finally:
             stop.set()
             trainer.join(timeout=10)
+
+
+def banner(mlflow_url: str, tensorboard_url: str, health_port: int, directory: Path) -> str:
+    """What the demo prints once it is up (per-pass logs are at debug: it stays in view)."""
+    return "\n".join(
+        [
+            f"MLflow:      {mlflow_url}",
+            f"TensorBoard: {tensorboard_url}",
+            f"Health:      http://127.0.0.1:{health_port}/healthz",
+            f"Data:        {directory} (kept, and reused by the next demo; delete it to start over)",
+            "Ctrl-C stops the demo.",
+        ]
+    )
 
 
 def log_sweep(tracking_uri: str) -> None:
@@ -92,6 +106,7 @@ def log_sweep(tracking_uri: str) -> None:
     x_train, x_test, y_train, y_test = train_test_split(
         features, target, test_size=0.2, random_state=0
     )
+    results: dict[str, list[float]] = {"alpha": [], "mse": []}
     with mlflow.start_run(run_name="ridge-sweep"):
         for alpha in [round(0.1 * i, 1) for i in range(1, 8)]:
             model = Ridge(alpha=alpha).fit(x_train, y_train)
@@ -101,6 +116,11 @@ def log_sweep(tracking_uri: str) -> None:
                 mlflow.log_metric("mse", mse)
             mlflow.log_metric("alpha", alpha)
             mlflow.log_metric("mse", mse)
+            results["alpha"].append(alpha)
+            results["mse"].append(round(mse, 2))
+        mlflow.log_table(results, artifact_file="results.json")
+        figure = _plot(results["alpha"], [results["mse"]], "alpha", "mse on the test set")
+        mlflow.log_figure(figure, "mse_vs_alpha.png")
 
 
 def train(tracking_uri: str, stop: threading.Event) -> None:
@@ -123,9 +143,45 @@ def train(tracking_uri: str, stop: threading.Event) -> None:
             loss = 2.0 * math.exp(-step / 60) + 0.1 + rng.gauss(0, 0.03)
             client.log_metric(run_id, "train/loss", loss, step=step)
             client.log_metric(run_id, "train/accuracy", 1 - loss / 2.2, step=step)
+            if step % PLOT_EVERY == 0:
+                client.log_image(run_id, _prediction_plot(step, rng), key="predictions", step=step)
             step += 1
             stop.wait(1.0)
     except Exception as error:  # the server went away under us: the demo is ending
         log.warning("demo_training_stopped", error=str(error))
         return
     client.set_terminated(run_id, "FINISHED")
+
+
+def _prediction_plot(step: int, rng: random.Random) -> Any:
+    """The live run's prediction of a sine wave at `step`, closer to it as training goes on,
+    as an RGB array."""
+    import numpy as np
+
+    x = [i / 20 for i in range(126)]
+    fit = 1 - math.exp(-step / 60)
+    target = [math.sin(v) for v in x]
+    predicted = [fit * math.sin(v) + (1 - fit) * 0.3 * v + rng.gauss(0, 0.02) for v in x]
+    figure = _plot(x, [target, predicted], "x", f"prediction at step {step}")
+    figure.canvas.draw()
+    image = np.asarray(figure.canvas.buffer_rgba())[:, :, :3].copy()
+    import matplotlib.pyplot as plt
+
+    plt.close(figure)
+    return image
+
+
+def _plot(x: list[float], series: list[list[float]], xlabel: str, title: str) -> Any:
+    """A small matplotlib figure of `series` against `x`."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(4, 3), dpi=80)
+    for values in series:
+        axes.plot(x, values, marker="o" if len(x) < 20 else None)
+    axes.set_xlabel(xlabel)
+    axes.set_title(title)
+    figure.tight_layout()
+    return figure

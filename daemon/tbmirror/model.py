@@ -82,7 +82,8 @@ class RunRecord:
     hparams_written: bool = False
     end_written: bool = False
     reconciled_at: float = 0.0
-    artifacts_at: float = 0.0  # when its tfevents artifacts were last looked at (0: never)
+    artifacts_at: float = 0.0  # when its artifacts were last looked at (0: never)
+    trial: str | None = None  # its HParams session's name, unique in the root (None: run id)
 
     @property
     def events_path(self) -> str | None:
@@ -142,6 +143,26 @@ class TailRecord:
         return TailRecord(
             self.source, self.origin, self.kind, self.mirror_dir, generation=self.generation + 1
         )
+
+
+@dataclass(frozen=True, slots=True)
+class MediaRecord:
+    """One image or table artifact of a run, as mirrored into the run's events file.
+
+    `kind` is "image" (one of a `log_image(key=, step=)` series), "figure" (any other image,
+    shown again when its size changes) or "table"; `tag` its TensorBoard tag; `size` the size
+    the listing gave when it was last looked at; `step` the TensorBoard step it was last written
+    at (None: never); `skipped` if the version at `size` was not written (too large, corrupt).
+    """
+
+    source: str
+    run_id: str
+    path: str
+    kind: str
+    tag: str
+    size: int
+    step: int | None
+    skipped: bool = False
 
 
 @dataclass(slots=True)

@@ -52,7 +52,7 @@ from tbmirror.journal.store import Store
 from tbmirror.mirror import events
 from tbmirror.mirror.events import EventsFileLostError
 from tbmirror.mirror.layout import MirrorLayout
-from tbmirror.model import Cursor, RunRecord, TailRecord
+from tbmirror.model import Cursor, MediaRecord, RunRecord, TailRecord
 
 log = structlog.get_logger(__name__)
 
@@ -134,6 +134,10 @@ class Batch:
         copied = {key: replace(cursor) for key, cursor in cursors.items()}
         self._changes.append(lambda store: store.put_cursors(source, run_id, copied))
 
+    def put_media(self, records: list[MediaRecord]) -> None:
+        copied = list(records)  # frozen records
+        self._changes.append(lambda store: store.put_media(copied))
+
     def put_tail(self, tail: TailRecord) -> None:
         tail = replace(tail)
         self._changes.append(lambda store: store.put_tail(tail))
@@ -142,8 +146,8 @@ class Batch:
         self._changes.append(lambda store: store.put_experiment(source, experiment_id, name, dir))
 
     def forget_run(self, run: RunRecord) -> None:
-        """Drop a run and its cursors; its events file (or, without one, its directory if empty)
-        goes after the commit. Nested child runs stay."""
+        """Drop a run, its cursors and media rows; its events file (or, without one, its
+        directory if empty) goes after the commit. Nested child runs stay."""
         run = replace(run)
         self._changes.append(lambda store: store.forget_run(run))
         if run.events_path:
@@ -165,9 +169,9 @@ class Batch:
         self._discarded.append((relative_path, keep_above))
 
     def reset_run(self, run: RunRecord) -> RunRecord:
-        """Forget what was written of a run whose file was lost or damaged: its cursors, its
-        events file, its written metadata and its tfevents artifacts. The run keeps its directory;
-        the next pass writes it again from the source. Returns the reset record."""
+        """Forget what was written of a run whose file was lost or damaged: its cursors, media,
+        events file, written metadata and tfevents artifacts. The run keeps its directory; the
+        next pass writes it again from the source. Returns the reset record."""
         for tail in self._journal.store.tails(run.source, f"{run.run_id}/").values():
             self.forget_tail(tail)
         reset = replace(
@@ -418,6 +422,12 @@ class Journal:
 
     def cursors(self, source: str, run_id: str) -> dict[str, Cursor]:
         return self.store.cursors(source, run_id)
+
+    def trials(self) -> set[str]:
+        return self.store.trials()
+
+    def media(self, source: str, run_id: str) -> dict[str, MediaRecord]:
+        return self.store.media(source, run_id)
 
     def tails(self, source: str, origin_prefix: str = "") -> dict[str, TailRecord]:
         return self.store.tails(source, origin_prefix)

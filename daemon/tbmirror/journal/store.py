@@ -20,6 +20,7 @@ from tbmirror.errors import MirrorError
 from tbmirror.journal.locks import PidLock
 from tbmirror.model import (
     Cursor,
+    MediaRecord,
     MetricPoint,
     RunRecord,
     SourceStatus,
@@ -50,6 +51,7 @@ CREATE TABLE IF NOT EXISTS runs (
     end_written INTEGER NOT NULL DEFAULT 0,
     reconciled_at REAL NOT NULL DEFAULT 0,
     artifacts_at REAL NOT NULL DEFAULT 0,
+    trial TEXT,
     PRIMARY KEY (source, run_id));
 CREATE TABLE IF NOT EXISTS files (path TEXT PRIMARY KEY, length INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS source_status (
@@ -65,6 +67,10 @@ CREATE TABLE IF NOT EXISTS series (
     PRIMARY KEY (source, run_id, key));
 CREATE TABLE IF NOT EXISTS moves (
     old_dir TEXT PRIMARY KEY, new_dir TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS media (
+    source TEXT NOT NULL, run_id TEXT NOT NULL, path TEXT NOT NULL, kind TEXT NOT NULL,
+    tag TEXT NOT NULL, size INTEGER NOT NULL, step INTEGER, skipped INTEGER NOT NULL,
+    PRIMARY KEY (source, run_id, path));
 CREATE TABLE IF NOT EXISTS tails (
     source TEXT NOT NULL, origin TEXT NOT NULL, kind TEXT NOT NULL, mirror_dir TEXT NOT NULL,
     mirror_file TEXT, offset INTEGER NOT NULL, seen_size INTEGER NOT NULL, identity TEXT,
@@ -119,7 +125,7 @@ class Store:
     def _add_missing_columns(self) -> None:
         """Bring a store made by an earlier tbmirror up to this schema (columns only added)."""
         added = {
-            "runs": ["artifacts_at REAL NOT NULL DEFAULT 0"],
+            "runs": ["artifacts_at REAL NOT NULL DEFAULT 0", "trial TEXT"],
             "source_status": [
                 "failed_runs INTEGER NOT NULL DEFAULT 0",
                 "all_failed INTEGER NOT NULL DEFAULT 0",
@@ -191,6 +197,10 @@ class Store:
         rows = self._query(f"SELECT {_RUN_SELECT} FROM runs WHERE source = ?", (source,))
         return {row[1]: _run_from_row(row) for row in rows}
 
+    def trials(self) -> set[str]:
+        """The HParams session names of every source's runs."""
+        return {row[0] for row in self._query("SELECT trial FROM runs WHERE trial IS NOT NULL")}
+
     def put_run(self, run: RunRecord) -> None:
         values = [getattr(run, name) for name in _RUN_COLUMNS]
         placeholders = ", ".join("?" for _ in _RUN_COLUMNS)
@@ -206,9 +216,11 @@ class Store:
             self.forget_file(run.events_path)
 
     def forget_cursors(self, run: RunRecord) -> None:
-        self._execute(
-            "DELETE FROM series WHERE source = ? AND run_id = ?", (run.source, run.run_id)
-        )
+        """Forget what of a run's series and media was written."""
+        for table in ("series", "media"):
+            self._execute(
+                f"DELETE FROM {table} WHERE source = ? AND run_id = ?", (run.source, run.run_id)
+            )
 
     def move_tree(self, old_dir: str, new_dir: str) -> None:
         """Re-home every run dir and file path at or below `old_dir` to `new_dir`."""
@@ -279,6 +291,30 @@ class Store:
         )
         if tail.mirror_path:
             self.forget_file(tail.mirror_path)
+
+    # -- media --------------------------------------------------------------------------------
+
+    def media(self, source: str, run_id: str) -> dict[str, MediaRecord]:
+        """The images and tables of one run mirrored so far, by artifact path."""
+        rows = self._query(
+            "SELECT source, run_id, path, kind, tag, size, step, skipped FROM media "
+            "WHERE source = ? AND run_id = ?",
+            (source, run_id),
+        )
+        return {
+            row[2]: MediaRecord(*row[:7], skipped=bool(row[7]))  # type: ignore[misc]
+            for row in rows
+        }
+
+    def put_media(self, records: Sequence[MediaRecord]) -> None:
+        with self._mutex:
+            self._db.executemany(
+                "INSERT OR REPLACE INTO media VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                [
+                    (r.source, r.run_id, r.path, r.kind, r.tag, r.size, r.step, r.skipped)
+                    for r in records
+                ],
+            )
 
     # -- series -------------------------------------------------------------------------------
 

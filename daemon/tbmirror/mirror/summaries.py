@@ -1,5 +1,5 @@
-"""Serialized `Event` protos for what tbmirror writes: scalars, text, HParams sessions; and the
-scalars of a run directory read back.
+"""Serialized `Event` protos for what tbmirror writes: scalars, images, text, HParams sessions; and
+the scalars of a run directory read back.
 
 Everything is built with TensorBoard's own protos and plugin metadata helpers (no TensorFlow).
 Each encoding function returns the payload bytes of one record.
@@ -7,21 +7,27 @@ Each encoding function returns the payload bytes of one record.
 
 from __future__ import annotations
 
+import io
 import math
+import warnings
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 from tensorboard.compat.proto.event_pb2 import Event
 from tensorboard.compat.proto.summary_pb2 import Summary
 from tensorboard.plugins.hparams import api_pb2, plugin_data_pb2
 from tensorboard.plugins.hparams import metadata as hparams_metadata
 from tensorboard.plugins.hparams.summary_v2 import hparams_pb
+from tensorboard.plugins.image import metadata as image_metadata
 from tensorboard.plugins.text.summary_v2 import text_pb
+from tensorboard.util import tensor_util
 
 from tbmirror.mirror import events
 
 FILE_VERSION = "brain.Event:2"
 MAX_TAG_BYTES = 1000
+IMAGE_FORMATS = frozenset({"PNG", "JPEG", "GIF"})  # what TensorBoard's images dashboard shows
 
 ParamValue = bool | float | str
 
@@ -62,6 +68,36 @@ def text(tag: str, markdown: str, wall_time: float, step: int) -> bytes:
     """A text-plugin summary holding `markdown`."""
     summary = text_pb(clean_tag(tag), markdown)
     return Event(wall_time=wall_time, step=step, summary=summary).SerializeToString()
+
+
+class BadImageError(ValueError):
+    """Bytes that are not a whole, decodable PNG, JPEG or GIF image."""
+
+
+def image(tag: str, data: bytes, wall_time: float, step: int) -> bytes:
+    """An images-plugin summary of one encoded image, stored as given (TensorBoard serves these
+    very bytes). Raises BadImageError unless `data` decodes fully as PNG, JPEG or GIF."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as checked:
+                kind, (width, height) = checked.format, checked.size
+                checked.verify()  # the file's structure (PNG: every chunk's CRC)
+            with Image.open(io.BytesIO(data)) as decoded:
+                decoded.load()  # every pixel: a truncated or corrupt file fails here
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError,
+            Image.DecompressionBombWarning) as error:  # fmt: skip
+        reason = str(error).split(" <")[0]  # without the object's repr
+        raise BadImageError(f"not a readable image ({type(error).__name__}: {reason})") from None
+    if kind not in IMAGE_FORMATS:
+        raise BadImageError(f"a {kind} image (TensorBoard shows PNG, JPEG and GIF)")
+    tensor = tensor_util.make_tensor_proto(
+        [str(width).encode(), str(height).encode(), data], dtype="string"
+    )
+    tag = clean_tag(tag)
+    metadata = image_metadata.create_summary_metadata(display_name=tag, description="")
+    value = Summary.Value(tag=tag, metadata=metadata, tensor=tensor)
+    return Event(wall_time=wall_time, step=step, summary=Summary(value=[value])).SerializeToString()
 
 
 def coerce_param(value: str) -> ParamValue:

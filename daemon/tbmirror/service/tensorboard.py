@@ -93,7 +93,8 @@ class TensorBoardSupervisor:
             "--port", str(s.port),
             "--path_prefix", s.path_prefix,
             "--reload_interval", str(s.reload_interval),
-            "--samples_per_plugin", f"scalars={s.scalars_samples}",
+            "--samples_per_plugin",
+            f"scalars={s.scalars_samples},images={s.images_samples},text={s.text_samples}",
             "--load_fast", "true",
             *s.extra_args,
         ]  # fmt: skip

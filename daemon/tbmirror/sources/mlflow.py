@@ -2,8 +2,8 @@
 
 `MlflowSource.list_runs` returns every run of the configured experiments (child runs logged into
 other experiments included) with each metric key's latest point; `MlflowSource.fetch` returns the
-points of each requested series past its cursor; `MlflowSource.tfevents_artifacts` finds a run's
-tfevents artifacts, which `ArtifactFile` reads with HTTP Range requests (tailing.py tails them).
+points of each requested series past its cursor; `MlflowSource.artifacts` lists a run's artifact
+files, which `ArtifactFile` reads with HTTP Range requests (tailing.py tails tfevents files).
 
 History cursors: MLflow orders a key's history by (timestamp, step, value) and pages it by offset,
 and a late point with an older timestamp lands in the middle. For a cursor of `count` points whose
@@ -16,7 +16,6 @@ get the whole series and the same check is made locally.
 from __future__ import annotations
 
 import base64
-import fnmatch
 import json
 import re
 import threading
@@ -57,6 +56,7 @@ PARENT_TAG = "mlflow.parentRunId"
 _RUN_ID = re.compile(r"^[A-Za-z0-9][\w-]{0,255}$")
 RUN_NAME_TAG = "mlflow.runName"
 NOTE_TAG = "mlflow.note.content"
+IMAGES_FOLDER = "images"  # where log_image(key=, step=) puts its series
 
 
 @dataclass
@@ -402,37 +402,49 @@ class MlflowSource:
 
     # -- artifacts ----------------------------------------------------------------------------
 
-    def tfevents_artifacts(self, run_id: str) -> list[Artifact]:
-        """The run's artifacts whose file name matches `artifacts.pattern`, down to `max_depth`
-        folders. Raises SourceError."""
+    def artifacts(self, run_id: str, images_folder: bool) -> list[Artifact]:
+        """The run's artifact files down to `artifacts.max_depth` folders, by path. The top-level
+        `images/` folder (log_image series, hundreds of files) is listed only if `images_folder`;
+        `table_images/` (images inside logged tables) never. Raises SourceError."""
         settings = self.settings.artifacts
+        skipped = {"table_images"} | (set() if images_folder else {IMAGES_FOLDER})
         found: list[Artifact] = []
         folders = [("", 0)]
         while folders:
             folder, depth = folders.pop()
             for path, is_dir, size in self.client.artifacts(run_id, folder):
-                if is_dir:
-                    if depth < settings.max_depth:
-                        folders.append((path, depth + 1))
-                elif fnmatch.fnmatchcase(path.rsplit("/", 1)[-1], settings.pattern):
+                if not is_dir:
                     found.append(Artifact(path, size))
+                elif depth < settings.max_depth and (folder or path not in skipped):
+                    folders.append((path, depth + 1))
         return sorted(found, key=lambda artifact: artifact.path)
 
-    def tfevents_artifacts_of(self, run_ids: list[str]) -> dict[str, list[Artifact] | str]:
-        """`tfevents_artifacts` of each run, listed concurrently; an error message for a run
-        whose listing the server refused. Raises SourceError when the server cannot be reached."""
+    def artifacts_of(self, runs: dict[str, bool]) -> dict[str, list[Artifact] | str]:
+        """`artifacts` of each run (run id -> `images_folder`), listed concurrently; an error
+        message for a run whose listing the server refused. Raises SourceError when the server
+        cannot be reached."""
 
         def one(run_id: str) -> list[Artifact] | str:
             try:
-                return self.tfevents_artifacts(run_id)
+                return self.artifacts(run_id, runs[run_id])
             except (HttpStatusError, BadAnswerError) as error:  # this run's; not the source's
                 return str(error)
 
         with ThreadPoolExecutor(self.settings.concurrency, thread_name_prefix="artifacts") as pool:
-            return dict(zip(run_ids, pool.map(one, run_ids), strict=True))
+            return dict(zip(runs, pool.map(one, runs), strict=True))
 
     def artifact_file(self, run_id: str, artifact: Artifact) -> ArtifactFile:
         return ArtifactFile(self.client.rest, run_id, artifact)
+
+    def artifact_bytes(self, run_id: str, artifact: Artifact) -> bytes:
+        """The whole artifact, exactly the size listed. Raises SourceError (BadAnswerError if it
+        changed since it was listed)."""
+        data = self.artifact_file(run_id, artifact).read(0, artifact.size) if artifact.size else b""
+        if len(data) != artifact.size:
+            raise BadAnswerError(
+                f"{artifact.path}: {len(data)} bytes read, {artifact.size} listed (it changed)"
+            )
+        return data
 
     # -- histories ----------------------------------------------------------------------------
 

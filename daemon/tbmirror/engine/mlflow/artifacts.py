@@ -1,24 +1,28 @@
-"""Artifacts: the tfevents files among MLflow runs' artifacts, tailed into their run directories.
+"""Artifacts: what MLflow runs keep among their artifacts, mirrored into their run directories.
 
-A run's artifacts are listed (down to `artifacts.max_depth`) when planning says so, or from the
-backlog of finished runs never looked at; files matching `artifacts.pattern` are tailed
-(engine/tailing.py) with HTTP Range reads into `<run dir>/<artifact folder>/`.
+A run's artifacts are listed (down to `artifacts.max_depth`; `images/` only for runs whose tags say
+they logged image series) when planning says so, or from the backlog of finished runs never looked
+at. Files matching `artifacts.pattern` are tfevents files, tailed (engine/tailing.py) with HTTP
+Range reads into `<run dir>/<artifact folder>/`; images, figures and tables go to the run's own
+events file (media.py).
 """
 
 from __future__ import annotations
 
+import fnmatch
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import structlog
 
 from tbmirror.engine.base import PassReport
+from tbmirror.engine.mlflow.media import LoggedMedia, MediaSync
 from tbmirror.engine.mlflow.placement import Placement
 from tbmirror.engine.tailing import Tailer
 from tbmirror.errors import SourceError
 from tbmirror.journal import Journal, WriteFault
-from tbmirror.model import TailRecord
-from tbmirror.sources.mlflow import MlflowSource
+from tbmirror.model import RunSnapshot, TailRecord
+from tbmirror.sources.mlflow import Artifact, MlflowSource
 
 log = structlog.get_logger(__name__)
 
@@ -26,7 +30,7 @@ RunFailed = Callable[[PassReport, str, Exception], None]
 
 
 class ArtifactSync:
-    """Tails the tfevents artifacts of one source's runs. Not thread-safe."""
+    """Mirrors the artifacts of one source's runs. Not thread-safe."""
 
     def __init__(
         self,
@@ -41,44 +45,45 @@ class ArtifactSync:
         self.placement = placement
         self.clock = clock
         self.tailer = Tailer(journal)
+        self.media = MediaSync(source, journal, placement, clock)
         self._run_failed = run_failed
         self.retry_at: dict[str, float] = {}  # run id -> when a failed backlog listing is retried
+        self._logged: dict[str, LoggedMedia] = {}  # what listings said of runs' media
+
+    def note(self, runs: Iterable[RunSnapshot]) -> None:
+        """Take what a listing says about runs' media (their tags): runs not listed in this pass
+        (the backlog of a quick pass) are synced with what the last listing said."""
+        for run in runs:
+            logged = LoggedMedia.of(run)
+            if logged is None:
+                self._logged.pop(run.run_id, None)
+            else:
+                self._logged[run.run_id] = logged
 
     def sync(self, run_ids: list[str], report: PassReport, stop: threading.Event | None) -> None:
-        """Mirror new and grown tfevents artifacts of these (placed) runs; WriteFault ends it."""
+        """Mirror new and grown artifacts of these (placed) runs; WriteFault ends it."""
         records = self.placement.records
         due = [run_id for run_id in run_ids if run_id in records]
         if not due or (stop is not None and stop.is_set()):
             return
-        listed = self.source.tfevents_artifacts_of(due)
-        limit = self.source.settings.artifacts.max_file_size
+        images = self.media.enabled and self.source.settings.artifacts.images
+        listed = self.source.artifacts_of(
+            {run_id: images and self._images_logged(run_id) for run_id in due}
+        )
         for run_id in due:
             try:
                 found = listed[run_id]
                 if isinstance(found, str):
                     raise SourceError(found)
-                tails = self.journal.tails(self.source.name, f"{run_id}/")
-                for artifact in found:
-                    if artifact.size > limit:
-                        log.warning(
-                            "artifact_too_large_skipped",
-                            source=self.source.name,
-                            run_id=run_id,
-                            path=artifact.path,
-                            size=artifact.size,
-                        )
-                        continue
-                    origin = f"{run_id}/{artifact.path}"
-                    tail = tails.get(origin) or TailRecord(
-                        self.source.name,
-                        origin,
-                        "tfevents",
-                        self.placement.artifact_dir(run_id, artifact),
+                self._tail(run_id, found, report, stop)
+                if self.media.enabled:
+                    written, size = self.media.sync(
+                        records[run_id], self._logged.get(run_id), found, stop
                     )
-                    reader = self.source.artifact_file(run_id, artifact)
-                    outcome = self.tailer.advance(tail, reader, self.clock(), stop)
-                    report.points += outcome.points
-                    report.bytes_written += outcome.bytes_written
+                    report.points += written
+                    report.bytes_written += size
+                if stop is not None and stop.is_set():
+                    return  # looked at again next pass
                 record = records[run_id]
                 record.artifacts_at = self.clock()
                 with self.journal.batch(self.source.name) as batch:
@@ -88,3 +93,38 @@ class ArtifactSync:
             except Exception as error:  # one bad run never stops the others
                 self._run_failed(report, run_id, error)
                 self.retry_at[run_id] = self.clock() + self.source.settings.reconcile_interval
+
+    def _images_logged(self, run_id: str) -> bool:
+        logged = self._logged.get(run_id)
+        return logged is not None and logged.images
+
+    def _tail(
+        self,
+        run_id: str,
+        artifacts: list[Artifact],
+        report: PassReport,
+        stop: threading.Event | None,
+    ) -> None:
+        """Tail the run's artifacts that match `artifacts.pattern` (tfevents files)."""
+        settings = self.source.settings.artifacts
+        tails = self.journal.tails(self.source.name, f"{run_id}/")
+        for artifact in artifacts:
+            if not fnmatch.fnmatchcase(artifact.path.rsplit("/", 1)[-1], settings.pattern):
+                continue
+            if artifact.size > settings.max_file_size:
+                log.warning(
+                    "artifact_too_large_skipped",
+                    source=self.source.name,
+                    run_id=run_id,
+                    path=artifact.path,
+                    size=artifact.size,
+                )
+                continue
+            origin = f"{run_id}/{artifact.path}"
+            tail = tails.get(origin) or TailRecord(
+                self.source.name, origin, "tfevents", self.placement.artifact_dir(run_id, artifact)
+            )
+            reader = self.source.artifact_file(run_id, artifact)
+            outcome = self.tailer.advance(tail, reader, self.clock(), stop)
+            report.points += outcome.points
+            report.bytes_written += outcome.bytes_written

@@ -1,7 +1,8 @@
 """Encoding: one run's new history and metadata as TensorBoard records, with the cursors and run
 record that cover them.
 
-Per run: an HParams session start once it has params (and metrics or an end), a text record of its
+Per run: an HParams session start once it has params (and metrics or an end; named by the run's
+name, made unique: TensorBoard merges sessions of one name), a text record of its
 metadata (name, status, times, link, note, params, tags) whenever that changes, the new points of
 each fetched series as scalars (steps by mirror/steps.py), and the session end once it ends.
 """
@@ -19,7 +20,8 @@ import structlog
 
 from tbmirror.engine.mlflow.planning import Plan
 from tbmirror.errors import SourceError
-from tbmirror.mirror import summaries
+from tbmirror.journal import Batch
+from tbmirror.mirror import events, summaries
 from tbmirror.mirror.steps import INT64_MAX, next_step
 from tbmirror.model import Cursor, MetricPoint, RunRecord, RunSnapshot
 from tbmirror.sources.mlflow import NOTE_TAG, PARENT_TAG, RUN_NAME_TAG, History
@@ -46,9 +48,16 @@ class RunEncoder:
     """Encodes runs of one source; `run_dir_path` maps a run directory to its absolute path (to
     read back what is there when a series was rewritten upstream)."""
 
-    def __init__(self, link_base: str, run_dir_path: Callable[[str], Path]) -> None:
+    def __init__(
+        self,
+        link_base: str,
+        run_dir_path: Callable[[str], Path],
+        trial_name: Callable[[RunSnapshot], str],
+    ) -> None:
+        """`trial_name` names a run's HParams session (unique among all sessions)."""
         self.link_base = link_base
         self.run_dir_path = run_dir_path
+        self.trial_name = trial_name
 
     def encode(self, plan: Plan, histories: dict[tuple[str, str], History], now: float) -> Encoded:
         """Raises SourceError if a fetched series failed (this run only)."""
@@ -56,7 +65,8 @@ class RunEncoder:
         payloads: list[bytes] = []
         if not record.hparams_written and run.params and (run.latest or run.terminal):
             start = (run.start_time or 0) / 1000
-            payloads.append(summaries.session_start(run.params, run.run_id, start, now))
+            record.trial = record.trial or self.trial_name(run)
+            payloads.append(summaries.session_start(run.params, record.trial, start, now))
             record.hparams_written = True
         markdown = self.describe(run)
         digest = hashlib.sha256(markdown.encode()).hexdigest()
@@ -115,7 +125,7 @@ class RunEncoder:
         """The run's metadata as Markdown for the text dashboard."""
         link = f"{self.link_base}/#/experiments/{run.experiment_id}/runs/{run.run_id}"
         lines = [
-            f"**{_escape(run.name)}** · `{run.run_id}` · [open in MLflow]({link})",
+            f"**{escape_cell(run.name)}** · `{run.run_id}` · [open in MLflow]({link})",
             "",
             f"**Status:** {run.status} · **started:** {_time(run.start_time)}"
             f" · **ended:** {_time(run.end_time)}",
@@ -130,12 +140,26 @@ class RunEncoder:
             if rows:
                 lines += ["", f"### {title}", "", "| name | value |", "| --- | --- |"]
                 lines += [
-                    f"| {_escape(k)} | {_escape(v[:MAX_TEXT_VALUE])} |" for k, v in rows.items()
+                    f"| {escape_cell(k)} | {escape_cell(v[:MAX_TEXT_VALUE])} |"
+                    for k, v in rows.items()
                 ]
         return "\n".join(lines)
 
 
-def _escape(text: str) -> str:
+def append_records(batch: Batch, record: RunRecord, payloads: list[bytes], now: float) -> RunRecord:
+    """Add `payloads` to the run's events file in `batch`, creating the file (its first record
+    the file version) if the run has none yet. Returns the record, a new one if a file was
+    created (to be put in the batch)."""
+    if record.events_file is None:
+        data = events.frame_all([summaries.file_version(now), *payloads])
+        return replace(record, events_file=batch.create(record.dir, data))
+    if payloads:
+        batch.append(record.events_path or "", events.frame_all(payloads))
+    return record
+
+
+def escape_cell(text: str) -> str:
+    """Text that stays inside one cell of a Markdown table."""
     return text.replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ").replace("\r", " ")
 
 

@@ -20,14 +20,13 @@ import structlog
 
 from tbmirror.engine.base import PassReport, Progress
 from tbmirror.engine.mlflow.artifacts import ArtifactSync
-from tbmirror.engine.mlflow.encoding import Encoded, RunEncoder
+from tbmirror.engine.mlflow.encoding import Encoded, RunEncoder, append_records
 from tbmirror.engine.mlflow.placement import Placement
 from tbmirror.engine.mlflow.planning import Plan, Planner
 from tbmirror.errors import TbmirrorError
 from tbmirror.journal import Journal, WriteFault
-from tbmirror.mirror import events, summaries
 from tbmirror.mirror.events import EventsFileLostError
-from tbmirror.model import RunRecord
+from tbmirror.model import RunRecord, RunSnapshot
 from tbmirror.sources.mlflow import History, MlflowSource, RunListing
 
 log = structlog.get_logger(__name__)
@@ -55,10 +54,13 @@ class MlflowEngine:
         self.settings = source.settings
         self.placement = Placement(source.name, journal)
         self.planner = Planner(self.settings, journal, clock)
-        self.encoder = RunEncoder(self.settings.run_link_base, journal.layout.resolve)
+        self.encoder = RunEncoder(
+            self.settings.run_link_base, journal.layout.resolve, self._trial_name
+        )
         self.artifacts = ArtifactSync(source, journal, self.placement, clock, self._fail)
         self.artifact_batch = artifact_batch
         self._last_listing: float | None = None
+        self._trials: set[str] | None = None  # HParams session names in use (read once a pass)
 
     @property
     def name(self) -> str:
@@ -122,6 +124,7 @@ class MlflowEngine:
     ) -> None:
         self.journal.settle(self.source.name)
         self.placement.load()
+        self._trials = None
         listing_started = self.clock()
         listing = self._list(full)
         report.runs_listed = len(listing.runs)
@@ -129,6 +132,7 @@ class MlflowEngine:
         for name in listing.missing_experiments:
             log.warning("experiment_not_found", source=self.source.name, experiment=name)
         experiment_dirs = self.placement.place_experiments(listing.experiments)
+        self.artifacts.note(listing.runs)
         if self.settings.on_delete == "remove":
             self._remove_deleted(listing, full, report)
         live = [run for run in listing.runs if not run.deleted]
@@ -220,13 +224,7 @@ class MlflowEngine:
                     break
                 try:
                     encoded = self.encoder.encode(plan, histories, now)
-                    record = encoded.record
-                    if plan.record.events_file is None:
-                        data = events.frame_all([summaries.file_version(now), *encoded.payloads])
-                        record.events_file = batch.create(record.dir, data)
-                    elif encoded.payloads:
-                        batch.append(plan.record.events_path or "", events.frame_all(
-                            encoded.payloads))  # fmt: skip
+                    record = append_records(batch, encoded.record, encoded.payloads, now)
                 except Exception as error:  # one bad run never stops the others
                     self._fail(report, plan.run.run_id, error)
                     if isinstance(error, EventsFileLostError):
@@ -245,6 +243,17 @@ class MlflowEngine:
         report.points += sum(encoded.points for encoded in written)
         for record in lost:
             self.placement.reset(record)
+
+    def _trial_name(self, run: RunSnapshot) -> str:
+        """A name for the run's HParams session that no other session in the state store has:
+        the run's name, else with the first 8 characters of its id, else its id."""
+        if self._trials is None:
+            self._trials = self.journal.trials()
+        for name in (run.name, f"{run.name} ({run.run_id[:8]})"):
+            if name not in self._trials:
+                self._trials.add(name)
+                return name
+        return run.run_id
 
     def _fail(self, report: PassReport, run_id: str, error: Exception) -> None:
         report.failed_runs.append(run_id)
