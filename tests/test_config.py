@@ -74,6 +74,18 @@ def test_a_good_config_loads_with_defaults() -> None:
             ('experiments: ["a", "b"]', "experiments: []"),
             "sources[0].experiments: List should have at least 1 item",
         ),
+        (
+            ('experiments: ["a", "b"]', 'experiments: ["a"]\n    artifacts: {max_images: -1}'),
+            "sources[0].artifacts.max_images: Input should be greater than or equal to 0",
+        ),
+        (
+            ('experiments: ["a", "b"]', 'experiments: ["a"]\n    artifacts: {table_rows: 0}'),
+            "sources[0].artifacts.table_rows: Input should be greater than or equal to 1",
+        ),
+        (
+            ('experiments: ["a", "b"]', 'experiments: ["a"]\n    artifacts: {images: maybe}'),
+            "sources[0].artifacts.images: Input should be a valid boolean",
+        ),
     ],
 )
 def test_errors_name_the_key_path(change: tuple[str, str], message: str) -> None:
