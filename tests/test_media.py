@@ -168,6 +168,7 @@ def test_bad_media_are_skipped_once_runs_keep_their_other_data_and_leave_with_th
     run_id = new_run(client, experiment_name, "messy")
     client.log_metric(run_id, "acc", 0.75, step=1)
     client.log_image(run_id, picture(7), key="good", step=1)
+    client.log_image(run_id, picture(6), key="acc", step=1)  # a metric's name too
     now_ms = 1_790_000_000_000
     uploads = tmp_path / "uploads"
     (uploads / "images").mkdir(parents=True)
@@ -198,8 +199,8 @@ def test_bad_media_are_skipped_once_runs_keep_their_other_data_and_leave_with_th
     assert skipped == expected, logs
     assert [line["event"] for line in logs].count("run_images_limited") == 1
     run = tb_run(source_name, experiment_name, "messy")
-    wait_until(lambda: len(tensorboard.image_tags(run)) == 2, 30, "the images that are fine")
-    assert tensorboard.image_tags(run) == ["figures/a.png", "good"]
+    wait_until(lambda: len(tensorboard.image_tags(run)) == 3, 30, "the images that are fine")
+    assert tensorboard.image_tags(run) == ["acc (image)", "figures/a.png", "good"]
     assert tensorboard.wait_scalars(run, "acc", 1)
     [first, second] = images_of(tensorboard, run, "good", 2)
     assert (first["step"], second["step"], second["wall_time"]) == (1, 4, now_ms / 1000 + 1)
