@@ -10,6 +10,7 @@ by the next demo. Ctrl-C stops everything. Needs the `demo` extra (mlflow, sciki
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import random
@@ -22,7 +23,6 @@ import structlog
 from tbmirror.config import Settings
 from tbmirror.errors import TbmirrorError
 from tbmirror.local_mlflow import LocalMlflowServer
-from tbmirror.processes import free_port
 from tbmirror.service.daemon import Daemon
 
 log = structlog.get_logger(__name__)
@@ -43,6 +43,7 @@ def run_demo(directory: Path, port: int, health_port: int) -> int:
         ) from None
     directory = directory.resolve()
     os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
+    logging.getLogger("mlflow").setLevel(logging.WARNING)  # the banner stays in view
     print(f"Starting MLflow and TensorBoard in {directory} ...", flush=True)
     with LocalMlflowServer(directory / "mlflow") as server:
         log_sweep(server.url)
@@ -84,7 +85,8 @@ def banner(mlflow_url: str, tensorboard_url: str, health_port: int, directory: P
             f"MLflow:      {mlflow_url}",
             f"TensorBoard: {tensorboard_url}",
             f"Health:      http://127.0.0.1:{health_port}/healthz",
-            f"Data:        {directory} (kept, and reused by the next demo; delete it to start over)",
+            f"Data:        {directory} (kept, and reused by the next demo; "
+            "delete it to start over)",
             "Ctrl-C stops the demo.",
         ]
     )

@@ -29,7 +29,16 @@ from tbmirror.sources.mlflow import NOTE_TAG, PARENT_TAG, RUN_NAME_TAG, History
 log = structlog.get_logger(__name__)
 
 TEXT_TAG = "mlflow (run info)"  # has characters MLflow forbids in metric keys: cannot collide
-HIDDEN_TAGS = frozenset({PARENT_TAG, RUN_NAME_TAG, NOTE_TAG, "mlflow.log-model.history"})
+HIDDEN_TAGS = frozenset(
+    {
+        PARENT_TAG,
+        RUN_NAME_TAG,
+        NOTE_TAG,
+        "mlflow.log-model.history",
+        "mlflow.loggedArtifacts",  # its tables are shown as tables
+        "mlflow.loggedImages",  # its images are shown as images
+    }
+)
 MAX_TEXT_VALUE = 2000
 
 
