@@ -218,6 +218,7 @@ CLOSED_PORT = free_port()  # nothing listens there: a pass fails at once with "c
         "mlflow:5000",
         "",
     ],
+    ids=lambda uri: uri.replace(str(CLOSED_PORT), "PORT"),  # the same in every xdist worker
 )
 @pytest.mark.parametrize("key", ["tracking_uri", "auth.host"])
 def test_a_config_that_validates_also_builds(tmp_path: Path, key: str, uri: str) -> None:
