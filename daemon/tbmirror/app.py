@@ -25,6 +25,7 @@ from tbmirror.config import (
 )
 from tbmirror.engine.base import Engine, PassReport, Progress
 from tbmirror.engine.mlflow.engine import MlflowEngine
+from tbmirror.engine.mlflow.selection import Selection
 from tbmirror.engine.uploads import UploadEngine
 from tbmirror.errors import TbmirrorError
 from tbmirror.journal import Journal, read_summary, recover
@@ -121,15 +122,28 @@ def _check_mlflow(settings: MlflowSourceSettings) -> CheckResult:
     try:
         experiments, missing = source.experiments()
         visible = len(source.client.experiments())
+        matched = _selected_per_experiment(source) if settings.selective else {}
     except TbmirrorError as error:
         return CheckResult(settings.name, False, f"{url}: {error}")
     finally:
         source.close()
-    names = ", ".join(sorted(e.name for e in experiments.values())) or "none"
-    text = f"{url} (auth {auth}, {visible} experiments visible): experiments {names}"
+    names = ", ".join(
+        sorted(
+            e.name + (f" ({matched.get(e.experiment_id, 0)} runs selected)" if matched else "")
+            for e in experiments.values()
+        )
+    )
+    text = f"{url} (auth {auth}, {visible} experiments visible): experiments {names or 'none'}"
     if missing:
         text += f"; not found: {', '.join(missing)}"
     return CheckResult(settings.name, True, text)
+
+
+def _selected_per_experiment(source: MlflowSource) -> dict[str, int]:
+    """How many runs (children included) of each experiment the selection takes now."""
+    listing = source.list_runs()
+    selected = Selection(source.settings, time.time).apply(listing.runs, True, ())
+    return Counter(run.experiment_id for run in selected.runs if not run.deleted)
 
 
 def _check_uploads(settings: UploadsSourceSettings) -> CheckResult:

@@ -167,6 +167,8 @@ def _summary(report: PassReport) -> str:
     if report.failed_runs:
         failed = ", ".join(report.failed_runs[:5])
         text += f"; {len(report.failed_runs)} {report.unit} failed: {failed}"
+    if report.runs_retired:
+        text += f"; {report.runs_retired} left the selection"
     if report.missing_experiments:
         text += f"; experiments not found: {', '.join(report.missing_experiments)}"
     return text

@@ -124,6 +124,11 @@ def listen_host(value: str) -> str:
 
 Duration = Annotated[float, BeforeValidator(parse_duration)]
 SourceName = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")]
+RunStatus = Literal["RUNNING", "SCHEDULED", "FINISHED", "FAILED", "KILLED"]
+
+
+def _is_glob(name: str) -> bool:
+    return any(character in name for character in "*?[")
 
 
 class _Section(BaseModel):
@@ -319,6 +324,25 @@ class MlflowSourceSettings(_Section):
     max_requests_per_second: float | None = Field(default=None, ge=0.001, le=1e6)
     max_search_requests_per_second: float | None = Field(default=None, ge=0.001, le=1e6)
     artifacts: ArtifactSettings = ArtifactSettings()
+    # Selection (README "Choosing what is mirrored"): top-level runs are judged, children follow.
+    filter: str = ""  # an MLflow search filter, evaluated by the server
+    run_statuses: list[RunStatus] | None = None
+    max_age: Duration | None = None  # finished runs that ended longer ago leave
+    max_runs: int | None = Field(default=None, ge=1)  # most recent top-level runs per experiment
+
+    @field_validator("filter")
+    @classmethod
+    def _one_line_filter(cls, value: str) -> str:
+        if any(character in value for character in "\r\n\0"):
+            raise ValueError("expected one line (no CR, LF or NUL)")
+        return value.strip()
+
+    @field_validator("max_age")
+    @classmethod
+    def _positive_age(cls, value: float | None) -> float | None:
+        if value is not None and value <= 0:
+            raise ValueError("expected a duration greater than 0")
+        return value
 
     @field_validator("tracking_uri", "ui_url")
     @classmethod
@@ -352,6 +376,18 @@ class MlflowSourceSettings(_Section):
     def all_experiments(self) -> bool:
         """True when the source mirrors every experiment ("*")."""
         return "*" in self.experiments
+
+    @property
+    def experiment_globs(self) -> list[str]:
+        """Experiment names given as fnmatch patterns (`team-*`; "*" is `all_experiments`)."""
+        return [name for name in self.experiments if name != "*" and _is_glob(name)]
+
+    @property
+    def selective(self) -> bool:
+        """Whether anything narrows the runs of the configured experiments."""
+        return bool(self.filter) or any(
+            value is not None for value in (self.run_statuses, self.max_age, self.max_runs)
+        )
 
     @property
     def run_link_base(self) -> str:

@@ -28,6 +28,7 @@ class PassReport:
     runs_written: int = 0
     runs_moved: int = 0
     runs_removed: int = 0
+    runs_retired: int = 0  # left the selection (MLflow sources with `filter`, `max_runs`, ...)
     points: int = 0
     bytes_written: int = 0
     requests: int = 0

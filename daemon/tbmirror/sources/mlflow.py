@@ -16,6 +16,7 @@ get the whole series and the same check is made locally.
 from __future__ import annotations
 
 import base64
+import fnmatch
 import json
 import re
 import threading
@@ -28,6 +29,7 @@ from typing import Any, TypeVar
 import structlog
 
 from tbmirror.config import MlflowSourceSettings, without_userinfo
+from tbmirror.errors import SourceError
 from tbmirror.model import Cursor, Experiment, MetricPoint, RunSnapshot
 from tbmirror.sources.auth import build_auth
 from tbmirror.sources.http import BadAnswerError, HttpStatusError, RestClient
@@ -53,10 +55,16 @@ HISTORY_PAGE_SIZE = 25000
 BULK_MAX_RUNS = 100
 BULK_MAX_RESULTS = 25000
 PARENT_TAG = "mlflow.parentRunId"
+TOP_LEVEL = f"tags.`{PARENT_TAG}` IS NULL"
+CHILD = f"tags.`{PARENT_TAG}` IS NOT NULL"
 _RUN_ID = re.compile(r"^[A-Za-z0-9][\w-]{0,255}$")
 RUN_NAME_TAG = "mlflow.runName"
 NOTE_TAG = "mlflow.note.content"
 IMAGES_FOLDER = "images"  # where log_image(key=, step=) puts its series
+
+
+class SelectionError(SourceError):
+    """The server refused the configured `filter`."""
 
 
 @dataclass
@@ -166,20 +174,25 @@ class MlflowClient:
         ):
             yield from (run_from_json(item) for item in page.runs)
 
+    def run(self, run_id: str) -> RunSnapshot:
+        """The run as runs/get shows it. Raises SourceError (HttpStatusError if unknown)."""
+        endpoint = f"{API}/runs/get"
+        body = self.rest.get(endpoint, {"run_id": run_id})
+        run = run_from_json(parse(RunAnswer, body, endpoint).run)
+        if run.run_id != run_id:
+            raise BadAnswerError(f"{endpoint}: asked for run {run_id}, got {run.run_id}")
+        return run
+
     def run_state(self, run_id: str) -> str:
         """ "active", "deleted", or "gone" (the server says it does not exist: a JSON 404 with
         RESOURCE_DOES_NOT_EXIST). Anything else raises: it proves nothing."""
-        endpoint = f"{API}/runs/get"
         try:
-            body = self.rest.get(endpoint, {"run_id": run_id})
+            run = self.run(run_id)
         except HttpStatusError as error:
             if error.status_code == 404 and error.error_code == "RESOURCE_DOES_NOT_EXIST":
                 return "gone"
             raise
-        info = parse(RunAnswer, body, endpoint).run.info
-        if info.run_id != run_id:
-            raise BadAnswerError(f"{endpoint}: asked for run {run_id}, got {info.run_id}")
-        return "deleted" if info.lifecycle_stage == "deleted" else "active"
+        return "deleted" if run.deleted else "active"
 
     def history(self, run_id: str, key: str, offset: int | None = None) -> list[MetricPoint]:
         """The key's history from `offset` (a constructed offset page token) to the end."""
@@ -334,7 +347,17 @@ class MlflowSource:
             return {e.experiment_id: e for e in self.client.experiments()}, []
         found: dict[str, Experiment] = {}
         missing: list[str] = []
+        globs = self.settings.experiment_globs
+        if globs:
+            every = self.client.experiments()
+            for pattern in globs:
+                matched = [e for e in every if fnmatch.fnmatchcase(e.name, pattern)]
+                found.update((e.experiment_id, e) for e in matched)
+                if not matched:
+                    missing.append(pattern)
         for name in self.settings.experiments:
+            if name in globs:
+                continue
             experiment = self.client.experiment_by_name(name)
             if experiment is None or experiment.lifecycle_stage == "deleted":
                 missing.append(name)
@@ -370,11 +393,10 @@ class MlflowSource:
             if self._other_experiments is None:
                 every = sorted(e.experiment_id for e in self.client.experiments())
                 self._other_experiments = [e for e in every if e not in self._experiments]
-            children = [
-                f"tags.`{PARENT_TAG}` IS NOT NULL" + (f" AND {f}" if f else "") for f in filters
-            ]
+            children = [_all_of(CHILD, f) for f in filters]
             candidates = {
-                r.run_id: r for r in self._search(self._other_experiments, children, watch_ids)
+                r.run_id: r
+                for r in self._search(self._other_experiments, children, watch_ids, False)
             }
             parents = set(runs) | set(mirrored_ids)
             added = True
@@ -388,17 +410,50 @@ class MlflowSource:
         return RunListing(dict(self._experiments), _parents_first(runs), list(self._missing))
 
     def _search(
-        self, experiment_ids: list[str], filters: list[str], run_ids: Iterable[str]
+        self,
+        experiment_ids: list[str],
+        filters: list[str],
+        run_ids: Iterable[str],
+        selected: bool = True,
     ) -> Iterator[RunSnapshot]:
-        """Runs of `experiment_ids` matching any of `filters`, or whose id is in `run_ids`."""
+        """Runs of `experiment_ids` matching any of `filters`, or whose id is in `run_ids`; if
+        `selected` and a `filter` is configured, top-level runs only if they match it (children
+        are all listed: they follow their parent, engine/mlflow/selection.py)."""
         wanted = sorted({run_id for run_id in run_ids if _RUN_ID.match(run_id)})
         queries = list(filters) + [
             "attributes.run_id IN (" + ", ".join(f"'{run_id}'" for run_id in chunk) + ")"
             for chunk in _chunks(wanted, 100)
         ]
+        if selected and self.settings.filter:
+            queries = [
+                _all_of(query, clause)
+                for query in queries
+                for clause in (f"{TOP_LEVEL} AND {self.settings.filter}", CHILD)
+            ]
         for experiments in _chunks(experiment_ids, 100):
             for query in queries:
-                yield from self.client.search_runs(experiments, query)
+                yield from self._refused_filter_named(self.client.search_runs(experiments, query))
+
+    def matches_filter(self, run_id: str, experiment_id: str) -> bool:
+        """Whether the server says the run matches `filter`: an empty, well-formed page proves it
+        does not. Raises SourceError."""
+        if not _RUN_ID.match(run_id):
+            raise BadAnswerError(f"not a run id: {run_id[:64]!r}")
+        query = _all_of(f"attributes.run_id = '{run_id}'", self.settings.filter)
+        found = self._refused_filter_named(self.client.search_runs([experiment_id], query))
+        return any(run.run_id == run_id for run in found)
+
+    def _refused_filter_named(self, runs: Iterator[RunSnapshot]) -> Iterator[RunSnapshot]:
+        """`runs`, with a 400 from the server, when a `filter` is configured, as an error that
+        names it."""
+        try:
+            yield from runs
+        except HttpStatusError as error:
+            if error.status_code != 400 or not self.settings.filter:
+                raise
+            raise SelectionError(
+                f"filter: the server refused {self.settings.filter!r}: {error}"
+            ) from None
 
     # -- artifacts ----------------------------------------------------------------------------
 
@@ -509,6 +564,10 @@ class MlflowSource:
         ):
             return History(full[cursor.count :])
         return History([], full)
+
+
+def _all_of(*clauses: str) -> str:
+    return " AND ".join(clause for clause in clauses if clause)
 
 
 def _chunks(items: list[str], size: int) -> Iterator[list[str]]:

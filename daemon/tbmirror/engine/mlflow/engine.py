@@ -23,6 +23,7 @@ from tbmirror.engine.mlflow.artifacts import ArtifactSync
 from tbmirror.engine.mlflow.encoding import Encoded, RunEncoder, append_records
 from tbmirror.engine.mlflow.placement import Placement
 from tbmirror.engine.mlflow.planning import Plan, Planner
+from tbmirror.engine.mlflow.selection import AGE, MAX_RUNS, PARENT, STATUS, Selected, Selection
 from tbmirror.errors import TbmirrorError
 from tbmirror.journal import Journal, WriteFault
 from tbmirror.mirror.events import EventsFileLostError
@@ -33,7 +34,7 @@ log = structlog.get_logger(__name__)
 
 CHUNK_RUNS = 100
 LISTING_MARGIN_SECONDS = 60  # quick listings look this far back for new runs (clock skew)
-PROOF_CHECKS = 200  # runs missing from a full listing asked about (runs/get) per pass
+PROOF_CHECKS = 200  # runs asked about (runs/get, a search) per pass, for each kind of proof
 
 
 class MlflowEngine:
@@ -58,6 +59,7 @@ class MlflowEngine:
             self.settings.run_link_base, journal.layout.resolve, self._trial_name
         )
         self.artifacts = ArtifactSync(source, journal, self.placement, clock, self._fail)
+        self.selection = Selection(self.settings, clock)
         self.artifact_batch = artifact_batch
         self._last_listing: float | None = None
         self._trials: set[str] | None = None  # HParams session names in use (read once a pass)
@@ -133,9 +135,12 @@ class MlflowEngine:
             log.warning("experiment_not_found", source=self.source.name, experiment=name)
         experiment_dirs = self.placement.place_experiments(listing.experiments)
         self.artifacts.note(listing.runs)
+        selected = self.selection.apply(listing.runs, full, self.placement.records)
+        absent = self._absent_states(listing, full)
         if self.settings.on_delete == "remove":
-            self._remove_deleted(listing, full, report)
-        live = [run for run in listing.runs if not run.deleted]
+            self._remove_deleted(listing, absent, report)
+        self._retire(selected, absent, report)
+        live = [run for run in selected.runs if not run.deleted]
         report.runs_tried = len(live)
         self.planner.start_pass()
         for start in range(0, len(live), CHUNK_RUNS):
@@ -182,29 +187,70 @@ class MlflowEngine:
             mirrored_ids=mirrored,
         )
 
-    def _remove_deleted(self, listing: RunListing, full: bool, report: PassReport) -> None:
-        """Remove the mirror of runs proven deleted: shown deleted (in the listing, or by
-        runs/get), or unknown to the server (runs/get: RESOURCE_DOES_NOT_EXIST). A run a full
-        listing does not show is only a reason to ask (at most PROOF_CHECKS per pass): a listing
-        proves nothing by what it lacks."""
-        listed = {run.run_id for run in listing.runs if not run.deleted}
-        deleted = {run.run_id for run in listing.runs if run.deleted}
+    def _absent_states(self, listing: RunListing, full: bool) -> dict[str, str]:
+        """What runs/get says ("active", "deleted", "gone") of mirrored runs a full listing of
+        their experiment does not show, for at most PROOF_CHECKS of them: a listing proves
+        nothing by what it lacks. A run the server gives no clear answer about is left out."""
+        if not full:
+            return {}
+        shown = {run.run_id for run in listing.runs}
         searched = set(listing.experiments)  # a run of a missing experiment is not "gone"
-        shown = listed | deleted
         absent = [
             run_id
             for run_id, record in self.placement.records.items()
-            if full and run_id not in shown and record.experiment_id in searched
+            if run_id not in shown and record.experiment_id in searched
         ]
+        states: dict[str, str] = {}
         for run_id in absent[:PROOF_CHECKS]:
             try:
-                if self.source.client.run_state(run_id) != "active":
-                    deleted.add(run_id)
+                states[run_id] = self.source.client.run_state(run_id)
             except TbmirrorError as error:  # no proof either way: kept
                 log.warning("run_absent_kept", source=self.name, run_id=run_id, error=str(error))
+        return states
+
+    def _remove_deleted(
+        self, listing: RunListing, absent: dict[str, str], report: PassReport
+    ) -> None:
+        """Remove the mirror of runs proven deleted: shown deleted in the listing, or absent
+        from it and deleted or unknown to the server (runs/get: RESOURCE_DOES_NOT_EXIST)."""
+        deleted = {run.run_id for run in listing.runs if run.deleted}
+        deleted |= {run_id for run_id, state in absent.items() if state != "active"}
         for run_id in deleted & set(self.placement.records):
             self.placement.remove(self.placement.records[run_id])
             report.runs_removed += 1
+
+    def _retire(self, selected: Selected, absent: dict[str, str], report: PassReport) -> None:
+        """Take mirrored top-level runs out of the mirror (their children with them) once the
+        server proves they left the selection (selection.py): runs/get shows them out by status
+        or age; a search with the filter answers a well-formed empty page for one absent from a
+        full listing; a complete listing puts them past `max_runs`."""
+        records = self.placement.records
+        leaving: list[RunRecord] = []
+        candidates = [
+            (run_id, reason) for run_id, reason in selected.out.items() if reason != PARENT
+        ]
+        if self.settings.filter:
+            candidates += [(run_id, "filter") for run_id, s in absent.items() if s == "active"]
+        for run_id, reason in candidates[:PROOF_CHECKS]:
+            record = records.get(run_id)
+            if record is None or record.parent_run_id in records:  # children follow parents
+                continue
+            try:
+                if reason in (STATUS, AGE):
+                    proven = self.selection.judge(self.source.client.run(run_id)) is not None
+                elif reason == "filter":
+                    proven = not self.source.matches_filter(run_id, record.experiment_id)
+                else:
+                    proven = reason == MAX_RUNS
+            except TbmirrorError as error:  # no proof: kept
+                log.warning("run_unselected_kept", source=self.name, run_id=run_id,
+                            error=str(error))  # fmt: skip
+                continue
+            if proven:
+                log.info("run_left_selection", source=self.name, run_id=run_id, reason=reason)
+                leaving.append(record)
+        for record in leaving:
+            report.runs_retired += self.placement.retire(record)
 
     def _write_chunk(
         self,

@@ -151,6 +151,24 @@ class Placement:
         self._dirs.pop(record.dir, None)
         log.info("run_removed", source=self.source, run_id=record.run_id, dir=record.dir)
 
+    def retire(self, record: RunRecord) -> int:
+        """Take a run that left the selection out of the mirror, with every run nested in its
+        directory (its children): their files, tfevents artifact copies and rows. Returns how
+        many runs left."""
+        prefix = record.dir + "/"
+        tree = [r for r in self.records.values() if r.dir == record.dir or r.dir.startswith(prefix)]
+        with self.journal.batch(self.source) as batch:
+            for run in tree:
+                for tail in self.journal.tails(self.source, f"{run.run_id}/").values():
+                    batch.forget_tail(tail, keep_above=self.source)
+                batch.forget_run(run)
+        for run in tree:
+            del self.records[run.run_id]
+            self._dirs.pop(run.dir, None)
+        log.info("run_retired", source=self.source, run_id=record.run_id, dir=record.dir,
+                 runs=len(tree))  # fmt: skip
+        return len(tree)
+
     def reset(self, record: RunRecord) -> None:
         """Forget what was written of a run whose file was lost: the next pass writes it anew."""
         log.warning("events_file_lost_run_reset", source=self.source, run_id=record.run_id)
