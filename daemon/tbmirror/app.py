@@ -42,7 +42,7 @@ ProgressFor = Callable[[str], AbstractContextManager[Progress | None]]
 def open_journal(settings: Settings) -> Journal:
     """Open the store and own every configured source's subtree (both locked for this process),
     and bring those subtrees back to what the store says (recovery) before anything reads them."""
-    layout = MirrorLayout(settings.mirror.root)
+    layout = MirrorLayout(settings.mirror.root, settings.mirror.archive)
     try:
         layout.root.mkdir(parents=True, exist_ok=True)
     except OSError as error:

@@ -127,6 +127,16 @@ SourceName = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")]
 RunStatus = Literal["RUNNING", "SCHEDULED", "FINISHED", "FAILED", "KILLED"]
 
 
+def _device_of(path: Path) -> int | None:
+    """The device of `path`, or of its nearest existing ancestor (None if none can be read)."""
+    for candidate in (path, *path.parents):
+        try:
+            return os.stat(candidate).st_dev
+        except OSError:
+            continue
+    return None
+
+
 def _is_glob(name: str) -> bool:
     return any(character in name for character in "*?[")
 
@@ -156,6 +166,23 @@ class MirrorSettings(_Section):
 
     root: Path
     state: Path
+    archive: Path | None = None  # where runs that leave a selection go (else they are removed)
+
+    @model_validator(mode="after")
+    def _archive_beside_root(self) -> MirrorSettings:
+        """The archive must be outside the root (TensorBoard would read it) and on the root's
+        file system (runs move in and out by rename)."""
+        if self.archive is None:
+            return self
+        root, archive = os.path.realpath(self.root), os.path.realpath(self.archive)
+        if os.path.commonpath([root, archive]) in (root, archive):
+            raise ValueError(
+                f"archive: {archive} and mirror.root {root} must not contain each other"
+            )
+        devices = {_device_of(Path(root)), _device_of(Path(archive))}
+        if None not in devices and len(devices) > 1:
+            raise ValueError(f"archive: {archive} must be on the file system of mirror.root {root}")
+        return self
 
 
 class _SecretSource(_Section):

@@ -33,6 +33,7 @@ scheduler runs one pass per source at a time).
 from __future__ import annotations
 
 import os
+import signal
 import sqlite3
 import threading
 import time
@@ -51,7 +52,7 @@ from tbmirror.journal.passes import PassLog
 from tbmirror.journal.store import Store
 from tbmirror.mirror import events
 from tbmirror.mirror.events import EventsFileLostError
-from tbmirror.mirror.layout import MirrorLayout
+from tbmirror.mirror.layout import MirrorLayout, owner_of
 from tbmirror.model import Cursor, MediaRecord, RunRecord, TailRecord
 
 log = structlog.get_logger(__name__)
@@ -350,6 +351,7 @@ class Journal:
                 self.store.put_move(old_dir, new_dir)
         except sqlite3.Error as error:
             raise self._faults.failed(owner, self.store.path.name, error) from None
+        protocol_step("move_recorded")
         self._finish_moves(owner, only=old_dir)
         self._faults.healed(owner)
 
@@ -359,7 +361,7 @@ class Journal:
         for old_dir, new_dir in self.store.moves():
             if only is not None and old_dir != only:
                 continue
-            if only is None and old_dir.split("/", 1)[0] != owner:
+            if only is None and owner_of(old_dir) != owner:
                 continue
             where = old_dir
             try:
@@ -374,10 +376,12 @@ class Journal:
                     self.files.fsync_dir(new.parent)
                     if old.parent != new.parent:
                         self.files.fsync_dir(old.parent)
+                protocol_step("move_renamed")
                 where = self.store.path.name
                 with self.store.transaction():
                     self.store.move_tree(old_dir, new_dir)
                     self.store.forget_move(old_dir)
+                protocol_step("move_applied")
             except (OSError, sqlite3.Error) as error:
                 raise self._faults.failed(owner, where, error) from None
             done = True
@@ -438,6 +442,13 @@ class Journal:
     def occupied(self, relative: str) -> bool:
         """True if something non-empty (a file, or a directory with entries) is at that path."""
         return _occupied(self.layout.resolve(relative))
+
+
+def protocol_step(name: str) -> None:
+    """A step of the protocol. A test hook: with TBMIRROR_TEST_STOP_AT=<name> in its environment
+    the process stops itself here (SIGSTOP) for the test to kill it at exactly this step."""
+    if os.environ.get("TBMIRROR_TEST_STOP_AT") == name:
+        os.kill(os.getpid(), signal.SIGSTOP)
 
 
 def _occupied(path: Path) -> bool:

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import structlog
 
 from tbmirror.journal.journal import Journal
+from tbmirror.mirror.layout import is_archived, owner_of
 
 log = structlog.get_logger(__name__)
 
@@ -38,8 +39,8 @@ def recover(journal: Journal, owned: list[str]) -> RecoveryReport:
         journal.settle(source)  # finishes recorded moves (nothing is pending at start-up)
     broken: set[str] = set()
     for relative, length in store.files().items():
-        if relative.split("/", 1)[0] not in owned:
-            continue
+        if owner_of(relative) not in owned or (is_archived(relative) and not layout.archive):
+            continue  # another's, or in an archive no longer configured (prune's to remove)
         path = layout.resolve(relative)
         size = files.size(path)
         if size is not None and size > length:

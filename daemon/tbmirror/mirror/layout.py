@@ -63,21 +63,47 @@ def join(*components: str) -> str:
     return str(PurePosixPath(*components))
 
 
-class MirrorLayout:
-    """Maps relative mirror paths to absolute ones, guaranteeing they stay inside the root."""
+ARCHIVE = ".archive"  # first component of archived paths (sanitised names never start with ".")
 
-    def __init__(self, root: Path) -> None:
+
+class MirrorLayout:
+    """Maps relative mirror paths to absolute ones, guaranteeing they stay inside the root, or,
+    for paths under ARCHIVE (`.archive/<source>/...`), inside the archive."""
+
+    def __init__(self, root: Path, archive: Path | None = None) -> None:
         self.root = Path(os.path.abspath(root))
+        self.archive = Path(os.path.abspath(archive)) if archive else None
 
     def resolve(self, relative: str) -> Path:
-        """Absolute path of `relative`; raises UnsafePathError if it would leave the root."""
+        """Absolute path of `relative`; raises UnsafePathError if it would leave the root (or
+        the archive)."""
         parts = PurePosixPath(relative).parts
         if not parts or PurePosixPath(relative).is_absolute():
             raise UnsafePathError(f"not a relative mirror path: {relative!r}")
+        base = self.root
+        if parts[0] == ARCHIVE:
+            if self.archive is None or len(parts) < 2:
+                raise UnsafePathError(f"{relative!r}: no archive is configured")
+            base, parts = self.archive, parts[1:]
         join(*parts)
-        path = self.root.joinpath(*parts)
-        real_root = os.path.realpath(self.root)
+        path = base.joinpath(*parts)
+        real_base = os.path.realpath(base)
         real_path = os.path.realpath(path)
-        if real_path == real_root or os.path.commonpath([real_root, real_path]) != real_root:
-            raise UnsafePathError(f"{relative!r} resolves outside the mirror root")
+        if real_path == real_base or os.path.commonpath([real_base, real_path]) != real_base:
+            raise UnsafePathError(f"{relative!r} resolves outside {base}")
         return path
+
+
+def archived(relative: str) -> str:
+    """Where a root path goes in the archive."""
+    return f"{ARCHIVE}/{relative}"
+
+
+def is_archived(relative: str) -> bool:
+    return relative.split("/", 1)[0] == ARCHIVE
+
+
+def owner_of(relative: str) -> str:
+    """The source a root or archive path belongs to (its first component below either)."""
+    parts = relative.split("/")
+    return parts[1] if parts[0] == ARCHIVE and len(parts) > 1 else parts[0]

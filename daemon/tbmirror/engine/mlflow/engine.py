@@ -215,8 +215,9 @@ class MlflowEngine:
         from it and deleted or unknown to the server (runs/get: RESOURCE_DOES_NOT_EXIST)."""
         deleted = {run.run_id for run in listing.runs if run.deleted}
         deleted |= {run_id for run_id, state in absent.items() if state != "active"}
-        for run_id in deleted & set(self.placement.records):
-            self.placement.remove(self.placement.records[run_id])
+        mirrored = self.placement.records | self.placement.archived
+        for run_id in deleted & set(mirrored):
+            self.placement.remove(mirrored[run_id])
             report.runs_removed += 1
 
     def _retire(self, selected: Selected, absent: dict[str, str], report: PassReport) -> None:

@@ -5,7 +5,9 @@ store as last read, plus what was committed since (`committed`); after a failed 
 again (`invalidate`). Directories: `<source>/<experiment>/<run>`, a child run nested in its
 parent's directory; a name taken by another run gets `-<run id[:8]>` (then the whole id).
 Renames move directories through the journal; deletions remove a run's own files (nested child
-runs stay).
+runs stay). A run that leaves the selection goes, with its children, to the archive when one is
+configured (`.archive/<its dir>`, kept with all its rows: it comes back by a move, nothing fetched
+again), else it is removed.
 """
 
 from __future__ import annotations
@@ -37,8 +39,9 @@ class Placement:
     def __init__(self, source: str, journal: Journal) -> None:
         self.source = source
         self.journal = journal
-        self.records: dict[str, RunRecord] = {}
-        self._dirs: dict[str, str] = {}  # run dir -> run id
+        self.records: dict[str, RunRecord] = {}  # runs in the root
+        self.archived: dict[str, RunRecord] = {}  # runs in the archive
+        self._dirs: dict[str, str] = {}  # run dir -> run id (root and archive)
         self._loaded = False
 
     @property
@@ -48,8 +51,10 @@ class Placement:
     def load(self) -> None:
         """Read the records from the store unless what is held is current."""
         if not self._loaded:
-            self.records = self.journal.runs(self.source)
-            self._dirs = {record.dir: run_id for run_id, record in self.records.items()}
+            records = self.journal.runs(self.source)
+            self.records = {i: r for i, r in records.items() if not layout.is_archived(r.dir)}
+            self.archived = {i: r for i, r in records.items() if layout.is_archived(r.dir)}
+            self._dirs = {record.dir: run_id for run_id, record in records.items()}
             self._loaded = True
 
     def invalidate(self) -> None:
@@ -92,7 +97,7 @@ class Placement:
         """The run's record, placed (new, or moved after a rename or a new parent); None if it
         has no place (a child in another experiment whose parent is not mirrored). Raises for
         this run only."""
-        record = self.records.get(run.run_id)
+        record = self.records.get(run.run_id) or self._restore(run.run_id)
         parent = self.records.get(run.parent_run_id or "")
         if parent is not None and parent.run_id != run.run_id:
             parent_dir = parent.dir
@@ -111,6 +116,18 @@ class Placement:
             moved = True
             log.info("run_moved", source=self.source, run_id=record.run_id, dir=dir)
         return Placed(record, parent.run_id if parent else None, moved)
+
+    def _restore(self, run_id: str) -> RunRecord | None:
+        """An archived run, taken back with its children (placing it moves it into the root)."""
+        record = self.archived.pop(run_id, None)
+        if record is None:
+            return None
+        prefix = record.dir + "/"
+        for child in [r for r in self.archived.values() if r.dir.startswith(prefix)]:
+            self.records[child.run_id] = self.archived.pop(child.run_id)
+        self.records[run_id] = record
+        log.info("run_restored", source=self.source, run_id=run_id)
+        return record
 
     def _run_dir(self, run: RunSnapshot, parent_dir: str, current: str | None) -> str:
         """`parent_dir/<name>`, else `<name>-<run id[:8]>`, else `<name>-<run id>`; a run keeps
@@ -135,39 +152,45 @@ class Placement:
         """Move a directory (and every run below it) on disk, in the store and here."""
         self.journal.move(self.source, old_dir, new_dir)
         prefix = old_dir + "/"
-        for record in self.records.values():
+        for record in [*self.records.values(), *self.archived.values()]:
             if record.dir == old_dir or record.dir.startswith(prefix):
                 del self._dirs[record.dir]
                 record.dir = new_dir + record.dir[len(old_dir) :]
                 self._dirs[record.dir] = record.run_id
 
     def remove(self, record: RunRecord) -> None:
-        """Forget a deleted run and remove its own files and tfevents artifacts."""
-        with self.journal.batch(self.source) as batch:
-            for tail in self.journal.tails(self.source, f"{record.run_id}/").values():
-                batch.forget_tail(tail)
-            batch.forget_run(record)
-        del self.records[record.run_id]
-        self._dirs.pop(record.dir, None)
+        """Forget a deleted run (in the root or archived) and remove its own files and tfevents
+        artifacts (nested child runs stay)."""
+        self._forget([record])
         log.info("run_removed", source=self.source, run_id=record.run_id, dir=record.dir)
 
     def retire(self, record: RunRecord) -> int:
-        """Take a run that left the selection out of the mirror, with every run nested in its
-        directory (its children): their files, tfevents artifact copies and rows. Returns how
-        many runs left."""
+        """Take a run that left the selection out of the root, with every run nested in its
+        directory (its children): into the archive if there is one, else removed with their
+        files, tfevents artifact copies and rows. Returns how many runs left."""
         prefix = record.dir + "/"
         tree = [r for r in self.records.values() if r.dir == record.dir or r.dir.startswith(prefix)]
-        with self.journal.batch(self.source) as batch:
+        if self.journal.layout.archive is not None:
+            self._move(record.dir, layout.archived(record.dir))
             for run in tree:
-                for tail in self.journal.tails(self.source, f"{run.run_id}/").values():
-                    batch.forget_tail(tail, keep_above=self.source)
-                batch.forget_run(run)
-        for run in tree:
-            del self.records[run.run_id]
-            self._dirs.pop(run.dir, None)
+                self.archived[run.run_id] = self.records.pop(run.run_id)
+        else:
+            self._forget(tree)
         log.info("run_retired", source=self.source, run_id=record.run_id, dir=record.dir,
-                 runs=len(tree))  # fmt: skip
+                 runs=len(tree), archived=self.journal.layout.archive is not None)  # fmt: skip
         return len(tree)
+
+    def _forget(self, runs: list[RunRecord]) -> None:
+        """Remove runs with their files, tfevents artifact copies and rows."""
+        with self.journal.batch(self.source) as batch:
+            for run in runs:
+                for tail in self.journal.tails(self.source, f"{run.run_id}/").values():
+                    batch.forget_tail(tail)
+                batch.forget_run(run)
+        for run in runs:
+            self.records.pop(run.run_id, None)
+            self.archived.pop(run.run_id, None)
+            self._dirs.pop(run.dir, None)
 
     def reset(self, record: RunRecord) -> None:
         """Forget what was written of a run whose file was lost: the next pass writes it anew."""

@@ -1,0 +1,127 @@
+"""Retention (issue 13): a run that leaves the selection goes to `mirror.archive` with its children
+and comes back from it without a history request; a kill at each step of that move loses and
+duplicates nothing. A recording proxy (helpers/hostile_proxy.py, no fault) counts the requests."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from conftest import MlflowServer, mlflow_source, tbmirror, wait_until, write_config
+from helpers.hostile_proxy import HostileProxy, hostile_proxy
+from test_selection import make_run
+
+HISTORY = r"/metrics/get-history"
+
+
+@pytest.fixture
+def proxy(mlflow_server: MlflowServer) -> Iterator[HostileProxy]:
+    with hostile_proxy(mlflow_server.url) as recording:
+        yield recording
+
+
+@pytest.fixture
+def window(
+    tmp_path: Path, proxy: HostileProxy, mlflow_server: MlflowServer, experiment_name: str
+) -> dict[str, Any]:
+    """An experiment with an older run (with a child) and a newer one; a config writer for a
+    root and archive of this test's own (one file system)."""
+    client = mlflow_server.client()
+    now = int(time.time() * 1000)
+    older = make_run(client, experiment_name, "older", start_ms=now - 60_000)
+    make_run(client, experiment_name, "child", parent=older, start_ms=now - 50_000)
+    client.log_metric(older, "acc", 0.5, step=1)
+    make_run(client, experiment_name, "newer", start_ms=now - 10_000)
+    root, archive = tmp_path / "root", tmp_path / "archive"
+
+    def config(max_runs: int) -> Path:
+        source = mlflow_source("src", proxy.url, [experiment_name], max_runs=max_runs)
+        path = write_config(tmp_path / "tbmirror.yaml", root, [source])
+        text = path.read_text().replace("  state:", f"  archive: {archive}\n  state:", 1)
+        path.write_text(text)
+        return path
+
+    return {"config": config, "root": root / "src" / experiment_name,
+            "archive": archive / "src" / experiment_name, "older": older}  # fmt: skip
+
+
+def tree(directory: Path) -> dict[str, bytes]:
+    """Every file below `directory`, by relative path."""
+    if not directory.is_dir():
+        return {}
+    return {
+        str(path.relative_to(directory)): path.read_bytes()
+        for path in sorted(directory.rglob("*"))
+        if path.is_file()
+    }
+
+
+def sync(config: Path, **env: str) -> str:
+    result = tbmirror("sync", "--config", str(config), env=env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout
+
+
+def test_a_run_leaving_the_window_is_archived_and_comes_back_without_history_requests(
+    proxy: HostileProxy, window: dict[str, Any]
+) -> None:
+    config: Callable[[int], Path] = window["config"]
+    sync(config(2))
+    mirrored = tree(window["root"] / "older")
+    assert "child" in {p.split("/")[0] for p in mirrored} and len(mirrored) == 2
+
+    assert "2 left the selection" in sync(config(1))  # older, and its child with it
+    assert not (window["root"] / "older").exists()
+    assert tree(window["archive"] / "older") == mirrored
+    assert set(tree(window["root"])) == {p for p in tree(window["root"]) if p.startswith("newer")}
+
+    before = len(proxy.requests)
+    sync(config(2))
+    assert tree(window["root"] / "older") == mirrored  # back, byte for byte
+    assert not (window["archive"] / "older").exists()
+    back = [s.target for s in proxy.requests[before:] if HISTORY in s.target]
+    assert back == [], back  # nothing fetched again
+
+
+@pytest.mark.parametrize("step", ["move_recorded", "move_renamed", "move_applied"])
+def test_a_kill_at_each_step_of_an_archive_move_loses_and_duplicates_nothing(
+    step: str, window: dict[str, Any]
+) -> None:
+    config: Callable[[int], Path] = window["config"]
+    sync(config(2))
+    mirrored = tree(window["root"] / "older")
+
+    process = subprocess.Popen(
+        [sys.executable, "-m", "tbmirror", "sync", "--config", str(config(1))],
+        env={**os.environ, "TBMIRROR_TEST_STOP_AT": step},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_until(lambda: _stopped(process.pid), 60, f"the sync to stop at {step}")
+    finally:
+        process.send_signal(signal.SIGKILL)
+        process.wait(10)
+
+    sync(config(1))  # recovery, then the pass: the run ends up archived, once
+    assert not (window["root"] / "older").exists()
+    assert tree(window["archive"] / "older") == mirrored
+    sync(config(2))  # and back, once
+    assert tree(window["root"] / "older") == mirrored
+    assert tree(window["archive"]) == {}
+
+
+def _stopped(pid: int) -> bool:
+    """True once the process is stopped (state T in /proc); fails if it exited."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    state = stat.rsplit(")", 1)[1].split()[0]
+    assert state != "Z", "the sync exited before reaching the step"
+    return state == "T"
