@@ -4,8 +4,10 @@ duplicates nothing. A recording proxy (helpers/hostile_proxy.py, no fault) count
 
 from __future__ import annotations
 
+import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -125,3 +127,48 @@ def _stopped(pid: int) -> bool:
     state = stat.rsplit(")", 1)[1].split()[0]
     assert state != "Z", "the sync exited before reaching the step"
     return state == "T"
+
+
+def test_prune_removes_exactly_what_its_dry_run_lists_and_leaves_store_and_tree_agreeing(
+    tmp_path: Path, mlflow_server: MlflowServer, experiment_name: str
+) -> None:
+    client = mlflow_server.client()
+    kept, dropped, elsewhere = (f"{experiment_name}-{x}" for x in ("kept", "dropped", "other"))
+    for experiment in (kept, dropped, elsewhere):
+        make_run(client, experiment, "run")
+    root = tmp_path / "root"
+    config = tmp_path / "tbmirror.yaml"
+    write_config(config, root, [
+        mlflow_source("src", mlflow_server.url, [kept, dropped]),
+        mlflow_source("gone", mlflow_server.url, [elsewhere]),
+    ])  # fmt: skip
+    sync(config)
+    write_config(config, root, [mlflow_source("src", mlflow_server.url, [kept])])
+    sync(config)  # the daemon never removes what its config does not cover
+    assert tree(root / "src" / dropped) and tree(root / "gone")
+
+    status = tbmirror("status", "--config", str(config), "--json")
+    notes = {(r["source"], r["experiment"]): r["prune"] for r in json.loads(status.stdout)}
+    assert notes[("src", dropped)] == (
+        f"experiment {dropped!r} not configured: tbmirror prune removes it"
+    )
+    assert notes[("gone", "gone")].startswith("source not configured")
+    before = tree(root)
+    listed = tbmirror("prune", "--config", str(config), "--dry-run")
+    assert listed.returncode == 0 and tree(root) == before, listed.stdout + listed.stderr
+    would = sorted(line.replace("would remove", "") for line in listed.stdout.splitlines())
+    assert len(would) == 2, listed.stdout
+    pruned = tbmirror("prune", "--config", str(config))
+    assert pruned.returncode == 0, pruned.stdout + pruned.stderr
+    assert sorted(line.replace("removed", "") for line in pruned.stdout.splitlines()) == would
+    assert not tree(root / "src" / dropped) and not tree(root / "gone")
+    assert tree(root / "src" / kept)
+
+    again = tbmirror("prune", "--config", str(config), "--dry-run")
+    assert again.stdout.startswith("nothing to prune"), again.stdout
+    with sqlite3.connect(tmp_path / "state.db") as db:
+        committed = {path: length for path, length in db.execute("SELECT path, length FROM files")}
+    on_disk = {str(p.relative_to(root)): p.stat().st_size for p in root.rglob("*tfevents*")}
+    assert on_disk == committed
+    assert " 0 bytes" in sync(config)  # nothing left to write
+    assert {str(p.relative_to(root)): p.stat().st_size for p in root.rglob("*tfevents*")} == on_disk

@@ -16,6 +16,7 @@ from typing import Any
 
 import structlog
 
+from tbmirror import pruning
 from tbmirror.config import (
     MlflowSourceSettings,
     Settings,
@@ -28,9 +29,10 @@ from tbmirror.engine.mlflow.engine import MlflowEngine
 from tbmirror.engine.mlflow.selection import Selection
 from tbmirror.engine.uploads import UploadEngine
 from tbmirror.errors import TbmirrorError
-from tbmirror.journal import Journal, read_summary, recover
+from tbmirror.journal import Journal, read_only, read_summary, recover
 from tbmirror.mirror.layout import MirrorLayout
 from tbmirror.model import SourceStatus
+from tbmirror.pruning import Unowned, find_unowned
 from tbmirror.sources.mlflow import MlflowSource
 from tbmirror.sources.uploads import UploadTree
 
@@ -160,6 +162,24 @@ def _check_uploads(settings: UploadsSourceSettings) -> CheckResult:
     return CheckResult(settings.name, True, text)
 
 
+def prune(settings: Settings, dry_run: bool) -> list[tuple[Unowned, str | None]]:
+    """What no configured source or experiment owns any more, removed unless `dry_run`; each
+    with the error that kept it (another process holds its source), if any."""
+    journal = open_journal(settings)
+    try:
+        done: list[tuple[Unowned, str | None]] = []
+        for unowned in find_unowned(settings, journal):
+            try:
+                if not dry_run:
+                    pruning.remove(journal, unowned)
+                done.append((unowned, None))
+            except TbmirrorError as error:
+                done.append((unowned, str(error)))
+        return done
+    finally:
+        journal.close()
+
+
 def status_rows(settings: Settings) -> list[dict[str, Any]]:
     """One row per mirrored experiment (or a source's tailed files) of each configured source,
     read from the store without locking it (`tbmirror status`)."""
@@ -183,5 +203,14 @@ def status_rows(settings: Settings) -> list[dict[str, Any]]:
                 "consecutive_errors": status.consecutive_errors,
                 "last_error": status.last_error,
                 "failed_runs": status.failed_runs,
+                "prune": None,
+            })  # fmt: skip
+    with read_only(path) as store:
+        for unowned in find_unowned(settings, store):
+            rows.append({
+                "source": unowned.source, "experiment": unowned.dir.split("/", 1)[-1],
+                "runs": len(unowned.runs), "points": None, "last_sync": None,
+                "lag_seconds": None, "consecutive_errors": 0, "last_error": None,
+                "failed_runs": 0, "prune": f"{unowned.why}: tbmirror prune removes it",
             })  # fmt: skip
     return rows

@@ -1,5 +1,5 @@
-"""The `tbmirror` command: run | sync | check | status | demo. Parses, dispatches to app.py (or
-the daemon) and renders.
+"""The `tbmirror` command: run | sync | check | status | prune | demo. Parses, dispatches to
+app.py (or the daemon) and renders.
 
 Every TbmirrorError ends a command with one line on stderr and its exit code (78 for config).
 """
@@ -87,6 +87,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     command("check", check_command, "Validate the config and probe each source.")
     command("run", run_command, "Run the daemon: poll, mirror, serve TensorBoard (systemd).")
+    prune = command(
+        "prune", prune_command, "Remove what no configured source or experiment owns any more."
+    )
+    prune.add_argument("--dry-run", action="store_true", help="only list what would be removed")
     status = command("status", status_command, "Show what is mirrored, from the state store.")
     status.add_argument("--json", action="store_true", help="machine-readable output")
     demo = command(
@@ -119,6 +123,18 @@ def run_command(settings: Settings, args: argparse.Namespace) -> int:
     return Daemon(settings, Path(args.config)).run()
 
 
+def prune_command(settings: Settings, args: argparse.Namespace) -> int:
+    results = app.prune(settings, args.dry_run)
+    verb = "would remove" if args.dry_run else "removed"
+    for unowned, error in results:
+        counts = f"{len(unowned.runs)} runs, {len(unowned.tails)} files"
+        what = f"{unowned.dir}: {counts} ({unowned.why})"
+        print(f"kept  {what}: {error}" if error else f"{verb}  {what}")
+    if not results:
+        print("nothing to prune: every source and experiment in the state store is configured")
+    return 1 if any(error for _, error in results) else 0
+
+
 def status_command(settings: Settings, args: argparse.Namespace) -> int:
     rows = app.status_rows(settings)
     if args.json:
@@ -133,11 +149,12 @@ def status_command(settings: Settings, args: argparse.Namespace) -> int:
             row["source"],
             row["experiment"],
             f"{row['runs']:,}",
-            f"{row['points']:,}",
+            f"{row['points']:,}" if row["points"] is not None else "-",
             _local_time(row["last_sync"]),
             f"{row['lag_seconds']:.0f} s" if row["lag_seconds"] is not None else "-",
             f"{row['failed_runs']:,}",
-            f"{row['consecutive_errors']}"
+            row["prune"]
+            or f"{row['consecutive_errors']}"
             + (f": {row['last_error']}" if row["last_error"] else ""),
         )
     Console().print(table)

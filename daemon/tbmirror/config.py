@@ -13,6 +13,7 @@ cannot use. No error message shows a secret, a line of the file or a URL's user:
 from __future__ import annotations
 
 import errno
+import fnmatch
 import ipaddress
 import math
 import os
@@ -408,6 +409,14 @@ class MlflowSourceSettings(_Section):
     def experiment_globs(self) -> list[str]:
         """Experiment names given as fnmatch patterns (`team-*`; "*" is `all_experiments`)."""
         return [name for name in self.experiments if name != "*" and _is_glob(name)]
+
+    def covers(self, experiment_name: str) -> bool:
+        """Whether the experiment of that name is configured (by name, glob or "*")."""
+        return (
+            self.all_experiments
+            or experiment_name in self.experiments
+            or any(fnmatch.fnmatchcase(experiment_name, g) for g in self.experiment_globs)
+        )
 
     @property
     def selective(self) -> bool:

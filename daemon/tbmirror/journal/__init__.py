@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from tbmirror.journal.faults import Fault, WriteFault
@@ -17,18 +19,25 @@ __all__ = [
     "RecoveryReport",
     "Store",
     "WriteFault",
+    "read_only",
     "read_summary",
     "recover",
 ]
 
 
+@contextmanager
+def read_only(state_path: Path) -> Iterator[Store]:
+    """A store opened only to read it (a running daemon may hold it)."""
+    store = Store(state_path, read_only=True)
+    try:
+        yield store
+    finally:
+        store.close()
+
+
 def read_summary(
     state_path: Path,
 ) -> tuple[dict[str, SourceStatus], list[tuple[str, str, int, int]]]:
-    """(status by source, totals) from a store, read-only (a running daemon may hold it): see
-    Store.totals."""
-    store = Store(state_path, read_only=True)
-    try:
+    """(status by source, totals) from a store, read-only: see Store.totals."""
+    with read_only(state_path) as store:
         return store.source_status(), store.totals()
-    finally:
-        store.close()

@@ -146,6 +146,12 @@ class Batch:
     def put_experiment(self, source: str, experiment_id: str, name: str, dir: str) -> None:
         self._changes.append(lambda store: store.put_experiment(source, experiment_id, name, dir))
 
+    def forget_experiment(self, source: str, experiment_id: str) -> None:
+        self._changes.append(lambda store: store.forget_experiment(source, experiment_id))
+
+    def forget_source_status(self, source: str) -> None:
+        self._changes.append(lambda store: store.forget_source_status(source))
+
     def forget_run(self, run: RunRecord) -> None:
         """Drop a run, its cursors and media rows; its events file (or, without one, its
         directory if empty) goes after the commit. Nested child runs stay."""
@@ -438,6 +444,9 @@ class Journal:
 
     def experiment_dirs(self, source: str) -> dict[str, tuple[str, str]]:
         return self.store.experiment_dirs(source)
+
+    def sources(self) -> set[str]:
+        return self.store.sources()
 
     def occupied(self, relative: str) -> bool:
         """True if something non-empty (a file, or a directory with entries) is at that path."""

@@ -190,6 +190,23 @@ class Store:
             (source, experiment_id, name, dir),
         )
 
+    def forget_experiment(self, source: str, experiment_id: str) -> None:
+        self._execute(
+            "DELETE FROM experiments WHERE source = ? AND experiment_id = ?",
+            (source, experiment_id),
+        )
+
+    def sources(self) -> set[str]:
+        """Every source this store holds anything of."""
+        rows = self._query(
+            "SELECT source FROM runs UNION SELECT source FROM tails "
+            "UNION SELECT source FROM experiments UNION SELECT source FROM source_status"
+        )
+        return {row[0] for row in rows}
+
+    def forget_source_status(self, source: str) -> None:
+        self._execute("DELETE FROM source_status WHERE source = ?", (source,))
+
     # -- runs ---------------------------------------------------------------------------------
 
     def runs(self, source: str) -> dict[str, RunRecord]:

@@ -350,11 +350,8 @@ class MlflowSource:
         globs = self.settings.experiment_globs
         if globs:
             every = self.client.experiments()
-            for pattern in globs:
-                matched = [e for e in every if fnmatch.fnmatchcase(e.name, pattern)]
-                found.update((e.experiment_id, e) for e in matched)
-                if not matched:
-                    missing.append(pattern)
+            found.update((e.experiment_id, e) for e in every if self.settings.covers(e.name))
+            missing += [g for g in globs if not any(fnmatch.fnmatchcase(e.name, g) for e in every)]
         for name in self.settings.experiments:
             if name in globs:
                 continue
