@@ -86,6 +86,28 @@ def test_a_good_config_loads_with_defaults() -> None:
             ('experiments: ["a", "b"]', 'experiments: ["a"]\n    artifacts: {images: maybe}'),
             "sources[0].artifacts.images: Input should be a valid boolean",
         ),
+        (
+            ('experiments: ["a", "b"]', 'experiments: ["a"]\n    run_statuses: [DONE]'),
+            "sources[0].run_statuses[0]: Input should be 'RUNNING', 'SCHEDULED', 'FINISHED'",
+        ),
+        (
+            ('experiments: ["a", "b"]', 'experiments: ["a"]\n    max_runs: 0'),
+            "sources[0].max_runs: Input should be greater than or equal to 1",
+        ),
+        (
+            ('experiments: ["a", "b"]', 'experiments: ["a"]\n    max_age: soon'),
+            "sources[0].max_age: expected a duration",
+        ),
+        (
+            ("  state: /tmp/x/state.db", "  state: /tmp/x/state.db\n  archive: /tmp/x/logs/old"),
+            "mirror.archive: /tmp/x/logs/old and mirror.root /tmp/x/logs must not contain each "
+            "other",
+        ),
+        (
+            ("  state: /tmp/x/state.db", "  state: /tmp/x/state.db\n  archive: /dev/shm/archive"),
+            "mirror.archive: /dev/shm/archive must be on the file system of mirror.root "
+            "/tmp/x/logs",
+        ),
     ],
 )
 def test_errors_name_the_key_path(change: tuple[str, str], message: str) -> None:

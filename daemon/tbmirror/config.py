@@ -34,6 +34,7 @@ from pydantic import (
     Field,
     SecretStr,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -169,21 +170,20 @@ class MirrorSettings(_Section):
     state: Path
     archive: Path | None = None  # where runs that leave a selection go (else they are removed)
 
-    @model_validator(mode="after")
-    def _archive_beside_root(self) -> MirrorSettings:
+    @field_validator("archive")
+    @classmethod
+    def _archive_beside_root(cls, value: Path | None, info: ValidationInfo) -> Path | None:
         """The archive must be outside the root (TensorBoard would read it) and on the root's
         file system (runs move in and out by rename)."""
-        if self.archive is None:
-            return self
-        root, archive = os.path.realpath(self.root), os.path.realpath(self.archive)
+        if value is None or "root" not in info.data:
+            return value
+        root, archive = os.path.realpath(info.data["root"]), os.path.realpath(value)
         if os.path.commonpath([root, archive]) in (root, archive):
-            raise ValueError(
-                f"archive: {archive} and mirror.root {root} must not contain each other"
-            )
+            raise ValueError(f"{archive} and mirror.root {root} must not contain each other")
         devices = {_device_of(Path(root)), _device_of(Path(archive))}
         if None not in devices and len(devices) > 1:
-            raise ValueError(f"archive: {archive} must be on the file system of mirror.root {root}")
-        return self
+            raise ValueError(f"{archive} must be on the file system of mirror.root {root}")
+        return value
 
 
 class _SecretSource(_Section):
