@@ -245,6 +245,7 @@ def _log_synced(report: PassReport, full: bool) -> None:
         bytes=report.bytes_written,
         requests=report.requests,
         failed_runs=len(report.failed_runs),
+        retired=report.runs_retired,
         duration_ms=round(report.seconds * 1000),
     )
 
