@@ -51,7 +51,7 @@ def window(
         path.write_text(text)
         return path
 
-    return {"config": config, "root": root / "src" / experiment_name,
+    return {"config": config, "root": root / "src" / experiment_name, "url": proxy.url,
             "archive": archive / "src" / experiment_name, "older": older}  # fmt: skip
 
 
@@ -172,3 +172,59 @@ def test_prune_removes_exactly_what_its_dry_run_lists_and_leaves_store_and_tree_
     assert on_disk == committed
     assert " 0 bytes" in sync(config)  # nothing left to write
     assert {str(p.relative_to(root)): p.stat().st_size for p in root.rglob("*tfevents*")} == on_disk
+
+
+def test_archived_runs_keep_distinct_names_children_and_a_dropped_archive_costs_a_refetch(
+    tmp_path: Path, mlflow_server: MlflowServer, window: dict[str, Any], experiment_name: str
+) -> None:
+    config: Callable[[int], Path] = window["config"]
+    client = mlflow_server.client()
+    sync(config(2))
+    sync(config(1))  # older (and its child) archived
+    time.sleep(0.01)
+    again = make_run(client, experiment_name, "older", start_ms=int(time.time() * 1000))
+    sync(config(1))  # the new "older" takes the root's name; "newer" leaves for the archive
+    make_run(client, experiment_name, "newest", start_ms=int(time.time() * 1000) + 1000)
+    sync(config(1))  # the new "older" leaves too: the archive's "older" is taken
+    archived = {p.split("/")[0] for p in tree(window["archive"])}
+    assert archived == {"older", f"older-{again[:8]}", "newer"}, archived
+    assert {p.split("/")[0] for p in tree(window["root"])} == {"newest"}
+
+    sync(config(4))  # all back, each once, the child still with its parent
+    back = {str(Path(p).parent) for p in tree(window["root"])}
+    assert {"older", "older/child", "newer", "newest"} <= back and len(back) == 5, back
+    assert tree(window["archive"]) == {}
+
+    sync(config(1))
+    plain = write_config(tmp_path / "plain.yaml", tmp_path / "root",
+                         [mlflow_source("src", window["url"], [experiment_name])])  # fmt: skip
+    sync(plain)  # no archive any more: archived runs are mirrored anew, nothing fails
+    assert {"older/child", "newer", "newest"} <= {str(Path(p).parent) for p in tree(window["root"])}
+
+
+def test_under_a_filter_a_parent_leaving_takes_its_children_for_good(
+    tmp_path: Path, mlflow_server: MlflowServer, experiment_name: str
+) -> None:
+    client = mlflow_server.client()
+    parent = make_run(client, experiment_name, "parent", team="vision")
+    make_run(client, experiment_name, "child", parent=parent)  # children carry no team tag
+    root, archive = tmp_path / "root", tmp_path / "archive"
+
+    def config(team: str) -> Path:
+        source = mlflow_source("src", mlflow_server.url, [experiment_name],
+                               filter=f"tags.team = '{team}'")  # fmt: skip
+        path = write_config(tmp_path / "tbmirror.yaml", root, [source])
+        path.write_text(path.read_text().replace("  state:", f"  archive: {archive}\n  state:"))
+        return path
+
+    sync(config("vision"))
+    assert {str(Path(p).parent) for p in tree(root / "src" / experiment_name)} == {
+        "parent", "parent/child",
+    }  # fmt: skip
+    assert "2 left the selection" in sync(config("nlp"))
+    for _ in range(2):  # and they stay out
+        assert tree(root / "src" / experiment_name) == {}
+        assert {str(Path(p).parent) for p in tree(archive / "src" / experiment_name)} == {
+            "parent", "parent/child",
+        }  # fmt: skip
+        sync(config("nlp"))

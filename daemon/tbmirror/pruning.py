@@ -14,7 +14,7 @@ from typing import Protocol
 
 from tbmirror.config import MlflowSourceSettings, Settings
 from tbmirror.journal import Journal
-from tbmirror.mirror.layout import archived
+from tbmirror.mirror.layout import archived, within
 from tbmirror.model import RunRecord, TailRecord
 
 
@@ -65,10 +65,7 @@ def find_unowned(settings: Settings, store: StoreView) -> list[Unowned]:
 
 
 def _below(run_dir: str, directory: str) -> bool:
-    return any(
-        run_dir == base or run_dir.startswith(base + "/")
-        for base in (directory, archived(directory))
-    )
+    return within(run_dir, directory) or within(run_dir, archived(directory))
 
 
 def remove(journal: Journal, unowned: Unowned) -> None:

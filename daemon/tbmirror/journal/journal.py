@@ -44,7 +44,7 @@ from pathlib import Path
 
 import structlog
 
-from tbmirror.errors import MirrorError
+from tbmirror.errors import MirrorError, UnsafePathError
 from tbmirror.journal.faults import Fault, FaultListener, FaultLog, WriteFault
 from tbmirror.journal.files import FileLayer, OsFiles
 from tbmirror.journal.locks import SubtreeLocks
@@ -352,6 +352,8 @@ class Journal:
         store; rolled forward by the next settle or by recovery if interrupted."""
         self._check_owned(owner)
         self.settle(owner)
+        for relative in (old_dir, new_dir):  # a path out of reach (UnsafePathError): no move
+            self.layout.resolve(relative)
         try:
             with self.store.transaction():
                 self.store.put_move(old_dir, new_dir)
@@ -372,6 +374,12 @@ class Journal:
             where = old_dir
             try:
                 old, new = self.layout.resolve(old_dir), self.layout.resolve(new_dir)
+            except UnsafePathError as error:  # its archive is no longer configured: dropped
+                log.error("move_dropped", old_dir=old_dir, new_dir=new_dir, error=str(error))
+                with self.store.transaction():
+                    self.store.forget_move(old_dir)
+                continue
+            try:
                 if os.path.lexists(old) and _occupied(new):  # not ours to replace: no move
                     with self.store.transaction():
                         self.store.forget_move(old_dir)
@@ -411,6 +419,9 @@ class Journal:
             self.files.unlink(self.layout.resolve(relative))
         except OSError as error:
             log.warning("file_not_removed", path=relative, error=error.strerror)
+            return
+        except UnsafePathError as error:  # in an archive no longer configured
+            log.warning("file_not_removed", path=relative, error=str(error))
             return
         self._prune(relative.rpartition("/")[0], keep_above)
 

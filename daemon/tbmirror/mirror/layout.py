@@ -80,17 +80,17 @@ class MirrorLayout:
         parts = PurePosixPath(relative).parts
         if not parts or PurePosixPath(relative).is_absolute():
             raise UnsafePathError(f"not a relative mirror path: {relative!r}")
-        base = self.root
+        base, name = self.root, "the mirror root"
         if parts[0] == ARCHIVE:
             if self.archive is None or len(parts) < 2:
                 raise UnsafePathError(f"{relative!r}: no archive is configured")
-            base, parts = self.archive, parts[1:]
+            base, name, parts = self.archive, "the archive", parts[1:]
         join(*parts)
         path = base.joinpath(*parts)
         real_base = os.path.realpath(base)
         real_path = os.path.realpath(path)
         if real_path == real_base or os.path.commonpath([real_base, real_path]) != real_base:
-            raise UnsafePathError(f"{relative!r} resolves outside {base}")
+            raise UnsafePathError(f"{relative!r} resolves outside {name}")
         return path
 
 
@@ -101,6 +101,11 @@ def archived(relative: str) -> str:
 
 def is_archived(relative: str) -> bool:
     return relative.split("/", 1)[0] == ARCHIVE
+
+
+def within(relative: str, directory: str) -> bool:
+    """Whether `relative` is `directory` or below it."""
+    return relative == directory or relative.startswith(directory + "/")
 
 
 def owner_of(relative: str) -> str:

@@ -28,6 +28,7 @@ from tbmirror.mirror import events
 FILE_VERSION = "brain.Event:2"
 MAX_TAG_BYTES = 1000
 IMAGE_FORMATS = frozenset({"PNG", "JPEG", "GIF"})  # what TensorBoard's images dashboard shows
+MAX_IMAGE_PIXELS = 25_000_000  # decoded to check it: at most ~100 MB of RGBA in memory
 
 ParamValue = bool | float | str
 
@@ -82,6 +83,8 @@ def image(tag: str, data: bytes, wall_time: float, step: int) -> bytes:
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(io.BytesIO(data)) as checked:
                 kind, (width, height) = checked.format, checked.size
+                if width * height > MAX_IMAGE_PIXELS:
+                    raise ValueError(f"{width}x{height} pixels, more than {MAX_IMAGE_PIXELS:,}")
                 checked.verify()  # the file's structure (PNG: every chunk's CRC)
             with Image.open(io.BytesIO(data)) as decoded:
                 decoded.load()  # every pixel: a truncated or corrupt file fails here

@@ -76,8 +76,9 @@ class ArtifactSync:
                 if isinstance(found, str):
                     raise SourceError(found)
                 self._tail(run_id, found, report, stop)
+                complete = True
                 if self.media.enabled:
-                    written, size = self.media.sync(
+                    written, size, complete = self.media.sync(
                         records[run_id], self._logged.get(run_id), found, stop
                     )
                     report.points += written
@@ -85,7 +86,7 @@ class ArtifactSync:
                 if stop is not None and stop.is_set():
                     return  # looked at again next pass
                 record = records[run_id]
-                record.artifacts_at = self.clock()
+                record.artifacts_at = self.clock() if complete else 0.0  # 0: the backlog's again
                 with self.journal.batch(self.source.name) as batch:
                     batch.put_run(record)
             except WriteFault:

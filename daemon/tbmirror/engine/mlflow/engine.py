@@ -23,7 +23,7 @@ from tbmirror.engine.mlflow.artifacts import ArtifactSync
 from tbmirror.engine.mlflow.encoding import Encoded, RunEncoder, append_records
 from tbmirror.engine.mlflow.placement import Placement
 from tbmirror.engine.mlflow.planning import Plan, Planner
-from tbmirror.engine.mlflow.selection import AGE, MAX_RUNS, PARENT, STATUS, Selected, Selection
+from tbmirror.engine.mlflow.selection import AGE, FILTER, STATUS, Selected, Selection
 from tbmirror.errors import TbmirrorError
 from tbmirror.journal import Journal, WriteFault
 from tbmirror.mirror.events import EventsFileLostError
@@ -135,12 +135,14 @@ class MlflowEngine:
             log.warning("experiment_not_found", source=self.source.name, experiment=name)
         experiment_dirs = self.placement.place_experiments(listing.experiments)
         self.artifacts.note(listing.runs)
-        selected = self.selection.apply(listing.runs, full, self.placement.records)
+        selected = self.selection.apply(
+            listing.runs, full, self.placement.records, self.placement.archived
+        )
         absent = self._absent_states(listing, full)
         if self.settings.on_delete == "remove":
             self._remove_deleted(listing, absent, report)
-        self._retire(selected, absent, report)
-        live = [run for run in selected.runs if not run.deleted]
+        left = self._retire(selected, absent, report)
+        live = [run for run in selected.runs if not run.deleted and run.run_id not in left]
         report.runs_tried = len(live)
         self.planner.start_pass()
         for start in range(0, len(live), CHUNK_RUNS):
@@ -220,38 +222,49 @@ class MlflowEngine:
             self.placement.remove(mirrored[run_id])
             report.runs_removed += 1
 
-    def _retire(self, selected: Selected, absent: dict[str, str], report: PassReport) -> None:
-        """Take mirrored top-level runs out of the mirror (their children with them) once the
+    def _retire(self, selected: Selected, absent: dict[str, str], report: PassReport) -> set[str]:
+        """Take mirrored top-level runs out of the root (their children with them) once the
         server proves they left the selection (selection.py): runs/get shows them out by status
         or age; a search with the filter answers a well-formed empty page for one absent from a
-        full listing; a complete listing puts them past `max_runs`."""
+        full listing; a complete listing puts them past `max_runs`; their parent left already.
+        At most PROOF_CHECKS requests. Returns the ids of the runs that left."""
         records = self.placement.records
-        leaving: list[RunRecord] = []
-        candidates = [
-            (run_id, reason) for run_id, reason in selected.out.items() if reason != PARENT
+        candidates = [  # a child whose parent is in the root leaves with it
+            (records[run_id], reason)
+            for run_id, reason in selected.out.items()
+            if run_id in records and records[run_id].parent_run_id not in records
         ]
         if self.settings.filter:
-            candidates += [(run_id, "filter") for run_id, s in absent.items() if s == "active"]
-        for run_id, reason in candidates[:PROOF_CHECKS]:
-            record = records.get(run_id)
-            if record is None or record.parent_run_id in records:  # children follow parents
-                continue
+            candidates += [
+                (records[run_id], FILTER)
+                for run_id, state in absent.items()
+                if state == "active" and records[run_id].parent_run_id not in records
+            ]
+        left: set[str] = set()
+        asked = 0
+        for record, reason in candidates:
+            needs_proof = reason in (STATUS, AGE, FILTER)
+            if record.run_id not in records or (needs_proof and asked >= PROOF_CHECKS):
+                continue  # it left with its parent, or no more questions this pass
+            asked += needs_proof
             try:
                 if reason in (STATUS, AGE):
-                    proven = self.selection.judge(self.source.client.run(run_id)) is not None
-                elif reason == "filter":
-                    proven = not self.source.matches_filter(run_id, record.experiment_id)
-                else:
-                    proven = reason == MAX_RUNS
-            except TbmirrorError as error:  # no proof: kept
-                log.warning("run_unselected_kept", source=self.name, run_id=run_id,
-                            error=str(error))  # fmt: skip
-                continue
-            if proven:
-                log.info("run_left_selection", source=self.name, run_id=run_id, reason=reason)
-                leaving.append(record)
-        for record in leaving:
-            report.runs_retired += self.placement.retire(record)
+                    proven = self.selection.judge(self.source.client.run(record.run_id)) is not None
+                elif reason == FILTER:
+                    proven = not self.source.matches_filter(record.run_id, record.experiment_id)
+                else:  # MAX_RUNS (a complete listing) or PARENT (its parent left)
+                    proven = True
+                if proven:
+                    log.info("run_left_selection", source=self.name, run_id=record.run_id,
+                             reason=reason)  # fmt: skip
+                    gone = self.placement.retire(record)
+                    left.update(gone)
+                    report.runs_retired += len(gone)
+            except WriteFault:
+                raise
+            except TbmirrorError as error:  # no proof, or the move failed: this run only
+                self._fail(report, record.run_id, error)
+        return left
 
     def _write_chunk(
         self,

@@ -45,6 +45,7 @@ LOGGED_IMAGES_TAG = "mlflow.loggedImages"
 LOGGED_ARTIFACTS_TAG = "mlflow.loggedArtifacts"
 FIGURE_PATTERNS = ("*.png", "*.jpg", "*.jpeg", "*.gif")
 BATCH_BYTES = 16 * 1024**2  # media downloaded and committed per batch (bounds memory)
+PER_PASS = 2000  # media of one run downloaded per pass; the rest next pass
 TABLE_SUFFIX = " (table)"  # MLflow forbids parentheses in metric keys: no tag collides
 IMAGE_SUFFIX = " (image)"  # for an image key that is also one of the run's metric keys
 
@@ -149,12 +150,13 @@ class MediaSync:
         logged: LoggedMedia | None,
         artifacts: list[Artifact],
         stop: threading.Event | None,
-    ) -> tuple[int, int]:
-        """Write the run's new media; returns (media written, bytes written). Raises
-        SourceError (a download failed) or WriteFault."""
+    ) -> tuple[int, int, bool]:
+        """Write the run's new media, at most PER_PASS of them; returns (media written, bytes
+        written, whether all were). Raises SourceError (a download failed) or WriteFault."""
         rows = self.journal.media(self.source.name, record.run_id)
         steps = _last_steps(rows.values())
-        items = self._due(record, logged or LoggedMedia(False, ()), artifacts, rows)
+        due = self._due(record, logged or LoggedMedia(False, ()), artifacts, rows)
+        items = due[:PER_PASS]  # one run's thousands of images do not hold up the others
         written = bytes_written = 0
         run_id = record.run_id
         for group in _groups(items):
@@ -165,7 +167,7 @@ class MediaSync:
             done, size = self._write(record, rows, steps, list(zip(group, downloads, strict=True)))
             written, bytes_written = written + done, bytes_written + size
             record = self.placement.records.get(record.run_id, record)
-        return written, bytes_written
+        return written, bytes_written, len(items) == len(due)
 
     def _due(
         self,
@@ -211,7 +213,7 @@ class MediaSync:
         ]:
             last = rows.get(artifact.path)
             if last is None or last.size != artifact.size:
-                items.append(_Item(artifact, kind, tag, 0, None))
+                items.append(_Item(artifact, kind, summaries.clean_tag(tag), 0, None))
         return items
 
     def _download(self, run_id: str, item: _Item) -> bytes | str:
@@ -282,9 +284,10 @@ def _image_tags(rows: Iterable[MediaRecord], metric_keys: set[str]) -> Callable[
     started = {row.tag for row in rows if row.kind == "image"}
 
     def tag(key: str) -> str:
-        if key in started or key + IMAGE_SUFFIX in started:
-            return key if key in started else key + IMAGE_SUFFIX
-        return key + IMAGE_SUFFIX if key in metric_keys else key
+        for candidate in (key, key + IMAGE_SUFFIX):
+            if summaries.clean_tag(candidate) in started:
+                return summaries.clean_tag(candidate)
+        return summaries.clean_tag(key + IMAGE_SUFFIX if key in metric_keys else key)
 
     return tag
 

@@ -118,42 +118,42 @@ class Placement:
         return Placed(record, parent.run_id if parent else None, moved)
 
     def _restore(self, run_id: str) -> RunRecord | None:
-        """An archived run, taken back with its children (placing it moves it into the root)."""
-        record = self.archived.pop(run_id, None)
+        """An archived run, taken back with its children (placing it moves it into the root).
+        With no archive configured any more, its rows are forgotten instead (its files there are
+        out of reach) and it is mirrored anew: None."""
+        record = self.archived.get(run_id)
         if record is None:
             return None
-        prefix = record.dir + "/"
-        for child in [r for r in self.archived.values() if r.dir.startswith(prefix)]:
-            self.records[child.run_id] = self.archived.pop(child.run_id)
-        self.records[run_id] = record
+        tree = [r for r in self.archived.values() if layout.within(r.dir, record.dir)]
+        if self.journal.layout.archive is None:
+            self._forget(tree)
+            log.warning("archived_run_mirrored_anew", source=self.source, run_id=run_id,
+                        reason="mirror.archive is not configured")  # fmt: skip
+            return None
+        for run in tree:
+            self.records[run.run_id] = self.archived.pop(run.run_id)
         log.info("run_restored", source=self.source, run_id=run_id)
         return record
 
     def _run_dir(self, run: RunSnapshot, parent_dir: str, current: str | None) -> str:
         """`parent_dir/<name>`, else `<name>-<run id[:8]>`, else `<name>-<run id>`; a run keeps
         its current directory while that is still one of these names."""
-        component = layout.sanitize_component(run.name)
-        candidates = [
-            layout.join(*parent_dir.split("/"), name)
-            for name in (
-                component,
-                layout.disambiguate(component, run.run_id),
-                layout.disambiguate(component, run.run_id, width=64),
-            )
-        ]
+        candidates = _candidates(parent_dir, layout.sanitize_component(run.name), run.run_id)
         if current in candidates:
             return current
+        return self._first_free(candidates, run.run_id)
+
+    def _first_free(self, candidates: list[str], run_id: str) -> str:
         for candidate in candidates:
             if candidate not in self._dirs and not self.journal.occupied(candidate):
                 return candidate
-        raise TbmirrorError(f"no free directory for run {run.run_id} under {parent_dir}")
+        raise TbmirrorError(f"no free directory for run {run_id}: {candidates[0]} is taken")
 
     def _move(self, old_dir: str, new_dir: str) -> None:
         """Move a directory (and every run below it) on disk, in the store and here."""
         self.journal.move(self.source, old_dir, new_dir)
-        prefix = old_dir + "/"
         for record in [*self.records.values(), *self.archived.values()]:
-            if record.dir == old_dir or record.dir.startswith(prefix):
+            if layout.within(record.dir, old_dir):
                 del self._dirs[record.dir]
                 record.dir = new_dir + record.dir[len(old_dir) :]
                 self._dirs[record.dir] = record.run_id
@@ -164,21 +164,23 @@ class Placement:
         self._forget([record])
         log.info("run_removed", source=self.source, run_id=record.run_id, dir=record.dir)
 
-    def retire(self, record: RunRecord) -> int:
+    def retire(self, record: RunRecord) -> list[str]:
         """Take a run that left the selection out of the root, with every run nested in its
-        directory (its children): into the archive if there is one, else removed with their
-        files, tfevents artifact copies and rows. Returns how many runs left."""
-        prefix = record.dir + "/"
-        tree = [r for r in self.records.values() if r.dir == record.dir or r.dir.startswith(prefix)]
+        directory (its children): into the archive if there is one (under a free name), else
+        removed with their files, tfevents artifact copies and rows. Returns the ids of the runs
+        that left."""
+        tree = [r for r in self.records.values() if layout.within(r.dir, record.dir)]
         if self.journal.layout.archive is not None:
-            self._move(record.dir, layout.archived(record.dir))
+            parent, _, name = layout.archived(record.dir).rpartition("/")
+            self._move(record.dir, self._first_free(_candidates(parent, name, record.run_id),
+                                                    record.run_id))  # fmt: skip
             for run in tree:
                 self.archived[run.run_id] = self.records.pop(run.run_id)
         else:
             self._forget(tree)
         log.info("run_retired", source=self.source, run_id=record.run_id, dir=record.dir,
                  runs=len(tree), archived=self.journal.layout.archive is not None)  # fmt: skip
-        return len(tree)
+        return [run.run_id for run in tree]
 
     def _forget(self, runs: list[RunRecord]) -> None:
         """Remove runs with their files, tfevents artifact copies and rows."""
@@ -208,3 +210,15 @@ class Placement:
         if dir in self._dirs:
             dir = layout.join(*run_dir, layout.disambiguate(folders[0], "tfevents"), *folders[1:])
         return dir
+
+
+def _candidates(parent_dir: str, component: str, run_id: str) -> list[str]:
+    """Where a run called `component` may live under `parent_dir`, in order of preference."""
+    return [
+        layout.join(*parent_dir.split("/"), name)
+        for name in (
+            component,
+            layout.disambiguate(component, run_id),
+            layout.disambiguate(component, run_id, width=64),
+        )
+    ]

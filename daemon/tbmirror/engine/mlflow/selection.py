@@ -23,6 +23,7 @@ from tbmirror.config import MlflowSourceSettings
 from tbmirror.model import RunSnapshot
 
 STATUS, AGE, MAX_RUNS, PARENT = "status", "max_age", "max_runs", "parent"
+FILTER = "filter"  # (found by the engine: absent from a full listing, refused by a search)
 
 
 @dataclass
@@ -52,11 +53,18 @@ class Selection:
                 return AGE
         return None
 
-    def apply(self, runs: list[RunSnapshot], complete: bool, mirrored: Collection[str]) -> Selected:
+    def apply(
+        self,
+        runs: list[RunSnapshot],
+        complete: bool,
+        in_root: Collection[str],
+        archived: Collection[str] = (),
+    ) -> Selected:
         """Split listed `runs` (parents first). A child follows its parent: the parent's verdict
-        if it is listed; in while the parent is `mirrored` (until the parent leaves); out if a
-        `filter` left the parent unlisted; otherwise (its parent deleted, say) it is judged as
-        a top-level run. Deleted runs are judged in (their deletion is the engine's)."""
+        if it is listed; in while the parent is mirrored `in_root` (until the parent leaves);
+        out if the parent is `archived`, or a `filter` left it unlisted; otherwise (its parent
+        deleted, say) it is judged as a top-level run. Deleted runs are judged in (their
+        deletion is the engine's)."""
         if not self.settings.selective:
             return Selected(list(runs))
         listed = {run.run_id for run in runs}
@@ -64,11 +72,13 @@ class Selection:
         for run in runs:
             parent = run.parent_run_id
             if parent and parent != run.run_id:
-                if parent in listed or parent in mirrored:
+                if parent in listed:
                     if parent in out:
                         out[run.run_id] = PARENT
                     continue
-                if self.settings.filter:
+                if parent in in_root:
+                    continue
+                if parent in archived or self.settings.filter:
                     out[run.run_id] = PARENT
                     continue
             reason = None if run.deleted else self.judge(run)
