@@ -29,6 +29,7 @@ from conftest import (
 )
 from helpers.hostile_proxy import HostileProxy, hostile_proxy
 from tbmirror.engine.mlflow.media import LoggedMedia, markdown_table, parse_step_image
+from tbmirror.mirror import summaries
 from tbmirror.model import RunSnapshot
 
 
@@ -263,6 +264,12 @@ def test_step_image_names_tables_and_logged_tags_are_read_strictly() -> None:
         "images/plain.png",
     ):
         assert parse_step_image(other) is None, other
+
+    huge = io.BytesIO()
+    Image.new("L", (6000, 5000)).save(huge, "PNG")  # 30M pixels in ~30 KB: refused unread
+    with pytest.raises(summaries.BadImageError, match="more than 25,000,000"):
+        summaries.image("x", huge.getvalue(), 0.0, 0)
+    assert summaries.image("x", png_bytes(1), 0.0, 0)
 
     table = json.dumps({"columns": ["a", "b|c"], "data": [[i, f"x\n{i}"] for i in range(5)]})
     markdown = markdown_table(table.encode(), 2)

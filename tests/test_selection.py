@@ -167,3 +167,34 @@ def test_a_filter_the_server_refuses_is_one_error_naming_the_key_and_check_count
     checked = tbmirror("check", "--config", str(sync.config_path))  # type: ignore[attr-defined]
     assert checked.returncode == 0, checked.stdout + checked.stderr
     assert f"{experiment_name} (2 runs selected)" in checked.stdout, checked.stdout
+
+
+def test_children_follow_their_parent_in_quick_and_full_listings() -> None:
+    from tbmirror.config import MlflowSourceSettings
+    from tbmirror.engine.mlflow.selection import MAX_RUNS, PARENT, STATUS, Selection
+    from tbmirror.model import RunSnapshot
+
+    def run(run_id: str, status: str = "FINISHED", parent: str | None = None,
+            start: int = 0) -> RunSnapshot:  # fmt: skip
+        return RunSnapshot(run_id, "1", run_id, status, "active", start, start, parent)
+
+    def selection(**settings: Any) -> Selection:
+        source = MlflowSourceSettings(name="s", type="mlflow", tracking_uri="http://h",
+                                      experiments=["e"], **settings)  # fmt: skip
+        return Selection(source, time.time)
+
+    running = selection(run_statuses=["RUNNING"])
+    quick = [run("child", "RUNNING", parent="p")]  # a quick listing: the parent is not in it
+    assert running.apply(quick, False, in_root={"p"}).out == {}
+    assert running.apply(quick, False, in_root=(), archived={"p"}).out == {"child": PARENT}
+    assert running.apply(quick, False, in_root=()).out == {}  # parent unknown: judged itself
+    filtered = selection(filter="tags.team = 'x'")
+    assert filtered.apply(quick, False, in_root=()).out == {"child": PARENT}
+
+    full = [run("old", start=1), run("new", start=2), run("kid", parent="old", start=3),
+            run("failed", "FAILED", start=4)]  # fmt: skip
+    chosen = selection(max_runs=1, run_statuses=["FINISHED"]).apply(full, True, in_root=())
+    assert chosen.out == {"failed": STATUS, "old": MAX_RUNS, "kid": PARENT}
+    assert [r.run_id for r in chosen.runs] == ["new"]
+    unlimited = selection(max_runs=1).apply(full, False, in_root=())  # max_runs: full only
+    assert unlimited.out == {}
