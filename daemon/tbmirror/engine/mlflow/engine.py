@@ -138,7 +138,8 @@ class MlflowEngine:
         selected = self.selection.apply(
             listing.runs, full, self.placement.records, self.placement.archived
         )
-        absent = self._absent_states(listing, full)
+        needs_proof = self.settings.on_delete == "remove" or bool(self.settings.filter)
+        absent = self._absent_states(listing, full) if needs_proof else {}
         if self.settings.on_delete == "remove":
             self._remove_deleted(listing, absent, report)
         left = self._retire(selected, absent, report)
