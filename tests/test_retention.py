@@ -17,8 +17,19 @@ from typing import Any
 
 import pytest
 
-from conftest import MlflowServer, mlflow_source, tbmirror, wait_until, write_config
+from conftest import (
+    DaemonProcess,
+    MlflowServer,
+    TensorBoardReader,
+    daemon_config,
+    mlflow_source,
+    tb_run,
+    tbmirror,
+    wait_until,
+    write_config,
+)
 from helpers.hostile_proxy import HostileProxy, hostile_proxy
+from test_media import picture
 from test_selection import make_run
 
 HISTORY = r"/metrics/get-history"
@@ -228,3 +239,32 @@ def test_under_a_filter_a_parent_leaving_takes_its_children_for_good(
             "parent", "parent/child",
         }  # fmt: skip
         sync(config("nlp"))
+
+
+def test_the_daemon_shows_a_live_runs_new_images_and_archives_it_when_it_ends(
+    tmp_path: Path,
+    mlflow_server: MlflowServer,
+    start_daemon: Callable[..., DaemonProcess],
+    experiment_name: str,
+) -> None:
+    client = mlflow_server.client()
+    live = make_run(client, experiment_name, "live", status=None)
+    client.log_image(live, picture(1), key="pred", step=0)
+    root, archive = tmp_path / "root", tmp_path / "archive"
+    source = mlflow_source("src", mlflow_server.url, [experiment_name], poll_interval=1,
+                           run_statuses=["RUNNING"])  # fmt: skip
+    config, tensorboard_url, _ = daemon_config(tmp_path / "daemon.yaml", root, [source])
+    config.write_text(config.read_text().replace("  state:", f"  archive: {archive}\n  state:"))
+    daemon = start_daemon(config)
+    board = TensorBoardReader(tensorboard_url)
+    run = tb_run("src", experiment_name, "live")
+    wait_until(lambda: len(board.images(run, "pred")) == 1, 60, "the first image")
+    client.log_image(live, picture(2), key="pred", step=1)  # seen by the next quick pass
+    wait_until(lambda: len(board.images(run, "pred")) == 2, 30, "the second image")
+    mirrored = tree(root / "src" / experiment_name / "live")
+
+    client.set_terminated(live)  # out of run_statuses: runs/get proves it, it goes
+    wait_until(lambda: tree(archive / "src" / experiment_name / "live") == mirrored, 30, "archive")
+    assert not (root / "src" / experiment_name / "live").exists()
+    wait_until(lambda: run not in board.runs(), 30, "the run to leave TensorBoard")
+    assert daemon.stop() == 0
