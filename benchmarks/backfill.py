@@ -3,12 +3,17 @@
 Builds a workload on a local MLflow server (default 1,000 runs x 20 keys x 100 points), then times
   - naive: MlflowClient.get_metric_history per key + tensorboardX add_scalar per point, one run
     after another (what azureml-tensorboard's export_to_tensorboard does);
+  - fetch-only, the limit: the requests sync makes for a backfill (runs/search pages of 1,000,
+    then get-history-bulk per key for 100 runs a call, 4 in flight on kept-alive connections,
+    every answer parsed as JSON), nothing written;
   - tbmirror: `tbmirror sync` (a subprocess, cold start included) into an empty mirror;
   - a second `tbmirror sync` with nothing new (requests, seconds, bytes written);
   - the tfevents write path alone (encode + frame + append + fsync) against tensorboardX's
     add_scalar for the same points.
 
-Usage: python benchmarks/backfill.py [--runs 1000 --keys 20 --points 100] [--workdir DIR]
+Usage: python benchmarks/backfill.py [--runs 1000 --keys 20 --points 100] [--workers 1]
+           [--workdir DIR]
+`--workers` is the `mlflow server`'s (with several, each kept-alive request costs more there).
 A workdir keeps the workload's MLflow database between invocations (built once; an
 interrupted build is completed by the next invocation).
 """
@@ -16,6 +21,7 @@ interrupted build is completed by the next invocation).
 from __future__ import annotations
 
 import argparse
+import os
 import random
 import re
 import shutil
@@ -23,9 +29,11 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import httpx
 from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 from tensorboardX import SummaryWriter
@@ -37,6 +45,7 @@ from tbmirror.mirror import events, summaries
 from tbmirror.mirror.layout import MirrorLayout
 
 EXPERIMENT = "backfill-benchmark"
+API = "/api/2.0/mlflow"
 
 
 def build_workload(client: MlflowClient, runs: int, keys: int, points: int) -> str:
@@ -92,6 +101,48 @@ def naive_export(client: MlflowClient, experiment_id: str, logdir: Path) -> int:
     return points
 
 
+def fetch_only(url: str, experiment_id: str, concurrency: int = 4) -> tuple[float, int, int]:
+    """(seconds, points, requests) of fetching every history the way a backfill sync does,
+    without writing anything: the lower bound for `tbmirror sync`."""
+    started = time.monotonic()
+    limits = httpx.Limits(max_connections=concurrency + 1)
+    with httpx.Client(base_url=url, timeout=120, limits=limits) as http:
+        keys_by_run: dict[str, list[str]] = {}
+        token, requests = None, 0
+        while True:
+            body = {"experiment_ids": [experiment_id], "max_results": 1000,
+                    "run_view_type": "ALL", "order_by": ["attributes.start_time ASC"]}  # fmt: skip
+            page = http.post(
+                f"{API}/runs/search", json=body | ({"page_token": token} if token else {})
+            )
+            answer, requests = page.json(), requests + 1
+            for run in answer.get("runs", []):
+                metrics = run["data"].get("metrics", [])
+                keys_by_run[run["info"]["run_id"]] = [m["key"] for m in metrics]
+            token = answer.get("next_page_token")
+            if not token:
+                break
+        runs_by_key: dict[str, list[str]] = defaultdict(list)
+        for run_id, keys in keys_by_run.items():
+            for key in keys:
+                runs_by_key[key].append(run_id)
+        calls = [
+            (key, run_ids[start : start + 100])
+            for key, run_ids in runs_by_key.items()
+            for start in range(0, len(run_ids), 100)
+        ]
+
+        def bulk(call: tuple[str, list[str]]) -> int:
+            key, run_ids = call
+            params = {"run_id": sorted(run_ids), "metric_key": key, "max_results": 25_000}
+            answer = http.get("/ajax-api/2.0/mlflow/metrics/get-history-bulk", params=params)
+            return len(answer.json().get("metrics", []))
+
+        with ThreadPoolExecutor(concurrency) as pool:
+            points = sum(pool.map(bulk, calls))
+    return time.monotonic() - started, points, requests + len(calls)
+
+
 def tbmirror_sync(config: Path) -> tuple[float, str]:
     started = time.monotonic()
     result = subprocess.run(
@@ -134,13 +185,17 @@ def main() -> None:
     parser.add_argument("--points", type=int, default=100)
     parser.add_argument("--workdir", type=Path)
     parser.add_argument("--write-points", type=int, default=1_000_000)
+    parser.add_argument("--workers", type=int, default=1, help="the mlflow server's workers")
     args = parser.parse_args()
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="tbmirror-bench-"))
     output = workdir / "output"
     shutil.rmtree(output, ignore_errors=True)
     output.mkdir(parents=True)
 
-    with LocalMlflowServer(workdir / "mlflow") as server:
+    with LocalMlflowServer(
+        workdir / "mlflow", extra_args=["--workers", str(args.workers)]
+    ) as server:
         client = MlflowClient(server.url)
         experiment_id = build_workload(client, args.runs, args.keys, args.points)
         total = args.runs * args.keys * args.points
@@ -150,6 +205,8 @@ def main() -> None:
         naive_seconds = time.monotonic() - started
         assert naive_points == total, (naive_points, total)
 
+        fetch_seconds, fetch_points, fetch_requests = fetch_only(server.url, experiment_id)
+        assert fetch_points == total, (fetch_points, total)
         config = write_config(output, server.url, EXPERIMENT)
         full_seconds, full_summary = tbmirror_sync(config)
         assert f", {total} points, " in full_summary, full_summary
@@ -163,6 +220,12 @@ def main() -> None:
     print(f"naive exporter:        {naive_seconds:8.1f} s  ({total / naive_seconds:,.0f} points/s)")
     print(f"tbmirror sync (full):  {full_seconds:8.1f} s  ({total / full_seconds:,.0f} points/s)")
     print(f"speed-up:              {naive_seconds / full_seconds:8.1f} x")
+    full_requests = re.search(r"(\d+) requests", full_summary)
+    print(
+        f"fetch-only (limit):    {fetch_seconds:8.1f} s  ({total / fetch_seconds:,.0f} points/s,"
+        f" {fetch_requests} requests; sync made {full_requests.group(1) if full_requests else '?'})"
+    )
+    print(f"sync / fetch-only:     {full_seconds / fetch_seconds:8.2f} x  (target <= 1.15)")
     print(
         f"no-change sync:        {idle_seconds:8.2f} s, "
         f"{requests.group(1) if requests else '?'} requests, "
