@@ -33,7 +33,6 @@ import functools
 import io
 import json
 import logging
-import os
 import re
 import shutil
 import subprocess
@@ -54,7 +53,7 @@ from mlflow.entities.experiment_tag import ExperimentTag
 from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
 from mlflow.tracking.multimedia import compress_image_size, convert_to_pil_image
 
-from common import write_config
+from common import tree_rss_mb, wait_until_idle, write_config
 from tbmirror.local_mlflow import LocalMlflowServer
 from tbmirror.processes import free_port, stop_process_group
 
@@ -62,7 +61,6 @@ SINGLE, MANY = "media-single", "media-many"
 KEY = "pred"
 KEYS, POINTS = 5, 10  # metrics of each run of `many`
 POOL = 64  # distinct images, reused
-TICKS = os.sysconf("SC_CLK_TCK")
 ACCESS = re.compile(r'"(?:GET|POST|PUT|DELETE|PATCH) (?P<path>[^ ?"]+)[^"]*" (?P<status>\d{3})')
 TAGS = "/data/plugin/images/tags"
 
@@ -243,44 +241,6 @@ def sync(config: Path, server: LocalMlflowServer) -> Sync:
 # --- TensorBoard -----------------------------------------------------------------------------
 
 
-def tree(pid: int) -> list[int]:
-    """`pid` and its descendants, from /proc."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError):
-                continue
-            children.setdefault(ppid, []).append(int(entry.name))
-    found, todo = [], [pid]
-    while todo:
-        found.append(todo.pop())
-        todo.extend(children.get(found[-1], []))
-    return found
-
-
-def rss_mb(pid: int) -> float:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return 0.0
-
-
-def cpu_seconds(pids: list[int]) -> float:
-    total = 0
-    for pid in pids:
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        total += int(fields[11]) + int(fields[12])
-    return total / TICKS
-
-
 def tensorboard_rss(
     logdir: Path, samples: int, runs: int, steps: int, log_path: Path, timeout: float
 ) -> tuple[float, float, float, float]:
@@ -308,14 +268,8 @@ def tensorboard_rss(
                     break
                 time.sleep(1)
             loaded_at = time.monotonic() - started
-            while time.monotonic() - started < timeout:  # idle: < 5 % of a core over 6 s
-                pids = tree(process.pid)
-                before = cpu_seconds(pids)
-                time.sleep(6)
-                if (cpu_seconds(pids) - before) / 6 < 0.05:
-                    break
-            pids = tree(process.pid)
-            sizes = {pid: rss_mb(pid) for pid in pids}
+            wait_until_idle(process.pid, started + timeout)
+            sizes = tree_rss_mb(process.pid)
             python = sizes[process.pid]
             return sum(sizes.values()), python, sum(sizes.values()) - python, loaded_at
     finally:

@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import shutil
 import statistics
 import subprocess
@@ -50,13 +49,12 @@ from mlflow.tracking import MlflowClient
 from mlflow.utils.uri import append_to_uri_path
 from sqlalchemy import insert
 
-from common import write_config
+from common import tree_rss_mb, wait_until_idle, write_config
 from tbmirror.local_mlflow import LocalMlflowServer
 from tbmirror.processes import free_port, stop_process_group
 
 EXPERIMENT = "tensorboard-cost"
 BATCH = 500  # runs built per bulk insert
-TICKS = os.sysconf("SC_CLK_TCK")
 SCALARS, TAGS, RUNS = "/data/plugin/scalars/scalars", "/data/plugin/scalars/tags", "/data/runs"
 
 
@@ -152,44 +150,6 @@ def run_dirs(root: Path) -> set[str]:
 # --- TensorBoard -----------------------------------------------------------------------------
 
 
-def tree(pid: int) -> list[int]:
-    """`pid` and its descendants, from /proc."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError):
-                continue
-            children.setdefault(ppid, []).append(int(entry.name))
-    found, todo = [], [pid]
-    while todo:
-        found.append(todo.pop())
-        todo.extend(children.get(found[-1], []))
-    return found
-
-
-def rss_mb(pid: int) -> float:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return 0.0
-
-
-def cpu_seconds(pids: list[int]) -> float:
-    total = 0
-    for pid in pids:
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        total += int(fields[11]) + int(fields[12])
-    return total / TICKS
-
-
 def median_ms(client: httpx.Client, path: str, repeat: int, **params: str) -> float:
     times = []
     for _ in range(repeat):
@@ -252,15 +212,9 @@ def measure(
                     raise SystemExit(f"TensorBoard did not load within {timeout:.0f} s")
                 time.sleep(0.5)
             loaded_s = time.monotonic() - started
-            while time.monotonic() - started < timeout:  # idle: < 5 % of a core over 6 s
-                pids = tree(process.pid)
-                before = cpu_seconds(pids)
-                time.sleep(6)
-                if (cpu_seconds(pids) - before) / 6 < 0.05:
-                    break
+            wait_until_idle(process.pid, started + timeout)
             idle_s = time.monotonic() - started
-            pids = tree(process.pid)
-            sizes = {pid: rss_mb(pid) for pid in pids}
+            sizes = tree_rss_mb(process.pid)
             listed = len(client.get(RUNS).json())
             floor_ms = median_ms(client, "/data/environment", repeat)
             runs_ms = median_ms(client, RUNS, repeat)

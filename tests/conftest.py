@@ -18,6 +18,7 @@ import httpx
 import pytest
 import yaml
 
+from helpers.hostile_proxy import HostileProxy, hostile_proxy
 from tbmirror.local_mlflow import LocalMlflowServer
 from tbmirror.processes import free_port, stop_process_group
 
@@ -80,6 +81,14 @@ def basic_auth_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mlfl
     ).start()
     yield server
     server.stop()
+
+
+@pytest.fixture
+def proxy(mlflow_server: MlflowServer) -> Iterator[HostileProxy]:
+    """A HostileProxy (helpers/hostile_proxy.py) in front of the session's server: it records
+    every request and misbehaves only when a test switches a fault on."""
+    with hostile_proxy(mlflow_server.url) as started:
+        yield started
 
 
 class TensorBoardReader:

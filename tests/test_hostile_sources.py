@@ -23,7 +23,7 @@ import tempfile
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -68,12 +68,6 @@ T0 = 1_700_000_000_000
 
 
 # -- helpers ----------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def proxy(mlflow_server: MlflowServer) -> Iterator[HostileProxy]:
-    with hostile_proxy(mlflow_server.url) as started:
-        yield started
 
 
 @dataclass

@@ -8,7 +8,7 @@ from __future__ import annotations
 import io
 import json
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +27,7 @@ from conftest import (
     wait_until,
     write_config,
 )
-from helpers.hostile_proxy import HostileProxy, hostile_proxy
+from helpers.hostile_proxy import HostileProxy
 from tbmirror.engine.mlflow.media import LoggedMedia, markdown_table, parse_step_image
 from tbmirror.mirror import summaries
 from tbmirror.model import RunSnapshot
@@ -43,12 +43,6 @@ def png_bytes(seed: int, size: tuple[int, int] = (16, 12)) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(picture(seed, size)).save(buffer, "PNG")
     return buffer.getvalue()
-
-
-@pytest.fixture
-def proxy(mlflow_server: MlflowServer) -> Iterator[HostileProxy]:
-    with hostile_proxy(mlflow_server.url) as recording:
-        yield recording
 
 
 @pytest.fixture

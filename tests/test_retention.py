@@ -11,7 +11,7 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -28,17 +28,11 @@ from conftest import (
     wait_until,
     write_config,
 )
-from helpers.hostile_proxy import HostileProxy, hostile_proxy
+from helpers.hostile_proxy import HostileProxy
 from test_media import picture
 from test_selection import make_run
 
 HISTORY = r"/metrics/get-history"
-
-
-@pytest.fixture
-def proxy(mlflow_server: MlflowServer) -> Iterator[HostileProxy]:
-    with hostile_proxy(mlflow_server.url) as recording:
-        yield recording
 
 
 @pytest.fixture
