@@ -69,6 +69,23 @@ def parse_duration(value: object) -> float:
     return seconds
 
 
+_AZUREML_WORKSPACE = re.compile(
+    r"^(?P<prefix>.*)/mlflow/v1\.0(?P<workspace>/subscriptions/[^/]+/resourceGroups/[^/]+"
+    r"/providers/Microsoft\.MachineLearningServices/workspaces/[^/]+)/?$",
+    re.IGNORECASE,
+)
+
+
+def azureml_workspace(tracking_uri: str) -> tuple[str, str] | None:
+    """(the address before `/mlflow/v1.0`, the `/subscriptions/.../workspaces/<name>` path) of an
+    Azure ML workspace's MLflow tracking URI, or None if it is not one."""
+    parts = urllib.parse.urlsplit(tracking_uri)
+    matched = _AZUREML_WORKSPACE.match(parts.path)
+    if matched is None:
+        return None
+    return f"{parts.scheme}://{parts.netloc}{matched['prefix']}", matched["workspace"]
+
+
 def http_url(value: str) -> str:
     """`value` as an http(s) base URL requests can be sent to (`azureml://` as `https://`, no
     trailing "/"), or ValueError saying what is wrong (never quoting the value)."""
@@ -318,8 +335,13 @@ class ArtifactSettings(_Section):
     (tailed), images and figures (the images dashboard), tables (the text dashboard)."""
 
     enabled: bool = True  # list the runs' artifacts at all
+    # Where they are read (README "Native logs on Azure ML and Databricks"): "auto" picks azureml
+    # for an Azure ML workspace URI or azure auth, databricks for databricks auth, else mlflow.
+    store: Literal["auto", "mlflow", "azureml", "databricks"] = "auto"
+    paths: list[str] = []  # folders to list, below the run's root (empty: the whole run)
     pattern: str = "*tfevents*"  # fnmatch on the file name
     max_depth: int = Field(default=3, ge=0, le=16)  # folder levels below the run's root
+    max_listed: int = Field(default=10_000, ge=1, le=10_000_000)  # entries listed per run
     max_file_size: ByteSize = ByteSize(DEFAULT_MAX_FILE_SIZE)
     batch: int = Field(default=100, ge=0)  # finished runs never looked at, per daemon pass
     images: bool = True  # log_image series, log_figure and other PNG/JPEG/GIF artifacts
@@ -327,6 +349,20 @@ class ArtifactSettings(_Section):
     max_images: int = Field(default=50, ge=0, le=100_000)  # single images (figures) per run
     max_media_size: ByteSize = ByteSize(16 * 1024**2)  # a larger image or table is skipped
     table_rows: int = Field(default=100, ge=1, le=100_000)  # the last rows shown of a table
+
+    @field_validator("paths")
+    @classmethod
+    def _relative_folders(cls, value: list[str]) -> list[str]:
+        folders = []
+        for path in value:
+            folder = path.strip("/")
+            parts = folder.split("/")
+            if not folder or any(part in ("", ".", "..") for part in parts):
+                raise ValueError("expected folders below the run's root, like 'logs' or 'tb/train'")
+            if not folder.isprintable():
+                raise ValueError("expected folders without control characters")
+            folders.append(folder)
+        return folders
 
 
 class MlflowSourceSettings(_Section):
@@ -424,6 +460,29 @@ class MlflowSourceSettings(_Section):
         return bool(self.filter) or any(
             value is not None for value in (self.run_statuses, self.max_age, self.max_runs)
         )
+
+    @property
+    def artifact_store(self) -> Literal["mlflow", "azureml", "databricks"]:
+        """Where runs' artifacts are read: `artifacts.store`, or what "auto" picks for this
+        source (Azure ML for a workspace's tracking URI or azure auth, Databricks for databricks
+        auth, else MLflow's own artifact endpoints)."""
+        if self.artifacts.store != "auto":
+            return self.artifacts.store
+        if isinstance(self.auth, AzureAuth) or azureml_workspace(self.tracking_uri):
+            return "azureml"
+        if isinstance(self.auth, DatabricksAuth):
+            return "databricks"
+        return "mlflow"
+
+    @model_validator(mode="after")
+    def _azureml_workspace(self) -> MlflowSourceSettings:
+        if self.artifacts.store == "azureml" and not azureml_workspace(self.tracking_uri):
+            raise ValueError(
+                "artifacts.store: azureml needs the workspace's tracking_uri (azureml://<region>"
+                ".api.azureml.ms/mlflow/v1.0/subscriptions/<id>/resourceGroups/<group>/providers"
+                "/Microsoft.MachineLearningServices/workspaces/<name>)"
+            )
+        return self
 
     @property
     def run_link_base(self) -> str:

@@ -9,7 +9,8 @@
   gateway or login page), a non-object JSON body, or a byte range that does not match what was
   asked for is an error, never data.
 - Discreet: errors name the method, the endpoint and what was wrong, never a header value, a
-  query string or a redirect target (they may carry secrets or signed URLs).
+  query string or a redirect target (they may carry secrets or signed URLs). A signed URL is sent
+  as `url=` and named by `path` (its address without the query) wherever a request is named.
 
 Thread-safe (one shared httpx.Client).
 """
@@ -133,16 +134,25 @@ class RestClient:
         return _json(self._request("POST", path, json=body), "POST", path)
 
     def get_range(
-        self, path: str, params: dict[str, Any], start: int, end: int, size: int
+        self,
+        path: str,
+        params: dict[str, Any] | None,
+        start: int,
+        end: int,
+        size: int,
+        *,
+        url: str | None = None,
+        headers: dict[str, str] | None = None,
     ) -> bytes:
         """Bytes `start` to `end` (exclusive; fewer at the end) of a file listed at `size` bytes.
 
         Taken only from a proper answer: a 206 whose Content-Range starts at `start` and matches
         the body, or a 200 (a server ignoring Range) holding exactly `size` bytes; a 416 showing
         a length at or below `start` means there is nothing there (b""). Anything else raises.
+        `url` (a signed URL) is requested instead of `path`, which names it; `headers` are sent too.
         """
-        headers = {"Range": f"bytes={start}-{end - 1}"}
-        answer = self._request("GET", path, params=params, headers=headers, allow=(416,))
+        sent = (headers or {}) | {"Range": f"bytes={start}-{end - 1}"}
+        answer = self._request("GET", path, params=params, headers=sent, allow=(416,), url=url)
         where = f"GET {path} bytes {start}-{end - 1}"
         answered = answer.headers.get("Content-Range", "")
         if answer.status_code == 416:
@@ -174,11 +184,40 @@ class RestClient:
             f"({answer.headers.get('Content-Type', 'no type')}) for a file of {size} bytes"
         )
 
+    def probe(
+        self, path: str, *, url: str | None = None, headers: dict[str, str] | None = None
+    ) -> tuple[int, str | None]:
+        """The size and ETag of a file, from a one-byte range read (a signed GET URL may not
+        allow HEAD): a 206's Content-Range total, a 416 `bytes */0` (empty), or the length of a
+        whole 200 answer from a server ignoring Range. Anything else raises BadAnswerError."""
+        sent = (headers or {}) | {"Range": "bytes=0-0"}
+        answer = self._request("GET", path, headers=sent, allow=(416,), url=url)
+        answered = answer.headers.get("Content-Range", "")
+        etag = answer.headers.get("ETag")
+        if answer.status_code == 206:
+            matched = _CONTENT_RANGE.match(answered)
+            if matched and matched.group(3).isdigit() and len(answer.content) == 1:
+                return int(matched.group(3)), etag
+        elif answer.status_code == 416:
+            if answered == "bytes */0":
+                return 0, etag
+        elif answer.status_code == 200 and not _is_html(answer, False):
+            return len(answer.content), etag
+        raise BadAnswerError(
+            f"GET {path} bytes 0-0: HTTP {answer.status_code} with Content-Range "
+            f"{answered or 'missing'}: the size cannot be told"
+        )
+
     def _request(
-        self, method: str, path: str, allow: tuple[int, ...] = (), **kwargs: Any
+        self,
+        method: str,
+        path: str,
+        allow: tuple[int, ...] = (),
+        url: str | None = None,
+        **kwargs: Any,
     ) -> Answer:
-        """The answer to one request (retried as described above); an error status raises,
-        unless it is in `allow`."""
+        """The answer to one request to `url` (default: `path`, below the base URL), named by
+        `path` (retried as described above); an error status raises, unless it is in `allow`."""
         attempt, started = 0, time.monotonic()
         limiter = self._limiters[0 if _is_search(path) else 1]
         while True:
@@ -186,7 +225,7 @@ class RestClient:
             with self._lock:
                 self.requests_made += 1
             try:
-                answer = self._attempt(method, path, allow, **kwargs)
+                answer = self._attempt(method, path, allow, url or path, **kwargs)
             except _Retryable as retry:
                 if attempt >= self._max_retries or self._stalled(started):
                     raise retry.final or SourceError(f"{method} {path}: {retry.reason}") from None
@@ -205,10 +244,12 @@ class RestClient:
             self._last_answer, self.answered_at = time.monotonic(), time.time()
             return answer
 
-    def _attempt(self, method: str, path: str, allow: tuple[int, ...], **kwargs: Any) -> Answer:
+    def _attempt(
+        self, method: str, path: str, allow: tuple[int, ...], url: str, **kwargs: Any
+    ) -> Answer:
         """One try: a whole answer within the deadline and the size limit, or an error."""
         try:
-            answer = self._read(method, path, **kwargs)
+            answer = self._read(method, path, url, **kwargs)
         except httpx.HTTPError as error:
             raise _Retryable(_describe(error)) from None
         status = answer.status_code
@@ -227,9 +268,9 @@ class RestClient:
             raise _Retryable(f"HTTP {status}", _retry_after(answer), final)
         raise _status_error(answer, method, path)
 
-    def _read(self, method: str, path: str, **kwargs: Any) -> Answer:
+    def _read(self, method: str, path: str, url: str, **kwargs: Any) -> Answer:
         deadline = time.monotonic() + self._timeout
-        with self._client.stream(method, path, **kwargs) as response:
+        with self._client.stream(method, url, **kwargs) as response:
             length = response.headers.get("Content-Length", "")
             if length.isdigit() and int(length) > self._max_bytes:
                 raise SourceError(self._too_large(method, path, int(length)))

@@ -2,8 +2,9 @@
 
 `MlflowSource.list_runs` returns every run of the configured experiments (child runs logged into
 other experiments included) with each metric key's latest point; `MlflowSource.fetch` returns the
-points of each requested series past its cursor; `MlflowSource.artifacts` lists a run's artifact
-files, which `ArtifactFile` reads with HTTP Range requests (tailing.py tails tfevents files).
+points of each requested series past its cursor; `MlflowSource.artifacts_of` lists runs' artifact
+files through the source's artifact store (stores.py: MLflow's own `MlflowArtifacts` here, Azure
+ML's or Databricks'), whose readers tailing.py and media.py read.
 
 History cursors: MLflow orders a key's history by (timestamp, step, value) and pages it by offset,
 and a late point with an older timestamp lands in the middle. For a cursor of `count` points whose
@@ -21,17 +22,24 @@ import json
 import re
 import threading
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
 
+import httpx
 import structlog
 
-from tbmirror.config import MlflowSourceSettings, without_userinfo
+from tbmirror.config import (
+    ArtifactSettings,
+    MlflowSourceSettings,
+    azureml_workspace,
+    without_userinfo,
+)
 from tbmirror.errors import SourceError
 from tbmirror.model import Cursor, Experiment, MetricPoint, RunSnapshot
 from tbmirror.sources.auth import build_auth
+from tbmirror.sources.azureml import HISTORY_API, AzureMlArtifacts
+from tbmirror.sources.databricks import DatabricksArtifacts
 from tbmirror.sources.http import BadAnswerError, HttpStatusError, RestClient
 from tbmirror.sources.responses import (
     ExperimentAnswer,
@@ -43,7 +51,18 @@ from tbmirror.sources.responses import (
     RunAnswer,
     RunJson,
     RunsPage,
+    pages,
     parse,
+)
+from tbmirror.sources.stores import (
+    Artifact,
+    ArtifactStore,
+    FileReader,
+    ListingLimit,
+    ListingTooLargeError,
+    RunRef,
+    listed,
+    skipped_folder,
 )
 
 log = structlog.get_logger(__name__)
@@ -60,7 +79,6 @@ CHILD = f"tags.`{PARENT_TAG}` IS NOT NULL"
 _RUN_ID = re.compile(r"^[A-Za-z0-9][\w-]{0,255}$")
 RUN_NAME_TAG = "mlflow.runName"
 NOTE_TAG = "mlflow.note.content"
-IMAGES_FOLDER = "images"  # where log_image(key=, step=) puts its series
 
 
 class SelectionError(SourceError):
@@ -74,14 +92,6 @@ class RunListing:
     experiments: dict[str, Experiment]
     runs: list[RunSnapshot]
     missing_experiments: list[str] = field(default_factory=list)
-
-
-@dataclass(frozen=True)
-class Artifact:
-    """A file among a run's artifacts: its path below the run's artifact root, and size."""
-
-    path: str
-    size: int
 
 
 @dataclass(frozen=True)
@@ -152,10 +162,10 @@ class MlflowClient:
         """Every active experiment."""
         endpoint = f"{API}/experiments/search"
         body = {"max_results": 1000, "view_type": "ACTIVE_ONLY"}
-        pages = _pages(
+        found = pages(
             lambda extra: self.rest.post(endpoint, body | extra), ExperimentsPage, endpoint
         )
-        return [_experiment(item) for page in pages for item in page.experiments]
+        return [_experiment(item) for page in found for item in page.experiments]
 
     def search_runs(
         self, experiment_ids: list[str], filter_string: str = ""
@@ -169,9 +179,7 @@ class MlflowClient:
             "max_results": SEARCH_PAGE_SIZE,
             "order_by": ["attributes.start_time ASC"],
         }
-        for page in _pages(
-            lambda extra: self.rest.post(endpoint, body | extra), RunsPage, endpoint
-        ):
+        for page in pages(lambda extra: self.rest.post(endpoint, body | extra), RunsPage, endpoint):
             yield from (run_from_json(item) for item in page.runs)
 
     def run(self, run_id: str) -> RunSnapshot:
@@ -199,10 +207,10 @@ class MlflowClient:
         endpoint = f"{API}/metrics/get-history"
         params = {"run_id": run_id, "metric_key": key, "max_results": HISTORY_PAGE_SIZE}
         first = {"page_token": _offset_token(offset)} if offset else {}
-        pages = _pages(
+        found = pages(
             lambda extra: self.rest.get(endpoint, params | (extra or first)), HistoryPage, endpoint
         )
-        return [point_from_json(item) for page in pages for item in page.metrics]
+        return [point_from_json(item) for page in found for item in page.metrics]
 
     def history_bulk(self, run_ids: list[str], key: str) -> dict[str, list[MetricPoint]] | None:
         """Whole histories of `key` for up to 100 runs in one request.
@@ -235,60 +243,62 @@ class MlflowClient:
         """(path, is_dir, size) of the entries of one artifact folder (one level)."""
         endpoint = f"{API}/artifacts/list"
         params = {"run_id": run_id} | ({"path": path} if path else {})
-        pages = _pages(lambda extra: self.rest.get(endpoint, params | extra), FilesPage, endpoint)
-        for page in pages:
+        found = pages(lambda extra: self.rest.get(endpoint, params | extra), FilesPage, endpoint)
+        for page in found:
             for item in page.files:
                 yield item.path, item.is_dir, item.file_size or 0
 
 
-Page = TypeVar("Page", RunsPage, HistoryPage, ExperimentsPage, FilesPage)
-
-
-def _pages(
-    fetch: Callable[[dict[str, str]], dict[str, Any]], model: type[Page], endpoint: str
-) -> Iterator[Page]:
-    """Every page of a paged endpoint; `fetch` gets {} first, then {"page_token": ...}. A page
-    token seen before, or a page identical to the one before, is an error (a server stuck on
-    one page would otherwise hold a pass forever)."""
-    extra: dict[str, str] = {}
-    seen: set[str] = set()
-    previous: dict[str, Any] | None = None
-    while True:
-        body = fetch(extra)
-        page = parse(model, body, endpoint)
-        token = page.next_page_token
-        if token and (token in seen or token == extra.get("page_token")):
-            raise BadAnswerError(
-                f"{endpoint}: the page token {token[:64]} repeats: the listing does not advance"
-            )
-        if previous is not None and body == previous:
-            raise BadAnswerError(
-                f"{endpoint}: the same page again for page token {extra['page_token'][:64]}"
-            )
-        yield page
-        if not token:
-            return
-        seen.add(token)
-        extra, previous = {"page_token": token}, body
-
-
 class ArtifactFile:
-    """One artifact of a run, read over HTTP Range requests (a `tailing.FileReader`).
+    """One artifact of a run, read over HTTP Range requests to `/get-artifact` (a `FileReader`).
 
     `size` is the size the listing gave; no identity (a server does not tell).
     """
 
     identity: str | None = None
 
-    def __init__(self, rest: RestClient, run_id: str, artifact: Artifact) -> None:
-        self._rest, self._params, self.size = (
-            rest,
-            {"run_id": run_id, "path": artifact.path},
-            artifact.size,
-        )
+    def __init__(self, rest: RestClient, run_id: str, path: str, size: int) -> None:
+        self._rest, self._params, self.size = rest, {"run_id": run_id, "path": path}, size
 
     def read(self, start: int, end: int) -> bytes:
         return self._rest.get_range("/get-artifact", self._params, start, end, self.size)
+
+
+class MlflowArtifacts:
+    """The artifact store of an MLflow server: `artifacts/list` (one folder a call, with sizes),
+    walked down to `artifacts.max_depth`; files read with `/get-artifact` Range requests."""
+
+    sizes_listed = True
+
+    def __init__(self, settings: ArtifactSettings, client: MlflowClient) -> None:
+        self.settings, self.client = settings, client
+
+    def files(self, run: RunRef, images_folder: bool) -> list[Artifact]:
+        settings = self.settings
+        limit = ListingLimit(settings, run)
+        found: list[Artifact] = []
+        folders = [(folder, folder.count("/") + 1) for folder in settings.paths] or [("", 0)]
+        folders = [(folder, depth) for folder, depth in folders if depth <= settings.max_depth]
+        while folders:
+            folder, depth = folders.pop()
+            for path, is_dir, size in self.client.artifacts(run.run_id, folder):
+                limit.take()
+                if not is_dir:
+                    if listed(settings, path, images_folder):
+                        found.append(Artifact(path, size))
+                elif depth < settings.max_depth and not (
+                    depth == 0 and skipped_folder(path, images_folder)
+                ):
+                    folders.append((path, depth + 1))
+        return sorted(found, key=lambda artifact: artifact.path)
+
+    def reader(self, run: RunRef, artifact: Artifact) -> FileReader:
+        return ArtifactFile(self.client.rest, run.run_id, artifact.path, artifact.size or 0)
+
+    requests_made = 0  # (counted by the source's client, which it shares)
+
+    def close(self) -> None:
+        """Nothing of its own: it shares the source's client."""
 
 
 def _experiment(item: ExperimentJson) -> Experiment:
@@ -298,9 +308,16 @@ def _experiment(item: ExperimentJson) -> Experiment:
 class MlflowSource:
     """Reads one configured MLflow source. Thread-safe for `fetch`'s own worker threads only."""
 
-    def __init__(self, settings: MlflowSourceSettings, client: MlflowClient) -> None:
+    def __init__(
+        self,
+        settings: MlflowSourceSettings,
+        client: MlflowClient,
+        store: ArtifactStore | None = None,
+    ) -> None:
+        """`store`: where runs' artifacts are read (default: the server's own endpoints)."""
         self.settings = settings
         self.client = client
+        self.store = store or MlflowArtifacts(settings.artifacts, client)
         self._bulk_supported = True
         self._offset_tokens = True
         self._experiments: dict[str, Experiment] | None = None
@@ -311,22 +328,42 @@ class MlflowSource:
     def from_settings(
         cls, settings: MlflowSourceSettings, stop: threading.Event | None = None
     ) -> MlflowSource:
-        """The source `settings` describe; a set `stop` ends its waits and reads at once."""
-        rest = RestClient(
-            settings.tracking_uri,
-            timeout=settings.timeout,
-            max_retries=settings.max_retries,
-            max_response_bytes=settings.max_response_bytes,
-            stall_timeout=settings.stall_timeout,
-            stop=stop,
-            display_url=without_userinfo(settings.tracking_uri),
-            max_connections=settings.concurrency + 1,
-            auth=build_auth(settings),
-            auth_name=settings.auth.type if settings.auth else None,
-            rate_limit=settings.rate_limit,
-            search_rate_limit=settings.search_rate_limit,
-        )
-        return cls(settings, MlflowClient(rest))
+        """The source `settings` describe, with the artifact store `settings.artifact_store`
+        names; a set `stop` ends its waits and reads at once."""
+        auth = build_auth(settings)
+
+        def rest_client(url: str, auth: httpx.Auth | None, display_url: str) -> RestClient:
+            return RestClient(
+                url,
+                timeout=settings.timeout,
+                max_retries=settings.max_retries,
+                max_response_bytes=settings.max_response_bytes,
+                stall_timeout=settings.stall_timeout,
+                stop=stop,
+                display_url=display_url,
+                max_connections=settings.concurrency + 1,
+                auth=auth,
+                auth_name=settings.auth.type if settings.auth and auth else None,
+                rate_limit=settings.rate_limit,
+                search_rate_limit=settings.search_rate_limit,
+            )
+
+        shown = without_userinfo(settings.tracking_uri)
+        client = MlflowClient(rest_client(settings.tracking_uri, auth, shown))
+        kind = settings.artifact_store
+        if kind == "mlflow":
+            return cls(settings, client)
+        storage = rest_client("", None, "artifact storage")  # signed URLs: no credentials of ours
+        store: ArtifactStore
+        if kind == "azureml":
+            address, workspace = azureml_workspace(settings.tracking_uri) or ("", "")
+            history_url = f"{address}{HISTORY_API}{workspace}"
+            history = rest_client(history_url, auth, without_userinfo(history_url))
+            store = AzureMlArtifacts(settings.artifacts, history, storage)
+        else:
+            listing = MlflowArtifacts(settings.artifacts, client)
+            store = DatabricksArtifacts(listing, client.rest, storage)
+        return cls(settings, client, store)
 
     @property
     def name(self) -> str:
@@ -334,10 +371,11 @@ class MlflowSource:
 
     @property
     def requests_made(self) -> int:
-        return self.client.rest.requests_made
+        return self.client.rest.requests_made + self.store.requests_made
 
     def close(self) -> None:
         self.client.rest.close()
+        self.store.close()
 
     # -- listing ------------------------------------------------------------------------------
 
@@ -454,47 +492,33 @@ class MlflowSource:
 
     # -- artifacts ----------------------------------------------------------------------------
 
-    def artifacts(self, run_id: str, images_folder: bool) -> list[Artifact]:
-        """The run's artifact files down to `artifacts.max_depth` folders, by path. The top-level
-        `images/` folder (log_image series, hundreds of files) is listed only if `images_folder`;
-        `table_images/` (images inside logged tables) never. Raises SourceError."""
-        settings = self.settings.artifacts
-        skipped = {"table_images"} | (set() if images_folder else {IMAGES_FOLDER})
-        found: list[Artifact] = []
-        folders = [("", 0)]
-        while folders:
-            folder, depth = folders.pop()
-            for path, is_dir, size in self.client.artifacts(run_id, folder):
-                if not is_dir:
-                    found.append(Artifact(path, size))
-                elif depth < settings.max_depth and (folder or path not in skipped):
-                    folders.append((path, depth + 1))
-        return sorted(found, key=lambda artifact: artifact.path)
+    def artifacts_of(self, runs: dict[RunRef, bool]) -> dict[str, list[Artifact] | str]:
+        """The artifact files of each run (-> whether to list its `images/` folder), by run id,
+        listed concurrently; an error message for a run whose listing the server refused.
+        Raises SourceError when the server cannot be reached."""
 
-    def artifacts_of(self, runs: dict[str, bool]) -> dict[str, list[Artifact] | str]:
-        """`artifacts` of each run (run id -> `images_folder`), listed concurrently; an error
-        message for a run whose listing the server refused. Raises SourceError when the server
-        cannot be reached."""
-
-        def one(run_id: str) -> list[Artifact] | str:
+        def one(run: RunRef) -> list[Artifact] | str:
             try:
-                return self.artifacts(run_id, runs[run_id])
-            except (HttpStatusError, BadAnswerError) as error:  # this run's; not the source's
-                return str(error)
+                return self.store.files(run, runs[run])
+            except (HttpStatusError, BadAnswerError, ListingTooLargeError) as error:
+                return str(error)  # this run's; not the source's
 
         with ThreadPoolExecutor(self.settings.concurrency, thread_name_prefix="artifacts") as pool:
-            return dict(zip(runs, pool.map(one, runs), strict=True))
+            found = pool.map(one, runs)
+            return {run.run_id: files for run, files in zip(runs, found, strict=True)}
 
-    def artifact_file(self, run_id: str, artifact: Artifact) -> ArtifactFile:
-        return ArtifactFile(self.client.rest, run_id, artifact)
+    def artifact_file(self, run: RunRef, artifact: Artifact) -> FileReader:
+        return self.store.reader(run, artifact)
 
-    def artifact_bytes(self, run_id: str, artifact: Artifact) -> bytes:
+    def artifact_bytes(self, run: RunRef, artifact: Artifact) -> bytes:
         """The whole artifact, exactly the size listed. Raises SourceError (BadAnswerError if it
         changed since it was listed)."""
-        data = self.artifact_file(run_id, artifact).read(0, artifact.size) if artifact.size else b""
-        if len(data) != artifact.size:
+        reader = self.artifact_file(run, artifact)
+        size = reader.size
+        data = reader.read(0, size) if size else b""
+        if len(data) != size:
             raise BadAnswerError(
-                f"{artifact.path}: {len(data)} bytes read, {artifact.size} listed (it changed)"
+                f"{artifact.path}: {len(data)} bytes read, {size} listed (it changed)"
             )
         return data
 

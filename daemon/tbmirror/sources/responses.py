@@ -9,9 +9,11 @@ allowed: servers add fields over time.
 
 from __future__ import annotations
 
+import urllib.parse
+from collections.abc import Callable, Iterator
 from typing import Annotated, Any, ClassVar, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from tbmirror.sources.http import BadAnswerError
 
@@ -96,6 +98,54 @@ class FilesPage(_Page):
     files: list[FileJson] = []
 
 
+class CredentialHeaderJson(_Answer):
+    name: str
+    value: str = ""
+
+
+class CredentialJson(_Answer):
+    """Databricks: a signed URL for one artifact, and the headers to send with it."""
+
+    signed_uri: str
+    path: str | None = None
+    headers: list[CredentialHeaderJson] = []
+
+
+class CredentialsPage(_Page):
+    FIELDS = frozenset({"credential_infos", "next_page_token"})
+    credential_infos: list[CredentialJson] = []
+
+
+class AzureArtifactJson(_Answer):
+    path: str
+
+
+class AzureArtifactsPage(_Page):
+    """Azure ML's `PaginatedArtifactList`: the next page's `continuationToken`, also found in the
+    query of `nextLink` (the URL built from it)."""
+
+    FIELDS = frozenset({"value", "continuationToken", "nextLink"})
+    model_config = ConfigDict(populate_by_name=True)
+    value: list[AzureArtifactJson] = []
+    next_page_token: str | None = Field(default=None, alias="continuationToken")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _token_from_next_link(cls, body: Any) -> Any:
+        if isinstance(body, dict) and not body.get("continuationToken") and body.get("nextLink"):
+            link = body["nextLink"]
+            query = urllib.parse.urlsplit(link).query if isinstance(link, str) else ""
+            token = urllib.parse.parse_qs(query).get("continuationToken", [None])[0]
+            return body | {"continuationToken": token}
+        return body
+
+
+class AzureContentInfo(_Answer):
+    """Azure ML's `ArtifactContentInformation`: where one artifact's bytes are (a signed URL)."""
+
+    content_uri: str = Field(alias="contentUri")
+
+
 class ExperimentAnswer(_Answer):
     experiment: ExperimentJson
 
@@ -123,3 +173,37 @@ def parse(model: type[Model], body: dict[str, Any], endpoint: str) -> Model:
             for item in error.errors(include_input=False, include_url=False)[:3]
         )
         raise BadAnswerError(f"{endpoint}: an answer of the wrong shape ({where})") from None
+
+
+Page = TypeVar("Page", bound=_Page)
+
+
+def pages(
+    fetch: Callable[[dict[str, str]], dict[str, Any]],
+    model: type[Page],
+    endpoint: str,
+    token_param: str = "page_token",
+) -> Iterator[Page]:
+    """Every page of a paged endpoint; `fetch` gets {} first, then {token_param: token}. A page
+    token seen before, or a page identical to the one before, is an error (a server stuck on
+    one page would otherwise hold a pass forever)."""
+    extra: dict[str, str] = {}
+    seen: set[str] = set()
+    previous: dict[str, Any] | None = None
+    while True:
+        body = fetch(extra)
+        page = parse(model, body, endpoint)
+        token = page.next_page_token
+        if token and (token in seen or token == extra.get(token_param)):
+            raise BadAnswerError(
+                f"{endpoint}: the page token {token[:64]} repeats: the listing does not advance"
+            )
+        if previous is not None and body == previous:
+            raise BadAnswerError(
+                f"{endpoint}: the same page again for page token {extra[token_param][:64]}"
+            )
+        yield page
+        if not token:
+            return
+        seen.add(token)
+        extra, previous = {token_param: token}, body

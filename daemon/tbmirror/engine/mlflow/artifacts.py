@@ -2,8 +2,9 @@
 
 A run's artifacts are listed (down to `artifacts.max_depth`; `images/` only for runs whose tags say
 they logged image series) when planning says so, or from the backlog of finished runs never looked
-at. Files matching `artifacts.pattern` are tfevents files, tailed (engine/tailing.py) with HTTP
-Range reads into `<run dir>/<artifact folder>/`; images, figures and tables go to the run's own
+at. Files matching `artifacts.pattern` are tfevents files, tailed (engine/tailing.py) with ranged
+reads through the source's artifact store (MLflow, Azure ML or Databricks: sources/stores.py) into
+`<run dir>/<artifact folder>/`; images, figures and tables go to the run's own
 events file (media.py).
 """
 
@@ -21,8 +22,9 @@ from tbmirror.engine.mlflow.placement import Placement
 from tbmirror.engine.tailing import Tailer
 from tbmirror.errors import SourceError
 from tbmirror.journal import Journal, WriteFault
-from tbmirror.model import RunSnapshot, TailRecord
-from tbmirror.sources.mlflow import Artifact, MlflowSource
+from tbmirror.model import RunRecord, RunSnapshot, TailRecord
+from tbmirror.sources.mlflow import MlflowSource
+from tbmirror.sources.stores import Artifact, RunRef
 
 log = structlog.get_logger(__name__)
 
@@ -67,15 +69,16 @@ class ArtifactSync:
         if not due or (stop is not None and stop.is_set()):
             return
         images = self.media.enabled and self.source.settings.artifacts.images
+        runs = {RunRef(run_id, records[run_id].experiment_id): run_id for run_id in due}
         listed = self.source.artifacts_of(
-            {run_id: images and self._images_logged(run_id) for run_id in due}
+            {run: images and self._images_logged(run_id) for run, run_id in runs.items()}
         )
         for run_id in due:
             try:
                 found = listed[run_id]
                 if isinstance(found, str):
                     raise SourceError(found)
-                self._tail(run_id, found, report, stop)
+                self._tail(records[run_id], found, report, stop)
                 complete = True
                 if self.media.enabled:
                     written, size, complete = self.media.sync(
@@ -101,31 +104,31 @@ class ArtifactSync:
 
     def _tail(
         self,
-        run_id: str,
+        record: RunRecord,
         artifacts: list[Artifact],
         report: PassReport,
         stop: threading.Event | None,
     ) -> None:
         """Tail the run's artifacts that match `artifacts.pattern` (tfevents files)."""
         settings = self.source.settings.artifacts
-        tails = self.journal.tails(self.source.name, f"{run_id}/")
+        run = RunRef(record.run_id, record.experiment_id)
+        tails = self.journal.tails(self.source.name, f"{run.run_id}/")
         for artifact in artifacts:
             if not fnmatch.fnmatchcase(artifact.path.rsplit("/", 1)[-1], settings.pattern):
                 continue
-            if artifact.size > settings.max_file_size:
+            reader = self.source.artifact_file(run, artifact)
+            if reader.size > settings.max_file_size:
                 log.warning(
                     "artifact_too_large_skipped",
                     source=self.source.name,
-                    run_id=run_id,
+                    run_id=run.run_id,
                     path=artifact.path,
-                    size=artifact.size,
+                    size=reader.size,
                 )
                 continue
-            origin = f"{run_id}/{artifact.path}"
-            tail = tails.get(origin) or TailRecord(
-                self.source.name, origin, "tfevents", self.placement.artifact_dir(run_id, artifact)
-            )
-            reader = self.source.artifact_file(run_id, artifact)
+            origin = f"{run.run_id}/{artifact.path}"
+            mirror_dir = self.placement.artifact_dir(run.run_id, artifact)
+            tail = tails.get(origin) or TailRecord(self.source.name, origin, "tfevents", mirror_dir)
             outcome = self.tailer.advance(tail, reader, self.clock(), stop)
             report.points += outcome.points
             report.bytes_written += outcome.bytes_written

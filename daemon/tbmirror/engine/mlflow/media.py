@@ -37,7 +37,8 @@ from tbmirror.mirror import summaries
 from tbmirror.mirror.steps import INT64_MAX, next_step
 from tbmirror.model import MediaRecord, RunRecord, RunSnapshot
 from tbmirror.sources.http import HttpStatusError
-from tbmirror.sources.mlflow import IMAGES_FOLDER, Artifact, MlflowSource
+from tbmirror.sources.mlflow import MlflowSource
+from tbmirror.sources.stores import IMAGES_FOLDER, TABLE_IMAGES_FOLDER, Artifact, RunRef
 
 log = structlog.get_logger(__name__)
 
@@ -139,10 +140,15 @@ class MediaSync:
         self.clock = clock
         self.settings = source.settings.artifacts
         self._warned_limit: set[str] = set()  # runs told they have more than max_images figures
-
-    @property
-    def enabled(self) -> bool:
-        return self.settings.images or self.settings.tables
+        wanted = self.settings.images or self.settings.tables
+        self.enabled = wanted and source.store.sizes_listed
+        if wanted and not self.enabled:  # a figure rewritten in place could not be told
+            log.info(
+                "artifact_media_not_mirrored",
+                source=source.name,
+                store=source.settings.artifact_store,
+                why="its listing gives no sizes",
+            )
 
     def sync(
         self,
@@ -158,12 +164,12 @@ class MediaSync:
         due = self._due(record, logged or LoggedMedia(False, ()), artifacts, rows)
         items = due[:PER_PASS]  # one run's thousands of images do not hold up the others
         written = bytes_written = 0
-        run_id = record.run_id
+        run = RunRef(record.run_id, record.experiment_id)
         for group in _groups(items):
             if stop is not None and stop.is_set():
                 break
             with ThreadPoolExecutor(self.source.settings.concurrency) as pool:
-                downloads = list(pool.map(lambda item: self._download(run_id, item), group))
+                downloads = list(pool.map(lambda item: self._download(run, item), group))
             done, size = self._write(record, rows, steps, list(zip(group, downloads, strict=True)))
             written, bytes_written = written + done, bytes_written + size
             record = self.placement.records.get(record.run_id, record)
@@ -192,7 +198,7 @@ class MediaSync:
                     tables.append(artifact)
             elif (
                 settings.images
-                and artifact.path.split("/")[0] not in (IMAGES_FOLDER, "table_images")
+                and artifact.path.split("/")[0] not in (IMAGES_FOLDER, TABLE_IMAGES_FOLDER)
                 and any(fnmatch.fnmatch(artifact.path.lower(), p) for p in FIGURE_PATTERNS)
             ):
                 figures.append(artifact)
@@ -216,15 +222,15 @@ class MediaSync:
                 items.append(_Item(artifact, kind, summaries.clean_tag(tag), 0, None))
         return items
 
-    def _download(self, run_id: str, item: _Item) -> bytes | str:
+    def _download(self, run: RunRef, item: _Item) -> bytes | str:
         """The item's bytes, or why it is skipped. Raises SourceError."""
         limit = self.settings.max_media_size
-        if item.artifact.size > limit:
+        if (item.artifact.size or 0) > limit:
             return f"larger than artifacts.max_media_size ({limit} bytes)"
         if item.kind == "table" and not item.artifact.path.lower().endswith(".json"):
             return "not a JSON table (Parquet tables are not shown)"
         try:
-            return self.source.artifact_bytes(run_id, item.artifact)
+            return self.source.artifact_bytes(run, item.artifact)
         except HttpStatusError as error:
             if error.error_code == "INVALID_PARAMETER_VALUE":  # never served (MLflow: "#")
                 return f"the server refuses to serve it: {error}"
@@ -264,7 +270,7 @@ class MediaSync:
                             path=item.artifact.path, reason=str(error))  # fmt: skip
                 written_at, skipped = (last.step if last else None), True
             row = MediaRecord(self.source.name, record.run_id, item.artifact.path, item.kind,
-                              item.tag, item.artifact.size, written_at, skipped)  # fmt: skip
+                              item.tag, item.artifact.size or 0, written_at, skipped)  # fmt: skip
             rows[row.path] = row
             new_rows.append(row)
         with self.journal.batch(self.source.name) as batch:
@@ -306,11 +312,11 @@ def _groups(items: list[_Item]) -> Iterator[list[_Item]]:
     group: list[_Item] = []
     size = 0
     for item in items:
-        if group and size + item.artifact.size > BATCH_BYTES:
+        if group and size + (item.artifact.size or 0) > BATCH_BYTES:
             yield group
             group, size = [], 0
         group.append(item)
-        size += item.artifact.size
+        size += item.artifact.size or 0
     if group:
         yield group
 

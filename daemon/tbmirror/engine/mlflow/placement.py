@@ -20,7 +20,7 @@ from tbmirror.errors import TbmirrorError
 from tbmirror.journal import Journal
 from tbmirror.mirror import layout
 from tbmirror.model import Experiment, RunRecord, RunSnapshot
-from tbmirror.sources.mlflow import Artifact
+from tbmirror.sources.stores import Artifact
 
 log = structlog.get_logger(__name__)
 

@@ -1,0 +1,105 @@
+"""Azure ML's artifact store: a run's files (its `logs/` and `outputs/` folders) through the
+workspace's run history artifact service, read from Azure Blob Storage by signed URL.
+
+The calls are those `azureml-mlflow` 1.62.0.post6 makes (its `_restclient/run_artifact`), below
+`https://<region>.api.azureml.ms/history/v1.0/subscriptions/<id>/resourceGroups/<group>/providers/
+Microsoft.MachineLearningServices/workspaces/<name>` (the tracking URI's host and workspace):
+
+- `GET .../experimentids/<experiment>/runs/<run>/artifacts` (the whole run), or
+  `.../artifacts/path?path=<folder>` (one folder, for each of `artifacts.paths`): a flat listing,
+  paged by `continuationToken` (which `nextLink` also carries), without sizes;
+- `GET .../artifacts/contentinfo?path=<path>`: the file's `contentUri`, a blob URL with a SAS token.
+
+The token is the source's own (`azure` auth: the workspace's management scope). A file's size and
+ETag come from a one-byte ranged GET on its blob, its bytes from ranged GETs (206 answers); a SAS
+is kept while it works and renewed once when the storage refuses it (stores.SignedFile).
+"""
+
+from __future__ import annotations
+
+import urllib.parse
+from collections.abc import Iterator
+from typing import Any
+
+from tbmirror.config import ArtifactSettings
+from tbmirror.sources.http import RestClient
+from tbmirror.sources.responses import (
+    AzureArtifactJson,
+    AzureArtifactsPage,
+    AzureContentInfo,
+    pages,
+    parse,
+)
+from tbmirror.sources.stores import (
+    Artifact,
+    FileReader,
+    ListingLimit,
+    RunRef,
+    SignedFile,
+    SignedUrl,
+    SignedUrls,
+    listed,
+)
+
+HISTORY_API = "/history/v1.0"
+
+
+class AzureMlArtifacts:
+    """The artifact store of an Azure ML workspace (see the module docstring). Thread-safe."""
+
+    sizes_listed = False
+
+    def __init__(
+        self, settings: ArtifactSettings, history: RestClient, storage: RestClient
+    ) -> None:
+        """`history`: the workspace's run history API; `storage`: for signed blob URLs."""
+        self.settings, self._history, self._storage = settings, history, storage
+        self._urls = SignedUrls()
+
+    @property
+    def requests_made(self) -> int:
+        return self._history.requests_made + self._storage.requests_made
+
+    def files(self, run: RunRef, images_folder: bool) -> list[Artifact]:
+        limit = ListingLimit(self.settings, run)
+        found: dict[str, Artifact] = {}
+        for folder in self.settings.paths or [""]:
+            for item in self._listing(run, folder):
+                limit.take()
+                if listed(self.settings, item.path, images_folder):
+                    found[item.path] = Artifact(item.path, None)
+        return sorted(found.values(), key=lambda artifact: artifact.path)
+
+    def _listing(self, run: RunRef, folder: str) -> Iterator[AzureArtifactJson]:
+        """The artifacts below `folder` ("": the whole run), page by page."""
+        endpoint = _run_endpoint(run, "artifacts/path" if folder else "artifacts")
+        query = {"path": folder} if folder else {}
+
+        def fetch(extra: dict[str, str]) -> dict[str, Any]:
+            return self._history.get(endpoint, query | extra)
+
+        for page in pages(fetch, AzureArtifactsPage, endpoint, token_param="continuationToken"):
+            yield from page.value
+
+    def reader(self, run: RunRef, artifact: Artifact) -> FileReader:
+        def sign(fresh: bool) -> SignedUrl:
+            return self._urls.get(run, artifact.path, lambda: self._content_uri(run, artifact.path),
+                                  fresh)  # fmt: skip
+
+        return SignedFile(self._storage, artifact.path, sign, artifact.size)
+
+    def _content_uri(self, run: RunRef, path: str) -> SignedUrl:
+        endpoint = _run_endpoint(run, "artifacts/contentinfo")
+        info = parse(AzureContentInfo, self._history.get(endpoint, {"path": path}), endpoint)
+        return SignedUrl(info.content_uri)
+
+    def close(self) -> None:
+        self._history.close()
+        self._storage.close()
+
+
+def _run_endpoint(run: RunRef, call: str) -> str:
+    """The path of a run's artifact call below the workspace (ids quoted: never a path escape)."""
+    experiment = urllib.parse.quote(run.experiment_id, safe="")
+    run_id = urllib.parse.quote(run.run_id, safe="")
+    return f"/experimentids/{experiment}/runs/{run_id}/{call}"
