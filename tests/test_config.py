@@ -385,3 +385,53 @@ def test_run_check_and_sync_print_one_line_and_no_traceback_for_any_config_probl
             assert result.stdout == "" and result.stderr.startswith(f"tbmirror: {path}: ")
             assert result.stderr.count("\n") == 1, result.stderr
             assert "Traceback" not in result.stderr and FAKE_PASSWORD not in result.stderr
+
+
+WORKSPACE = (
+    "azureml://westeurope.api.azureml.ms/mlflow/v1.0/subscriptions/0000/resourceGroups/rg"
+    "/providers/Microsoft.MachineLearningServices/workspaces/ws"
+)
+
+
+@pytest.mark.parametrize(
+    ("uri", "auth", "chosen", "store"),
+    [
+        ("http://127.0.0.1:5000", None, "auto", "mlflow"),
+        (WORKSPACE, None, "auto", "azureml"),
+        ("https://adb-1.azuredatabricks.net", {"type": "azure"}, "auto", "azureml"),
+        ("https://adb-1.azuredatabricks.net", {"type": "databricks", "token": "t"}, "auto",
+         "databricks"),
+        (WORKSPACE, None, "mlflow", "mlflow"),
+        ("http://127.0.0.1:5000", None, "databricks", "databricks"),
+    ],
+)  # fmt: skip
+def test_the_artifact_store_follows_the_tracking_uri_and_auth(
+    uri: str, auth: dict | None, chosen: str, store: str
+) -> None:
+    source = {"name": "a", "type": "mlflow", "tracking_uri": uri, "experiments": ["e"],
+              "artifacts": {"store": chosen}} | ({"auth": auth} if auth else {})  # fmt: skip
+    document = {"mirror": {"root": "/tmp/x/logs", "state": "/tmp/x/s.db"}, "sources": [source]}
+    assert parse_settings(json.dumps(document)).sources[0].artifact_store == store
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ("artifacts: {paths: ['../x']}", "sources[0].artifacts.paths: expected folders below"),
+        ("artifacts: {paths: ['a//b']}", "sources[0].artifacts.paths: expected folders below"),
+        ("artifacts: {paths: ['/']}", "sources[0].artifacts.paths: expected folders below"),
+        ("artifacts: {store: s3}", "sources[0].artifacts.store: Input should be 'auto', 'mlflow', 'azureml' or"),
+        ("artifacts: {max_listed: 0}", "sources[0].artifacts.max_listed: Input should be greater"),
+        ("artifacts: {store: azureml}", "sources[0]: artifacts.store: azureml needs the workspace"),
+    ],
+)
+def test_artifact_store_settings_are_checked(change: str, message: str) -> None:
+    text = GOOD.replace("    poll_interval: 10s\n", "") + f"    {change}\n"
+    with pytest.raises(ConfigError) as raised:
+        parse_settings(text, origin="my.yaml")
+    assert f"my.yaml: {message}" in str(raised.value), str(raised.value)
+
+
+def test_artifact_folders_are_kept_without_slashes() -> None:
+    text = GOOD + "    artifacts: {paths: ['logs/', '/tb/train']}\n"
+    assert parse_settings(text).sources[0].artifacts.paths == ["logs", "tb/train"]
