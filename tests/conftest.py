@@ -394,3 +394,31 @@ def new_run(client: Any, experiment: str, name: str) -> str:
     existing = client.get_experiment_by_name(experiment)
     experiment_id = existing.experiment_id if existing else client.create_experiment(experiment)
     return str(client.create_run(experiment_id, run_name=name).info.run_id)
+
+
+@pytest.fixture(scope="session")
+def azurite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """A real Azurite blob service (helpers/azurite.py: `Azurite`), one per xdist worker;
+    azurite is npm-installed into ~/.cache/tbmirror-tests on first use."""
+    from helpers.azurite import Azurite
+
+    with Azurite(tmp_path_factory.mktemp("azurite")) as started:
+        yield started
+
+
+@pytest.fixture
+def azureml_workspace(mlflow_server: MlflowServer, azurite: Any) -> Iterator[Any]:
+    """An `AzureMlWorkspace` stand-in (helpers/cloud_standins.py) over the session's servers."""
+    from helpers.cloud_standins import AzureMlWorkspace
+
+    with AzureMlWorkspace(mlflow_server.url, azurite) as workspace:
+        yield workspace
+
+
+@pytest.fixture
+def databricks_workspace(mlflow_server: MlflowServer, azurite: Any) -> Iterator[Any]:
+    """A `DatabricksWorkspace` stand-in (helpers/cloud_standins.py) over the session's servers."""
+    from helpers.cloud_standins import DatabricksWorkspace
+
+    with DatabricksWorkspace(mlflow_server.url, azurite) as workspace:
+        yield workspace

@@ -1,0 +1,161 @@
+"""A real Azure Blob Storage emulator (Azurite) for tests, npm-installed on first use.
+
+`Azurite(location)` installs `azurite@3.35.0` (the last release that runs on Node 20) into
+`~/.cache/tbmirror-tests/azurite-3.35.0` once (under a file lock, so pytest-xdist workers may race),
+starts `azurite-blob` on a free port of 127.0.0.1 with its data under `location`, and waits until it
+answers. `close()` (or leaving the `with` block) kills its process group. It serves the well-known
+development account `devstoreaccount1` at `blob_endpoint` (path-style URLs), and only that one
+(`AZURITE_ACCOUNTS` is not passed on). Flags (all in 3.35.0's `azurite-blob --help`):
+`--skipApiVersionCheck` (azure-storage-blob may send a newer x-ms-version than Azurite knows),
+`--loose` (unsupported headers ignored), `--silent` (no access log), `--disableTelemetry` (no
+attempt to reach the internet).
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import fcntl
+import os
+import subprocess
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from types import TracebackType
+
+import httpx
+from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
+from azure.storage.blob import BlobSasPermissions, BlobServiceClient, generate_blob_sas
+
+from tbmirror.processes import free_port, stop_process_group
+
+VERSION = "3.35.0"
+CACHE = Path.home() / ".cache" / "tbmirror-tests"
+ACCOUNT_NAME = "devstoreaccount1"
+# Azurite's published development key (the same in every Azurite): not a secret.
+ACCOUNT_KEY = (
+    "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
+)
+WRONG_KEY = base64.b64encode(b"not the account key".ljust(64, b"!")).decode()
+
+
+@contextlib.contextmanager
+def file_lock(path: Path) -> Iterator[None]:
+    """Hold an exclusive fcntl lock on `path` (created if missing) for the `with` block."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def install_azurite(cache: Path = CACHE) -> Path:
+    """The `azurite-blob` executable of azurite@VERSION, installed into `cache` if missing."""
+    directory = cache / f"azurite-{VERSION}"
+    executable = directory / "node_modules" / ".bin" / "azurite-blob"
+    done = directory / ".installed"
+    with file_lock(cache / f"azurite-{VERSION}.lock"):
+        if not done.exists():
+            directory.mkdir(parents=True, exist_ok=True)
+            result = subprocess.run(
+                ["npm", "install", "--prefix", str(directory), "--no-audit", "--no-fund",
+                 f"azurite@{VERSION}"],
+                capture_output=True, text=True, timeout=900,
+            )  # fmt: skip
+            if result.returncode != 0 or not executable.exists():
+                raise RuntimeError(f"npm install azurite@{VERSION} failed:\n{result.stderr}")
+            done.touch()
+    return executable
+
+
+class Azurite:
+    """A running `azurite-blob` (see the module docstring) and a client of its account."""
+
+    account_name = ACCOUNT_NAME
+    account_key = ACCOUNT_KEY
+
+    def __init__(self, location: Path, log_path: Path | None = None) -> None:
+        executable = install_azurite()
+        port = free_port()
+        self.blob_endpoint = f"http://127.0.0.1:{port}/{ACCOUNT_NAME}"
+        self.connection_string = (
+            f"DefaultEndpointsProtocol=http;AccountName={ACCOUNT_NAME};"
+            f"AccountKey={ACCOUNT_KEY};BlobEndpoint={self.blob_endpoint};"
+        )
+        log = (log_path or location / "azurite.log").open("ab")
+        self.process = subprocess.Popen(
+            [str(executable), "--blobHost", "127.0.0.1", "--blobPort", str(port),
+             "--location", str(location), "--skipApiVersionCheck", "--loose", "--silent",
+             "--disableTelemetry"],
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            env={k: v for k, v in os.environ.items() if k != "AZURITE_ACCOUNTS"},
+        )  # fmt: skip
+        log.close()
+        try:
+            self._wait_ready(60)
+        except BaseException:
+            self.close()
+            raise
+        self.service = BlobServiceClient.from_connection_string(self.connection_string)
+
+    def _wait_ready(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        with httpx.Client(timeout=2) as http:
+            while time.monotonic() < deadline:
+                if self.process.poll() is not None:
+                    raise RuntimeError(f"azurite-blob exited with {self.process.returncode}")
+                with contextlib.suppress(httpx.HTTPError):
+                    http.get(f"{self.blob_endpoint}?comp=list")  # any answer: it listens
+                    return
+                time.sleep(0.1)
+        raise RuntimeError(f"azurite-blob did not answer within {timeout} s")
+
+    def put(self, container: str, name: str, data: bytes) -> None:
+        """Upload `data` as the whole block blob `name` (overwritten; container created)."""
+        with contextlib.suppress(ResourceExistsError):
+            self.service.create_container(container)
+        self.service.get_blob_client(container, name).upload_blob(data, overwrite=True)
+
+    def sas_url(
+        self, container: str, name: str, ttl_seconds: float, *, bad_signature: bool = False
+    ) -> str:
+        """A read-only SAS URL of the blob, valid for `ttl_seconds` (expiry has 1 s resolution);
+        with `bad_signature` it is signed with a wrong key (Azurite: 403 AuthenticationFailed)."""
+        token = generate_blob_sas(
+            ACCOUNT_NAME,
+            container,
+            name,
+            account_key=WRONG_KEY if bad_signature else ACCOUNT_KEY,
+            permission=BlobSasPermissions(read=True),
+            expiry=datetime.now(UTC) + timedelta(seconds=ttl_seconds),
+        )
+        return f"{self.service.get_blob_client(container, name).url}?{token}"
+
+    def list(self, container: str, prefix: str = "") -> list[tuple[str, int]]:
+        """(name, size) of the blobs whose name starts with `prefix`, by name; [] if no
+        such container."""
+        blobs = self.service.get_container_client(container).list_blobs(name_starts_with=prefix)
+        try:
+            return sorted((blob.name, int(blob.size)) for blob in blobs)
+        except ResourceNotFoundError:
+            return []
+
+    def close(self) -> None:
+        """Stop azurite-blob (its whole process group)."""
+        if hasattr(self, "service"):
+            self.service.close()
+        stop_process_group(self.process, grace=5)
+
+    def __enter__(self) -> Azurite:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()

@@ -1,0 +1,261 @@
+"""Native TensorBoard logs of Azure ML and Databricks runs, tailed from blob storage.
+
+Runs and metrics live in the session's real `mlflow server`; the runs' artifacts are blobs in a
+real Azurite, read through real SAS URLs that Azurite checks. Between tbmirror and both sit the
+stand-ins of helpers/cloud_standins.py for the two cloud services no test can reach (Azure ML's
+run history artifact service, Databricks' MLflow API with its credential service), whose answers
+tests/test_cloud_standins.py checks against the real clients' wire models. What tbmirror mirrored
+is read back from a real TensorBoard.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from conftest import (
+    MlflowServer,
+    TensorBoard,
+    TensorBoardReader,
+    daemon_config,
+    json_log_lines,
+    mlflow_source,
+    new_run,
+    tb_run,
+    tbmirror,
+    wait_until,
+    write_config,
+)
+from tbmirror.mirror import events, summaries
+
+LOG_NAME = "events.out.tfevents.1700000000.job.1.0"
+
+
+def tfevents(start: int, count: int, value: float = 0.5) -> bytes:
+    """Records of a tfevents file: the file_version record first when `start` is 0, then scalar
+    `loss` at steps start .. start+count-1."""
+    encoder = summaries.ScalarEncoder("loss")
+    head = events.frame(summaries.file_version(1.7e9)) if start == 0 else b""
+    return head + b"".join(
+        events.frame(encoder.encode(1.7e9 + step, step, value * step))
+        for step in range(start, start + count)
+    )
+
+
+def azure_source(name: str, workspace: Any, experiment: str, **settings: Any) -> dict[str, Any]:
+    """A source on the Azure ML stand-in: its workspace tracking URI, its bearer token."""
+    return mlflow_source(
+        name, workspace.tracking_uri, [experiment],
+        auth={"type": "bearer", "token": workspace.token}, **settings,
+    )  # fmt: skip
+
+
+def run_sync(tmp_path: Path, root: Path, source: dict[str, Any]) -> Any:
+    config = write_config(tmp_path / "tbmirror.yaml", root, [source])
+    return tbmirror("sync", "--config", str(config))
+
+
+def no_signed_url(text: str) -> None:
+    """Nothing of a SAS token: its signature, expiry or permission parameters."""
+    assert "sig=" not in text and "se=" not in text and "sp=r" not in text, text[-2000:]
+
+
+def test_an_azureml_run_logs_are_tailed_exactly_once_into_tensorboard(
+    tmp_path: Path,
+    mirror_root: Path,
+    mlflow_server: MlflowServer,
+    azureml_workspace: Any,
+    tensorboard: TensorBoard,
+    source_name: str,
+    experiment_name: str,
+) -> None:
+    client = mlflow_server.client()
+    run_id = new_run(client, experiment_name, "train")
+    client.log_metric(run_id, "mlflow_loss", 1.0, step=0)
+    for index in range(5):  # more files than a listing page holds (the stand-in pages by 2)
+        azureml_workspace.put(run_id, f"outputs/file{index}.txt", b"x")
+    first = tfevents(0, 300)
+    azureml_workspace.put(run_id, f"logs/{LOG_NAME}", first)
+    source = azure_source(source_name, azureml_workspace, experiment_name)
+
+    result = run_sync(tmp_path, mirror_root, source)
+    assert result.returncode == 0, result.stdout + result.stderr
+    board_run = tb_run(source_name, experiment_name, "train", "logs")
+    tensorboard.wait_scalars(board_run, "loss", 300)
+    assert tensorboard.wait_scalars(tb_run(source_name, experiment_name, "train"), "mlflow_loss", 1)
+
+    grown = first + tfevents(300, 200)  # the job wrote on; Azure ML uploaded the file again
+    azureml_workspace.put(run_id, f"logs/{LOG_NAME}", grown)
+    result = run_sync(tmp_path, mirror_root, source)
+    assert result.returncode == 0, result.stdout + result.stderr
+    points = tensorboard.wait_scalars(board_run, "loss", 500)
+    assert [int(point[1]) for point in points] == list(range(500))
+    copy = mirror_root / source_name / experiment_name / "train" / "logs" / LOG_NAME
+    assert copy.read_bytes() == grown
+
+    served = list(azureml_workspace.requests)
+    listings = [path for method, path in served if path.endswith("/artifacts")]
+    assert len(listings) == 2 * 3  # 6 files, 2 a page: every page, in each of the two passes
+    assert not [path for _, path in served if "/prefix/" in path]
+    no_signed_url(result.stdout + result.stderr)
+
+
+def test_artifact_folders_bound_the_listing_and_max_listed_fails_only_that_run(
+    tmp_path: Path,
+    mirror_root: Path,
+    mlflow_server: MlflowServer,
+    azureml_workspace: Any,
+    source_name: str,
+    experiment_name: str,
+) -> None:
+    client = mlflow_server.client()
+    small = new_run(client, experiment_name, "small")
+    azureml_workspace.put(small, f"logs/{LOG_NAME}", tfevents(0, 10))
+    for index in range(40):  # outputs that a listing of logs/ never pages through
+        azureml_workspace.put(small, f"outputs/part{index:02}.bin", b"x")
+    crowded = new_run(client, experiment_name, "crowded")
+    for index in range(6):
+        azureml_workspace.put(crowded, f"logs/extra{index}.txt", b"x")
+    azureml_workspace.put(crowded, f"logs/{LOG_NAME}", tfevents(0, 10))
+    source = azure_source(
+        source_name, azureml_workspace, experiment_name,
+        artifacts={"paths": ["logs"], "max_listed": 5},
+    )  # fmt: skip
+
+    result = run_sync(tmp_path, mirror_root, source)
+    assert result.returncode == 1, result.stdout + result.stderr
+    output = result.stdout + result.stderr
+    assert f"run {crowded}: more than artifacts.max_listed (5)" in output
+    experiment = mirror_root / source_name / experiment_name
+    assert (experiment / "small" / "logs" / LOG_NAME).read_bytes() == tfevents(0, 10)
+    assert not (experiment / "crowded" / "logs").exists()
+    served = [path for _, path in azureml_workspace.requests]
+    assert not [path for path in served if path.endswith("/artifacts")]  # never the whole run
+    small_listings = [p for p in served if f"/runs/{small}/artifacts/path" in p]
+    assert len(small_listings) == 1  # its one file under logs/: one page, not 21
+
+
+def test_a_refused_signature_is_one_error_for_that_run_and_a_smaller_blob_gets_a_new_name(
+    tmp_path: Path,
+    mirror_root: Path,
+    mlflow_server: MlflowServer,
+    azureml_workspace: Any,
+    source_name: str,
+    experiment_name: str,
+) -> None:
+    client = mlflow_server.client()
+    good = new_run(client, experiment_name, "good")
+    revoked = new_run(client, experiment_name, "revoked")
+    for run_id in (good, revoked):
+        azureml_workspace.put(run_id, f"logs/{LOG_NAME}", tfevents(0, 50))
+    azureml_workspace.bad_signature_runs = {revoked}  # a signature the storage refuses: no expiry
+    source = azure_source(source_name, azureml_workspace, experiment_name)
+
+    result = run_sync(tmp_path, mirror_root, source)
+    output = result.stdout + result.stderr
+    assert result.returncode == 1, output
+    refused = [line for line in output.splitlines() if "refused a freshly signed URL" in line]
+    assert len(refused) == 1 and revoked in refused[0], output
+    assert "Traceback" not in output
+    no_signed_url(output)
+    contentinfo = [p for _, p in azureml_workspace.requests if p.endswith("/contentinfo")]
+    assert len([p for p in contentinfo if revoked in p]) == 2  # the kept URL, then one fresh one
+    assert len([p for p in contentinfo if good in p]) == 1  # kept: sized and read with one URL
+    experiment = mirror_root / source_name / experiment_name
+    assert (experiment / "good" / "logs" / LOG_NAME).read_bytes() == tfevents(0, 50)
+
+    smaller = tfevents(0, 20, value=-1.0)  # the job started over: fewer, other records
+    azureml_workspace.put(good, f"logs/{LOG_NAME}", smaller)
+    result = run_sync(tmp_path, mirror_root, source)
+    assert "truncated" in result.stderr
+    copies = experiment / "good" / "logs"
+    assert [(p.name, p.read_bytes()) for p in copies.iterdir()] == [(f"{LOG_NAME}.1", smaller)]
+
+
+def test_the_daemon_renews_an_expired_sas_and_reads_on_from_the_committed_offset(
+    tmp_path: Path,
+    mlflow_server: MlflowServer,
+    azureml_workspace: Any,
+    source_name: str,
+    experiment_name: str,
+    start_daemon: Any,
+) -> None:
+    client = mlflow_server.client()
+    run_id = new_run(client, experiment_name, "live")  # RUNNING: looked at every pass
+    first = tfevents(0, 100)
+    azureml_workspace.put(run_id, f"logs/{LOG_NAME}", first)
+    azureml_workspace.sas_ttl = 2.0
+    source = azure_source(
+        source_name, azureml_workspace, experiment_name, poll_interval="1s",
+        full_listing_interval="1s",
+    )  # fmt: skip
+    root = tmp_path / "root"
+    config, tensorboard_url, _ = daemon_config(tmp_path / "tbmirror.yaml", root, [source])
+    daemon = start_daemon(config)
+    board = TensorBoardReader(tensorboard_url)  # the daemon's own TensorBoard
+    wait_until(board.answers, 60, "the daemon's TensorBoard")
+    board_run = tb_run(source_name, experiment_name, "live", "logs")
+    board.wait_scalars(board_run, "loss", 100, timeout=60)
+
+    time.sleep(azureml_workspace.sas_ttl + 2)  # the kept SAS has expired
+    grown = first + tfevents(100, 50)
+    azureml_workspace.put(run_id, f"logs/{LOG_NAME}", grown)
+    points = board.wait_scalars(board_run, "loss", 150, timeout=60)
+    assert [int(point[1]) for point in points] == list(range(150))
+    copy = root / source_name / experiment_name / "live" / "logs" / LOG_NAME
+    wait_until(lambda: copy.read_bytes() == grown, 30, "the whole grown file mirrored")
+    contentinfo = [p for _, p in azureml_workspace.requests if p.endswith("/contentinfo")]
+    assert len(contentinfo) >= 2  # the first SAS, then a fresh one once Azurite refused it
+    assert daemon.stop() == 0
+    log = daemon.log_path.read_text()
+    no_signed_url(log)
+    assert not [e for e in json_log_lines(log) if e.get("level") == "error"], log[-3000:]
+
+
+def test_a_databricks_run_logs_and_figures_are_read_through_signed_urls(
+    tmp_path: Path,
+    mirror_root: Path,
+    mlflow_server: MlflowServer,
+    databricks_workspace: Any,
+    tensorboard: TensorBoard,
+    source_name: str,
+    experiment_name: str,
+) -> None:
+    from PIL import Image
+
+    client = mlflow_server.client()
+    run_id = new_run(client, experiment_name, "notebook")
+    experiment_id = client.get_run(run_id).info.experiment_id
+    first = tfevents(0, 200)
+    databricks_workspace.put(experiment_id, run_id, f"tb/{LOG_NAME}", first)
+    picture = tmp_path / "loss.png"
+    Image.new("RGB", (8, 8), (200, 20, 20)).save(picture)
+    databricks_workspace.put(experiment_id, run_id, "plots/loss.png", picture.read_bytes())
+    source = mlflow_source(
+        source_name, databricks_workspace.host, [experiment_name],
+        auth={"type": "databricks", "token": databricks_workspace.token},
+    )  # fmt: skip
+
+    result = run_sync(tmp_path, mirror_root, source)
+    assert result.returncode == 0, result.stdout + result.stderr
+    board_run = tb_run(source_name, experiment_name, "notebook", "tb")
+    tensorboard.wait_scalars(board_run, "loss", 200)
+    grown = first + tfevents(200, 100)
+    databricks_workspace.put(experiment_id, run_id, f"tb/{LOG_NAME}", grown)
+    result = run_sync(tmp_path, mirror_root, source)
+    assert result.returncode == 0, result.stdout + result.stderr
+    points = tensorboard.wait_scalars(board_run, "loss", 300)
+    assert [int(point[1]) for point in points] == list(range(300))
+    copy = mirror_root / source_name / experiment_name / "notebook" / "tb" / LOG_NAME
+    assert copy.read_bytes() == grown
+    run = tb_run(source_name, experiment_name, "notebook")
+    wait_until(lambda: tensorboard.image_tags(run), 30, "the figure in TensorBoard")
+    [shown] = tensorboard.images(run, tensorboard.image_tags(run)[0])
+    assert tensorboard.image_bytes(shown["query"]) == picture.read_bytes()
+    credentials = [
+        p for _, p in databricks_workspace.requests if p.endswith("credentials-for-read")
+    ]
+    assert credentials  # bytes came through signed URLs, not /get-artifact
+    assert not [p for _, p in databricks_workspace.requests if "get-artifact" in p]
+    no_signed_url(result.stdout + result.stderr)
