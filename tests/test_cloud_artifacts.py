@@ -27,6 +27,7 @@ from conftest import (
     wait_until,
     write_config,
 )
+from helpers.hostile_proxy import hostile_proxy
 from tbmirror.mirror import events, summaries
 
 LOG_NAME = "events.out.tfevents.1700000000.job.1.0"
@@ -259,3 +260,83 @@ def test_a_databricks_run_logs_and_figures_are_read_through_signed_urls(
     assert credentials  # bytes came through signed URLs, not /get-artifact
     assert not [p for _, p in databricks_workspace.requests if "get-artifact" in p]
     no_signed_url(result.stdout + result.stderr)
+
+
+def test_a_storage_that_lies_or_hangs_fails_the_run_and_never_touches_the_copy(
+    tmp_path: Path,
+    mirror_root: Path,
+    mlflow_server: MlflowServer,
+    azureml_workspace: Any,
+    azurite: Any,
+    source_name: str,
+    experiment_name: str,
+) -> None:
+    client = mlflow_server.client()
+    run_id = new_run(client, experiment_name, "job")
+    first = tfevents(0, 50)
+    azureml_workspace.put(run_id, f"logs/{LOG_NAME}", first)
+    source = azure_source(source_name, azureml_workspace, experiment_name, timeout="3s")
+    copy = mirror_root / source_name / experiment_name / "job" / "logs" / LOG_NAME
+    with hostile_proxy(azurite.origin) as storage:
+        azureml_workspace.storage_origin = storage.url  # SAS URLs lead through the proxy
+        result = run_sync(tmp_path, mirror_root, source)
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert copy.read_bytes() == first
+        grown = first + tfevents(50, 50)
+        azureml_workspace.put(run_id, f"logs/{LOG_NAME}", grown)
+        for fault, said in [
+            ("html", "(text/html; charset=utf-8)"),
+            ("redirect", "redirect (an expired login session, or a proxy in the way?)"),
+            ("trickle", "no complete answer within the timeout"),
+            ("reset", f"GET {storage.url}/devstoreaccount1/azureml/"),  # (whatever the OS says)
+        ]:
+            storage.set(fault, path="/logs/")
+            started = time.monotonic()
+            result = run_sync(tmp_path, mirror_root, source)
+            output = result.stdout + result.stderr
+            assert result.returncode == 1 and said in output, (fault, output[-1500:])
+            assert time.monotonic() - started < 60, fault  # deadlines hold: never a hung pass
+            assert "Traceback" not in output
+            no_signed_url(output)
+            assert copy.read_bytes() == first, fault  # what was mirrored stays
+            storage.clear()
+        result = run_sync(tmp_path, mirror_root, source)
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert copy.read_bytes() == grown
+
+
+def test_old_azureml_runs_are_listed_through_the_same_backlog(
+    tmp_path: Path,
+    mlflow_server: MlflowServer,
+    azureml_workspace: Any,
+    source_name: str,
+    experiment_name: str,
+    start_daemon: Any,
+) -> None:
+    client = mlflow_server.client()
+    runs = []
+    for index in range(3):  # finished runs never looked at: their listings wait in the backlog
+        run_id = new_run(client, experiment_name, f"old{index}")
+        client.log_metric(run_id, "m", float(index), step=0)
+        azureml_workspace.put(run_id, f"logs/{LOG_NAME}", tfevents(0, 2))
+        client.set_terminated(run_id)
+        runs.append(run_id)
+    source = azure_source(
+        source_name, azureml_workspace, experiment_name, poll_interval="1s",
+        full_listing_interval="1s", artifacts={"batch": 1},
+    )  # fmt: skip
+    root = tmp_path / "root"
+    config, _, _ = daemon_config(tmp_path / "tbmirror.yaml", root, [source])
+    daemon = start_daemon(config)
+    first = daemon.wait_event("source_synced", source=source_name)
+    assert first["runs"] == 3 and first["points"] >= 3  # every run's metrics in the first pass
+    experiment = root / source_name / experiment_name
+    assert len(list(experiment.glob("old*/logs/*"))) <= 2  # one run's listing a pass (two done?)
+    wait_until(lambda: len(list(experiment.glob("old*/logs/*"))) == 3, 30, "every run's logs")
+    assert daemon.stop() == 0
+    listed_runs = [
+        next(run_id for run_id in runs if f"/runs/{run_id}/" in path)
+        for _, path in azureml_workspace.requests
+        if path.endswith("/artifacts")
+    ]
+    assert sorted(set(listed_runs)) == sorted(runs)

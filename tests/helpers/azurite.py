@@ -80,7 +80,8 @@ class Azurite:
     def __init__(self, location: Path, log_path: Path | None = None) -> None:
         executable = install_azurite()
         port = free_port()
-        self.blob_endpoint = f"http://127.0.0.1:{port}/{ACCOUNT_NAME}"
+        self.origin = f"http://127.0.0.1:{port}"
+        self.blob_endpoint = f"{self.origin}/{ACCOUNT_NAME}"
         self.connection_string = (
             f"DefaultEndpointsProtocol=http;AccountName={ACCOUNT_NAME};"
             f"AccountKey={ACCOUNT_KEY};BlobEndpoint={self.blob_endpoint};"

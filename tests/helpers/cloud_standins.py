@@ -15,7 +15,9 @@ Common to both (`AzureMlWorkspace`, `DatabricksWorkspace`):
   that paging is exercised), `sas_ttl` (seconds a handed-out SAS URL is valid, default 3600),
   `bad_signature` (hand out SAS URLs signed with a wrong key: Azurite answers 403),
   `bad_signature_runs` (a set of run ids: the same for those runs' artifacts only, as if their
-  signing were revoked).
+  signing were revoked),
+  `storage_origin` (hand out SAS URLs on this scheme://host:port instead of Azurite's, e.g. a
+  HostileProxy in front of it: the signature does not cover the host).
 - Paging tokens are opaque: the last path of the page (base64), so a listing resumes after it even
   if files were added in between.
 - `put(...)` uploads a whole blob (overwriting it: how both services re-upload a growing file).
@@ -97,6 +99,7 @@ class _StandIn:
         self.sas_ttl = 3600.0
         self.bad_signature = False
         self.bad_signature_runs: set[str] = set()
+        self.storage_origin: str | None = None
         self.requests: list[tuple[str, str]] = []
         self._lock = threading.Lock()
         self._experiments: dict[str, str] = {}  # run id -> experiment id
@@ -197,7 +200,10 @@ class _StandIn:
     def sas_url(self, run_id: str, name: str) -> str:
         """A read SAS URL of blob `name` (an artifact of run `run_id`), as the knobs say."""
         bad = self.bad_signature or run_id in self.bad_signature_runs
-        return self.azurite.sas_url(self.container, name, self.sas_ttl, bad_signature=bad)
+        url = self.azurite.sas_url(self.container, name, self.sas_ttl, bad_signature=bad)
+        if self.storage_origin is None:
+            return url
+        return self.storage_origin + url.removeprefix(self.azurite.origin)
 
     def close(self) -> None:
         self._server.shutdown()

@@ -204,7 +204,8 @@ class RestClient:
         elif answer.status_code == 200 and not _is_html(answer, False):
             return len(answer.content), etag
         raise BadAnswerError(
-            f"GET {path} bytes 0-0: HTTP {answer.status_code} with Content-Range "
+            f"GET {path} bytes 0-0: HTTP {answer.status_code} "
+            f"({answer.headers.get('Content-Type', 'no type')}) with Content-Range "
             f"{answered or 'missing'}: the size cannot be told"
         )
 
