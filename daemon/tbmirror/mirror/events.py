@@ -12,6 +12,7 @@ import struct
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import google_crc32c
 
@@ -75,6 +76,20 @@ def iter_records(data: bytes, start: int = 0) -> Iterator[Record]:
             raise CorruptRecordError(offset)
         yield Record(payload, end)
         offset = end
+
+
+def iter_file_records(path: Path, chunk_bytes: int = 8 * 1024**2) -> Iterator[Record]:
+    """`iter_records` over a file read `chunk_bytes` at a time (memory stays bounded by the
+    chunk and the largest record, whatever the file's size); `end` counts from the file's start."""
+    with path.open("rb") as file:
+        data, base = b"", 0
+        while chunk := file.read(chunk_bytes):
+            data += chunk
+            end = 0
+            for record in iter_records(data):
+                end = record.end
+                yield Record(record.payload, base + end)
+            data, base = data[end:], base + end
 
 
 def new_file_name(not_before_secs: int = 0) -> str:

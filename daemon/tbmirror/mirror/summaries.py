@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import math
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -153,15 +154,19 @@ def float32_bits(value: float) -> bytes:
 def scalars_in(directory: Path, tag: str) -> list[tuple[float, bytes]]:
     """(wall_time, float32_bits(value)) of every `tag` scalar in the events files of a run
     directory, in file-name order."""
+    return [(wall, float32_bits(value)) for wall, value in iter_scalars(directory, tag)]
+
+
+def iter_scalars(directory: Path, tag: str) -> Iterator[tuple[float, float]]:
+    """(wall_time, value) of every `tag` scalar in the events files of a run directory, in
+    file-name order, read a chunk at a time."""
     if not directory.is_dir():
-        return []
+        return
     paths = sorted(p for p in directory.iterdir() if p.is_file() and "tfevents" in p.name)
-    found: list[tuple[float, bytes]] = []
     wanted = clean_tag(tag)
     for path in paths:
-        for record in events.iter_records(path.read_bytes()):
+        for record in events.iter_file_records(path):
             event = Event.FromString(record.payload)
             for value in event.summary.value:
                 if value.tag == wanted and value.WhichOneof("value") == "simple_value":
-                    found.append((event.wall_time, float32_bits(value.simple_value)))
-    return found
+                    yield event.wall_time, value.simple_value

@@ -22,7 +22,7 @@ import json
 import re
 import threading
 from collections import defaultdict
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -101,12 +101,18 @@ class HistoryRequest:
     cursor: Cursor
 
 
+Pages = Iterator[list[MetricPoint]]
+
+
 @dataclass
 class History:
-    """The points of one series past its cursor, or the whole series if those cannot be told."""
+    """The points of one series past its cursor: `new` now, then the pages of `more` (fetched as
+    they are read); or, when those cannot be told, `full`: the whole series again, page by page
+    from its start (each call fetches it anew), for the caller to diff with what it wrote."""
 
     new: list[MetricPoint]
-    full: list[MetricPoint] | None = None
+    more: Pages | None = None
+    full: Callable[[], Pages] | None = None
     error: str | None = None  # the server refused this one series (its run fails, others go on)
 
 
@@ -202,15 +208,19 @@ class MlflowClient:
             raise
         return "deleted" if run.deleted else "active"
 
-    def history(self, run_id: str, key: str, offset: int | None = None) -> list[MetricPoint]:
-        """The key's history from `offset` (a constructed offset page token) to the end."""
+    def history(
+        self, run_id: str, key: str, offset: int | None = None
+    ) -> Generator[list[MetricPoint], None, None]:
+        """The key's history from `offset` (a constructed offset page token) to the end, a page
+        (HISTORY_PAGE_SIZE points) at a time, each fetched as the one before is taken."""
         endpoint = f"{API}/metrics/get-history"
         params = {"run_id": run_id, "metric_key": key, "max_results": HISTORY_PAGE_SIZE}
         first = {"page_token": _offset_token(offset)} if offset else {}
         found = pages(
             lambda extra: self.rest.get(endpoint, params | (extra or first)), HistoryPage, endpoint
         )
-        return [point_from_json(item) for page in found for item in page.metrics]
+        for page in found:
+            yield [point_from_json(item) for item in page.metrics]
 
     def history_bulk(self, run_ids: list[str], key: str) -> dict[str, list[MetricPoint]] | None:
         """Whole histories of `key` for up to 100 runs in one request.
@@ -564,27 +574,44 @@ class MlflowSource:
         return results
 
     def _fetch_one(self, request: HistoryRequest) -> History:
-        cursor = request.cursor
+        """The series past its cursor: its first page of new points now, the rest as read.
+
+        The cursor's last point is looked for where it should be: the first point of the page at
+        offset count-1 (offset page tokens), else the count-th point of the series read from its
+        start (servers whose page tokens are opaque; those pages are read, not kept). Not there:
+        points were inserted before it, and the whole series is diffed (`History.full`)."""
+        run_id, key, cursor = request.run_id, request.key, request.cursor
         if cursor.count == 0 or cursor.last is None:
-            return History(self.client.history(request.run_id, request.key))
+            return _first_page(self.client.history(run_id, key))
+        last = cursor.last.identity()
         if self._offset_tokens:
             try:
-                tail = self.client.history(request.run_id, request.key, offset=cursor.count - 1)
+                tail = self.client.history(run_id, key, offset=cursor.count - 1)
+                page = next(tail, [])
             except HttpStatusError as error:
                 if error.status_code != 400:
                     raise
                 log.warning("offset_page_tokens_unsupported", source=self.name)
                 self._offset_tokens = False
             else:
-                if tail and tail[0].identity() == cursor.last.identity():
-                    return History(tail[1:])
-        full = self.client.history(request.run_id, request.key)
-        if (
-            len(full) >= cursor.count
-            and full[cursor.count - 1].identity() == cursor.last.identity()
-        ):
-            return History(full[cursor.count :])
-        return History([], full)
+                if page and page[0].identity() == last:
+                    return History(page[1:], tail)
+                tail.close()
+        series, before = self.client.history(run_id, key), 0
+        for page in series:
+            if before + len(page) >= cursor.count:
+                at = cursor.count - 1 - before
+                if page[at].identity() == last:
+                    return History(page[at + 1 :], series)
+                break
+            before += len(page)
+        series.close()
+        return History([], full=lambda: self.client.history(run_id, key))
+
+
+def _first_page(series: Pages) -> History:
+    """A series read from its start: its first page now, the rest as read."""
+    return History(next(series, []), series)
 
 
 def _all_of(*clauses: str) -> str:

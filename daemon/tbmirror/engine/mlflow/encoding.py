@@ -10,21 +10,21 @@ each fetched series as scalars (steps by mirror/steps.py), and the session end o
 from __future__ import annotations
 
 import hashlib
-from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
 import structlog
 
 from tbmirror.engine.mlflow.planning import Plan
+from tbmirror.engine.mlflow.written import WrittenMarks
 from tbmirror.errors import SourceError
 from tbmirror.journal import Batch
 from tbmirror.mirror import events, summaries
 from tbmirror.mirror.steps import INT64_MAX, next_step
 from tbmirror.model import Cursor, MetricPoint, RunRecord, RunSnapshot
-from tbmirror.sources.mlflow import NOTE_TAG, PARENT_TAG, RUN_NAME_TAG, History
+from tbmirror.sources.mlflow import NOTE_TAG, PARENT_TAG, RUN_NAME_TAG, History, Pages
 
 log = structlog.get_logger(__name__)
 
@@ -43,14 +43,58 @@ MAX_TEXT_VALUE = 2000
 
 
 @dataclass
+class SeriesStream:
+    """The rest of one series, written page by page after its run's first batch (so a series of
+    millions of points never has to be held): each page's records go in a batch with `committed()`,
+    the cursor that covers them.
+
+    New points after the cursor (`marks` None) advance the cursor page by page. A series diffed
+    with what was written (`marks`: a late point was inserted before the cursor) keeps the
+    cursor's count and last point until its last page: a diff cut short is diffed again, and
+    what it wrote is among the marks then. `seen` (what the listing showed of the series) is
+    committed once the series is complete, so an unfinished series is fetched again."""
+
+    key: str
+    cursor: Cursor
+    pages: Pages
+    seen: MetricPoint | None
+    marks: WrittenMarks | None = None
+    count: int = 0  # points of the whole series taken (a diff)
+    last: MetricPoint | None = None
+
+    def take(self, page: list[MetricPoint]) -> list[bytes]:
+        """The records of one page's new points; the cursor follows."""
+        if self.marks is None:
+            new = page
+            if page:
+                self.cursor.count, self.cursor.last = self.cursor.count + len(page), page[-1]
+        else:
+            new = self.marks.unwritten(page)
+            self.count, self.last = self.count + len(page), page[-1] if page else self.last
+        return scalar_records(self.key, new, self.cursor)
+
+    def committed(self) -> Cursor:
+        """The cursor to commit with what `take` gave so far."""
+        return replace(self.cursor)
+
+    def finished(self) -> Cursor:
+        """The cursor once every page was taken."""
+        done = replace(self.cursor, seen=self.seen)
+        if self.marks is not None:
+            done.count, done.last = self.count, self.last
+        return done
+
+
+@dataclass
 class Encoded:
     """One run's records (payloads, unframed), its updated record and cursors, points among
-    them."""
+    them, and the series whose further pages are written after this batch."""
 
     record: RunRecord
     cursors: dict[str, Cursor]
     payloads: list[bytes]
     points: int
+    streams: list[SeriesStream] = field(default_factory=list)
 
 
 class RunEncoder:
@@ -84,29 +128,30 @@ class RunEncoder:
             payloads.append(summaries.text(TEXT_TAG, markdown, now, record.text_step))
             record.text_digest = digest
         cursors: dict[str, Cursor] = {}
+        streams: list[SeriesStream] = []
         points = 0
         for request in plan.requests:
             history = histories[(run.run_id, request.key)]
             if history.error:
                 raise SourceError(history.error)
-            cursor = replace(request.cursor)
-            new = history.new
+            seen = run.latest[request.key]
             if history.full is not None:
-                new = self._unwritten(record.dir, request.key, history.full)
-                cursor.count = len(history.full)
-                cursor.last = history.full[-1] if history.full else None
-            elif new:
-                cursor.count, cursor.last = cursor.count + len(new), new[-1]
-            encoder = summaries.ScalarEncoder(request.key)
-            for point in new:
-                step = next_step(point.step, cursor.tb_step)  # an int64 (responses.py)
-                if step > INT64_MAX:  # nothing TensorBoard can hold comes after INT64_MAX
-                    continue
-                cursor.tb_step = step
-                payloads.append(encoder.encode(point.timestamp / 1000, cursor.tb_step, point.value))
-            points += len(new)
-            cursor.seen = run.latest[request.key]
-            cursors[request.key] = cursor
+                marks = WrittenMarks(self.run_dir_path(record.dir), request.key)
+                log.info("history_rewritten_upstream", run_dir=record.dir, key=request.key,
+                         written=len(marks))  # fmt: skip
+                stream = SeriesStream(request.key, replace(request.cursor), history.full(), seen,
+                                      marks)  # fmt: skip
+                streams.append(stream)
+                continue
+            stream = SeriesStream(request.key, replace(request.cursor), iter(()), seen)
+            payloads += stream.take(history.new)
+            points += len(history.new)
+            if history.more is None:
+                cursors[request.key] = stream.finished()
+            else:
+                cursors[request.key] = stream.committed()
+                stream.pages = history.more
+                streams.append(stream)
         if run.terminal and record.hparams_written and not record.end_written:
             end = (run.end_time or run.start_time or 0) / 1000
             payloads.append(summaries.session_end(run.status, end, now))
@@ -115,20 +160,7 @@ class RunEncoder:
         record.parent_run_id, record.experiment_id = plan.parent_run_id, run.experiment_id
         if plan.reconcile:
             record.reconciled_at = now
-        return Encoded(record, cursors, payloads, points)
-
-    def _unwritten(self, run_dir: str, key: str, full: list[MetricPoint]) -> list[MetricPoint]:
-        """Points of `full` not yet in the run's files, matched on (wall time, float32 value)."""
-        written = Counter(summaries.scalars_in(self.run_dir_path(run_dir), key))
-        new = []
-        for point in full:
-            mark = (point.timestamp / 1000, summaries.float32_bits(point.value))
-            if written[mark] > 0:
-                written[mark] -= 1
-            else:
-                new.append(point)
-        log.info("history_rewritten_upstream", run_dir=run_dir, key=key, new=len(new))
-        return new
+        return Encoded(record, cursors, payloads, points, streams)
 
     def describe(self, run: RunSnapshot) -> str:
         """The run's metadata as Markdown for the text dashboard."""
@@ -153,6 +185,20 @@ class RunEncoder:
                     for k, v in rows.items()
                 ]
         return "\n".join(lines)
+
+
+def scalar_records(key: str, points: list[MetricPoint], cursor: Cursor) -> list[bytes]:
+    """Scalar records of a series' new points, steps by the step rule (mirror/steps.py) after
+    `cursor.tb_step`, which follows."""
+    encoder = summaries.ScalarEncoder(key)
+    records = []
+    for point in points:
+        step = next_step(point.step, cursor.tb_step)  # an int64 (responses.py)
+        if step > INT64_MAX:  # nothing TensorBoard can hold comes after INT64_MAX
+            continue
+        cursor.tb_step = step
+        records.append(encoder.encode(point.timestamp / 1000, step, point.value))
+    return records
 
 
 def append_records(batch: Batch, record: RunRecord, payloads: list[bytes], now: float) -> RunRecord:

@@ -20,14 +20,14 @@ import structlog
 
 from tbmirror.engine.base import PassReport, Progress
 from tbmirror.engine.mlflow.artifacts import ArtifactSync
-from tbmirror.engine.mlflow.encoding import Encoded, RunEncoder, append_records
+from tbmirror.engine.mlflow.encoding import Encoded, RunEncoder, SeriesStream, append_records
 from tbmirror.engine.mlflow.placement import Placement
 from tbmirror.engine.mlflow.planning import Plan, Planner
 from tbmirror.engine.mlflow.selection import AGE, FILTER, STATUS, Selected, Selection
 from tbmirror.errors import TbmirrorError
 from tbmirror.journal import Journal, WriteFault
 from tbmirror.mirror.events import EventsFileLostError
-from tbmirror.model import RunRecord, RunSnapshot
+from tbmirror.model import Cursor, RunRecord, RunSnapshot
 from tbmirror.sources.mlflow import History, MlflowSource, RunListing
 
 log = structlog.get_logger(__name__)
@@ -165,7 +165,8 @@ class MlflowEngine:
             requests = [request for plan in plans for request in plan.requests]
             report.history_series += len(requests)
             histories = self.source.fetch(requests)
-            self._write_chunk(plans, histories, report, stop)
+            streams = self._write_chunk(plans, histories, report, stop)
+            self._write_streams(streams, report, stop)
             self.artifacts.sync([p.run.run_id for p in plans if p.artifacts], report, stop)
             if progress:
                 progress(min(start + CHUNK_RUNS, len(live)), len(live))
@@ -273,12 +274,14 @@ class MlflowEngine:
         histories: dict[tuple[str, str], History],
         report: PassReport,
         stop: threading.Event | None,
-    ) -> None:
-        """Encode every planned run and hand them to the journal as one batch."""
+    ) -> list[tuple[str, SeriesStream]]:
+        """Encode every planned run and hand them to the journal as one batch; returns the
+        series (with their run's id) whose further pages are to be written."""
         now = self.clock()
         lost: list[RunRecord] = []
         committed: list[RunRecord] = []
         written: list[Encoded] = []
+        streams: list[tuple[str, SeriesStream]] = []
         with self.journal.batch(self.source.name) as batch:
             for plan in plans:
                 if stop is not None and stop.is_set():
@@ -297,6 +300,7 @@ class MlflowEngine:
                     committed.append(record)
                 if encoded.payloads:
                     written.append(encoded)
+                streams += [(plan.run.run_id, stream) for stream in encoded.streams]
             bytes_written = batch.bytes_written
         self.placement.committed(committed)
         report.bytes_written += bytes_written
@@ -304,6 +308,51 @@ class MlflowEngine:
         report.points += sum(encoded.points for encoded in written)
         for record in lost:
             self.placement.reset(record)
+        return streams
+
+    def _write_streams(
+        self,
+        streams: list[tuple[str, SeriesStream]],
+        report: PassReport,
+        stop: threading.Event | None,
+    ) -> None:
+        """Write the further pages of long series, one batch a page, as they are fetched (a
+        series of millions of points is never held whole). A run whose page fails is counted
+        failed; what its earlier pages committed stays."""
+        failed: set[str] = set()
+        for run_id, stream in streams:
+            if run_id in failed or run_id not in self.placement.records:
+                continue
+            try:
+                for page in stream.pages:
+                    payloads = stream.take(page)
+                    report.bytes_written += self._write_page(run_id, stream, payloads)
+                    report.points += len(payloads)
+                    if stop is not None and stop.is_set():
+                        return  # the rest of the series is fetched again next pass
+                self._write_page(run_id, stream, [], stream.finished())
+            except WriteFault:
+                raise
+            except Exception as error:  # one bad run never stops the others
+                failed.add(run_id)
+                self._fail(report, run_id, error)
+                if isinstance(error, EventsFileLostError):
+                    self.placement.reset(self.placement.records[run_id])
+
+    def _write_page(
+        self, run_id: str, stream: SeriesStream, payloads: list[bytes], cursor: Cursor | None = None
+    ) -> int:
+        """Records of a series and the cursor that covers them (default: what was taken so far)
+        as one batch; returns the bytes written."""
+        before = self.placement.records[run_id]
+        with self.journal.batch(self.source.name) as batch:
+            record = append_records(batch, before, payloads, self.clock())
+            if record != before:
+                batch.put_run(record)
+            batch.put_cursors(record.source, run_id, {stream.key: cursor or stream.committed()})
+            written = batch.bytes_written
+        self.placement.committed([record])
+        return written
 
     def _trial_name(self, run: RunSnapshot) -> str:
         """A name for the run's HParams session that no other session in the state store has:

@@ -1,0 +1,116 @@
+"""Long series stream into the mirror page by page (issue 14): a series longer than one get-history
+page is written a page a batch, its cursor committed with each page, so a pass cut short resumes
+where it stopped; a series rewritten upstream is diffed page by page against compact marks of
+what was written. A HostileProxy in front of the real `mlflow server` breaks pages on demand."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from mlflow.entities import Metric
+
+from conftest import (
+    MlflowServer,
+    TensorBoard,
+    mlflow_source,
+    new_run,
+    tb_run,
+    tbmirror,
+    write_config,
+)
+from helpers.hostile_proxy import HostileProxy
+from tbmirror.engine.mlflow.encoding import SeriesStream
+from tbmirror.engine.mlflow.written import WrittenMarks
+from tbmirror.mirror import events, summaries
+from tbmirror.model import Cursor, MetricPoint
+from tbmirror.sources.mlflow import HISTORY_PAGE_SIZE
+
+T0 = 1_700_000_000_000
+POINTS = 2 * HISTORY_PAGE_SIZE + 5_000  # three pages
+
+
+def log_points(client: Any, run_id: str, steps: range, timestamp: Callable[[int], int]) -> None:
+    for start in range(steps.start, steps.stop, 1000):
+        batch = range(start, min(start + 1000, steps.stop))
+        client.log_batch(run_id, metrics=[Metric("loss", s / 3, timestamp(s), s) for s in batch])
+
+
+def test_a_long_series_is_written_a_page_a_batch_and_resumes_after_a_failed_page(
+    tmp_path: Path,
+    mirror_root: Path,
+    mlflow_server: MlflowServer,
+    proxy: HostileProxy,
+    tensorboard: TensorBoard,
+    source_name: str,
+    experiment_name: str,
+) -> None:
+    client = mlflow_server.client()
+    run_id = new_run(client, experiment_name, "long")
+    log_points(client, run_id, range(POINTS), lambda step: T0 + step)
+    config = write_config(
+        tmp_path / "tbmirror.yaml",
+        mirror_root,
+        [mlflow_source(source_name, proxy.url, [experiment_name], max_retries=0)],
+    )
+    run_dir = mirror_root / source_name / experiment_name / "long"
+
+    def sync() -> Any:
+        return tbmirror("sync", "--config", str(config))
+
+    # The second page of get-history fails: the first page is committed, with its cursor.
+    proxy.set("status", path=r"/metrics/get-history\?.*page_token", code=500)
+    result = sync()
+    assert result.returncode == 1 and run_id in result.stdout + result.stderr
+    assert len(summaries.scalars_in(run_dir, "loss")) == HISTORY_PAGE_SIZE
+    proxy.clear()
+    result = sync()
+    assert result.returncode == 0, result.stdout + result.stderr
+    points = tensorboard.wait_scalars(tb_run(source_name, experiment_name, "long"), "loss", POINTS)
+    assert [int(point[1]) for point in points] == list(range(POINTS))
+    pages = [seen for seen in proxy.seen(r"/metrics/get-history\?") if seen.status == 200]
+    assert len(pages) == 1 + 2  # the first page; then from offset 24,999 (the boundary) on
+
+    # A late point lands before the cursor (an older timestamp): the whole series is diffed
+    # page by page, and only what is new is written.
+    client.log_batch(run_id, metrics=[Metric("loss", -1.0, T0 - 5, POINTS)])
+    log_points(client, run_id, range(POINTS + 1, POINTS + 11), lambda step: T0 + step)
+    result = sync()
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "history_rewritten_upstream" in result.stderr
+    marks = summaries.scalars_in(run_dir, "loss")
+    assert len(marks) == POINTS + 11 and len(set(marks)) == POINTS + 11
+    result = sync()  # nothing new: nothing written
+    assert "0 points" in result.stdout, result.stdout
+
+
+def test_a_diff_cut_short_keeps_the_cursor_so_it_is_diffed_again(tmp_path: Path) -> None:
+    """Unit: a diff's pages commit only the step they reached; count, last point and `seen`
+    wait for its end. Run again over the same files, a diff finds nothing twice."""
+    written = [MetricPoint(T0 + i, i, float(i)) for i in range(10)]
+    encoder = summaries.ScalarEncoder("loss")
+    data = events.frame(summaries.file_version(1.7e9)) + b"".join(
+        events.frame(encoder.encode(p.timestamp / 1000, p.step, p.value)) for p in written
+    )
+    (tmp_path / "events.out.tfevents.1.x").write_bytes(data)
+    late = MetricPoint(T0 - 1, 10, -1.0)
+    series = [late, *written, MetricPoint(T0 + 10, 11, 10.0)]
+    old = Cursor(10, written[-1], tb_step=9, seen=written[-1])
+    seen = series[-1]
+
+    stream = SeriesStream("loss", replace(old), iter(()), seen, WrittenMarks(tmp_path, "loss"))
+    records = stream.take(series[:6])
+    assert len(records) == 1  # the late point; five were written
+    with (tmp_path / "events.out.tfevents.1.x").open("ab") as file:
+        file.write(events.frame_all(records))  # committed with `cut`; then the pass was cut
+    cut = stream.committed()
+    assert (cut.count, cut.last, cut.seen, cut.tb_step) == (10, written[-1], written[-1], 10)
+    records = stream.take(series[6:])
+    assert len(records) == 1
+    done = stream.finished()
+    assert (done.count, done.last, done.seen, done.tb_step) == (12, series[-1], seen, 11)
+
+    again = SeriesStream("loss", cut, iter(()), seen, WrittenMarks(tmp_path, "loss"))
+    assert len(again.take(series)) == 1  # the late point is among the marks now: only the last
