@@ -577,9 +577,10 @@ class MlflowSource:
         """The series past its cursor: its first page of new points now, the rest as read.
 
         The cursor's last point is looked for where it should be: the first point of the page at
-        offset count-1 (offset page tokens), else the count-th point of the series read from its
+        offset count-1 (offset page tokens), or the count-th point of the series read from its
         start (servers whose page tokens are opaque; those pages are read, not kept). Not there:
-        points were inserted before it, and the whole series is diffed (`History.full`)."""
+        points were inserted before it (or a server ignored the offset), and the whole series is
+        diffed (`History.full`)."""
         run_id, key, cursor = request.run_id, request.key, request.cursor
         if cursor.count == 0 or cursor.last is None:
             return _first_page(self.client.history(run_id, key))
@@ -597,6 +598,7 @@ class MlflowSource:
                 if page and page[0].identity() == last:
                     return History(page[1:], tail)
                 tail.close()
+                return History([], full=lambda: self.client.history(run_id, key))
         series, before = self.client.history(run_id, key), 0
         for page in series:
             if before + len(page) >= cursor.count:
