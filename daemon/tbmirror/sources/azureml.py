@@ -35,7 +35,6 @@ from tbmirror.sources.stores import (
     FileReader,
     ListingLimit,
     RunRef,
-    SignedFile,
     SignedUrl,
     SignedUrls,
     listed,
@@ -54,7 +53,7 @@ class AzureMlArtifacts:
     ) -> None:
         """`history`: the workspace's run history API; `storage`: for signed blob URLs."""
         self.settings, self._history, self._storage = settings, history, storage
-        self._urls = SignedUrls()
+        self._signed = SignedUrls(storage, self._content_uri)
 
     @property
     def requests_made(self) -> int:
@@ -82,11 +81,7 @@ class AzureMlArtifacts:
             yield from page.value
 
     def reader(self, run: RunRef, artifact: Artifact) -> FileReader:
-        def sign(fresh: bool) -> SignedUrl:
-            return self._urls.get(run, artifact.path, lambda: self._content_uri(run, artifact.path),
-                                  fresh)  # fmt: skip
-
-        return SignedFile(self._storage, artifact.path, sign, artifact.size)
+        return self._signed.reader(run, artifact)
 
     def _content_uri(self, run: RunRef, path: str) -> SignedUrl:
         endpoint = _run_endpoint(run, "artifacts/contentinfo")

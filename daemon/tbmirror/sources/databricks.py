@@ -18,7 +18,6 @@ from tbmirror.sources.stores import (
     ArtifactStore,
     FileReader,
     RunRef,
-    SignedFile,
     SignedUrl,
     SignedUrls,
 )
@@ -35,7 +34,7 @@ class DatabricksArtifacts:
         """`listing`: MLflow's `artifacts/list` walk; `api`: the workspace's REST client (for
         signed URLs); `storage`: for the signed URLs themselves."""
         self._listing, self._api, self._storage = listing, api, storage
-        self._urls = SignedUrls()
+        self._signed = SignedUrls(storage, self._signed_url)
 
     @property
     def requests_made(self) -> int:
@@ -45,11 +44,7 @@ class DatabricksArtifacts:
         return self._listing.files(run, images_folder)
 
     def reader(self, run: RunRef, artifact: Artifact) -> FileReader:
-        def sign(fresh: bool) -> SignedUrl:
-            return self._urls.get(run, artifact.path, lambda: self._signed_url(run, artifact.path),
-                                  fresh)  # fmt: skip
-
-        return SignedFile(self._storage, artifact.path, sign, artifact.size)
+        return self._signed.reader(run, artifact)
 
     def _signed_url(self, run: RunRef, path: str) -> SignedUrl:
         body = self._api.post(CREDENTIALS_FOR_READ, {"run_id": run.run_id, "path": [path]})

@@ -142,24 +142,33 @@ class SignedUrl:
 
 
 class SignedUrls:
-    """Signed URLs handed out by a store, kept while they work (the last KEPT_URLS used: a live
-    run's files are read pass after pass). Thread-safe."""
+    """The readers of a store whose files are read through signed URLs, and the URLs handed out,
+    kept while they work (the last KEPT_URLS used: a live run's files are read pass after pass).
+    Thread-safe."""
 
-    def __init__(self) -> None:
+    def __init__(self, storage: RestClient, sign: Callable[[RunRef, str], SignedUrl]) -> None:
+        """`storage`: a client without credentials of ours; `sign`: a new URL for a file."""
+        self._storage, self._sign = storage, sign
         self._lock = threading.Lock()
         self._urls: OrderedDict[tuple[str, str], SignedUrl] = OrderedDict()
 
-    def get(
-        self, run: RunRef, path: str, sign: Callable[[], SignedUrl], fresh: bool = False
-    ) -> SignedUrl:
-        """The kept URL of (run, path), or (when none is kept, or `fresh`) a new one from `sign`."""
+    def reader(self, run: RunRef, artifact: Artifact) -> SignedFile:
+        return SignedFile(
+            self._storage,
+            artifact.path,
+            lambda fresh: self.get(run, artifact.path, fresh),
+            artifact.size,
+        )
+
+    def get(self, run: RunRef, path: str, fresh: bool = False) -> SignedUrl:
+        """The kept URL of (run, path), or (when none is kept, or `fresh`) a newly signed one."""
         key = (run.run_id, path)
         with self._lock:
             kept = None if fresh else self._urls.get(key)
             if kept is not None:
                 self._urls.move_to_end(key)
                 return kept
-        signed = sign()
+        signed = self._sign(run, path)
         with self._lock:
             self._urls[key] = signed
             self._urls.move_to_end(key)
