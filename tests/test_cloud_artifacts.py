@@ -80,6 +80,9 @@ def test_an_azureml_run_logs_are_tailed_exactly_once_into_tensorboard(
     azureml_workspace.put(run_id, f"logs/{LOG_NAME}", first)
     source = azure_source(source_name, azureml_workspace, experiment_name)
 
+    check = tbmirror("check", "--config", str(write_config(tmp_path / "c.yaml", mirror_root,
+                                                          [source])))  # fmt: skip
+    assert "(auth bearer, artifacts azureml, " in check.stdout, check.stdout + check.stderr
     result = run_sync(tmp_path, mirror_root, source)
     assert result.returncode == 0, result.stdout + result.stderr
     board_run = tb_run(source_name, experiment_name, "train", "logs")

@@ -106,8 +106,8 @@ def test_all_experiments_follow_experiment_renames(
         check = tbmirror("check", "--config", str(config))
         assert (
             check.returncode == 0
-            and f"ok    {source_name}: {server.url} (auth none, 2 experiments visible): "
-            f"experiments Default, after"
+            and f"ok    {source_name}: {server.url} (auth none, artifacts mlflow, "
+            f"2 experiments visible): experiments Default, after"
             in check.stdout
         )
     finally:
@@ -129,7 +129,9 @@ def test_check_reports_each_source(
     result = tbmirror("check", "--config", str(config))
     assert result.returncode == 1
     good = [line for line in result.stdout.splitlines() if line.startswith("ok    good: ")]
-    assert good and good[0].startswith(f"ok    good: {mlflow_server.url} (auth none, ")
+    assert good and good[0].startswith(
+        f"ok    good: {mlflow_server.url} (auth none, artifacts mlflow, "
+    )
     assert good[0].endswith(
         f"experiments visible): experiments {experiment_name}; not found: missing-one"
     )

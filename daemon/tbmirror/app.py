@@ -135,7 +135,11 @@ def _check_mlflow(settings: MlflowSourceSettings) -> CheckResult:
             for e in experiments.values()
         )
     )
-    text = f"{url} (auth {auth}, {visible} experiments visible): experiments {names or 'none'}"
+    artifacts = settings.artifact_store if settings.artifacts.enabled else "off"
+    text = (
+        f"{url} (auth {auth}, artifacts {artifacts}, {visible} experiments visible): "
+        f"experiments {names or 'none'}"
+    )
     if missing:
         text += f"; not found: {', '.join(missing)}"
     return CheckResult(settings.name, True, text)
