@@ -398,7 +398,7 @@ WORKSPACE = (
     [
         ("http://127.0.0.1:5000", None, "auto", "mlflow"),
         (WORKSPACE, None, "auto", "azureml"),
-        ("https://adb-1.azuredatabricks.net", {"type": "azure"}, "auto", "azureml"),
+        ("https://adb-1.azuredatabricks.net", {"type": "azure"}, "auto", "mlflow"),
         ("https://adb-1.azuredatabricks.net", {"type": "databricks", "token": "t"}, "auto",
          "databricks"),
         (WORKSPACE, None, "mlflow", "mlflow"),
@@ -420,6 +420,13 @@ def test_the_artifact_store_follows_the_tracking_uri_and_auth(
         ("artifacts: {paths: ['../x']}", "sources[0].artifacts.paths: expected folders below"),
         ("artifacts: {paths: ['a//b']}", "sources[0].artifacts.paths: expected folders below"),
         ("artifacts: {paths: ['/']}", "sources[0].artifacts.paths: expected folders below"),
+        ("artifacts: {paths: [' logs']}", "sources[0].artifacts.paths: expected folders below"),
+        ("artifacts: {paths: [logs, logs/tb]}", "sources[0].artifacts.paths: 'logs/tb' is inside"),
+        (
+            "artifacts: {paths: [logs, logs/]}",
+            "sources[0].artifacts.paths: a folder is listed twice",
+        ),
+        ("artifacts: {paths: [a/b/c/d]}", "sources[0].artifacts: paths: 'a/b/c/d' is deeper than"),
         ("artifacts: {store: s3}", "sources[0].artifacts.store: Input should be 'auto', 'mlflow'"),
         ("artifacts: {max_listed: 0}", "sources[0].artifacts.max_listed: Input should be greater"),
         ("artifacts: {store: azureml}", "sources[0]: artifacts.store: azureml needs the workspace"),

@@ -12,7 +12,8 @@ import pytest
 
 from tbmirror.config import parse_settings
 from tbmirror.errors import SourceError
-from tbmirror.sources.http import RateLimiter, RestClient
+from tbmirror.sources.http import BadAnswerError, RateLimiter, RestClient
+from tbmirror.sources.responses import RunsPage, pages
 
 
 class _Busy(http.server.BaseHTTPRequestHandler):
@@ -90,3 +91,16 @@ def test_databricks_gets_its_documented_limits_by_default() -> None:
         text % "auth: {type: databricks, token: t}, max_search_requests_per_second: 2"
     ).sources[0]
     assert (tuned.search_rate_limit, tuned.rate_limit) == (2.0, 127.0)
+
+
+def test_paging_without_end_is_an_error() -> None:
+    """A server answering page after page, each with a new token (empty pages, say), is cut off
+    after `max_pages`: a listing that never ends must not hold a pass forever."""
+    tokens = itertools.count()
+
+    def endless(extra: dict[str, str]) -> dict[str, object]:
+        return {"runs": [], "next_page_token": f"token-{next(tokens)}"}
+
+    with pytest.raises(BadAnswerError, match="more than 5 pages"):
+        list(pages(endless, RunsPage, "/runs/search", max_pages=5))
+    assert next(tokens) == 5

@@ -5,6 +5,7 @@ what was written. A HostileProxy in front of the real `mlflow server` breaks pag
 
 from __future__ import annotations
 
+import urllib.parse
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -23,10 +24,9 @@ from conftest import (
 )
 from helpers.hostile_proxy import HostileProxy
 from tbmirror.engine.mlflow.encoding import SeriesStream
-from tbmirror.engine.mlflow.written import WrittenMarks
 from tbmirror.mirror import events, summaries
 from tbmirror.model import Cursor, MetricPoint
-from tbmirror.sources.mlflow import HISTORY_PAGE_SIZE
+from tbmirror.sources.mlflow import HISTORY_PAGE_SIZE, _offset_token
 
 T0 = 1_700_000_000_000
 POINTS = 2 * HISTORY_PAGE_SIZE + 5_000  # three pages
@@ -85,10 +85,24 @@ def test_a_long_series_is_written_a_page_a_batch_and_resumes_after_a_failed_page
     result = sync()  # nothing new: nothing written
     assert "0 points" in result.stdout, result.stdout
 
+    # A late point that changes nothing the listing shows (an older time, a lower step): only a
+    # reconcile finds it. The diff's second page fails; the next pass, no reconcile due, goes on.
+    client.log_batch(run_id, metrics=[Metric("loss", -2.0, T0 + 30_000, 3)])  # in page 2
+    check = urllib.parse.quote(_offset_token(POINTS + 10), safe="")
+    proxy.set("status", path=rf"/get-history\?(?!.*page_token={check}).*page_token=", code=500)
+    result = tbmirror("sync", "--config", str(config), "--reconcile")
+    assert result.returncode == 1, result.stdout + result.stderr
+    proxy.clear()
+    result = sync()
+    assert result.returncode == 0 and ", 1 points," in result.stdout, result.stdout
+    marks = summaries.scalars_in(run_dir, "loss")
+    assert len(marks) == POINTS + 12 and len(set(marks)) == POINTS + 12
+
 
 def test_a_diff_cut_short_keeps_the_cursor_so_it_is_diffed_again(tmp_path: Path) -> None:
-    """Unit: a diff's pages commit only the step they reached; count, last point and `seen`
-    wait for its end. Run again over the same files, a diff finds nothing twice."""
+    """Unit: a diff's pages commit only the step they reached, and no `seen` (so the next pass
+    fetches the series again); count, last point and `seen` wait for its end. Run again over the
+    same files, a diff finds nothing twice."""
     written = [MetricPoint(T0 + i, i, float(i)) for i in range(10)]
     encoder = summaries.ScalarEncoder("loss")
     data = events.frame(summaries.file_version(1.7e9)) + b"".join(
@@ -100,17 +114,17 @@ def test_a_diff_cut_short_keeps_the_cursor_so_it_is_diffed_again(tmp_path: Path)
     old = Cursor(10, written[-1], tb_step=9, seen=written[-1])
     seen = series[-1]
 
-    stream = SeriesStream("loss", replace(old), iter(()), seen, WrittenMarks(tmp_path, "loss"))
+    stream = SeriesStream("loss", replace(old), iter(()), seen, tmp_path)
     records = stream.take(series[:6])
     assert len(records) == 1  # the late point; five were written
     with (tmp_path / "events.out.tfevents.1.x").open("ab") as file:
         file.write(events.frame_all(records))  # committed with `cut`; then the pass was cut
     cut = stream.committed()
-    assert (cut.count, cut.last, cut.seen, cut.tb_step) == (10, written[-1], written[-1], 10)
+    assert (cut.count, cut.last, cut.seen, cut.tb_step) == (10, written[-1], None, 10)
     records = stream.take(series[6:])
     assert len(records) == 1
     done = stream.finished()
     assert (done.count, done.last, done.seen, done.tb_step) == (12, series[-1], seen, 11)
 
-    again = SeriesStream("loss", cut, iter(()), seen, WrittenMarks(tmp_path, "loss"))
+    again = SeriesStream("loss", cut, iter(()), seen, tmp_path)
     assert len(again.take(series)) == 1  # the late point is among the marks now: only the last

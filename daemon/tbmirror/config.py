@@ -357,12 +357,27 @@ class ArtifactSettings(_Section):
         for path in value:
             folder = path.strip("/")
             parts = folder.split("/")
-            if not folder or any(part in ("", ".", "..") for part in parts):
+            if not folder or any(part in ("", ".", "..") or part != part.strip() for part in parts):
                 raise ValueError("expected folders below the run's root, like 'logs' or 'tb/train'")
             if not folder.isprintable():
                 raise ValueError("expected folders without control characters")
             folders.append(folder)
+        for folder in folders:
+            if any(other != folder and folder.startswith(f"{other}/") for other in folders):
+                raise ValueError(f"{folder!r} is inside another folder listed: list it once")
+        if len(set(folders)) != len(folders):
+            raise ValueError("a folder is listed twice")
         return folders
+
+    @model_validator(mode="after")
+    def _folders_within_depth(self) -> ArtifactSettings:
+        for folder in self.paths:
+            if folder.count("/") + 1 > self.max_depth:
+                raise ValueError(
+                    f"paths: {folder!r} is deeper than max_depth ({self.max_depth}): "
+                    "nothing in it would be listed"
+                )
+        return self
 
 
 class MlflowSourceSettings(_Section):
@@ -464,11 +479,11 @@ class MlflowSourceSettings(_Section):
     @property
     def artifact_store(self) -> Literal["mlflow", "azureml", "databricks"]:
         """Where runs' artifacts are read: `artifacts.store`, or what "auto" picks for this
-        source (Azure ML for a workspace's tracking URI or azure auth, Databricks for databricks
-        auth, else MLflow's own artifact endpoints)."""
+        source (Azure ML for a workspace's tracking URI, Databricks for databricks auth, else
+        MLflow's own artifact endpoints)."""
         if self.artifacts.store != "auto":
             return self.artifacts.store
-        if isinstance(self.auth, AzureAuth) or azureml_workspace(self.tracking_uri):
+        if azureml_workspace(self.tracking_uri):
             return "azureml"
         if isinstance(self.auth, DatabricksAuth):
             return "databricks"
@@ -476,7 +491,12 @@ class MlflowSourceSettings(_Section):
 
     @model_validator(mode="after")
     def _azureml_workspace(self) -> MlflowSourceSettings:
-        if self.artifacts.store == "azureml" and not azureml_workspace(self.tracking_uri):
+        artifacts = self.artifacts
+        if (
+            artifacts.enabled
+            and artifacts.store == "azureml"
+            and not azureml_workspace(self.tracking_uri)
+        ):
             raise ValueError(
                 "artifacts.store: azureml needs the workspace's tracking_uri (azureml://<region>"
                 ".api.azureml.ms/mlflow/v1.0/subscriptions/<id>/resourceGroups/<group>/providers"

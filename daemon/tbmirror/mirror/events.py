@@ -86,9 +86,12 @@ def iter_file_records(path: Path, chunk_bytes: int = 8 * 1024**2) -> Iterator[Re
         while chunk := file.read(chunk_bytes):
             data += chunk
             end = 0
-            for record in iter_records(data):
-                end = record.end
-                yield Record(record.payload, base + end)
+            try:
+                for record in iter_records(data):
+                    end = record.end
+                    yield Record(record.payload, base + end)
+            except CorruptRecordError as error:
+                raise CorruptRecordError(base + error.offset) from None
             data, base = data[end:], base + end
 
 

@@ -77,7 +77,13 @@ class AzureMlArtifacts:
         def fetch(extra: dict[str, str]) -> dict[str, Any]:
             return self._history.get(endpoint, query | extra)
 
-        for page in pages(fetch, AzureArtifactsPage, endpoint, token_param="continuationToken"):
+        for page in pages(
+            fetch,
+            AzureArtifactsPage,
+            endpoint,
+            token_param="continuationToken",
+            max_pages=self.settings.max_listed,  # (empty pages without end count too)
+        ):
             yield from page.value
 
     def reader(self, run: RunRef, artifact: Artifact) -> FileReader:

@@ -196,7 +196,12 @@ class RestClient:
         etag = answer.headers.get("ETag")
         if answer.status_code == 206:
             matched = _CONTENT_RANGE.match(answered)
-            if matched and matched.group(3).isdigit() and len(answer.content) == 1:
+            if (
+                matched
+                and matched.group(1) == "0"
+                and matched.group(3).isdigit()
+                and len(answer.content) == 1
+            ):
                 return int(matched.group(3)), etag
         elif answer.status_code == 416:
             if answered == "bytes */0":
@@ -251,6 +256,8 @@ class RestClient:
         """One try: a whole answer within the deadline and the size limit, or an error."""
         try:
             answer = self._read(method, path, url, **kwargs)
+        except httpx.InvalidURL:
+            raise BadAnswerError(f"{method} {path}: not a URL that can be requested") from None
         except httpx.HTTPError as error:
             raise _Retryable(_describe(error)) from None
         status = answer.status_code

@@ -42,6 +42,7 @@ from tbmirror.sources.azureml import HISTORY_API, AzureMlArtifacts
 from tbmirror.sources.databricks import DatabricksArtifacts
 from tbmirror.sources.http import BadAnswerError, HttpStatusError, RestClient
 from tbmirror.sources.responses import (
+    MAX_PAGES,
     ExperimentAnswer,
     ExperimentJson,
     ExperimentsPage,
@@ -71,6 +72,7 @@ API = "/api/2.0/mlflow"
 AJAX_API = "/ajax-api/2.0/mlflow"
 SEARCH_PAGE_SIZE = 1000
 HISTORY_PAGE_SIZE = 25000
+MAX_HISTORY_PAGES = 4000  # 100 M points of one series in one pass
 BULK_MAX_RUNS = 100
 BULK_MAX_RESULTS = 25000
 PARENT_TAG = "mlflow.parentRunId"
@@ -79,6 +81,10 @@ CHILD = f"tags.`{PARENT_TAG}` IS NOT NULL"
 _RUN_ID = re.compile(r"^[A-Za-z0-9][\w-]{0,255}$")
 RUN_NAME_TAG = "mlflow.runName"
 NOTE_TAG = "mlflow.note.content"
+
+
+class SeriesChangedError(SourceError):
+    """A series changed while it was read page by page: the rest is read at the next pass."""
 
 
 class SelectionError(SourceError):
@@ -209,18 +215,22 @@ class MlflowClient:
         return "deleted" if run.deleted else "active"
 
     def history(
-        self, run_id: str, key: str, offset: int | None = None
-    ) -> Generator[list[MetricPoint], None, None]:
-        """The key's history from `offset` (a constructed offset page token) to the end, a page
-        (HISTORY_PAGE_SIZE points) at a time, each fetched as the one before is taken."""
+        self, run_id: str, key: str, start: str | None = None
+    ) -> Generator[tuple[list[MetricPoint], str | None], None, None]:
+        """The key's history from the page token `start` (None: its first point) to its end, a
+        page (HISTORY_PAGE_SIZE points) at a time, each fetched as the one before is taken; with
+        each page, the token of the next (None: it is the last)."""
         endpoint = f"{API}/metrics/get-history"
         params = {"run_id": run_id, "metric_key": key, "max_results": HISTORY_PAGE_SIZE}
-        first = {"page_token": _offset_token(offset)} if offset else {}
         found = pages(
-            lambda extra: self.rest.get(endpoint, params | (extra or first)), HistoryPage, endpoint
+            lambda extra: self.rest.get(endpoint, params | extra),
+            HistoryPage,
+            endpoint,
+            start=start,
+            max_pages=MAX_HISTORY_PAGES,
         )
         for page in found:
-            yield [point_from_json(item) for item in page.metrics]
+            yield [point_from_json(item) for item in page.metrics], page.next_page_token
 
     def history_bulk(self, run_ids: list[str], key: str) -> dict[str, list[MetricPoint]] | None:
         """Whole histories of `key` for up to 100 runs in one request.
@@ -249,11 +259,18 @@ class MlflowClient:
         cut = items[-1].run_id or ""
         return {run_id: by_run.get(run_id, []) for run_id in run_ids if run_id < cut}
 
-    def artifacts(self, run_id: str, path: str = "") -> Iterator[tuple[str, bool, int]]:
+    def artifacts(
+        self, run_id: str, path: str = "", max_pages: int = MAX_PAGES
+    ) -> Iterator[tuple[str, bool, int]]:
         """(path, is_dir, size) of the entries of one artifact folder (one level)."""
         endpoint = f"{API}/artifacts/list"
         params = {"run_id": run_id} | ({"path": path} if path else {})
-        found = pages(lambda extra: self.rest.get(endpoint, params | extra), FilesPage, endpoint)
+        found = pages(
+            lambda extra: self.rest.get(endpoint, params | extra),
+            FilesPage,
+            endpoint,
+            max_pages=max_pages,
+        )
         for page in found:
             for item in page.files:
                 yield item.path, item.is_dir, item.file_size or 0
@@ -279,6 +296,7 @@ class MlflowArtifacts:
     walked down to `artifacts.max_depth`; files read with `/get-artifact` Range requests."""
 
     sizes_listed = True
+    requests_made = 0  # (counted by the source's client, which it shares)
 
     def __init__(self, settings: ArtifactSettings, client: MlflowClient) -> None:
         self.settings, self.client = settings, client
@@ -286,26 +304,24 @@ class MlflowArtifacts:
     def files(self, run: RunRef, images_folder: bool) -> list[Artifact]:
         settings = self.settings
         limit = ListingLimit(settings, run)
-        found: list[Artifact] = []
+        found: dict[str, Artifact] = {}  # by path: a server listing one twice lists it once
         folders = [(folder, folder.count("/") + 1) for folder in settings.paths] or [("", 0)]
-        folders = [(folder, depth) for folder, depth in folders if depth <= settings.max_depth]
         while folders:
             folder, depth = folders.pop()
-            for path, is_dir, size in self.client.artifacts(run.run_id, folder):
+            listing = self.client.artifacts(run.run_id, folder, max_pages=settings.max_listed)
+            for path, is_dir, size in listing:
                 limit.take()
                 if not is_dir:
                     if listed(settings, path, images_folder):
-                        found.append(Artifact(path, size))
+                        found[path] = Artifact(path, size)
                 elif depth < settings.max_depth and not (
                     depth == 0 and skipped_folder(path, images_folder)
                 ):
                     folders.append((path, depth + 1))
-        return sorted(found, key=lambda artifact: artifact.path)
+        return sorted(found.values(), key=lambda artifact: artifact.path)
 
     def reader(self, run: RunRef, artifact: Artifact) -> FileReader:
         return ArtifactFile(self.client.rest, run.run_id, artifact.path, artifact.size or 0)
-
-    requests_made = 0  # (counted by the source's client, which it shares)
 
     def close(self) -> None:
         """Nothing of its own: it shares the source's client."""
@@ -576,44 +592,81 @@ class MlflowSource:
     def _fetch_one(self, request: HistoryRequest) -> History:
         """The series past its cursor: its first page of new points now, the rest as read.
 
-        The cursor's last point is looked for where it should be: the first point of the page at
-        offset count-1 (offset page tokens), or the count-th point of the series read from its
+        The cursor's last point is looked for where it should be: first in the page asked from
+        its offset, count-1 (offset page tokens), or at that index of the series read from its
         start (servers whose page tokens are opaque; those pages are read, not kept). Not there:
-        points were inserted before it (or a server ignored the offset), and the whole series is
-        diffed (`History.full`)."""
+        points were inserted before it (or the server ignored the offset), and the whole series
+        is diffed (`History.full`). With offset tokens, each further page is asked from the last
+        point taken, which must come first again (else SeriesChangedError, as it is read)."""
         run_id, key, cursor = request.run_id, request.key, request.cursor
         if cursor.count == 0 or cursor.last is None:
-            return _first_page(self.client.history(run_id, key))
-        last = cursor.last.identity()
+            page, token = next(self.client.history(run_id, key))
+            if token is None or not page:
+                return History(page)
+            if self._offset_tokens:
+                return History(page, self._pages_after(run_id, key, len(page) - 1, page[-1]))
+            return History(page, _points(self.client.history(run_id, key, token)))
         if self._offset_tokens:
             try:
-                tail = self.client.history(run_id, key, offset=cursor.count - 1)
-                page = next(tail, [])
+                return self._history_after(run_id, key, cursor.count - 1, cursor.last)
+            except SeriesChangedError:
+                return History([], full=lambda: _points(self.client.history(run_id, key)))
             except HttpStatusError as error:
                 if error.status_code != 400:
                     raise
                 log.warning("offset_page_tokens_unsupported", source=self.name)
                 self._offset_tokens = False
-            else:
-                if page and page[0].identity() == last:
-                    return History(page[1:], tail)
-                tail.close()
-                return History([], full=lambda: self.client.history(run_id, key))
         series, before = self.client.history(run_id, key), 0
-        for page in series:
+        for page, token in series:
             if before + len(page) >= cursor.count:
                 at = cursor.count - 1 - before
-                if page[at].identity() == last:
-                    return History(page[at + 1 :], series)
+                if page[at].identity() == cursor.last.identity():
+                    return History(page[at + 1 :], _points(series) if token else None)
                 break
             before += len(page)
         series.close()
-        return History([], full=lambda: self.client.history(run_id, key))
+        return History([], full=lambda: _points(self.client.history(run_id, key)))
+
+    def _history_after(self, run_id: str, key: str, offset: int, last: MetricPoint) -> History:
+        """The points after `last`, which must be the point at `offset` (else SeriesChangedError):
+        the first page now, the others as read."""
+        page, more = self._page_after(run_id, key, offset, last)
+        if not more:
+            return History(page)
+        if not page:
+            raise BadAnswerError(f"get-history of {key}: an empty page before more pages")
+        return History(page, self._pages_after(run_id, key, offset + len(page), page[-1]))
+
+    def _pages_after(self, run_id: str, key: str, offset: int, last: MetricPoint) -> Pages:
+        """Pages of the points after `last` (the point at `offset`), each asked from the last
+        point taken, which must still be there (SeriesChangedError: a point was inserted before
+        it since, and this page would repeat one and miss it)."""
+        for _ in range(MAX_HISTORY_PAGES):
+            page, more = self._page_after(run_id, key, offset, last)
+            if more and not page:
+                raise BadAnswerError(f"get-history of {key}: an empty page before more pages")
+            yield page
+            if not more:
+                return
+            offset, last = offset + len(page), page[-1]
+        raise BadAnswerError(f"get-history of {key}: more than {MAX_HISTORY_PAGES:,} pages")
+
+    def _page_after(
+        self, run_id: str, key: str, offset: int, last: MetricPoint
+    ) -> tuple[list[MetricPoint], bool]:
+        """The page from `offset`, which must start with `last`, without it; whether more follow."""
+        series = self.client.history(run_id, key, _offset_token(offset) if offset else None)
+        page, token = next(series)
+        series.close()
+        if not page or page[0].identity() != last.identity():
+            raise SeriesChangedError(f"{key}: the series changed while it was read")
+        return page[1:], token is not None
 
 
-def _first_page(series: Pages) -> History:
-    """A series read from its start: its first page now, the rest as read."""
-    return History(next(series, []), series)
+def _points(series: Iterator[tuple[list[MetricPoint], str | None]]) -> Pages:
+    """The points of each page of a series."""
+    for page, _ in series:
+        yield page
 
 
 def _all_of(*clauses: str) -> str:

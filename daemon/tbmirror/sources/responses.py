@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from tbmirror.sources.http import BadAnswerError
 
+MAX_PAGES = 10_000  # of any paged answer, unless the caller says otherwise
 Int64 = Annotated[int, Field(ge=-(2**63), le=2**63 - 1)]  # what MLflow stores and TensorBoard holds
 
 
@@ -183,14 +184,17 @@ def pages(
     model: type[Page],
     endpoint: str,
     token_param: str = "page_token",
+    start: str | None = None,
+    max_pages: int = MAX_PAGES,
 ) -> Iterator[Page]:
-    """Every page of a paged endpoint; `fetch` gets {} first, then {token_param: token}. A page
-    token seen before, or a page identical to the one before, is an error (a server stuck on
-    one page would otherwise hold a pass forever)."""
-    extra: dict[str, str] = {}
+    """Every page of a paged endpoint from the page token `start` (None: the first page); `fetch`
+    gets {} (or {token_param: start}), then {token_param: token}. A page token seen before, a page
+    identical to the one before, or more than `max_pages` pages is an error (a server stuck on
+    one page, or paging without end, would otherwise hold a pass forever)."""
+    extra: dict[str, str] = {token_param: start} if start else {}
     seen: set[str] = set()
     previous: dict[str, Any] | None = None
-    while True:
+    for _ in range(max_pages):
         body = fetch(extra)
         page = parse(model, body, endpoint)
         token = page.next_page_token
@@ -207,3 +211,4 @@ def pages(
             return
         seen.add(token)
         extra, previous = {token_param: token}, body
+    raise BadAnswerError(f"{endpoint}: more than {max_pages:,} pages: the listing does not end")

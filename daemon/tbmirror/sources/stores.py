@@ -25,7 +25,7 @@ from typing import Protocol, TypeVar
 
 from tbmirror.config import ArtifactSettings
 from tbmirror.errors import AuthError, SourceError
-from tbmirror.sources.http import BadAnswerError, RestClient
+from tbmirror.sources.http import BadAnswerError, HttpStatusError, RestClient
 
 KEPT_URLS = 4096
 IMAGES_FOLDER = "images"  # where log_image(key=, step=) puts its series
@@ -131,14 +131,21 @@ class SignedUrl:
     headers: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        parts = urllib.parse.urlsplit(self.url)
-        if parts.scheme.lower() not in ("http", "https") or not parts.netloc:
+        try:
+            parts = urllib.parse.urlsplit(self.url)
+            parts.port  # noqa: B018 (raises ValueError for a port that is not one)
+        except ValueError:
+            parts = urllib.parse.urlsplit("")
+        if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
             raise BadAnswerError("a signed URL that is not an http(s) URL")
 
     @property
     def shown(self) -> str:
-        """How the URL is named in errors and logs: its address without the query."""
-        return self.url.split("?", 1)[0]
+        """How the URL is named in errors and logs: scheme, host, port and path (never a query,
+        nor a user:password@)."""
+        parts = urllib.parse.urlsplit(self.url)
+        port = f":{parts.port}" if parts.port else ""
+        return f"{parts.scheme}://{parts.hostname}{port}{parts.path}"
 
 
 class SignedUrls:
@@ -217,18 +224,28 @@ class SignedFile:
         )
 
     def _signed(self, call: Callable[[SignedUrl], Result]) -> Result:
-        """`call` with the kept URL; refused (401/403: expired, or revoked), once more with a
-        fresh one; refused again, a SourceError for this file."""
+        """`call` with the kept URL; refused (401/403, or 400 as GCS answers an expired one),
+        once more with a fresh one; refused again, an error for this file's run."""
         kept = self._sign(False)  # (the signing service refusing us is the source's error)
         try:
             return call(kept)
-        except AuthError:
-            pass
+        except (AuthError, HttpStatusError) as error:
+            if not _refused(error):
+                raise
         fresh = self._sign(True)
         try:
             return call(fresh)
-        except AuthError:
-            raise SourceError(
-                f"{self._name}: the storage refused a freshly signed URL too (HTTP 401/403): "
+        except (AuthError, HttpStatusError) as error:
+            if not _refused(error):
+                raise
+            raise BadAnswerError(
+                f"{self._name}: the storage refused a freshly signed URL too (HTTP 400/401/403): "
                 "the URL's signature or permissions are wrong, or the storage denies access"
             ) from None
+
+
+def _refused(error: SourceError) -> bool:
+    """Whether the storage refused a signed URL (rather than failing otherwise)."""
+    return isinstance(error, AuthError) or (
+        isinstance(error, HttpStatusError) and error.status_code == 400
+    )

@@ -48,39 +48,45 @@ class SeriesStream:
     millions of points never has to be held): each page's records go in a batch with `committed()`,
     the cursor that covers them.
 
-    New points after the cursor (`marks` None) advance the cursor page by page. A series diffed
-    with what was written (`marks`: a late point was inserted before the cursor) keeps the
-    cursor's count and last point until its last page: a diff cut short is diffed again, and
-    what it wrote is among the marks then. `seen` (what the listing showed of the series) is
-    committed once the series is complete, so an unfinished series is fetched again."""
+    New points after the cursor (`diff_dir` None) advance the cursor page by page. A series diffed
+    with what was written in `diff_dir` (a late point was inserted before the cursor) keeps the
+    cursor's count and last point until its last page: a diff cut short is diffed again, and what
+    it wrote is among the marks then. Until the series is complete the committed cursor has no
+    `seen` (what the listing showed of the series), so the next pass fetches the series again
+    whatever made this one fetch it (a new point, or a reconcile)."""
 
     key: str
     cursor: Cursor
     pages: Pages
     seen: MetricPoint | None
-    marks: WrittenMarks | None = None
+    diff_dir: Path | None = None
+    marks: WrittenMarks | None = None  # of `diff_dir`, read when its first page is taken
     count: int = 0  # points of the whole series taken (a diff)
     last: MetricPoint | None = None
 
     def take(self, page: list[MetricPoint]) -> list[bytes]:
         """The records of one page's new points; the cursor follows."""
-        if self.marks is None:
+        if self.diff_dir is None:
             new = page
             if page:
                 self.cursor.count, self.cursor.last = self.cursor.count + len(page), page[-1]
         else:
+            if self.marks is None:
+                self.marks = WrittenMarks(self.diff_dir, self.key)
+                log.info("history_rewritten_upstream", run_dir=str(self.diff_dir), key=self.key,
+                         written=len(self.marks))  # fmt: skip
             new = self.marks.unwritten(page)
             self.count, self.last = self.count + len(page), page[-1] if page else self.last
         return scalar_records(self.key, new, self.cursor)
 
     def committed(self) -> Cursor:
-        """The cursor to commit with what `take` gave so far."""
-        return replace(self.cursor)
+        """The cursor to commit with what `take` gave so far (the series is not complete)."""
+        return replace(self.cursor, seen=None)
 
     def finished(self) -> Cursor:
         """The cursor once every page was taken."""
         done = replace(self.cursor, seen=self.seen)
-        if self.marks is not None:
+        if self.diff_dir is not None:
             done.count, done.last = self.count, self.last
         return done
 
@@ -135,22 +141,18 @@ class RunEncoder:
             if history.error:
                 raise SourceError(history.error)
             seen = run.latest[request.key]
-            if history.full is not None:
-                marks = WrittenMarks(self.run_dir_path(record.dir), request.key)
-                log.info("history_rewritten_upstream", run_dir=record.dir, key=request.key,
-                         written=len(marks))  # fmt: skip
-                stream = SeriesStream(request.key, replace(request.cursor), history.full(), seen,
-                                      marks)  # fmt: skip
-                streams.append(stream)
-                continue
             stream = SeriesStream(request.key, replace(request.cursor), iter(()), seen)
-            payloads += stream.take(history.new)
-            points += len(history.new)
-            if history.more is None:
+            if history.full is not None:
+                stream.pages, stream.diff_dir = history.full(), self.run_dir_path(record.dir)
+            else:
+                records = stream.take(history.new)
+                payloads += records
+                points += len(records)
+                stream.pages = history.more or iter(())
+            if history.full is None and history.more is None:
                 cursors[request.key] = stream.finished()
             else:
-                cursors[request.key] = stream.committed()
-                stream.pages = history.more
+                cursors[request.key] = stream.committed()  # no `seen` until it is complete
                 streams.append(stream)
         if run.terminal and record.hparams_written and not record.end_written:
             end = (run.end_time or run.start_time or 0) / 1000

@@ -24,11 +24,12 @@ from tbmirror.engine.mlflow.encoding import Encoded, RunEncoder, SeriesStream, a
 from tbmirror.engine.mlflow.placement import Placement
 from tbmirror.engine.mlflow.planning import Plan, Planner
 from tbmirror.engine.mlflow.selection import AGE, FILTER, STATUS, Selected, Selection
-from tbmirror.errors import TbmirrorError
+from tbmirror.errors import MirrorError, TbmirrorError
 from tbmirror.journal import Journal, WriteFault
 from tbmirror.mirror.events import EventsFileLostError
 from tbmirror.model import Cursor, RunRecord, RunSnapshot
-from tbmirror.sources.mlflow import History, MlflowSource, RunListing
+from tbmirror.sources.http import BadAnswerError, HttpStatusError
+from tbmirror.sources.mlflow import History, MlflowSource, RunListing, SeriesChangedError
 
 log = structlog.get_logger(__name__)
 
@@ -317,8 +318,9 @@ class MlflowEngine:
         stop: threading.Event | None,
     ) -> None:
         """Write the further pages of long series, one batch a page, as they are fetched (a
-        series of millions of points is never held whole). A run whose page fails is counted
-        failed; what its earlier pages committed stays."""
+        series of millions of points is never held whole). A series that changed while read is
+        left for the next pass; a run whose page the server refuses is counted failed; a source
+        that cannot be reached ends the pass. What earlier pages committed stays."""
         failed: set[str] = set()
         for run_id, stream in streams:
             if run_id in failed or run_id not in self.placement.records:
@@ -332,12 +334,19 @@ class MlflowEngine:
                         return  # the rest of the series is fetched again next pass
                 self._write_page(run_id, stream, [], stream.finished())
             except WriteFault:
-                raise
-            except Exception as error:  # one bad run never stops the others
+                raise  # the mirror's disk, not this run: the pass ends
+            except SeriesChangedError as error:
+                log.info("history_changed_while_read", source=self.name, run_id=run_id,
+                         error=str(error))  # fmt: skip
+            except (HttpStatusError, BadAnswerError, MirrorError) as error:  # this run's
                 failed.add(run_id)
                 self._fail(report, run_id, error)
                 if isinstance(error, EventsFileLostError):
                     self.placement.reset(self.placement.records[run_id])
+            finally:
+                close = getattr(stream.pages, "close", None)
+                if close is not None:
+                    close()  # (a generator left half-read)
 
     def _write_page(
         self, run_id: str, stream: SeriesStream, payloads: list[bytes], cursor: Cursor | None = None

@@ -18,7 +18,6 @@ from tbmirror.mirror import summaries
 from tbmirror.model import MetricPoint
 
 MARK = np.dtype([("wall", "<f8"), ("bits", "<u4")])
-MIN_RECORD_BYTES = 24  # no scalar record is shorter: bounds how many marks a file can hold
 FILL_BATCH = 65536
 
 
@@ -27,10 +26,8 @@ class WrittenMarks:
 
     def __init__(self, directory: Path, tag: str) -> None:
         self._marks = _read(directory, tag)
-        self._marks.sort()  # by wall time, then bits
-        self._walls = self._marks["wall"]
-        self._bits = self._marks["bits"]
-        self._used = bytearray(len(self._marks))
+        self._marks.sort()  # by wall time, then bits: equal marks side by side
+        self._next: dict[int, int] = {}  # first index of equal marks -> the next one unused
 
     def __len__(self) -> int:
         return len(self._marks)
@@ -40,22 +37,16 @@ class WrittenMarks:
         if not points:
             return []
         keys = _marks_of(points)
-        count = len(self._marks)
         starts = np.searchsorted(self._marks, keys, side="left").tolist()
+        ends = np.searchsorted(self._marks, keys, side="right").tolist()
         new: list[MetricPoint] = []
-        walls, bits = keys["wall"].tolist(), keys["bits"].tolist()
-        for point, start, wall, value in zip(points, starts, walls, bits, strict=True):
-            index = start
-            while index < count and self._used[index] and self._matches(index, wall, value):
-                index += 1
-            if index < count and self._matches(index, wall, value):
-                self._used[index] = 1
+        for point, start, end in zip(points, starts, ends, strict=True):
+            index = self._next.get(start, start)
+            if index < end:
+                self._next[start] = index + 1
             else:
                 new.append(point)
         return new
-
-    def _matches(self, index: int, wall: float, bits: int) -> bool:
-        return bool(self._walls[index] == wall and self._bits[index] == bits)
 
 
 def _marks_of(points: Iterable[MetricPoint]) -> np.ndarray:
@@ -76,20 +67,17 @@ def _float32_bits(values: np.ndarray) -> np.ndarray:
 
 
 def _read(directory: Path, tag: str) -> np.ndarray:
-    """The marks of the tag's scalars in the directory's events files (unsorted)."""
-    files = [p for p in directory.iterdir() if "tfevents" in p.name] if directory.is_dir() else []
-    room = sum(path.stat().st_size for path in files) // MIN_RECORD_BYTES
-    marks = np.empty(room, MARK)  # untouched pages of an over-estimate take no memory
-    filled = 0
+    """The marks of the tag's scalars in the directory's events files (unsorted), gathered
+    FILL_BATCH at a time (at most twice their size held while they are joined)."""
+    chunks: list[np.ndarray] = []
     walls: list[float] = []
     values: list[float] = []
 
     def flush() -> None:
-        nonlocal filled
-        end = filled + len(walls)
-        marks["wall"][filled:end] = walls
-        marks["bits"][filled:end] = _float32_bits(np.array(values, dtype=np.float64))
-        filled = end
+        chunk = np.empty(len(walls), MARK)
+        chunk["wall"] = walls
+        chunk["bits"] = _float32_bits(np.array(values, dtype=np.float64))
+        chunks.append(chunk)
         walls.clear()
         values.clear()
 
@@ -99,4 +87,4 @@ def _read(directory: Path, tag: str) -> np.ndarray:
         if len(walls) == FILL_BATCH:
             flush()
     flush()
-    return marks[:filled]
+    return np.concatenate(chunks)
