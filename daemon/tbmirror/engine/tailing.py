@@ -29,14 +29,12 @@ from dataclasses import dataclass, field, replace
 from typing import Literal, Protocol
 
 import structlog
-from google.protobuf.message import DecodeError
-from tensorboard.compat.proto.event_pb2 import Event
 
 from tbmirror.errors import TbmirrorError
 from tbmirror.journal import Batch, Journal
-from tbmirror.mirror import events, layout, summaries
+from tbmirror.mirror import events, layout, records, summaries
 from tbmirror.mirror.convert import DEFAULT_STEP_COLUMNS, LineConverter
-from tbmirror.mirror.events import CorruptRecordError, EventsFileLostError
+from tbmirror.mirror.events import EventsFileLostError
 from tbmirror.model import TailRecord
 
 log = structlog.get_logger(__name__)
@@ -270,15 +268,13 @@ class Tailer:
 
 def _whole_records(new: bytes) -> _Taken:
     """The whole, valid records at the start of `new` (verbatim), stopping at a corrupt one."""
-    end = count = 0
-    corrupt_at = None
-    try:
-        for record in events.iter_records(new):
-            Event.FromString(record.payload)
-            end, count = record.end, count + 1
-    except (CorruptRecordError, DecodeError):
-        corrupt_at = end
-    return _Taken(end, count, records=new[:end], corrupt_at=corrupt_at)
+    found = records.scan(new)
+    return _Taken(
+        found.end,
+        found.count,
+        records=new[: found.end],
+        corrupt_at=found.end if found.corrupt else None,
+    )
 
 
 def _changed(tail: TailRecord, reader: FileReader) -> str:
