@@ -9,7 +9,7 @@ directory stays mirrored.
 
 `run_pass` rescans the whole tree (the safety net, on the scheduler's clock) and records the
 source's status; `sync_paths` brings just the files a watcher saw change up to date. The files of
-one pass or batch share journal batches (a BatchStream, ended every BATCH_BYTES and at the end).
+one pass or batch share journal batches (a BatchStream: BATCH_BYTES or BATCH_FILES, and the end).
 One file that fails is reported and the others go on. Not thread-safe: the scheduler runs one
 pass or batch at a time per source (`runs_mirrored` may be read from any thread).
 """
@@ -35,7 +35,8 @@ from tbmirror.sources.uploads import LocalFile, Problem, UploadFile, UploadTree
 
 log = structlog.get_logger(__name__)
 
-BATCH_BYTES = CHUNK_BYTES  # new bytes one journal batch gathers from a pass's files
+BATCH_BYTES = CHUNK_BYTES  # a journal batch gathers a pass's files up to this many new bytes
+BATCH_FILES = 1000  # or this many files' steps (TensorBoard sees them at its end)
 
 
 class UploadEngine:
@@ -127,7 +128,7 @@ class UploadEngine:
                 self._load()
             found = list(files(self._warn))
             report.runs_listed = report.runs_tried = len(found)
-            stream = self.journal.stream(self.name, BATCH_BYTES)
+            stream = self.journal.stream(self.name, BATCH_BYTES, BATCH_FILES)
             for done, upload in enumerate(found, 1):
                 if stop is not None and stop.is_set():
                     break

@@ -79,10 +79,7 @@ class Batch:
         self._changes: list[StoreChange] = []
         self._discarded: list[tuple[str, str]] = []  # (file, keep_above) removed after commit
         self._pruned: list[tuple[str, str]] = []  # (directory, keep_above) pruned after commit
-
-    @property
-    def bytes_written(self) -> int:
-        return sum(len(write.data) for write in self._files.values())
+        self.bytes_written = 0  # new bytes the batch holds, all files together
 
     # -- bytes ------------------------------------------------------------------------------
 
@@ -102,6 +99,7 @@ class Batch:
                 raise EventsFileLostError(f"{relative_path} is gone or shorter than committed")
             write = self._files[relative_path] = _FileWrite(committed, created=False)
         write.data += data
+        self.bytes_written += len(data)
         return write.committed + len(write.data)
 
     def create(self, relative_dir: str, data: bytes, name: str | None = None) -> str:
@@ -123,6 +121,7 @@ class Batch:
         if relative in self._files or os.path.lexists(path):
             raise MirrorError(f"{relative} exists already")
         self._files[relative] = _FileWrite(0, created=True, data=bytearray(data))
+        self.bytes_written += len(data)
         return name
 
     def occupied(self, relative_path: str) -> bool:
@@ -181,7 +180,8 @@ class Batch:
 
     def _discard(self, relative_path: str, keep_above: str) -> None:
         """Remove a file after the commit; what this batch had for it is not written."""
-        self._files.pop(relative_path, None)
+        dropped = self._files.pop(relative_path, None)
+        self.bytes_written -= len(dropped.data) if dropped else 0
         self._discarded.append((relative_path, keep_above))
 
     def reset_run(self, run: RunRecord) -> RunRecord:
@@ -212,20 +212,22 @@ class Batch:
 
 class BatchStream:
     """One owner's changes gathered into few batches: each `batch()` block adds to the open
-    batch, which the protocol ends (module docstring) once it holds `flush_bytes` new bytes, and
-    at `flush()`. A pass over many small files so costs one commit and one fsync per file for
-    all of them, not a commit and an fsync for each file on its own.
+    batch, which the protocol ends (module docstring) once it holds `flush_bytes` new bytes or
+    `flush_blocks` blocks, and at `flush()`. A pass over many small files so costs one commit
+    for many files and one fsync per file, not a commit and an fsync for each file on its own.
 
     A block that raises must leave the batch as it was: Batch's methods that can fail (append,
     create) check before they change anything, so call them first. The store and the disk lag
     the open batch: `flush()` before reading state that a block changed.
     """
 
-    def __init__(self, journal: Journal, owner: str, flush_bytes: int) -> None:
+    def __init__(self, journal: Journal, owner: str, flush_bytes: int, flush_blocks: int) -> None:
         self._journal = journal
         self.owner = owner
         self._flush_bytes = flush_bytes
+        self._flush_blocks = flush_blocks
         self._open: Batch | None = None
+        self._blocks = 0  # in the open batch
 
     @contextmanager
     def batch(self) -> Iterator[Batch]:
@@ -234,9 +236,10 @@ class BatchStream:
         Raises WriteFault as `Journal.batch` does.
         """
         if self._open is None:
-            self._open = self._journal._begin(self.owner)
+            self._open, self._blocks = self._journal._begin(self.owner), 0
         yield self._open
-        if self._open.bytes_written >= self._flush_bytes:
+        self._blocks += 1
+        if self._open.bytes_written >= self._flush_bytes or self._blocks >= self._flush_blocks:
             self.flush()
 
     def flush(self) -> None:
@@ -308,9 +311,9 @@ class Journal:
         yield batch
         self._finish(batch)
 
-    def stream(self, owner: str, flush_bytes: int) -> BatchStream:
+    def stream(self, owner: str, flush_bytes: int, flush_blocks: int) -> BatchStream:
         """Batches of `owner`'s shared by many small changes (see BatchStream)."""
-        return BatchStream(self, owner, flush_bytes)
+        return BatchStream(self, owner, flush_bytes, flush_blocks)
 
     def _begin(self, owner: str) -> Batch:
         self._check_owned(owner)
