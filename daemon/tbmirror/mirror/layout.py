@@ -77,8 +77,9 @@ class MirrorLayout:
     def resolve(self, relative: str) -> Path:
         """Absolute path of `relative`; raises UnsafePathError if it would leave the root (or
         the archive)."""
-        parts = PurePosixPath(relative).parts
-        if not parts or PurePosixPath(relative).is_absolute():
+        pure = PurePosixPath(relative)
+        parts = pure.parts
+        if not parts or pure.is_absolute():
             raise UnsafePathError(f"not a relative mirror path: {relative!r}")
         base, name = self.root, "the mirror root"
         if parts[0] == ARCHIVE:
@@ -88,7 +89,7 @@ class MirrorLayout:
         join(*parts)
         path = base.joinpath(*parts)
         real_base = os.path.realpath(base)
-        real_path = os.path.realpath(path)
+        real_path = os.path.realpath(os.path.join(real_base, *parts))  # = realpath(path), faster
         if real_path == real_base or os.path.commonpath([real_base, real_path]) != real_base:
             raise UnsafePathError(f"{relative!r} resolves outside {name}")
         return path
