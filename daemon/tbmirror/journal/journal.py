@@ -125,7 +125,7 @@ class Batch:
         return name
 
     def occupied(self, relative_path: str) -> bool:
-        """True if this batch creates a file there, or something non-empty is there on disk."""
+        """True if this batch writes a file there, or something non-empty is there on disk."""
         return relative_path in self._files or self._journal.occupied(relative_path)
 
     # -- store changes ------------------------------------------------------------------------
