@@ -10,21 +10,27 @@ both files back to back by the same loop): the same records appended straight in
 directory that the same TensorBoard reads (`<mirror root>/direct/<job>`, outside the daemon's
 `<root>/bench`), i.e. TensorBoard's own reload delay, which no mirror can beat.
 
-Throughput: a tree of 1,000 tfevents files (50 job directories, 2,000 scalar records each, about
-100 MB) is mirrored by `tbmirror sync` (a subprocess, cold start included; the pass alone is read
-from its summary line) and copied by `cp -r` (alone, and followed by `sync`, since tbmirror fsyncs
-what it writes), then `tbmirror sync` runs again with nothing changed (the idle rescan). The page
-cache cannot be dropped: the source files are in it for every contender.
+Throughput: two trees of 1,000 tfevents files in 50 job directories: "scalars" (2,000 scalar
+records of 47 bytes each, about 95 MB) and "mixed" (the same, plus a ~40 KB image record every 400
+scalars: about 300 MB). Each is mirrored by `tbmirror sync` (a subprocess, cold start included;
+the pass alone is read from its summary line), once more with the pure-Python record scan
+(TBMIRROR_PURE_PYTHON=1, into a fresh mirror), and copied by `cp -r` (alone, and followed by
+`sync`, since tbmirror fsyncs what it writes; the median of --cp-runs runs, cp's 0.1 s being
+noisy), then `tbmirror sync` runs again with nothing changed (the idle rescan). The page cache
+cannot be dropped: the source files are in it for every contender.
 
 Usage: python benchmarks/uploads.py [--part latency|throughput|all] [--observer native|polling]
-           [--points 60 --rate 2] [--files 1000 --points-per-file 2000] [--workdir DIR]
-Target: p95 <= 2 s from append to visible in TensorBoard (reload 1 s); throughput reported against
-`cp -r` of the same tree (MB = 10^6 bytes).
+           [--points 60 --rate 2] [--files 1000 --points-per-file 2000]
+           [--trees scalars,mixed] [--cp-runs 5] [--workdir DIR]
+Targets: p95 <= 2 s from append to visible in TensorBoard (reload 1 s); throughput (issue 14):
+the pass >= 1.5 M scalar records/s on the scalars tree and >= 150 MB/s on the mixed one, reported
+against `cp -r && sync` of the same tree (MB = 10^6 bytes).
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import os
 import random
 import re
@@ -39,6 +45,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from PIL import Image
 
 from common import start_daemon, write_source_config
 from tbmirror.mirror import events, summaries
@@ -50,6 +57,11 @@ JOB = "job-1"
 JOBS = 50
 TAGS = ("loss", "accuracy", "learning_rate", "grad_norm")
 SCALARS = "/data/plugin/scalars/scalars"
+TREES = ("scalars", "mixed")
+IMAGE_EVERY = 400  # scalar records between two image records in the mixed tree
+IMAGE_SIDE = 116  # RGB noise: a PNG of about 40 KB
+TARGET_RECORDS_S = 1.5e6  # the pass, on the scalars tree
+TARGET_MB_S = 150.0  # the pass, on the mixed tree
 SUMMARY = re.compile(r"(\d+) files, (\d+) written, (\d+) points, (\d+) bytes, .*?([\d.]+) s")
 
 
@@ -239,10 +251,12 @@ def latency(work: Path, args: argparse.Namespace) -> None:
 # --- throughput ------------------------------------------------------------------------------
 
 
-def build_tree(tree: Path, files: int, points: int) -> None:
-    """`files` tfevents files spread over JOBS job directories, `points` scalar records each."""
+def build_tree(tree: Path, files: int, points: int, images: bool) -> None:
+    """`files` tfevents files spread over JOBS job directories, `points` scalar records each, and
+    with `images` one image record (a ~40 KB PNG) after every IMAGE_EVERY of them."""
     shutil.rmtree(tree, ignore_errors=True)
     encoders = [summaries.ScalarEncoder(tag) for tag in TAGS]
+    pngs = noise_pngs(8) if images else []
     t0 = time.time() - 86_400
     for index in range(files):
         directory = tree / f"job-{index % JOBS:03d}"
@@ -252,9 +266,24 @@ def build_tree(tree: Path, files: int, points: int) -> None:
             step = i // len(TAGS)
             encoder = encoders[i % len(TAGS)]
             payloads.append(encoder.encode(t0 + step, step, ((index * 7919 + i) % 1000) / 1000))
+            if pngs and (i + 1) % IMAGE_EVERY == 0:
+                png = pngs[(index + i) % len(pngs)]
+                payloads.append(summaries.image("samples", png, t0 + step, step))
         # Names unique per file, in creation order within their directory.
         name = f"{events.EVENTS_PREFIX}{int(t0) + index:010d}.bench.{os.getpid()}.{index}"
         (directory / name).write_bytes(events.frame_all(payloads))
+
+
+def noise_pngs(count: int) -> list[bytes]:
+    """`count` PNGs of RGB noise (about 40 KB each: noise does not compress)."""
+    rng = random.Random(0)
+    pngs = []
+    for _ in range(count):
+        pixels = rng.randbytes(IMAGE_SIDE * IMAGE_SIDE * 3)
+        buffer = io.BytesIO()
+        Image.frombytes("RGB", (IMAGE_SIDE, IMAGE_SIDE), pixels).save(buffer, "PNG")
+        pngs.append(buffer.getvalue())
+    return pngs
 
 
 def tree_bytes(tree: Path) -> tuple[int, int]:
@@ -267,73 +296,119 @@ def tree_bytes(tree: Path) -> tuple[int, int]:
     return count, size
 
 
-def timed(command: list[str]) -> tuple[float, str]:
+def timed(command: list[str], env: dict[str, str] | None = None) -> tuple[float, str]:
     started = time.monotonic()
-    result = subprocess.run(command, capture_output=True, text=True, check=True)
+    result = subprocess.run(command, capture_output=True, text=True, check=True, env=env)
     return time.monotonic() - started, result.stdout.strip()
 
 
-def tbmirror_sync(config: Path) -> tuple[float, float, int, str]:
-    """(wall seconds, pass seconds from the summary, bytes written, summary line)."""
+def tbmirror_sync(config: Path, pure_python: bool = False) -> tuple[float, float, int, int, str]:
+    """(wall seconds, pass seconds from the summary, records and bytes written, summary line).
+    `pure_python`: with TBMIRROR_PURE_PYTHON=1 (no compiled record scan)."""
     command = [sys.executable, "-m", "tbmirror", "sync", "--config", str(config),
                "--log-level", "error"]  # fmt: skip
-    wall, summary = timed(command)
+    env = {**os.environ, "TBMIRROR_PURE_PYTHON": "1"} if pure_python else None
+    wall, summary = timed(command, env)
     match = SUMMARY.search(summary)
     if match is None:
         raise SystemExit(f"unexpected tbmirror sync output: {summary!r}")
-    return wall, float(match.group(5)), int(match.group(4)), summary
+    return wall, float(match.group(5)), int(match.group(3)), int(match.group(4)), summary
 
 
-def throughput(work: Path, args: argparse.Namespace) -> None:
-    tree = work / "uploads"
-    shape_file = work / "tree.shape"
-    shape = f"{args.files} files x {args.points_per_file} records\n"
-    if not (shape_file.exists() and shape_file.read_text() == shape and tree.is_dir()):
-        shape_file.unlink(missing_ok=True)
-        started = time.monotonic()
-        build_tree(tree, args.files, args.points_per_file)
-        shape_file.write_text(shape)
-        print(f"tree built in {time.monotonic() - started:.1f} s")
-    files, size = tree_bytes(tree)
-    megabytes = size / 1e6
-    for leftover in ("cp", "cp-sync", "logs", "state.db", "state.db-wal", "state.db-shm"):
-        path = work / leftover
+def clear(work: Path, *names: str) -> None:
+    """Remove these files or directories of `work` (missing ones are fine)."""
+    for name in names:
+        path = work / name
         if path.is_dir():
             shutil.rmtree(path)
         else:
             path.unlink(missing_ok=True)
 
+
+def throughput(work: Path, kind: str, args: argparse.Namespace) -> None:
+    """Mirror one tree (`kind`: scalars or mixed) and copy it; print the figures and ratios."""
+    tree = work / "uploads"
+    shape_file = work / "tree.shape"
+    shape = f"{kind}: {args.files} files x {args.points_per_file} records\n"
+    if not (shape_file.exists() and shape_file.read_text() == shape and tree.is_dir()):
+        shape_file.unlink(missing_ok=True)
+        started = time.monotonic()
+        build_tree(tree, args.files, args.points_per_file, images=kind == "mixed")
+        shape_file.write_text(shape)
+        print(f"{kind} tree built in {time.monotonic() - started:.1f} s")
+    files, size = tree_bytes(tree)
+    megabytes = size / 1e6
+    state = ("logs", "state.db", "state.db-wal", "state.db-shm")
+    clear(work, "cp", "cp-sync", *state)
+
     subprocess.run(["sync"], check=True)  # start every contender with nothing dirty
-    cp_seconds, _ = timed(["cp", "-r", str(tree), str(work / "cp")])
-    sync_seconds, _ = timed(["sync"])
-    cp_sync_seconds, _ = timed(["sh", "-c", f"cp -r '{tree}' '{work / 'cp-sync'}' && sync"])
+    cp_runs: list[float] = []
+    sync_runs: list[float] = []
+    cp_sync_runs: list[float] = []
+    for _ in range(args.cp_runs):
+        clear(work, "cp", "cp-sync")
+        subprocess.run(["sync"], check=True)
+        cp_runs.append(timed(["cp", "-r", str(tree), str(work / "cp")])[0])
+        sync_runs.append(timed(["sync"])[0])
+        copy = f"cp -r '{tree}' '{work / 'cp-sync'}' && sync"
+        cp_sync_runs.append(timed(["sh", "-c", copy])[0])
+    clear(work, "cp", "cp-sync")
+    cp_seconds = statistics.median(cp_runs)
+    sync_seconds = statistics.median(sync_runs)
+    cp_sync_seconds = statistics.median(cp_sync_runs)
 
     config = write_config(work, tree)
     subprocess.run(["sync"], check=True)
-    wall, pass_seconds, written, full_summary = tbmirror_sync(config)
+    wall, pass_seconds, records, written, full_summary = tbmirror_sync(config)
     if written != size:
         print(f"WARNING: tbmirror wrote {written} bytes, the tree holds {size}")
-    idle_wall, idle_pass, idle_written, idle_summary = tbmirror_sync(config)
+    idle_wall, idle_pass, _, idle_written, idle_summary = tbmirror_sync(config)
+    clear(work, *state)
+    subprocess.run(["sync"], check=True)
+    _, pure_pass, _, _, pure_summary = tbmirror_sync(config, pure_python=True)
+    clear(work, *state)
 
     def rate(seconds: float) -> str:
-        return f"{megabytes / seconds:7.1f} MB/s" if seconds > 0 else "      - MB/s"
+        if seconds <= 0:
+            return "      - MB/s"
+        return f"{megabytes / seconds:7.1f} MB/s, {records / seconds / 1e6:5.2f} M records/s"
 
-    print(f"throughput: {files} files in {min(files, JOBS)} job dirs, {megabytes:.1f} MB "
-          f"(source files in the page cache for every contender)")  # fmt: skip
-    print(f"  cp -r:                        {cp_seconds:6.2f} s  {rate(cp_seconds)}  "
-          f"(then sync: {sync_seconds:.2f} s)")  # fmt: skip
-    print(f"  cp -r && sync:                {cp_sync_seconds:6.2f} s  {rate(cp_sync_seconds)}")
+    scalars = args.files * args.points_per_file
+    print(f"throughput, {kind} tree: {files} files in {min(files, JOBS)} job dirs, "
+          f"{megabytes:.1f} MB, {records:,} records ({scalars:,} scalars of 47 bytes); source "
+          f"files in the page cache for every contender")  # fmt: skip
+    print(f"  cp -r:                        {cp_seconds:6.2f} s  {rate(cp_seconds)}  (median of "
+          f"{args.cp_runs}: {', '.join(f'{s:.2f}' for s in cp_runs)}; then sync: median "
+          f"{sync_seconds:.2f} s)")  # fmt: skip
+    print(
+        f"  cp -r && sync:                {cp_sync_seconds:6.2f} s  {rate(cp_sync_seconds)}  "
+        f"(median of {args.cp_runs}: {', '.join(f'{s:.2f}' for s in cp_sync_runs)})"
+    )
     print(f"  tbmirror sync (process):      {wall:6.2f} s  {rate(wall)}")
     print(f"  tbmirror sync (pass alone):   {pass_seconds:6.2f} s  {rate(pass_seconds)}  "
           f"(summary: {full_summary})")  # fmt: skip
+    print(f"  pure Python scan (pass):      {pure_pass:6.2f} s  {rate(pure_pass)}  "
+          f"(TBMIRROR_PURE_PYTHON=1; summary: {pure_summary})")  # fmt: skip
     print(
         f"  ratios tbmirror/cp (time):    process {wall / cp_seconds:.1f} x cp -r, "
         f"{wall / cp_sync_seconds:.1f} x cp -r && sync; pass alone "
         f"{pass_seconds / cp_seconds:.1f} x cp -r, {pass_seconds / cp_sync_seconds:.1f} x "
-        f"cp -r && sync"
+        f"cp -r && sync; pure Python pass {pure_pass / cp_sync_seconds:.1f} x cp -r && sync"
     )
     print(f"  no-change sync (process):     {idle_wall:6.2f} s, {idle_written} bytes written; "
           f"pass alone {idle_pass:.1f} s  (summary: {idle_summary})")  # fmt: skip
+    if pass_seconds > 0 and kind == "scalars":
+        rate_now = scalars / pass_seconds
+        print(f"  target, the pass alone:       {rate_now / 1e6:.2f} M scalar records/s "
+              f"(>= 1.5 M: {verdict(rate_now >= TARGET_RECORDS_S)})")  # fmt: skip
+    elif pass_seconds > 0:
+        rate_now = megabytes / pass_seconds
+        print(f"  target, the pass alone:       {rate_now:.1f} MB/s "
+              f"(>= 150: {verdict(rate_now >= TARGET_MB_S)})")  # fmt: skip
+
+
+def verdict(met: bool) -> str:
+    return "met" if met else "NOT met"
 
 
 def main() -> None:
@@ -345,6 +420,9 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=2.0, help="records per second (latency)")
     parser.add_argument("--files", type=int, default=1000, help="tfevents files (throughput)")
     parser.add_argument("--points-per-file", type=int, default=2000, help="records per file")
+    parser.add_argument("--trees", default=",".join(TREES), help="throughput trees, of: "
+                        + ", ".join(TREES))  # fmt: skip
+    parser.add_argument("--cp-runs", type=int, default=5, help="cp runs (their median)")
     parser.add_argument("--workdir", type=Path, help="kept (default: a temp dir, removed)")
     args = parser.parse_args()
     work = args.workdir or Path(tempfile.mkdtemp(prefix="tbmirror-uploads-"))
@@ -355,8 +433,11 @@ def main() -> None:
             latency_work.mkdir(parents=True)
             latency(latency_work, args)
         if args.part in ("throughput", "all"):
-            (work / "throughput").mkdir(parents=True, exist_ok=True)
-            throughput(work / "throughput", args)
+            for kind in args.trees.split(","):
+                if kind not in TREES:
+                    raise SystemExit(f"--trees: {kind!r} is not one of {', '.join(TREES)}")
+                (work / "throughput" / kind).mkdir(parents=True, exist_ok=True)
+                throughput(work / "throughput" / kind, kind, args)
     finally:
         if args.workdir is None:
             shutil.rmtree(work, ignore_errors=True)

@@ -30,6 +30,7 @@ from helpers.failing_files import (
     steps_in,
 )
 from tbmirror.journal import Journal, WriteFault, recover
+from tbmirror.mirror.events import EventsFileLostError
 from tbmirror.model import Cursor, MetricPoint, RunRecord, TailRecord
 
 OWNER, OTHER = "src", "second"
@@ -668,3 +669,35 @@ def test_a_bug_after_the_bytes_are_out_keeps_the_batch_and_never_writes_other_by
             sync_pass(rig.journal, 6, wall_time)
     assert run_file(rig) == (name, written)
     assert list(rig.journal.faults()) == [OWNER]
+
+
+def test_a_stream_gathers_blocks_into_one_batch_and_a_failed_block_adds_nothing(
+    tmp_path: Path,
+) -> None:
+    rig = Rig.open(tmp_path)
+    stream = rig.journal.stream(OWNER, flush_bytes=100, flush_blocks=10)
+    with stream.batch() as batch:
+        name = batch.create(RUN_DIR, file_start(1.0))
+    with pytest.raises(EventsFileLostError), stream.batch() as batch:
+        batch.append(f"{RUN_DIR}/missing", scalar_records(range(1), 1.0))
+    with stream.batch() as batch:
+        batch.append(f"{RUN_DIR}/{name}", scalar_records(range(1), 1.0))
+    assert rig.events_files(RUN_DIR) == []  # nothing out before the flush
+    with stream.batch() as batch:
+        batch.append(f"{RUN_DIR}/{name}", scalar_records(range(1, 2), 1.0))  # past 100 bytes
+    written = file_start(1.0) + scalar_records(range(2), 1.0)
+    assert rig.read(f"{RUN_DIR}/{name}") == written
+    assert rig.journal.store.files() == {f"{RUN_DIR}/{name}": len(written)}
+    stream.flush()  # nothing open: nothing done
+    assert [op for op, _ in rig.files.steps].count("commit") == 1
+
+
+def test_a_file_discarded_in_the_batch_that_made_it_is_never_written(tmp_path: Path) -> None:
+    rig = Rig.open(tmp_path)
+    with rig.journal.batch(OWNER) as batch:
+        name = batch.create(RUN_DIR, file_start(1.0))
+        batch.discard_file(f"{RUN_DIR}/{name}", keep_above=OWNER)
+        assert batch.bytes_written == 0
+    assert "write_at" not in [op for op, _ in rig.files.steps]
+    assert rig.events_files(RUN_DIR) == [] and rig.journal.store.files() == {}
+    rig.check_store_matches_disk(OWNER)

@@ -79,3 +79,31 @@ def test_a_symlinked_run_directory_or_file_is_refused(tmp_path: Path) -> None:
     for relative in ("team/exp/run", "team/exp/events.out.tfevents.1"):
         with pytest.raises(UnsafePathError):
             layout.resolve(relative)
+
+
+def test_resolve_judges_every_path_as_realpath_does(tmp_path: Path) -> None:
+    """resolve resolves only the components below the root (the root's real path first): with
+    links inside and out, dangling and chained, behind a symlinked root, it accepts and refuses
+    exactly the paths whose os.path.realpath is inside the root."""
+    real_root = tmp_path / "real-root"
+    (real_root / "team" / "exp").mkdir(parents=True)
+    (real_root / "team" / "file").write_bytes(b"")
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    os.symlink(real_root, tmp_path / "root")  # the configured root is a link
+    os.symlink("exp", real_root / "team" / "inside")  # relative, inside
+    os.symlink(real_root / "team" / "inside", real_root / "team" / "chained")
+    os.symlink(outside, real_root / "team" / "out")
+    os.symlink(tmp_path / "missing", real_root / "team" / "dangling")
+    os.symlink("../..", real_root / "team" / "up")
+    layout = MirrorLayout(tmp_path / "root")
+    for relative in ("team", "team/exp/run", "team/inside/run", "team/chained/x/y", "team/out/x",
+                     "team/dangling", "team/up", "team/up/real-root/team", "team/file/x",
+                     "team/nothing/x"):  # fmt: skip
+        real = os.path.realpath(tmp_path / "root" / relative)
+        inside = os.path.commonpath([real, real_root]) == str(real_root) and real != str(real_root)
+        if inside:
+            assert layout.resolve(relative) == tmp_path / "root" / relative
+        else:
+            with pytest.raises(UnsafePathError):
+                layout.resolve(relative)

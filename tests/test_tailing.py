@@ -358,3 +358,38 @@ def test_a_server_that_sends_less_than_asked_is_read_on_to_the_end(tmp_path: Pat
     stingy.cap = 10**6
     tail_pass(rig, stingy, 300.0)
     assert copy_of(rig) == bytes(stingy.data)
+
+
+def test_files_advanced_through_a_stream_share_its_batches(tmp_path: Path) -> None:
+    """An uploads pass: many small files share one batch (one commit, one fsync per file) until
+    it holds flush_blocks steps; the copies are as without a stream, and a copy name taken
+    earlier in the open batch counts as taken (two names that sanitise alike get distinct
+    copies)."""
+    rig = Rig.open(tmp_path)
+    names = [f"events.out.tfevents.{i}.host" for i in range(5)]
+    names += ["events.out.tfevents.9.a\\b", "events.out.tfevents.9.a_b"]
+    sources = {f"job/{n}": MemoryFile(tfevents(range(10), i)) for i, n in enumerate(names)}
+
+    def stream_pass(now: float, flush_blocks: int) -> list[str]:
+        rig.files.steps.clear()
+        stored = rig.journal.tails(SOURCE)
+        stream = rig.journal.stream(SOURCE, 10**9, flush_blocks)
+        for origin, reader in sources.items():
+            tail = stored.get(origin) or TailRecord(SOURCE, origin, "tfevents", MIRROR_DIR)
+            Tailer(rig.journal).advance(tail, reader, now, stream=stream)
+        stream.flush()
+        return [op for op, _ in rig.files.steps]
+
+    steps = stream_pass(100.0, flush_blocks=len(names))
+    assert (steps.count("commit"), steps.count("fsync")) == (1, len(names))
+    assert len(rig.events_files(MIRROR_DIR)) == len(names)
+    for source in sources.values():
+        source.data += tfevents(range(10, 20))
+    steps = stream_pass(200.0, flush_blocks=1)  # every file's step ends its batch
+    assert (steps.count("commit"), steps.count("fsync")) == (len(names), len(names))
+    tails = rig.journal.tails(SOURCE)
+    for origin, source in sources.items():
+        tail = tails[origin]
+        assert rig.read(f"{MIRROR_DIR}/{tail.mirror_file}") == source.data
+        assert tail.offset == source.size
+    rig.check_store_matches_disk(SOURCE)

@@ -16,7 +16,8 @@ says how many bytes of one source file are mirrored. `Tailer.advance` brings one
    the file there, with one warning; it is read again (RECHECK_BYTES) each time the file is looked
    at, since a network share may show a region as zeros before its bytes arrive.
 3. The records and the new TailRecord go to the journal as one batch per read window (journal/):
-   appended, fsynced, then committed together; a write fault is the journal's to complete.
+   appended, fsynced, then committed together; a write fault is the journal's to complete. An
+   uploads pass hands in a BatchStream instead: its many small files share batches.
 """
 
 from __future__ import annotations
@@ -25,18 +26,17 @@ import hashlib
 import json
 import os
 import threading
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field, replace
 from typing import Literal, Protocol
 
 import structlog
-from google.protobuf.message import DecodeError
-from tensorboard.compat.proto.event_pb2 import Event
 
 from tbmirror.errors import TbmirrorError
-from tbmirror.journal import Batch, Journal
-from tbmirror.mirror import events, layout, summaries
+from tbmirror.journal import Batch, BatchStream, Journal
+from tbmirror.mirror import events, layout, records, summaries
 from tbmirror.mirror.convert import DEFAULT_STEP_COLUMNS, LineConverter
-from tbmirror.mirror.events import CorruptRecordError, EventsFileLostError
+from tbmirror.mirror.events import EventsFileLostError
 from tbmirror.model import TailRecord
 
 log = structlog.get_logger(__name__)
@@ -107,11 +107,13 @@ class Tailer:
         reader: FileReader,
         now: float,
         stop: threading.Event | None = None,
+        stream: BatchStream | None = None,
     ) -> TailOutcome:
-        """Mirror what `reader` has beyond `tail` (a stored record or a new one); commit it.
+        """Mirror what `reader` has beyond `tail` (a stored record or a new one); commit it, or
+        with a `stream`, add it to the stream's batch (committed when the stream flushes).
 
         Raises TbmirrorError or OSError for this file only (WriteFault: writing failed, for the
-        whole source); what was committed stays.
+        whole source); what was committed (or added to `stream`) stays.
         """
         if self.journal.settle(tail.source):  # what the caller read may be stale now
             tail = self.journal.tails(tail.source, tail.origin).get(tail.origin, tail)
@@ -127,7 +129,7 @@ class Tailer:
         window = CHUNK_BYTES if tail.stopped_at is None else RECHECK_BYTES
         while True:
             try:
-                tail, progress = self._step(tail, reader, now, outcome, old_copy, window)
+                tail, progress = self._step(tail, reader, now, outcome, old_copy, window, stream)
             except (_Restart, EventsFileLostError) as error:
                 if outcome.restarted:
                     raise  # changed again while being mirrored anew: the next look retries
@@ -169,6 +171,7 @@ class Tailer:
         outcome: TailOutcome,
         old_copy: str | None,
         window: int,
+        stream: BatchStream | None,
     ) -> tuple[TailRecord, Literal["more", "grow", "done"]]:
         """Read up to `window` new bytes, take what is complete, append, commit.
 
@@ -209,8 +212,8 @@ class Tailer:
             log.info("corrupt_record_resolved", source=tail.source, file=tail.origin)
         written = 0
         if updated != tail or taken.records or taken.payloads or old_copy is not None:
-            with self.journal.batch(tail.source) as batch:
-                written = self._append(batch, updated, taken, now)
+            with self._batch(tail.source, stream) as batch:
+                written = self._append(batch, updated, taken, now)  # first: it may raise
                 batch.put_tail(updated)
                 if old_copy and old_copy != updated.mirror_path:
                     batch.discard_file(old_copy, keep_above=tail.mirror_dir)
@@ -234,14 +237,17 @@ class Tailer:
             consumed, converter.points, payloads=payloads, converter=json.dumps(converter.state())
         )
 
-    def _copy_name(self, tail: TailRecord) -> str:
+    def _batch(self, owner: str, stream: BatchStream | None) -> AbstractContextManager[Batch]:
+        return stream.batch() if stream is not None else self.journal.batch(owner)
+
+    def _copy_name(self, tail: TailRecord, batch: Batch) -> str:
         """The name of a copied tfevents file: the source's own, made safe and distinct."""
         name = layout.sanitize_component(os.path.basename(tail.origin))
         if "tfevents" not in name:
             name = events.EVENTS_PREFIX + name  # TensorBoard reads only files named so
         if tail.generation:
             name = f"{name}.{tail.generation}"
-        if self.journal.occupied(f"{tail.mirror_dir}/{name}"):
+        if batch.occupied(f"{tail.mirror_dir}/{name}"):
             name = layout.disambiguate(name, hashlib.sha1(tail.origin.encode()).hexdigest())
         return name
 
@@ -255,7 +261,7 @@ class Tailer:
             batch.append(tail.mirror_path, data)
         elif taken.records:  # a verbatim copy, under the source file's own name
             data = taken.records
-            tail.mirror_file = batch.create(tail.mirror_dir, data, self._copy_name(tail))
+            tail.mirror_file = batch.create(tail.mirror_dir, data, self._copy_name(tail, batch))
         else:
             data = events.frame_all([summaries.file_version(now), *taken.payloads])
             tail.mirror_file = batch.create(tail.mirror_dir, data)
@@ -270,15 +276,13 @@ class Tailer:
 
 def _whole_records(new: bytes) -> _Taken:
     """The whole, valid records at the start of `new` (verbatim), stopping at a corrupt one."""
-    end = count = 0
-    corrupt_at = None
-    try:
-        for record in events.iter_records(new):
-            Event.FromString(record.payload)
-            end, count = record.end, count + 1
-    except (CorruptRecordError, DecodeError):
-        corrupt_at = end
-    return _Taken(end, count, records=new[:end], corrupt_at=corrupt_at)
+    found = records.scan(new)
+    return _Taken(
+        found.end,
+        found.count,
+        records=new[: found.end],
+        corrupt_at=found.end if found.corrupt else None,
+    )
 
 
 def _changed(tail: TailRecord, reader: FileReader) -> str:

@@ -8,9 +8,10 @@ Tailing is tailing.py's, the exactly-once protocol the journal's. A file deleted
 directory stays mirrored.
 
 `run_pass` rescans the whole tree (the safety net, on the scheduler's clock) and records the
-source's status; `sync_paths` brings just the files a watcher saw change up to date. One file that
-fails is reported and the others go on. Not thread-safe: the scheduler runs one pass or batch at a
-time per source (`runs_mirrored` may be read from any thread).
+source's status; `sync_paths` brings just the files a watcher saw change up to date. The files of
+one pass or batch share journal batches (a BatchStream: BATCH_BYTES or BATCH_FILES, and the end).
+One file that fails is reported and the others go on. Not thread-safe: the scheduler runs one
+pass or batch at a time per source (`runs_mirrored` may be read from any thread).
 """
 
 from __future__ import annotations
@@ -25,14 +26,17 @@ import structlog
 
 from tbmirror.config import UploadsSourceSettings
 from tbmirror.engine.base import PassReport, Progress, WatchSpec
-from tbmirror.engine.tailing import Tailer
+from tbmirror.engine.tailing import CHUNK_BYTES, Tailer
 from tbmirror.errors import SourceError, TbmirrorError
-from tbmirror.journal import Journal, WriteFault
+from tbmirror.journal import BatchStream, Journal, WriteFault
 from tbmirror.mirror import layout
 from tbmirror.model import TailRecord
 from tbmirror.sources.uploads import LocalFile, Problem, UploadFile, UploadTree
 
 log = structlog.get_logger(__name__)
+
+BATCH_BYTES = CHUNK_BYTES  # a journal batch gathers a pass's files up to this many new bytes
+BATCH_FILES = 1000  # or this many files' steps (TensorBoard sees them at its end)
 
 
 class UploadEngine:
@@ -124,13 +128,15 @@ class UploadEngine:
                 self._load()
             found = list(files(self._warn))
             report.runs_listed = report.runs_tried = len(found)
+            stream = self.journal.stream(self.name, BATCH_BYTES, BATCH_FILES)
             for done, upload in enumerate(found, 1):
                 if stop is not None and stop.is_set():
                     break
-                self._sync_file(upload, report, stop)
+                self._sync_file(upload, report, stream, stop)
                 self.progress_at = time.time()
                 if progress:
                     progress(done, len(found))
+            stream.flush()
         except TbmirrorError as error:
             if isinstance(error, WriteFault):  # what was cached may lag the store: read it again
                 self._tails, report.write_fault = None, True
@@ -161,7 +167,11 @@ class UploadEngine:
         self.runs_mirrored = sum(1 for tail in self._tails.values() if tail.mirror_file)
 
     def _sync_file(
-        self, upload: UploadFile, report: PassReport, stop: threading.Event | None
+        self,
+        upload: UploadFile,
+        report: PassReport,
+        stream: BatchStream,
+        stop: threading.Event | None,
     ) -> None:
         assert self._tails is not None
         origin = _origin(upload.relative)
@@ -182,7 +192,7 @@ class UploadEngine:
                 self._warned.get(upload.relative, set()).discard("too_large")
                 if tail is None:
                     tail = TailRecord(self.name, origin, upload.kind, self._mirror_dir(upload))
-                outcome = self.tailer.advance(tail, reader, self.clock(), stop)
+                outcome = self.tailer.advance(tail, reader, self.clock(), stop, stream)
         except WriteFault:
             raise  # the mirror's disk, not this file: the pass ends
         except Exception as error:  # one bad file never stops the others
@@ -192,6 +202,7 @@ class UploadEngine:
             (log.error if expected else log.exception)(
                 "upload_failed", source=self.name, file=upload.relative, error=message
             )
+            stream.flush()  # what this file added before it failed, so that the store says it
             stored = self.journal.tails(self.name, origin).get(origin)
             self._tails.pop(origin, None)
             if stored is not None:  # what was committed before the failure

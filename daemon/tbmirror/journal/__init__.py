@@ -7,13 +7,14 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from tbmirror.journal.faults import Fault, WriteFault
-from tbmirror.journal.journal import Batch, Journal
+from tbmirror.journal.journal import Batch, BatchStream, Journal
 from tbmirror.journal.recovery import RecoveryReport, recover
 from tbmirror.journal.store import Store
 from tbmirror.model import SourceStatus
 
 __all__ = [
     "Batch",
+    "BatchStream",
     "Fault",
     "Journal",
     "RecoveryReport",

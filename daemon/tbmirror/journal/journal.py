@@ -79,10 +79,7 @@ class Batch:
         self._changes: list[StoreChange] = []
         self._discarded: list[tuple[str, str]] = []  # (file, keep_above) removed after commit
         self._pruned: list[tuple[str, str]] = []  # (directory, keep_above) pruned after commit
-
-    @property
-    def bytes_written(self) -> int:
-        return sum(len(write.data) for write in self._files.values())
+        self.bytes_written = 0  # new bytes the batch holds, all files together
 
     # -- bytes ------------------------------------------------------------------------------
 
@@ -102,6 +99,7 @@ class Batch:
                 raise EventsFileLostError(f"{relative_path} is gone or shorter than committed")
             write = self._files[relative_path] = _FileWrite(committed, created=False)
         write.data += data
+        self.bytes_written += len(data)
         return write.committed + len(write.data)
 
     def create(self, relative_dir: str, data: bytes, name: str | None = None) -> str:
@@ -123,7 +121,12 @@ class Batch:
         if relative in self._files or os.path.lexists(path):
             raise MirrorError(f"{relative} exists already")
         self._files[relative] = _FileWrite(0, created=True, data=bytearray(data))
+        self.bytes_written += len(data)
         return name
+
+    def occupied(self, relative_path: str) -> bool:
+        """True if this batch writes a file there, or something non-empty is there on disk."""
+        return relative_path in self._files or self._journal.occupied(relative_path)
 
     # -- store changes ------------------------------------------------------------------------
 
@@ -158,7 +161,7 @@ class Batch:
         run = replace(run)
         self._changes.append(lambda store: store.forget_run(run))
         if run.events_path:
-            self._discarded.append((run.events_path, self.owner))
+            self._discard(run.events_path, self.owner)
         else:
             self._pruned.append((run.dir, self.owner))
 
@@ -168,11 +171,17 @@ class Batch:
         tail = replace(tail)
         self._changes.append(lambda store: store.forget_tail(tail))
         if tail.mirror_path:
-            self._discarded.append((tail.mirror_path, keep_above or self.owner))
+            self._discard(tail.mirror_path, keep_above or self.owner)
 
     def discard_file(self, relative_path: str, keep_above: str) -> None:
         """Forget a file's committed length; it is removed after the commit."""
         self._changes.append(lambda store: store.forget_file(relative_path))
+        self._discard(relative_path, keep_above)
+
+    def _discard(self, relative_path: str, keep_above: str) -> None:
+        """Remove a file after the commit; what this batch had for it is not written."""
+        dropped = self._files.pop(relative_path, None)
+        self.bytes_written -= len(dropped.data) if dropped else 0
         self._discarded.append((relative_path, keep_above))
 
     def reset_run(self, run: RunRecord) -> RunRecord:
@@ -199,6 +208,45 @@ class Batch:
             self.discard_file(tail.mirror_path, keep_above=tail.mirror_dir)
         self.put_tail(restarted)
         return restarted
+
+
+class BatchStream:
+    """One owner's changes gathered into few batches: each `batch()` block adds to the open
+    batch, which the protocol ends (module docstring) once it holds `flush_bytes` new bytes or
+    `flush_blocks` blocks, and at `flush()`. A pass over many small files so costs one commit
+    for many files and one fsync per file, not a commit and an fsync for each file on its own.
+
+    A block that raises must leave the batch as it was: Batch's methods that can fail (append,
+    create) check before they change anything, so call them first. The store and the disk lag
+    the open batch: `flush()` before reading state that a block changed.
+    """
+
+    def __init__(self, journal: Journal, owner: str, flush_bytes: int, flush_blocks: int) -> None:
+        self._journal = journal
+        self.owner = owner
+        self._flush_bytes = flush_bytes
+        self._flush_blocks = flush_blocks
+        self._open: Batch | None = None
+        self._blocks = 0  # in the open batch
+
+    @contextmanager
+    def batch(self) -> Iterator[Batch]:
+        """The open batch (a new one if none is), ended after the block if it holds enough.
+
+        Raises WriteFault as `Journal.batch` does.
+        """
+        if self._open is None:
+            self._open, self._blocks = self._journal._begin(self.owner), 0
+        yield self._open
+        self._blocks += 1
+        if self._open.bytes_written >= self._flush_bytes or self._blocks >= self._flush_blocks:
+            self.flush()
+
+    def flush(self) -> None:
+        """End the open batch, if any: written, fsynced, committed (or WriteFault)."""
+        batch, self._open = self._open, None
+        if batch is not None:
+            self._journal._finish(batch)
 
 
 class Journal:
@@ -259,15 +307,22 @@ class Journal:
         Raises WriteFault when writing fails, and at once while the owner has a batch pending:
         `settle` first, then read the state the batch builds on.
         """
+        batch = self._begin(owner)
+        yield batch
+        self._finish(batch)
+
+    def stream(self, owner: str, flush_bytes: int, flush_blocks: int) -> BatchStream:
+        """Batches of `owner`'s shared by many small changes (see BatchStream)."""
+        return BatchStream(self, owner, flush_bytes, flush_blocks)
+
+    def _begin(self, owner: str) -> Batch:
         self._check_owned(owner)
         with self._guard:
             pending = owner in self._pending
         if pending:
             fault = self._faults.of(owner)
             raise fault.error(owner) if fault else WriteFault(owner, "pending", "-", "settle first")
-        batch = Batch(self, owner)
-        yield batch
-        self._finish(batch)
+        return Batch(self, owner)
 
     def settle(self, owner: str) -> bool:
         """Complete `owner`'s pending batch and directory moves, if any; True if there were any

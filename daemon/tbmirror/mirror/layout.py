@@ -77,8 +77,9 @@ class MirrorLayout:
     def resolve(self, relative: str) -> Path:
         """Absolute path of `relative`; raises UnsafePathError if it would leave the root (or
         the archive)."""
-        parts = PurePosixPath(relative).parts
-        if not parts or PurePosixPath(relative).is_absolute():
+        pure = PurePosixPath(relative)
+        parts = pure.parts
+        if not parts or pure.is_absolute():
             raise UnsafePathError(f"not a relative mirror path: {relative!r}")
         base, name = self.root, "the mirror root"
         if parts[0] == ARCHIVE:
@@ -88,10 +89,21 @@ class MirrorLayout:
         join(*parts)
         path = base.joinpath(*parts)
         real_base = os.path.realpath(base)
-        real_path = os.path.realpath(path)
+        real_path = _realpath_below(real_base, parts)
         if real_path == real_base or os.path.commonpath([real_base, real_path]) != real_base:
             raise UnsafePathError(f"{relative!r} resolves outside {name}")
         return path
+
+
+def _realpath_below(real_base: str, parts: tuple[str, ...]) -> str:
+    """os.path.realpath of `parts` below `real_base`, itself a real path: the parts appended when
+    none of them is a symbolic link (one lstat each), realpath's own answer otherwise."""
+    path = real_base
+    for part in parts:
+        path = os.path.join(path, part)
+        if os.path.islink(path):
+            return os.path.realpath(os.path.join(real_base, *parts))
+    return path
 
 
 def archived(relative: str) -> str:
