@@ -90,8 +90,8 @@ def log_more(server: LocalMlflowServer, run_id: str, steps: range, late: bool = 
 
     client = MlflowClient(server.url)
     metrics = [Metric(KEY, s / 3, T0 + s, s) for s in steps]
-    if late:
-        metrics.append(Metric(KEY, -1.0, T0 - 10, steps.start))
+    if late:  # (a value of its own: the same point again would be dropped by the server)
+        metrics.append(Metric(KEY, -float(steps.start), T0 - 10, steps.start))
     client.log_batch(run_id, metrics=metrics)
 
 
@@ -136,7 +136,8 @@ def main() -> None:
             steps = [("first sync (bulk, then paged get-history)", direct, None)]
             steps.append(("late point: the whole-key diff", direct, "late"))
             steps.append(("opaque page tokens: read from the start", opaque, "opaque"))
-            total = args.points
+            with sqlite3.connect(store / "mlflow.db") as connection:  # points of earlier runs
+                total = connection.execute("SELECT MAX(step) + 1 FROM metrics").fetchone()[0]
             for title, config, change in steps:
                 if change is not None:
                     log_more(server, run_id, range(total, total + 10), late=change == "late")
