@@ -128,3 +128,19 @@ def test_a_diff_cut_short_keeps_the_cursor_so_it_is_diffed_again(tmp_path: Path)
 
     again = SeriesStream("loss", cut, iter(()), seen, tmp_path)
     assert len(again.take(series)) == 1  # the late point is among the marks now: only the last
+
+
+def test_each_written_point_matches_one_source_point(tmp_path: Path) -> None:
+    """Unit: a point repeated in a series (same time and value) matches as many written copies
+    as there are, no more; one written once matches once."""
+    encoder = summaries.ScalarEncoder("loss")
+    same = MetricPoint(T0, 0, 1.0)
+    once = MetricPoint(T0 + 1, 1, 2.0)
+    written = [same, same, same, once]
+    data = events.frame(summaries.file_version(1.7e9)) + b"".join(
+        events.frame(encoder.encode(p.timestamp / 1000, p.step, p.value)) for p in written
+    )
+    (tmp_path / "events.out.tfevents.1.x").write_bytes(data)
+    marks = WrittenMarks(tmp_path, "loss")
+    assert marks.unwritten([same, once, same]) == []
+    assert marks.unwritten([same, same, once]) == [same, once]

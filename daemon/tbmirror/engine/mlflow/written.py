@@ -3,8 +3,8 @@ upstream (a late point inserted before the cursor) are not mirrored yet.
 
 A point is matched on (wall time, float32 value), what TensorBoard keeps of it; each written point
 matches one source point once (a series may repeat a point). The marks are a sorted numpy array of
-12 bytes a point, read from the files a chunk at a time, so diffing millions of points stays within
-tens of megabytes.
+12 bytes a point and a used flag of 1 byte, read from the files a chunk at a time, so diffing
+millions of points stays within tens of megabytes.
 """
 
 from __future__ import annotations
@@ -27,7 +27,8 @@ class WrittenMarks:
     def __init__(self, directory: Path, tag: str) -> None:
         self._marks = _read(directory, tag)
         self._marks.sort()  # by wall time, then bits: equal marks side by side
-        self._next: dict[int, int] = {}  # first index of equal marks -> the next one unused
+        self._used = bytearray(len(self._marks))  # a mark without equals: used up
+        self._next: dict[int, int] = {}  # first of several equal marks -> the next one unused
 
     def __len__(self) -> int:
         return len(self._marks)
@@ -41,8 +42,9 @@ class WrittenMarks:
         ends = np.searchsorted(self._marks, keys, side="right").tolist()
         new: list[MetricPoint] = []
         for point, start, end in zip(points, starts, ends, strict=True):
-            index = self._next.get(start, start)
-            if index < end:
+            if end - start == 1 and not self._used[start]:
+                self._used[start] = 1
+            elif end - start > 1 and (index := self._next.get(start, start)) < end:
                 self._next[start] = index + 1
             else:
                 new.append(point)
