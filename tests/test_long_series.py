@@ -24,6 +24,7 @@ from conftest import (
 )
 from helpers.hostile_proxy import HostileProxy
 from tbmirror.engine.mlflow.encoding import SeriesStream
+from tbmirror.engine.mlflow.written import WrittenMarks
 from tbmirror.mirror import events, summaries
 from tbmirror.model import Cursor, MetricPoint
 from tbmirror.sources.mlflow import HISTORY_PAGE_SIZE, _offset_token
