@@ -20,6 +20,7 @@ import yaml
 
 from helpers.hostile_proxy import HostileProxy, hostile_proxy
 from tbmirror.local_mlflow import LocalMlflowServer
+from tbmirror.mirror.summaries import float32_bits, iter_scalars
 from tbmirror.processes import free_port, stop_process_group
 
 REPO = Path(__file__).resolve().parents[1]
@@ -277,6 +278,12 @@ def sync(tmp_path: Path, mirror_root: Path, mlflow_server: MlflowServer, source_
 
     run.config_path = config_path  # type: ignore[attr-defined]
     return run
+
+
+def scalars_in(directory: Path, tag: str) -> list[tuple[float, bytes]]:
+    """(wall_time, float32 bits of the value) of every `tag` scalar in a run directory's events
+    files, in file-name order: what a test counts of a mirrored series."""
+    return [(wall, float32_bits(value)) for wall, value in iter_scalars(directory, tag)]
 
 
 def tb_run(source: str, *parts: str) -> str:

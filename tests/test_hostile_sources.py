@@ -41,6 +41,7 @@ from conftest import (
     json_log_lines,
     mlflow_source,
     new_run,
+    scalars_in,
     tb_run,
     tbmirror,
     wait_until,
@@ -228,7 +229,7 @@ def mlflow_points(client: Any, run_id: str, key: str) -> Counter[tuple[int, byte
 
 
 def mirrored_points(run_dir: Path, key: str) -> Counter[tuple[int, bytes]]:
-    return Counter((round(wall * 1000), bits) for wall, bits in summaries.scalars_in(run_dir, key))
+    return Counter((round(wall * 1000), bits) for wall, bits in scalars_in(run_dir, key))
 
 
 # -- the proxy itself -------------------------------------------------------------------------
@@ -710,7 +711,7 @@ def test_a_fault_of_one_run_counts_as_a_run_error_and_the_source_stays_healthy(
     run_dir = root / source.name / source.experiment
 
     def points(name: str) -> int:
-        return len(summaries.scalars_in(run_dir / name, "m"))
+        return len(scalars_in(run_dir / name, "m"))
 
     wait_until(lambda: points("bad") == points("good") == 5, 30, "both runs mirrored")
 
@@ -941,11 +942,11 @@ def test_chaos(
     copy_dir = run_dirs["r0"] / "tb"
 
     def mirrored(expected_records: int) -> bool:
-        counts = [len(summaries.scalars_in(d, key)) for d in run_dirs.values() for key in KEYS]
-        records = len(summaries.scalars_in(copy_dir, "x"))
+        counts = [len(scalars_in(d, key)) for d in run_dirs.values() for key in KEYS]
+        records = len(scalars_in(copy_dir, "x"))
         return all(count == counts[0] for count in counts) and records == expected_records
 
-    wait_until(lambda: mirrored(50) and len(summaries.scalars_in(run_dirs["r2"], "acc")) == 10,
+    wait_until(lambda: mirrored(50) and len(scalars_in(run_dirs["r2"], "acc")) == 10,
                60, "the first mirror")  # fmt: skip
     wait_first_success(health_url, source.name)
     files_before = {name: events_files(d) for name, d in run_dirs.items()}

@@ -18,6 +18,7 @@ from conftest import (
     TensorBoard,
     mlflow_source,
     new_run,
+    scalars_in,
     tb_run,
     tbmirror,
     write_config,
@@ -65,7 +66,7 @@ def test_a_long_series_is_written_a_page_a_batch_and_resumes_after_a_failed_page
     proxy.set("status", path=r"/metrics/get-history\?.*page_token", code=500)
     result = sync()
     assert result.returncode == 1 and run_id in result.stdout + result.stderr
-    assert len(summaries.scalars_in(run_dir, "loss")) == HISTORY_PAGE_SIZE
+    assert len(scalars_in(run_dir, "loss")) == HISTORY_PAGE_SIZE
     proxy.clear()
     result = sync()
     assert result.returncode == 0, result.stdout + result.stderr
@@ -81,7 +82,7 @@ def test_a_long_series_is_written_a_page_a_batch_and_resumes_after_a_failed_page
     result = sync()
     assert result.returncode == 0, result.stdout + result.stderr
     assert "history_rewritten_upstream" in result.stderr
-    marks = summaries.scalars_in(run_dir, "loss")
+    marks = scalars_in(run_dir, "loss")
     assert len(marks) == POINTS + 11 and len(set(marks)) == POINTS + 11
     result = sync()  # nothing new: nothing written
     assert "0 points" in result.stdout, result.stdout
@@ -96,7 +97,7 @@ def test_a_long_series_is_written_a_page_a_batch_and_resumes_after_a_failed_page
     proxy.clear()
     result = sync()
     assert result.returncode == 0 and ", 1 points," in result.stdout, result.stdout
-    marks = summaries.scalars_in(run_dir, "loss")
+    marks = scalars_in(run_dir, "loss")
     assert len(marks) == POINTS + 12 and len(set(marks)) == POINTS + 12
 
 

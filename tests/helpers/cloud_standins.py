@@ -32,6 +32,7 @@ import json
 import re
 import threading
 import uuid
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -85,7 +86,7 @@ def msrest_iso(moment: datetime) -> str:
     return f"{utc:%Y-%m-%dT%H:%M:%S}.{fraction}Z"
 
 
-class _StandIn:
+class _StandIn(ABC):
     """What both stand-ins share: the server, authentication, forwarding, the record."""
 
     public_paths: frozenset[str] = frozenset()  # served without a token
@@ -116,15 +117,17 @@ class _StandIn:
 
     # -- what subclasses provide -----------------------------------------------------------------
 
+    @abstractmethod
     def _route(self, method: str, path: str, query: str, body: bytes, headers: Any) -> Answer:
-        raise NotImplementedError
+        """The answer to a request that is not forwarded to the mlflow server."""
 
+    @abstractmethod
     def _error(self, status: int, code: str, message: str) -> Answer:
-        raise NotImplementedError
+        """An error in the service's own shape."""
 
+    @abstractmethod
     def _artifact_uri(self, experiment_id: str, run_id: str) -> str:
         """A run's `artifact_uri` as the service shows it."""
-        raise NotImplementedError
 
     def _artifact_location(self, experiment_id: str) -> str | None:
         """An experiment's `artifact_location` as the service shows it (None: left as is)."""

@@ -151,12 +151,6 @@ def float32_bits(value: float) -> bytes:
     return (np.float32(np.nan) if np.isnan(single) else single).tobytes()
 
 
-def scalars_in(directory: Path, tag: str) -> list[tuple[float, bytes]]:
-    """(wall_time, float32_bits(value)) of every `tag` scalar in the events files of a run
-    directory, in file-name order."""
-    return [(wall, float32_bits(value)) for wall, value in iter_scalars(directory, tag)]
-
-
 def iter_scalars(directory: Path, tag: str) -> Iterator[tuple[float, float]]:
     """(wall_time, value) of every `tag` scalar in the events files of a run directory, in
     file-name order, read a chunk at a time."""
