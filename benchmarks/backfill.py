@@ -1,44 +1,50 @@
-"""Backfill benchmark: a full `tbmirror sync` against a naive exporter, measured in the same run.
+"""Backfill benchmark: a first `tbmirror sync` against the server's limit and a naive exporter.
 
-Builds a workload on a local MLflow server (default 1,000 runs x 20 keys x 100 points), then times
+Builds (once per --workdir, straight into the server's sqlite store with common.build_runs; an
+interrupted build is completed by the next invocation) an experiment of --runs FINISHED runs x
+--keys keys x --points points (steps 0..points-1, a second apart; default 1,000 x 20 x 100), then,
+against `mlflow server --workers N`, times
   - naive: MlflowClient.get_metric_history per key + tensorboardX add_scalar per point, one run
     after another (what azureml-tensorboard's export_to_tensorboard does);
-  - fetch-only, the limit: the requests sync makes for a backfill (runs/search pages of 1,000,
-    then get-history-bulk per key for 100 runs a call, 4 in flight on kept-alive connections,
-    every answer parsed as JSON), nothing written;
-  - tbmirror: `tbmirror sync` (a subprocess, cold start included) into an empty mirror;
+  - the limit, fetch-only: the requests a first `tbmirror sync` makes, and nothing else (the
+    experiment by name; its runs/search pages of 1,000; experiments/search and the search for
+    child runs in the other experiments; per 100 runs listed, get-history-bulk per key, and
+    get-history for each run a bulk answer cut short; each run's artifact listing), 4 in flight on
+    kept-alive connections, every answer parsed as JSON, nothing written; with and without the
+    artifact listings;
+  - `tbmirror sync` (a subprocess, cold start included) into an empty mirror, against the limit;
+    and with the source option `artifacts: {enabled: false}` against the limit without listings
+    (target: within 1.15x); the requests of each side;
   - a second `tbmirror sync` with nothing new (requests, seconds, bytes written);
   - the tfevents write path alone (encode + frame + append + fsync) against tensorboardX's
     add_scalar for the same points.
 
 Usage: python benchmarks/backfill.py [--runs 1000 --keys 20 --points 100] [--workers 1]
-           [--workdir DIR]
+           [--workdir DIR] [--write-points 1000000]
 `--workers` is the `mlflow server`'s (with several, each kept-alive request costs more there).
-A workdir keeps the workload's MLflow database between invocations (built once; an
-interrupted build is completed by the next invocation).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import random
-import re
 import shutil
-import subprocess
 import sys
 import tempfile
+import threading
 import time
-from collections import defaultdict
+from collections import Counter
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
-from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 from tensorboardX import SummaryWriter
 
-from common import write_config
+from common import Synced, build_runs, open_store, run_sync, write_config
 from tbmirror.journal import Journal
 from tbmirror.local_mlflow import LocalMlflowServer
 from tbmirror.mirror import events, summaries
@@ -46,47 +52,11 @@ from tbmirror.mirror.layout import MirrorLayout
 
 EXPERIMENT = "backfill-benchmark"
 API = "/api/2.0/mlflow"
-
-
-def build_workload(client: MlflowClient, runs: int, keys: int, points: int) -> str:
-    """Create (or complete, if an earlier build was interrupted) the workload; returns its id."""
-    shape = f"{runs}x{keys}x{points}"
-    existing = client.get_experiment_by_name(EXPERIMENT)
-    if existing and existing.tags.get("shape", shape) != shape:
-        raise SystemExit(f"{EXPERIMENT} exists with another shape: use a fresh --workdir")
-    experiment_id = existing.experiment_id if existing else client.create_experiment(EXPERIMENT)
-    client.set_experiment_tag(experiment_id, "shape", shape)
-    complete = {
-        run.info.run_name
-        for run in client.search_runs(
-            [experiment_id], "attributes.status = 'FINISHED'", max_results=50_000
-        )
-    }
-    t0 = int(time.time() * 1000) - 86_400_000
-
-    def one_run(index: int) -> None:
-        rng = random.Random(index)
-        run_id = client.create_run(experiment_id, run_name=f"run{index:05d}").info.run_id
-        metrics = [
-            Metric(f"metric_{k:02d}", rng.random(), t0 + 1000 * step, step)
-            for k in range(keys)
-            for step in range(points)
-        ]
-        for start in range(0, len(metrics), 1000):
-            client.log_batch(run_id, metrics=metrics[start : start + 1000])
-        client.set_terminated(run_id)
-
-    for run in client.search_runs(
-        [experiment_id], "attributes.status = 'RUNNING'", max_results=50_000
-    ):
-        client.delete_run(run.info.run_id)  # interrupted mid-way: incomplete
-    missing = [i for i in range(runs) if f"run{i:05d}" not in complete]
-    started = time.monotonic()
-    with ThreadPoolExecutor(4) as pool:
-        list(pool.map(one_run, missing))
-    if missing:
-        print(f"workload: {len(missing)} runs built in {time.monotonic() - started:.0f} s")
-    return str(experiment_id)
+BULK = "/ajax-api/2.0/mlflow/metrics/get-history-bulk"
+CHILD = "tags.`mlflow.parentRunId` IS NOT NULL"  # runs/search: child runs
+CHUNK = 100  # runs sync fetches together and a bulk call asks for; experiments a search asks for
+MAX_POINTS = 25_000  # points a get-history(-bulk) answer holds at most
+TARGET = 1.15
 
 
 def naive_export(client: MlflowClient, experiment_id: str, logdir: Path) -> int:
@@ -101,57 +71,113 @@ def naive_export(client: MlflowClient, experiment_id: str, logdir: Path) -> int:
     return points
 
 
-def fetch_only(url: str, experiment_id: str, concurrency: int = 4) -> tuple[float, int, int]:
-    """(seconds, points, requests) of fetching every history the way a backfill sync does,
-    without writing anything: the lower bound for `tbmirror sync`."""
+class Fetcher:
+    """Requests through `http` (kept-alive connections), each answer checked and parsed as JSON,
+    counted by endpoint. Thread-safe."""
+
+    def __init__(self, http: httpx.Client) -> None:
+        self.http = http
+        self.requests: Counter[str] = Counter()  # by endpoint ("runs/search", ...)
+        self._lock = threading.Lock()
+
+    def call(self, method: str, path: str, query: dict[str, Any]) -> dict[str, Any]:
+        """One request: `query` as the JSON body of a POST, the parameters of a GET."""
+        place = "json" if method == "POST" else "params"
+        answer = self.http.request(method, path, **{place: query})
+        answer.raise_for_status()
+        with self._lock:
+            self.requests[path.split("/mlflow/", 1)[-1]] += 1
+        body: dict[str, Any] = answer.json()
+        return body
+
+    def pages(self, method: str, path: str, query: dict[str, Any]) -> Iterator[dict[str, Any]]:
+        """Every page of a paged endpoint, each asked with the page token of the one before."""
+        token = None
+        while True:
+            page = self.call(method, path, query | ({"page_token": token} if token else {}))
+            yield page
+            token = page.get("next_page_token")
+            if not token:
+                return
+
+
+@dataclass
+class Fetched:
+    seconds: float
+    points: int
+    requests: Counter[str]  # by endpoint
+
+    def line(self) -> str:
+        shown = ", ".join(f"{endpoint} {n:,}" for endpoint, n in sorted(self.requests.items()))
+        return f"{self.seconds:8.1f} s  ({sum(self.requests.values()):,} requests: {shown})"
+
+
+def fetch_only(url: str, experiment: str, listings: bool, concurrency: int = 4) -> Fetched:
+    """The requests a first `tbmirror sync` of `experiment` makes (sources/mlflow.py, with the
+    default options), with `listings` each run's artifact listing too, `concurrency` in flight,
+    nothing written: the limit for `tbmirror sync`. The workload's runs are finished, have no
+    children and no artifacts (one listing each, of the run's root), and the server fewer than
+    100 experiments; every run has points, so all are listed (get-history pages are asked by the
+    server's token where sync asks each from the last point it read: the same count up to one a
+    series, for series of more than 25,000 points only)."""
     started = time.monotonic()
     limits = httpx.Limits(max_connections=concurrency + 1)
     with httpx.Client(base_url=url, timeout=120, limits=limits) as http:
-        keys_by_run: dict[str, list[str]] = {}
-        token, requests = None, 0
-        while True:
-            body = {"experiment_ids": [experiment_id], "max_results": 1000,
-                    "run_view_type": "ALL", "order_by": ["attributes.start_time ASC"]}  # fmt: skip
-            page = http.post(
-                f"{API}/runs/search", json=body | ({"page_token": token} if token else {})
-            )
-            answer, requests = page.json(), requests + 1
-            for run in answer.get("runs", []):
-                metrics = run["data"].get("metrics", [])
-                keys_by_run[run["info"]["run_id"]] = [m["key"] for m in metrics]
-            token = answer.get("next_page_token")
-            if not token:
-                break
-        runs_by_key: dict[str, list[str]] = defaultdict(list)
-        for run_id, keys in keys_by_run.items():
-            for key in keys:
-                runs_by_key[key].append(run_id)
-        calls = [
-            (key, run_ids[start : start + 100])
-            for key, run_ids in runs_by_key.items()
-            for start in range(0, len(run_ids), 100)
-        ]
+        fetcher = Fetcher(http)
+        found = fetcher.call("GET", f"{API}/experiments/get-by-name",
+                             {"experiment_name": experiment})  # fmt: skip
+        experiment_id = found["experiment"]["experiment_id"]
+        search = {"run_view_type": "ALL", "max_results": 1000,
+                  "order_by": ["attributes.start_time ASC"]}  # fmt: skip
+        listed = fetcher.pages(
+            "POST", f"{API}/runs/search", search | {"experiment_ids": [experiment_id], "filter": ""}
+        )
+        runs = [run for page in listed for run in page.get("runs", [])]
+        every = fetcher.pages("POST", f"{API}/experiments/search",
+                              {"max_results": 1000, "view_type": "ACTIVE_ONLY"})  # fmt: skip
+        others = sorted(e["experiment_id"] for page in every for e in page.get("experiments", []))
+        others.remove(experiment_id)
+        for start in range(0, len(others), CHUNK):
+            query = search | {"experiment_ids": others[start : start + CHUNK], "filter": CHILD}
+            for page in fetcher.pages("POST", f"{API}/runs/search", query):
+                assert not page.get("runs"), "the workload has no child runs"
 
-        def bulk(call: tuple[str, list[str]]) -> int:
+        calls: list[tuple[str, list[str]]] = []
+        for start in range(0, len(runs), CHUNK):
+            by_key: dict[str, list[str]] = {}
+            for run in runs[start : start + CHUNK]:
+                for metric in run["data"].get("metrics", []):
+                    by_key.setdefault(metric["key"], []).append(run["info"]["run_id"])
+            calls += sorted(by_key.items())
+
+        def bulk(call: tuple[str, list[str]]) -> tuple[int, list[tuple[str, str]]]:
+            """(points of the runs whose series is complete, the series of the others)."""
             key, run_ids = call
-            params = {"run_id": sorted(run_ids), "metric_key": key, "max_results": 25_000}
-            answer = http.get("/ajax-api/2.0/mlflow/metrics/get-history-bulk", params=params)
-            return len(answer.json().get("metrics", []))
+            query = {"run_id": sorted(run_ids), "metric_key": key, "max_results": MAX_POINTS}
+            points = fetcher.call("GET", BULK, query).get("metrics", [])
+            if len(points) < MAX_POINTS:
+                return len(points), []
+            cut = points[-1]["run_id"]  # the last run may be cut short: it and later ones again
+            complete = sum(point["run_id"] < cut for point in points)
+            return complete, [(run_id, key) for run_id in sorted(run_ids) if run_id >= cut]
+
+        def history(series: tuple[str, str]) -> int:
+            query = {"run_id": series[0], "metric_key": series[1], "max_results": MAX_POINTS}
+            pages = fetcher.pages("GET", f"{API}/metrics/get-history", query)
+            return sum(len(page.get("metrics", [])) for page in pages)
+
+        def listing(run_id: str) -> int:
+            pages = fetcher.pages("GET", f"{API}/artifacts/list", {"run_id": run_id})
+            return sum(len(page.get("files", [])) for page in pages)
 
         with ThreadPoolExecutor(concurrency) as pool:
-            points = sum(pool.map(bulk, calls))
-    return time.monotonic() - started, points, requests + len(calls)
-
-
-def tbmirror_sync(config: Path) -> tuple[float, str]:
-    started = time.monotonic()
-    result = subprocess.run(
-        [sys.executable, "-m", "tbmirror", "sync", "--config", str(config), "--log-level", "error"],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    return time.monotonic() - started, result.stdout.strip()
+            answers = list(pool.map(bulk, calls))
+            leftovers = [series for _, rest in answers for series in rest]
+            points = sum(count for count, _ in answers) + sum(pool.map(history, leftovers))
+            if listings:
+                files = sum(pool.map(listing, [run["info"]["run_id"] for run in runs]))
+                assert files == 0, "the workload has no artifacts"
+    return Fetched(time.monotonic() - started, points, fetcher.requests)
 
 
 def write_path(points: int, directory: Path) -> tuple[float, float]:
@@ -178,63 +204,76 @@ def write_path(points: int, directory: Path) -> tuple[float, float]:
     return ours, points / (time.perf_counter() - started)
 
 
+def verdict(ratio: float) -> str:
+    return f"{ratio:8.2f} x  (target <= {TARGET}: {'met' if ratio <= TARGET else 'missed'})"
+
+
+def summary(synced: Synced) -> str:
+    report = synced.report
+    return (f"{synced.seconds:8.1f} s  ({report['requests']:,} requests, "
+            f"{report['points']:,} points, peak RSS {synced.peak_mb:.0f} MB)")  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--runs", type=int, default=1000)
     parser.add_argument("--keys", type=int, default=20)
-    parser.add_argument("--points", type=int, default=100)
-    parser.add_argument("--workdir", type=Path)
+    parser.add_argument("--points", type=int, default=100, help="points per key and run")
+    parser.add_argument("--workdir", type=Path, help="keeps the workload between invocations")
     parser.add_argument("--write-points", type=int, default=1_000_000)
     parser.add_argument("--workers", type=int, default=1, help="the mlflow server's workers")
     args = parser.parse_args()
+    if min(args.runs, args.keys, args.points, args.write_points, args.workers) < 1:
+        parser.error("--runs, --keys, --points, --write-points and --workers must be at least 1")
     os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="tbmirror-bench-"))
     output = workdir / "output"
     shutil.rmtree(output, ignore_errors=True)
-    output.mkdir(parents=True)
+    for name in ("naive", "full", "bare"):
+        (output / name).mkdir(parents=True)
 
-    with LocalMlflowServer(
-        workdir / "mlflow", extra_args=["--workers", str(args.workers)]
-    ) as server:
-        client = MlflowClient(server.url)
-        experiment_id = build_workload(client, args.runs, args.keys, args.points)
-        total = args.runs * args.keys * args.points
-
+    server = LocalMlflowServer(workdir / "mlflow", extra_args=["--workers", str(args.workers)])
+    store = open_store(server)
+    keys = [f"metric_{k:02d}" for k in range(args.keys)]
+    experiment_id = build_runs(store, EXPERIMENT, args.runs, keys, args.points)
+    store.engine.dispose()
+    total = args.runs * args.keys * args.points
+    with server:
         started = time.monotonic()
-        naive_points = naive_export(client, experiment_id, output / "naive")
+        naive_points = naive_export(MlflowClient(server.url), experiment_id, output / "naive")
         naive_seconds = time.monotonic() - started
-        assert naive_points == total, (naive_points, total)
-
-        fetch_seconds, fetch_points, fetch_requests = fetch_only(server.url, experiment_id)
-        assert fetch_points == total, (fetch_points, total)
-        config = write_config(output, server.url, EXPERIMENT)
-        full_seconds, full_summary = tbmirror_sync(config)
-        assert f", {total} points, " in full_summary, full_summary
-        idle_seconds, idle_summary = tbmirror_sync(config)
-
+        limit = fetch_only(server.url, EXPERIMENT, listings=True)
+        full_config = write_config(output / "full", server.url, EXPERIMENT)
+        full = run_sync(full_config)
+        bare_limit = fetch_only(server.url, EXPERIMENT, listings=False)
+        bare_config = write_config(
+            output / "bare", server.url, EXPERIMENT, source={"artifacts": {"enabled": False}}
+        )
+        bare = run_sync(bare_config)
+        idle = run_sync(full_config)
+    for name, points in (("naive", naive_points), ("limit", limit.points),
+                         ("limit without listings", bare_limit.points),
+                         ("sync", full.report["points"]), ("sync without listings",
+                         bare.report["points"])):  # fmt: skip
+        if points != total:
+            sys.exit(f"{name}: {points:,} points, expected {total:,}")
     ours, baseline = write_path(args.write_points, output)
-    requests = re.search(r"(\d+) requests", idle_summary)
-    written = re.search(r"(\d+) bytes", idle_summary)
-    shape = f"{args.runs} runs x {args.keys} keys x {args.points} points"
-    print(f"workload: {shape} = {total:,} points")
-    print(f"naive exporter:        {naive_seconds:8.1f} s  ({total / naive_seconds:,.0f} points/s)")
-    print(f"tbmirror sync (full):  {full_seconds:8.1f} s  ({total / full_seconds:,.0f} points/s)")
-    print(f"speed-up:              {naive_seconds / full_seconds:8.1f} x")
-    full_requests = re.search(r"(\d+) requests", full_summary)
-    print(
-        f"fetch-only (limit):    {fetch_seconds:8.1f} s  ({total / fetch_seconds:,.0f} points/s,"
-        f" {fetch_requests} requests; sync made {full_requests.group(1) if full_requests else '?'})"
-    )
-    print(f"sync / fetch-only:     {full_seconds / fetch_seconds:8.2f} x  (target <= 1.15)")
-    print(
-        f"no-change sync:        {idle_seconds:8.2f} s, "
-        f"{requests.group(1) if requests else '?'} requests, "
-        f"{written.group(1) if written else '?'} bytes written"
-    )
-    print(
-        f"write path:            {ours:,.0f} points/s vs tensorboardX add_scalar "
-        f"{baseline:,.0f} points/s ({ours / baseline:.1f} x)"
-    )
+
+    print(f"workload: {args.runs:,} runs x {args.keys} keys x {args.points} points = "
+          f"{total:,} points; mlflow server --workers {args.workers}")  # fmt: skip
+    print(f"naive exporter:              {naive_seconds:8.1f} s  "
+          f"({total / naive_seconds:,.0f} points/s)")  # fmt: skip
+    print(f"tbmirror sync:               {summary(full)}")
+    print(f"  speed-up over naive:       {naive_seconds / full.seconds:8.1f} x")
+    print(f"limit (fetch-only):          {limit.line()}")
+    print(f"  sync / limit:              {verdict(full.seconds / limit.seconds)}")
+    print(f"sync, artifacts disabled:    {summary(bare)}")
+    print(f"limit without listings:      {bare_limit.line()}")
+    print(f"  sync / limit:              {verdict(bare.seconds / bare_limit.seconds)}")
+    print(f"no-change sync:              {idle.seconds:8.2f} s  ({idle.report['requests']:,} "
+          f"requests, {idle.report['bytes_written']:,} bytes written)")  # fmt: skip
+    print(f"write path:                  {ours:,.0f} points/s vs tensorboardX add_scalar "
+          f"{baseline:,.0f} points/s ({ours / baseline:.1f} x)")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -1,15 +1,114 @@
-"""What the benchmarks share: a config for one source, and the daemon as a subprocess."""
+"""What the benchmarks share: workloads built straight into MLflow's store, a config for one
+source, `tbmirror sync` and the daemon as subprocesses, and process figures from /proc."""
 
 from __future__ import annotations
 
+import json
+import logging
 import os
 import subprocess
 import sys
 import time
+import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
+from mlflow.entities.experiment_tag import ExperimentTag
+from mlflow.store.tracking.dbmodels.models import SqlLatestMetric, SqlMetric, SqlRun, SqlTag
+from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+from mlflow.utils.uri import append_to_uri_path
+from sqlalchemy import insert
+
+from tbmirror.local_mlflow import LocalMlflowServer
+
+BATCH_RUNS = 500  # runs built per transaction, at most
+BATCH_POINTS = 250_000  # metric rows per transaction, at most (a run's own may pass it)
+
+
+# --- workloads, straight into MLflow's store ---------------------------------------------------
+
+
+def open_store(server: LocalMlflowServer) -> SqlAlchemyStore:
+    """The sqlite store `server` serves (and its artifact root), opened (or created) in this
+    process; build before the server starts, and dispose of its engine after."""
+    logging.getLogger("mlflow").setLevel(logging.WARNING)  # the store's "Creating tables..."
+    server.directory.mkdir(parents=True, exist_ok=True)
+    return SqlAlchemyStore(
+        f"sqlite:///{server.directory / 'mlflow.db'}", str(server.directory / "artifacts")
+    )
+
+
+def build_runs(
+    store: SqlAlchemyStore, experiment: str, runs: int, keys: list[str], points: int
+) -> str:
+    """The id of `experiment`, holding `runs` FINISHED runs run00000.. with `points` points of
+    each of `keys` (both at least 1): built by the first call, completed by the next if cut short.
+
+    Run i starts at origin + i s (origin: a day and `runs` s before the first build, so
+    run{runs-1} is the newest, started a day ago); point `step` (0..points-1) of the k-th key
+    has timestamp start + step s and value (i + k + step) % 97 / 97; the run ends at
+    start + points s. The rows are those create_run, log_batch and set_terminated write (the run,
+    its mlflow.runName tag, its metrics and latest_metrics), inserted with MLflow's own table
+    models, a batch of runs per transaction (the store API takes ~70 ms a run, the REST API
+    longer): a batch is there whole or not at all, and runs missing by name are built. The shape
+    (runs x keys x points) and the origin are tags of the experiment: another shape exits."""
+    shape = f"{runs}x{len(keys)}x{points}"
+    found = store.get_experiment_by_name(experiment)
+    if found is None:
+        origin = int(time.time() * 1000) - 86_400_000 - 1000 * runs
+        tags = [ExperimentTag("shape", shape), ExperimentTag("origin_ms", str(origin))]
+        experiment_id = store.create_experiment(experiment, tags=tags)
+    elif found.tags.get("shape") == shape:
+        experiment_id, origin = found.experiment_id, int(found.tags["origin_ms"])
+    else:
+        raise SystemExit(f"{experiment} exists with another shape: use a fresh --workdir")
+    location = store.get_experiment(experiment_id).artifact_location
+    with store.ManagedSessionMaker() as session:
+        query = session.query(SqlRun.name).filter(SqlRun.experiment_id == int(experiment_id))
+        done = {name for (name,) in query}
+    missing = [index for index in range(runs) if f"run{index:05d}" not in done]
+    batch = max(1, min(BATCH_RUNS, BATCH_POINTS // (len(keys) * points)))
+    started = shown = time.monotonic()
+    for first in range(0, len(missing), batch):
+        created = [(index, origin + 1000 * index, uuid.uuid4().hex)
+                   for index in missing[first : first + batch]]  # fmt: skip
+        run_rows = [
+            {"run_uuid": run_id, "name": f"run{index:05d}", "source_type": "UNKNOWN",
+             "source_name": "", "entry_point_name": "", "user_id": "unknown",
+             "status": "FINISHED", "start_time": start, "end_time": start + 1000 * points,
+             "deleted_time": None, "source_version": "", "lifecycle_stage": "active",
+             "artifact_uri": append_to_uri_path(location, run_id, "artifacts"),
+             "experiment_id": int(experiment_id)}
+            for index, start, run_id in created
+        ]  # fmt: skip
+        tags = [{"key": "mlflow.runName", "value": f"run{index:05d}", "run_uuid": run_id}
+                for index, _, run_id in created]  # fmt: skip
+        rows = [
+            {"key": key, "value": (index + k + step) % 97 / 97, "timestamp": start + 1000 * step,
+             "step": step, "is_nan": False, "run_uuid": run_id}
+            for index, start, run_id in created
+            for k, key in enumerate(keys)
+            for step in range(points)
+        ]  # fmt: skip
+        latest = [row for row in rows if row["step"] == points - 1]  # the greatest (step, time)
+        with store.ManagedSessionMaker() as session:
+            session.execute(insert(SqlRun.__table__), run_rows)
+            session.execute(insert(SqlTag.__table__), tags)
+            session.execute(insert(SqlMetric.__table__), rows)
+            session.execute(insert(SqlLatestMetric.__table__), latest)
+        if time.monotonic() - shown >= 30:
+            shown = time.monotonic()
+            print(f"  built {first + len(created):,}/{len(missing):,} runs, "
+                  f"{shown - started:.0f} s", flush=True)  # fmt: skip
+    if missing:
+        print(f"built {len(missing):,} runs x {len(keys)} keys x {points} points in "
+              f"{time.monotonic() - started:.0f} s", flush=True)  # fmt: skip
+    return str(experiment_id)
+
+
+# --- tbmirror ----------------------------------------------------------------------------------
 
 
 def write_config(work: Path, tracking_uri: str, experiment: str, **sections: Any) -> Path:
@@ -29,6 +128,36 @@ def write_source_config(work: Path, source: dict[str, Any], **sections: Any) -> 
     config = work / "tbmirror.yaml"
     config.write_text(yaml.safe_dump(document))
     return config
+
+
+@dataclass
+class Synced:
+    """One `tbmirror sync`: wall time (cold start included), peak RSS, and its pass report (the
+    source_synced event: runs_listed, points, requests, bytes_written, seconds, ...)."""
+
+    seconds: float
+    peak_mb: float
+    report: dict[str, Any]
+
+
+def run_sync(config: Path) -> Synced:
+    """`tbmirror sync --config config` to completion, under /usr/bin/time (the peak RSS wait4
+    reports for a child forked from this process would count this process's pages too). Exits
+    with its output if it fails. The config must log at level info (the default)."""
+    command = [
+        "/usr/bin/time", "-f", "peak-kb %M",
+        sys.executable, "-m", "tbmirror", "sync", "--config", str(config),
+    ]  # fmt: skip
+    started = time.monotonic()
+    result = subprocess.run(command, capture_output=True, text=True)
+    seconds = time.monotonic() - started
+    events = [json.loads(line) for line in result.stderr.splitlines() if line.startswith("{")]
+    report = next((e for e in events if e.get("event") == "source_synced"), None)
+    if result.returncode != 0 or report is None:
+        raise SystemExit(f"tbmirror sync failed ({result.returncode}):\n{result.stdout}\n"
+                         f"{result.stderr[-3000:]}")  # fmt: skip
+    peak_kb = int(result.stderr.rsplit("peak-kb ", 1)[1].split()[0])
+    return Synced(seconds, peak_kb / 1024, report)
 
 
 def start_daemon(config: Path, log_path: Path) -> subprocess.Popen[bytes]:

@@ -1,7 +1,7 @@
 """TensorBoard cost: what a TensorBoard costs on 10,000 mirrored runs vs a 500-run window.
 
 Builds (once per --workdir; an interrupted build is completed by the next invocation) into a
-local `mlflow server`'s sqlite store, through SqlAlchemyStore and its own table models (about
+local `mlflow server`'s sqlite store, with MLflow's own table models (common.build_runs, about
 2 minutes for the default), one experiment of --runs FINISHED runs x --keys keys x --points
 points (start times a second apart, so "most recent" is well defined: run{N-1} is the newest).
 Then, each `tbmirror sync` a subprocess (cold start included) into an empty mirror root:
@@ -27,115 +27,35 @@ Usage: python benchmarks/tensorboard_cost.py [--runs 10000 --keys 5 --points 100
 from __future__ import annotations
 
 import argparse
-import json
-import logging
 import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import httpx
-from mlflow.entities import ViewType
-from mlflow.entities.experiment_tag import ExperimentTag
-from mlflow.store.tracking.dbmodels.models import SqlLatestMetric, SqlMetric, SqlRun, SqlTag
-from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
 from mlflow.tracking import MlflowClient
-from mlflow.utils.uri import append_to_uri_path
-from sqlalchemy import insert
 
-from common import tree_rss_mb, wait_until_idle, write_config
+from common import (
+    Synced,
+    build_runs,
+    open_store,
+    run_sync,
+    tree_rss_mb,
+    wait_until_idle,
+    write_config,
+)
 from tbmirror.local_mlflow import LocalMlflowServer
 from tbmirror.processes import free_port, stop_process_group
 
 EXPERIMENT = "tensorboard-cost"
-BATCH = 500  # runs built per bulk insert
 SCALARS, TAGS, RUNS = "/data/plugin/scalars/scalars", "/data/plugin/scalars/tags", "/data/runs"
 
 
-# --- workload --------------------------------------------------------------------------------
-
-
-def build(store: SqlAlchemyStore, runs: int, keys: int, points: int) -> None:
-    """FINISHED runs run00000.. (start times 1 s apart, a day old); a run left unfinished is
-    deleted and built again.
-
-    The runs, their mlflow.runName tags and their points go straight into the store's tables
-    (its own models: the rows create_run, log_batch and set_terminated write), BATCH runs per
-    transaction: the store API call per run (about 70 ms here) would take 12 minutes for
-    10,000 runs."""
-    shape = f"{runs}x{keys}x{points}"
-    found = store.get_experiment_by_name(EXPERIMENT)
-    if found is not None and found.tags.get("shape", shape) != shape:
-        raise SystemExit(f"{EXPERIMENT} exists with another shape: use a fresh --workdir")
-    experiment_id = found.experiment_id if found else store.create_experiment(EXPERIMENT)
-    store.set_experiment_tag(experiment_id, ExperimentTag("shape", shape))
-    location = store.get_experiment(experiment_id).artifact_location
-    listed = store.search_runs([experiment_id], "", ViewType.ACTIVE_ONLY, max_results=50_000)
-    done = {run.info.run_name for run in listed if run.info.status == "FINISHED"}
-    for run in listed:
-        if run.info.status != "FINISHED":
-            store.delete_run(run.info.run_id)
-    t0 = int(time.time() * 1000) - 86_400_000
-    missing = [index for index in range(runs) if f"run{index:05d}" not in done]
-    started = time.monotonic()
-    for first in range(0, len(missing), BATCH):
-        created = [(index, t0 + 1000 * index, uuid.uuid4().hex)
-                   for index in missing[first : first + BATCH]]  # fmt: skip
-        run_rows = [
-            {"run_uuid": run_id, "name": f"run{index:05d}", "source_type": "UNKNOWN",
-             "source_name": "", "entry_point_name": "", "user_id": "bench",
-             "status": "FINISHED", "start_time": start, "end_time": start + points,
-             "deleted_time": None, "source_version": "", "lifecycle_stage": "active",
-             "artifact_uri": append_to_uri_path(location, run_id, "artifacts"),
-             "experiment_id": int(experiment_id)}
-            for index, start, run_id in created
-        ]  # fmt: skip
-        tags = [{"key": "mlflow.runName", "value": f"run{index:05d}", "run_uuid": run_id}
-                for index, _, run_id in created]  # fmt: skip
-        rows = [
-            {"key": f"key_{k}", "value": (index + k + step) % 97 / 97, "timestamp": start + step,
-             "step": step, "is_nan": False, "run_uuid": run_id}
-            for index, start, run_id in created
-            for k in range(keys)
-            for step in range(points)
-        ]  # fmt: skip
-        latest = [row for row in rows if row["step"] == points - 1]
-        with store.ManagedSessionMaker() as session:
-            session.execute(insert(SqlRun.__table__), run_rows)
-            session.execute(insert(SqlTag.__table__), tags)
-            session.execute(insert(SqlMetric.__table__), rows)
-            session.execute(insert(SqlLatestMetric.__table__), latest)
-        print(f"  built {first + len(created):,}/{len(missing):,} runs, "
-              f"{time.monotonic() - started:.0f} s", flush=True)  # fmt: skip
-    if missing:
-        print(f"built {len(missing):,} runs x {keys} keys x {points} points in "
-              f"{time.monotonic() - started:.0f} s", flush=True)  # fmt: skip
-
-
-# --- syncs -----------------------------------------------------------------------------------
-
-
-def sync(config: Path) -> tuple[float, dict[str, Any]]:
-    """`tbmirror sync` as a subprocess: its wall time and its source_synced event."""
-    started = time.monotonic()
-    result = subprocess.run(
-        [sys.executable, "-m", "tbmirror", "sync", "--config", str(config)],
-        capture_output=True,
-        text=True,
-    )
-    seconds = time.monotonic() - started
-    events = [json.loads(line) for line in result.stderr.splitlines() if line.startswith("{")]
-    report = next((e for e in events if e.get("event") == "source_synced"), None)
-    if result.returncode != 0 or report is None:
-        raise SystemExit(f"tbmirror sync failed ({result.returncode}):\n{result.stdout}\n"
-                         f"{result.stderr[-3000:]}")  # fmt: skip
-    return seconds, report
+# --- mirrors ---------------------------------------------------------------------------------
 
 
 def run_dirs(root: Path) -> set[str]:
@@ -229,7 +149,7 @@ def measure(
             )[0].info.run_id  # fmt: skip
             step = max(m.step for m in mlflow.get_metric_history(run_id, "key_0")) + 1
             mlflow.log_metric(run_id, "key_0", 42.0, step=step)
-            sync_s, _ = sync(config)
+            sync_s = run_sync(config).seconds
             synced = time.monotonic()
             while True:
                 answer = client.get(SCALARS, params={"run": run_path, "tag": "key_0"}).json()
@@ -262,28 +182,25 @@ def main() -> None:
     args = parser.parse_args()
     if min(args.runs, args.keys, args.points, args.window, args.repeat) < 1:
         parser.error("--runs, --keys, --points, --window and --repeat must be at least 1")
-    logging.getLogger("mlflow").setLevel(logging.WARNING)  # the store's "Creating tables..."
     work = args.workdir or Path(tempfile.mkdtemp(prefix="tbmirror-tbcost-"))
     output = work / "output"
     shutil.rmtree(output, ignore_errors=True)
     output.mkdir(parents=True)
 
     server = LocalMlflowServer(work / "mlflow")
-    server.directory.mkdir(parents=True, exist_ok=True)
-    store = SqlAlchemyStore(
-        f"sqlite:///{server.directory / 'mlflow.db'}", str(server.directory / "artifacts")
-    )
-    build(store, args.runs, args.keys, args.points)
+    store = open_store(server)
+    build_runs(store, EXPERIMENT, args.runs, [f"key_{k}" for k in range(args.keys)], args.points)
     store.engine.dispose()
 
     newest = f"run{args.runs - 1:05d}"
-    results: dict[str, tuple[float, dict[str, Any], Cost]] = {}
+    results: dict[str, tuple[Synced, Cost]] = {}
     with server:
         for label, source in (("all", {}), ("window", {"max_runs": args.window})):
             (output / label).mkdir()
             config = write_config(output / label, server.url, EXPERIMENT, source=source)
-            seconds, report = sync(config)
-            print(f"sync {label}: {seconds:.1f} s (pass {report['seconds']:.1f} s), "
+            synced = run_sync(config)
+            report = synced.report
+            print(f"sync {label}: {synced.seconds:.1f} s (pass {report['seconds']:.1f} s), "
                   f"{report['runs_written']:,} runs written, {report['points']:,} points, "
                   f"{report['requests']:,} requests, {report['bytes_written']:,} bytes",
                   flush=True)  # fmt: skip
@@ -292,15 +209,14 @@ def main() -> None:
             cost = measure(root, config, server.url, run_path, args.keys, args.repeat,
                            output / f"tensorboard-{label}.log", args.timeout)  # fmt: skip
             print(f"TensorBoard {label}: {cost}", flush=True)
-            results[label] = (seconds, report, cost)
+            results[label] = (synced, cost)
 
-    all_sync, all_report, big = results["all"]
-    win_sync, win_report, small = results["window"]
+    (all_sync, big), (win_sync, small) = results["all"], results["window"]
     rows = [
         ("runs mirrored (/data/runs)", big.runs, small.runs, "{:,}"),
-        ("first sync, s", all_sync, win_sync, "{:.1f}"),
-        ("first sync bytes written, MB", all_report["bytes_written"] / 1e6,
-         win_report["bytes_written"] / 1e6, "{:.1f}"),
+        ("first sync, s", all_sync.seconds, win_sync.seconds, "{:.1f}"),
+        ("first sync bytes written, MB", all_sync.report["bytes_written"] / 1e6,
+         win_sync.report["bytes_written"] / 1e6, "{:.1f}"),
         ("TensorBoard: all runs loaded, s", big.loaded_s, small.loaded_s, "{:.1f}"),
         ("TensorBoard: idle after, s", big.idle_s, small.idle_s, "{:.1f}"),
         ("GET /data/environment, ms (floor)", big.floor_ms, small.floor_ms, "{:.1f}"),

@@ -270,6 +270,9 @@ def test_the_hostile_proxy_injects_each_fault_and_closes_cleanly(
         assert "next_page_token" not in http.post(path, json=search).json()
         proxy.set("drop_runs", times=1, run_ids=[ids["a"]])
         assert http.post(path, json=search).json()["runs"] == []
+        proxy.set("small_pages", times=1, size=1)
+        capped = http.post(path, json=search | {"max_results": 10}).json()
+        assert len(capped["runs"]) == 1 and capped["next_page_token"]
         proxy.set("huge", times=1, mib=3, content_length=False)
         huge = http.post(path, json=search)
         assert 3 * 2**20 - 1000 < len(huge.content) <= 3 * 2**20 and len(huge.json()["runs"]) > 1

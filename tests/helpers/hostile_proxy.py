@@ -19,6 +19,8 @@ Faults and their params (defaults in brackets):
 - `truncate_page(keep [None])`: the real answer without `next_page_token` (and with only its
   first `keep` runs).
 - `drop_runs(run_ids)`: the real answer without those runs in `runs`.
+- `small_pages(size [2])`: the request's JSON `max_results` cut to `size` (a server that caps
+  its pages), the real answer to that.
 - `repeat_token(token [injected if the first page has none])`: the first page seen, its
   `next_page_token` included, again and again (a server stuck on one token; `Rule.token`).
 - `trickle(interval [1 s])`: 200 and its headers, then one byte per interval until the client
@@ -58,6 +60,7 @@ FAULTS: dict[str, frozenset[str]] = {  # fault -> the params it takes
     "redirect": frozenset({"location", "status"}),
     "truncate_page": frozenset({"keep"}),
     "drop_runs": frozenset({"run_ids"}),
+    "small_pages": frozenset({"size"}),
     "repeat_token": frozenset({"token"}),
     "trickle": frozenset({"interval"}),
     "reset": frozenset(),
@@ -424,6 +427,16 @@ class _Handler(BaseHTTPRequestHandler):
                 ]
 
         self._relay(seen, answer, _edited(answer, drop))
+
+    def _small_pages(self, seen: Seen, sent: bytes, rule: Rule, size: int = 2) -> None:
+        try:
+            request = json.loads(sent)
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            request = None
+        if isinstance(request, dict) and isinstance(request.get("max_results"), int):
+            request["max_results"] = min(request["max_results"], size)
+            sent = json.dumps(request).encode()
+        self._relay(seen, self._upstream(sent))
 
     def _repeat_token(self, seen: Seen, sent: bytes, rule: Rule, token: str | None = None) -> None:
         with self.server.proxy._lock:

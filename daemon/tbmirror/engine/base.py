@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-Progress = Callable[[int, int], None]  # (done, total), for a progress bar
+Progress = Callable[[int, int], None]  # (done, total so far: a listing may still grow it)
 
 
 @dataclass

@@ -93,11 +93,23 @@ class SelectionError(SourceError):
 
 @dataclass
 class RunListing:
-    """One complete listing of a source: its experiments and runs, parents before children."""
+    """One listing of a source: its experiments, and its runs read page by page as they are
+    iterated (each once, oldest first: a parent mostly before its children; a child in another
+    experiment after its parent). `listed` and `deleted` hold the ids of the runs iterated so
+    far; a listing is complete only once its runs have been iterated to the end without an
+    error."""
 
     experiments: dict[str, Experiment]
-    runs: list[RunSnapshot]
+    runs: Iterator[RunSnapshot]
     missing_experiments: list[str] = field(default_factory=list)
+    listed: set[str] = field(default_factory=set)
+    deleted: set[str] = field(default_factory=set)
+
+    def note(self, run: RunSnapshot) -> None:
+        """Count `run` as iterated."""
+        self.listed.add(run.run_id)
+        if run.deleted:
+            self.deleted.add(run.run_id)
 
 
 @dataclass(frozen=True)
@@ -432,7 +444,8 @@ class MlflowSource:
         watch_ids: Iterable[str] = (),
         mirrored_ids: Iterable[str] = (),
     ) -> RunListing:
-        """Runs to mirror, parents ordered before their children. Raises SourceError.
+        """Runs to mirror, read page by page as `RunListing.runs` is iterated. Raises SourceError
+        (its iteration too).
 
         A full listing (`since_ms` None) holds every run of the configured experiments. A quick
         one reuses the experiments of the last full listing and holds only runs that are running,
@@ -446,29 +459,44 @@ class MlflowSource:
             filters = [""]
         else:
             filters = ["attributes.status = 'RUNNING'", f"attributes.start_time >= {since_ms}"]
-        configured = sorted(self._experiments)
-        runs: dict[str, RunSnapshot] = {}
-        for run in self._search(configured, filters, watch_ids):
-            runs[run.run_id] = run
-        if self.settings.child_runs_in_other_experiments and not self.settings.all_experiments:
-            if self._other_experiments is None:
-                every = sorted(e.experiment_id for e in self.client.experiments())
-                self._other_experiments = [e for e in every if e not in self._experiments]
-            children = [_all_of(CHILD, f) for f in filters]
-            candidates = {
-                r.run_id: r
-                for r in self._search(self._other_experiments, children, watch_ids, False)
-            }
-            parents = set(runs) | set(mirrored_ids)
-            added = True
-            while added:
-                added = False
-                for run_id, run in list(candidates.items()):
-                    if run.parent_run_id in parents:
-                        runs[run_id] = candidates.pop(run_id)
-                        parents.add(run_id)
-                        added = True
-        return RunListing(dict(self._experiments), _parents_first(runs), list(self._missing))
+        listing = RunListing(dict(self._experiments), iter(()), list(self._missing))
+        listing.runs = self._listed_runs(listing, filters, list(watch_ids), mirrored_ids)
+        return listing
+
+    def _listed_runs(
+        self,
+        listing: RunListing,
+        filters: list[str],
+        watch_ids: list[str],
+        mirrored_ids: Iterable[str],
+    ) -> Iterator[RunSnapshot]:
+        """The runs of `listing`, each once, noted in its `listed` and `deleted` as yielded."""
+        assert self._experiments is not None
+        listed = listing.listed
+        for run in self._search(sorted(self._experiments), filters, watch_ids):
+            if run.run_id not in listed:
+                listing.note(run)
+                yield run
+        if not self.settings.child_runs_in_other_experiments or self.settings.all_experiments:
+            return
+        if self._other_experiments is None:
+            every = sorted(e.experiment_id for e in self.client.experiments())
+            self._other_experiments = [e for e in every if e not in self._experiments]
+        children = [_all_of(CHILD, f) for f in filters]
+        candidates = {
+            r.run_id: r for r in self._search(self._other_experiments, children, watch_ids, False)
+        }
+        parents = listed | set(mirrored_ids)
+        added = True
+        while added:  # children of children: until none is added
+            added = False
+            for run_id, run in list(candidates.items()):
+                if run.parent_run_id in parents and run_id not in listed:
+                    del candidates[run_id]
+                    parents.add(run_id)
+                    listing.note(run)
+                    added = True
+                    yield run
 
     def _search(
         self,
@@ -676,22 +704,3 @@ def _all_of(*clauses: str) -> str:
 def _chunks(items: list[str], size: int) -> Iterator[list[str]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
-
-
-def _parents_first(runs: dict[str, RunSnapshot]) -> list[RunSnapshot]:
-    """Runs ordered so that each parent (when listed) comes before its children."""
-    ordered: list[RunSnapshot] = []
-    placed: set[str] = set()
-
-    def place(run: RunSnapshot, trail: set[str]) -> None:
-        if run.run_id in placed:
-            return
-        parent = run.parent_run_id
-        if parent in runs and parent not in trail:
-            place(runs[parent], trail | {run.run_id})
-        placed.add(run.run_id)
-        ordered.append(run)
-
-    for run in runs.values():
-        place(run, {run.run_id})
-    return ordered

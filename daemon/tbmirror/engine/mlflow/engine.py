@@ -1,9 +1,11 @@
 """The MLflow engine: one incremental pass of one MLflow source into the mirror.
 
-A pass lists the source's runs, places each (placement.py: moved on rename, removed on deletion),
-plans which series changed (planning.py), fetches only those histories, encodes the new records
+A pass reads the source's run listing a page at a time (never every run at once), selects
+(selection.py) and places each run (placement.py: moved on rename, removed on deletion), plans
+which series changed (planning.py), fetches only those histories, encodes the new records
 (encoding.py) and hands each chunk of runs to the journal as one batch; running runs and runs due
-for a reconcile are also checked for tfevents artifacts (artifacts.py).
+for a reconcile are also checked for tfevents artifacts (artifacts.py). Once the listing is
+complete, runs it proves deleted or out of the selection leave the mirror.
 
 One run that fails is logged and counted and the pass goes on; a source error ends the pass,
 keeping what earlier chunks committed; a write fault (the journal's) ends it too, and the next
@@ -23,7 +25,7 @@ from tbmirror.engine.mlflow.artifacts import ArtifactSync
 from tbmirror.engine.mlflow.encoding import Encoded, RunEncoder, SeriesStream, append_records
 from tbmirror.engine.mlflow.placement import Placement
 from tbmirror.engine.mlflow.planning import Plan, Planner
-from tbmirror.engine.mlflow.selection import AGE, FILTER, STATUS, Selected, Selection
+from tbmirror.engine.mlflow.selection import AGE, FILTER, STATUS, Selection
 from tbmirror.errors import MirrorError, TbmirrorError
 from tbmirror.journal import Journal, WriteFault
 from tbmirror.mirror.events import EventsFileLostError
@@ -130,56 +132,77 @@ class MlflowEngine:
         self._trials = None
         listing_started = self.clock()
         listing = self._list(full)
-        report.runs_listed = len(listing.runs)
         report.missing_experiments = listing.missing_experiments
         for name in listing.missing_experiments:
             log.warning("experiment_not_found", source=self.source.name, experiment=name)
         experiment_dirs = self.placement.place_experiments(listing.experiments)
-        self.artifacts.note(listing.runs)
-        selected = self.selection.apply(
+        selected = self.selection.stream(
             listing.runs, full, self.placement.records, self.placement.archived
         )
+        self.planner.start_pass()
+        chunk: list[RunSnapshot] = []
+        for run in selected:  # the listing is read a page at a time, as chunks are written
+            if not run.deleted:
+                chunk.append(run)
+            if len(chunk) == CHUNK_RUNS:
+                self._sync_chunk(chunk, experiment_dirs, reconcile_all, report, stop)
+                if progress:
+                    progress(report.runs_tried, len(listing.listed))
+                if stop is not None and stop.is_set():
+                    return
+                chunk = []
+        self._sync_chunk(chunk, experiment_dirs, reconcile_all, report, stop)
+        report.runs_listed = len(listing.listed)
+        if progress:
+            progress(report.runs_tried, report.runs_listed)
+        if stop is not None and stop.is_set():
+            return
         needs_proof = self.settings.on_delete == "remove" or bool(self.settings.filter)
         absent = self._absent_states(listing, full) if needs_proof else {}
         if self.settings.on_delete == "remove":
             self._remove_deleted(listing, absent, report)
-        left = self._retire(selected, absent, report)
-        live = [run for run in selected.runs if not run.deleted and run.run_id not in left]
-        report.runs_tried = len(live)
-        self.planner.start_pass()
-        for start in range(0, len(live), CHUNK_RUNS):
-            plans: list[Plan] = []
-            for run in live[start : start + CHUNK_RUNS]:
-                try:
-                    placed = self.placement.place(run, experiment_dirs)
-                except WriteFault:
-                    raise
-                except Exception as error:  # one bad run never stops the others
-                    self._fail(report, run.run_id, error)
-                    continue
-                if placed is None:
-                    continue
-                report.runs_moved += placed.moved
-                plans.append(
-                    self.planner.plan(run, placed.record, placed.parent_run_id, reconcile_all)
-                )
-            requests = [request for plan in plans for request in plan.requests]
-            report.history_series += len(requests)
-            histories = self.source.fetch(requests)
-            streams = self._write_chunk(plans, histories, report, stop)
-            self._write_streams(streams, report, stop)
-            self.artifacts.sync([p.run.run_id for p in plans if p.artifacts], report, stop)
-            if progress:
-                progress(min(start + CHUNK_RUNS, len(live)), len(live))
-            if stop is not None and stop.is_set():
-                return
+        self._retire(selected.out, absent, report)
         backlog = self.planner.artifact_backlog(
             self.placement.records, self.artifacts.retry_at, self.artifact_batch
         )
-        report.runs_tried += len(set(backlog) - {run.run_id for run in live})
+        report.runs_tried += len([run_id for run_id in backlog if run_id not in listing.listed])
         for start in range(0, len(backlog), CHUNK_RUNS):
             self.artifacts.sync(backlog[start : start + CHUNK_RUNS], report, stop)
         self._last_listing = listing_started
+
+    def _sync_chunk(
+        self,
+        runs: list[RunSnapshot],
+        experiment_dirs: dict[str, str],
+        reconcile_all: bool,
+        report: PassReport,
+        stop: threading.Event | None,
+    ) -> None:
+        """Place and plan a chunk of listed runs, fetch what changed, write it as one batch (and
+        the further pages of long series), then look at the artifacts of those due."""
+        if not runs:
+            return
+        report.runs_tried += len(runs)
+        self.artifacts.note(runs)
+        plans: list[Plan] = []
+        for run in runs:
+            try:
+                placed = self.placement.place(run, experiment_dirs)
+            except WriteFault:
+                raise
+            except Exception as error:  # one bad run never stops the others
+                self._fail(report, run.run_id, error)
+                continue
+            if placed is None:
+                continue
+            report.runs_moved += placed.moved
+            plans.append(self.planner.plan(run, placed.record, placed.parent_run_id, reconcile_all))
+        requests = [request for plan in plans for request in plan.requests]
+        report.history_series += len(requests)
+        histories = self.source.fetch(requests)
+        streams = self._write_chunk(plans, histories, report, stop)
+        self._write_streams(streams, report, stop)
+        self.artifacts.sync([p.run.run_id for p in plans if p.artifacts], report, stop)
 
     def _list(self, full: bool) -> RunListing:
         mirrored = self.placement.records
@@ -198,7 +221,7 @@ class MlflowEngine:
         nothing by what it lacks. A run the server gives no clear answer about is left out."""
         if not full:
             return {}
-        shown = {run.run_id for run in listing.runs}
+        shown = listing.listed
         searched = set(listing.experiments)  # a run of a missing experiment is not "gone"
         absent = [
             run_id
@@ -218,23 +241,23 @@ class MlflowEngine:
     ) -> None:
         """Remove the mirror of runs proven deleted: shown deleted in the listing, or absent
         from it and deleted or unknown to the server (runs/get: RESOURCE_DOES_NOT_EXIST)."""
-        deleted = {run.run_id for run in listing.runs if run.deleted}
+        deleted = set(listing.deleted)
         deleted |= {run_id for run_id, state in absent.items() if state != "active"}
         mirrored = self.placement.records | self.placement.archived
         for run_id in deleted & set(mirrored):
             self.placement.remove(mirrored[run_id])
             report.runs_removed += 1
 
-    def _retire(self, selected: Selected, absent: dict[str, str], report: PassReport) -> set[str]:
+    def _retire(self, out: dict[str, str], absent: dict[str, str], report: PassReport) -> None:
         """Take mirrored top-level runs out of the root (their children with them) once the
         server proves they left the selection (selection.py): runs/get shows them out by status
         or age; a search with the filter answers a well-formed empty page for one absent from a
         full listing; a complete listing puts them past `max_runs`; their parent left already.
-        At most PROOF_CHECKS requests. Returns the ids of the runs that left."""
+        At most PROOF_CHECKS requests."""
         records = self.placement.records
         candidates = [  # a child whose parent is in the root leaves with it
             (records[run_id], reason)
-            for run_id, reason in selected.out.items()
+            for run_id, reason in out.items()
             if run_id in records and records[run_id].parent_run_id not in records
         ]
         if self.settings.filter:
@@ -243,7 +266,6 @@ class MlflowEngine:
                 for run_id, state in absent.items()
                 if state == "active" and records[run_id].parent_run_id not in records
             ]
-        left: set[str] = set()
         asked = 0
         for record, reason in candidates:
             needs_proof = reason in (STATUS, AGE, FILTER)
@@ -260,14 +282,11 @@ class MlflowEngine:
                 if proven:
                     log.info("run_left_selection", source=self.name, run_id=record.run_id,
                              reason=reason)  # fmt: skip
-                    gone = self.placement.retire(record)
-                    left.update(gone)
-                    report.runs_retired += len(gone)
+                    report.runs_retired += len(self.placement.retire(record))
             except WriteFault:
                 raise
             except TbmirrorError as error:  # no proof, or the move failed: this run only
                 self._fail(report, record.run_id, error)
-        return left
 
     def _write_chunk(
         self,

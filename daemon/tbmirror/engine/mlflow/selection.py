@@ -15,8 +15,9 @@ for `max_runs`, a complete listing.
 
 from __future__ import annotations
 
+import heapq
 from collections import defaultdict
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Iterable, Iterator
 from dataclasses import dataclass, field
 
 from tbmirror.config import MlflowSourceSettings
@@ -55,53 +56,132 @@ class Selection:
 
     def apply(
         self,
-        runs: list[RunSnapshot],
+        runs: Iterable[RunSnapshot],
         complete: bool,
         in_root: Collection[str],
         archived: Collection[str] = (),
     ) -> Selected:
-        """Split listed `runs` (parents first). A child follows its parent: the parent's verdict
-        if it is listed; in while the parent is mirrored `in_root` (until the parent leaves);
-        out if the parent is `archived`, or a `filter` left it unlisted; otherwise (its parent
-        deleted, say) it is judged as a top-level run. Deleted runs are judged in (their
-        deletion is the engine's)."""
-        if not self.settings.selective:
-            return Selected(list(runs))
-        listed = {run.run_id for run in runs}
-        out: dict[str, str] = {}
-        for run in runs:
-            parent = run.parent_run_id
-            if parent and parent != run.run_id:
-                if parent in listed:
-                    if parent in out:
-                        out[run.run_id] = PARENT
-                    continue
-                if parent in in_root:
-                    continue
-                if parent in archived or self.settings.filter:
-                    out[run.run_id] = PARENT
-                    continue
-            reason = None if run.deleted else self.judge(run)
-            if reason:
-                out[run.run_id] = reason
-        if complete and self.settings.max_runs is not None:
-            self._keep_most_recent(runs, out)
-        return Selected([run for run in runs if run.run_id not in out], out)
+        """The whole of `stream` at once (for `tbmirror check` and tests)."""
+        stream = self.stream(runs, complete, in_root, archived)
+        return Selected(list(stream), stream.out)
 
-    def _keep_most_recent(self, runs: list[RunSnapshot], out: dict[str, str]) -> None:
-        """Mark top-level runs past the `max_runs` most recent of their experiment (and their
-        children) out."""
-        assert self.settings.max_runs is not None
-        listed = {run.run_id for run in runs}
-        by_experiment: dict[str, list[RunSnapshot]] = defaultdict(list)
-        for run in runs:
-            top_level = not run.parent_run_id or run.parent_run_id not in listed
-            if top_level and run.run_id not in out and not run.deleted:
-                by_experiment[run.experiment_id].append(run)
-        for candidates in by_experiment.values():
-            candidates.sort(key=lambda run: (run.start_time or 0, run.run_id), reverse=True)
-            for run in candidates[self.settings.max_runs :]:
-                out[run.run_id] = MAX_RUNS
-        for run in runs:  # parents first: a child follows its parent out
-            if run.parent_run_id in out and run.run_id not in out:
-                out[run.run_id] = PARENT
+    def stream(
+        self,
+        runs: Iterable[RunSnapshot],
+        complete: bool,
+        in_root: Collection[str],
+        archived: Collection[str] = (),
+    ) -> SelectionStream:
+        """The runs of a listing read as it arrives, split (SelectionStream)."""
+        return SelectionStream(self, runs, complete, in_root, archived)
+
+
+class SelectionStream:
+    """Iterating yields the listed runs to mirror, each parent before its children, as the
+    listing arrives; `out` says why each run left out is (complete once iterated).
+
+    A child follows its parent: the parent's verdict once the parent is listed; in while the
+    parent is mirrored `in_root` (until the parent leaves); out if the parent is `archived`, or a
+    `filter` left it unlisted; otherwise (its parent deleted, say) it is judged as a top-level
+    run. A child listed before its parent waits for it (listings come oldest first, so this is
+    rare) until the listing ends. Deleted runs are judged in (their deletion is the engine's).
+
+    With `max_runs` on a `complete` listing, top-level runs are held, per experiment, while they
+    are among its `max_runs` most recent so far (their children with them), and yielded once the
+    listing has ended: only the selection is ever held, never the whole listing.
+    """
+
+    def __init__(
+        self,
+        selection: Selection,
+        runs: Iterable[RunSnapshot],
+        complete: bool,
+        in_root: Collection[str],
+        archived: Collection[str],
+    ) -> None:
+        self.out: dict[str, str] = {}
+        self._selection = selection
+        self._runs = runs
+        self._in_root = in_root
+        self._archived = archived
+        self._max_runs = selection.settings.max_runs if complete else None
+        self._decided: set[str] = set()  # in (yielded or held) or out
+        self._waiting: dict[str, list[RunSnapshot]] = defaultdict(list)  # by their parent's id
+        self._waiting_ids: set[str] = set()
+        self._held: dict[str, list[tuple[int, str]]] = defaultdict(list)  # experiment -> heap
+        self._trees: dict[str, list[RunSnapshot]] = {}  # a held top-level run's id -> its tree
+        self._tree_of: dict[str, str] = {}  # a held run's id -> its top-level run's id
+
+    def __iter__(self) -> Iterator[RunSnapshot]:
+        for run in self._runs:
+            parent = _parent_of(run)
+            if parent and parent not in self._decided and parent not in self._in_root:
+                self._waiting[parent].append(run)
+                self._waiting_ids.add(run.run_id)
+                continue
+            yield from self._decide(run, parent_listed=parent in self._decided)
+        while self._waiting:  # parents never listed (first), or listed in a cycle
+            roots = (parent for parent in self._waiting if parent not in self._waiting_ids)
+            parent = next(roots, next(iter(self._waiting)))
+            for run in self._waiting.pop(parent):
+                yield from self._decide(run, parent_listed=False)
+        for tree in self._trees.values():
+            yield from tree
+
+    def _decide(self, run: RunSnapshot, parent_listed: bool) -> Iterator[RunSnapshot]:
+        """Judge `run`, then the children waiting for it; yields those that are in now."""
+        todo = [(run, parent_listed)]
+        while todo:
+            run, parent_listed = todo.pop()
+            self._decided.add(run.run_id)
+            self._waiting_ids.discard(run.run_id)
+            reason, tree = self._verdict(run, parent_listed)
+            if reason:
+                self.out[run.run_id] = reason
+            elif tree is not None:
+                self._trees[tree].append(run)
+                self._tree_of[run.run_id] = tree
+            else:
+                yield run
+            todo += [(child, True) for child in reversed(self._waiting.pop(run.run_id, []))]
+
+    def _verdict(self, run: RunSnapshot, parent_listed: bool) -> tuple[str | None, str | None]:
+        """(why `run` is out, or None; the id of the held tree it joins, or None)."""
+        settings = self._selection.settings
+        parent = _parent_of(run)
+        if parent and parent_listed:
+            return (PARENT if parent in self.out else None), self._tree_of.get(parent)
+        if parent and parent in self._in_root:
+            return None, None
+        if parent and (parent in self._archived or settings.filter):
+            return PARENT, None
+        if not settings.selective or run.deleted:
+            return None, None
+        reason = self._selection.judge(run)
+        if reason or self._max_runs is None:
+            return reason, None
+        return (None, run.run_id) if self._hold(run) else (MAX_RUNS, None)
+
+    def _hold(self, run: RunSnapshot) -> bool:
+        """Hold a top-level run among its experiment's `max_runs` most recent so far; the oldest
+        held one past them leaves, its tree with it. Whether `run` is held."""
+        assert self._max_runs is not None
+        heap = self._held[run.experiment_id]
+        heapq.heappush(heap, (run.start_time or 0, run.run_id))
+        if len(heap) <= self._max_runs:
+            self._trees[run.run_id] = []
+            return True
+        _, oldest = heapq.heappop(heap)
+        if oldest == run.run_id:
+            return False
+        for member in self._trees.pop(oldest):
+            del self._tree_of[member.run_id]
+            self.out[member.run_id] = PARENT
+        self.out[oldest] = MAX_RUNS
+        self._trees[run.run_id] = []
+        return True
+
+
+def _parent_of(run: RunSnapshot) -> str | None:
+    parent = run.parent_run_id
+    return parent if parent and parent != run.run_id else None
