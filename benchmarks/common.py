@@ -193,14 +193,19 @@ def tree(pid: int) -> list[int]:
     return found
 
 
-def rss_mb(pid: int) -> float:
+def status_mb(pid: int, field: str) -> float:
+    """A size of /proc/<pid>/status in MB ("VmRSS"; "VmHWM", the peak RSS); 0 if it is gone."""
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
+            if line.startswith(f"{field}:"):
                 return int(line.split()[1]) / 1024
     except OSError:
         pass
     return 0.0
+
+
+def rss_mb(pid: int) -> float:
+    return status_mb(pid, "VmRSS")
 
 
 def cpu_seconds(pids: list[int]) -> float:

@@ -17,6 +17,8 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
+from dataclasses import dataclass
 
 import structlog
 
@@ -38,6 +40,14 @@ log = structlog.get_logger(__name__)
 CHUNK_RUNS = 100
 LISTING_MARGIN_SECONDS = 60  # quick listings look this far back for new runs (clock skew)
 PROOF_CHECKS = 200  # runs asked about (runs/get, a search) per pass, for each kind of proof
+
+
+@dataclass
+class Chunk:
+    """Up to CHUNK_RUNS runs, placed and planned, their histories being fetched."""
+
+    plans: list[Plan]
+    histories: Future[dict[tuple[str, str], History]]
 
 
 class MlflowEngine:
@@ -140,18 +150,27 @@ class MlflowEngine:
             listing.runs, full, self.placement.records, self.placement.archived
         )
         self.planner.start_pass()
-        chunk: list[RunSnapshot] = []
-        for run in selected:  # the listing is read a page at a time, as chunks are written
-            if not run.deleted:
-                chunk.append(run)
-            if len(chunk) == CHUNK_RUNS:
-                self._sync_chunk(chunk, experiment_dirs, reconcile_all, report, stop)
-                if progress:
-                    progress(report.runs_tried, len(listing.listed))
-                if stop is not None and stop.is_set():
-                    return
-                chunk = []
-        self._sync_chunk(chunk, experiment_dirs, reconcile_all, report, stop)
+        with ThreadPoolExecutor(1, thread_name_prefix="prefetch") as prefetch:
+            pending: Chunk | None = None  # fetching while the chunk before it is written
+            runs: list[RunSnapshot] = []
+            for run in selected:  # the listing is read a page at a time, as chunks are written
+                if not run.deleted:
+                    runs.append(run)
+                if len(runs) < CHUNK_RUNS:
+                    continue
+                chunk = self._prepare(runs, experiment_dirs, reconcile_all, report, prefetch)
+                runs = []
+                if pending is not None:
+                    self._complete(pending, report, stop)
+                    if progress:
+                        progress(report.runs_tried, len(listing.listed))
+                    if stop is not None and stop.is_set():
+                        return  # (what `chunk` fetches is fetched again next pass)
+                pending = chunk
+            last = self._prepare(runs, experiment_dirs, reconcile_all, report, prefetch)
+            for chunk in (pending, last):
+                if chunk is not None:
+                    self._complete(chunk, report, stop)
         report.runs_listed = len(listing.listed)
         if progress:
             progress(report.runs_tried, report.runs_listed)
@@ -170,18 +189,18 @@ class MlflowEngine:
             self.artifacts.sync(backlog[start : start + CHUNK_RUNS], report, stop)
         self._last_listing = listing_started
 
-    def _sync_chunk(
+    def _prepare(
         self,
         runs: list[RunSnapshot],
         experiment_dirs: dict[str, str],
         reconcile_all: bool,
         report: PassReport,
-        stop: threading.Event | None,
-    ) -> None:
-        """Place and plan a chunk of listed runs, fetch what changed, write it as one batch (and
-        the further pages of long series), then look at the artifacts of those due."""
+        prefetch: Executor,
+    ) -> Chunk | None:
+        """Place and plan a chunk of listed runs, and start fetching what changed on `prefetch`;
+        None if `runs` is empty."""
         if not runs:
-            return
+            return None
         report.runs_tried += len(runs)
         self.artifacts.note(runs)
         plans: list[Plan] = []
@@ -199,10 +218,15 @@ class MlflowEngine:
             plans.append(self.planner.plan(run, placed.record, placed.parent_run_id, reconcile_all))
         requests = [request for plan in plans for request in plan.requests]
         report.history_series += len(requests)
-        histories = self.source.fetch(requests)
-        streams = self._write_chunk(plans, histories, report, stop)
+        return Chunk(plans, prefetch.submit(self.source.fetch, requests))
+
+    def _complete(self, chunk: Chunk, report: PassReport, stop: threading.Event | None) -> None:
+        """Write a prepared chunk as one batch once fetched (and the further pages of its long
+        series), then look at the artifacts of its runs that are due. Raises what the fetch
+        raised."""
+        streams = self._write_chunk(chunk.plans, chunk.histories.result(), report, stop)
         self._write_streams(streams, report, stop)
-        self.artifacts.sync([p.run.run_id for p in plans if p.artifacts], report, stop)
+        self.artifacts.sync([p.run.run_id for p in chunk.plans if p.artifacts], report, stop)
 
     def _list(self, full: bool) -> RunListing:
         mirrored = self.placement.records
