@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -150,30 +150,15 @@ class MlflowEngine:
             listing.runs, full, self.placement.records, self.placement.archived
         )
         self.planner.start_pass()
-        with ThreadPoolExecutor(1, thread_name_prefix="prefetch") as prefetch:
-            pending: Chunk | None = None  # fetching while the chunk before it is written
-            runs: list[RunSnapshot] = []
-            for run in selected:  # the listing is read a page at a time, as chunks are written
-                if not run.deleted:
-                    runs.append(run)
-                if len(runs) < CHUNK_RUNS:
-                    continue
-                chunk = self._prepare(runs, experiment_dirs, reconcile_all, report, prefetch)
-                runs = []
-                if pending is not None:
-                    self._complete(pending, report, stop)
-                    if progress:
-                        progress(report.runs_tried, len(listing.listed))
-                    if stop is not None and stop.is_set():
-                        return  # (what `chunk` fetches is fetched again next pass)
-                pending = chunk
-            last = self._prepare(runs, experiment_dirs, reconcile_all, report, prefetch)
-            for chunk in (pending, last):
-                if chunk is not None:
-                    self._complete(chunk, report, stop)
-        report.runs_listed = len(listing.listed)
-        if progress:
-            progress(report.runs_tried, report.runs_listed)
+
+        def tick() -> None:
+            if progress:
+                progress(report.runs_tried, len(listing.listed))
+
+        try:
+            self._sync_listed(selected, experiment_dirs, reconcile_all, report, tick, stop)
+        finally:
+            report.runs_listed = len(listing.listed)
         if stop is not None and stop.is_set():
             return
         needs_proof = self.settings.on_delete == "remove" or bool(self.settings.filter)
@@ -189,16 +174,48 @@ class MlflowEngine:
             self.artifacts.sync(backlog[start : start + CHUNK_RUNS], report, stop)
         self._last_listing = listing_started
 
+    def _sync_listed(
+        self,
+        selected: Iterable[RunSnapshot],
+        experiment_dirs: dict[str, str],
+        reconcile_all: bool,
+        report: PassReport,
+        tick: Callable[[], None],
+        stop: threading.Event | None,
+    ) -> None:
+        """Sync the runs of a listing as it is read, CHUNK_RUNS at a time (`tick` after each):
+        each chunk's histories are fetched while the chunk before it is written. A listing that
+        fails still has what it listed before written; then its error is raised."""
+        with ThreadPoolExecutor(1, thread_name_prefix="prefetch") as prefetch:
+            pending: Chunk | None = None
+            chunks = _chunks(run for run in selected if not run.deleted)
+            while True:
+                try:
+                    runs = next(chunks, None)
+                except TbmirrorError:
+                    if pending is not None:
+                        self._complete(pending, report, stop)
+                    raise
+                chunk = self._prepare(runs, experiment_dirs, reconcile_all, report, prefetch)
+                if pending is not None:
+                    self._complete(pending, report, stop)
+                    tick()
+                    if stop is not None and stop.is_set():
+                        return  # (what `chunk` fetches is fetched again next pass)
+                if chunk is None:
+                    return
+                pending = chunk
+
     def _prepare(
         self,
-        runs: list[RunSnapshot],
+        runs: list[RunSnapshot] | None,
         experiment_dirs: dict[str, str],
         reconcile_all: bool,
         report: PassReport,
         prefetch: Executor,
     ) -> Chunk | None:
         """Place and plan a chunk of listed runs, and start fetching what changed on `prefetch`;
-        None if `runs` is empty."""
+        None if there are no `runs`."""
         if not runs:
             return None
         report.runs_tried += len(runs)
@@ -423,3 +440,15 @@ class MlflowEngine:
         (log.error if expected else log.exception)(
             "run_failed", source=self.source.name, run_id=run_id, error=str(error)
         )
+
+
+def _chunks(runs: Iterable[RunSnapshot]) -> Iterator[list[RunSnapshot]]:
+    """`runs` in lists of CHUNK_RUNS (the last one shorter), each as soon as it is full."""
+    chunk: list[RunSnapshot] = []
+    for run in runs:
+        chunk.append(run)
+        if len(chunk) == CHUNK_RUNS:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
