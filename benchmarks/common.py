@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -132,12 +133,19 @@ def write_source_config(work: Path, source: dict[str, Any], **sections: Any) -> 
 
 @dataclass
 class Synced:
-    """One `tbmirror sync`: wall time (cold start included), peak RSS, and its pass report (the
-    source_synced event: runs_listed, points, requests, bytes_written, seconds, ...)."""
+    """One `tbmirror sync`: wall time (cold start included), peak RSS, its pass report (the
+    source_synced event: runs_listed, points, requests, bytes_written, seconds, ...), and the
+    warnings and errors it logged, counted by event ("request_retrying": a request sent again)."""
 
     seconds: float
     peak_mb: float
     report: dict[str, Any]
+    complaints: Counter[str]
+
+    def complained(self) -> str:
+        """What it logged as warnings or errors ("; logged: <event> <count>, ..."), or ""."""
+        shown = ", ".join(f"{event} {n:,}" for event, n in sorted(self.complaints.items()))
+        return f"; logged: {shown}" if shown else ""
 
 
 def run_sync(config: Path) -> Synced:
@@ -157,7 +165,8 @@ def run_sync(config: Path) -> Synced:
         raise SystemExit(f"tbmirror sync failed ({result.returncode}):\n{result.stdout}\n"
                          f"{result.stderr[-3000:]}")  # fmt: skip
     peak_kb = int(result.stderr.rsplit("peak-kb ", 1)[1].split()[0])
-    return Synced(seconds, peak_kb / 1024, report)
+    complaints = Counter(e["event"] for e in events if e.get("level") in ("warning", "error"))
+    return Synced(seconds, peak_kb / 1024, report, complaints)
 
 
 def start_daemon(config: Path, log_path: Path) -> subprocess.Popen[bytes]:

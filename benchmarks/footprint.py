@@ -187,7 +187,7 @@ def main() -> None:
     print(f"first backfill (tbmirror sync): {backfill.seconds:.1f} s "
           f"({backfill.seconds / args.runs * 1000:.1f} ms a run; pass {report['seconds']:.1f} s), "
           f"{report['requests']:,} requests, {report['points']:,} points, "
-          f"peak RSS {backfill.peak_mb:.0f} MB")  # fmt: skip
+          f"peak RSS {backfill.peak_mb:.0f} MB{backfill.complained()}")  # fmt: skip
     print(f"daemon's first pass (full, nothing new): {first['duration_ms'] / 1000:.1f} s, "
           f"{first['requests']:,} requests, {first['runs']:,} runs listed")  # fmt: skip
     fulls = [e for e in window.passes if e.get("full")]

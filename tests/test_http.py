@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import http.server
 import itertools
+import json
 import threading
 import time
 from collections.abc import Iterator
@@ -51,7 +52,7 @@ def test_429_waits_as_long_as_retry_after_says(
 ) -> None:
     url = f"http://127.0.0.1:{busy_server.server_address[1]}"
     client = RestClient(url, timeout=5, max_retries=3)
-    assert client.get("/x") == {"ok": True}
+    assert client.get("/x") == b'{"ok": true}'
     seen = busy_server.seen  # type: ignore[attr-defined]
     assert len(seen) == 3
     assert all(later - earlier >= 0.95 for earlier, later in itertools.pairwise(seen))
@@ -98,8 +99,8 @@ def test_paging_without_end_is_an_error() -> None:
     after `max_pages`: a listing that never ends must not hold a pass forever."""
     tokens = itertools.count()
 
-    def endless(extra: dict[str, str]) -> dict[str, object]:
-        return {"runs": [], "next_page_token": f"token-{next(tokens)}"}
+    def endless(extra: dict[str, str]) -> bytes:
+        return json.dumps({"runs": [], "next_page_token": f"token-{next(tokens)}"}).encode()
 
     with pytest.raises(BadAnswerError, match="more than 5 pages"):
         list(pages(endless, RunsPage, "/runs/search", max_pages=5))

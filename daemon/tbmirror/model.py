@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import struct
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 _DOUBLE = struct.Struct("<d")
@@ -42,7 +43,10 @@ class Experiment:
 
 @dataclass(frozen=True, slots=True)
 class RunSnapshot:
-    """What a source says about one run now (metadata and each key's latest point)."""
+    """What a source says about one run now (metadata and each key's latest point).
+
+    `fingerprint` identifies what the source said (equal answers, equal fingerprints), within one
+    process only; 0 if unknown."""
 
     run_id: str
     experiment_id: str
@@ -54,7 +58,8 @@ class RunSnapshot:
     parent_run_id: str | None
     params: dict[str, str] = field(default_factory=dict)
     tags: dict[str, str] = field(default_factory=dict)
-    latest: dict[str, MetricPoint] = field(default_factory=dict)
+    latest: Mapping[str, MetricPoint] = field(default_factory=dict)
+    fingerprint: int = 0
 
     @property
     def deleted(self) -> bool:

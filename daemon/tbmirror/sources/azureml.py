@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import urllib.parse
 from collections.abc import Iterator
-from typing import Any
 
 from tbmirror.config import ArtifactSettings
 from tbmirror.sources.http import RestClient
@@ -74,7 +73,7 @@ class AzureMlArtifacts:
         endpoint = _run_endpoint(run, "artifacts/path" if folder else "artifacts")
         query = {"path": folder} if folder else {}
 
-        def fetch(extra: dict[str, str]) -> dict[str, Any]:
+        def fetch(extra: dict[str, str]) -> bytes:
             return self._history.get(endpoint, query | extra)
 
         for page in pages(

@@ -22,7 +22,7 @@ import json
 import re
 import threading
 from collections import defaultdict
-from collections.abc import Callable, Generator, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -143,6 +143,32 @@ def point_from_json(item: MetricJson) -> MetricPoint:
     return MetricPoint(item.timestamp, item.step, value)
 
 
+class LatestPoints(Mapping[str, MetricPoint]):
+    """A run's latest point of each key as a listing gave them, converted when first read: a
+    full listing converts only the runs it looks into. Reading one raises BadAnswerError if a
+    value is not a number."""
+
+    __slots__ = ("_metrics", "_points")
+
+    def __init__(self, metrics: tuple[MetricJson, ...]) -> None:
+        self._metrics = metrics
+        self._points: dict[str, MetricPoint] | None = None
+
+    def _converted(self) -> dict[str, MetricPoint]:
+        if self._points is None:
+            self._points = {metric.key: point_from_json(metric) for metric in self._metrics}
+        return self._points
+
+    def __getitem__(self, key: str) -> MetricPoint:
+        return self._converted()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._converted())
+
+    def __len__(self) -> int:
+        return len(self._converted())
+
+
 def run_from_json(item: RunJson) -> RunSnapshot:
     info, data = item.info, item.data
     tags = {tag.key: tag.value for tag in data.tags}
@@ -157,7 +183,8 @@ def run_from_json(item: RunJson) -> RunSnapshot:
         parent_run_id=tags.get(PARENT_TAG) or None,
         params={param.key: param.value for param in data.params},
         tags=tags,
-        latest={metric.key: point_from_json(metric) for metric in data.metrics},
+        latest=LatestPoints(data.metrics),
+        fingerprint=hash(item),
     )
 
 

@@ -4,49 +4,54 @@ An answer is data only if it has the expected shape. `{}` is MLflow's valid empt
 of an empty experiment, get-history of a key with no points); a field of the wrong type, or a body
 with none of the endpoint's fields (a gateway's `{"message": "upstream busy"}`), is a SourceError
 naming the endpoint and what was wrong (field names only, never values). Unknown extra fields are
-allowed: servers add fields over time.
+ignored: servers add fields over time.
+
+The shapes are msgspec Structs (validated in C): a full listing converts every run of every
+experiment, ~10 times faster than a pydantic model would (issue 14's 100,000 runs).
 """
 
 from __future__ import annotations
 
 import urllib.parse
 from collections.abc import Callable, Iterator
-from typing import Annotated, Any, ClassVar, TypeVar
+from typing import Annotated, ClassVar, Self, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+import msgspec
 
 from tbmirror.sources.http import BadAnswerError
 
 MAX_PAGES = 10_000  # of any paged answer, unless the caller says otherwise
-Int64 = Annotated[int, Field(ge=-(2**63), le=2**63 - 1)]  # what MLflow stores and TensorBoard holds
+Int64 = Annotated[int, msgspec.Meta(ge=-(2**63), le=2**63 - 1)]  # what MLflow stores and TB holds
 
 
-class _Answer(BaseModel):
-    model_config = ConfigDict(extra="allow", frozen=True)
+class _Answer(msgspec.Struct, frozen=True):
+    def completed(self) -> Self:
+        """The answer once read (an answer type may derive a field from another)."""
+        return self
 
 
-class _Page(_Answer):
+class _Page(_Answer, frozen=True):
     """An answer whose every field may be absent (`{}` is a valid empty page), but that must
-    hold at least one of its fields when it holds anything."""
+    hold at least one of its fields (FIELDS, as sent) when it holds anything."""
 
     FIELDS: ClassVar[frozenset[str]]
     next_page_token: str | None = None
 
 
-class MetricJson(_Answer):
-    key: str = ""
+class MetricJson(_Answer, frozen=True):
     value: float | str  # MLflow sends NaN and infinities as strings
+    key: str = ""
     timestamp: Int64 = 0
     step: Int64 = 0
     run_id: str | None = None
 
 
-class KeyValueJson(_Answer):
+class KeyValueJson(_Answer, frozen=True):
     key: str
     value: str = ""
 
 
-class RunInfoJson(_Answer):
+class RunInfoJson(_Answer, frozen=True):
     run_id: str
     experiment_id: str
     run_name: str | None = None
@@ -56,131 +61,132 @@ class RunInfoJson(_Answer):
     end_time: Int64 | None = None
 
 
-class RunDataJson(_Answer):
-    metrics: list[MetricJson] = []
-    params: list[KeyValueJson] = []
-    tags: list[KeyValueJson] = []
+class RunDataJson(_Answer, frozen=True):
+    metrics: tuple[MetricJson, ...] = ()
+    params: tuple[KeyValueJson, ...] = ()
+    tags: tuple[KeyValueJson, ...] = ()
 
 
-class RunJson(_Answer):
+class RunJson(_Answer, frozen=True):
+    """One run as runs/search and runs/get show it (hashable: what it says, within a process)."""
+
     info: RunInfoJson
     data: RunDataJson = RunDataJson()
 
 
-class ExperimentJson(_Answer):
+class ExperimentJson(_Answer, frozen=True):
     experiment_id: str
     name: str = ""
     lifecycle_stage: str = "active"
 
 
-class FileJson(_Answer):
+class FileJson(_Answer, frozen=True):
     path: str
     is_dir: bool = False
     file_size: int | None = None
 
 
-class RunsPage(_Page):
+class RunsPage(_Page, frozen=True):
     FIELDS = frozenset({"runs", "next_page_token"})
-    runs: list[RunJson] = []
+    runs: tuple[RunJson, ...] = ()
 
 
-class HistoryPage(_Page):
+class HistoryPage(_Page, frozen=True):
     FIELDS = frozenset({"metrics", "next_page_token"})
-    metrics: list[MetricJson] = []
+    metrics: tuple[MetricJson, ...] = ()
 
 
-class ExperimentsPage(_Page):
+class ExperimentsPage(_Page, frozen=True):
     FIELDS = frozenset({"experiments", "next_page_token"})
-    experiments: list[ExperimentJson] = []
+    experiments: tuple[ExperimentJson, ...] = ()
 
 
-class FilesPage(_Page):
+class FilesPage(_Page, frozen=True):
     FIELDS = frozenset({"files", "next_page_token", "root_uri"})
-    files: list[FileJson] = []
+    files: tuple[FileJson, ...] = ()
 
 
-class CredentialHeaderJson(_Answer):
+class CredentialHeaderJson(_Answer, frozen=True):
     name: str
     value: str = ""
 
 
-class CredentialJson(_Answer):
+class CredentialJson(_Answer, frozen=True):
     """Databricks: a signed URL for one artifact, and the headers to send with it."""
 
     signed_uri: str
     path: str | None = None
-    headers: list[CredentialHeaderJson] = []
+    headers: tuple[CredentialHeaderJson, ...] = ()
 
 
-class CredentialsPage(_Page):
+class CredentialsPage(_Page, frozen=True):
     FIELDS = frozenset({"credential_infos", "next_page_token"})
-    credential_infos: list[CredentialJson] = []
+    credential_infos: tuple[CredentialJson, ...] = ()
 
 
-class AzureArtifactJson(_Answer):
+class AzureArtifactJson(_Answer, frozen=True):
     path: str
 
 
-class AzureArtifactsPage(_Page):
+class AzureArtifactsPage(_Page, frozen=True):
     """Azure ML's `PaginatedArtifactList`: the next page's `continuationToken`, also found in the
     query of `nextLink` (the URL built from it)."""
 
     FIELDS = frozenset({"value", "continuationToken", "nextLink"})
-    model_config = ConfigDict(populate_by_name=True)
-    value: list[AzureArtifactJson] = []
-    next_page_token: str | None = Field(default=None, alias="continuationToken")
+    value: tuple[AzureArtifactJson, ...] = ()
+    next_page_token: str | None = msgspec.field(default=None, name="continuationToken")
+    next_link: str | None = msgspec.field(default=None, name="nextLink")
 
-    @model_validator(mode="before")
-    @classmethod
-    def _token_from_next_link(cls, body: Any) -> Any:
-        if isinstance(body, dict) and not body.get("continuationToken") and body.get("nextLink"):
-            link = body["nextLink"]
-            query = urllib.parse.urlsplit(link).query if isinstance(link, str) else ""
-            token = urllib.parse.parse_qs(query).get("continuationToken", [None])[0]
-            return body | {"continuationToken": token}
-        return body
+    def completed(self) -> Self:
+        if self.next_page_token or not self.next_link:
+            return self
+        query = urllib.parse.parse_qs(urllib.parse.urlsplit(self.next_link).query)
+        token = query.get("continuationToken", [None])[0]
+        return msgspec.structs.replace(self, next_page_token=token)
 
 
-class AzureContentInfo(_Answer):
+class AzureContentInfo(_Answer, frozen=True):
     """Azure ML's `ArtifactContentInformation`: where one artifact's bytes are (a signed URL)."""
 
-    content_uri: str = Field(alias="contentUri")
+    content_uri: str = msgspec.field(name="contentUri")
 
 
-class ExperimentAnswer(_Answer):
+class ExperimentAnswer(_Answer, frozen=True):
     experiment: ExperimentJson
 
 
-class RunAnswer(_Answer):
+class RunAnswer(_Answer, frozen=True):
     run: RunJson
 
 
 Model = TypeVar("Model", bound=_Answer)
 
 
-def parse(model: type[Model], body: dict[str, Any], endpoint: str) -> Model:
-    """`body` as `model`, or a SourceError naming `endpoint` and the fields that were wrong."""
-    if issubclass(model, _Page) and body and not model.FIELDS & body.keys():
-        keys = ", ".join(sorted(body)[:5])
-        raise BadAnswerError(
-            f"{endpoint}: an answer without {' or '.join(sorted(model.FIELDS))} "
-            f"(it has {keys}): not MLflow's, perhaps a gateway's"
-        )
-    try:
-        return model.model_validate(body)
-    except ValidationError as error:
-        where = "; ".join(
-            f"{'.'.join(str(part) for part in item['loc']) or 'body'}: {item['msg']}"
-            for item in error.errors(include_input=False, include_url=False)[:3]
-        )
-        raise BadAnswerError(f"{endpoint}: an answer of the wrong shape ({where})") from None
+def parse(model: type[Model], body: bytes, endpoint: str) -> Model:
+    """The JSON object `body` as `model`, or a SourceError naming `endpoint` and the field that
+    was wrong."""
+    try:  # lax, as MLflow's JSON may be: an int64 as a string, an integral value as an int
+        answer = msgspec.json.decode(body, type=model, strict=False).completed()
+    except msgspec.ValidationError as error:  # "Expected `str`, got `int` - at `$.runs[0]...`"
+        raise BadAnswerError(f"{endpoint}: an answer of the wrong shape ({error})") from None
+    except msgspec.DecodeError:
+        raise BadAnswerError(f"{endpoint}: the answer is not JSON") from None
+    if isinstance(answer, _Page) and answer == model():  # as `{}`: but has it other fields?
+        fields = msgspec.json.decode(body, type=dict[str, msgspec.Raw])  # (values not parsed)
+        if fields and not answer.FIELDS & fields.keys():
+            keys = ", ".join(sorted(fields)[:5])
+            raise BadAnswerError(
+                f"{endpoint}: an answer without {' or '.join(sorted(answer.FIELDS))} "
+                f"(it has {keys}): not MLflow's, perhaps a gateway's"
+            )
+    return answer
 
 
 Page = TypeVar("Page", bound=_Page)
 
 
 def pages(
-    fetch: Callable[[dict[str, str]], dict[str, Any]],
+    fetch: Callable[[dict[str, str]], bytes],
     model: type[Page],
     endpoint: str,
     token_param: str = "page_token",
@@ -193,7 +199,7 @@ def pages(
     one page, or paging without end, would otherwise hold a pass forever)."""
     extra: dict[str, str] = {token_param: start} if start else {}
     seen: set[str] = set()
-    previous: dict[str, Any] | None = None
+    previous: bytes | None = None
     for _ in range(max_pages):
         body = fetch(extra)
         page = parse(model, body, endpoint)

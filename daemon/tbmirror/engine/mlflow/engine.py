@@ -75,6 +75,7 @@ class MlflowEngine:
         self.selection = Selection(self.settings, clock)
         self.artifact_batch = artifact_batch
         self._last_listing: float | None = None
+        self._written: dict[str, int] = {}  # run id -> fingerprint of the snapshot mirrored whole
         self._trials: set[str] | None = None  # HParams session names in use (read once a pass)
 
     @property
@@ -112,10 +113,12 @@ class MlflowEngine:
             self._pass(report, full or self._last_listing is None, reconcile_all, progress, stop)
         except TbmirrorError as error:
             self.placement.invalidate()
+            self._written.clear()
             report.error, report.write_fault = str(error), isinstance(error, WriteFault)
             log.error("source_failed", source=self.source.name, error=str(error))
         except Exception as error:  # a bug or unexpected data: fail this pass, not the daemon
             self.placement.invalidate()
+            self._written.clear()
             report.error = f"unexpected {type(error).__name__}: {error}"
             log.exception("source_failed", source=self.source.name, error=report.error)
         report.requests = self.source.requests_made - requests_before
@@ -223,19 +226,38 @@ class MlflowEngine:
         plans: list[Plan] = []
         for run in runs:
             try:
-                placed = self.placement.place(run, experiment_dirs)
+                plan = self._plan(run, experiment_dirs, reconcile_all, report)
             except WriteFault:
                 raise
             except Exception as error:  # one bad run never stops the others
                 self._fail(report, run.run_id, error)
                 continue
-            if placed is None:
-                continue
-            report.runs_moved += placed.moved
-            plans.append(self.planner.plan(run, placed.record, placed.parent_run_id, reconcile_all))
+            if plan is not None:
+                plans.append(plan)
         requests = [request for plan in plans for request in plan.requests]
         report.history_series += len(requests)
         return Chunk(plans, prefetch.submit(self.source.fetch, requests))
+
+    def _plan(
+        self,
+        run: RunSnapshot,
+        experiment_dirs: dict[str, str],
+        reconcile_all: bool,
+        report: PassReport,
+    ) -> Plan | None:
+        """Place a listed run and plan its work; None if there is none (it has no place, or
+        this very snapshot was mirrored whole and nothing is due). Raises for this run only."""
+        placed = self.placement.place(run, experiment_dirs)
+        if placed is None:
+            return None
+        report.runs_moved += placed.moved
+        written = (
+            run.fingerprint != 0
+            and self._written.get(run.run_id) == run.fingerprint
+            and placed.record.status == run.status
+            and not placed.moved
+        )
+        return self.planner.plan(run, placed.record, placed.parent_run_id, reconcile_all, written)
 
     def _complete(self, chunk: Chunk, report: PassReport, stop: threading.Event | None) -> None:
         """Write a prepared chunk as one batch once fetched (and the further pages of its long
@@ -287,6 +309,7 @@ class MlflowEngine:
         mirrored = self.placement.records | self.placement.archived
         for run_id in deleted & set(mirrored):
             self.placement.remove(mirrored[run_id])
+            self._written.pop(run_id, None)
             report.runs_removed += 1
 
     def _retire(self, out: dict[str, str], absent: dict[str, str], report: PassReport) -> None:
@@ -323,7 +346,9 @@ class MlflowEngine:
                 if proven:
                     log.info("run_left_selection", source=self.name, run_id=record.run_id,
                              reason=reason)  # fmt: skip
-                    report.runs_retired += len(self.placement.retire(record))
+                    for run_id in self.placement.retire(record):
+                        self._written.pop(run_id, None)
+                        report.runs_retired += 1
             except WriteFault:
                 raise
             except TbmirrorError as error:  # no proof, or the move failed: this run only
@@ -342,6 +367,7 @@ class MlflowEngine:
         lost: list[RunRecord] = []
         committed: list[RunRecord] = []
         written: list[Encoded] = []
+        whole: list[RunSnapshot] = []  # written with every series complete
         streams: list[tuple[str, SeriesStream]] = []
         with self.journal.batch(self.source.name) as batch:
             for plan in plans:
@@ -362,8 +388,11 @@ class MlflowEngine:
                 if encoded.payloads:
                     written.append(encoded)
                 streams += [(plan.run.run_id, stream) for stream in encoded.streams]
+                if not encoded.streams:
+                    whole.append(plan.run)
             bytes_written = batch.bytes_written
         self.placement.committed(committed)
+        self._written.update((run.run_id, run.fingerprint) for run in whole)
         report.bytes_written += bytes_written
         report.runs_written += len(written)
         report.points += sum(encoded.points for encoded in written)
@@ -436,6 +465,7 @@ class MlflowEngine:
 
     def _fail(self, report: PassReport, run_id: str, error: Exception) -> None:
         report.failed_runs.append(run_id)
+        self._written.pop(run_id, None)
         expected = isinstance(error, (OSError, TbmirrorError))
         (log.error if expected else log.exception)(
             "run_failed", source=self.source.name, run_id=run_id, error=str(error)

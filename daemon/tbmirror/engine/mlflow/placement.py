@@ -105,7 +105,7 @@ class Placement:
             parent_dir = experiment_dirs[run.experiment_id]
         else:
             return None
-        dir = self._run_dir(run, parent_dir, record.dir if record else None)
+        dir = self._run_dir(run, parent_dir, record)
         moved = False
         if record is None:
             record = RunRecord(self.source, run.run_id, run.experiment_id, None, dir, run.name, "")
@@ -135,12 +135,18 @@ class Placement:
         log.info("run_restored", source=self.source, run_id=run_id)
         return record
 
-    def _run_dir(self, run: RunSnapshot, parent_dir: str, current: str | None) -> str:
+    def _run_dir(self, run: RunSnapshot, parent_dir: str, current: RunRecord | None) -> str:
         """`parent_dir/<name>`, else `<name>-<run id[:8]>`, else `<name>-<run id>`; a run keeps
-        its current directory while that is still one of these names."""
+        its current directory while that is still one of these names (as it is while neither
+        its name nor its parent directory changed)."""
+        if current is not None and current.name == run.name:
+            parent, _, _ = current.dir.rpartition("/")
+            if parent == parent_dir:
+                return current.dir
+        current_dir = current.dir if current else None
         candidates = _candidates(parent_dir, layout.sanitize_component(run.name), run.run_id)
-        if current in candidates:
-            return current
+        if current_dir in candidates:
+            return current_dir
         return self._first_free(candidates, run.run_id)
 
     def _first_free(self, candidates: list[str], run_id: str) -> str:

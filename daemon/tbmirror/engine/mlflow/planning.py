@@ -47,14 +47,26 @@ class Planner:
         self._reconcile_budget = self.settings.reconcile_batch
 
     def plan(
-        self, run: RunSnapshot, record: RunRecord, parent_run_id: str | None, reconcile_all: bool
-    ) -> Plan:
-        cursors = self.journal.cursors(self.settings.name, run.run_id)
+        self,
+        run: RunSnapshot,
+        record: RunRecord,
+        parent_run_id: str | None,
+        reconcile_all: bool,
+        written: bool = False,
+    ) -> Plan | None:
+        """What to do for a run this pass; None if nothing: the run is `written` (this very
+        snapshot was mirrored whole) and neither a reconcile nor its artifacts are due (then its
+        series' cursors are not even read: a full listing of 100,000 unchanged runs)."""
         new_run = not record.status
         reconcile = new_run or reconcile_all or record.status != run.status
         if not reconcile and self._reconcile_budget > 0 and self._reconcile_due(run, record):
             reconcile = True
             self._reconcile_budget -= 1
+        status_changed = not new_run and record.status != run.status
+        artifacts = self._artifacts_due(run, record, reconcile_all or status_changed, reconcile)
+        if written and not reconcile and not artifacts:
+            return None
+        cursors = self.journal.cursors(self.settings.name, run.run_id)
         requests = [
             HistoryRequest(run.run_id, key, cursors.get(key, Cursor()))
             for key, latest in sorted(run.latest.items())
@@ -63,8 +75,6 @@ class Planner:
             or cursors[key].seen is None
             or cursors[key].seen.identity() != latest.identity()  # type: ignore[union-attr]
         ]
-        status_changed = not new_run and record.status != run.status
-        artifacts = self._artifacts_due(run, record, reconcile_all or status_changed, reconcile)
         return Plan(run, record, parent_run_id, cursors, requests, reconcile, artifacts)
 
     def _artifacts_due(
