@@ -3,8 +3,9 @@
 Builds (once per --workdir, straight into the server's sqlite store with common.build_runs; an
 interrupted build is completed by the next invocation) an experiment of --runs FINISHED runs x
 --keys keys x 1 point (default 100,000 x 20). Then, each time into an empty mirror:
-  1. the first backfill, `tbmirror sync` (every run's metrics and artifact listing): its time,
-     requests and peak RSS;
+  1. the first backfill, `tbmirror sync` (every run's metrics; with --artifacts, every run's
+     artifact listing too): its time, requests and peak RSS (--keep-mirror: skipped, the mirror
+     of the last invocation kept);
   2. the daemon (`tbmirror run`, default intervals: a quick pass every 10 s, a full listing every
      600 s) on that mirror: once its first pass (a full one) is logged, over --window seconds, its
      RSS (sampled every SAMPLE s; and its peak, VmHWM, the first pass included), its CPU share and
@@ -19,7 +20,7 @@ window in which no full listing fell (one shorter than `full_listing_interval`) 
 amortised full listing to its CPU.
 
 Usage: python benchmarks/footprint.py [--runs 100000 --keys 20] [--window 600] [--workdir DIR]
-           [--build-only]
+           [--build-only] [--artifacts] [--keep-mirror]
 """
 
 from __future__ import annotations
@@ -145,6 +146,15 @@ def main() -> None:
     parser.add_argument("--window", type=float, default=600, help="seconds measured idle")
     parser.add_argument("--workdir", type=Path, help="keeps the workload between invocations")
     parser.add_argument("--build-only", action="store_true", help="build the workload, then exit")
+    parser.add_argument(
+        "--artifacts", action="store_true",
+        help="list the runs' artifacts too (off: the workload has none, and listing 100,000 empty "
+        "folders takes the server about an hour with one worker; backfill.py measures it)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--keep-mirror", action="store_true",
+        help="skip the backfill: the daemon starts on the mirror the last invocation left",
+    )  # fmt: skip
     args = parser.parse_args()
     if min(args.runs, args.keys, args.window) <= 0:
         parser.error("--runs, --keys and --window must be positive")
@@ -155,16 +165,19 @@ def main() -> None:
     store.engine.dispose()
     if args.build_only:
         return
-    shutil.rmtree(work / "logs", ignore_errors=True)
-    for stale in ("state.db", "state.db-wal", "state.db-shm", "daemon.log"):
-        (work / stale).unlink(missing_ok=True)
+    if not args.keep_mirror:
+        shutil.rmtree(work / "logs", ignore_errors=True)
+        for stale in ("state.db", "state.db-wal", "state.db-shm"):
+            (work / stale).unlink(missing_ok=True)
+    (work / "daemon.log").unlink(missing_ok=True)
 
     with server:
         config = write_config(
             work, server.url, EXPERIMENT,
+            source={"artifacts": {"enabled": args.artifacts}},
             tensorboard={"port": free_port()}, health={"port": free_port()},
         )  # fmt: skip
-        backfill = run_sync(config)
+        backfill = None if args.keep_mirror else run_sync(config)
         log_path = work / "daemon.log"
         daemon = start_daemon(config, log_path)
         baseline = subprocess.Popen(
@@ -181,13 +194,18 @@ def main() -> None:
         full_cpu, full_wall, full_requests = full_listing(config)
     interval = load_settings(config).sources[0].full_listing_interval
 
-    report = backfill.report
     print(f"workload: {args.runs:,} FINISHED runs x {args.keys} keys x 1 point; the daemon at "
-          f"its default intervals (full listing every {interval:.0f} s)")  # fmt: skip
-    print(f"first backfill (tbmirror sync): {backfill.seconds:.1f} s "
-          f"({backfill.seconds / args.runs * 1000:.1f} ms a run; pass {report['seconds']:.1f} s), "
-          f"{report['requests']:,} requests, {report['points']:,} points, "
-          f"peak RSS {backfill.peak_mb:.0f} MB{backfill.complained()}")  # fmt: skip
+          f"its default intervals (full listing every {interval:.0f} s); artifact listings "
+          f"{'on' if args.artifacts else 'off'}")  # fmt: skip
+    if backfill is None:
+        print("first backfill: skipped (--keep-mirror)")
+    else:
+        report = backfill.report
+        per_run = backfill.seconds / args.runs * 1000
+        print(f"first backfill (tbmirror sync): {backfill.seconds:.1f} s ({per_run:.1f} ms a run; "
+              f"pass {report['seconds']:.1f} s), "
+              f"{report['requests']:,} requests, {report['points']:,} points, "
+              f"peak RSS {backfill.peak_mb:.0f} MB{backfill.complained()}")  # fmt: skip
     print(f"daemon's first pass (full, nothing new): {first['duration_ms'] / 1000:.1f} s, "
           f"{first['requests']:,} requests, {first['runs']:,} runs listed")  # fmt: skip
     fulls = [e for e in window.passes if e.get("full")]
