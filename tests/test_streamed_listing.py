@@ -1,9 +1,11 @@
 """A listing read page by page (issue 14): a pass selects, places and writes runs as the pages of
 `runs/search` arrive, never holding every run snapshot at once; what only a complete listing can
-prove (a run gone, a run past `max_runs`) waits for its end."""
+prove (a run gone, a run past `max_runs`) waits for its end; a run listed exactly as it was last
+mirrored whole is not looked into again."""
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -148,3 +150,62 @@ def test_a_listing_cut_mid_way_keeps_what_its_pages_wrote_and_proves_nothing_gon
     finally:
         source.close()
         journal.close()
+
+
+def test_a_run_listed_as_it_was_mirrored_whole_is_not_looked_into_again(
+    tmp_path: Path,
+    mlflow_server: MlflowServer,
+    experiment_name: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A full pass over unchanged runs reads no cursor and writes nothing; a tag edited, a point
+    logged or a reconcile due brings exactly that run back."""
+    client = mlflow_server.client()
+    experiment_id = client.create_experiment(experiment_name)
+    ids = [client.create_run(experiment_id, run_name=f"r{i}").info.run_id for i in range(3)]
+    for run_id in ids:
+        client.log_batch(run_id, metrics=[Metric("m", 1.0, T0, 0)])
+        client.set_terminated(run_id)
+    settings = MlflowSourceSettings(name="unchanged", type="mlflow", tracking_uri=mlflow_server.url,
+                                    experiments=[experiment_name])  # fmt: skip
+    journal = Journal.open(MirrorLayout(tmp_path / "root"), tmp_path / "state.db")
+    journal.own(settings.name)
+    source = MlflowSource.from_settings(settings)
+    read: list[str] = []
+    cursors = journal.cursors
+    monkeypatch.setattr(
+        journal, "cursors", lambda s, run_id: read.append(run_id) or cursors(s, run_id)
+    )
+    now = [time.time() + 3600]  # past every run's reconcile after it ended
+    try:
+        engine = MlflowEngine(source, journal, clock=lambda: now[0])
+        assert engine.run_pass().points == 3 and set(read) == set(ids)
+        read.clear()
+        report = engine.run_pass()
+        assert (report.error, report.bytes_written, read) == (None, 0, []), report
+
+        client.set_tag(ids[0], "note", "edited")
+        client.log_batch(ids[1], metrics=[Metric("m", 2.0, T0 + 1000, 1)])
+        report = engine.run_pass()
+        assert set(read) == set(ids[:2]) and report.points == 1, report
+        read.clear()
+        assert engine.run_pass().bytes_written == 0 and read == []
+
+        fresh = MlflowEngine(source, journal, clock=lambda: now[0])  # (a restarted daemon)
+        assert fresh.run_pass().bytes_written == 0 and set(read) == set(ids)
+    finally:
+        source.close()
+        journal.close()
+
+
+def test_a_listed_value_that_is_not_a_number_fails_only_its_run() -> None:
+    from tbmirror.sources.http import BadAnswerError
+    from tbmirror.sources.mlflow import run_from_json
+    from tbmirror.sources.responses import RunsPage, parse
+
+    body = {"runs": [{"info": {"run_id": "a", "experiment_id": "1"},
+                      "data": {"metrics": [{"key": "m", "value": "oops"}]}}]}  # fmt: skip
+    run = run_from_json(parse(RunsPage, json.dumps(body).encode(), "runs/search").runs[0])
+    assert run.run_id == "a"
+    with pytest.raises(BadAnswerError, match=r"not a number \(m\)"):
+        dict(run.latest)

@@ -9,6 +9,7 @@ cover them. Tables only; no file is touched here.
 from __future__ import annotations
 
 import sqlite3
+import sys
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
@@ -388,7 +389,11 @@ class Store:
 
 
 def _run_from_row(row: tuple[object, ...]) -> RunRecord:
+    """A run record; the values many records share (source, experiment, status) as one string
+    each (100,000 records are held in memory)."""
     run = RunRecord(*row)  # type: ignore[arg-type]
+    run.source, run.status = sys.intern(run.source), sys.intern(run.status)
+    run.experiment_id = sys.intern(run.experiment_id)
     run.hparams_written = bool(run.hparams_written)
     run.end_written = bool(run.end_written)
     return run

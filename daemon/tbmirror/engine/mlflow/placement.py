@@ -41,7 +41,7 @@ class Placement:
         self.journal = journal
         self.records: dict[str, RunRecord] = {}  # runs in the root
         self.archived: dict[str, RunRecord] = {}  # runs in the archive
-        self._dirs: dict[str, str] = {}  # run dir -> run id (root and archive)
+        self._dirs: set[str] = set()  # the runs' directories (root and archive)
         self._loaded = False
 
     @property
@@ -54,7 +54,7 @@ class Placement:
             records = self.journal.runs(self.source)
             self.records = {i: r for i, r in records.items() if not layout.is_archived(r.dir)}
             self.archived = {i: r for i, r in records.items() if layout.is_archived(r.dir)}
-            self._dirs = {record.dir: run_id for run_id, record in records.items()}
+            self._dirs = {record.dir for record in records.values()}
             self._loaded = True
 
     def invalidate(self) -> None:
@@ -110,7 +110,7 @@ class Placement:
         if record is None:
             record = RunRecord(self.source, run.run_id, run.experiment_id, None, dir, run.name, "")
             self.records[run.run_id] = record
-            self._dirs[dir] = run.run_id
+            self._dirs.add(dir)
         elif record.dir != dir:
             self._move(record.dir, dir)
             moved = True
@@ -160,9 +160,9 @@ class Placement:
         self.journal.move(self.source, old_dir, new_dir)
         for record in [*self.records.values(), *self.archived.values()]:
             if layout.within(record.dir, old_dir):
-                del self._dirs[record.dir]
+                self._dirs.remove(record.dir)
                 record.dir = new_dir + record.dir[len(old_dir) :]
-                self._dirs[record.dir] = record.run_id
+                self._dirs.add(record.dir)
 
     def remove(self, record: RunRecord) -> None:
         """Forget a deleted run (in the root or archived) and remove its own files and tfevents
@@ -198,7 +198,7 @@ class Placement:
         for run in runs:
             self.records.pop(run.run_id, None)
             self.archived.pop(run.run_id, None)
-            self._dirs.pop(run.dir, None)
+            self._dirs.discard(run.dir)
 
     def reset(self, record: RunRecord) -> None:
         """Forget what was written of a run whose file was lost: the next pass writes it anew."""
