@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import resource
 import shutil
 import subprocess
 import sys
@@ -58,6 +59,17 @@ from tbmirror.processes import free_port, stop_process_group
 EXPERIMENT = "footprint"
 SAMPLE = 5.0  # seconds between RSS samples
 RSS_TARGET, CPU_TARGET = 200.0, 2.0  # MB, % of one core
+OPEN_FILES = 1_048_576  # as the systemd unit's LimitNOFILE: TensorBoard opens every run's file
+
+
+def raise_open_files() -> int:
+    """The hard limit of open files for the daemon (and TensorBoard), raised to OPEN_FILES if
+    this process may (as root), as the systemd unit does."""
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (OPEN_FILES, OPEN_FILES))
+    except (ValueError, OSError):
+        pass
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[1]
 
 
 def events(log_path: Path, offset: int = 0) -> list[dict[str, Any]]:
@@ -171,6 +183,7 @@ def main() -> None:
             (work / stale).unlink(missing_ok=True)
     (work / "daemon.log").unlink(missing_ok=True)
 
+    open_files = raise_open_files()
     with server:
         config = write_config(
             work, server.url, EXPERIMENT,
@@ -196,7 +209,7 @@ def main() -> None:
 
     print(f"workload: {args.runs:,} FINISHED runs x {args.keys} keys x 1 point; the daemon at "
           f"its default intervals (full listing every {interval:.0f} s); artifact listings "
-          f"{'on' if args.artifacts else 'off'}")  # fmt: skip
+          f"{'on' if args.artifacts else 'off'}; open files {open_files:,}")  # fmt: skip
     if backfill is None:
         print("first backfill: skipped (--keep-mirror)")
     else:

@@ -348,3 +348,36 @@ def test_a_source_added_by_sighup_is_recovered_before_it_writes(
     assert not stray.exists()
     assert len(daemon.tensorboard_pids() - {before}) == 1, "TensorBoard started afresh"
     assert daemon.stop() == 0
+
+
+def test_tensorboard_gets_the_hard_limit_of_open_files_and_its_output_is_bounded() -> None:
+    """Its data server keeps every run's events file open (100,000 runs: 100,000 files); a
+    TensorBoard that cannot open them says so per file, which must not flood our log."""
+    import io
+    import resource
+    import subprocess
+    import sys
+
+    import structlog
+
+    from tbmirror.service import tensorboard
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(256, hard), hard))
+    try:
+        child = subprocess.run(
+            [sys.executable, "-c", "import resource; print(*resource.getrlimit(7))"],
+            preexec_fn=tensorboard._prepare_child, capture_output=True, text=True, check=True,
+        )  # fmt: skip
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert resource.RLIMIT_NOFILE == 7 and child.stdout.split() == [str(hard)] * 2
+
+    output = io.BytesIO(b"".join(b"WARN Too many open files: run%d\n" % i for i in range(1000)))
+    with structlog.testing.capture_logs() as captured:
+        tensorboard._forward_output(output, pid=1)
+    lines = [e for e in captured if e["event"] == "tensorboard_output"]
+    assert len(lines) == tensorboard.OUTPUT_LINES and lines[0]["line"].endswith("run0")
+    assert [e["lines"] for e in captured if e["event"] == "tensorboard_output_suppressed"] == [
+        1000 - tensorboard.OUTPUT_LINES
+    ]

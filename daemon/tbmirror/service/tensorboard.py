@@ -2,7 +2,10 @@
 
 TensorBoard runs as our child (`python -m tensorboard.main`, fast loader) in its own process
 group, with PR_SET_PDEATHSIG so the kernel kills it if we die, even by SIGKILL: a TensorBoard that
-outlived us could read bytes that recovery later truncates. Its output goes into our log.
+outlived us could read bytes that recovery later truncates. Its data server keeps every events
+file open, so it gets as many file descriptors as the hard limit allows (systemd's LimitNOFILE).
+Its output goes into our log, at most OUTPUT_LINES lines a minute (a TensorBoard that cannot open
+files says so for each of them).
 
 Thread-safety: `start`, `check` and `stop` are called from the daemon's main thread only (the
 parent-death signal is tied to the thread that forked the child); `up` and `restarts` may be read
@@ -13,6 +16,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import resource
 import signal
 import socket
 import subprocess
@@ -36,16 +40,21 @@ PROBE_TIMEOUT_SECONDS = 5.0
 UNANSWERED_PROBES_BEFORE_RESTART = 3
 BACKOFF_CAP_SECONDS = 60.0
 START_TIMEOUT = 60.0
+OUTPUT_LINES = 100  # of TensorBoard's output logged per OUTPUT_WINDOW; the rest counted
+OUTPUT_WINDOW = 60.0
 
 
 class PortInUseError(TbmirrorError):
     """TensorBoard's port is taken by another process."""
 
 
-def _die_with_parent() -> None:
-    """In the child, before exec: ask the kernel for SIGKILL when the parent thread dies."""
+def _prepare_child() -> None:
+    """In the child, before exec: ask the kernel for SIGKILL when the parent thread dies, and
+    raise the soft limit of open files to the hard one."""
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
 def check_port_free(host: str, port: int) -> None:
@@ -168,7 +177,7 @@ class TensorBoardSupervisor:
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             start_new_session=True,
-            preexec_fn=_die_with_parent,
+            preexec_fn=_prepare_child,
         )
         assert self._process.stdout is not None
         threading.Thread(
@@ -192,8 +201,22 @@ class TensorBoardSupervisor:
 
 
 def _forward_output(stream: IO[bytes], pid: int) -> None:
-    """Copy TensorBoard's output into our log, one event per line."""
+    """Copy TensorBoard's output into our log, one event per line, at most OUTPUT_LINES per
+    OUTPUT_WINDOW: the lines past those are counted, and the count logged at the next line after
+    the window (or when the output ends)."""
+    window_end, logged, suppressed = time.monotonic() + OUTPUT_WINDOW, 0, 0
     for raw in stream:
         line = raw.decode("utf-8", errors="replace").rstrip()
-        if line:
+        if not line:
+            continue
+        if time.monotonic() >= window_end:
+            if suppressed:
+                log.warning("tensorboard_output_suppressed", pid=pid, lines=suppressed)
+            window_end, logged, suppressed = time.monotonic() + OUTPUT_WINDOW, 0, 0
+        if logged < OUTPUT_LINES:
             log.info("tensorboard_output", pid=pid, line=line)
+            logged += 1
+        else:
+            suppressed += 1
+    if suppressed:
+        log.warning("tensorboard_output_suppressed", pid=pid, lines=suppressed)
