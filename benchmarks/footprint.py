@@ -26,6 +26,7 @@ Usage: python benchmarks/footprint.py [--runs 100000 --keys 20] [--window 600] [
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import resource
 import shutil
@@ -65,10 +66,8 @@ OPEN_FILES = 1_048_576  # as the systemd unit's LimitNOFILE: TensorBoard opens e
 def raise_open_files() -> int:
     """The hard limit of open files for the daemon (and TensorBoard), raised to OPEN_FILES if
     this process may (as root), as the systemd unit does."""
-    try:
+    with contextlib.suppress(ValueError, OSError):
         resource.setrlimit(resource.RLIMIT_NOFILE, (OPEN_FILES, OPEN_FILES))
-    except (ValueError, OSError):
-        pass
     return resource.getrlimit(resource.RLIMIT_NOFILE)[1]
 
 
