@@ -31,19 +31,19 @@ PURE_PYTHON_FORCED = os.environ.get("TBMIRROR_PURE_PYTHON") == "1"
 def scan(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Scanner:
     """records.scan on one path: the extension (it must be built) or pure Python."""
     if request.param == "python":
-        monkeypatch.setattr(records, "compiled", None)
+        monkeypatch.setattr(events, "compiled", None)
     elif PURE_PYTHON_FORCED:
         pytest.skip("TBMIRROR_PURE_PYTHON=1")
     else:
-        assert records.compiled is not None, "the C extension was not built (see setup.py)"
+        assert events.compiled is not None, "the C extension was not built (see setup.py)"
     return records.scan
 
 
 def both(data: bytes) -> Scan:
     """The answer of each path on `data`, checked to be the same."""
     python = records._scan_python(data)
-    if records.compiled is not None:
-        assert records._scan_compiled(data, records.compiled) == python
+    if events.compiled is not None:
+        assert records._scan_compiled(data, events.compiled) == python
     return python
 
 
@@ -218,21 +218,21 @@ def test_mutated_payloads_get_the_same_verdict_on_both_paths() -> None:
 
 def test_the_compiled_scan_vouches_for_common_records_itself() -> None:
     """No record TensorBoard's writers make is left to the slow parse (the speed-up's point)."""
-    if records.compiled is None:
+    if events.compiled is None:
         pytest.skip("pure Python")
     data, starts = framed(payloads())
-    end, count, stop = records.compiled.scan(data, 0, records._SCHEMA)
-    assert (end, count, stop) == (len(data), len(starts) - 1, records.compiled.END)
+    end, count, stop = events.compiled.scan(data, 0, records._SCHEMA)
+    assert (end, count, stop) == (len(data), len(starts) - 1, events.compiled.END)
 
 
 def test_the_compiled_crc32c_matches_google_crc32c() -> None:
-    if records.compiled is None:
+    if events.compiled is None:
         pytest.skip("pure Python")
     data = random.Random(3).randbytes(100_000)
     for start, length in [(0, 0), (1, 1), (3, 7), (5, 8), (2, 9), (7, 63), (1, 40_001)]:
         chunk = data[start : start + length]
         for portable in (False, True):
-            assert records.compiled.crc32c(chunk, portable) == google_crc32c.value(chunk)
+            assert events.compiled.crc32c(chunk, portable) == google_crc32c.value(chunk)
 
 
 @pytest.mark.parametrize(
@@ -247,7 +247,7 @@ def test_without_the_extension_the_pure_python_path_runs(prelude: str) -> None:
     code = (
         f"{prelude}\n"
         "from tbmirror.mirror import events, records, summaries\n"
-        "assert records.compiled is None\n"
+        "assert events.compiled is None\n"
         "data = events.frame(summaries.file_version(1.0))\n"
         "print(records.scan(data + data[:5]))\n"
     )
@@ -256,3 +256,18 @@ def test_without_the_extension_the_pure_python_path_runs(prelude: str) -> None:
     assert (
         result.stdout.strip() == f"{Scan(len(events.frame(summaries.file_version(1.0))), 1, False)}"
     )
+
+
+def test_records_are_framed_alike_on_both_paths(monkeypatch: pytest.MonkeyPatch) -> None:
+    """events.frame_all frames in C when the extension is built: the same bytes as Python's, and
+    they read back (CRCs included)."""
+    rng = random.Random(7)
+    payloads = [rng.randbytes(rng.randrange(0, 3000)) for _ in range(500)] + [b"", b"\x00" * 70000]
+    framed = events.frame_all(payloads)
+    assert [record.payload for record in events.iter_records(framed)] == payloads
+    if events.compiled is None:
+        pytest.skip("the C extension is not in use (TBMIRROR_PURE_PYTHON=1)")
+    with pytest.raises(TypeError):
+        events.compiled.frame_all([b"a", "not bytes"])
+    monkeypatch.setattr(events, "compiled", None)
+    assert events.frame_all(payloads) == framed

@@ -325,16 +325,59 @@ static PyObject *crc32c_of(PyObject *module, PyObject *args)
     return PyLong_FromUnsignedLong(crc);
 }
 
+static void put_le(uint8_t *p, uint64_t value, int bytes)
+{
+    for (int i = 0; i < bytes; i++)
+        p[i] = (uint8_t)(value >> (8 * i));
+}
+
+/* frame_all(payloads: list[bytes]) -> bytes: a TFRecord for each payload, one after the other
+   (little-endian length, its masked CRC, the payload, its masked CRC): events.frame_all. */
+static PyObject *frame_all(PyObject *module, PyObject *args)
+{
+    PyObject *payloads;
+    if (!PyArg_ParseTuple(args, "O!:frame_all", &PyList_Type, &payloads))
+        return NULL;
+    Py_ssize_t count = PyList_GET_SIZE(payloads), total = 0;
+    for (Py_ssize_t i = 0; i < count; i++) {
+        PyObject *item = PyList_GET_ITEM(payloads, i);
+        if (!PyBytes_Check(item)) {
+            PyErr_SetString(PyExc_TypeError, "frame_all: payloads must be bytes");
+            return NULL;
+        }
+        if (PyBytes_GET_SIZE(item) > PY_SSIZE_T_MAX - 16 - total)
+            return PyErr_NoMemory();
+        total += 16 + PyBytes_GET_SIZE(item);
+    }
+    PyObject *framed = PyBytes_FromStringAndSize(NULL, total);
+    if (framed == NULL)
+        return NULL;
+    uint8_t *p = (uint8_t *)PyBytes_AS_STRING(framed);
+    for (Py_ssize_t i = 0; i < count; i++) {
+        PyObject *item = PyList_GET_ITEM(payloads, i);
+        const uint8_t *payload = (const uint8_t *)PyBytes_AS_STRING(item);
+        size_t length = (size_t)PyBytes_GET_SIZE(item);
+        put_le(p, length, 8);
+        put_le(p + 8, masked_crc(p, 8), 4);
+        memcpy(p + 12, payload, length);
+        put_le(p + 12 + length, masked_crc(payload, length), 4);
+        p += 16 + length;
+    }
+    return framed;
+}
+
 static PyMethodDef methods[] = {
     {"scan", scan, METH_VARARGS,
      "scan(data, start, schema) -> (end, count, stop): whole records that check out (above)."},
+    {"frame_all", frame_all, METH_VARARGS,
+     "frame_all(payloads) -> bytes: a TFRecord for each payload of the list, one after another."},
     {"crc32c", crc32c_of, METH_VARARGS,
      "crc32c(data, portable=False) -> the CRC32C of data (portable: the table-driven code)."},
     {NULL, NULL, 0, NULL},
 };
 
 static struct PyModuleDef definition = {
-    PyModuleDef_HEAD_INIT, "_records", "TFRecord scanning in C (see records.py).", -1, methods,
+    PyModuleDef_HEAD_INIT, "_records", "TFRecord scanning and framing in C (see records.py).", -1, methods,
 };
 
 PyMODINIT_FUNC PyInit__records(void)

@@ -2,10 +2,15 @@
 
 A record is `uint64 length | uint32 masked_crc(length) | payload | uint32 masked_crc(payload)`,
 little-endian. The payload is a serialized `Event` proto. Writing them is the journal's.
+
+`compiled` is the optional C extension (`_records.c`, built by setup.py when a C compiler is at
+hand): records framed (here) and scanned (records.py) in C; None for pure Python (the same
+bytes), when it is not built (or built for another Python) or TBMIRROR_PURE_PYTHON=1.
 """
 
 from __future__ import annotations
 
+import importlib
 import os
 import socket
 import struct
@@ -13,6 +18,7 @@ import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 
 import google_crc32c
 
@@ -24,6 +30,18 @@ _HEADER = struct.Struct("<QI")  # length, masked CRC of the length
 _HEADER_SIZE = _HEADER.size
 _MASK_DELTA = 0xA282EAD8
 EVENTS_PREFIX = "events.out.tfevents."
+
+
+def _extension() -> ModuleType | None:
+    if os.environ.get("TBMIRROR_PURE_PYTHON") == "1":
+        return None
+    try:
+        return importlib.import_module("tbmirror.mirror._records")
+    except ImportError:
+        return None
+
+
+compiled = _extension()  # tests set it to None for the pure-Python path
 
 
 def masked_crc(data: bytes) -> int:
@@ -123,4 +141,6 @@ _sequence = _counter()
 
 def frame_all(payloads: Iterable[bytes]) -> bytes:
     """Records holding `payloads`, one after the other."""
+    if compiled is not None:
+        return bytes(compiled.frame_all(list(payloads)))
     return b"".join(frame(payload) for payload in payloads)

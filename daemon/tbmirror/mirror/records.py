@@ -3,7 +3,8 @@
 A record is taken only if both its CRCs check out and `Event.FromString` accepts its payload
 (TensorBoard's loaders stop at a record they cannot parse). Two paths, one answer:
 
-- the compiled scan (`_records.c`, built by setup.py when a C compiler is at hand): CRC32C in C,
+- the compiled scan (`_records.c`, built by setup.py when a C compiler is at hand; events.py loads
+  it): CRC32C in C,
   and a wire-format walk that vouches for a payload only when that parse is sure to accept it,
   against a table built here from Event's descriptors; a payload it cannot vouch for (rare: an
   unusual encoding, deep nesting, a corrupt one) is parsed here;
@@ -13,8 +14,6 @@ A record is taken only if both its CRCs check out and `Event.FromString` accepts
 
 from __future__ import annotations
 
-import importlib
-import os
 from array import array
 from dataclasses import dataclass
 from types import ModuleType
@@ -24,20 +23,6 @@ from google.protobuf.message import DecodeError
 from tensorboard.compat.proto.event_pb2 import Event
 
 from tbmirror.mirror import events
-
-
-def _extension() -> ModuleType | None:
-    """The compiled scan; None for pure Python: TBMIRROR_PURE_PYTHON=1, or not built (no
-    compiler) or not loadable (built for another Python)."""
-    if os.environ.get("TBMIRROR_PURE_PYTHON") == "1":
-        return None
-    try:
-        return importlib.import_module("tbmirror.mirror._records")
-    except ImportError:
-        return None
-
-
-compiled = _extension()  # tests set it to None for the pure-Python path
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +38,7 @@ def scan(data: bytes) -> Scan:
     """The whole, valid records at the start of `data`: up to the end, a torn last record (its
     rest may still come) or a corrupt one (a CRC that does not check out or a payload that is no
     Event)."""
+    compiled = events.compiled
     return _scan_compiled(data, compiled) if compiled is not None else _scan_python(data)
 
 
