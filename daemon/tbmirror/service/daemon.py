@@ -9,6 +9,7 @@ TensorBoard and returns 0.
 
 from __future__ import annotations
 
+import ctypes
 import os
 import signal
 import threading
@@ -34,6 +35,7 @@ from tbmirror.service.tensorboard import TensorBoardSupervisor
 log = structlog.get_logger(__name__)
 
 TICK_SECONDS = 1.0
+M_ARENA_MAX, M_MMAP_THRESHOLD = -8, -3  # glibc's mallopt parameters (malloc.h)
 SHUTDOWN_GRACE_SECONDS = (
     5.0  # then passes still in a request are abandoned (SIGTERM -> exit < 10 s)
 )
@@ -63,6 +65,7 @@ class Daemon:
 
     def run(self) -> int:
         """Serve until SIGTERM/SIGINT; returns the exit code."""
+        _keep_freed_memory_returned()
         signal.signal(signal.SIGTERM, self.request_stop)
         signal.signal(signal.SIGINT, self.request_stop)
         signal.signal(signal.SIGHUP, self._request_reload)
@@ -219,3 +222,15 @@ class Daemon:
         failing = sum(1 for s in statuses.values() if s.consecutive_errors)
         line = f"{len(statuses)} sources, {self.scheduler.runs_mirrored():,} runs, {last}"
         return line + (f", {failing} failing" if failing else "")
+
+
+def _keep_freed_memory_returned() -> None:
+    """glibc: at most 2 malloc arenas (passes run in pool threads), and blocks of 256 KiB and
+    more (a listing page is ~4 MB) always mapped apart and unmapped when freed, so a long-running
+    daemon's RSS stays near what it holds. Without glibc, nothing."""
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return
+    mallopt(M_ARENA_MAX, 2)
+    mallopt(M_MMAP_THRESHOLD, 256 * 1024)

@@ -367,7 +367,7 @@ class MlflowEngine:
         lost: list[RunRecord] = []
         committed: list[RunRecord] = []
         written: list[Encoded] = []
-        whole: list[RunSnapshot] = []  # written with every series complete
+        whole: list[tuple[str, int]] = []  # (run id, fingerprint) written with every series
         streams: list[tuple[str, SeriesStream]] = []
         with self.journal.batch(self.source.name) as batch:
             for plan in plans:
@@ -388,11 +388,11 @@ class MlflowEngine:
                 if encoded.payloads:
                     written.append(encoded)
                 streams += [(plan.run.run_id, stream) for stream in encoded.streams]
-                if not encoded.streams:
-                    whole.append(plan.run)
+                if not encoded.streams:  # (the record's id: one string a run, kept once)
+                    whole.append((plan.record.run_id, plan.run.fingerprint))
             bytes_written = batch.bytes_written
         self.placement.committed(committed)
-        self._written.update((run.run_id, run.fingerprint) for run in whole)
+        self._written.update(whole)
         report.bytes_written += bytes_written
         report.runs_written += len(written)
         report.points += sum(encoded.points for encoded in written)
