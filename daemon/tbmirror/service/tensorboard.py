@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import io
 import resource
 import signal
 import socket
@@ -24,7 +25,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import IO
+from typing import cast
 
 import httpx
 import structlog
@@ -181,7 +182,9 @@ class TensorBoardSupervisor:
         )
         assert self._process.stdout is not None
         threading.Thread(
-            target=_forward_output, args=(self._process.stdout, self._process.pid), daemon=True
+            target=_forward_output,
+            args=(cast(io.BufferedIOBase, self._process.stdout), self._process.pid),
+            daemon=True,
         ).start()
         self._spawned_at = time.monotonic()
 
@@ -200,23 +203,31 @@ class TensorBoardSupervisor:
         )
 
 
-def _forward_output(stream: IO[bytes], pid: int) -> None:
+def _forward_output(stream: io.BufferedIOBase, pid: int) -> None:
     """Copy TensorBoard's output into our log, one event per line, at most OUTPUT_LINES per
-    OUTPUT_WINDOW: the lines past those are counted, and the count logged at the next line after
-    the window (or when the output ends)."""
-    window_end, logged, suppressed = time.monotonic() + OUTPUT_WINDOW, 0, 0
-    for raw in stream:
-        line = raw.decode("utf-8", errors="replace").rstrip()
-        if not line:
-            continue
+    OUTPUT_WINDOW: the lines past those are only counted (a chunk at a time: a TensorBoard that
+    cannot open its files says so thousands of times a second), and the count logged at the first
+    output after the window (or when the output ends)."""
+    window_end, logged, suppressed, partial = time.monotonic() + OUTPUT_WINDOW, 0, 0, b""
+    while chunk := stream.read1(1 << 16):
         if time.monotonic() >= window_end:
             if suppressed:
                 log.warning("tensorboard_output_suppressed", pid=pid, lines=suppressed)
             window_end, logged, suppressed = time.monotonic() + OUTPUT_WINDOW, 0, 0
-        if logged < OUTPUT_LINES:
-            log.info("tensorboard_output", pid=pid, line=line)
-            logged += 1
-        else:
-            suppressed += 1
+        if logged >= OUTPUT_LINES:
+            suppressed += chunk.count(b"\n")
+            end = chunk.rfind(b"\n")
+            partial = chunk[end + 1 :] if end >= 0 else partial + chunk
+            continue
+        *lines, partial = (partial + chunk).split(b"\n")
+        for raw in lines:
+            line = raw.decode("utf-8", errors="replace").rstrip()
+            if not line:
+                continue
+            if logged < OUTPUT_LINES:
+                log.info("tensorboard_output", pid=pid, line=line)
+                logged += 1
+            else:
+                suppressed += 1
     if suppressed:
         log.warning("tensorboard_output_suppressed", pid=pid, lines=suppressed)
