@@ -32,7 +32,7 @@ from tbmirror.errors import MirrorError, TbmirrorError
 from tbmirror.journal import Journal, WriteFault
 from tbmirror.mirror.events import EventsFileLostError
 from tbmirror.model import Cursor, RunRecord, RunSnapshot
-from tbmirror.sources.http import BadAnswerError, HttpStatusError
+from tbmirror.sources.http import BadAnswerError, HttpStatusError, StoppedError
 from tbmirror.sources.mlflow import History, MlflowSource, RunListing, SeriesChangedError
 
 log = structlog.get_logger(__name__)
@@ -115,7 +115,10 @@ class MlflowEngine:
             self.placement.invalidate()
             self._written.clear()
             report.error, report.write_fault = str(error), isinstance(error, WriteFault)
-            log.error("source_failed", source=self.source.name, error=str(error))
+            if isinstance(error, StoppedError):  # the daemon stops: not the source's failure
+                log.info("pass_stopped", source=self.source.name, error=str(error))
+            else:
+                log.error("source_failed", source=self.source.name, error=str(error))
         except Exception as error:  # a bug or unexpected data: fail this pass, not the daemon
             self.placement.invalidate()
             self._written.clear()
