@@ -16,6 +16,7 @@ against `mlflow server --workers N`, times
     and with the source option `artifacts: {enabled: false}` against the limit without listings
     (target: within 1.15x); the requests of each side;
   - a second `tbmirror sync` with nothing new (requests, seconds, bytes written);
+  - the CPU time of each side (the client's, and the server's processes') beside each figure;
   - the tfevents write path alone (encode + frame + append + fsync) against tensorboardX's
     add_scalar for the same points.
 
@@ -37,6 +38,7 @@ from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +46,7 @@ import httpx
 from mlflow.tracking import MlflowClient
 from tensorboardX import SummaryWriter
 
-from common import Synced, build_runs, open_store, run_sync, write_config
+from common import Synced, build_runs, cpu_seconds, open_store, run_sync, tree, write_config
 from tbmirror.journal import Journal
 from tbmirror.local_mlflow import LocalMlflowServer
 from tbmirror.mirror import events, summaries
@@ -148,12 +150,15 @@ def bulk_calls(chunk: list[dict[str, Any]]) -> list[tuple[str, list[str]]]:
 @dataclass
 class Fetched:
     seconds: float
+    cpu_seconds: float
     points: int
     requests: Counter[str]  # by endpoint
 
-    def line(self) -> str:
+    def line(self, server_cpu: float) -> str:
+        """Its figures, with the server's CPU seconds meanwhile."""
         shown = ", ".join(f"{endpoint} {n:,}" for endpoint, n in sorted(self.requests.items()))
-        return f"{self.seconds:8.1f} s  ({sum(self.requests.values()):,} requests: {shown})"
+        return (f"{self.seconds:8.1f} s  ({sum(self.requests.values()):,} requests: {shown}; "
+                f"CPU {self.cpu_seconds:.1f} s, the server's {server_cpu:.1f} s)")  # fmt: skip
 
 
 def fetch_only(url: str, experiment: str, listings: bool, concurrency: int = 4) -> Fetched:
@@ -166,7 +171,7 @@ def fetch_only(url: str, experiment: str, listings: bool, concurrency: int = 4) 
     each, of the run's root), and the server has fewer than 100 experiments. get-history pages
     are asked by the server's token where sync asks each from the last point it read: the same
     count, up to one a series of more than 25,000 points."""
-    started = time.monotonic()
+    started, cpu_started = time.monotonic(), time.process_time()
     limits = httpx.Limits(max_connections=concurrency + 1)
     with (
         httpx.Client(base_url=url, timeout=120, limits=limits) as http,
@@ -198,7 +203,8 @@ def fetch_only(url: str, experiment: str, listings: bool, concurrency: int = 4) 
         if listings:
             files = sum(pool.map(fetcher.listing, run_ids))
             assert files == 0, "the workload has no artifacts"
-    return Fetched(time.monotonic() - started, points, fetcher.requests)
+    cpu = time.process_time() - cpu_started
+    return Fetched(time.monotonic() - started, cpu, points, fetcher.requests)
 
 
 def write_path(points: int, directory: Path) -> tuple[float, float]:
@@ -225,15 +231,23 @@ def write_path(points: int, directory: Path) -> tuple[float, float]:
     return ours, points / (time.perf_counter() - started)
 
 
+def server_cpu(server: LocalMlflowServer) -> float:
+    """CPU seconds (user + system) the server's processes have used so far."""
+    assert server.process is not None
+    return cpu_seconds(tree(server.process.pid))
+
+
 def verdict(ratio: float) -> str:
     return f"{ratio:8.2f} x  (target <= {TARGET}: {'met' if ratio <= TARGET else 'missed'})"
 
 
-def summary(synced: Synced) -> str:
+def summary(synced: Synced, server_cpu: float) -> str:
+    """A sync's figures, with the server's CPU seconds meanwhile."""
     report = synced.report
     return (f"{synced.seconds:8.1f} s  (pass {report['seconds']:.1f} s, "
             f"{report['requests']:,} requests, {report['points']:,} points, "
-            f"peak RSS {synced.peak_mb:.0f} MB{synced.complained()})")  # fmt: skip
+            f"peak RSS {synced.peak_mb:.0f} MB, CPU {synced.cpu_seconds:.1f} s, "
+            f"the server's {server_cpu:.1f} s{synced.complained()})")  # fmt: skip
 
 
 def main() -> None:
@@ -260,19 +274,28 @@ def main() -> None:
     experiment_id = build_runs(store, EXPERIMENT, args.runs, keys, args.points)
     store.engine.dispose()
     total = args.runs * args.keys * args.points
+    served: list[float] = []  # the server's CPU seconds, phase by phase
     with server:
         started = time.monotonic()
         naive_points = naive_export(MlflowClient(server.url), experiment_id, output / "naive")
         naive_seconds = time.monotonic() - started
-        limit = fetch_only(server.url, EXPERIMENT, listings=True)
         full_config = write_config(output / "full", server.url, EXPERIMENT)
-        full = run_sync(full_config)
-        bare_limit = fetch_only(server.url, EXPERIMENT, listings=False)
         bare_config = write_config(
             output / "bare", server.url, EXPERIMENT, source={"artifacts": {"enabled": False}}
         )
+        served.append(server_cpu(server))
+        limit = fetch_only(server.url, EXPERIMENT, listings=True)
+        served.append(server_cpu(server))
+        full = run_sync(full_config)
+        served.append(server_cpu(server))
+        bare_limit = fetch_only(server.url, EXPERIMENT, listings=False)
+        served.append(server_cpu(server))
         bare = run_sync(bare_config)
+        served.append(server_cpu(server))
         idle = run_sync(full_config)
+    server_limit, server_full, server_bare_limit, server_bare = (
+        after - before for before, after in pairwise(served)
+    )
     for name, points in (("naive", naive_points), ("limit", limit.points),
                          ("limit without listings", bare_limit.points),
                          ("sync", full.report["points"]), ("sync without listings",
@@ -285,12 +308,12 @@ def main() -> None:
           f"{total:,} points; mlflow server --workers {args.workers}")  # fmt: skip
     print(f"naive exporter:              {naive_seconds:8.1f} s  "
           f"({total / naive_seconds:,.0f} points/s)")  # fmt: skip
-    print(f"tbmirror sync:               {summary(full)}")
+    print(f"tbmirror sync:               {summary(full, server_full)}")
     print(f"  speed-up over naive:       {naive_seconds / full.seconds:8.1f} x")
-    print(f"limit (fetch-only):          {limit.line()}")
+    print(f"limit (fetch-only):          {limit.line(server_limit)}")
     print(f"  sync / limit:              {verdict(full.seconds / limit.seconds)}")
-    print(f"sync, artifacts disabled:    {summary(bare)}")
-    print(f"limit without listings:      {bare_limit.line()}")
+    print(f"sync, artifacts disabled:    {summary(bare, server_bare)}")
+    print(f"limit without listings:      {bare_limit.line(server_bare_limit)}")
     print(f"  sync / limit:              {verdict(bare.seconds / bare_limit.seconds)}")
     print(f"no-change sync:              {idle.seconds:8.2f} s  ({idle.report['requests']:,} "
           f"requests, {idle.report['bytes_written']:,} bytes written"

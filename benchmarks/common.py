@@ -133,12 +133,14 @@ def write_source_config(work: Path, source: dict[str, Any], **sections: Any) -> 
 
 @dataclass
 class Synced:
-    """One `tbmirror sync`: wall time (cold start included), peak RSS, its pass report (the
-    source_synced event: runs_listed, points, requests, bytes_written, seconds, ...), and the
-    warnings and errors it logged, counted by event ("request_retrying": a request sent again)."""
+    """One `tbmirror sync`: wall time (cold start included), peak RSS, CPU seconds (user + system),
+    its pass report (the source_synced event: runs_listed, points, requests, bytes_written,
+    seconds, ...), and the warnings and errors it logged, counted by event ("request_retrying": a
+    request sent again)."""
 
     seconds: float
     peak_mb: float
+    cpu_seconds: float
     report: dict[str, Any]
     complaints: Counter[str]
 
@@ -153,7 +155,7 @@ def run_sync(config: Path) -> Synced:
     reports for a child forked from this process would count this process's pages too). Exits
     with its output if it fails. The config must log at level info (the default)."""
     command = [
-        "/usr/bin/time", "-f", "peak-kb %M",
+        "/usr/bin/time", "-f", "peak-kb %M cpu %U %S",
         sys.executable, "-m", "tbmirror", "sync", "--config", str(config),
     ]  # fmt: skip
     started = time.monotonic()
@@ -164,9 +166,9 @@ def run_sync(config: Path) -> Synced:
     if result.returncode != 0 or report is None:
         raise SystemExit(f"tbmirror sync failed ({result.returncode}):\n{result.stdout}\n"
                          f"{result.stderr[-3000:]}")  # fmt: skip
-    peak_kb = int(result.stderr.rsplit("peak-kb ", 1)[1].split()[0])
+    peak_kb, _, user, system = result.stderr.rsplit("peak-kb ", 1)[1].split()[:4]
     complaints = Counter(e["event"] for e in events if e.get("level") in ("warning", "error"))
-    return Synced(seconds, peak_kb / 1024, report, complaints)
+    return Synced(seconds, int(peak_kb) / 1024, float(user) + float(system), report, complaints)
 
 
 def start_daemon(config: Path, log_path: Path) -> subprocess.Popen[bytes]:
