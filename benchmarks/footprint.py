@@ -5,7 +5,7 @@ interrupted build is completed by the next invocation) an experiment of --runs F
 --keys keys x 1 point (default 100,000 x 20). Then, each time into an empty mirror:
   1. the first backfill, `tbmirror sync` (every run's metrics; with --artifacts, every run's
      artifact listing too): its time, requests and peak RSS (--keep-mirror: skipped, the mirror
-     of the last invocation kept);
+     of the last invocation kept, and its server's port);
   2. the daemon (`tbmirror run`, default intervals: a quick pass every 10 s, a full listing every
      600 s) on that mirror: once its first pass (a full one) is logged, over --window seconds, its
      RSS (sampled every SAMPLE s; and its peak, VmHWM, the first pass included), its CPU share and
@@ -69,6 +69,15 @@ def raise_open_files() -> int:
     with contextlib.suppress(ValueError, OSError):
         resource.setrlimit(resource.RLIMIT_NOFILE, (OPEN_FILES, OPEN_FILES))
     return resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+
+
+def server_port(work: Path, keep_mirror: bool) -> int:
+    """A free port, or with --keep-mirror the port the last invocation's server had: the MLflow
+    link in every run's text names it, and a new one would rewrite 100,000 texts."""
+    saved = work / "server-port"
+    port = int(saved.read_text()) if keep_mirror and saved.exists() else free_port()
+    saved.write_text(f"{port}\n")
+    return port
 
 
 def events(log_path: Path, offset: int = 0) -> list[dict[str, Any]]:
@@ -170,7 +179,8 @@ def main() -> None:
     if min(args.runs, args.keys, args.window) <= 0:
         parser.error("--runs, --keys and --window must be positive")
     work = args.workdir or Path(tempfile.mkdtemp(prefix="tbmirror-footprint-"))
-    server = LocalMlflowServer(work / "mlflow")
+    work.mkdir(parents=True, exist_ok=True)
+    server = LocalMlflowServer(work / "mlflow", port=server_port(work, args.keep_mirror))
     store = open_store(server)
     build_runs(store, EXPERIMENT, args.runs, [f"key_{k:02d}" for k in range(args.keys)], 1)
     store.engine.dispose()
