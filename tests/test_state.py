@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import sqlite3
 from pathlib import Path
 
+from tbmirror.engine.mlflow.encoding import text_digest
 from tbmirror.journal import Store
 
 # The runs table as tbmirror 0.1 (issues 2, 3 and 5) created it.
@@ -36,5 +38,24 @@ def test_a_store_from_an_earlier_version_opens_with_its_runs(tmp_path: Path) -> 
         state.put_run(run)
         assert state.runs("team")["abc"].artifacts_at == 99.0
         assert state.tails("team") == {}
+    finally:
+        state.close()
+
+
+def test_a_text_digest_from_an_earlier_version_still_matches_its_text(tmp_path: Path) -> None:
+    """Digests were the whole SHA-256 in hex, now its first 64 bits: an old row's text is not
+    written again, and a digest past SQLite's signed 64-bit range round-trips."""
+    path = tmp_path / "state.db"
+    with sqlite3.connect(path) as db:
+        db.executescript(OLD_RUNS)
+        old = hashlib.sha256(b"# a run's text").hexdigest()
+        db.execute("UPDATE runs SET text_digest = ?", (old,))
+    state = Store(path)
+    try:
+        [run] = state.runs("team").values()
+        assert run.text_digest == text_digest("# a run's text") != text_digest("# changed")
+        run.text_digest = 2**64 - 1
+        state.put_run(run)
+        assert state.runs("team")["abc"].text_digest == 2**64 - 1
     finally:
         state.close()

@@ -217,7 +217,7 @@ class Store:
         with self._mutex:
             rows = self._db.execute(f"SELECT {_RUN_SELECT} FROM runs WHERE source = ?", (source,))
             while batch := rows.fetchmany(1000):
-                records.update((row[1], _run_from_row(row)) for row in batch)
+                records.update((run.run_id, run) for run in map(_run_from_row, batch))
         return records
 
     def trials(self) -> set[str]:
@@ -226,6 +226,8 @@ class Store:
 
     def put_run(self, run: RunRecord) -> None:
         values = [getattr(run, name) for name in _RUN_COLUMNS]
+        if run.text_digest is not None:  # 64 bits: more than SQLite's signed INTEGER holds
+            values[_RUN_COLUMNS.index("text_digest")] = f"{run.text_digest:016x}"
         placeholders = ", ".join("?" for _ in _RUN_COLUMNS)
         self._execute(
             f"INSERT OR REPLACE INTO runs ({_RUN_SELECT}) VALUES ({placeholders})", values
@@ -394,11 +396,16 @@ class Store:
 
 
 def _run_from_row(row: tuple[object, ...]) -> RunRecord:
-    """A run record; the values many records share (source, experiment, status) as one string
-    each (100,000 records are held in memory)."""
+    """A run record, held compactly (100,000 records are held in memory): the values many
+    records share (source, experiment, status) as one string each; its id interned, as listings
+    intern theirs (sources/mlflow.py), so a pass's sets of ids hold no copies of it; its text
+    digest as an int (rows written before it was cut to 64 bits hold the whole SHA-256 in hex:
+    its first 64 bits are the same)."""
     run = RunRecord(*row)  # type: ignore[arg-type]
     run.source, run.status = sys.intern(run.source), sys.intern(run.status)
-    run.experiment_id = sys.intern(run.experiment_id)
+    run.experiment_id, run.run_id = sys.intern(run.experiment_id), sys.intern(run.run_id)
+    if run.text_digest is not None:
+        run.text_digest = int(str(run.text_digest)[:16], 16)
     run.hparams_written = bool(run.hparams_written)
     run.end_written = bool(run.end_written)
     return run

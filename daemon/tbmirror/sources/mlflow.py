@@ -20,6 +20,7 @@ import base64
 import fnmatch
 import json
 import re
+import sys
 import threading
 from collections import defaultdict
 from collections.abc import Callable, Generator, Iterable, Iterator, Mapping
@@ -173,7 +174,7 @@ def run_from_json(item: RunJson) -> RunSnapshot:
     info, data = item.info, item.data
     tags = {tag.key: tag.value for tag in data.tags}
     return RunSnapshot(
-        run_id=info.run_id,
+        run_id=sys.intern(info.run_id),  # one string for the id in every set a pass keeps
         experiment_id=info.experiment_id,
         name=info.run_name or tags.get(RUN_NAME_TAG) or info.run_id,
         status=info.status,
