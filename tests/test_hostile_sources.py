@@ -421,6 +421,27 @@ def test_a_wrong_shape_history_fails_the_run_and_loses_no_point(
     assert mirrored_points(source.run_dir("r0"), "m") == mlflow_points(client, run_id, "m")
 
 
+def test_a_listed_run_whose_metrics_are_of_the_wrong_shape_fails_alone(
+    mlflow_server: MlflowServer, proxy: HostileProxy, source: ProxiedSource
+) -> None:
+    """A listing's metrics are validated as each run is looked into: one run's garbled metrics
+    fail that run, not the page, and lose none of its points."""
+    client = mlflow_server.client()
+    ids = make_runs(client, source.experiment, ["bad", "good"])
+    rule = proxy.set("garble_metrics", path=SEARCH, run_ids=[ids["bad"]])
+    result = source.sync()
+    assert rule.hits >= 1
+    assert result.returncode == 1, output_of(result)
+    assert ids["bad"] in source.fail_line(result.stdout) and ids["good"] not in result.stdout
+    assert "a run's metrics: an answer of the wrong shape" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert mirrored_points(source.run_dir("good"), "m") == mlflow_points(client, ids["good"], "m")
+
+    proxy.clear()
+    assert source.sync().returncode == 0
+    assert mirrored_points(source.run_dir("bad"), "m") == mlflow_points(client, ids["bad"], "m")
+
+
 def test_an_empty_page_is_valid_but_proves_no_run_gone(
     mlflow_server: MlflowServer, proxy: HostileProxy, source: ProxiedSource
 ) -> None:

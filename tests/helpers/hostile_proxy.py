@@ -19,6 +19,7 @@ Faults and their params (defaults in brackets):
 - `truncate_page(keep [None])`: the real answer without `next_page_token` (and with only its
   first `keep` runs).
 - `drop_runs(run_ids)`: the real answer without those runs in `runs`.
+- `garble_metrics(run_ids)`: the real answer, those runs' `metrics` of the wrong shape.
 - `small_pages(size [2])`: the request's JSON `max_results` cut to `size` (a server that caps
   its pages), the real answer to that.
 - `repeat_token(token [injected if the first page has none])`: the first page seen, its
@@ -60,6 +61,7 @@ FAULTS: dict[str, frozenset[str]] = {  # fault -> the params it takes
     "redirect": frozenset({"location", "status"}),
     "truncate_page": frozenset({"keep"}),
     "drop_runs": frozenset({"run_ids"}),
+    "garble_metrics": frozenset({"run_ids"}),
     "small_pages": frozenset({"size"}),
     "repeat_token": frozenset({"token"}),
     "trickle": frozenset({"interval"}),
@@ -427,6 +429,18 @@ class _Handler(BaseHTTPRequestHandler):
                 ]
 
         self._relay(seen, answer, _edited(answer, drop))
+
+    def _garble_metrics(self, seen: Seen, sent: bytes, rule: Rule, run_ids: Any = ()) -> None:
+        """The listed metrics of these runs, of the wrong shape (a value that is an object)."""
+        answer = self._upstream(sent)
+        garbled = set(run_ids)
+
+        def garble(page: dict[str, Any]) -> None:
+            for run in page.get("runs", []) if isinstance(page.get("runs"), list) else []:
+                if run.get("info", {}).get("run_id") in garbled:
+                    run.setdefault("data", {})["metrics"] = [{"key": "m", "value": {"x": 1}}]
+
+        self._relay(seen, answer, _edited(answer, garble))
 
     def _small_pages(self, seen: Seen, sent: bytes, rule: Rule, size: int = 2) -> None:
         try:

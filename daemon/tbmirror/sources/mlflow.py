@@ -23,7 +23,7 @@ import re
 import sys
 import threading
 from collections import defaultdict
-from collections.abc import Callable, Generator, Iterable, Iterator, Mapping
+from collections.abc import Callable, Collection, Generator, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -53,6 +53,7 @@ from tbmirror.sources.responses import (
     RunAnswer,
     RunJson,
     RunsPage,
+    metrics_of,
     pages,
     parse,
 )
@@ -145,19 +146,20 @@ def point_from_json(item: MetricJson) -> MetricPoint:
 
 
 class LatestPoints(Mapping[str, MetricPoint]):
-    """A run's latest point of each key as a listing gave them, converted when first read: a
-    full listing converts only the runs it looks into. Reading one raises BadAnswerError if a
-    value is not a number."""
+    """A run's latest point of each key as a listing gave them (their JSON), decoded when first
+    read: a full listing decodes only the runs it looks into. Reading one raises BadAnswerError
+    if they are of the wrong shape or a value is not a number."""
 
     __slots__ = ("_metrics", "_points")
 
-    def __init__(self, metrics: tuple[MetricJson, ...]) -> None:
+    def __init__(self, metrics: bytes) -> None:
         self._metrics = metrics
         self._points: dict[str, MetricPoint] | None = None
 
     def _converted(self) -> dict[str, MetricPoint]:
         if self._points is None:
-            self._points = {metric.key: point_from_json(metric) for metric in self._metrics}
+            points = {metric.key: point_from_json(metric) for metric in metrics_of(self._metrics)}
+            self._points, self._metrics = points, b""
         return self._points
 
     def __getitem__(self, key: str) -> MetricPoint:
@@ -171,8 +173,10 @@ class LatestPoints(Mapping[str, MetricPoint]):
 
 
 def run_from_json(item: RunJson) -> RunSnapshot:
+    """The run `item` shows; its fingerprint hashes all it says (within a process)."""
     info, data = item.info, item.data
     tags = {tag.key: tag.value for tag in data.tags}
+    metrics = bytes(data.metrics)  # (a copy: a decoded Raw holds its whole page)
     return RunSnapshot(
         run_id=sys.intern(info.run_id),  # one string for the id in every set a pass keeps
         experiment_id=info.experiment_id,
@@ -184,8 +188,8 @@ def run_from_json(item: RunJson) -> RunSnapshot:
         parent_run_id=tags.get(PARENT_TAG) or None,
         params={param.key: param.value for param in data.params},
         tags=tags,
-        latest=LatestPoints(data.metrics),
-        fingerprint=hash(item),
+        latest=LatestPoints(metrics),
+        fingerprint=hash((info, data.params, data.tags, metrics)),
     )
 
 
@@ -470,7 +474,7 @@ class MlflowSource:
         self,
         since_ms: int | None = None,
         watch_ids: Iterable[str] = (),
-        mirrored_ids: Iterable[str] = (),
+        mirrored_ids: Collection[str] = (),
     ) -> RunListing:
         """Runs to mirror, read page by page as `RunListing.runs` is iterated. Raises SourceError
         (its iteration too).
@@ -496,7 +500,7 @@ class MlflowSource:
         listing: RunListing,
         filters: list[str],
         watch_ids: list[str],
-        mirrored_ids: Iterable[str],
+        mirrored_ids: Collection[str],
     ) -> Iterator[RunSnapshot]:
         """The runs of `listing`, each once, noted in its `listed` and `deleted` as yielded."""
         assert self._experiments is not None
@@ -514,14 +518,13 @@ class MlflowSource:
         candidates = {
             r.run_id: r for r in self._search(self._other_experiments, children, watch_ids, False)
         }
-        parents = listed | set(mirrored_ids)
         added = True
         while added:  # children of children: until none is added
             added = False
             for run_id, run in list(candidates.items()):
-                if run.parent_run_id in parents and run_id not in listed:
+                parent = run.parent_run_id
+                if (parent in listed or parent in mirrored_ids) and run_id not in listed:
                     del candidates[run_id]
-                    parents.add(run_id)
                     listing.note(run)
                     added = True
                     yield run

@@ -62,13 +62,17 @@ class RunInfoJson(_Answer, frozen=True):
 
 
 class RunDataJson(_Answer, frozen=True):
-    metrics: tuple[MetricJson, ...] = ()
+    """`metrics` (the latest point of each key) as raw JSON, well-formed but not yet validated:
+    a full listing of 100,000 unchanged runs looks into none of them (decoded by `metrics_of`,
+    ~6 times faster a page)."""
+
+    metrics: msgspec.Raw = msgspec.Raw(b"[]")
     params: tuple[KeyValueJson, ...] = ()
     tags: tuple[KeyValueJson, ...] = ()
 
 
 class RunJson(_Answer, frozen=True):
-    """One run as runs/search and runs/get show it (hashable: what it says, within a process)."""
+    """One run as runs/search and runs/get show it."""
 
     info: RunInfoJson
     data: RunDataJson = RunDataJson()
@@ -162,15 +166,28 @@ class RunAnswer(_Answer, frozen=True):
 Model = TypeVar("Model", bound=_Answer)
 
 
-def parse(model: type[Model], body: bytes, endpoint: str) -> Model:
-    """The JSON object `body` as `model`, or a SourceError naming `endpoint` and the field that
-    was wrong."""
+Shape = TypeVar("Shape")
+
+
+def _decode(shape: type[Shape], body: bytes, endpoint: str) -> Shape:
+    """JSON `body` as `shape`, or a SourceError naming `endpoint` and the field that was wrong."""
     try:  # lax, as MLflow's JSON may be: an int64 as a string, an integral value as an int
-        answer = msgspec.json.decode(body, type=model, strict=False).completed()
+        return msgspec.json.decode(body, type=shape, strict=False)
     except msgspec.ValidationError as error:  # "Expected `str`, got `int` - at `$.runs[0]...`"
         raise BadAnswerError(f"{endpoint}: an answer of the wrong shape ({error})") from None
     except msgspec.DecodeError:
         raise BadAnswerError(f"{endpoint}: the answer is not JSON") from None
+
+
+def metrics_of(metrics: bytes) -> tuple[MetricJson, ...]:
+    """A run's metrics as a listing gave them (RunDataJson.metrics), validated."""
+    return _decode(tuple[MetricJson, ...], metrics, "a run's metrics")
+
+
+def parse(model: type[Model], body: bytes, endpoint: str) -> Model:
+    """The JSON object `body` as `model`, or a SourceError naming `endpoint` and the field that
+    was wrong."""
+    answer = _decode(model, body, endpoint).completed()
     if isinstance(answer, _Page) and answer == model():  # as `{}`: but has it other fields?
         fields = msgspec.json.decode(body, type=dict[str, msgspec.Raw])  # (values not parsed)
         if fields and not answer.FIELDS & fields.keys():
