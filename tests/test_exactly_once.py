@@ -60,11 +60,13 @@ def test_sigkill_at_random_moments_loses_and_duplicates_nothing(
     )
 
     killed = truncated = 0
+    lasts = 2.5  # at most how long a sync takes here: lowered whenever one ends before its kill
     for iteration in range(ITERATIONS):
         for run_id in rng.sample(sorted(logged), 10):
             log_points(run_id, 20)
         new_run(INITIAL_RUNS + iteration)
         size = mirror_size(root) if root.exists() else 0
+        started = time.monotonic()
         process = subprocess.Popen(
             [sys.executable, "-m", "tbmirror", "sync", "--config", str(config)],
             stdout=subprocess.DEVNULL,
@@ -72,7 +74,7 @@ def test_sigkill_at_random_moments_loses_and_duplicates_nothing(
             text=True,
         )
         if iteration % 2:
-            time.sleep(rng.uniform(0.2, 2.5))
+            time.sleep(rng.uniform(0.05, 0.9) * lasts)
         else:  # kill just after it starts appending, when uncommitted records are likely
             deadline = time.monotonic() + 10
             while process.poll() is None and time.monotonic() < deadline:
@@ -83,6 +85,8 @@ def test_sigkill_at_random_moments_loses_and_duplicates_nothing(
         if process.poll() is None:
             process.send_signal(signal.SIGKILL)
             killed += 1
+        else:
+            lasts = min(lasts, time.monotonic() - started)
         _, stderr = process.communicate(timeout=60)
         for line in stderr.splitlines():
             if '"recovered"' in line:

@@ -24,7 +24,6 @@ from tbmirror import __version__, app, logs
 from tbmirror.config import Settings, load_settings
 from tbmirror.engine.base import PassReport
 from tbmirror.errors import ConfigError, TbmirrorError
-from tbmirror.service.daemon import Daemon
 
 log = structlog.get_logger(__name__)
 
@@ -120,6 +119,10 @@ def demo_command(args: argparse.Namespace) -> int:
 
 
 def run_command(settings: Settings, args: argparse.Namespace) -> int:
+    # (imported here: the daemon's scheduler, watcher and servers would cost every other
+    # command's cold start ~70 ms)
+    from tbmirror.service.daemon import Daemon
+
     return Daemon(settings, Path(args.config)).run()
 
 

@@ -7,14 +7,16 @@ import struct
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+import msgspec
+
 _DOUBLE = struct.Struct("<d")
 
 TERMINAL_STATUSES = frozenset({"FINISHED", "FAILED", "KILLED"})
 
 
-@dataclass(frozen=True, slots=True)
-class MetricPoint:
-    """One logged metric value: MLflow's (timestamp ms, step, value)."""
+class MetricPoint(msgspec.Struct, frozen=True, gc=False):
+    """One logged metric value: MLflow's (timestamp ms, step, value). A Struct: a backfill makes
+    millions of them, each in ~70 ns (a frozen dataclass takes ~350)."""
 
     timestamp: int
     step: int
