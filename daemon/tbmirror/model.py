@@ -84,7 +84,7 @@ class RunRecord:
     name: str
     status: str
     events_file: str | None = None
-    text_digest: int | None = None  # of its text as last written (TEXT_DIGEST)
+    text_digest: int | None = None  # of its text as last written (encoding.text_digest)
     text_step: int = -1
     hparams_written: bool = False
     end_written: bool = False
