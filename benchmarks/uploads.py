@@ -31,9 +31,9 @@ from __future__ import annotations
 
 import argparse
 import io
+import json
 import os
 import random
-import re
 import shutil
 import statistics
 import subprocess
@@ -62,7 +62,6 @@ IMAGE_EVERY = 400  # scalar records between two image records in the mixed tree
 IMAGE_SIDE = 116  # RGB noise: a PNG of about 40 KB
 TARGET_RECORDS_S = 1.5e6  # the pass, on the scalars tree
 TARGET_MB_S = 150.0  # the pass, on the mixed tree
-SUMMARY = re.compile(r"(\d+) files, (\d+) written, (\d+) points, (\d+) bytes, .*?([\d.]+) s")
 
 
 def write_config(work: Path, uploads: Path, **sections: Any) -> Path:
@@ -296,23 +295,28 @@ def tree_bytes(tree: Path) -> tuple[int, int]:
     return count, size
 
 
-def timed(command: list[str], env: dict[str, str] | None = None) -> tuple[float, str]:
+def timed(command: list[str]) -> float:
+    """Seconds `command` took."""
     started = time.monotonic()
-    result = subprocess.run(command, capture_output=True, text=True, check=True, env=env)
-    return time.monotonic() - started, result.stdout.strip()
+    subprocess.run(command, capture_output=True, check=True)
+    return time.monotonic() - started
 
 
 def tbmirror_sync(config: Path, pure_python: bool = False) -> tuple[float, float, int, int, str]:
-    """(wall seconds, pass seconds from the summary, records and bytes written, summary line).
-    `pure_python`: with TBMIRROR_PURE_PYTHON=1 (no compiled record scan)."""
-    command = [sys.executable, "-m", "tbmirror", "sync", "--config", str(config),
-               "--log-level", "error"]  # fmt: skip
+    """(wall seconds, pass seconds, records and bytes written, summary line), the pass's figures
+    from its logged report (the summary line rounds its time to 0.1 s: 1.3 s or 1.4 s decides
+    the records target). `pure_python`: with TBMIRROR_PURE_PYTHON=1 (no compiled record scan)."""
+    command = [sys.executable, "-m", "tbmirror", "sync", "--config", str(config)]
     env = {**os.environ, "TBMIRROR_PURE_PYTHON": "1"} if pure_python else None
-    wall, summary = timed(command, env)
-    match = SUMMARY.search(summary)
-    if match is None:
-        raise SystemExit(f"unexpected tbmirror sync output: {summary!r}")
-    return wall, float(match.group(5)), int(match.group(3)), int(match.group(4)), summary
+    started = time.monotonic()
+    result = subprocess.run(command, capture_output=True, text=True, check=True, env=env)
+    wall = time.monotonic() - started
+    reports = [json.loads(line) for line in result.stderr.splitlines() if '"source_synced"' in line]
+    if len(reports) != 1:
+        raise SystemExit(f"unexpected tbmirror sync log: {result.stderr[-2000:]!r}")
+    report = reports[0]
+    summary = result.stdout.strip()
+    return wall, report["seconds"], report["points"], report["bytes_written"], summary
 
 
 def clear(work: Path, *names: str) -> None:
@@ -348,10 +352,10 @@ def throughput(work: Path, kind: str, args: argparse.Namespace) -> None:
     for _ in range(args.cp_runs):
         clear(work, "cp", "cp-sync")
         subprocess.run(["sync"], check=True)
-        cp_runs.append(timed(["cp", "-r", str(tree), str(work / "cp")])[0])
-        sync_runs.append(timed(["sync"])[0])
+        cp_runs.append(timed(["cp", "-r", str(tree), str(work / "cp")]))
+        sync_runs.append(timed(["sync"]))
         copy = f"cp -r '{tree}' '{work / 'cp-sync'}' && sync"
-        cp_sync_runs.append(timed(["sh", "-c", copy])[0])
+        cp_sync_runs.append(timed(["sh", "-c", copy]))
     clear(work, "cp", "cp-sync")
     cp_seconds = statistics.median(cp_runs)
     sync_seconds = statistics.median(sync_runs)
@@ -396,7 +400,7 @@ def throughput(work: Path, kind: str, args: argparse.Namespace) -> None:
         f"cp -r && sync; pure Python pass {pure_pass / cp_sync_seconds:.1f} x cp -r && sync"
     )
     print(f"  no-change sync (process):     {idle_wall:6.2f} s, {idle_written} bytes written; "
-          f"pass alone {idle_pass:.1f} s  (summary: {idle_summary})")  # fmt: skip
+          f"pass alone {idle_pass:.2f} s  (summary: {idle_summary})")  # fmt: skip
     if pass_seconds > 0 and kind == "scalars":
         rate_now = scalars / pass_seconds
         print(f"  target, the pass alone:       {rate_now / 1e6:.2f} M scalar records/s "
