@@ -83,6 +83,7 @@ CREATE TABLE IF NOT EXISTS tails (
 
 _RUN_COLUMNS = [f.name for f in fields(RunRecord)]
 _RUN_SELECT = ", ".join(_RUN_COLUMNS)
+_DIGEST_COLUMN = _RUN_COLUMNS.index("text_digest")
 _TAIL_COLUMNS = [f.name for f in fields(TailRecord)]
 _STATUS_COLUMNS = [f.name for f in fields(SourceStatus)]
 
@@ -227,7 +228,7 @@ class Store:
     def put_run(self, run: RunRecord) -> None:
         values = [getattr(run, name) for name in _RUN_COLUMNS]
         if run.text_digest is not None:  # 64 bits: more than SQLite's signed INTEGER holds
-            values[_RUN_COLUMNS.index("text_digest")] = f"{run.text_digest:016x}"
+            values[_DIGEST_COLUMN] = f"{run.text_digest:016x}"
         placeholders = ", ".join("?" for _ in _RUN_COLUMNS)
         self._execute(
             f"INSERT OR REPLACE INTO runs ({_RUN_SELECT}) VALUES ({placeholders})", values
