@@ -12,7 +12,14 @@ import contextlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    ProcessCollector,
+    disable_created_metrics,
+)
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -45,6 +52,7 @@ class DaemonMetrics:
         sources: Callable[[], dict[str, SourceState]],
         tensorboard: Callable[[], TensorBoardState | None],
     ) -> None:
+        disable_created_metrics()  # no `_created` gauge beside each counter (process-wide)
         self.registry = CollectorRegistry()
         ProcessCollector(registry=self.registry)  # process_start_time_seconds, memory, CPU, fds
         labels = ["source"]
