@@ -22,6 +22,7 @@ from typing import Any
 import httpx
 import pytest
 import yaml
+from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 import tbmirror
@@ -46,6 +47,8 @@ from helpers.monitoring import (
     exposed_names,
     promql_metric_names,
 )
+from tbmirror.engine.base import PassReport
+from tbmirror.service.metrics import DaemonMetrics
 
 SOURCE = "team"
 STALE_AFTER = 6.0  # health.stale_after of the daemon: exported, and read by the stale rule
@@ -342,3 +345,20 @@ def test_idle_passes_log_at_debug_and_changes_at_info(
     assert {e["level"] for e in events if not idle(e)} == {"info"}, events
     assert sum(e["points"] for e in events) == 2, events
     assert daemon.stop() == 0
+
+
+def test_a_removed_source_leaves_no_series() -> None:
+    """A source a reload removes takes its series with it, write failures by cause included;
+    the other sources' stay."""
+    metrics = DaemonMetrics(lambda: {}, lambda: None)
+    for source in ("gone", "kept"):
+        metrics.record(PassReport(source, points=3, bytes_written=90), runs_mirrored=1)
+        metrics.write_failed(source, "ENOSPC")
+    metrics.forget("gone")
+    sources = {
+        s.labels.get("source")
+        for f in text_string_to_metric_families(generate_latest(metrics.registry).decode())
+        for s in f.samples
+        if s.name.startswith("tbmirror_") and s.name != "tbmirror_build_info"
+    }
+    assert sources == {"kept"}
