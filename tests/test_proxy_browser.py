@@ -1,0 +1,154 @@
+"""A real browser through the shipped nginx proxy: Debian's chromium, driven by selenium through
+Debian's chromedriver (never a downloaded one), signs in by the SSO cookie flow and by basic auth
+and sees the mirrored runs on TensorBoard's scalars dashboard.
+
+Set TBMIRROR_SCREENSHOT_DIR to keep the screenshot (the docs' image:
+`TBMIRROR_SCREENSHOT_DIR=docs/images .venv/bin/python -m pytest tests/test_proxy_browser.py`).
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from selenium import webdriver
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
+from selenium.webdriver.remote.webdriver import WebDriver
+
+from conftest import MlflowServer, wait_until
+from helpers.proxy import PASSWORD, PREFIX, USER, Nginx, ProxyStack, proxy_stack
+
+CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
+SCREENSHOT = "reverse-proxy-scalars.png"
+
+pytestmark = pytest.mark.skipif(
+    not (
+        all(shutil.which(tool) for tool in ("nginx", "openssl", "htpasswd"))
+        and Path(CHROMIUM).exists()
+        and Path(CHROMEDRIVER).exists()
+    ),
+    reason="needs Debian's nginx, openssl, apache2-utils, chromium and chromium-driver",
+)
+
+# Every text in the page, shadow DOMs included (TensorBoard's dashboards are web components).
+PAGE_TEXT = """
+const texts = [];
+const walk = (node) => {
+  if (node.shadowRoot) walk(node.shadowRoot);
+  for (const child of node.childNodes) {
+    if (child.nodeType === Node.TEXT_NODE) texts.push(child.textContent);
+    else walk(child);
+  }
+};
+walk(document.body);
+return texts.join(" ");
+"""
+
+
+@pytest.fixture(scope="module")
+def stack(
+    tmp_path_factory: pytest.TempPathFactory, mlflow_server: MlflowServer
+) -> Iterator[ProxyStack]:
+    with proxy_stack(tmp_path_factory.mktemp("proxy-browser"), mlflow_server) as started:
+        yield started
+
+
+def spki_hash(nginx: Nginx) -> str:
+    """The certificate's public key hash, for chromium to trust that one certificate only."""
+    key = subprocess.run(
+        ["openssl", "x509", "-in", str(nginx.certificate), "-pubkey", "-noout"],
+        check=True, capture_output=True,
+    ).stdout  # fmt: skip
+    der = subprocess.run(
+        ["openssl", "pkey", "-pubin", "-outform", "der"], input=key, check=True, capture_output=True
+    ).stdout
+    digest = subprocess.run(
+        ["openssl", "dgst", "-sha256", "-binary"], input=der, check=True, capture_output=True
+    ).stdout
+    return base64.b64encode(digest).decode()
+
+
+@pytest.fixture
+def browser(stack: ProxyStack, tmp_path: Path) -> Iterator[WebDriver]:
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in (
+        "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+        "--disable-background-networking", "--disable-component-update", "--disable-sync",
+        "--disable-dev-shm-usage", "--window-size=1400,900",
+        f"--user-data-dir={tmp_path / 'chromium'}",
+        # the test's self-signed certificates, and nothing else
+        "--ignore-certificate-errors-spki-list="
+        + ",".join(spki_hash(nginx) for nginx in (stack.basic, stack.sso)),
+    ):  # fmt: skip
+        options.add_argument(flag)
+    driver = webdriver.Chrome(options=options, service=Service(CHROMEDRIVER))
+    driver.set_page_load_timeout(60)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def page_text(driver: WebDriver) -> str:
+    return str(driver.execute_script(PAGE_TEXT))
+
+
+def data_requests(driver: WebDriver) -> list[tuple[str, int]]:
+    """(URL, status) of every TensorBoard API request the page made (Resource Timing)."""
+    entries = driver.execute_script(
+        "return performance.getEntriesByType('resource')"
+        ".filter(e => e.name.includes('/data/')).map(e => [e.name, e.responseStatus])"
+    )
+    return [(str(url), int(status)) for url, status in entries]
+
+
+def wait_for_scalars_dashboard(driver: WebDriver, stack: ProxyStack) -> str:
+    """The page's text once every mirrored run's name shows on it and the page has its scalars
+    (fails after 90 s, or on any API request that did not answer 200)."""
+
+    def shown() -> str | None:
+        requests = data_requests(driver)
+        assert all(status == 200 for _, status in requests), requests
+        loaded = any("/data/plugin/scalars/scalars" in url for url, _ in requests)
+        text = page_text(driver)
+        return text if loaded and all(run in text for run in stack.runs.values()) else None
+
+    text: str = wait_until(shown, 90, f"the scalars of {sorted(stack.runs.values())}", every=1)
+    # the chart is drawn in the next frames
+    driver.execute_async_script("requestAnimationFrame(() => requestAnimationFrame(arguments[0]))")
+    return text
+
+
+def test_a_browser_signs_in_by_sso_and_sees_the_runs_on_the_scalars_dashboard(
+    stack: ProxyStack, browser: WebDriver, tmp_path: Path
+) -> None:
+    browser.get(f"{stack.sso.url}{PREFIX}/")
+    text = page_text(browser)
+    assert "Sign in" in text and stack.runs["alpha"] not in text
+    browser.find_element(By.ID, "sign-in").click()
+    back = f"{stack.sso.url}{PREFIX}/"
+    wait_until(  # the dashboard then adds its own #fragment
+        lambda: browser.current_url.split("#")[0] == back,
+        30,
+        f"the redirect back to {back} after sign-in (at {browser.current_url})",
+    )
+    browser.get(f"{stack.sso.url}{PREFIX}/#scalars")
+    assert "loss" in wait_for_scalars_dashboard(browser, stack)
+    screenshot = tmp_path / SCREENSHOT
+    browser.save_screenshot(str(screenshot))
+    keep = os.environ.get("TBMIRROR_SCREENSHOT_DIR")
+    if keep:
+        shutil.copyfile(screenshot, Path(keep) / SCREENSHOT)
+
+
+def test_a_browser_signs_in_with_a_password(stack: ProxyStack, browser: WebDriver) -> None:
+    host = stack.basic.url.removeprefix("https://")
+    browser.get(f"https://{USER}:{PASSWORD}@{host}{PREFIX}/#scalars")  # the browser keeps them
+    assert "loss" in wait_for_scalars_dashboard(browser, stack)
