@@ -5,7 +5,6 @@ test's stand-in, helpers/proxy.py)."""
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Iterator
 
 import httpx
@@ -20,13 +19,11 @@ from helpers.proxy import (
     UI_URL,
     USER,
     ProxyStack,
+    missing_tools,
     proxy_stack,
 )
-
-pytestmark = pytest.mark.skipif(
-    not all(shutil.which(tool) for tool in ("nginx", "openssl", "htpasswd")),
-    reason="needs Debian's nginx, openssl and apache2-utils (htpasswd)",
-)
+from tbmirror.config import parse_settings
+from tbmirror.errors import ConfigError
 
 DAEMON_PATHS = ["/healthz", "/metrics", f"{PREFIX}/healthz", f"{PREFIX}/metrics",
                 "/tbmirror/healthz", "/tbmirror/metrics"]  # fmt: skip
@@ -36,6 +33,8 @@ DAEMON_PATHS = ["/healthz", "/metrics", f"{PREFIX}/healthz", f"{PREFIX}/metrics"
 def stack(
     tmp_path_factory: pytest.TempPathFactory, mlflow_server: MlflowServer
 ) -> Iterator[ProxyStack]:
+    if missing := missing_tools():
+        pytest.skip(f"not installed: {', '.join(missing)}")
     with proxy_stack(tmp_path_factory.mktemp("proxy"), mlflow_server) as started:
         yield started
 
@@ -154,3 +153,27 @@ def test_printed_urls_carry_the_public_address_and_links_open_mlflow_for_colleag
         ).json()
     link = f"{UI_URL}/#/experiments/{stack.experiment_id}/runs/{stack.run_ids['alpha']}"
     assert f'href="{link}"' in text[-1]["text"], text[-1]["text"][:500]
+
+
+CONFIG = """
+mirror: {root: /srv/tbmirror/logs, state: /srv/tbmirror/state.db}
+sources: [{name: team, type: mlflow, tracking_uri: "http://127.0.0.1:5000", experiments: [a]}]
+tensorboard: {path_prefix: /tensorboard, public_url: "%s"}
+"""
+
+
+def test_public_url_is_the_prefix_on_another_host_and_never_holds_a_password() -> None:
+    settings = parse_settings(CONFIG % "https://dash.example.org/tensorboard")
+    assert settings.tensorboard.public_url == "https://dash.example.org/tensorboard/"
+    assert settings.tensorboard.shown_url == "https://dash.example.org/tensorboard/"
+    assert settings.tensorboard.url == "http://127.0.0.1:6006/tensorboard/"  # what is probed
+    with pytest.raises(ConfigError, match=r"public_url: its path must be tensorboard.path_prefix"):
+        parse_settings(CONFIG % "https://dash.example.org/board/")
+    with pytest.raises(ConfigError) as raised:
+        parse_settings(CONFIG % "https://alice:hunter2-pw@dash.example.org/tensorboard/")
+    assert "tensorboard.public_url" in str(raised.value) and "hunter2" not in str(raised.value)
+    for bad in ("dash.example.org/tensorboard", "https://dash.example.org/tensorboard/?a=1"):
+        with pytest.raises(ConfigError, match=r"tensorboard.public_url"):
+            parse_settings(CONFIG % bad)
+    unset = parse_settings(CONFIG.replace(', public_url: "%s"', ""))
+    assert unset.tensorboard.shown_url == "http://127.0.0.1:6006/tensorboard/"

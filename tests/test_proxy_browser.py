@@ -22,19 +22,10 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 
 from conftest import MlflowServer, wait_until
-from helpers.proxy import PASSWORD, PREFIX, USER, Nginx, ProxyStack, proxy_stack
+from helpers.proxy import PASSWORD, PREFIX, USER, Nginx, ProxyStack, missing_tools, proxy_stack
 
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 SCREENSHOT = "reverse-proxy-scalars.png"
-
-pytestmark = pytest.mark.skipif(
-    not (
-        all(shutil.which(tool) for tool in ("nginx", "openssl", "htpasswd"))
-        and Path(CHROMIUM).exists()
-        and Path(CHROMEDRIVER).exists()
-    ),
-    reason="needs Debian's nginx, openssl, apache2-utils, chromium and chromium-driver",
-)
 
 # Every text in the page, shadow DOMs included (TensorBoard's dashboards are web components).
 PAGE_TEXT = """
@@ -49,12 +40,27 @@ const walk = (node) => {
 walk(document.body);
 return texts.join(" ");
 """
+# How many series lines the charts have drawn (Plottable's SVG `path.line`, shadow DOMs included).
+DRAWN_LINES = """
+let drawn = 0;
+const walk = (node) => {
+  if (node.shadowRoot) walk(node.shadowRoot);
+  for (const child of node.children) {
+    if (child.matches("path.line") && (child.getAttribute("d") || "").length > 10) drawn += 1;
+    walk(child);
+  }
+};
+walk(document.documentElement);
+return drawn;
+"""
 
 
 @pytest.fixture(scope="module")
 def stack(
     tmp_path_factory: pytest.TempPathFactory, mlflow_server: MlflowServer
 ) -> Iterator[ProxyStack]:
+    if missing := missing_tools(CHROMIUM, CHROMEDRIVER):
+        pytest.skip(f"not installed: {', '.join(missing)}")
     with proxy_stack(tmp_path_factory.mktemp("proxy-browser"), mlflow_server) as started:
         yield started
 
@@ -110,19 +116,19 @@ def data_requests(driver: WebDriver) -> list[tuple[str, int]]:
 
 
 def wait_for_scalars_dashboard(driver: WebDriver, stack: ProxyStack) -> str:
-    """The page's text once every mirrored run's name shows on it and the page has its scalars
-    (fails after 90 s, or on any API request that did not answer 200)."""
+    """The page's text once every mirrored run's name shows on it and its scalars are loaded
+    and drawn (fails after 90 s, or on any API request that did not answer 200)."""
 
     def shown() -> str | None:
         requests = data_requests(driver)
         assert all(status == 200 for _, status in requests), requests
         loaded = any("/data/plugin/scalars/scalars" in url for url, _ in requests)
         text = page_text(driver)
-        return text if loaded and all(run in text for run in stack.runs.values()) else None
+        names = all(run in text for run in stack.runs.values())
+        drawn = int(driver.execute_script(DRAWN_LINES)) >= len(stack.runs)
+        return text if loaded and names and drawn else None
 
-    text: str = wait_until(shown, 90, f"the scalars of {sorted(stack.runs.values())}", every=1)
-    # the chart is drawn in the next frames
-    driver.execute_async_script("requestAnimationFrame(() => requestAnimationFrame(arguments[0]))")
+    text: str = wait_until(shown, 90, f"the charts of {sorted(stack.runs.values())}", every=1)
     return text
 
 
@@ -133,12 +139,8 @@ def test_a_browser_signs_in_by_sso_and_sees_the_runs_on_the_scalars_dashboard(
     text = page_text(browser)
     assert "Sign in" in text and stack.runs["alpha"] not in text
     browser.find_element(By.ID, "sign-in").click()
-    back = f"{stack.sso.url}{PREFIX}/"
-    wait_until(  # the dashboard then adds its own #fragment
-        lambda: browser.current_url.split("#")[0] == back,
-        30,
-        f"the redirect back to {back} after sign-in (at {browser.current_url})",
-    )
+    back = f"{stack.sso.url}{PREFIX}/"  # the dashboard then adds its own #fragment
+    wait_until(lambda: browser.current_url.split("#")[0] == back, 30, f"the redirect to {back}")
     browser.get(f"{stack.sso.url}{PREFIX}/#scalars")
     assert "loss" in wait_for_scalars_dashboard(browser, stack)
     screenshot = tmp_path / SCREENSHOT

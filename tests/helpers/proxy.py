@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import http.server
 import re
+import shutil
 import ssl
 import subprocess
 import threading
@@ -45,11 +46,17 @@ SHIPPED = REPO / "deploy" / "nginx"
 PLACEHOLDER = re.compile(r"@[A-Z_]+@")
 HEALTH_INCLUDE = "# include snippets/tbmirror-health.conf;"
 SESSION_COOKIE = "_oauth2_proxy"
+TOOLS = ("nginx", "openssl", "htpasswd")  # Debian's nginx, openssl, apache2-utils
 PREFIX = "/tensorboard"  # tensorboard.path_prefix and the docs' example
 USER, PASSWORD = "alice", "correct-horse-battery-9"
 UI_URL = "https://mlflow.example.org"  # the MLflow address colleagues open (ui_url)
 SOURCE = "team"
 POINTS = {"alpha": [0.9, 0.7, 0.5, 0.4, 0.35], "beta": [1.2, 1.0, 0.8]}  # loss per step
+
+
+def missing_tools(*more: str) -> list[str]:
+    """The programs these tests need that are not installed (to name in a skip)."""
+    return [tool for tool in (*TOOLS, *more) if not shutil.which(tool)]
 
 
 def render(path: Path, values: dict[str, str]) -> str:
