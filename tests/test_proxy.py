@@ -5,17 +5,20 @@ test's stand-in, helpers/proxy.py)."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 
 import httpx
 import pytest
 
-from conftest import MlflowServer, tbmirror
+from conftest import REPO, MlflowServer, tbmirror
 from helpers.proxy import (
     PASSWORD,
+    PLACEHOLDER,
     POINTS,
     PREFIX,
     SESSION_COOKIE,
+    SHIPPED,
     UI_URL,
     USER,
     ProxyStack,
@@ -66,6 +69,10 @@ def test_tensorboard_answers_through_the_proxy_when_signed_in(
         assert page.headers["strict-transport-security"].startswith("max-age=")
         assert http.get(PREFIX).headers["location"] == f"{PREFIX}/"
         assert http.get("/").headers["location"] == f"{PREFIX}/"
+    nginx = stack.basic if variant == "basic" else stack.sso
+    served = f'"GET {PREFIX}/data/runs HTTP/1.1" 200 '
+    logged = [line for line in nginx.access_log() if served in line]
+    assert logged and all(f" {USER} [" in line for line in logged), logged  # who signed in
 
 
 def test_basic_auth_refuses_no_or_wrong_credentials(stack: ProxyStack) -> None:
@@ -177,3 +184,14 @@ def test_public_url_is_the_prefix_on_another_host_and_never_holds_a_password() -
             parse_settings(CONFIG % bad)
     unset = parse_settings(CONFIG.replace(', public_url: "%s"', ""))
     assert unset.tensorboard.shown_url == "http://127.0.0.1:6006/tensorboard/"
+
+
+def test_the_docs_render_every_placeholder_of_the_shipped_files() -> None:
+    shipped = {
+        name for path in SHIPPED.glob("*.conf") for name in PLACEHOLDER.findall(path.read_text())
+    }
+    page = (REPO / "docs" / "operations" / "reverse-proxy.md").read_text()
+    rendered = set(re.findall(r"s\|(@[A-Z_]+@)\|", page))
+    tabled = set(re.findall(r"^\| `(@[A-Z_]+@)`", page, re.MULTILINE))
+    tabled |= set(re.findall(r"^\| `@CERT@`, `(@KEY@)`", page, re.MULTILINE))
+    assert rendered == shipped and tabled == shipped, (shipped, rendered, tabled)

@@ -162,7 +162,8 @@ class Nginx:
         self.directory = directory
         (directory / "snippets").mkdir(parents=True)
         cert, key = self_signed_certificate(directory)
-        values = {**values, "SERVER_NAME": "127.0.0.1", "CERT": str(cert), "KEY": str(key)}
+        values = {**values, "SERVER_NAME": "127.0.0.1", "CERT": str(cert), "KEY": str(key),
+                  "LOG_DIR": str(directory)}  # fmt: skip
         site = render(SHIPPED / "tbmirror.conf", values)
         if health:
             assert HEALTH_INCLUDE in site, "tbmirror.conf lost its optional health include"
@@ -204,6 +205,9 @@ class Nginx:
         except httpx.TransportError:
             return False
         return True
+
+    def access_log(self) -> list[str]:
+        return (self.directory / "tbmirror.access.log").read_text().splitlines()
 
     def error_log(self) -> str:
         path = self.directory / "error.log"
