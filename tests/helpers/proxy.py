@@ -30,6 +30,7 @@ from typing import Any
 import httpx
 
 from conftest import (
+    REPO,
     DaemonProcess,
     MlflowServer,
     TensorBoardReader,
@@ -41,7 +42,6 @@ from conftest import (
 )
 from tbmirror.processes import free_port, stop_process_group
 
-REPO = Path(__file__).resolve().parents[2]
 SHIPPED = REPO / "deploy" / "nginx"
 PLACEHOLDER = re.compile(r"@[A-Z_]+@")
 HEALTH_INCLUDE = "# include snippets/tbmirror-health.conf;"
