@@ -6,7 +6,7 @@ test's stand-in, helpers/proxy.py)."""
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
@@ -32,14 +32,19 @@ DAEMON_PATHS = ["/healthz", "/metrics", f"{PREFIX}/healthz", f"{PREFIX}/metrics"
                 "/tbmirror/healthz", "/tbmirror/metrics"]  # fmt: skip
 
 
-@pytest.fixture(scope="module")
-def stack(
-    tmp_path_factory: pytest.TempPathFactory, mlflow_server: MlflowServer
-) -> Iterator[ProxyStack]:
+def test_the_shipped_proxy_end_to_end(tmp_path: Path, mlflow_server: MlflowServer) -> None:
+    """One stack for every check below (a module fixture would be built once per xdist
+    worker the module's tests land on)."""
     if missing := missing_tools():
         pytest.skip(f"not installed: {', '.join(missing)}")
-    with proxy_stack(tmp_path_factory.mktemp("proxy"), mlflow_server) as started:
-        yield started
+    with proxy_stack(tmp_path, mlflow_server) as stack:
+        for variant in ("basic", "sso"):
+            check_tensorboard_answers_when_signed_in(stack, variant)
+            check_the_daemons_endpoints_need_sign_in_or_are_not_served(stack, variant)
+        check_basic_auth_refuses_no_or_wrong_credentials(stack)
+        check_sso_hook_refuses_without_a_session_and_signs_in_by_cookie(stack)
+        check_plain_http_only_redirects_to_https(stack)
+        check_printed_urls_carry_the_public_address_and_links_open_mlflow(stack)
 
 
 def signed_in(stack: ProxyStack, variant: str) -> httpx.Client:
@@ -48,10 +53,7 @@ def signed_in(stack: ProxyStack, variant: str) -> httpx.Client:
     return stack.sso.client(cookies={SESSION_COOKIE: stack.sso_service.token})
 
 
-@pytest.mark.parametrize("variant", ["basic", "sso"])
-def test_tensorboard_answers_through_the_proxy_when_signed_in(
-    stack: ProxyStack, variant: str
-) -> None:
+def check_tensorboard_answers_when_signed_in(stack: ProxyStack, variant: str) -> None:
     with signed_in(stack, variant) as http:
         runs = http.get(f"{PREFIX}/data/runs")
         assert runs.status_code == 200, runs.text
@@ -75,7 +77,7 @@ def test_tensorboard_answers_through_the_proxy_when_signed_in(
     assert logged and all(f" {USER} [" in line for line in logged), logged  # who signed in
 
 
-def test_basic_auth_refuses_no_or_wrong_credentials(stack: ProxyStack) -> None:
+def check_basic_auth_refuses_no_or_wrong_credentials(stack: ProxyStack) -> None:
     for auth in (None, (USER, "wrong"), ("mallory", PASSWORD)):
         with stack.basic.client(auth=auth) as http:
             for path in (f"{PREFIX}/", f"{PREFIX}/data/runs", "/elsewhere"):
@@ -88,7 +90,7 @@ def test_basic_auth_refuses_no_or_wrong_credentials(stack: ProxyStack) -> None:
                 assert (answer.status_code, answer.headers["location"]) == (302, f"{PREFIX}/")
 
 
-def test_sso_hook_refuses_without_a_session_and_signs_in_by_cookie(stack: ProxyStack) -> None:
+def check_sso_hook_refuses_without_a_session_and_signs_in_by_cookie(stack: ProxyStack) -> None:
     service = stack.sso_service
     seen = len(service.forwarded_uris)
     with stack.sso.client(cookies={SESSION_COOKIE: "forged"}) as forged:
@@ -108,8 +110,7 @@ def test_sso_hook_refuses_without_a_session_and_signs_in_by_cookie(stack: ProxyS
         assert browser.get(f"{PREFIX}/data/runs").json()
 
 
-@pytest.mark.parametrize("variant", ["basic", "sso"])
-def test_the_daemons_endpoints_need_sign_in_or_are_not_served(
+def check_the_daemons_endpoints_need_sign_in_or_are_not_served(
     stack: ProxyStack, variant: str
 ) -> None:
     nginx = stack.basic if variant == "basic" else stack.sso
@@ -129,7 +130,7 @@ def test_the_daemons_endpoints_need_sign_in_or_are_not_served(
         assert "tbmirror_" in optional[1].text
 
 
-def test_plain_http_only_redirects_to_https(stack: ProxyStack) -> None:
+def check_plain_http_only_redirects_to_https(stack: ProxyStack) -> None:
     for nginx in (stack.basic, stack.sso):
         for path in (f"{PREFIX}/data/runs", "/healthz"):
             answer = httpx.get(nginx.http_url + path, auth=(USER, PASSWORD), timeout=10)
@@ -138,7 +139,7 @@ def test_plain_http_only_redirects_to_https(stack: ProxyStack) -> None:
             assert not any(run in answer.text for run in stack.runs.values())
 
 
-def test_printed_urls_carry_the_public_address_and_links_open_mlflow_for_colleagues(
+def check_printed_urls_carry_the_public_address_and_links_open_mlflow(
     stack: ProxyStack,
 ) -> None:
     assert stack.public_url.startswith("https://127.0.0.1:") and stack.public_url.endswith(

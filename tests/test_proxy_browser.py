@@ -13,6 +13,7 @@ import os
 import shutil
 import subprocess
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -55,16 +56,6 @@ return drawn;
 """
 
 
-@pytest.fixture(scope="module")
-def stack(
-    tmp_path_factory: pytest.TempPathFactory, mlflow_server: MlflowServer
-) -> Iterator[ProxyStack]:
-    if missing := missing_tools(CHROMIUM, CHROMEDRIVER):
-        pytest.skip(f"not installed: {', '.join(missing)}")
-    with proxy_stack(tmp_path_factory.mktemp("proxy-browser"), mlflow_server) as started:
-        yield started
-
-
 def spki_hash(nginx: Nginx) -> str:
     """The certificate's public key hash, for chromium to trust that one certificate only."""
     key = subprocess.run(
@@ -80,15 +71,16 @@ def spki_hash(nginx: Nginx) -> str:
     return base64.b64encode(digest).decode()
 
 
-@pytest.fixture
-def browser(stack: ProxyStack, tmp_path: Path) -> Iterator[WebDriver]:
+@contextmanager
+def chromium(stack: ProxyStack, profile: Path) -> Iterator[WebDriver]:
+    """Debian's chromium, headless, with a fresh profile, trusting the stack's certificates."""
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
     for flag in (
         "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
         "--disable-background-networking", "--disable-component-update", "--disable-sync",
         "--disable-dev-shm-usage", "--window-size=1400,900",
-        f"--user-data-dir={tmp_path / 'chromium'}",
+        f"--user-data-dir={profile}",
         # the test's self-signed certificates, and nothing else
         "--ignore-certificate-errors-spki-list="
         + ",".join(spki_hash(nginx) for nginx in (stack.basic, stack.sso)),
@@ -132,9 +124,25 @@ def wait_for_scalars_dashboard(driver: WebDriver, stack: ProxyStack) -> str:
     return text
 
 
-def test_a_browser_signs_in_by_sso_and_sees_the_runs_on_the_scalars_dashboard(
-    stack: ProxyStack, browser: WebDriver, tmp_path: Path
+def test_a_browser_signs_in_and_sees_the_runs_on_the_scalars_dashboard(
+    tmp_path: Path, mlflow_server: MlflowServer
 ) -> None:
+    """By the SSO cookie flow, then by basic auth (one stack: a module fixture would be built
+    once per xdist worker)."""
+    if missing := missing_tools(CHROMIUM, CHROMEDRIVER):
+        pytest.skip(f"not installed: {', '.join(missing)}")
+    with (
+        proxy_stack(tmp_path / "stack", mlflow_server) as stack,
+        chromium(stack, tmp_path / "chromium") as browser,
+    ):
+        sign_in_by_sso(stack, browser, tmp_path / SCREENSHOT)
+        host = stack.basic.url.removeprefix("https://")
+        browser.get(f"https://{USER}:{PASSWORD}@{host}{PREFIX}/#scalars")  # then kept
+        assert "loss" in wait_for_scalars_dashboard(browser, stack)
+
+
+def sign_in_by_sso(stack: ProxyStack, browser: WebDriver, screenshot: Path) -> None:
+    """Sign in through the sign-in page, see the scalars, and take the docs' screenshot."""
     browser.get(f"{stack.sso.url}{PREFIX}/")
     text = page_text(browser)
     assert "Sign in" in text and stack.runs["alpha"] not in text
@@ -143,14 +151,7 @@ def test_a_browser_signs_in_by_sso_and_sees_the_runs_on_the_scalars_dashboard(
     wait_until(lambda: browser.current_url.split("#")[0] == back, 30, f"the redirect to {back}")
     browser.get(f"{stack.sso.url}{PREFIX}/#scalars")
     assert "loss" in wait_for_scalars_dashboard(browser, stack)
-    screenshot = tmp_path / SCREENSHOT
     browser.save_screenshot(str(screenshot))
     keep = os.environ.get("TBMIRROR_SCREENSHOT_DIR")
     if keep:
         shutil.copyfile(screenshot, Path(keep) / SCREENSHOT)
-
-
-def test_a_browser_signs_in_with_a_password(stack: ProxyStack, browser: WebDriver) -> None:
-    host = stack.basic.url.removeprefix("https://")
-    browser.get(f"https://{USER}:{PASSWORD}@{host}{PREFIX}/#scalars")  # the browser keeps them
-    assert "loss" in wait_for_scalars_dashboard(browser, stack)

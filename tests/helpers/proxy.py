@@ -259,6 +259,7 @@ class ProxyStack:
 
 @contextmanager
 def proxy_stack(directory: Path, mlflow: MlflowServer) -> Iterator[ProxyStack]:
+    directory.mkdir(parents=True, exist_ok=True)
     experiment = f"proxy-{time.time_ns()}"
     client = mlflow.client()
     run_ids = {}
