@@ -161,6 +161,8 @@ def status_command(settings: Settings, args: argparse.Namespace) -> int:
             + (f": {row['last_error']}" if row["last_error"] else ""),
         )
     Console().print(table)
+    if settings.tensorboard.enabled:
+        print(f"TensorBoard: {settings.tensorboard.shown_url}")
     return 0
 
 

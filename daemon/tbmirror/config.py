@@ -572,15 +572,43 @@ class TensorBoardSettings(_Section):
     images_samples: int = Field(default=1000, ge=1, le=1_000_000)  # per run and tag
     text_samples: int = Field(default=100, ge=1, le=1_000_000)  # run info and table versions
     extra_args: list[str] = []
+    # the address colleagues open, behind a reverse proxy (https://dash.example.org/tensorboard/)
+    public_url: str | None = None
 
     @field_validator("host")
     @classmethod
     def _host(cls, value: str) -> str:
         return listen_host(value)
 
+    @field_validator("public_url")
+    @classmethod
+    def _public_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        if "@" in urllib.parse.urlsplit(value).netloc:
+            raise ValueError("expected a URL without user:password@ (sign-in is the proxy's job)")
+        return http_url(value) + "/"
+
+    @model_validator(mode="after")
+    def _public_path_is_prefix(self) -> TensorBoardSettings:
+        if self.public_url is not None:
+            path = urllib.parse.urlsplit(self.public_url).path.rstrip("/")
+            if path != self.path_prefix:
+                raise ValueError(
+                    "public_url: its path must be tensorboard.path_prefix (the proxy passes the "
+                    "path through unchanged)"
+                )
+        return self
+
     @property
     def url(self) -> str:
+        """Where the daemon reaches TensorBoard (probes)."""
         return f"http://{self.host}:{self.port}{self.path_prefix}/"
+
+    @property
+    def shown_url(self) -> str:
+        """The URL tbmirror prints for people: `public_url` when set, else `url`."""
+        return self.public_url or self.url
 
 
 class HealthSettings(_Section):

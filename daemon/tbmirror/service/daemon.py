@@ -10,10 +10,12 @@ TensorBoard and returns 0.
 from __future__ import annotations
 
 import ctypes
+import ipaddress
 import os
 import signal
 import threading
 import time
+import urllib.parse
 from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
@@ -23,7 +25,7 @@ import structlog
 
 from tbmirror import logs
 from tbmirror.app import build_engine, open_journal
-from tbmirror.config import Settings, load_settings
+from tbmirror.config import MlflowSourceSettings, Settings, load_settings
 from tbmirror.errors import ConfigError, TbmirrorError
 from tbmirror.journal import recover
 from tbmirror.service.health import HealthReport, HealthServer
@@ -120,7 +122,9 @@ class Daemon:
                 self.settings.tensorboard, self.settings.mirror.root
             )
             self.tensorboard.start()
-            log.info("tensorboard_url", url=self.tensorboard.url)
+            log.info("tensorboard_url", url=self.settings.tensorboard.shown_url)
+            if self.settings.tensorboard.public_url:
+                _warn_loopback_links(self.settings)
 
     def _start_health(self) -> None:
         settings = self.settings.health
@@ -252,3 +256,22 @@ def _keep_freed_memory_returned() -> None:
         return
     mallopt(M_ARENA_MAX, 2)
     mallopt(M_MMAP_THRESHOLD, 256 * 1024)
+
+
+def _warn_loopback_links(settings: Settings) -> None:
+    """Behind a proxy, an "open in MLflow" link to this host's loopback address opens nothing
+    in a colleague's browser: say which sources need `ui_url`."""
+    for source in settings.sources:
+        if not isinstance(source, MlflowSourceSettings):
+            continue
+        host = urllib.parse.urlsplit(source.run_link_base).hostname or ""
+        try:
+            loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            loopback = False
+        if loopback:
+            log.warning(
+                "mlflow_links_not_public",
+                source=source.name,
+                hint="set the source's ui_url to the MLflow address colleagues open",
+            )
