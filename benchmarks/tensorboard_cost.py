@@ -40,6 +40,7 @@ import httpx
 from mlflow.tracking import MlflowClient
 
 from common import (
+    Results,
     Synced,
     build_runs,
     open_store,
@@ -182,6 +183,12 @@ def main() -> None:
     args = parser.parse_args()
     if min(args.runs, args.keys, args.points, args.window, args.repeat) < 1:
         parser.error("--runs, --keys, --points, --window and --repeat must be at least 1")
+    with Results("tensorboard_cost") as results:
+        compare(args, results)
+
+
+def compare(args: argparse.Namespace, results: Results) -> None:
+    """Run the benchmark; print and record its figures."""
     work = args.workdir or Path(tempfile.mkdtemp(prefix="tbmirror-tbcost-"))
     output = work / "output"
     shutil.rmtree(output, ignore_errors=True)
@@ -235,9 +242,17 @@ def main() -> None:
     print(f"workload: {args.runs:,} FINISHED runs x {args.keys} keys x {args.points} points; "
           f"window: max_runs {args.window:,}")  # fmt: skip
     print(f"{'metric':<36} {f'{args.runs:,} runs':>12} {f'{args.window:,} runs':>12} {'ratio':>8}")
+    results.workload = (
+        f"{args.runs:,} finished runs x {args.keys} keys x {args.points} points; the window: "
+        f"max_runs {args.window:,}"
+    )
     for name, a, b, form in rows:
         ratio = f"{a / b:.2f}" if b else "-"
         print(f"{name:<36} {form.format(a):>12} {form.format(b):>12} {ratio:>8}")
+        what, _, unit = name.strip().rpartition(", ")
+        what, unit = (what, unit) if unit in ("s", "ms", "MB") else (name.strip(), "")
+        results.add(f"{what}: all {args.runs:,} runs", a, unit)
+        results.add(f"{what}: window of {args.window:,}", b, unit)
 
 
 if __name__ == "__main__":
