@@ -65,7 +65,7 @@ class Results:
     started: datetime.datetime = field(
         default_factory=lambda: datetime.datetime.now(datetime.UTC).replace(microsecond=0)
     )
-    command: list[str] = field(default_factory=lambda: ["python", *sys.argv])
+    command: list[str] = field(default_factory=lambda: ["python", _script(), *sys.argv[1:]])
     load_average: float = field(default_factory=lambda: os.getloadavg()[0])
     _printed: io.StringIO = field(default_factory=io.StringIO)
     _stdout: TextIO | None = None
@@ -114,6 +114,12 @@ class Results:
         }
         path.write_text(json.dumps(document, indent=2) + "\n")
         return path
+
+
+def _script() -> str:
+    """The running script's path, from the repository's root when it is inside it."""
+    path = Path(sys.argv[0]).resolve()
+    return str(path.relative_to(REPO)) if path.is_relative_to(REPO) else sys.argv[0]
 
 
 class _Tee(io.TextIOBase):
