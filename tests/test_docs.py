@@ -97,10 +97,11 @@ def test_readme_links_into_docs_resolve(site: Path) -> None:
     assert len(links) >= 10, f"README.md links into docs/ only {links}"
     assert broken_links(text, site) == []
     # The check can fail: a missing page and a missing anchor are both found.
-    bad = "[a](docs/nope.md) [b](docs/getting-started.md#nope) [c](docs/getting-started.md#the-demo)"
+    bad = "[a](docs/nope.md) [b](docs/getting-started.md#nope) [c](docs/selection.md#see-nope)"
     assert broken_links(bad, site) == [
         "docs/nope.md: no file docs/nope.md",
         "docs/getting-started.md#nope: no anchor #nope in docs/getting-started.md",
+        "docs/selection.md#see-nope: no anchor #see-nope in docs/selection.md",
     ]
 
 

@@ -101,15 +101,15 @@ def _type(annotation: Any, metadata: list[Any]) -> str:
         return _type(arguments[0], list(arguments[1:]))
     if origin in (typing.Union, types.UnionType):
         kept = [argument for argument in arguments if argument is not type(None)]
-        names = list(dict.fromkeys(_type(argument, metadata) for argument in kept))
-        return " or ".join(names)  # a union of sections is one "mapping"
+        kinds = dict.fromkeys(_type(argument, metadata) for argument in kept)
+        return " or ".join(kinds)  # a union of sections is one "mapping"
     if origin is Literal:
         return " \\| ".join(f"`{value}`" for value in arguments)
     if origin is list:
         return f"list of {_type(arguments[0], [])}"
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
         return "mapping"
-    names = {
+    names: dict[Any, str] = {
         str: "string",
         bool: "boolean",
         int: "integer",
