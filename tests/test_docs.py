@@ -15,6 +15,7 @@ import pytest
 
 from conftest import REPO
 from tbmirror import config_reference
+from tbmirror.config import parse_settings
 
 README = REPO / "README.md"
 DOCS = REPO / "docs"
@@ -121,3 +122,13 @@ def test_systemd_unit_documentation_is_what_the_install_copies() -> None:
         assert (REPO / uri.removeprefix(f"file://{DOC_INSTALL}")).is_file(), uri
     steps = (DOCS / "operations" / "systemd.md").read_text()
     assert f"sudo cp -r README.md docs {DOC_INSTALL}" in steps
+
+
+def test_quick_start_config_is_valid() -> None:
+    """The quick start's YAML (README.md and Getting started) is a whole, valid config file."""
+    for page in (README, DOCS / "getting-started.md"):
+        blocks = re.findall(r"```yaml\n(# tbmirror\.yaml\n.*?)```", page.read_text(), re.DOTALL)
+        assert len(blocks) == 1, page
+        settings = parse_settings(blocks[0], origin=str(page))
+        assert settings.mirror.root == Path(os.environ["HOME"]) / "tbmirror" / "logs"
+        assert [source.type for source in settings.sources] == ["mlflow"]
