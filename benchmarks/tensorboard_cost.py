@@ -200,7 +200,7 @@ def compare(args: argparse.Namespace, results: Results) -> None:
     store.engine.dispose()
 
     newest = f"run{args.runs - 1:05d}"
-    results: dict[str, tuple[Synced, Cost]] = {}
+    measured: dict[str, tuple[Synced, Cost]] = {}
     with server:
         for label, source in (("all", {}), ("window", {"max_runs": args.window})):
             (output / label).mkdir()
@@ -216,9 +216,9 @@ def compare(args: argparse.Namespace, results: Results) -> None:
             cost = measure(root, config, server.url, run_path, args.keys, args.repeat,
                            output / f"tensorboard-{label}.log", args.timeout)  # fmt: skip
             print(f"TensorBoard {label}: {cost}", flush=True)
-            results[label] = (synced, cost)
+            measured[label] = (synced, cost)
 
-    (all_sync, big), (win_sync, small) = results["all"], results["window"]
+    (all_sync, big), (win_sync, small) = measured["all"], measured["window"]
     rows = [
         ("runs mirrored (/data/runs)", big.runs, small.runs, "{:,}"),
         ("first sync, s", all_sync.seconds, win_sync.seconds, "{:.1f}"),
