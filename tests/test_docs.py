@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import html.parser
 import importlib.util
+import json
 import os
 import re
 import subprocess
@@ -132,3 +133,17 @@ def test_quick_start_config_is_valid() -> None:
         settings = parse_settings(blocks[0], origin=str(page))
         assert settings.mirror.root == Path(os.environ["HOME"]) / "tbmirror" / "logs"
         assert [source.type for source in settings.sources] == ["mlflow"]
+
+
+def test_benchmark_results_say_where_and_how_they_were_measured() -> None:
+    results = sorted((REPO / "benchmarks" / "results").glob("*.json"))
+    assert results, "no benchmark result is recorded"
+    for path in results:
+        document = json.loads(path.read_text())
+        assert path.name.startswith(f"{document['benchmark']}-{document['date'][:10]}"), path
+        assert document["command"].startswith("python "), path
+        assert f"{document['benchmark']}.py" in document["command"], path
+        machine = document["machine"]
+        assert {"cpus", "cpu_model", "python", "tbmirror", "commit"} <= machine.keys(), path
+        assert isinstance(document["load_average_1m"], float), path
+        assert document["figures"] and all(f["name"] for f in document["figures"]), path
