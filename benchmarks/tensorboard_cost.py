@@ -27,6 +27,7 @@ Usage: python benchmarks/tensorboard_cost.py [--runs 10000 --keys 5 --points 100
 from __future__ import annotations
 
 import argparse
+import re
 import shutil
 import statistics
 import subprocess
@@ -249,8 +250,12 @@ def compare(args: argparse.Namespace, results: Results) -> None:
     for name, a, b, form in rows:
         ratio = f"{a / b:.2f}" if b else "-"
         print(f"{name:<36} {form.format(a):>12} {form.format(b):>12} {ratio:>8}")
-        what, _, unit = name.strip().rpartition(", ")
-        what, unit = (what, unit) if unit in ("s", "ms", "MB") else (name.strip(), "")
+        labelled = re.fullmatch(r"(.*), (s|ms|MB)(?: \((.*)\))?", name.strip())
+        what, unit = (name.strip(), "") if labelled is None else labelled.group(1, 2)
+        if labelled and labelled.group(3):
+            what += f" ({labelled.group(3)})"
+        if name.startswith("  "):  # a part of the row above
+            what = f"RSS of the tree, {what}"
         results.add(f"{what}: all {args.runs:,} runs", a, unit)
         results.add(f"{what}: window of {args.window:,}", b, unit)
 
