@@ -228,7 +228,11 @@ def latency(work: Path, args: argparse.Namespace, results: Results) -> None:
             continue
         p50, p95 = percentiles(delays[kind])
         results.add(f"latency {label[:-1]} p50", p50, "s")
-        results.add(f"latency {label[:-1]} p95", p95, "s")
+        if kind == "mirrored":
+            results.add(f"latency {label[:-1]} p95", p95, "s", f"<= {TARGET_P95_SECONDS:.0f} s",
+                        p95 <= TARGET_P95_SECONDS)  # fmt: skip
+        else:
+            results.add(f"latency {label[:-1]} p95", p95, "s")
         print(
             f"  {label:20} {len(delays[kind])}/{args.points} seen, p50 {p50:.2f} s, "
             f"p95 {p95:.2f} s, max {max(delays[kind]):.2f} s"
@@ -245,8 +249,7 @@ def latency(work: Path, args: argparse.Namespace, results: Results) -> None:
         m95, b95 = percentiles(delays["mirrored"])[1], percentiles(delays["direct"])[1]
         miss = m95 - TARGET_P95_SECONDS
         verdict = "met" if miss <= 0 else f"NOT met (by {miss:.2f} s)"
-        results.add("latency p95 ratio tbmirror / direct", m95 / b95, "x",
-                    f"p95 <= {TARGET_P95_SECONDS:.0f} s", miss <= 0)  # fmt: skip
+        results.add("latency p95 ratio tbmirror / direct", m95 / b95, "x")
         print(f"  p95 ratio tbmirror/direct: {m95 / b95:.1f} x; target p95 <= "
               f"{TARGET_P95_SECONDS:.0f} s: {verdict}")  # fmt: skip
 
