@@ -46,7 +46,16 @@ import httpx
 from mlflow.tracking import MlflowClient
 from tensorboardX import SummaryWriter
 
-from common import Synced, build_runs, cpu_seconds, open_store, run_sync, tree, write_config
+from common import (
+    Results,
+    Synced,
+    build_runs,
+    cpu_seconds,
+    open_store,
+    run_sync,
+    tree,
+    write_config,
+)
 from tbmirror.journal import Journal
 from tbmirror.local_mlflow import LocalMlflowServer
 from tbmirror.mirror import events, summaries
@@ -261,6 +270,12 @@ def main() -> None:
     args = parser.parse_args()
     if min(args.runs, args.keys, args.points, args.write_points, args.workers) < 1:
         parser.error("--runs, --keys, --points, --write-points and --workers must be at least 1")
+    with Results("backfill") as results:
+        measure(args, results)
+
+
+def measure(args: argparse.Namespace, results: Results) -> None:
+    """Run the benchmark; print and record its figures."""
     os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="tbmirror-bench-"))
     output = workdir / "output"
@@ -320,6 +335,25 @@ def main() -> None:
           f"{idle.complained()})")  # fmt: skip
     print(f"write path:                  {ours:,.0f} points/s vs tensorboardX add_scalar "
           f"{baseline:,.0f} points/s ({ours / baseline:.1f} x)")  # fmt: skip
+    results.workload = (
+        f"{args.runs:,} runs x {args.keys} keys x {args.points} points = {total:,} points; "
+        f"mlflow server --workers {args.workers}"
+    )
+    results.add("naive exporter", naive_seconds, "s")
+    results.add("limit, fetch-only", limit.seconds, "s")
+    results.add("tbmirror sync", full.seconds, "s")
+    results.add("tbmirror sync / limit", full.seconds / limit.seconds, "x", f"<= {TARGET}",
+                full.seconds / limit.seconds <= TARGET)  # fmt: skip
+    results.add("limit without artifact listings", bare_limit.seconds, "s")
+    results.add("tbmirror sync, artifacts disabled", bare.seconds, "s")
+    results.add("tbmirror sync / limit, artifacts disabled", bare.seconds / bare_limit.seconds,
+                "x", f"<= {TARGET}", bare.seconds / bare_limit.seconds <= TARGET)  # fmt: skip
+    results.add("tbmirror sync, peak RSS", full.peak_mb, "MB")
+    results.add("tbmirror sync, CPU", full.cpu_seconds, "s")
+    results.add("no-change sync", idle.seconds, "s")
+    results.add("no-change sync, bytes written", idle.report["bytes_written"], "bytes")
+    results.add("write path, ours", ours, "points/s")
+    results.add("write path, tensorboardX add_scalar", baseline, "points/s")
 
 
 if __name__ == "__main__":

@@ -1,19 +1,24 @@
-"""What the benchmarks share: workloads built straight into MLflow's store, a config for one
-source, `tbmirror sync` and the daemon as subprocesses, and process figures from /proc."""
+"""What the benchmarks share: their results written as JSON, workloads built straight into
+MLflow's store, a config for one source, `tbmirror sync` and the daemon as subprocesses, and
+process figures from /proc."""
 
 from __future__ import annotations
 
+import datetime
+import importlib.metadata
+import io
 import json
 import logging
 import os
+import platform
 import subprocess
 import sys
 import time
 import uuid
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import yaml
 from mlflow.entities.experiment_tag import ExperimentTag
@@ -24,8 +29,136 @@ from sqlalchemy import insert
 
 from tbmirror.local_mlflow import LocalMlflowServer
 
+REPO = Path(__file__).resolve().parent.parent
+RESULTS = REPO / "benchmarks" / "results"
 BATCH_RUNS = 500  # runs built per transaction, at most
 BATCH_POINTS = 250_000  # metric rows per transaction, at most (a run's own may pass it)
+
+
+# --- results, as JSON -------------------------------------------------------------------------
+
+
+@dataclass
+class Figure:
+    """One measured figure: what it is, its value and unit, and a target when there is one."""
+
+    name: str
+    value: float | int | str
+    unit: str = ""
+    target: str = ""
+    met: bool | None = None
+
+
+@dataclass
+class Results:
+    """A benchmark's results: started at construction (the date, the command line, the machine
+    and its 1-minute load average then, so a run on a busy machine shows), figures added as they
+    are measured, everything the script prints kept too, then `write` saves it all as
+    benchmarks/results/<name>-<date>.json (-2, -3, ... for a second run that day).
+
+    Use as `with Results("freshness") as results:`; the file is written when the block ends
+    without an exception (a failed run leaves no result)."""
+
+    name: str
+    workload: str = ""
+    figures: list[Figure] = field(default_factory=list)
+    started: datetime.datetime = field(
+        default_factory=lambda: datetime.datetime.now(datetime.UTC).replace(microsecond=0)
+    )
+    command: list[str] = field(default_factory=lambda: ["python", _script(), *sys.argv[1:]])
+    load_average: float = field(default_factory=lambda: os.getloadavg()[0])
+    _printed: io.StringIO = field(default_factory=io.StringIO)
+    _stdout: TextIO | None = None
+
+    def add(
+        self,
+        name: str,
+        value: float | str,
+        unit: str = "",
+        target: str = "",
+        met: bool | None = None,
+    ) -> None:
+        """Record one figure (a float is kept to 4 significant digits)."""
+        if isinstance(value, float):
+            value = float(f"{value:.4g}")
+        self.figures.append(Figure(name, value, unit, target, met))
+
+    def __enter__(self) -> Results:
+        self._stdout = sys.stdout
+        sys.stdout = _Tee(self._stdout, self._printed)
+        return self
+
+    def __exit__(self, kind: object, error: object, traceback: object) -> None:
+        assert self._stdout is not None
+        sys.stdout = self._stdout
+        if kind is None:
+            print(f"results: {self.write().relative_to(REPO)}")
+
+    def write(self) -> Path:
+        """Save the results; the path written."""
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        day = self.started.date().isoformat()
+        path, count = RESULTS / f"{self.name}-{day}.json", 1
+        while path.exists():
+            count += 1
+            path = RESULTS / f"{self.name}-{day}-{count}.json"
+        document = {
+            "benchmark": self.name,
+            "date": self.started.isoformat(),
+            "command": " ".join(self.command),
+            "machine": machine(),
+            "load_average_1m": round(self.load_average, 2),
+            "workload": self.workload,
+            "figures": [vars(figure) for figure in self.figures],
+            "output": self._printed.getvalue().splitlines(),
+        }
+        path.write_text(json.dumps(document, indent=2) + "\n")
+        return path
+
+
+def _script() -> str:
+    """The running script's path, from the repository's root when it is inside it."""
+    path = Path(sys.argv[0]).resolve()
+    return str(path.relative_to(REPO)) if path.is_relative_to(REPO) else sys.argv[0]
+
+
+class _Tee(io.TextIOBase):
+    """Writes to the terminal and keeps a copy."""
+
+    def __init__(self, terminal: TextIO, copy: io.StringIO) -> None:
+        self.terminal, self.copy = terminal, copy
+
+    def write(self, text: str) -> int:
+        self.copy.write(text)
+        return self.terminal.write(text)
+
+    def flush(self) -> None:
+        self.terminal.flush()
+
+
+def machine() -> dict[str, Any]:
+    """What ran the benchmark: CPUs, the CPU model, Python, tbmirror's version and the commit."""
+    model = ""
+    with open("/proc/cpuinfo") as cpuinfo:
+        for line in cpuinfo:
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+
+    def git(*arguments: str) -> str:
+        result = subprocess.run(["git", "-C", str(REPO), *arguments], capture_output=True,
+                                text=True)  # fmt: skip
+        return result.stdout.strip() if result.returncode == 0 else ""
+
+    changed = git("status", "--porcelain", "--untracked-files=no", "--", "daemon", "benchmarks")
+    return {
+        "cpus": os.cpu_count(),
+        "cpu_model": model,
+        "memory_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1e9, 1),
+        "python": platform.python_version(),
+        "tbmirror": importlib.metadata.version("tbmirror"),
+        "commit": git("rev-parse", "--short=12", "HEAD") + (" (modified)" if changed else ""),
+    }
 
 
 # --- workloads, straight into MLflow's store ---------------------------------------------------

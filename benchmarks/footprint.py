@@ -15,7 +15,7 @@ interrupted build is completed by the next invocation) an experiment of --runs F
      a first pass that loads the engine's state, as the daemon's later passes find it), amortised
      over `full_listing_interval`;
 against a Python that only imports tbmirror (its RSS).
-Targets (issue 14): RSS <= 200 MB (the peak), idle CPU <= 2 % of one core over the window; a
+Targets: RSS <= 200 MB (the peak), idle CPU <= 2 % of one core over the window; a
 window in which no full listing fell (one shorter than `full_listing_interval`) adds the
 amortised full listing to its CPU.
 
@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from common import (
+    Results,
     build_runs,
     cpu_seconds,
     open_store,
@@ -178,6 +179,12 @@ def main() -> None:
     args = parser.parse_args()
     if min(args.runs, args.keys, args.window) <= 0:
         parser.error("--runs, --keys and --window must be positive")
+    with Results("footprint") as results:
+        measure_daemon(args, results)
+
+
+def measure_daemon(args: argparse.Namespace, results: Results) -> None:
+    """Run the benchmark; print and record its figures."""
     work = args.workdir or Path(tempfile.mkdtemp(prefix="tbmirror-footprint-"))
     work.mkdir(parents=True, exist_ok=True)
     server = LocalMlflowServer(work / "mlflow", port=server_port(work, args.keep_mirror))
@@ -185,7 +192,7 @@ def main() -> None:
     build_runs(store, EXPERIMENT, args.runs, [f"key_{k:02d}" for k in range(args.keys)], 1)
     store.engine.dispose()
     if args.build_only:
-        return
+        raise SystemExit(0)  # no result: nothing was measured
     if not args.keep_mirror:
         shutil.rmtree(work / "logs", ignore_errors=True)
         for stale in ("state.db", "state.db-wal", "state.db-shm"):
@@ -251,6 +258,23 @@ def main() -> None:
     how = "full listings included" if fulls else "+ a full listing amortised, none in the window"
     print(f"daemon idle CPU: {window.cpu:.2f} % over the window; {idle:.2f} % ({how}); "
           f"target <= {CPU_TARGET:.0f} %: {met(idle <= CPU_TARGET)}")  # fmt: skip
+    results.workload = (
+        f"{args.runs:,} finished runs x {args.keys} keys x 1 point; the daemon at its default "
+        f"intervals; artifact listings {'on' if args.artifacts else 'off'}; open files "
+        f"{open_files:,}"
+    )
+    if backfill is not None:
+        results.add("first backfill, tbmirror sync", backfill.seconds, "s")
+        results.add("first backfill, peak RSS", backfill.peak_mb, "MB")
+    results.add("the daemon's first pass (full, nothing new)", first["duration_ms"] / 1000, "s")
+    results.add("daemon RSS at the end of the window", window.rss[-1], "MB")
+    results.add("daemon peak RSS (VmHWM)", window.peak, "MB", f"<= {RSS_TARGET:.0f} MB",
+                window.peak <= RSS_TARGET)  # fmt: skip
+    results.add("daemon idle CPU", idle, "% of a core", f"<= {CPU_TARGET:.0f} %",
+                idle <= CPU_TARGET)  # fmt: skip
+    results.add("one full listing, nothing new: CPU", full_cpu, "s")
+    results.add("TensorBoard (apart): RSS at the end", tb_rss[-1], "MB")
+    results.add("import-only Python: RSS", base_rss, "MB")
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ import httpx
 from mlflow.tracking import MlflowClient
 from tensorboardX import SummaryWriter
 
-from common import start_daemon, write_config
+from common import Results, start_daemon, write_config
 from tbmirror.local_mlflow import LocalMlflowServer
 from tbmirror.processes import free_port, stop_process_group
 
@@ -52,6 +52,12 @@ def main() -> None:
     parser.add_argument("--points", type=int, default=60)
     parser.add_argument("--rate", type=float, default=2.0, help="points per second")
     args = parser.parse_args()
+    with Results("freshness") as results:
+        measure(args, results)
+
+
+def measure(args: argparse.Namespace, results: Results) -> None:
+    """Run the benchmark; print and record its figures."""
     work = Path(tempfile.mkdtemp(prefix="tbmirror-freshness-"))
     with LocalMlflowServer(work / "mlflow") as server:
         client = MlflowClient(server.url)
@@ -106,6 +112,18 @@ def main() -> None:
     print(f"written directly:      {len(baseline)}/{args.points}, p50 {b50:.2f} s, p95 {b95:.2f} s")
     print(f"p95 ratio tbmirror/direct: {m95 / b95:.1f} x; target p95 <= {POLL_SECONDS + 2:.1f} s: "
           f"{'met' if m95 <= POLL_SECONDS + 2 else 'NOT met'}")  # fmt: skip
+
+    results.workload = (
+        f"{args.points} points at {args.rate}/s; poll interval {POLL_SECONDS} s, "
+        "TensorBoard reload 1 s"
+    )
+    results.add("points seen through tbmirror", len(mirrored), f"of {args.points}")
+    results.add("delay through tbmirror, p50", m50, "s")
+    results.add("delay through tbmirror, p95", m95, "s", f"<= {POLL_SECONDS + 2:.0f} s",
+                m95 <= POLL_SECONDS + 2)  # fmt: skip
+    results.add("delay written directly (baseline), p50", b50, "s")
+    results.add("delay written directly (baseline), p95", b95, "s")
+    results.add("p95 ratio tbmirror / direct", m95 / b95, "x")
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ would take 13 minutes). Serves it with `mlflow server --workers 1` and measures 
 against a baseline measured in the same run: a Python process that only imports tbmirror's engine.
 
 Usage: python benchmarks/long_series.py [--points 5000000] [--workdir DIR]
-Target (issue 14): peak RSS <= 250 MB in every step.
+Target: peak RSS <= 250 MB in every step.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import write_config
+from common import Results, write_config
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
@@ -114,6 +114,13 @@ def main() -> None:
     parser.add_argument("--points", type=int, default=5_000_000)
     parser.add_argument("--workdir", type=Path, default=None)
     args = parser.parse_args()
+    with Results("long_series") as results:
+        results.workload = f"one run, one key of {args.points:,} points"
+        measure(args, results)
+
+
+def measure(args: argparse.Namespace, results: Results) -> None:
+    """Run the benchmark; print and record its figures."""
     work = args.workdir or Path(tempfile.mkdtemp(prefix="tbmirror-long-"))
     store = work / f"store-{args.points}"
     started = time.monotonic()
@@ -124,6 +131,7 @@ def main() -> None:
         [sys.executable, "-c", "import tbmirror.app, tbmirror.engine.mlflow.engine"]
     )
     print(f"baseline: Python importing tbmirror's engine, peak {base:.0f} MB")
+    results.add("baseline: Python importing the engine, peak RSS", base, "MB")
     server = LocalMlflowServer(store).start()
     try:
         with hostile_proxy(server.url) as proxy:
@@ -148,6 +156,8 @@ def main() -> None:
                     )
                 peak, seconds, output = peak_of([*sync, str(config)])
                 summary = output.strip().splitlines()[-1] if output.strip() else ""
+                results.add(f"{title}: peak RSS", peak, "MB", "<= 250 MB", peak <= 250)
+                results.add(f"{title}: time", seconds, "s")
                 print(
                     f"{title}: peak RSS {peak:.0f} MB ({peak / base:.1f}x baseline; target "
                     f"<= 250 MB), {seconds:.1f} s; {summary}"

@@ -53,7 +53,7 @@ from mlflow.entities.experiment_tag import ExperimentTag
 from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
 from mlflow.tracking.multimedia import compress_image_size, convert_to_pil_image
 
-from common import tree_rss_mb, wait_until_idle, write_config
+from common import Results, tree_rss_mb, wait_until_idle, write_config
 from tbmirror.local_mlflow import LocalMlflowServer
 from tbmirror.processes import free_port, stop_process_group
 
@@ -304,6 +304,12 @@ def main() -> None:
     args = parser.parse_args()
     if min(args.images, args.runs, args.per_run, args.samples) < 1:
         parser.error("--images, --runs, --per-run and --samples must be at least 1")
+    with Results("media") as results:
+        measure(args, results)
+
+
+def measure(args: argparse.Namespace, results: Results) -> None:
+    """Run the benchmark; print and record its figures."""
     logging.getLogger("mlflow").setLevel(logging.WARNING)  # the store's "Creating tables..."
     work = args.workdir or Path(tempfile.mkdtemp(prefix="tbmirror-media-"))
     output = work / "output"
@@ -355,6 +361,10 @@ def main() -> None:
     ):
         print(f"{label}: {measured.line()}")
         print(f"      server log: {measured.breakdown()}")
+        name = label[3:]  # without "1. " or its indent
+        results.add(f"{name}: time", measured.seconds, "s")
+        results.add(f"{name}: requests", measured.report["requests"])
+        results.add(f"{name}: downloads", measured.downloads)
     print(
         f"   with images vs without: {many_first.seconds / baseline.seconds:.2f} x the time "
         f"(the pass alone {many_first.report['seconds'] / baseline.report['seconds']:.2f} x), "
@@ -364,17 +374,31 @@ def main() -> None:
         f"{many_first.downloads / many_first.report['seconds']:.0f}/s "
         f"(single run {single_first.downloads / single_first.report['seconds']:.0f}/s)"
     )
+    results.workload = (
+        f"1 running run x {args.images:,} images; {args.runs:,} finished runs x {args.per_run} "
+        "images; 64x48 PNGs"
+    )
+    results.add("with images vs without: time", many_first.seconds / baseline.seconds, "x")
+    results.add(
+        "with images vs without: requests",
+        many_first.report["requests"] / baseline.report["requests"],
+        "x",
+    )
     for name, samples, (rss, python, server_rss, seconds) in (
         (f"3. TensorBoard images={args.samples}", args.samples, wide),
         (f"   TensorBoard images={default} (default)", default, narrow),
     ):
         held = min(args.images, samples) + args.runs * min(args.per_run, samples)
+        results.add(f"TensorBoard RSS, images={samples}", rss, "MB")
         print(f"{name:<40} RSS {rss:6.0f} MB (Python {python:.0f} MB + data server "
               f"{server_rss:.0f} MB), {held:,} images held, loaded in {seconds:.1f} s")  # fmt: skip
     extra = min(args.images, args.samples) - min(args.images, default)
     extra += args.runs * (min(args.per_run, args.samples) - min(args.per_run, default))
     per_image = f", {(wide[0] - narrow[0]) * 1024 / extra:.1f} KiB per extra image" if extra else ""
     print(f"   ratio: {wide[0] / narrow[0]:.2f} x{per_image}")
+    if extra:
+        results.add("TensorBoard RSS per extra image held", (wide[0] - narrow[0]) * 1024 / extra,
+                    "KiB")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ Usage: python benchmarks/tensorboard_cost.py [--runs 10000 --keys 5 --points 100
 from __future__ import annotations
 
 import argparse
+import re
 import shutil
 import statistics
 import subprocess
@@ -40,6 +41,7 @@ import httpx
 from mlflow.tracking import MlflowClient
 
 from common import (
+    Results,
     Synced,
     build_runs,
     open_store,
@@ -182,6 +184,12 @@ def main() -> None:
     args = parser.parse_args()
     if min(args.runs, args.keys, args.points, args.window, args.repeat) < 1:
         parser.error("--runs, --keys, --points, --window and --repeat must be at least 1")
+    with Results("tensorboard_cost") as results:
+        compare(args, results)
+
+
+def compare(args: argparse.Namespace, results: Results) -> None:
+    """Run the benchmark; print and record its figures."""
     work = args.workdir or Path(tempfile.mkdtemp(prefix="tbmirror-tbcost-"))
     output = work / "output"
     shutil.rmtree(output, ignore_errors=True)
@@ -193,7 +201,7 @@ def main() -> None:
     store.engine.dispose()
 
     newest = f"run{args.runs - 1:05d}"
-    results: dict[str, tuple[Synced, Cost]] = {}
+    measured: dict[str, tuple[Synced, Cost]] = {}
     with server:
         for label, source in (("all", {}), ("window", {"max_runs": args.window})):
             (output / label).mkdir()
@@ -209,9 +217,9 @@ def main() -> None:
             cost = measure(root, config, server.url, run_path, args.keys, args.repeat,
                            output / f"tensorboard-{label}.log", args.timeout)  # fmt: skip
             print(f"TensorBoard {label}: {cost}", flush=True)
-            results[label] = (synced, cost)
+            measured[label] = (synced, cost)
 
-    (all_sync, big), (win_sync, small) = results["all"], results["window"]
+    (all_sync, big), (win_sync, small) = measured["all"], measured["window"]
     rows = [
         ("runs mirrored (/data/runs)", big.runs, small.runs, "{:,}"),
         ("first sync, s", all_sync.seconds, win_sync.seconds, "{:.1f}"),
@@ -235,9 +243,21 @@ def main() -> None:
     print(f"workload: {args.runs:,} FINISHED runs x {args.keys} keys x {args.points} points; "
           f"window: max_runs {args.window:,}")  # fmt: skip
     print(f"{'metric':<36} {f'{args.runs:,} runs':>12} {f'{args.window:,} runs':>12} {'ratio':>8}")
+    results.workload = (
+        f"{args.runs:,} finished runs x {args.keys} keys x {args.points} points; the window: "
+        f"max_runs {args.window:,}"
+    )
     for name, a, b, form in rows:
         ratio = f"{a / b:.2f}" if b else "-"
         print(f"{name:<36} {form.format(a):>12} {form.format(b):>12} {ratio:>8}")
+        labelled = re.fullmatch(r"(.*), (s|ms|MB)(?: \((.*)\))?", name.strip())
+        what, unit = (name.strip(), "") if labelled is None else labelled.group(1, 2)
+        if labelled and labelled.group(3):
+            what += f" ({labelled.group(3)})"
+        if name.startswith("  "):  # a part of the row above
+            what = f"RSS of the tree, {what}"
+        results.add(f"{what}: all {args.runs:,} runs", a, unit)
+        results.add(f"{what}: window of {args.window:,}", b, unit)
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ cannot be dropped: the source files are in it for every contender.
 Usage: python benchmarks/uploads.py [--part latency|throughput|all] [--observer native|polling]
            [--points 60 --rate 2] [--files 1000 --points-per-file 2000]
            [--trees scalars,mixed] [--cp-runs 5] [--workdir DIR]
-Targets: p95 <= 2 s from append to visible in TensorBoard (reload 1 s); throughput (issue 14):
+Targets: p95 <= 2 s from append to visible in TensorBoard (reload 1 s); throughput:
 the pass >= 1.5 M scalar records/s on the scalars tree and >= 150 MB/s on the mixed one, reported
 against `cp -r && sync` of the same tree (MB = 10^6 bytes).
 """
@@ -47,7 +47,7 @@ from typing import Any
 import httpx
 from PIL import Image
 
-from common import start_daemon, write_source_config
+from common import Results, start_daemon, write_source_config
 from tbmirror.mirror import events, summaries
 from tbmirror.processes import free_port, stop_process_group
 
@@ -145,7 +145,7 @@ def wait_for(condition: Any, what: str, daemon: subprocess.Popen[bytes], timeout
         time.sleep(0.2)
 
 
-def latency(work: Path, args: argparse.Namespace) -> None:
+def latency(work: Path, args: argparse.Namespace, results: Results) -> None:
     uploads = work / "uploads"
     source: dict[str, Any] = {"observer": args.observer}
     if args.polling_interval is not None:
@@ -227,6 +227,12 @@ def latency(work: Path, args: argparse.Namespace) -> None:
             print(f"  {label:20} 0/{args.points} seen")
             continue
         p50, p95 = percentiles(delays[kind])
+        results.add(f"latency {label[:-1]} p50", p50, "s")
+        if kind == "mirrored":
+            results.add(f"latency {label[:-1]} p95", p95, "s", f"<= {TARGET_P95_SECONDS:.0f} s",
+                        p95 <= TARGET_P95_SECONDS)  # fmt: skip
+        else:
+            results.add(f"latency {label[:-1]} p95", p95, "s")
         print(
             f"  {label:20} {len(delays[kind])}/{args.points} seen, p50 {p50:.2f} s, "
             f"p95 {p95:.2f} s, max {max(delays[kind]):.2f} s"
@@ -243,6 +249,7 @@ def latency(work: Path, args: argparse.Namespace) -> None:
         m95, b95 = percentiles(delays["mirrored"])[1], percentiles(delays["direct"])[1]
         miss = m95 - TARGET_P95_SECONDS
         verdict = "met" if miss <= 0 else f"NOT met (by {miss:.2f} s)"
+        results.add("latency p95 ratio tbmirror / direct", m95 / b95, "x")
         print(f"  p95 ratio tbmirror/direct: {m95 / b95:.1f} x; target p95 <= "
               f"{TARGET_P95_SECONDS:.0f} s: {verdict}")  # fmt: skip
 
@@ -329,7 +336,7 @@ def clear(work: Path, *names: str) -> None:
             path.unlink(missing_ok=True)
 
 
-def throughput(work: Path, kind: str, args: argparse.Namespace) -> None:
+def throughput(work: Path, kind: str, args: argparse.Namespace, results: Results) -> None:
     """Mirror one tree (`kind`: scalars or mixed) and copy it; print the figures and ratios."""
     tree = work / "uploads"
     shape_file = work / "tree.shape"
@@ -401,12 +408,22 @@ def throughput(work: Path, kind: str, args: argparse.Namespace) -> None:
     )
     print(f"  no-change sync (process):     {idle_wall:6.2f} s, {idle_written} bytes written; "
           f"pass alone {idle_pass:.2f} s  (summary: {idle_summary})")  # fmt: skip
+    for label, seconds in (("cp -r && sync (median)", cp_sync_seconds),
+                           ("tbmirror sync, the process", wall),
+                           ("tbmirror sync, the pass", pass_seconds),
+                           ("tbmirror sync, the pass, pure Python", pure_pass)):  # fmt: skip
+        results.add(f"{kind} tree: {label}", seconds, "s")
+    results.add(f"{kind} tree: the pass / cp -r && sync", pass_seconds / cp_sync_seconds, "x")
+    results.add(f"{kind} tree: no-change sync, bytes written", idle_written, "bytes")
     if pass_seconds > 0 and kind == "scalars":
         rate_now = scalars / pass_seconds
+        results.add("scalars tree: the pass", rate_now / 1e6, "M records/s", ">= 1.5",
+                    rate_now >= TARGET_RECORDS_S)  # fmt: skip
         print(f"  target, the pass alone:       {rate_now / 1e6:.2f} M scalar records/s "
               f"(>= 1.5 M: {verdict(rate_now >= TARGET_RECORDS_S)})")  # fmt: skip
     elif pass_seconds > 0:
         rate_now = megabytes / pass_seconds
+        results.add("mixed tree: the pass", rate_now, "MB/s", ">= 150", rate_now >= TARGET_MB_S)
         print(f"  target, the pass alone:       {rate_now:.1f} MB/s "
               f"(>= 150: {verdict(rate_now >= TARGET_MB_S)})")  # fmt: skip
 
@@ -430,18 +447,29 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, help="kept (default: a temp dir, removed)")
     args = parser.parse_args()
     work = args.workdir or Path(tempfile.mkdtemp(prefix="tbmirror-uploads-"))
+    with Results("uploads") as results:
+        results.workload = (
+            f"latency: {args.points} records at {args.rate}/s, observer {args.observer}; "
+            f"throughput: {args.files:,} tfevents files x {args.points_per_file:,} records, "
+            f"trees {args.trees}"
+        )
+        run(work, args, results)
+
+
+def run(work: Path, args: argparse.Namespace, results: Results) -> None:
+    """The parts asked for, in `work` (removed after unless it is --workdir)."""
     try:
         if args.part in ("latency", "all"):
             latency_work = work / "latency"
             shutil.rmtree(latency_work, ignore_errors=True)
             latency_work.mkdir(parents=True)
-            latency(latency_work, args)
+            latency(latency_work, args, results)
         if args.part in ("throughput", "all"):
             for kind in args.trees.split(","):
                 if kind not in TREES:
                     raise SystemExit(f"--trees: {kind!r} is not one of {', '.join(TREES)}")
                 (work / "throughput" / kind).mkdir(parents=True, exist_ok=True)
-                throughput(work / "throughput" / kind, kind, args)
+                throughput(work / "throughput" / kind, kind, args, results)
     finally:
         if args.workdir is None:
             shutil.rmtree(work, ignore_errors=True)

@@ -225,8 +225,8 @@ def test_notify_socket_gets_ready_and_watchdog_and_sigterm_exits_promptly(
         messages: list[str] = []
         while not any("WATCHDOG=1" in m for m in messages[1:]) or len(messages) < 4:
             messages.append(sock.recv(4096).decode())
-        assert messages[0].startswith("READY=1\nSTATUS=1 sources, ")
-        assert any("sources, " in m and "runs" in m for m in messages)
+        assert messages[0].startswith("READY=1\nSTATUS=1 source, ")
+        assert any("source, " in m and "runs" in m for m in messages)
         started = time.monotonic()
         daemon.signal(signal.SIGTERM)
         assert daemon.process.wait(10) == 0

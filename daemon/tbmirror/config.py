@@ -183,9 +183,21 @@ class _Section(BaseModel):
 class MirrorSettings(_Section):
     """Where the mirror lives: the TensorBoard logdir we own, and our SQLite state."""
 
-    root: Path
-    state: Path
-    archive: Path | None = None  # where runs that leave a selection go (else they are removed)
+    root: Path = Field(
+        description="The TensorBoard logdir tbmirror writes (TensorBoard reads it). Everything "
+        "under `<root>/<source name>/` is tbmirror's: events files there that its state does "
+        "not know are removed at start-up."
+    )
+    state: Path = Field(
+        description="The SQLite state store (cursors, committed file lengths). Keep it beside "
+        "the root: the two together are the mirror. One process at a time uses it. Several "
+        "processes may share one root, each with its own state and sources."
+    )
+    archive: Path | None = Field(
+        default=None,
+        description="Where runs that leave a source's selection go, to come back without being "
+        "fetched again. Outside the root, on its file system. Unset: such runs are removed.",
+    )
 
     @field_validator("archive")
     @classmethod
@@ -261,10 +273,16 @@ class _SecretSource(_Section):
 class BasicAuth(_SecretSource):
     """MLflow's own basic authentication (`mlflow server --app-name basic-auth`)."""
 
-    type: Literal["basic"]
-    username: str
-    password: SecretStr | None = None
-    password_file: Path | None = None
+    type: Literal["basic"] = Field(description="`basic`.")
+    username: str = Field(description="The MLflow user name.")
+    password: SecretStr | None = Field(
+        default=None, description="The password (write `${ENV_VAR}`, not the secret itself)."
+    )
+    password_file: Path | None = Field(
+        default=None,
+        description="A file holding the password, e.g. a systemd credential "
+        "(`${CREDENTIALS_DIRECTORY}/mlflow-password`). Give `password` or this.",
+    )
 
     @model_validator(mode="after")
     def _password(self) -> BasicAuth:
@@ -275,9 +293,13 @@ class BasicAuth(_SecretSource):
 class BearerAuth(_SecretSource):
     """A static bearer token."""
 
-    type: Literal["bearer"]
-    token: SecretStr | None = None
-    token_file: Path | None = None
+    type: Literal["bearer"] = Field(description="`bearer`.")
+    token: SecretStr | None = Field(
+        default=None, description="The token, sent as `Authorization: Bearer <token>`."
+    )
+    token_file: Path | None = Field(
+        default=None, description="A file holding the token. Give `token` or this."
+    )
 
     @model_validator(mode="after")
     def _token(self) -> BearerAuth:
@@ -288,13 +310,25 @@ class BearerAuth(_SecretSource):
 class DatabricksAuth(_SecretSource):
     """A Databricks workspace: a personal access token, or OAuth machine-to-machine."""
 
-    type: Literal["databricks"]
-    host: str | None = None  # default: the tracking_uri
-    token: SecretStr | None = None
-    token_file: Path | None = None
-    client_id: str | None = None
-    client_secret: SecretStr | None = None
-    client_secret_file: Path | None = None
+    type: Literal["databricks"] = Field(description="`databricks`.")
+    host: str | None = Field(
+        default=None, description="The workspace URL. Unset: the source's `tracking_uri`."
+    )
+    token: SecretStr | None = Field(default=None, description="A personal access token.")
+    token_file: Path | None = Field(
+        default=None, description="A file holding a personal access token."
+    )
+    client_id: str | None = Field(
+        default=None,
+        description="A service principal's client id, for OAuth machine-to-machine (the "
+        "secret is exchanged at `<host>/oidc/v1/token`, the token refreshed before it expires).",
+    )
+    client_secret: SecretStr | None = Field(
+        default=None, description="The service principal's OAuth secret (with `client_id`)."
+    )
+    client_secret_file: Path | None = Field(
+        default=None, description="A file holding the OAuth secret."
+    )
 
     @field_validator("host")
     @classmethod
@@ -318,10 +352,20 @@ class DatabricksAuth(_SecretSource):
 class AzureAuth(_SecretSource):
     """An Azure ML workspace, with a token from azure-identity (the `azure` extra)."""
 
-    type: Literal["azure"]
-    credential: Literal["default", "managed_identity", "environment", "cli"] = "default"
-    client_id: str | None = None  # a user-assigned managed identity
-    scope: str = "https://management.azure.com/.default"
+    type: Literal["azure"] = Field(description="`azure`.")
+    credential: Literal["default", "managed_identity", "environment", "cli"] = Field(
+        default="default",
+        description="Which azure-identity credential: `default` (DefaultAzureCredential), "
+        "`managed_identity`, `environment` (a service principal from `AZURE_CLIENT_ID`, "
+        "`AZURE_TENANT_ID`, `AZURE_CLIENT_SECRET`) or `cli` (`az login`).",
+    )
+    client_id: str | None = Field(
+        default=None, description="The client id of a user-assigned managed identity."
+    )
+    scope: str = Field(
+        default="https://management.azure.com/.default",
+        description="The scope tokens are requested for.",
+    )
 
 
 Auth = Annotated[BasicAuth | BearerAuth | DatabricksAuth | AzureAuth, Field(discriminator="type")]
@@ -334,21 +378,67 @@ class ArtifactSettings(_Section):
     """What of MLflow runs' artifacts is mirrored into the run's directory: tfevents files
     (tailed), images and figures (the images dashboard), tables (the text dashboard)."""
 
-    enabled: bool = True  # list the runs' artifacts at all
-    # Where they are read (README "Native logs on Azure ML and Databricks"): "auto" picks azureml
-    # for an Azure ML workspace URI or azure auth, databricks for databricks auth, else mlflow.
-    store: Literal["auto", "mlflow", "azureml", "databricks"] = "auto"
-    paths: list[str] = []  # folders to list, below the run's root (empty: the whole run)
-    pattern: str = "*tfevents*"  # fnmatch on the file name
-    max_depth: int = Field(default=3, ge=0, le=16)  # folder levels below the run's root
-    max_listed: int = Field(default=10_000, ge=1, le=10_000_000)  # entries listed per run
-    max_file_size: ByteSize = ByteSize(DEFAULT_MAX_FILE_SIZE)
-    batch: int = Field(default=100, ge=0)  # finished runs never looked at, per daemon pass
-    images: bool = True  # log_image series, log_figure and other PNG/JPEG/GIF artifacts
-    tables: bool = True  # log_table JSON artifacts, as Markdown
-    max_images: int = Field(default=50, ge=0, le=100_000)  # single images (figures) per run
-    max_media_size: ByteSize = ByteSize(16 * 1024**2)  # a larger image or table is skipped
-    table_rows: int = Field(default=100, ge=1, le=100_000)  # the last rows shown of a table
+    enabled: bool = Field(
+        default=True,
+        description="Look at the runs' artifacts at all (tfevents files, images, tables).",
+    )
+    store: Literal["auto", "mlflow", "azureml", "databricks"] = Field(
+        default="auto",
+        description="Where artifacts are read: `mlflow` (the server's `/get-artifact`), "
+        "`azureml` or `databricks`. `auto` picks `azureml` for an Azure ML workspace's "
+        "tracking URI or `azure` auth, `databricks` for `databricks` auth, else `mlflow`.",
+    )
+    paths: list[str] = Field(
+        default=[],
+        description="Folders listed below a run's root (e.g. `[logs]`); empty: the whole run. "
+        "Bounds the listing cost of runs with many artifacts.",
+    )
+    pattern: str = Field(
+        default="*tfevents*",
+        description="fnmatch pattern on an artifact's file name: what is tailed as tfevents.",
+    )
+    max_depth: int = Field(
+        default=3, ge=0, le=16, description="Folder levels listed below a run's root."
+    )
+    max_listed: int = Field(
+        default=10_000,
+        ge=1,
+        le=10_000_000,
+        description="Entries listed per run; a run with more fails with an error naming this "
+        "limit (the other runs go on).",
+    )
+    max_file_size: ByteSize = Field(
+        default=ByteSize(DEFAULT_MAX_FILE_SIZE),
+        description="Larger tfevents artifacts are skipped with a warning.",
+    )
+    batch: int = Field(
+        default=100,
+        ge=0,
+        description="The daemon lists the artifacts of at most this many finished runs never "
+        "looked at per pass (`tbmirror sync` looks at all).",
+    )
+    images: bool = Field(
+        default=True,
+        description="Show `log_image` series, figures and other PNG/JPEG/GIF artifacts.",
+    )
+    tables: bool = Field(default=True, description="Show `log_table` JSON tables as Markdown text.")
+    max_images: int = Field(
+        default=50,
+        ge=0,
+        le=100_000,
+        description="Figures (images outside `images/`) shown per run; the rest are left out "
+        "with one warning.",
+    )
+    max_media_size: ByteSize = Field(
+        default=ByteSize(16 * 1024**2),
+        description="A larger image or table is skipped with one warning.",
+    )
+    table_rows: int = Field(
+        default=100,
+        ge=1,
+        le=100_000,
+        description="A table shows its last this many rows, with a note counting the rest.",
+    )
 
     @field_validator("paths")
     @classmethod
@@ -383,31 +473,107 @@ class ArtifactSettings(_Section):
 class MlflowSourceSettings(_Section):
     """An MLflow tracking server (or anything speaking its REST API) to poll."""
 
-    name: SourceName
-    type: Literal["mlflow"]
-    tracking_uri: str
-    experiments: list[str] = Field(min_length=1)
-    poll_interval: Duration = 10.0
-    full_listing_interval: Duration = 600.0
-    reconcile_interval: Duration = 600.0
-    reconcile_batch: int = Field(default=20, ge=0)
-    on_delete: Literal["remove", "keep"] = "remove"
-    child_runs_in_other_experiments: bool = True
-    ui_url: str | None = None
-    timeout: Duration = 30.0  # total, per request (connect, wait, every byte of the answer)
-    max_response_bytes: ByteSize = ByteSize(64 * 1024**2)  # a larger answer is an error
-    stall_timeout: Duration = 300.0  # a pass with no answer at all for this long is ended
-    max_retries: int = Field(default=5, ge=0, le=20)
-    concurrency: int = Field(default=4, ge=1, le=32)
-    auth: Auth | None = None
-    max_requests_per_second: float | None = Field(default=None, ge=0.001, le=1e6)
-    max_search_requests_per_second: float | None = Field(default=None, ge=0.001, le=1e6)
-    artifacts: ArtifactSettings = ArtifactSettings()
-    # Selection (README "Choosing what is mirrored"): top-level runs are judged, children follow.
-    filter: str = ""  # an MLflow search filter, evaluated by the server
-    run_statuses: list[RunStatus] | None = None
-    max_age: Duration | None = None  # finished runs that ended longer ago leave
-    max_runs: int | None = Field(default=None, ge=1)  # most recent top-level runs per experiment
+    name: SourceName = Field(
+        description="The source's name: the first path component under the root."
+    )
+    type: Literal["mlflow"] = Field(description="`mlflow`.")
+    tracking_uri: str = Field(
+        description="http(s) base URL of the tracking server (`azureml://` as Azure prints it "
+        "is read as `https://`)."
+    )
+    experiments: list[str] = Field(
+        min_length=1,
+        description='Experiment names, fnmatch globs (`"team-*"`, resolved at each full '
+        'listing) or `"*"` for all.',
+    )
+    poll_interval: Duration = Field(default=10.0, description="How often the daemon polls.")
+    full_listing_interval: Duration = Field(
+        default=600.0,
+        description="How often the daemon lists every run, which sees deletions, renames and "
+        "finished runs; between full listings it lists only running, new and just-finished runs.",
+    )
+    reconcile_interval: Duration = Field(
+        default=600.0,
+        description="Re-check every series of a running run this often, and of a finished run "
+        "once, this long after it ended (catches points MLflow's latest value cannot reveal).",
+    )
+    reconcile_batch: int = Field(
+        default=20, ge=0, description="At most this many due runs re-checked per pass."
+    )
+    on_delete: Literal["remove", "keep"] = Field(
+        default="remove", description="What happens to the mirror of a run deleted in MLflow."
+    )
+    child_runs_in_other_experiments: bool = Field(
+        default=True,
+        description="Follow child runs logged into another experiment than their parent's.",
+    )
+    ui_url: str | None = Field(
+        default=None,
+        description="Base URL of the MLflow UI for the links back to runs. Unset: `tracking_uri`.",
+    )
+    timeout: Duration = Field(
+        default=30.0,
+        description="Total per HTTP request: connecting, waiting and every byte of the answer.",
+    )
+    max_response_bytes: ByteSize = Field(
+        default=ByteSize(64 * 1024**2),
+        description="A larger answer is an error (nothing past it is read).",
+    )
+    stall_timeout: Duration = Field(
+        default=300.0,
+        description="Once no request has been answered for this long, retries stop and the "
+        "pass ends.",
+    )
+    max_retries: int = Field(
+        default=5,
+        ge=0,
+        le=20,
+        description="Retries of 429, 5xx and connection errors (jittered backoff, "
+        "`Retry-After` honoured).",
+    )
+    concurrency: int = Field(
+        default=4, ge=1, le=32, description="Metric history requests in flight."
+    )
+    auth: Auth | None = Field(
+        default=None,
+        description="How to authenticate: one of the `auth` sections below (`type: basic`, "
+        "`bearer`, `databricks` or `azure`). Unset: no authentication.",
+    )
+    max_requests_per_second: float | None = Field(
+        default=None,
+        ge=0.001,
+        le=1e6,
+        description="Client-side rate limit. Unset: none (127 with `databricks` auth).",
+    )
+    max_search_requests_per_second: float | None = Field(
+        default=None,
+        ge=0.001,
+        le=1e6,
+        description="The same, for search and experiment calls. Unset: "
+        "`max_requests_per_second` (7 with `databricks` auth).",
+    )
+    artifacts: ArtifactSettings = Field(
+        default=ArtifactSettings(),
+        description="What of the runs' artifacts is mirrored (the `artifacts` keys below).",
+    )
+    filter: str = Field(
+        default="",
+        description="An MLflow search filter for top-level runs, evaluated by the server "
+        "(`tags.team = 'vision' and metrics.val_acc > 0.8`); child runs follow their parent.",
+    )
+    run_statuses: list[RunStatus] | None = Field(
+        default=None,
+        description="Only top-level runs with one of these statuses. Unset: all.",
+    )
+    max_age: Duration | None = Field(
+        default=None,
+        description="Finished top-level runs that ended longer ago than this leave (`30d`).",
+    )
+    max_runs: int | None = Field(
+        default=None,
+        ge=1,
+        description="Per experiment, only the most recent top-level runs by start time.",
+    )
 
     @field_validator("filter")
     @classmethod
@@ -516,20 +682,56 @@ class UploadsSourceSettings(_Section):
     Patterns are fnmatch globs on the path relative to `path` (`*` also matches `/`).
     """
 
-    name: SourceName
-    type: Literal["uploads"]
-    path: Path
-    include: list[str] = ["*"]
-    exclude: list[str] = [".*", "*/.*"]  # hidden files: temporary files of rsync, editors
-    observer: Literal["native", "polling"] = "native"
-    polling_interval: Duration = 2.0
-    rescan_interval: Duration = 60.0
-    debounce: Duration = 0.2
-    tfevents_patterns: list[str] = ["*tfevents*"]
-    csv_patterns: list[str] = ["*.csv"]
-    jsonl_patterns: list[str] = ["*.jsonl", "*.ndjson"]
-    step_columns: list[str] = Field(default=["step", "global_step", "epoch"], min_length=1)
-    max_file_size: ByteSize = ByteSize(DEFAULT_MAX_FILE_SIZE)
+    name: SourceName = Field(
+        description="The source's name: the first path component under the root."
+    )
+    type: Literal["uploads"] = Field(description="`uploads`.")
+    path: Path = Field(
+        description="Absolute path of the directory tree jobs write into; it must not contain, "
+        "nor be inside, `mirror.root`."
+    )
+    include: list[str] = Field(
+        default=["*"], description="fnmatch globs on the relative path or the file name."
+    )
+    exclude: list[str] = Field(
+        default=[".*", "*/.*"],
+        description="Globs left out; the default leaves out hidden files (the temporary files "
+        "of rsync and editors).",
+    )
+    observer: Literal["native", "polling"] = Field(
+        default="native",
+        description="`native` (inotify) or `polling`. inotify does not see changes other hosts "
+        "make on a network share; polling does.",
+    )
+    polling_interval: Duration = Field(
+        default=2.0, description="How often the polling observer looks."
+    )
+    rescan_interval: Duration = Field(
+        default=60.0, description="How often a full rescan runs (the safety net for missed events)."
+    )
+    debounce: Duration = Field(
+        default=0.2,
+        description="Quiet time before the files of a burst of events are read (each once; at "
+        "most 5 times this while events keep coming).",
+    )
+    tfevents_patterns: list[str] = Field(
+        default=["*tfevents*"], description="File names copied as TensorBoard event files."
+    )
+    csv_patterns: list[str] = Field(
+        default=["*.csv"], description="File names converted as CSV metric logs."
+    )
+    jsonl_patterns: list[str] = Field(
+        default=["*.jsonl", "*.ndjson"], description="File names converted as JSON-lines logs."
+    )
+    step_columns: list[str] = Field(
+        default=["step", "global_step", "epoch"],
+        min_length=1,
+        description="The CSV/JSON step field: the first one present wins; none: the row index.",
+    )
+    max_file_size: ByteSize = Field(
+        default=ByteSize(DEFAULT_MAX_FILE_SIZE),
+        description="Larger files are skipped with a warning.",
+    )
 
     @field_validator("path")
     @classmethod
@@ -557,23 +759,51 @@ SourceSettings = Annotated[
 
 
 class LoggingSettings(_Section):
-    level: Literal["debug", "info", "warning", "error"] = "info"
+    """The daemon's log (JSON lines on a non-terminal, such as journald)."""
+
+    level: Literal["debug", "info", "warning", "error"] = Field(
+        default="info", description="The lowest level logged."
+    )
 
 
 class TensorBoardSettings(_Section):
     """The one TensorBoard the daemon runs on the mirror root."""
 
-    enabled: bool = True
-    host: str = "127.0.0.1"
-    port: int = Field(default=6006, ge=1, le=65535)
-    path_prefix: str = Field(default="", pattern=r"^(/[A-Za-z0-9._~-]+)*$")
-    reload_interval: int = Field(default=5, ge=1, le=86_400)
-    scalars_samples: int = Field(default=100_000, ge=1, le=1_000_000_000)
-    images_samples: int = Field(default=1000, ge=1, le=1_000_000)  # per run and tag
-    text_samples: int = Field(default=100, ge=1, le=1_000_000)  # run info and table versions
-    extra_args: list[str] = []
-    # the address colleagues open, behind a reverse proxy (https://dash.example.org/tensorboard/)
-    public_url: str | None = None
+    enabled: bool = Field(default=True, description="Run the supervised TensorBoard.")
+    host: str = Field(default="127.0.0.1", description="The address it listens on (IPv4).")
+    port: int = Field(default=6006, ge=1, le=65535, description="The port it listens on.")
+    path_prefix: str = Field(
+        default="",
+        pattern=r"^(/[A-Za-z0-9._~-]+)*$",
+        description="URL path prefix, e.g. `/tensorboard` behind a reverse proxy.",
+    )
+    reload_interval: int = Field(
+        default=5, ge=1, le=86_400, description="Seconds between TensorBoard's reloads."
+    )
+    scalars_samples: int = Field(
+        default=100_000, ge=1, le=1_000_000_000, description="Points kept per scalar series."
+    )
+    images_samples: int = Field(
+        default=1000,
+        ge=1,
+        le=1_000_000,
+        description="Images kept per run and tag (TensorBoard's own default is 10); each is "
+        "held in memory.",
+    )
+    text_samples: int = Field(
+        default=100,
+        ge=1,
+        le=1_000_000,
+        description="Text records kept per run and tag: versions of the run info and of each "
+        "table.",
+    )
+    extra_args: list[str] = Field(default=[], description="More `tensorboard` arguments.")
+    public_url: str | None = Field(
+        default=None,
+        description="The address colleagues open behind a reverse proxy, e.g. "
+        "`https://dash.example.org/tensorboard/`: its path must be `path_prefix`. Shown in the "
+        "start-up log and `tbmirror status`.",
+    )
 
     @field_validator("host")
     @classmethod
@@ -614,14 +844,21 @@ class TensorBoardSettings(_Section):
 class HealthSettings(_Section):
     """The /healthz and /metrics endpoint."""
 
-    enabled: bool = True
-    host: str = "127.0.0.1"
-    port: int = Field(default=9464, ge=1, le=65535)
-    failure_threshold: int = Field(default=3, ge=1, le=1_000_000)
-    # a source is degraded once no pass of it succeeded for this long (default per source:
-    # max(3 x poll_interval, 15 s)), while a pass runs longer than that, or when every run or
-    # file of its last pass failed
-    stale_after: Duration | None = None
+    enabled: bool = Field(default=True, description="Serve `/healthz` and `/metrics`.")
+    host: str = Field(default="127.0.0.1", description="The address it listens on (IPv4).")
+    port: int = Field(default=9464, ge=1, le=65535, description="The port it listens on.")
+    failure_threshold: int = Field(
+        default=3,
+        ge=1,
+        le=1_000_000,
+        description="Consecutive failed passes before a source counts as unhealthy.",
+    )
+    stale_after: Duration | None = Field(
+        default=None,
+        description="A source is unhealthy once no pass of it succeeded for this long, while a "
+        "pass has run longer than this, or when every run or file of its last pass failed. "
+        "Unset: max(3 x `poll_interval`, 15 s), per source.",
+    )
 
     @field_validator("host")
     @classmethod
@@ -635,11 +872,17 @@ class HealthSettings(_Section):
 class Settings(_Section):
     """The whole configuration file."""
 
-    mirror: MirrorSettings
-    sources: list[SourceSettings] = Field(min_length=1)
-    tensorboard: TensorBoardSettings = TensorBoardSettings()
-    health: HealthSettings = HealthSettings()
-    logging: LoggingSettings = LoggingSettings()
+    mirror: MirrorSettings = Field(description="Where the mirror lives.")
+    sources: list[SourceSettings] = Field(
+        min_length=1, description="What is mirrored: `mlflow` and `uploads` sources."
+    )
+    tensorboard: TensorBoardSettings = Field(
+        default=TensorBoardSettings(), description="The TensorBoard the daemon runs."
+    )
+    health: HealthSettings = Field(
+        default=HealthSettings(), description="The health and metrics endpoint."
+    )
+    logging: LoggingSettings = Field(default=LoggingSettings(), description="The log.")
 
     @model_validator(mode="after")
     def _unique_source_names(self) -> Settings:

@@ -242,7 +242,8 @@ class Daemon:
         successes = [s.last_success for s in statuses.values() if s.last_success]
         last = f"last sync {time.time() - max(successes):.0f} s ago" if successes else "no sync yet"
         failing = sum(1 for s in statuses.values() if s.consecutive_errors)
-        line = f"{len(statuses)} sources, {self.scheduler.runs_mirrored():,} runs, {last}"
+        sources = f"{len(statuses)} source" + "s" * (len(statuses) != 1)
+        line = f"{sources}, {self.scheduler.runs_mirrored():,} runs, {last}"
         return line + (f", {failing} failing" if failing else "")
 
 
