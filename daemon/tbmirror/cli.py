@@ -38,7 +38,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             logs.configure(args.log_level or "warning")  # the banner stays in view
             return demo_command(args)
         try:
-            settings = load_settings(Path(args.config))
+            settings = load_settings(Path(args.config), offline=getattr(args, "offline", False))
         except TbmirrorError:
             raise
         except Exception as error:  # a bug, but a config problem is one line: never a traceback
@@ -66,15 +66,21 @@ def _parser() -> argparse.ArgumentParser:
     def command(
         name: str, handler: Callable[..., int], help: str, config: bool = True
     ) -> argparse.ArgumentParser:
-        sub = commands.add_parser(name, help=help, description=help)
+        sub = commands.add_parser(name, help=help, description=help, formatter_class=_DefaultsShown)
         sub.set_defaults(command=handler)
-        sub.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+        sub.add_argument(
+            "--log-level",
+            choices=["debug", "info", "warning", "error"],
+            help="how much is logged to stderr (default: "
+            + ("warning, so the banner stays in view)" if not config else "the config's "
+               "logging.level; JSON lines unless stderr is a terminal)"),
+        )  # fmt: skip
         if not config:
             return sub
         sub.add_argument(
             "--config",
             default=os.environ.get("TBMIRROR_CONFIG", DEFAULT_CONFIG),
-            help=f"YAML config file (default: $TBMIRROR_CONFIG or {DEFAULT_CONFIG})",
+            help=f"YAML config file (default: $TBMIRROR_CONFIG, else {DEFAULT_CONFIG})",
         )
         return sub
 
@@ -84,7 +90,20 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="re-check every series of every run, not only those that look changed",
     )
-    command("check", check_command, "Validate the config and probe each source.")
+    check = command(
+        "check",
+        check_command,
+        "Tell what in the config will not work, one line each: the file, mirror.root and "
+        "mirror.state writable, TensorBoard's and the health endpoint's ports free, every "
+        "source reachable and every experiment found. Exits 1 if anything fails, 78 if the "
+        "file is invalid.",
+    )
+    check.add_argument(
+        "--offline",
+        action="store_true",
+        help="check the file alone (schema, values, paths against each other): nothing is "
+        "contacted, no secret file read, nothing on the disk looked at (for CI)",
+    )
     command("run", run_command, "Run the daemon: poll, mirror, serve TensorBoard (systemd).")
     prune = command(
         "prune", prune_command, "Remove what no configured source or experiment owns any more."
@@ -96,10 +115,21 @@ def _parser() -> argparse.ArgumentParser:
         "demo", demo_command, "Mirror a throw-away local MLflow server (needs the demo extra).",
         config=False,
     )  # fmt: skip
-    demo.add_argument("--dir", type=Path, default=Path("tbmirror-demo"), help="demo folder")
+    demo.add_argument(
+        "--dir", type=Path, default="tbmirror-demo", help="demo folder (kept and reused)"
+    )
     demo.add_argument("--port", type=int, default=6006, help="TensorBoard port")
     demo.add_argument("--health-port", type=int, default=9464, help="/healthz and /metrics port")
     return parser
+
+
+class _DefaultsShown(argparse.ArgumentDefaultsHelpFormatter):
+    """Each option's default in its help, unless it has none (a flag) or the help says it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default in (None, False) or "default" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
 
 
 def sync_command(settings: Settings, args: argparse.Namespace) -> int:
@@ -169,10 +199,10 @@ def _local_time(timestamp: float | None) -> str:
 
 
 def check_command(settings: Settings, args: argparse.Namespace) -> int:
-    results = app.check_sources(settings)
-    for result in results:
-        print(f"{'ok  ' if result.ok else 'FAIL'}  {result.source}: {result.text}")
-    return 0 if all(result.ok for result in results) else 1
+    findings = app.check(settings, args.config, args.offline)
+    for finding in findings:
+        print(f"{'ok  ' if finding.ok else 'FAIL'}  {finding.subject}: {finding.text}")
+    return 0 if all(finding.ok for finding in findings) else 1
 
 
 def _summary(report: PassReport) -> str:

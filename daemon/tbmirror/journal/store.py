@@ -88,6 +88,11 @@ _TAIL_COLUMNS = [f.name for f in fields(TailRecord)]
 _STATUS_COLUMNS = [f.name for f in fields(SourceStatus)]
 
 
+def lock_path(state_path: Path) -> Path:
+    """The lock file that says which process uses the store at `state_path`."""
+    return state_path.with_name(state_path.name + ".lock")
+
+
 class Store:
     """One SQLite database (WAL, synchronous=FULL), used by one process (a lock file says so).
 
@@ -106,7 +111,7 @@ class Store:
                 self.path = path
                 return
             path.parent.mkdir(parents=True, exist_ok=True)
-            self._lock = PidLock(path.with_name(path.name + ".lock"), f"the state store {path}")
+            self._lock = PidLock(lock_path(path), f"the state store {path}")
             self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
