@@ -183,6 +183,7 @@ def _mlflow(settings: MlflowSourceSettings) -> list[Finding]:
         f"{url} (auth {auth}, artifacts {artifacts}, {len(visible)} experiments visible): "
         f"experiments {listed or 'none'}"
     )
+    missing.sort(key=settings.experiments.index)  # in the file's order
     return [Finding(name, True, text), *(_missing(name, m, visible) for m in missing)]
 
 
