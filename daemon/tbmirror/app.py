@@ -26,7 +26,7 @@ from tbmirror.engine.base import Engine, PassReport, Progress
 from tbmirror.engine.mlflow.engine import MlflowEngine
 from tbmirror.engine.uploads import UploadEngine
 from tbmirror.errors import TbmirrorError
-from tbmirror.journal import Journal, read_only, read_summary, recover
+from tbmirror.journal import Journal, Totals, read_only, read_summary, recover
 from tbmirror.mirror.layout import MirrorLayout
 from tbmirror.model import SourceStatus
 from tbmirror.pruning import Unowned, find_unowned
@@ -131,13 +131,15 @@ def status_rows(settings: Settings) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     for source in settings.sources:
         status = statuses.get(source.name) or SourceStatus(source.name)
-        experiments = [(d, r, p) for s, d, r, p in totals if s == source.name] or [("-", 0, 0)]
-        for directory, runs, points in experiments:
+        experiments = [t for t in totals if t.source == source.name]
+        for total in experiments or [Totals(source.name, "-", 0, 0, 0, 0)]:
             rows.append({
                 "source": source.name,
-                "experiment": directory.split("/", 1)[-1],
-                "runs": runs,
-                "points": points,
+                "experiment": total.dir.split("/", 1)[-1],
+                "runs": total.runs,
+                "points": total.points,
+                "images": total.images,
+                "tables": total.tables,
                 "last_sync": status.last_success,
                 "lag_seconds": round(now - status.last_success, 1) if status.last_success else None,
                 "consecutive_errors": status.consecutive_errors,
@@ -149,7 +151,8 @@ def status_rows(settings: Settings) -> list[dict[str, Any]]:
         for unowned in find_unowned(settings, store):
             rows.append({
                 "source": unowned.source, "experiment": unowned.dir.split("/", 1)[-1],
-                "runs": len(unowned.runs), "points": None, "last_sync": None,
+                "runs": len(unowned.runs), "points": None, "images": None, "tables": None,
+                "last_sync": None,
                 "lag_seconds": None, "consecutive_errors": 0, "last_error": None,
                 "failed_runs": 0, "prune": f"{unowned.why}: tbmirror prune removes it",
             })  # fmt: skip

@@ -84,7 +84,12 @@ def _parser() -> argparse.ArgumentParser:
         )
         return sub
 
-    sync = command("sync", sync_command, "One full incremental pass over every source, then exit.")
+    sync = command(
+        "sync",
+        sync_command,
+        "One full incremental pass over every source, then exit. Prints a line per source: "
+        "runs listed and written, metric points, images and tables written.",
+    )
     sync.add_argument(
         "--reconcile",
         action="store_true",
@@ -109,7 +114,13 @@ def _parser() -> argparse.ArgumentParser:
         "prune", prune_command, "Remove what no configured source or experiment owns any more."
     )
     prune.add_argument("--dry-run", action="store_true", help="only list what would be removed")
-    status = command("status", status_command, "Show what is mirrored, from the state store.")
+    status = command(
+        "status",
+        status_command,
+        "Show what is mirrored, from the state store: per experiment its runs, metric points, "
+        "images and tables, the last sync, its lag (seconds since the last successful pass) and "
+        "errors.",
+    )
     status.add_argument("--json", action="store_true", help="machine-readable output")
     demo = command(
         "demo", demo_command, "Mirror a throw-away local MLflow server (needs the demo extra).",
@@ -174,7 +185,8 @@ def status_command(settings: Settings, args: argparse.Namespace) -> int:
         print(json.dumps(rows, indent=2))
         return 0
     table = Table()
-    columns = ("source", "experiment", "runs", "points", "last sync", "lag", "failed", "errors")
+    columns = ("source", "experiment", "runs", "points", "images", "tables", "last sync", "lag",
+               "failed", "errors")  # fmt: skip
     for column in columns:
         table.add_column(column, overflow="fold")  # names wrap on a narrow terminal, not cut
     for row in rows:
@@ -182,7 +194,7 @@ def status_command(settings: Settings, args: argparse.Namespace) -> int:
             row["source"],
             row["experiment"],
             f"{row['runs']:,}",
-            f"{row['points']:,}" if row["points"] is not None else "-",
+            *(f"{row[k]:,}" if row[k] is not None else "-" for k in ("points", "images", "tables")),
             _local_time(row["last_sync"]),
             f"{row['lag_seconds']:.0f} s" if row["lag_seconds"] is not None else "-",
             f"{row['failed_runs']:,}",
@@ -210,7 +222,10 @@ def _summary(report: PassReport) -> str:
         return f"FAIL  {report.source}: {report.error}"
     text = (
         f"{'ok  ' if report.ok else 'FAIL'}  {report.source}: {report.runs_listed} {report.unit}, "
-        f"{report.runs_written} written, {report.points} points, {report.bytes_written} bytes, "
+        f"{report.runs_written} written, {report.points} points, "
+        + (f"{report.images} images, " if report.images else "")
+        + (f"{report.tables} tables, " if report.tables else "")
+        + f"{report.bytes_written} bytes, "
         + (f"{report.requests} requests, " if report.unit == "runs" else "")
         + f"{report.seconds:.1f} s"
     )

@@ -660,7 +660,6 @@ class Settings(_Section):
                     )
         return self
 
-
     @model_validator(mode="after")
     def _state_outside_subtrees(self, info: ValidationInfo) -> Settings:
         """The state store must not be in a source's subtree `<root>/<name>` (pruning a source
