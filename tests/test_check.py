@@ -27,6 +27,7 @@ from conftest import (
     tbmirror,
     write_config,
 )
+from tbmirror.cli import main
 from tbmirror.processes import free_port
 
 EXAMPLE = REPO / "config" / "tbmirror.example.yaml"
@@ -294,3 +295,19 @@ def test_the_example_config_passes_offline_and_fails_only_on_its_tracking_server
     assert code == 1
     assert failed(lines) and all(line.startswith("FAIL  team: ") for line in failed(lines)), lines
     assert len([line for line in lines if line.startswith("ok    ")]) == 5, lines
+
+
+@pytest.mark.parametrize("command", ["sync", "check", "run", "status", "prune", "demo"])
+def test_every_commands_help_shows_its_defaults(
+    command: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main([command, "--help"])
+    assert exited.value.code == 0
+    shown = " ".join(capsys.readouterr().out.split())  # as one line: argparse wraps it
+    assert "--log-level {debug,info,warning,error} how much is logged to stderr (default: " in shown
+    if command == "demo":
+        for default in ("(default: tbmirror-demo)", "(default: 6006)", "(default: 9464)"):
+            assert default in shown, shown
+    else:
+        assert "(default: $TBMIRROR_CONFIG, else /etc/tbmirror/config.yaml)" in shown, shown

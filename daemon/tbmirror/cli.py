@@ -64,9 +64,12 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(required=True, metavar="COMMAND")
 
     def command(
-        name: str, handler: Callable[..., int], help: str, config: bool = True
+        name: str, handler: Callable[..., int], help: str, config: bool = True, more: str = ""
     ) -> argparse.ArgumentParser:
-        sub = commands.add_parser(name, help=help, description=help, formatter_class=_DefaultsShown)
+        """A subcommand: `help` in the list of commands, with `more` in its own --help."""
+        sub = commands.add_parser(
+            name, help=help, description=f"{help} {more}".strip(), formatter_class=_DefaultsShown
+        )
         sub.set_defaults(command=handler)
         sub.add_argument(
             "--log-level",
@@ -87,8 +90,9 @@ def _parser() -> argparse.ArgumentParser:
     sync = command(
         "sync",
         sync_command,
-        "One full incremental pass over every source, then exit. Prints a line per source: "
-        "runs listed and written, metric points, images and tables written.",
+        "One full incremental pass over every source, then exit.",
+        more="Prints a line per source: runs listed and written, metric points, images and "
+        "tables written.",
     )
     sync.add_argument(
         "--reconcile",
@@ -98,10 +102,10 @@ def _parser() -> argparse.ArgumentParser:
     check = command(
         "check",
         check_command,
-        "Tell what in the config will not work, one line each: the file, mirror.root and "
-        "mirror.state writable, TensorBoard's and the health endpoint's ports free, every "
-        "source reachable and every experiment found. Exits 1 if anything fails, 78 if the "
-        "file is invalid.",
+        "Tell what in the config will not work (--offline: the file alone).",
+        more="One line each: the file, mirror.root and mirror.state writable, TensorBoard's and "
+        "the health endpoint's ports free, every source reachable and every experiment found. "
+        "Exits 1 if anything fails, 78 if the file is invalid.",
     )
     check.add_argument(
         "--offline",
@@ -117,9 +121,9 @@ def _parser() -> argparse.ArgumentParser:
     status = command(
         "status",
         status_command,
-        "Show what is mirrored, from the state store: per experiment its runs, metric points, "
-        "images and tables, the last sync, its lag (seconds since the last successful pass) and "
-        "errors.",
+        "Show what is mirrored, from the state store.",
+        more="Per experiment: its runs, metric points, images and tables, the last successful "
+        "sync, the lag (seconds since then) and errors.",
     )
     status.add_argument("--json", action="store_true", help="machine-readable output")
     demo = command(
