@@ -160,7 +160,12 @@ def sync_command(settings: Settings, args: argparse.Namespace) -> int:
 def demo_command(args: argparse.Namespace) -> int:
     from tbmirror.demo import run_demo
 
-    return run_demo(args.dir, args.port, args.health_port)
+    code = run_demo(args.dir, args.port, args.health_port)
+    # Everything the demo started has stopped: exit now, not after the seconds the interpreter
+    # takes to tear down mlflow, scikit-learn and matplotlib.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def run_command(settings: Settings, args: argparse.Namespace) -> int:

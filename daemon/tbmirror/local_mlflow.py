@@ -6,7 +6,10 @@ interpreter (the `demo` and `test` extras install it).
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
+import socket
 import subprocess
 import sys
 import time
@@ -17,7 +20,7 @@ from types import TracebackType
 import httpx
 
 from tbmirror.errors import TbmirrorError
-from tbmirror.processes import free_port, stop_process_group
+from tbmirror.processes import free_port
 
 STOP_GRACE_SECONDS = 2.0
 
@@ -77,10 +80,27 @@ class LocalMlflowServer:
         raise TbmirrorError(f"mlflow server did not answer within {timeout:.0f} s")
 
     def stop(self, grace: float = STOP_GRACE_SECONDS) -> None:
-        """End the server's whole process group: SIGTERM, then SIGKILL after `grace` s (its
-        workers end within a second; the `mlflow server` parent lingers seconds after them)."""
-        if self.process is not None:
-            stop_process_group(self.process, grace)
+        """End the server's whole process group: SIGTERM, then SIGKILL once the server no longer
+        listens (it has shut down: its `mlflow server` parent would linger seconds more for
+        nothing) or after `grace` s."""
+        process = self.process
+        if process is None or process.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline and process.poll() is None and self._listening():
+            time.sleep(0.05)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+    def _listening(self) -> bool:
+        try:
+            socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
+        except OSError:
+            return False
+        return True
 
     def __enter__(self) -> LocalMlflowServer:
         try:
