@@ -88,24 +88,26 @@ def _existing(path: Path) -> Path:
     return path
 
 
-def _writable_directory(path: Path) -> str | None:
-    """Why files cannot be made in the directory `path` (None: they can)."""
+def _directory_problem(path: Path) -> str | None:
+    """Why files could not be made in the directory `path`, made with its parents where
+    missing (None: they could)."""
+    existing = _existing(path)
+    if not existing.is_dir():
+        return f"{existing} is not a directory"
     try:
-        os.rmdir(tempfile.mkdtemp(prefix=".tbmirror-check-", dir=path))
+        os.rmdir(tempfile.mkdtemp(prefix=".tbmirror-check-", dir=existing))
     except OSError as error:
-        return f"cannot write in {path}: {error.strerror or error}"
+        return f"cannot write in {existing}: {error.strerror or error}"
     return None
 
 
 def _directory(key: str, path: Path) -> Finding:
     """A directory tbmirror writes in (created at start with its parents if missing)."""
     path = Path(os.path.abspath(path))
-    existing = _existing(path)
-    if not existing.is_dir():
-        return Finding(key, False, f"{path}: {existing} is not a directory")
-    problem = _writable_directory(existing)
+    problem = _directory_problem(path)
     if problem:
         return Finding(key, False, f"{path}: {problem}")
+    existing = _existing(path)
     made = "" if existing == path else f" (created at start, in {existing})"
     return Finding(key, True, f"{path}: writable{made}")
 
@@ -114,16 +116,17 @@ def _state(path: Path, daemon: str | None) -> Finding:
     """The state store: a file that can be opened for writing, in a directory that can be
     written (SQLite keeps its journal and our lock beside it)."""
     path = Path(os.path.abspath(path))
+    problem = _directory_problem(path.parent)
     if os.path.lexists(path):
         if not path.is_file():
-            return Finding("mirror.state", False, f"{path}: not a regular file")
-        try:
-            os.close(os.open(path, os.O_RDWR | os.O_CLOEXEC))
-        except OSError as error:
-            return Finding("mirror.state", False, f"{path}: cannot write it: {error.strerror}")
-    found = _directory("mirror.state", path.parent)
-    if not found.ok:
-        return Finding("mirror.state", False, f"{path}: {found.text.split(': ', 1)[1]}")
+            problem = "not a regular file"
+        else:
+            try:
+                os.close(os.open(path, os.O_RDWR | os.O_CLOEXEC))
+            except OSError as error:
+                problem = f"cannot write it: {error.strerror}"
+    if problem:
+        return Finding("mirror.state", False, f"{path}: {problem}")
     how = "writable" if path.exists() else "can be created"
     used = f"; in use by tbmirror pid {daemon}" if daemon else ""
     return Finding("mirror.state", True, f"{path}: {how}{used}")

@@ -20,7 +20,7 @@ from types import TracebackType
 import httpx
 
 from tbmirror.errors import TbmirrorError
-from tbmirror.processes import free_port
+from tbmirror.processes import free_port, sigint_deferred
 
 STOP_GRACE_SECONDS = 2.0
 
@@ -59,7 +59,7 @@ class LocalMlflowServer:
             "--workers", "1",
             *self.extra_args,
         ]  # fmt: skip
-        with self.log_path.open("ab") as log:
+        with self.log_path.open("ab") as log, sigint_deferred():
             self.process = subprocess.Popen(
                 command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=self.env
             )
