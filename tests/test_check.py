@@ -212,6 +212,8 @@ def test_a_taken_port_fails_unless_this_configs_own_daemon_holds_it(
     assert f"ok    health: {health.removeprefix('http://')}: in use by this config's own " \
         f"tbmirror (pid {pid})" in lines, lines  # fmt: skip
     assert not any(line.startswith("ok    tensorboard") for line in lines), lines
+    state = tmp_path / "state.db"
+    assert f"ok    mirror.state: {state}: writable; in use by tbmirror pid {pid}" in lines, lines
     assert daemon.stop() == 0
 
 
