@@ -6,7 +6,10 @@ interpreter (the `demo` and `test` extras install it).
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
+import socket
 import subprocess
 import sys
 import time
@@ -17,11 +20,14 @@ from types import TracebackType
 import httpx
 
 from tbmirror.errors import TbmirrorError
-from tbmirror.processes import free_port, stop_process_group
+from tbmirror.processes import free_port, sigint_deferred
+
+STOP_GRACE_SECONDS = 2.0
 
 
 class LocalMlflowServer:
-    """`mlflow server` with its sqlite store and artifacts under `directory`.
+    """`mlflow server` with its sqlite store and artifacts under `directory`, without MLflow's
+    job runner (tbmirror runs no MLflow jobs; it is eight more processes).
 
     The server runs in its own process group; `stop` ends the whole group.
     """
@@ -35,7 +41,7 @@ class LocalMlflowServer:
     ) -> None:
         self.directory = directory
         self.extra_args = list(extra_args)
-        self.env = {**os.environ, **(env or {})}
+        self.env = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **os.environ, **(env or {})}
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = directory / f"mlflow-server-{self.port}.log"
@@ -53,7 +59,7 @@ class LocalMlflowServer:
             "--workers", "1",
             *self.extra_args,
         ]  # fmt: skip
-        with self.log_path.open("ab") as log:
+        with self.log_path.open("ab") as log, sigint_deferred():
             self.process = subprocess.Popen(
                 command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=self.env
             )
@@ -73,13 +79,35 @@ class LocalMlflowServer:
         self.stop()
         raise TbmirrorError(f"mlflow server did not answer within {timeout:.0f} s")
 
-    def stop(self, grace: float = 10) -> None:
-        """End the server's whole process group."""
-        if self.process is not None:
-            stop_process_group(self.process, grace)
+    def stop(self, grace: float = STOP_GRACE_SECONDS) -> None:
+        """End the server's whole process group: SIGTERM, then SIGKILL once the server no longer
+        listens (it has shut down: its `mlflow server` parent would linger seconds more for
+        nothing) or after `grace` s."""
+        process = self.process
+        if process is None or process.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline and process.poll() is None and self._listening():
+            time.sleep(0.05)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+    def _listening(self) -> bool:
+        try:
+            socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
+        except OSError:
+            return False
+        return True
 
     def __enter__(self) -> LocalMlflowServer:
-        return self.start()
+        try:
+            return self.start()
+        except BaseException:  # Ctrl-C while it starts: nothing is left running
+            self.stop()
+            raise
 
     def __exit__(
         self,

@@ -6,6 +6,9 @@ import os
 import signal
 import socket
 import subprocess
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 
@@ -28,3 +31,21 @@ def stop_process_group(process: subprocess.Popen[Any], grace: float = 10) -> Non
         process.wait(grace)
     except ProcessLookupError:
         pass
+
+
+@contextmanager
+def sigint_deferred() -> Iterator[None]:
+    """Hold Ctrl-C (SIGINT) back until the block ends, then act on it as before: a child
+    process started in the block is always known to whoever must stop it. (Only the main
+    thread receives signals in Python: elsewhere this does nothing.)"""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if caught and callable(previous):
+        previous(signal.SIGINT, None)
