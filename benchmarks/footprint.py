@@ -198,6 +198,7 @@ def main() -> None:
             work, server.url, EXPERIMENT,
             source={"artifacts": {"enabled": args.artifacts}},
             tensorboard={"port": free_port()}, health={"port": free_port()},
+            logging={"level": "debug"},  # every pass's source_synced, idle ones too
         )  # fmt: skip
         backfill = None if args.keep_mirror else run_sync(config)
         log_path = work / "daemon.log"

@@ -29,7 +29,7 @@ from tbmirror.errors import ConfigError, TbmirrorError
 from tbmirror.journal import recover
 from tbmirror.service.config_watch import ConfigWatcher
 from tbmirror.service.health import HealthReport, HealthServer
-from tbmirror.service.metrics import DaemonMetrics
+from tbmirror.service.metrics import DaemonMetrics, SourceState, TensorBoardState
 from tbmirror.service.scheduler import SourceScheduler
 from tbmirror.service.systemd import Notifier
 from tbmirror.service.tensorboard import TensorBoardSupervisor
@@ -59,6 +59,7 @@ class Daemon:
         self.notifier = Notifier()
         self.tensorboard: TensorBoardSupervisor | None = None
         self._health: HealthServer | None = None
+        self._report: HealthReport | None = None
         # made now: it compares with the content of the file as it is while settings are fresh
         self._config_watch = ConfigWatcher(config_path) if config_path else None
 
@@ -76,11 +77,7 @@ class Daemon:
         signal.signal(signal.SIGHUP, self._request_reload)
         journal = open_journal(self.settings)
         try:
-            self.metrics = DaemonMetrics(
-                lambda: {n: s.last_success for n, s in self.scheduler.statuses().items()},
-                lambda: self.tensorboard.restarts if self.tensorboard else 0,
-                lambda: bool(self.tensorboard and self.tensorboard.up),
-            )
+            self.metrics = DaemonMetrics(self._source_states, self._tensorboard_state)
             journal.add_fault_listener(self.metrics.write_failed)
             self.journal = journal
             self.scheduler = SourceScheduler(journal, self.metrics, self.stop_event)
@@ -145,6 +142,7 @@ class Daemon:
             settings, self.scheduler.views, self.journal.faults, self._tensorboard_health,
             last_tick=lambda: self._last_tick,
         )  # fmt: skip
+        self._report = report
         try:
             self._health = HealthServer(settings, report, self.metrics)
         except OSError as error:
@@ -154,6 +152,26 @@ class Daemon:
             ) from None
         self._health.start()
         log.info("health_listening", url=f"http://{settings.host}:{settings.port}/healthz")
+
+    def _source_states(self) -> dict[str, SourceState]:
+        """Each source as /metrics shows it: /healthz's verdict and the threshold it applies."""
+        verdicts = self._report.build()[1]["sources"] if self._report else {}
+        health = self.settings.health
+        return {
+            name: SourceState(
+                view.status.last_success,
+                health.stale_after_for(view.poll_interval),
+                not verdicts.get(name, {}).get("healthy", True),
+            )
+            for name, view in self.scheduler.views().items()
+        }
+
+    def _tensorboard_state(self) -> TensorBoardState | None:
+        """None when TensorBoard is disabled; down (not absent) when it failed to start."""
+        if not self.settings.tensorboard.enabled:
+            return None
+        board = self.tensorboard
+        return TensorBoardState(bool(board and board.up), board.restarts if board else 0)
 
     def _tensorboard_health(self) -> dict[str, Any] | None:
         if self.tensorboard is None:

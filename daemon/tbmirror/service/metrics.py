@@ -1,16 +1,47 @@
-"""Prometheus metrics of the daemon (prometheus-client, one registry per daemon)."""
+"""Prometheus metrics of the daemon (prometheus-client, one registry per daemon).
+
+Names follow Prometheus conventions (the unit last, `_total` on counters) and every one is
+documented in docs/operations/monitoring.md; the alert rules (deploy/prometheus/rules.yml) and
+the Grafana dashboard use only these. Counters are fed by each pass; the rest is read at scrape
+time from callables the daemon passes in.
+"""
 
 from __future__ import annotations
 
 import contextlib
-import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    ProcessCollector,
+    disable_created_metrics,
+)
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from tbmirror import __version__
 from tbmirror.engine.base import PassReport
+
+
+@dataclass(frozen=True)
+class SourceState:
+    """What the scrape reports of one scheduled source."""
+
+    last_success: float | None  # Unix time of its last successful pass (None: never)
+    stale_after: float  # seconds without a success after which /healthz calls it degraded
+    degraded: bool  # what /healthz says of it now
+
+
+@dataclass(frozen=True)
+class TensorBoardState:
+    """What the scrape reports of the supervised TensorBoard (None when it is disabled)."""
+
+    up: bool
+    restarts: int
 
 
 class DaemonMetrics:
@@ -18,11 +49,12 @@ class DaemonMetrics:
 
     def __init__(
         self,
-        last_success: Callable[[], dict[str, float | None]],
-        tensorboard_restarts: Callable[[], int],
-        tensorboard_up: Callable[[], bool],
+        sources: Callable[[], dict[str, SourceState]],
+        tensorboard: Callable[[], TensorBoardState | None],
     ) -> None:
+        disable_created_metrics()  # no `_created` gauge beside each counter (process-wide)
         self.registry = CollectorRegistry()
+        ProcessCollector(registry=self.registry)  # process_start_time_seconds, memory, CPU, fds
         labels = ["source"]
         self.polls = Counter(
             "tbmirror_polls", "Passes over a source", labels, registry=self.registry
@@ -31,13 +63,14 @@ class DaemonMetrics:
             "tbmirror_poll_errors", "Passes that failed", labels, registry=self.registry
         )
         self.run_errors = Counter(
-            "tbmirror_run_errors", "Runs that failed to sync", labels, registry=self.registry
-        )
+            "tbmirror_run_errors", "Runs (or files) that failed to sync", labels,
+            registry=self.registry,
+        )  # fmt: skip
         self.points = Counter(
             "tbmirror_points_written", "Metric points written", labels, registry=self.registry
         )
         self.bytes = Counter(
-            "tbmirror_bytes_written", "Bytes appended to events files", labels,
+            "tbmirror_written_bytes", "Bytes appended to events files", labels,
             registry=self.registry,
         )  # fmt: skip
         self.requests = Counter(
@@ -53,13 +86,16 @@ class DaemonMetrics:
             buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300),
             registry=self.registry,
         )  # fmt: skip
-        self.registry.register(_Live(last_success, tensorboard_restarts, tensorboard_up))
+        info = Gauge("tbmirror_build_info", "Always 1; the version in a label", ["version"],
+                     registry=self.registry)  # fmt: skip
+        info.labels(__version__).set(1)
+        self._failure_labels: set[tuple[str, str]] = set()
+        self.registry.register(_Live(sources, tensorboard))
 
     def record(self, report: PassReport, runs_mirrored: int) -> None:
         source = report.source
         self.polls.labels(source).inc()
-        if report.error:
-            self.errors.labels(source).inc()
+        self.errors.labels(source).inc(1 if report.error else 0)
         self.run_errors.labels(source).inc(len(report.failed_runs))
         self.points.labels(source).inc(report.points)
         self.bytes.labels(source).inc(report.bytes_written)
@@ -69,6 +105,7 @@ class DaemonMetrics:
 
     def write_failed(self, source: str, cause: str) -> None:
         self.write_failures.labels(source, cause).inc()
+        self._failure_labels.add((source, cause))
 
     def forget(self, source: str) -> None:
         """Drop a removed source's series."""
@@ -76,30 +113,44 @@ class DaemonMetrics:
                        self.requests, self.runs, self.duration):  # fmt: skip
             with contextlib.suppress(KeyError):
                 metric.remove(source)
+        for labels in [pair for pair in self._failure_labels if pair[0] == source]:
+            self.write_failures.remove(*labels)
+            self._failure_labels.discard(labels)
 
 
 class _Live(Collector):
     def __init__(
         self,
-        last_success: Callable[[], dict[str, float | None]],
-        restarts: Callable[[], int],
-        up: Callable[[], bool],
+        sources: Callable[[], dict[str, SourceState]],
+        tensorboard: Callable[[], TensorBoardState | None],
     ) -> None:
-        self._last_success, self._restarts, self._up = last_success, restarts, up
+        self._sources, self._tensorboard = sources, tensorboard
 
     def collect(self) -> Iterator[Metric]:
-        lag = GaugeMetricFamily(
-            "tbmirror_source_lag_seconds",
-            "Seconds since the last successful pass (NaN before the first)",
-            labels=["source"],
+        labels = ["source"]
+        success = GaugeMetricFamily(
+            "tbmirror_source_last_success_timestamp_seconds",
+            "Unix time of the source's last successful pass (0: none yet)",
+            labels=labels,
         )
-        now = time.time()
-        for source, success in sorted(self._last_success().items()):
-            lag.add_metric([source], now - success if success else float("nan"))
-        yield lag
-        yield CounterMetricFamily(
-            "tbmirror_tensorboard_restarts", "TensorBoard restarts", value=self._restarts()
+        stale = GaugeMetricFamily(
+            "tbmirror_source_stale_after_seconds",
+            "Seconds without a successful pass after which the source is degraded",
+            labels=labels,
         )
-        yield GaugeMetricFamily(
-            "tbmirror_tensorboard_up", "1 while TensorBoard answers", value=int(self._up())
+        degraded = GaugeMetricFamily(
+            "tbmirror_source_degraded", "1 while /healthz calls the source degraded", labels=labels
         )
+        for source, state in sorted(self._sources().items()):
+            success.add_metric([source], state.last_success or 0.0)
+            stale.add_metric([source], state.stale_after)
+            degraded.add_metric([source], int(state.degraded))
+        yield from (success, stale, degraded)
+        tensorboard = self._tensorboard()
+        if tensorboard is not None:
+            yield CounterMetricFamily(
+                "tbmirror_tensorboard_restarts", "TensorBoard restarts", value=tensorboard.restarts
+            )
+            yield GaugeMetricFamily(
+                "tbmirror_tensorboard_up", "1 while TensorBoard answers", value=int(tensorboard.up)
+            )
