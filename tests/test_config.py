@@ -118,6 +118,45 @@ def test_errors_name_the_key_path(change: tuple[str, str], message: str) -> None
     assert f"my.yaml: {message}" in str(raised.value)
 
 
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (("poll_interval:", "pol_interval:"), "sources[0].pol_interval: unknown key (did you "
+         "mean 'poll_interval'?)"),
+        (("  root:", "  roots:"), "mirror.roots: unknown key (did you mean 'root'?)"),
+        (("sources:", "tensorbaord: {port: 1}\nsources:"), "tensorbaord: unknown key (did you "
+         "mean 'tensorboard'?)"),
+        (("poll_interval: 10s", "auth: {type: bearer, tokn: x}"), "sources[0].auth.tokn: "
+         "unknown key (did you mean 'token'?)"),
+        (("poll_interval: 10s", "artifacts: {max_image: 3}"), "sources[0].artifacts.max_image: "
+         "unknown key (did you mean 'max_images'?)"),
+        (("  state: /tmp/x/state.db", "  state: /tmp/x/state.db\n  colour: red"),
+         "mirror.colour: unknown key\n"),
+    ],
+)  # fmt: skip
+def test_an_unknown_key_names_the_known_key_most_like_it(
+    change: tuple[str, str], message: str
+) -> None:
+    text = GOOD.replace(*change)
+    assert text != GOOD
+    with pytest.raises(ConfigError) as raised:
+        parse_settings(text, origin="my.yaml")
+    assert f"my.yaml: {message}" in str(raised.value) + "\n"
+
+
+def test_offline_compares_paths_as_written(tmp_path: Path) -> None:
+    """A symbolic link on this machine does not decide for a file made for another one."""
+    (tmp_path / "link").symlink_to(tmp_path / "elsewhere")
+    text = f"""
+mirror: {{root: {tmp_path}/link/logs, state: /tmp/x/s.db, archive: {tmp_path}/elsewhere/logs/a}}
+sources:
+  - {{name: team, type: mlflow, tracking_uri: "http://127.0.0.1:5000", experiments: [a]}}
+"""
+    assert parse_settings(text, offline=True).mirror.archive == tmp_path / "elsewhere/logs/a"
+    with pytest.raises(ConfigError, match="must not contain each other"):
+        parse_settings(text)  # here the link is followed: the archive is inside the root
+
+
 def test_duplicate_source_names_are_refused() -> None:
     text = GOOD + GOOD.split("sources:\n")[1]
     with pytest.raises(ConfigError, match="the name 'team' is used twice"):

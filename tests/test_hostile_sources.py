@@ -765,16 +765,19 @@ def test_a_fault_of_one_run_counts_as_a_run_error_and_the_source_stays_healthy(
 # -- rule 10: clear operator messages ---------------------------------------------------------
 
 
-def test_check_and_sync_name_the_url_and_say_they_are_retrying(
+def test_sync_names_the_url_and_says_it_is_retrying_and_check_does_not_retry(
     proxy: HostileProxy, source: ProxiedSource
 ) -> None:
     proxy.set("reset")
     config = str(source.write(timeout="2s", max_retries=2))
-    for command in ("check", "sync"):
-        result = tbmirror(command, "--config", config, timeout=60)
-        assert result.returncode == 1, output_of(result)
-        assert proxy.url in result.stderr, f"{command} must name the URL it tries: {result.stderr}"
-        assert "retrying" in result.stderr.lower(), f"{command} must say it retries"
+    result = tbmirror("sync", "--config", config, timeout=60)
+    assert result.returncode == 1, output_of(result)
+    assert proxy.url in result.stderr, f"sync must name the URL it tries: {result.stderr}"
+    assert "retrying" in result.stderr.lower(), "sync must say it retries"
+    result = tbmirror("check", "--config", config, timeout=60)
+    assert result.returncode == 1, output_of(result)
+    assert f"FAIL  {source.name}: {proxy.url}: " in result.stdout, output_of(result)
+    assert "retrying" not in result.stderr.lower(), "check tells at once: no retries"
 
 
 def test_a_failed_pass_is_logged_as_source_failed(

@@ -17,6 +17,7 @@ from conftest import (
     wait_until,
     write_config,
 )
+from tbmirror.processes import free_port
 
 
 def test_child_runs_in_another_experiment_nest_under_their_parent(
@@ -93,8 +94,11 @@ def test_all_experiments_follow_experiment_renames(
         run_id = client.create_run(experiment_id, run_name="r").info.run_id
         client.log_batch(run_id, metrics=[Metric("m", 2.0, 1_700_000_000_000, 0)])
         config = write_config(
-            tmp_path / "c.yaml", tensorboard.logdir, [mlflow_source(source_name, server.url, ["*"])]
-        )
+            tmp_path / "c.yaml",
+            tensorboard.logdir,
+            [mlflow_source(source_name, server.url, ["*"])],
+            tensorboard={"port": free_port()}, health={"port": free_port()},  # (check: not 6006)
+        )  # fmt: skip
         assert tbmirror("sync", "--config", str(config)).returncode == 0
         wait_until(lambda: tb_run(source_name, "before", "r") in tensorboard.runs(), 30, "the run")
         client.rename_experiment(experiment_id, "after")
@@ -132,9 +136,8 @@ def test_check_reports_each_source(
     assert good and good[0].startswith(
         f"ok    good: {mlflow_server.url} (auth none, artifacts mlflow, "
     )
-    assert good[0].endswith(
-        f"experiments visible): experiments {experiment_name}; not found: missing-one"
-    )
+    assert good[0].endswith(f"experiments visible): experiments {experiment_name}")
+    assert "FAIL  good: experiment 'missing-one' not found (or deleted)" in result.stdout
     assert (
         "FAIL  down: http://127.0.0.1:9: GET /api/2.0/mlflow/experiments/get-by-name: "
         "cannot connect" in result.stdout

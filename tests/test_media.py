@@ -83,7 +83,16 @@ def logged_images(client: Any, run_id: str) -> dict[str, bytes]:
     return found
 
 
+def counted(config: Path) -> tuple[int, int, int]:
+    """(points, images, tables) of the one experiment `tbmirror status --json` shows."""
+    result = tbmirror("status", "--config", str(config), "--json")
+    assert result.returncode == 0, result.stderr
+    [row] = json.loads(result.stdout)
+    return row["points"], row["images"], row["tables"]
+
+
 def test_images_figures_and_tables_arrive_once_each_and_only_new_ones_are_fetched(
+    tmp_path: Path,
     mlflow_server: MlflowServer,
     tensorboard: TensorBoard,
     proxy: HostileProxy,
@@ -110,7 +119,10 @@ def test_images_figures_and_tables_arrive_once_each_and_only_new_ones_are_fetche
     client.log_table(run_id, {"alpha": [0.1, 0.2], "mse": [3.5, 2.25]}, "eval.json")
     run = tb_run(source_name, experiment_name, "trainer")
 
-    sync([experiment_name])
+    [synced] = [e for e in sync([experiment_name]) if e.get("event") == "source_synced"]
+    # Metric points, images (series' steps and figures) and tables counted apart, as in status.
+    assert (synced["points"], synced["images"], synced["tables"]) == (1, 5, 1), synced
+    assert counted(tmp_path / "tbmirror.yaml") == (1, 5, 1)
     wait_until(lambda: len(tensorboard.image_tags(run)) == 3, 30, "three image tags")
     assert tensorboard.image_tags(run) == ["nostep", "plots/curve.png", "pred/one two"]
     stored = logged_images(client, run_id)
@@ -148,6 +160,7 @@ def test_images_figures_and_tables_arrive_once_each_and_only_new_ones_are_fetche
     )
     assert [v["step"] for v in versions] == [0, 1]
     assert "<td>1.5</td>" in versions[1]["text"] and "<td>2.25</td>" in versions[1]["text"]
+    assert counted(tmp_path / "tbmirror.yaml") == (1, 6, 1)  # the table once, in its 2nd version
 
 
 def test_bad_media_are_skipped_once_runs_keep_their_other_data_and_leave_with_their_images(

@@ -8,33 +8,29 @@ from __future__ import annotations
 
 import threading
 import time
-from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
 from typing import Any
 
 import structlog
 
-from tbmirror import pruning
+from tbmirror import checks, pruning
+from tbmirror.checks import Finding
 from tbmirror.config import (
     MlflowSourceSettings,
     Settings,
     SourceSettings,
-    UploadsSourceSettings,
     without_userinfo,
 )
 from tbmirror.engine.base import Engine, PassReport, Progress
 from tbmirror.engine.mlflow.engine import MlflowEngine
-from tbmirror.engine.mlflow.selection import Selection
 from tbmirror.engine.uploads import UploadEngine
 from tbmirror.errors import TbmirrorError
-from tbmirror.journal import Journal, read_only, read_summary, recover
+from tbmirror.journal import Journal, Totals, read_only, read_summary, recover
 from tbmirror.mirror.layout import MirrorLayout
 from tbmirror.model import SourceStatus
 from tbmirror.pruning import Unowned, find_unowned
 from tbmirror.sources.mlflow import MlflowSource
-from tbmirror.sources.uploads import UploadTree
 
 log = structlog.get_logger(__name__)
 
@@ -100,70 +96,10 @@ def _location(settings: SourceSettings) -> str:
     return str(settings.path)
 
 
-@dataclass(frozen=True)
-class CheckResult:
-    source: str
-    ok: bool
-    text: str
-
-
-def check_sources(settings: Settings) -> list[CheckResult]:
-    """Probe every source without writing anything (`tbmirror check`)."""
-    return [
-        _check_uploads(source)
-        if isinstance(source, UploadsSourceSettings)
-        else _check_mlflow(source)
-        for source in settings.sources
-    ]
-
-
-def _check_mlflow(settings: MlflowSourceSettings) -> CheckResult:
-    source = MlflowSource.from_settings(settings)
-    auth = settings.auth.type if settings.auth else "none"
-    url = _location(settings)
-    try:
-        experiments, missing = source.experiments()
-        visible = len(source.client.experiments())
-        matched = _selected_per_experiment(source) if settings.selective else {}
-    except TbmirrorError as error:
-        return CheckResult(settings.name, False, f"{url}: {error}")
-    finally:
-        source.close()
-    names = ", ".join(
-        sorted(
-            e.name + (f" ({matched.get(e.experiment_id, 0)} runs selected)" if matched else "")
-            for e in experiments.values()
-        )
-    )
-    artifacts = settings.artifact_store if settings.artifacts.enabled else "off"
-    text = (
-        f"{url} (auth {auth}, artifacts {artifacts}, {visible} experiments visible): "
-        f"experiments {names or 'none'}"
-    )
-    if missing:
-        text += f"; not found: {', '.join(missing)}"
-    return CheckResult(settings.name, True, text)
-
-
-def _selected_per_experiment(source: MlflowSource) -> dict[str, int]:
-    """How many runs (children included) of each experiment the selection takes now."""
-    listing = source.list_runs()
-    selected = Selection(source.settings, time.time).apply(listing.runs, True, ())
-    return Counter(run.experiment_id for run in selected.runs if not run.deleted)
-
-
-def _check_uploads(settings: UploadsSourceSettings) -> CheckResult:
-    """An upload directory: there and readable, and what it holds to mirror."""
-    if not settings.path.is_dir():
-        return CheckResult(settings.name, False, f"upload directory {settings.path} does not exist")
-    problems: list[str] = []
-    tree = UploadTree(settings)
-    kinds = Counter(f.kind for f in tree.scan(problem=lambda r, m: problems.append(f"{r}: {m}")))
-    found = ", ".join(f"{n} {kind}" for kind, n in sorted(kinds.items())) or "no files to mirror"
-    text = f"{settings.path} ({settings.observer} observer): {found}"
-    if problems:
-        text += f"; {len(problems)} skipped: {'; '.join(problems[:3])}"
-    return CheckResult(settings.name, True, text)
+def check(settings: Settings, origin: str, offline: bool) -> list[Finding]:
+    """What in the config will not work (`tbmirror check`; see checks.py): `offline`, the file
+    alone (nothing contacted, no disk looked at)."""
+    return checks.offline(settings, origin) if offline else checks.online(settings, origin)
 
 
 def prune(settings: Settings, dry_run: bool) -> list[tuple[Unowned, str | None]]:
@@ -195,13 +131,15 @@ def status_rows(settings: Settings) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     for source in settings.sources:
         status = statuses.get(source.name) or SourceStatus(source.name)
-        experiments = [(d, r, p) for s, d, r, p in totals if s == source.name] or [("-", 0, 0)]
-        for directory, runs, points in experiments:
+        experiments = [t for t in totals if t.source == source.name]
+        for total in experiments or [Totals(source.name, "-", 0, 0, 0, 0)]:
             rows.append({
                 "source": source.name,
-                "experiment": directory.split("/", 1)[-1],
-                "runs": runs,
-                "points": points,
+                "experiment": total.dir.split("/", 1)[-1],
+                "runs": total.runs,
+                "points": total.points,
+                "images": total.images,
+                "tables": total.tables,
                 "last_sync": status.last_success,
                 "lag_seconds": round(now - status.last_success, 1) if status.last_success else None,
                 "consecutive_errors": status.consecutive_errors,
@@ -213,7 +151,8 @@ def status_rows(settings: Settings) -> list[dict[str, Any]]:
         for unowned in find_unowned(settings, store):
             rows.append({
                 "source": unowned.source, "experiment": unowned.dir.split("/", 1)[-1],
-                "runs": len(unowned.runs), "points": None, "last_sync": None,
+                "runs": len(unowned.runs), "points": None, "images": None, "tables": None,
+                "last_sync": None,
                 "lag_seconds": None, "consecutive_errors": 0, "last_error": None,
                 "failed_runs": 0, "prune": f"{unowned.why}: tbmirror prune removes it",
             })  # fmt: skip

@@ -38,7 +38,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             logs.configure(args.log_level or "warning")  # the banner stays in view
             return demo_command(args)
         try:
-            settings = load_settings(Path(args.config))
+            settings = load_settings(Path(args.config), offline=getattr(args, "offline", False))
         except TbmirrorError:
             raise
         except Exception as error:  # a bug, but a config problem is one line: never a traceback
@@ -64,42 +64,87 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(required=True, metavar="COMMAND")
 
     def command(
-        name: str, handler: Callable[..., int], help: str, config: bool = True
+        name: str, handler: Callable[..., int], help: str, config: bool = True, more: str = ""
     ) -> argparse.ArgumentParser:
-        sub = commands.add_parser(name, help=help, description=help)
+        """A subcommand: `help` in the list of commands, with `more` in its own --help."""
+        sub = commands.add_parser(
+            name, help=help, description=f"{help} {more}".strip(), formatter_class=_DefaultsShown
+        )
         sub.set_defaults(command=handler)
-        sub.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+        sub.add_argument(
+            "--log-level",
+            choices=["debug", "info", "warning", "error"],
+            help="how much is logged to stderr (default: "
+            + ("warning, so the banner stays in view)" if not config else "the config's "
+               "logging.level; JSON lines unless stderr is a terminal)"),
+        )  # fmt: skip
         if not config:
             return sub
         sub.add_argument(
             "--config",
             default=os.environ.get("TBMIRROR_CONFIG", DEFAULT_CONFIG),
-            help=f"YAML config file (default: $TBMIRROR_CONFIG or {DEFAULT_CONFIG})",
+            help=f"YAML config file (default: $TBMIRROR_CONFIG, else {DEFAULT_CONFIG})",
         )
         return sub
 
-    sync = command("sync", sync_command, "One full incremental pass over every source, then exit.")
+    sync = command(
+        "sync",
+        sync_command,
+        "One full incremental pass over every source, then exit.",
+        more="Prints a line per source: runs listed and written, metric points, images and "
+        "tables written.",
+    )
     sync.add_argument(
         "--reconcile",
         action="store_true",
         help="re-check every series of every run, not only those that look changed",
     )
-    command("check", check_command, "Validate the config and probe each source.")
+    check = command(
+        "check",
+        check_command,
+        "Tell what in the config will not work (--offline: the file alone).",
+        more="One line each: the file, mirror.root and mirror.state writable, TensorBoard's and "
+        "the health endpoint's ports free, every source reachable and every experiment found. "
+        "Exits 1 if anything fails, 78 if the file is invalid.",
+    )
+    check.add_argument(
+        "--offline",
+        action="store_true",
+        help="check the file alone (schema, values, paths against each other): nothing is "
+        "contacted, no secret file read, nothing on the disk looked at (for CI)",
+    )
     command("run", run_command, "Run the daemon: poll, mirror, serve TensorBoard (systemd).")
     prune = command(
         "prune", prune_command, "Remove what no configured source or experiment owns any more."
     )
     prune.add_argument("--dry-run", action="store_true", help="only list what would be removed")
-    status = command("status", status_command, "Show what is mirrored, from the state store.")
+    status = command(
+        "status",
+        status_command,
+        "Show what is mirrored, from the state store.",
+        more="Per experiment: its runs, metric points, images and tables, the last successful "
+        "sync, the lag (seconds since then) and errors.",
+    )
     status.add_argument("--json", action="store_true", help="machine-readable output")
     demo = command(
         "demo", demo_command, "Mirror a throw-away local MLflow server (needs the demo extra).",
         config=False,
     )  # fmt: skip
-    demo.add_argument("--dir", type=Path, default=Path("tbmirror-demo"), help="demo folder")
+    demo.add_argument(
+        "--dir", type=Path, default="tbmirror-demo", help="demo folder (kept and reused)"
+    )
     demo.add_argument("--port", type=int, default=6006, help="TensorBoard port")
     demo.add_argument("--health-port", type=int, default=9464, help="/healthz and /metrics port")
     return parser
+
+
+class _DefaultsShown(argparse.ArgumentDefaultsHelpFormatter):
+    """Each option's default in its help, unless it has none (a flag) or the help says it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default in (None, False) or "default" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
 
 
 def sync_command(settings: Settings, args: argparse.Namespace) -> int:
@@ -144,7 +189,8 @@ def status_command(settings: Settings, args: argparse.Namespace) -> int:
         print(json.dumps(rows, indent=2))
         return 0
     table = Table()
-    columns = ("source", "experiment", "runs", "points", "last sync", "lag", "failed", "errors")
+    columns = ("source", "experiment", "runs", "points", "images", "tables", "last sync", "lag",
+               "failed", "errors")  # fmt: skip
     for column in columns:
         table.add_column(column, overflow="fold")  # names wrap on a narrow terminal, not cut
     for row in rows:
@@ -152,7 +198,7 @@ def status_command(settings: Settings, args: argparse.Namespace) -> int:
             row["source"],
             row["experiment"],
             f"{row['runs']:,}",
-            f"{row['points']:,}" if row["points"] is not None else "-",
+            *(f"{row[k]:,}" if row[k] is not None else "-" for k in ("points", "images", "tables")),
             _local_time(row["last_sync"]),
             f"{row['lag_seconds']:.0f} s" if row["lag_seconds"] is not None else "-",
             f"{row['failed_runs']:,}",
@@ -169,10 +215,10 @@ def _local_time(timestamp: float | None) -> str:
 
 
 def check_command(settings: Settings, args: argparse.Namespace) -> int:
-    results = app.check_sources(settings)
-    for result in results:
-        print(f"{'ok  ' if result.ok else 'FAIL'}  {result.source}: {result.text}")
-    return 0 if all(result.ok for result in results) else 1
+    findings = app.check(settings, args.config, args.offline)
+    for finding in findings:
+        print(f"{'ok  ' if finding.ok else 'FAIL'}  {finding.subject}: {finding.text}")
+    return 0 if all(finding.ok for finding in findings) else 1
 
 
 def _summary(report: PassReport) -> str:
@@ -180,7 +226,10 @@ def _summary(report: PassReport) -> str:
         return f"FAIL  {report.source}: {report.error}"
     text = (
         f"{'ok  ' if report.ok else 'FAIL'}  {report.source}: {report.runs_listed} {report.unit}, "
-        f"{report.runs_written} written, {report.points} points, {report.bytes_written} bytes, "
+        f"{report.runs_written} written, {report.points} points, "
+        + (f"{report.images} images, " if report.images else "")
+        + (f"{report.tables} tables, " if report.tables else "")
+        + f"{report.bytes_written} bytes, "
         + (f"{report.requests} requests, " if report.unit == "runs" else "")
         + f"{report.seconds:.1f} s"
     )

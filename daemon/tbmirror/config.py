@@ -12,6 +12,7 @@ cannot use. No error message shows a secret, a line of the file or a URL's user:
 
 from __future__ import annotations
 
+import difflib
 import errno
 import fnmatch
 import ipaddress
@@ -146,6 +147,17 @@ SourceName = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")]
 RunStatus = Literal["RUNNING", "SCHEDULED", "FINISHED", "FAILED", "KILLED"]
 
 
+def _offline(info: ValidationInfo) -> bool:
+    """Whether the file is checked alone (`check --offline`): paths compared as written, never
+    looked up on this machine's disk."""
+    return bool(info.context and info.context.get("offline"))
+
+
+def _absolute(path: Path | str, offline: bool) -> str:
+    """`path` made absolute, with symbolic links resolved unless `offline` (then as written)."""
+    return os.path.abspath(path) if offline else os.path.realpath(path)
+
+
 def _device_of(path: Path) -> int | None:
     """The device of `path`, or of its nearest existing ancestor (None if none can be read)."""
     for candidate in (path, *path.parents):
@@ -194,9 +206,12 @@ class MirrorSettings(_Section):
         file system (runs move in and out by rename)."""
         if value is None or "root" not in info.data:
             return value
-        root, archive = os.path.realpath(info.data["root"]), os.path.realpath(value)
+        offline = _offline(info)
+        root, archive = _absolute(info.data["root"], offline), _absolute(value, offline)
         if os.path.commonpath([root, archive]) in (root, archive):
             raise ValueError(f"{archive} and mirror.root {root} must not contain each other")
+        if offline:  # the file systems are the machine's, not the file's
+            return value
         devices = {_device_of(Path(root)), _device_of(Path(archive))}
         if None not in devices and len(devices) > 1:
             raise ValueError(f"{archive} must be on the file system of mirror.root {root}")
@@ -219,6 +234,15 @@ class _SecretSource(_Section):
                 raise ValueError("expected a secret, not an empty value")
             if any(character in secret for character in "\r\n\0"):
                 raise ValueError("expected one line (no CR, LF or NUL)")
+        return value
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _absolute_file(cls, value: Any) -> Any:
+        """A secret file is named by an absolute path: the daemon's working directory is not
+        the operator's."""
+        if isinstance(value, Path) and not value.is_absolute():
+            raise ValueError("expected an absolute path")
         return value
 
     def secret(self, field: str) -> str:
@@ -623,17 +647,32 @@ class Settings(_Section):
         return self
 
     @model_validator(mode="after")
-    def _uploads_apart_from_mirror(self) -> Settings:
+    def _uploads_apart_from_mirror(self, info: ValidationInfo) -> Settings:
         """An upload directory and the mirror root must not contain each other (a loop)."""
-        root = os.path.realpath(self.mirror.root)
+        root = _absolute(self.mirror.root, _offline(info))
         for index, source in enumerate(self.sources):
             if isinstance(source, UploadsSourceSettings):
-                path = os.path.realpath(source.path)
+                path = _absolute(source.path, _offline(info))
                 if os.path.commonpath([root, path]) in (root, path):
                     raise ValueError(
                         f"sources[{index}].path: {path} and mirror.root {root} must not "
                         "contain each other"
                     )
+        return self
+
+    @model_validator(mode="after")
+    def _state_outside_subtrees(self, info: ValidationInfo) -> Settings:
+        """The state store must not be in a source's subtree `<root>/<name>` (pruning a source
+        removes its subtree)."""
+        root = Path(_absolute(self.mirror.root, _offline(info)))
+        state = Path(_absolute(self.mirror.state, _offline(info)))
+        for source in self.sources:
+            subtree = root / source.name
+            if state == subtree or subtree in state.parents:
+                raise ValueError(
+                    f"mirror.state: {state} is inside {subtree}, which tbmirror owns and may "
+                    "remove: keep the state store beside the root, or directly in it"
+                )
         return self
 
 
@@ -642,8 +681,9 @@ def without_userinfo(url: str) -> str:
     return re.sub(r"//[^/@]*@", "//", url)
 
 
-def load_settings(path: Path) -> Settings:
-    """Read, interpolate `${ENV_VAR}` references in, and validate the YAML file at `path`."""
+def load_settings(path: Path, offline: bool = False) -> Settings:
+    """Read, interpolate `${ENV_VAR}` references in, and validate the YAML file at `path`;
+    `offline`: looking nothing else up on this machine's disk (see parse_settings)."""
     try:
         data = path.read_bytes()
     except OSError as error:
@@ -653,11 +693,13 @@ def load_settings(path: Path) -> Settings:
     except UnicodeDecodeError as error:
         line = data.count(b"\n", 0, error.start) + 1
         raise ConfigError(f"{path}: line {line}: not UTF-8 text") from None
-    return parse_settings(text, origin=str(path))
+    return parse_settings(text, origin=str(path), offline=offline)
 
 
-def parse_settings(text: str, origin: str = "<config>") -> Settings:
-    """Validate YAML `text`; `origin` names it in errors."""
+def parse_settings(text: str, origin: str = "<config>", offline: bool = False) -> Settings:
+    """Validate YAML `text`; `origin` names it in errors. `offline`: paths are compared as
+    written (no symbolic link resolved, no file system looked at), for checking a file made
+    for another machine."""
     try:
         document = yaml.load(text, Loader=_Loader)  # a SafeLoader
     except yaml.YAMLError as error:
@@ -668,7 +710,7 @@ def parse_settings(text: str, origin: str = "<config>") -> Settings:
         raise ConfigError(f"{origin}: expected a mapping with 'mirror' and 'sources' at the top")
     document = _interpolate(document, (), origin)
     try:
-        settings = Settings.model_validate(document)
+        settings = Settings.model_validate(document, context={"offline": offline})
     except ValidationError as error:
         raise ConfigError(_describe(error, origin)) from None
     problems = [
@@ -820,6 +862,39 @@ def _without_union_tags(location: tuple[str | int, ...]) -> tuple[str | int, ...
     return tuple(kept)
 
 
+def _sections_in(annotation: Any) -> list[type[BaseModel]]:
+    """The sections an annotation may hold (through Annotated, unions, lists and None)."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    return [section for inner in get_args(annotation) for section in _sections_in(inner)]
+
+
+def _union_tags_of(section: type[BaseModel]) -> tuple[Any, ...]:
+    return get_args(section.model_fields["type"].annotation)
+
+
+def _did_you_mean(location: tuple[str | int, ...]) -> str:
+    """For an unknown key at pydantic's `location`: " (did you mean 'x'?)" naming the known key
+    of that section most like it, or "" if none is."""
+    sections: list[type[BaseModel]] = [Settings]
+    for part in location[:-1]:
+        if isinstance(part, int):
+            continue
+        tagged = [s for s in sections if "type" in s.model_fields and part in _union_tags_of(s)]
+        if tagged:  # a union member named by its tag (sources[0].mlflow)
+            sections = tagged
+            continue
+        sections = [
+            inner
+            for section in sections
+            if part in section.model_fields
+            for inner in _sections_in(section.model_fields[part].annotation)
+        ]
+    known = sorted({name for section in sections for name in section.model_fields})
+    close = difflib.get_close_matches(str(location[-1]), known, n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
 def _describe(error: ValidationError, origin: str) -> str:
     lines = []
     for item in error.errors():
@@ -827,7 +902,7 @@ def _describe(error: ValidationError, origin: str) -> str:
         message = item["msg"].removeprefix("Value error, ")
         context = item.get("ctx") or {}
         if item["type"] == "extra_forbidden":
-            message = "unknown key"
+            message = "unknown key" + _did_you_mean(item["loc"])
         elif item["type"] in ("missing", "union_tag_not_found"):
             message = "required key is missing"
         if item["type"] in ("union_tag_invalid", "union_tag_not_found"):

@@ -30,6 +30,7 @@ log = structlog.get_logger(__name__)
 SWEEP_EXPERIMENT = "tensorboard-demo"
 TRAINING_EXPERIMENT = "training-loop"
 PLOT_EVERY = 5  # steps of the live run between two prediction plots
+TRAINER_JOIN_SECONDS = 2.0  # a request of the training loop under way when Ctrl-C came
 
 
 def run_demo(directory: Path, port: int, health_port: int) -> int:
@@ -45,37 +46,57 @@ def run_demo(directory: Path, port: int, health_port: int) -> int:
     os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
     logging.getLogger("mlflow").setLevel(logging.WARNING)  # the banner stays in view
     print(f"Starting MLflow and TensorBoard in {directory} ...", flush=True)
-    with LocalMlflowServer(directory / "mlflow") as server:
-        log_sweep(server.url)
-        stop = threading.Event()
-        trainer = threading.Thread(target=train, args=(server.url, stop), daemon=True)
-        trainer.start()
-        settings = Settings.model_validate(
-            {
-                "mirror": {"root": directory / "logs", "state": directory / "state.db"},
-                "sources": [
-                    {
-                        "name": "demo",
-                        "type": "mlflow",
-                        "tracking_uri": server.url,
-                        "experiments": [SWEEP_EXPERIMENT, TRAINING_EXPERIMENT],
-                        "poll_interval": 2,
-                    }
-                ],
-                "tensorboard": {"port": port, "reload_interval": 1},
-                "health": {"port": health_port},
-            }
-        )
+    server = LocalMlflowServer(directory / "mlflow")
+    try:
+        server.start()
+        return _mirror(server, directory, port, health_port)
+    except KeyboardInterrupt:  # Ctrl-C before the daemon took it over
+        _say_stopping()
+        return 130
+    finally:
+        server.stop()
 
-        def ready(daemon: Daemon) -> None:
-            assert daemon.tensorboard is not None
-            print(banner(server.url, daemon.tensorboard.url, health_port, directory), flush=True)
 
-        try:
-            return Daemon(settings, on_ready=ready).run()
-        finally:
-            stop.set()
-            trainer.join(timeout=10)
+def _mirror(server: LocalMlflowServer, directory: Path, port: int, health_port: int) -> int:
+    """Log the sweep, start the training loop and run the daemon on the server until Ctrl-C."""
+    log_sweep(server.url)
+    stop = threading.Event()
+    trainer = threading.Thread(target=train, args=(server.url, stop), daemon=True)
+    trainer.start()
+    settings = Settings.model_validate(
+        {
+            "mirror": {"root": directory / "logs", "state": directory / "state.db"},
+            "sources": [
+                {
+                    "name": "demo",
+                    "type": "mlflow",
+                    "tracking_uri": server.url,
+                    "experiments": [SWEEP_EXPERIMENT, TRAINING_EXPERIMENT],
+                    "poll_interval": 2,
+                }
+            ],
+            "tensorboard": {"port": port, "reload_interval": 1},
+            "health": {"port": health_port},
+        }
+    )
+
+    def ready(daemon: Daemon) -> None:
+        assert daemon.tensorboard is not None
+        print(banner(server.url, daemon.tensorboard.url, health_port, directory), flush=True)
+
+    def stopping() -> None:
+        _say_stopping()
+        stop.set()  # the training loop ends with the daemon
+
+    try:
+        return Daemon(settings, on_ready=ready, on_stopping=stopping).run()
+    finally:
+        stop.set()
+        trainer.join(timeout=TRAINER_JOIN_SECONDS)  # it marks its run FINISHED, or gives up
+
+
+def _say_stopping() -> None:
+    print("stopping...", flush=True)
 
 
 def banner(mlflow_url: str, tensorboard_url: str, health_port: int, directory: Path) -> str:

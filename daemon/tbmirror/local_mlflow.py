@@ -19,9 +19,12 @@ import httpx
 from tbmirror.errors import TbmirrorError
 from tbmirror.processes import free_port, stop_process_group
 
+STOP_GRACE_SECONDS = 2.0
+
 
 class LocalMlflowServer:
-    """`mlflow server` with its sqlite store and artifacts under `directory`.
+    """`mlflow server` with its sqlite store and artifacts under `directory`, without MLflow's
+    job runner (tbmirror runs no MLflow jobs; it is eight more processes).
 
     The server runs in its own process group; `stop` ends the whole group.
     """
@@ -35,7 +38,7 @@ class LocalMlflowServer:
     ) -> None:
         self.directory = directory
         self.extra_args = list(extra_args)
-        self.env = {**os.environ, **(env or {})}
+        self.env = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **os.environ, **(env or {})}
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = directory / f"mlflow-server-{self.port}.log"
@@ -73,13 +76,18 @@ class LocalMlflowServer:
         self.stop()
         raise TbmirrorError(f"mlflow server did not answer within {timeout:.0f} s")
 
-    def stop(self, grace: float = 10) -> None:
-        """End the server's whole process group."""
+    def stop(self, grace: float = STOP_GRACE_SECONDS) -> None:
+        """End the server's whole process group: SIGTERM, then SIGKILL after `grace` s (its
+        workers end within a second; the `mlflow server` parent lingers seconds after them)."""
         if self.process is not None:
             stop_process_group(self.process, grace)
 
     def __enter__(self) -> LocalMlflowServer:
-        return self.start()
+        try:
+            return self.start()
+        except BaseException:  # Ctrl-C while it starts: nothing is left running
+            self.stop()
+            raise
 
     def __exit__(
         self,

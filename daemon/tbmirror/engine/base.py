@@ -19,7 +19,9 @@ Progress = Callable[[int, int], None]  # (done, total so far: a listing may stil
 class PassReport:
     """What one pass did; `error` is set when the source itself (or writing) failed.
 
-    For an uploads source, "runs" are the files (`unit`) found, written and failed (by path).
+    `points` are metric points (and the records of tailed tfevents files); `images` (image
+    series' steps and figures) and `tables` (versions of a table) are counted apart. For an
+    uploads source, "runs" are the files (`unit`) found, written and failed (by path).
     """
 
     source: str
@@ -30,6 +32,8 @@ class PassReport:
     runs_removed: int = 0
     runs_retired: int = 0  # left the selection (MLflow sources with `filter`, `max_runs`, ...)
     points: int = 0
+    images: int = 0
+    tables: int = 0
     bytes_written: int = 0
     requests: int = 0
     history_series: int = 0

@@ -9,7 +9,7 @@ from pathlib import Path
 from tbmirror.journal.faults import Fault, WriteFault
 from tbmirror.journal.journal import Batch, BatchStream, Journal
 from tbmirror.journal.recovery import RecoveryReport, recover
-from tbmirror.journal.store import Store
+from tbmirror.journal.store import Store, Totals
 from tbmirror.model import SourceStatus
 
 __all__ = [
@@ -19,6 +19,7 @@ __all__ = [
     "Journal",
     "RecoveryReport",
     "Store",
+    "Totals",
     "WriteFault",
     "read_only",
     "read_summary",
@@ -38,7 +39,7 @@ def read_only(state_path: Path) -> Iterator[Store]:
 
 def read_summary(
     state_path: Path,
-) -> tuple[dict[str, SourceStatus], list[tuple[str, str, int, int]]]:
+) -> tuple[dict[str, SourceStatus], list[Totals]]:
     """(status by source, totals) from a store, read-only: see Store.totals."""
     with read_only(state_path) as store:
         return store.source_status(), store.totals()

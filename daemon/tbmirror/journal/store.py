@@ -15,7 +15,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import fields, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from tbmirror.errors import MirrorError
 from tbmirror.journal.locks import PidLock
@@ -88,6 +88,23 @@ _TAIL_COLUMNS = [f.name for f in fields(TailRecord)]
 _STATUS_COLUMNS = [f.name for f in fields(SourceStatus)]
 
 
+class Totals(NamedTuple):
+    """What is mirrored of one experiment: runs, metric points, images (image series' steps
+    and figures) and tables."""
+
+    source: str
+    dir: str
+    runs: int
+    points: int
+    images: int
+    tables: int
+
+
+def lock_path(state_path: Path) -> Path:
+    """The lock file that says which process uses the store at `state_path`."""
+    return state_path.with_name(state_path.name + ".lock")
+
+
 class Store:
     """One SQLite database (WAL, synchronous=FULL), used by one process (a lock file says so).
 
@@ -106,7 +123,7 @@ class Store:
                 self.path = path
                 return
             path.parent.mkdir(parents=True, exist_ok=True)
-            self._lock = PidLock(path.with_name(path.name + ".lock"), f"the state store {path}")
+            self._lock = PidLock(lock_path(path), f"the state store {path}")
             self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
@@ -378,22 +395,28 @@ class Store:
             values,
         )
 
-    def totals(self) -> list[tuple[str, str, int, int]]:
-        """(source, experiment dir, runs, points) for every mirrored experiment, and
-        (source, TAILED_FILES, files, points) for each source with tailed files."""
+    def totals(self) -> list[Totals]:
+        """The totals of every mirrored experiment, and of each source's tailed files (as
+        experiment TAILED_FILES: files as runs, their records or lines as points)."""
+        in_experiment = "r.source = e.source AND substr(r.dir, 1, length(e.dir) + 1) = e.dir || '/'"
+        media = (
+            "(SELECT count(*) FROM media m JOIN runs r ON m.source = r.source "
+            f"AND m.run_id = r.run_id WHERE {in_experiment} AND m.step IS NOT NULL "
+            "AND m.kind {}) "
+        )
         rows = self._query(
             "SELECT e.source, e.dir, "
             "(SELECT count(*) FROM runs r WHERE r.source = e.source "
             "   AND (r.dir = e.dir OR substr(r.dir, 1, length(e.dir) + 1) = e.dir || '/')), "
             "(SELECT coalesce(sum(s.count), 0) FROM series s JOIN runs r "
-            "   ON s.source = r.source AND s.run_id = r.run_id WHERE r.source = e.source "
-            "   AND substr(r.dir, 1, length(e.dir) + 1) = e.dir || '/') "
-            "FROM experiments e "
-            "UNION ALL SELECT source, ?, count(mirror_file), sum(points) FROM tails "
+            f"   ON s.source = r.source AND s.run_id = r.run_id WHERE {in_experiment}), "
+            + media.format("IN ('image', 'figure')") + ", " + media.format("= 'table'")
+            + "FROM experiments e "
+            "UNION ALL SELECT source, ?, count(mirror_file), sum(points), 0, 0 FROM tails "
             "GROUP BY source ORDER BY 1, 2",
             (TAILED_FILES,),
-        )
-        return [(row[0], row[1], int(row[2]), int(row[3])) for row in rows]
+        )  # fmt: skip
+        return [Totals(row[0], row[1], *(int(value) for value in row[2:])) for row in rows]
 
 
 def _run_from_row(row: tuple[object, ...]) -> RunRecord:

@@ -49,10 +49,14 @@ class Daemon:
         settings: Settings,
         config_path: Path | None = None,
         on_ready: Callable[[Daemon], None] | None = None,
+        on_stopping: Callable[[], None] | None = None,
     ) -> None:
+        """`on_ready` is called once everything runs, `on_stopping` once a stop is asked for
+        (before the passes and TensorBoard are stopped)."""
         self.settings = settings
         self.config_path = config_path
         self.on_ready = on_ready
+        self.on_stopping = on_stopping
         self.stop_event = threading.Event()
         self._reload_requested = False
         self._last_tick = time.monotonic()  # the main loop's heartbeat, for /livez
@@ -94,6 +98,8 @@ class Daemon:
         finally:
             self.notifier.notify(STOPPING="1")
             log.info("daemon_stopping")
+            if self.on_stopping:
+                self.on_stopping()
             if self._config_watch:
                 self._config_watch.stop()
             ended = True

@@ -253,6 +253,8 @@ def _log_synced(report: PassReport, full: bool) -> None:
         full=full,
         runs=report.runs_listed,
         points=report.points,
+        images=report.images,
+        tables=report.tables,
         bytes=report.bytes_written,
         requests=report.requests,
         failed_runs=len(report.failed_runs),

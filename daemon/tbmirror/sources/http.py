@@ -21,6 +21,7 @@ import email.utils
 import json
 import random
 import re
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -46,10 +47,14 @@ _UNSATISFIED_RANGE = re.compile(r"^bytes \*/(\d+)$")
 class HttpStatusError(SourceError):
     """The server answered with a non-retryable (or persistently retryable) error status."""
 
-    def __init__(self, message: str, status_code: int, error_code: str | None) -> None:
+    def __init__(
+        self, message: str, status_code: int, error_code: str | None, request: str = ""
+    ) -> None:
+        """`request`: the method and endpoint that was answered so (`GET /api/...`)."""
         super().__init__(message)
         self.status_code = status_code
         self.error_code = error_code
+        self.request = request
 
 
 class BadAnswerError(SourceError):
@@ -364,12 +369,27 @@ def _describe(error: httpx.HTTPError) -> str:
     if isinstance(error, httpx.TimeoutException):
         return "no complete answer within the timeout"
     if isinstance(error, httpx.ConnectError):
-        return "cannot connect"
+        return f"cannot connect: {_connect_failure(error)}"
     if isinstance(error, httpx.RemoteProtocolError):
         return "the connection closed without a complete answer"
     if isinstance(error, httpx.LocalProtocolError):
         return "the request could not be sent (a header value with a newline?)"
     return f"{type(error).__name__}"
+
+
+def _connect_failure(error: BaseException) -> str:
+    """Why a connection failed, from the OS error under httpx's: a refused port and a host name
+    that does not resolve said as such."""
+    cause: BaseException | None = error
+    while cause is not None and not isinstance(cause, OSError):
+        cause = cause.__cause__ or cause.__context__
+    if isinstance(cause, socket.gaierror):
+        return "unknown host (the name does not resolve)"
+    if isinstance(cause, ConnectionRefusedError):
+        return "connection refused (nothing listens on that port)"
+    if isinstance(cause, OSError) and cause.strerror:
+        return cause.strerror.lower()
+    return "no connection"
 
 
 def _is_html(answer: Answer, sniff: bool = True) -> bool:
@@ -404,4 +424,5 @@ def _status_error(answer: Answer, method: str, path: str) -> HttpStatusError:
         + (f": {detail}" if detail else ""),
         answer.status_code,
         error_code if isinstance(error_code, str) else None,
+        f"{method} {path}",
     )

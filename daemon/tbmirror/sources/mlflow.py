@@ -209,8 +209,8 @@ class MlflowClient:
         try:
             body = self.rest.get(endpoint, {"experiment_name": name})
         except HttpStatusError as error:
-            if error.error_code == "RESOURCE_DOES_NOT_EXIST" or error.status_code == 404:
-                return None
+            if error.error_code == "RESOURCE_DOES_NOT_EXIST":
+                return None  # a 404 without it is not MLflow's answer: an error
             raise
         return _experiment(parse(ExperimentAnswer, body, endpoint).experiment)
 

@@ -84,7 +84,8 @@ class ArtifactSync:
                     written, size, complete = self.media.sync(
                         records[run_id], self._logged.get(run_id), found, stop
                     )
-                    report.points += written
+                    report.images += written["image"] + written["figure"]
+                    report.tables += written["table"]
                     report.bytes_written += size
                 if stop is not None and stop.is_set():
                     return  # looked at again next pass

@@ -24,6 +24,7 @@ import fnmatch
 import json
 import re
 import threading
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -156,14 +157,16 @@ class MediaSync:
         logged: LoggedMedia | None,
         artifacts: list[Artifact],
         stop: threading.Event | None,
-    ) -> tuple[int, int, bool]:
-        """Write the run's new media, at most PER_PASS of them; returns (media written, bytes
-        written, whether all were). Raises SourceError (a download failed) or WriteFault."""
+    ) -> tuple[Counter[str], int, bool]:
+        """Write the run's new media, at most PER_PASS of them; returns (how many were written
+        of each kind: "image", "figure", "table"; bytes written; whether all were). Raises
+        SourceError (a download failed) or WriteFault."""
         rows = self.journal.media(self.source.name, record.run_id)
         steps = _last_steps(rows.values())
         due = self._due(record, logged or LoggedMedia(False, ()), artifacts, rows)
         items = due[:PER_PASS]  # one run's thousands of images do not hold up the others
-        written = bytes_written = 0
+        written: Counter[str] = Counter()
+        bytes_written = 0
         run = RunRef(record.run_id, record.experiment_id)
         for group in _groups(items):
             if stop is not None and stop.is_set():
@@ -171,7 +174,8 @@ class MediaSync:
             with ThreadPoolExecutor(self.source.settings.concurrency) as pool:
                 downloads = list(pool.map(lambda item: self._download(run, item), group))
             done, size = self._write(record, rows, steps, list(zip(group, downloads, strict=True)))
-            written, bytes_written = written + done, bytes_written + size
+            written.update(done)
+            bytes_written += size
             record = self.placement.records.get(record.run_id, record)
         return written, bytes_written, len(items) == len(due)
 
@@ -242,11 +246,13 @@ class MediaSync:
         rows: dict[str, MediaRecord],
         steps: dict[str, int],
         downloads: list[tuple[_Item, bytes | str]],
-    ) -> tuple[int, int]:
+    ) -> tuple[Counter[str], int]:
         """Encode downloaded media and commit them with their rows in one batch (updating `rows`
-        and `steps`, the last step of each tag); returns (media written, bytes written)."""
+        and `steps`, the last step of each tag); returns (media written of each kind, bytes
+        written)."""
         now = self.clock()
         payloads: list[bytes] = []
+        kinds: Counter[str] = Counter()
         new_rows: list[MediaRecord] = []
         for item, data in downloads:
             last = rows.get(item.artifact.path)
@@ -263,6 +269,7 @@ class MediaSync:
                 else:
                     payloads.append(summaries.image(item.tag, data, wall_time, step))
                 steps[item.tag] = step
+                kinds[item.kind] += 1
                 written_at: int | None = step
                 skipped = False
             except ValueError as error:  # this medium only (BadImageError is a ValueError)
@@ -281,7 +288,7 @@ class MediaSync:
             bytes_written = batch.bytes_written
         if updated is not record:
             self.placement.committed([updated])
-        return len(payloads), bytes_written
+        return kinds, bytes_written
 
 
 def _image_tags(rows: Iterable[MediaRecord], metric_keys: set[str]) -> Callable[[str], str]:

@@ -1,0 +1,219 @@
+"""`tbmirror check`: what in a config will not work, one finding per line.
+
+- Offline (`check --offline`): the file alone. Loading it (offline) validated its schema, its
+  values and its paths' relations to each other; nothing is contacted, no secret file is read and
+  nothing on the disk is looked at.
+- Online (plain `check`): also whether `mirror.root`, `mirror.state` (and `mirror.archive`) can
+  be written, whether TensorBoard's and the health endpoint's ports are free (a port held by this
+  config's own running daemon, which holds the state store's lock, is not a conflict), and what
+  each source answers: every configured experiment name or glob must match, and a refused port,
+  an unknown host or a server that is not MLflow's is said at once (no retries).
+
+Nothing here writes anything that stays: a directory is tested by creating and removing an empty
+folder in it, the state store by opening it for writing without changing it.
+"""
+
+from __future__ import annotations
+
+import difflib
+import errno
+import os
+import socket
+import tempfile
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+from tbmirror.config import (
+    MlflowSourceSettings,
+    Settings,
+    UploadsSourceSettings,
+    without_userinfo,
+)
+from tbmirror.engine.mlflow.selection import Selection
+from tbmirror.errors import TbmirrorError
+from tbmirror.journal.locks import holder
+from tbmirror.journal.store import lock_path
+from tbmirror.sources.http import HttpStatusError
+from tbmirror.sources.mlflow import MlflowSource
+from tbmirror.sources.uploads import UploadTree
+
+NOT_MLFLOW_STATUS = (404, 405, 501)  # without MLflow's error_code: no such endpoint there
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One line of `check`: what it is about (`config`, `mirror.root`, a source's name, ...),
+    whether it will work, and what was found."""
+
+    subject: str
+    ok: bool
+    text: str
+
+
+def offline(settings: Settings, origin: str) -> list[Finding]:
+    """What the file alone tells (it loaded, so its schema, values and paths are valid)."""
+    names = ", ".join(f"{s.name} ({s.type})" for s in settings.sources)
+    count = len(settings.sources)
+    text = f"{origin}: valid; {count} source{'s' if count != 1 else ''}: {names}"
+    return [Finding("config", True, text)]
+
+
+def online(settings: Settings, origin: str) -> list[Finding]:
+    """Everything: the file, the paths, the ports and every source."""
+    mirror = settings.mirror
+    daemon = holder(lock_path(mirror.state))
+    findings = [
+        *offline(settings, origin),
+        _directory("mirror.root", mirror.root),
+        *([_directory("mirror.archive", mirror.archive)] if mirror.archive else []),
+        _state(mirror.state, daemon),
+    ]
+    for subject, section in (("tensorboard", settings.tensorboard), ("health", settings.health)):
+        if section.enabled:
+            findings.append(_port(subject, section.host, section.port, daemon))
+    for source in settings.sources:
+        if isinstance(source, UploadsSourceSettings):
+            findings.append(_uploads(source))
+        else:
+            findings += _mlflow(source)
+    return findings
+
+
+def _existing(path: Path) -> Path:
+    """`path` or its nearest ancestor that exists."""
+    while not os.path.lexists(path) and path != path.parent:
+        path = path.parent
+    return path
+
+
+def _writable_directory(path: Path) -> str | None:
+    """Why files cannot be made in the directory `path` (None: they can)."""
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".tbmirror-check-", dir=path))
+    except OSError as error:
+        return f"cannot write in {path}: {error.strerror or error}"
+    return None
+
+
+def _directory(key: str, path: Path) -> Finding:
+    """A directory tbmirror writes in (created at start with its parents if missing)."""
+    path = Path(os.path.abspath(path))
+    existing = _existing(path)
+    if not existing.is_dir():
+        return Finding(key, False, f"{path}: {existing} is not a directory")
+    problem = _writable_directory(existing)
+    if problem:
+        return Finding(key, False, f"{path}: {problem}")
+    made = "" if existing == path else f" (created at start, in {existing})"
+    return Finding(key, True, f"{path}: writable{made}")
+
+
+def _state(path: Path, daemon: str | None) -> Finding:
+    """The state store: a file that can be opened for writing, in a directory that can be
+    written (SQLite keeps its journal and our lock beside it)."""
+    path = Path(os.path.abspath(path))
+    if os.path.lexists(path):
+        if not path.is_file():
+            return Finding("mirror.state", False, f"{path}: not a regular file")
+        try:
+            os.close(os.open(path, os.O_RDWR | os.O_CLOEXEC))
+        except OSError as error:
+            return Finding("mirror.state", False, f"{path}: cannot write it: {error.strerror}")
+    found = _directory("mirror.state", path.parent)
+    if not found.ok:
+        return Finding("mirror.state", False, f"{path}: {found.text.split(': ', 1)[1]}")
+    how = "writable" if path.exists() else "can be created"
+    used = f"; in use by tbmirror pid {daemon}" if daemon else ""
+    return Finding("mirror.state", True, f"{path}: {how}{used}")
+
+
+def _port(subject: str, host: str, port: int, daemon: str | None) -> Finding:
+    """Whether a server could listen on `host:port` now (as the servers do: SO_REUSEADDR)."""
+    where = f"{host}:{port}"
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except socket.gaierror:
+            return Finding(subject, False, f"{where}: unknown host (the name does not resolve)")
+        except OSError as error:
+            if error.errno != errno.EADDRINUSE:
+                return Finding(subject, False, f"{where}: cannot listen: {error.strerror}")
+            if daemon:
+                text = f"{where}: in use by this config's own tbmirror (pid {daemon})"
+                return Finding(subject, True, text)
+            return Finding(subject, False, f"{where}: already in use by another process")
+    return Finding(subject, True, f"{where}: free")
+
+
+def _mlflow(settings: MlflowSourceSettings) -> list[Finding]:
+    """The server answers as MLflow, and every configured experiment name or glob matches."""
+    name, url = settings.name, without_userinfo(settings.tracking_uri)
+    try:
+        source = MlflowSource.from_settings(settings.model_copy(update={"max_retries": 0}))
+    except TbmirrorError as error:  # a secret file that cannot be read
+        return [Finding(name, False, str(error))]
+    try:
+        experiments, missing = source.experiments()
+        visible = sorted(e.name for e in source.client.experiments())
+        selected = _selected_per_experiment(source) if settings.selective else {}
+    except HttpStatusError as error:
+        if error.status_code in NOT_MLFLOW_STATUS and error.error_code is None:
+            text = (
+                f"{url} answered {error.status_code} for {error.request}: is this an MLflow "
+                "tracking server?"
+            )
+            return [Finding(name, False, text)]
+        return [Finding(name, False, f"{url}: {error}")]
+    except TbmirrorError as error:
+        return [Finding(name, False, f"{url}: {error}")]
+    finally:
+        source.close()
+    listed = ", ".join(
+        sorted(
+            e.name + (f" ({selected.get(e.experiment_id, 0)} runs selected)" if selected else "")
+            for e in experiments.values()
+        )
+    )
+    auth = settings.auth.type if settings.auth else "none"
+    artifacts = settings.artifact_store if settings.artifacts.enabled else "off"
+    text = (
+        f"{url} (auth {auth}, artifacts {artifacts}, {len(visible)} experiments visible): "
+        f"experiments {listed or 'none'}"
+    )
+    missing.sort(key=settings.experiments.index)  # in the file's order
+    return [Finding(name, True, text), *(_missing(name, m, visible) for m in missing)]
+
+
+def _missing(source: str, experiment: str, visible: list[str]) -> Finding:
+    """A configured experiment name or glob that matches no (active) experiment."""
+    if any(character in experiment for character in "*?["):
+        text = f"experiments {experiment!r}: the pattern matches no experiment"
+    else:
+        text = f"experiment {experiment!r} not found (or deleted)"
+    close = difflib.get_close_matches(experiment, visible, n=1, cutoff=0.6)
+    return Finding(source, False, text + (f"; did you mean {close[0]!r}?" if close else ""))
+
+
+def _selected_per_experiment(source: MlflowSource) -> dict[str, int]:
+    """How many runs (children included) of each experiment the selection takes now."""
+    listing = source.list_runs()
+    selected = Selection(source.settings, time.time).apply(listing.runs, True, ())
+    return Counter(run.experiment_id for run in selected.runs if not run.deleted)
+
+
+def _uploads(settings: UploadsSourceSettings) -> Finding:
+    """An upload directory: there and readable, and what it holds to mirror."""
+    if not settings.path.is_dir():
+        text = f"upload directory {settings.path} does not exist"
+        return Finding(settings.name, False, text)
+    problems: list[str] = []
+    tree = UploadTree(settings)
+    kinds = Counter(f.kind for f in tree.scan(problem=lambda r, m: problems.append(f"{r}: {m}")))
+    found = ", ".join(f"{n} {kind}" for kind, n in sorted(kinds.items())) or "no files to mirror"
+    text = f"{settings.path} ({settings.observer} observer): {found}"
+    if problems:
+        text += f"; {len(problems)} skipped: {'; '.join(problems[:3])}"
+    return Finding(settings.name, True, text)
