@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import re
 import socket
 from pathlib import Path
 
@@ -41,9 +42,8 @@ class PidLock:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            written = os.pread(fd, HOLDER_BYTES, 0).decode(errors="replace")
+            holder = _written_holder(fd) or "unknown holder"
             os.close(fd)
-            holder = "".join(c for c in written.strip() if c.isprintable()) or "unknown holder"
             raise MirrorError(
                 f"{what} is in use by another tbmirror process ({holder}); "
                 "each source of a mirror root can be mirrored by one process only"
@@ -104,8 +104,15 @@ def holder(path: Path) -> str | None:
     try:
         fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
     except BlockingIOError:
-        written = os.pread(fd, 32, 0).decode(errors="replace").strip()
-        return written if written.isdigit() else "unknown"
+        found = re.match(r"(?:pid )?(\d+)\b", _written_holder(fd))
+        return found.group(1) if found else "unknown"
     finally:
         os.close(fd)  # gives back the shared lock, if taken
     return None
+
+
+def _written_holder(fd: int) -> str:
+    """The holder line in a lock file (`holder_line`, or a bare pid from older versions), its
+    unprintable characters dropped."""
+    written = os.pread(fd, HOLDER_BYTES, 0).decode(errors="replace")
+    return "".join(c for c in written.strip() if c.isprintable())
