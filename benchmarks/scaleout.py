@@ -11,10 +11,11 @@ Builds (once per --workdir, common.build_runs) 4 experiments scaleout-0..3 of N/
      and the RSS of the tree (daemon, TensorBoard, its data server); stopped;
   2. four: the same with 4 daemons started together, instance i over `scaleout-i` only, each
      with its own root, state and TensorBoard: per instance the same three figures;
-  3. kill: while a point a second is logged to each live run, instance 0 is SIGKILLed (its
-     TensorBoard dies with it), restarted 10 s later on the same config; the others' lag (newest
-     logged step minus newest step their TensorBoard shows, sampled every 0.5 s) before and
-     during the outage, instance 0's time from restart until caught up, and the points of every
+  3. kill: while points are logged to each live run (a round over the 4 every second, or as
+     fast as the shared server answers), instance 0 is SIGKILLed (its TensorBoard dies with it),
+     restarted 10 s later on the same config; the others' lag (how long the oldest point logged
+     but not yet shown by their TensorBoard has waited, sampled every 0.5 s) before and during
+     the outage, instance 0's time from restart until caught up, and the points of every
      live run in TensorBoard and in the events files against those logged (exactly once).
 Prints each figure of one against four as a ratio; writes benchmarks/results/scaleout-<time>.json.
 
@@ -36,6 +37,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -105,6 +107,8 @@ class Served:
     first_sync_s: float
     tags_ms: float
     rss_mb: float
+    mirror_mb: float  # the events files under its root
+    state_mb: float  # its state store (with its WAL)
 
 
 def loaded_runs(client: httpx.Client, keys: int) -> int:
@@ -146,10 +150,16 @@ def serve(instances: list[Instance], server: LocalMlflowServer, per_instance: in
             client.get(TAGS).raise_for_status()
             times.append((time.perf_counter() - begun) * 1000)
         rss = sum(tree_rss_mb(instance.process.pid).values())
+        mirror = megabytes((instance.work / "logs").rglob("*"))
+        state = megabytes(instance.work.glob("state.db*"))
         served.append(Served(loaded_runs(client, keys), first_sync[index],
-                             statistics.median(times), rss))  # fmt: skip
+                             statistics.median(times), rss, mirror, state))  # fmt: skip
         client.close()
     return served
+
+
+def megabytes(paths: Iterable[Path]) -> float:
+    return sum(p.stat().st_size for p in paths if p.is_file()) / 1e6
 
 
 def newest_step(client: httpx.Client, run: str) -> int:
@@ -165,20 +175,29 @@ def kill_one(instances: list[Instance], server: LocalMlflowServer, live: dict[st
              seconds: float) -> dict[str, Any]:  # fmt: skip
     """Phase 3 (see the module docstring); `live`: experiment -> live run id."""
     client = MlflowClient(server.url)
-    logged = {experiment: 0 for experiment in live}
+    # steps go on from what an earlier invocation on the same --workdir logged
+    logged = {e: len(client.get_metric_history(run_id, "live")) for e, run_id in live.items()}
+    logged_at: dict[str, list[float]] = {e: [0.0] * n for e, n in logged.items()}  # per step
     stop = threading.Event()
 
     def log_points() -> None:
         while not stop.wait(1.0):
-            now = int(time.time() * 1000)
             for experiment, run_id in live.items():
                 step = logged[experiment]
-                client.log_batch(run_id, metrics=[Metric("live", float(step), now, step)])
+                now = time.time()
+                client.log_batch(run_id, metrics=[Metric("live", float(step), int(now * 1000),
+                                                         step)])  # fmt: skip
+                logged_at[experiment].append(time.monotonic())
                 logged[experiment] = step + 1
+
+    def lag(board: httpx.Client, run: str, experiment: str) -> float:
+        """How long the oldest point logged but not yet shown has waited (0: all shown)."""
+        waiting = logged_at[experiment][newest_step(board, run) + 1 :]
+        return time.monotonic() - waiting[0] if waiting else 0.0
 
     boards = [httpx.Client(base_url=i.url, timeout=10) for i in instances]
     runs = [f"{i.name}/{i.experiments[0]}/live" for i in instances]
-    lags: dict[str, list[int]] = {"before": [], "during": []}
+    lags: dict[str, list[float]] = {"before": [], "during": []}
     logger = threading.Thread(target=log_points)
     logger.start()
     phase, began = "before", time.monotonic()
@@ -194,9 +213,7 @@ def kill_one(instances: list[Instance], server: LocalMlflowServer, live: dict[st
                 restarted_at, phase = time.monotonic(), "after"
             for board, run, instance in zip(boards[1:], runs[1:], instances[1:], strict=True):
                 if phase in lags:
-                    lags[phase].append(
-                        logged[instance.experiments[0]] - 1 - newest_step(board, run)
-                    )
+                    lags[phase].append(lag(board, run, instance.experiments[0]))
             if phase == "after" and caught_up is None:
                 target = logged[instances[0].experiments[0]] - 2
                 if newest_step(boards[0], runs[0]) >= target:
@@ -224,8 +241,10 @@ def kill_one(instances: list[Instance], server: LocalMlflowServer, live: dict[st
         "logged": {i.name: logged[i.experiments[0]] for i in instances},
         "shown": shown,
         "on_disk": on_disk,
-        "others_max_lag_before_steps": max(lags["before"], default=None),
-        "others_max_lag_during_steps": max(lags["during"], default=None),
+        "others_max_lag_before_s": round(max(lags["before"], default=0.0), 1),
+        "others_max_lag_during_s": round(max(lags["during"], default=0.0), 1),
+        "others_median_lag_before_s": round(statistics.median(lags["before"] or [0.0]), 1),
+        "others_median_lag_during_s": round(statistics.median(lags["during"] or [0.0]), 1),
         "restart_to_caught_up_s": round(caught_up, 1) if caught_up is not None else None,
     }
 
@@ -304,7 +323,8 @@ def main() -> None:
     print(f"workload: {SHARDS * per:,} FINISHED runs x {args.keys} keys x {args.points} points "
           f"(+{SHARDS} live runs); load average {load_before:.1f} at start")  # fmt: skip
     print(f"{'figure':<34} {'one':>10} {'shard mean':>11} {'shard max':>10}")
-    for field, form in (("first_sync_s", "{:.1f}"), ("tags_ms", "{:.1f}"), ("rss_mb", "{:.0f}")):
+    for field, form in (("first_sync_s", "{:.1f}"), ("tags_ms", "{:.1f}"), ("rss_mb", "{:.0f}"),
+                        ("mirror_mb", "{:.1f}"), ("state_mb", "{:.1f}")):  # fmt: skip
         values = [getattr(s, field) for s in split]
         one_value, shard_mean = getattr(single, field), statistics.mean(values)
         print(f"{field:<34} {form.format(one_value):>10} {form.format(shard_mean):>11} "
