@@ -1,5 +1,6 @@
 """The container image, built by deploy/container/build.sh and run with podman: it mirrors a real
-mlflow server into its TensorBoard, read over HTTP; `podman stop` (SIGTERM through tini) makes the
+mlflow server into its TensorBoard, read over HTTP, with a read-only root file system and no
+capabilities, as the Kubernetes manifests run it; `podman stop` (SIGTERM through tini) makes the
 daemon exit 0 by itself with its shutdown logged; a new container on the same volumes resumes
 exactly once. The container shares the host's network, so everything stays on 127.0.0.1.
 
@@ -100,7 +101,9 @@ def test_the_image_mirrors_stops_cleanly_and_resumes_exactly_once(
         "health": {"host": "127.0.0.1", "port": health_port},
     }  # fmt: skip
     (etc / "config.yaml").write_text(yaml.safe_dump(config))
-    options = [
+    options = [  # as the Kubernetes manifests run it: read-only root, /tmp apart, no privileges
+        "--read-only", "--tmpfs", "/tmp", "--cap-drop", "ALL",
+        "--security-opt", "no-new-privileges",
         "--network", "host", "--env", f"TBMIRROR_HEALTH_PORT={health_port}",
         "--volume", f"{mirror}:/var/lib/tbmirror/logs", "--volume",
         f"{state}:/var/lib/tbmirror/state", "--volume", f"{etc}:/etc/tbmirror:ro",

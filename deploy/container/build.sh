@@ -75,7 +75,7 @@ PY
 
 # Make the two base images unless this host has them.
 base_images() {
-    local mirror key rootfs
+    local mirror key
     mirror=$(debian_mirror)
     key=$(printf '%s\n' "$SUITE" "$mirror" "$RUNTIME_PACKAGES" "$BUILD_PACKAGES" "$BUILD_ONLY" \
         | sha256sum | cut -c1-12)
