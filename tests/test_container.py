@@ -9,6 +9,7 @@ build.sh's cache (docs/operations/kubernetes.md)."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -29,6 +30,7 @@ from conftest import (
     json_log_lines,
     new_run,
     scalars_in,
+    wait_until,
 )
 from tbmirror.processes import free_port
 
@@ -63,7 +65,7 @@ class Podman:
 
     def remove_all(self) -> None:
         for name in self.containers:
-            self("rm", "--force", "--time", "0", name)
+            self("rm", "--force", "--volumes", "--time", "0", name)
 
 
 @pytest.fixture(scope="module")
@@ -139,5 +141,42 @@ def test_the_image_mirrors_stops_cleanly_and_resumes_exactly_once(
         assert len(on_disk) == 10, f"{len(on_disk)} points on disk: resumed more than once"
         assert podman("stop", "--time", "30", second, timeout=60).returncode == 0
         assert podman("inspect", "--format", "{{.State.ExitCode}}", second).stdout.strip() == "0"
+    finally:
+        podman.remove_all()
+
+
+def test_inside_its_own_network_it_listens_on_all_interfaces(image: str, tmp_path: Path) -> None:
+    """The manifests' config (tensorboard.host and health.host 0.0.0.0, the default ports) in a
+    container with a network of its own (--network none: only its loopback, so nothing is exposed
+    here): TensorBoard starts, is probed through 0.0.0.0 and /readyz says ready; no source is
+    reachable, which /readyz must not mind."""
+    etc = tmp_path / "etc"
+    etc.mkdir()
+    config = {
+        "mirror": {"root": "/var/lib/tbmirror/logs", "state": "/var/lib/tbmirror/state/s.db"},
+        "sources": [{"name": "c", "type": "mlflow", "tracking_uri": "http://127.0.0.1:9",
+                     "experiments": ["e"], "poll_interval": "1s"}],
+        "tensorboard": {"host": "0.0.0.0"},
+        "health": {"host": "0.0.0.0"},
+    }  # fmt: skip
+    (etc / "config.yaml").write_text(yaml.safe_dump(config))
+    podman = Podman()
+    ask = (
+        "import urllib.request; "
+        "print(urllib.request.urlopen('http://127.0.0.1:9464/readyz').read().decode())"
+    )
+
+    def ready() -> dict[str, Any] | None:
+        answer = podman("exec", name, "python3", "-c", ask)
+        return json.loads(answer.stdout) if answer.returncode == 0 else None
+
+    try:
+        options = ["--network", "none", "--read-only", "--tmpfs", "/tmp",
+                   "--volume", f"{etc}:/etc/tbmirror:ro"]  # fmt: skip
+        name = podman.run(f"tbmirror-test-{os.getpid()}-own-network", image, *options)
+        body = wait_until(ready, 120, "/readyz inside the container")
+        assert body["ready"] is True and body["tensorboard"]["url"] == "http://0.0.0.0:6006/"
+        assert podman("stop", "--time", "30", name, timeout=60).returncode == 0
+        assert podman("inspect", "--format", "{{.State.ExitCode}}", name).stdout.strip() == "0"
     finally:
         podman.remove_all()
