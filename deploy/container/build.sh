@@ -3,6 +3,10 @@
 #
 #   deploy/container/build.sh [IMAGE]          (default IMAGE: localhost/tbmirror:dev)
 #   deploy/container/build.sh --print-requirements   the pinned list, from .venv
+#   deploy/container/build.sh --print-conf           the CONTAINERS_CONF path (see below)
+#
+# It keeps its CONTAINERS_CONF and the last debootstrap's log in $TBMIRROR_BUILD_STATE
+# (default /var/tmp/tbmirror-container).
 #
 # 1. The base images are made once per host and kept: debootstrap (from the Debian mirror apt
 #    already uses) into a temporary directory, imported as localhost/tbmirror-base-build:<key>;
