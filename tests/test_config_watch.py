@@ -12,7 +12,6 @@ from typing import Any
 
 import httpx
 import yaml
-from mlflow.entities import Metric
 
 from conftest import (
     MlflowServer,
@@ -22,6 +21,7 @@ from conftest import (
     new_run,
     wait_until,
 )
+from helpers.loss import loss_logger
 from tbmirror.processes import free_port
 from tbmirror.service.config_watch import ConfigWatcher
 
@@ -94,11 +94,7 @@ def test_the_daemon_reloads_a_swapped_configmap_as_on_sighup(
     tmp_path: Path, mlflow_server: MlflowServer, start_daemon, experiment_name: str
 ) -> None:
     client = mlflow_server.client()
-    run_id = new_run(client, experiment_name, "r")
-
-    def log(steps: range) -> None:
-        metrics = [Metric("loss", 1.0 / (s + 1), 1_700_000_000_000 + s, s) for s in steps]
-        client.log_batch(run_id, metrics=metrics)
+    log = loss_logger(client, new_run(client, experiment_name, "r"))
 
     log(range(3))
     source = mlflow_source("watched", mlflow_server.url, [experiment_name], poll_interval="1s")

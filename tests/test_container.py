@@ -21,7 +21,6 @@ from typing import Any
 import httpx
 import pytest
 import yaml
-from mlflow.entities import Metric
 
 from conftest import (
     REPO,
@@ -32,6 +31,7 @@ from conftest import (
     scalars_in,
     wait_until,
 )
+from helpers.loss import loss_logger
 from tbmirror.processes import free_port
 
 BUILD = REPO / "deploy" / "container" / "build.sh"
@@ -82,11 +82,7 @@ def test_the_image_mirrors_stops_cleanly_and_resumes_exactly_once(
     image: str, tmp_path: Path, mlflow_server: MlflowServer, experiment_name: str
 ) -> None:
     client = mlflow_server.client()
-    run_id = new_run(client, experiment_name, "r")
-
-    def log(steps: range) -> None:
-        metrics = [Metric("loss", 1.0 / (s + 1), 1_700_000_000_000 + s, s) for s in steps]
-        client.log_batch(run_id, metrics=metrics)
+    log = loss_logger(client, new_run(client, experiment_name, "r"))
 
     log(range(5))
     mirror, state, etc = tmp_path / "mirror", tmp_path / "state", tmp_path / "etc"
