@@ -1,14 +1,20 @@
 """Several processes on one mirror root (sharding by source): each locks the `<root>/<source>`
 subtrees it owns, never touches another's, and a second process on the same subtree is refused
-with the holder's pid."""
+naming the holder's pid and host."""
 
 from __future__ import annotations
 
+import shutil
+import socket
+import subprocess
+import sys
 from pathlib import Path
 
+import pytest
 from mlflow.entities import Metric
 
 from conftest import (
+    REPO,
     MlflowServer,
     daemon_config,
     mlflow_source,
@@ -17,6 +23,8 @@ from conftest import (
     wait_until,
     write_config,
 )
+from tbmirror.errors import MirrorError
+from tbmirror.journal.locks import SubtreeLocks
 
 
 def test_daemons_sharing_a_root_keep_to_their_own_sources(
@@ -48,7 +56,8 @@ def test_daemons_sharing_a_root_keep_to_their_own_sources(
     result = tbmirror("sync", "--config", str(same))
     assert result.returncode == 1
     (line,) = result.stderr.strip().splitlines()
-    assert f"in use by another tbmirror process (pid {daemon.process.pid})" in line
+    holder = f"pid {daemon.process.pid} on {socket.gethostname()}"
+    assert f"in use by another tbmirror process ({holder})" in line
     assert "team-a" in line
 
     # A second process with another source on the same root: both mirror, neither removes the
@@ -70,3 +79,33 @@ def test_daemons_sharing_a_root_keep_to_their_own_sources(
     stray.unlink()
     assert daemon.process.poll() is None
     assert daemon.stop() == 0
+
+
+HOLD_LOCK = """
+import sys
+from pathlib import Path
+from tbmirror.journal.locks import SubtreeLocks
+SubtreeLocks(Path(sys.argv[1])).acquire("team-a")
+print("held", flush=True)
+sys.stdin.read()
+"""
+
+
+@pytest.mark.skipif(shutil.which("unshare") is None, reason="needs util-linux's unshare")
+def test_a_holder_on_another_host_is_named(tmp_path: Path) -> None:
+    """A holder in its own UTS namespace (another host name, as a pod on another node has):
+    the refusal names that host and pid, so an operator knows where to look."""
+    holder = subprocess.Popen(
+        ["unshare", "--uts", "sh", "-c",
+         'hostname shard-b-0 && exec "$0" -c "$1" "$2"', sys.executable, HOLD_LOCK, str(tmp_path)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, cwd=REPO, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+        with pytest.raises(MirrorError) as refused:
+            SubtreeLocks(tmp_path).acquire("team-a")
+        assert f"(pid {holder.pid} on shard-b-0)" in str(refused.value)
+    finally:
+        holder.kill()
+        holder.wait()
+    SubtreeLocks(tmp_path).acquire("team-a")  # the OS released it with the process

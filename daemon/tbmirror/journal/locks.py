@@ -2,8 +2,10 @@
 
 Several daemons may share one mirror root (sharding by source), each with its own state store; a
 process writes, recovers and removes only inside the subtrees it holds. A lock is an flock on a
-file that also holds the holder's pid, so a second process is refused with a message naming it.
-The OS releases the locks when the process dies.
+file that also names its holder (pid and host name), so a second process, on this host or on
+another that mounts the same file system, is refused with a message naming it. The OS releases
+the locks when the process dies. Across hosts this holds only where the file system carries flock
+to its server (NFSv4, CephFS, SMB 3 with Linux's cifs client): docs/operations/scale-out.md.
 """
 
 from __future__ import annotations
@@ -11,18 +13,27 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import re
+import socket
 from pathlib import Path
 
 from tbmirror.errors import MirrorError
 
 LOCKS_DIR = ".tbmirror-locks"  # in the root, beside the subtrees (which hold mirror data only)
+HOLDER_BYTES = 512  # the most of a holder line read back (a host name is at most 253)
+
+
+def holder_line() -> str:
+    """Who holds a lock: this process's pid and host name (a pod's name, in Kubernetes)."""
+    return f"pid {os.getpid()} on {socket.gethostname()}"
 
 
 class PidLock:
     """An exclusive flock on `path` held until `release` (or the process ends)."""
 
     def __init__(self, path: Path, what: str) -> None:
-        """Take the lock; MirrorError naming `what` and the holder's pid if another has it."""
+        """Take the lock; MirrorError naming `what` and the holder (pid and host) if another
+        has it."""
         self.path = path
         try:
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
@@ -31,14 +42,14 @@ class PidLock:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            holder = _written_holder(fd) or "unknown holder"
             os.close(fd)
             raise MirrorError(
-                f"{what} is in use by another tbmirror process (pid {holder}); "
+                f"{what} is in use by another tbmirror process ({holder}); "
                 "each source of a mirror root can be mirrored by one process only"
             ) from None
         os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        os.pwrite(fd, f"{holder_line()}\n".encode(), 0)
         self._fd: int | None = fd
 
     def release(self) -> None:
@@ -93,8 +104,15 @@ def holder(path: Path) -> str | None:
     try:
         fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
     except BlockingIOError:
-        written = os.pread(fd, 32, 0).decode(errors="replace").strip()
-        return written if written.isdigit() else "unknown"
+        found = re.match(r"(?:pid )?(\d+)\b", _written_holder(fd))
+        return found.group(1) if found else "unknown"
     finally:
         os.close(fd)  # gives back the shared lock, if taken
     return None
+
+
+def _written_holder(fd: int) -> str:
+    """The holder line in a lock file (`holder_line`, or a bare pid from older versions), its
+    unprintable characters dropped."""
+    written = os.pread(fd, HOLDER_BYTES, 0).decode(errors="replace")
+    return "".join(c for c in written.strip() if c.isprintable())

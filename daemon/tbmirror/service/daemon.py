@@ -2,7 +2,8 @@
 
 Order of start-up: recovery (the mirror brought back to the committed state), then TensorBoard
 (once it answers), the health endpoint, the scheduler, and READY=1 to systemd. The main thread then
-supervises TensorBoard, pings the systemd watchdog and reloads the config on SIGHUP. SIGTERM or
+supervises TensorBoard, pings the systemd watchdog and reloads the config on SIGHUP or when the
+file's content changed (its directory is watched: service/config_watch.py). SIGTERM or
 SIGINT stops the passes at their next run boundary (what was written is committed), stops
 TensorBoard and returns 0.
 """
@@ -28,6 +29,7 @@ from tbmirror.app import build_engine, open_journal
 from tbmirror.config import MlflowSourceSettings, Settings, load_settings
 from tbmirror.errors import ConfigError, TbmirrorError
 from tbmirror.journal import recover
+from tbmirror.service.config_watch import ConfigWatcher
 from tbmirror.service.health import HealthReport, HealthServer
 from tbmirror.service.metrics import DaemonMetrics, SourceState, TensorBoardState
 from tbmirror.service.scheduler import SourceScheduler
@@ -59,10 +61,13 @@ class Daemon:
         self.on_stopping = on_stopping
         self.stop_event = threading.Event()
         self._reload_requested = False
+        self._last_tick = time.monotonic()  # the main loop's heartbeat, for /livez
         self.notifier = Notifier()
         self.tensorboard: TensorBoardSupervisor | None = None
         self._health: HealthServer | None = None
         self._report: HealthReport | None = None
+        # made now: it compares with the content of the file as it is while settings are fresh
+        self._config_watch = ConfigWatcher(config_path) if config_path else None
 
     def request_stop(self, *_: object) -> None:
         self.stop_event.set()
@@ -85,6 +90,8 @@ class Daemon:
             self._start_tensorboard()
             self._start_health()
             self.scheduler.start(self.settings.sources)
+            if self._config_watch:
+                self._config_watch.start()
             self.notifier.notify(READY="1", STATUS=self._status_line())
             log.info("daemon_ready", sources=len(self.settings.sources))
             if self.on_ready:
@@ -95,6 +102,8 @@ class Daemon:
             log.info("daemon_stopping")
             if self.on_stopping:
                 self.on_stopping()
+            if self._config_watch:
+                self._config_watch.stop()
             ended = True
             if hasattr(self, "scheduler"):
                 ended = self.scheduler.shutdown(SHUTDOWN_GRACE_SECONDS)
@@ -112,9 +121,12 @@ class Daemon:
     def _main_loop(self) -> None:
         interval = min(TICK_SECONDS, self.notifier.watchdog_interval or TICK_SECONDS)
         while not self.stop_event.wait(interval):
+            self._last_tick = time.monotonic()
             if self._reload_requested:
                 self._reload_requested = False
-                self._reload()
+                self._reload("SIGHUP")
+            elif self._config_watch and self._config_watch.due():
+                self._reload("file changed")
             if self.tensorboard:
                 self.tensorboard.check()
             fields = {"STATUS": self._status_line()}
@@ -137,8 +149,9 @@ class Daemon:
         if not settings.enabled:
             return
         report = HealthReport(
-            settings, self.scheduler.views, self.journal.faults, self._tensorboard_health
-        )
+            settings, self.scheduler.views, self.journal.faults, self._tensorboard_health,
+            last_tick=lambda: self._last_tick,
+        )  # fmt: skip
         self._report = report
         try:
             self._health = HealthServer(settings, report, self.metrics)
@@ -176,13 +189,15 @@ class Daemon:
         return {"up": self.tensorboard.up, "url": self.tensorboard.url,
                 "restarts": self.tensorboard.restarts}  # fmt: skip
 
-    def _reload(self) -> None:
-        """Apply a changed config file. One that is invalid, or whose new or changed sources
-        cannot be built, is reported in one `reload_failed` line (never a traceback: the
-        file may hold secrets) and the old config keeps running."""
+    def _reload(self, cause: str) -> None:
+        """Apply a changed config file (`cause`: what asked, for the log). One that is invalid,
+        or whose new or changed sources cannot be built, is reported in one `reload_failed` line
+        (never a traceback: the file may hold secrets) and the old config keeps running."""
         if self.config_path is None:
             return
         self.notifier.notify(RELOADING="1", MONOTONIC_USEC=str(time.monotonic_ns() // 1000))
+        if self._config_watch:
+            self._config_watch.loading()
         try:
             new = load_settings(self.config_path)
             if new.mirror != self.settings.mirror:
@@ -196,7 +211,7 @@ class Daemon:
                 if isinstance(error, TbmirrorError)
                 else f"unexpected {type(error).__name__}"
             )
-            log.error("reload_failed", error=message)
+            log.error("reload_failed", cause=cause, error=message)
             self.notifier.notify(READY="1")
             return
         old = self.settings
@@ -214,7 +229,7 @@ class Daemon:
             except TbmirrorError as error:
                 log.error("health_start_failed", error=str(error))
         self.scheduler.set_sources(new.sources)
-        log.info("reloaded", sources=len(new.sources))
+        log.info("reloaded", cause=cause, sources=len(new.sources))
         self.notifier.notify(READY="1", STATUS=self._status_line())
 
     def _recover_added(self, names: list[str]) -> bool:

@@ -1,4 +1,12 @@
-"""GET /healthz (JSON, 200 or 503) and GET /metrics (Prometheus) on 127.0.0.1."""
+"""The daemon's HTTP endpoint (127.0.0.1 by default; health.host):
+
+- GET /healthz: the whole verdict as JSON, 200 or 503 (sources, writes, TensorBoard);
+- GET /readyz: 200 while TensorBoard answers its probes (or is disabled), else 503: whether the
+  dashboard can take traffic; a stale source does not make it unready;
+- GET /livez: 200 while the daemon's main loop has ticked within LIVENESS_SECONDS, else 503:
+  whether restarting the process could help;
+- GET /metrics: Prometheus.
+"""
 
 from __future__ import annotations
 
@@ -17,6 +25,8 @@ from tbmirror.config import HealthSettings
 from tbmirror.journal import Fault
 from tbmirror.model import SourceStatus
 from tbmirror.service.metrics import DaemonMetrics
+
+LIVENESS_SECONDS = 60.0  # the main loop ticks every second; a minute without a tick is stuck
 
 
 @dataclass(frozen=True)
@@ -46,10 +56,24 @@ class HealthReport:
         write_faults: Callable[[], dict[str, Fault]],
         tensorboard: Callable[[], dict[str, Any] | None],
         clock: Callable[[], float] = time.time,
+        last_tick: Callable[[], float] = time.monotonic,
     ) -> None:
+        """`last_tick`: the monotonic time the daemon's main loop last went round."""
         self.settings, self._sources, self._tensorboard = settings, sources, tensorboard
-        self._write_faults, self._clock = write_faults, clock
+        self._write_faults, self._clock, self._last_tick = write_faults, clock, last_tick
         self._started = clock()
+
+    def ready(self) -> tuple[bool, dict[str, Any]]:
+        """(TensorBoard answers or is disabled, body): /readyz."""
+        tensorboard = self._tensorboard()
+        ready = tensorboard is None or bool(tensorboard["up"])
+        return ready, {"ready": ready, "tensorboard": tensorboard}
+
+    def live(self) -> tuple[bool, dict[str, Any]]:
+        """(the main loop ticked within LIVENESS_SECONDS, body): /livez."""
+        since = time.monotonic() - self._last_tick()
+        alive = since <= LIVENESS_SECONDS
+        return alive, {"alive": alive, "last_tick_seconds_ago": round(since, 1)}
 
     def build(self) -> tuple[bool, dict[str, Any]]:
         """(healthy, body)."""
@@ -113,14 +137,16 @@ class HealthServer:
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
                 path = self.path.split("?", 1)[0]
-                if path == "/healthz":
-                    healthy, body = report_.build()
-                    self._send(200 if healthy else 503, "application/json",
-                               json.dumps(body).encode())  # fmt: skip
+                verdicts = {"/healthz": report_.build, "/readyz": report_.ready,
+                            "/livez": report_.live}  # fmt: skip
+                if path in verdicts:
+                    ok, body = verdicts[path]()
+                    self._send(200 if ok else 503, "application/json", json.dumps(body).encode())
                 elif path == "/metrics":
                     self._send(200, CONTENT_TYPE_LATEST, generate_latest(metrics_.registry))
                 else:
-                    self._send(404, "text/plain", b"not found: try /healthz or /metrics\n")
+                    hint = b"not found: try /healthz, /readyz, /livez or /metrics\n"
+                    self._send(404, "text/plain", hint)
 
             def _send(self, code: int, content_type: str, body: bytes) -> None:
                 self.send_response(code)

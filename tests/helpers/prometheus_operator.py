@@ -1,0 +1,71 @@
+"""Validation of ServiceMonitor and PrometheusRule objects against prometheus-operator's CRD
+schemas, as the npm package @kubernetes-models/prometheus-operator carries them (generated from
+the operator's CRDs; each model's `validate()` runs the schema). Installed on first use into
+`~/.cache/tbmirror-tests/` under a file lock, like Azurite."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from helpers.azurite import CACHE, file_lock
+
+PACKAGE = "@kubernetes-models/prometheus-operator"
+VERSION = "6.0.0"
+KINDS = ("ServiceMonitor", "PrometheusRule")
+
+# Reads a JSON list of objects on stdin; prints one line per object: "ok" or the schema's errors.
+VALIDATE_MJS = """
+const v1 = "@kubernetes-models/prometheus-operator/monitoring.coreos.com/v1";
+const { ServiceMonitor } = await import(`${v1}/ServiceMonitor`);
+const { PrometheusRule } = await import(`${v1}/PrometheusRule`);
+const models = { ServiceMonitor, PrometheusRule };
+let input = "";
+process.stdin.on("data", (chunk) => (input += chunk));
+process.stdin.on("end", () => {
+  for (const object of JSON.parse(input)) {
+    try {
+      new models[object.kind](object).validate();
+      console.log("ok");
+    } catch (error) {
+      console.log(`${object.kind} ${object.metadata.name}: ${error.message}`);
+    }
+  }
+});
+"""
+
+
+def install(cache: Path = CACHE) -> Path:
+    """The directory holding the package and validate.mjs, installed if missing."""
+    directory = cache / f"prometheus-operator-models-{VERSION}"
+    done = directory / ".installed"
+    with file_lock(cache / f"prometheus-operator-models-{VERSION}.lock"):
+        if not done.exists():
+            directory.mkdir(parents=True, exist_ok=True)
+            result = subprocess.run(
+                ["npm", "install", "--prefix", str(directory), "--no-audit", "--no-fund",
+                 f"{PACKAGE}@{VERSION}"],
+                capture_output=True, text=True, timeout=900,
+            )  # fmt: skip
+            if result.returncode != 0:
+                raise RuntimeError(f"npm install {PACKAGE}@{VERSION} failed:\n{result.stderr}")
+            (directory / "validate.mjs").write_text(VALIDATE_MJS)
+            done.touch()
+    return directory
+
+
+def schema_errors(objects: list[dict[str, Any]]) -> list[str]:
+    """What the CRD schemas say is wrong with `objects` (ServiceMonitors and PrometheusRules);
+    [] when each is valid."""
+    directory = install()
+    result = subprocess.run(
+        ["node", str(directory / "validate.mjs")],
+        input=json.dumps(objects), capture_output=True, text=True, cwd=directory, timeout=120,
+    )  # fmt: skip
+    if result.returncode != 0:
+        raise RuntimeError(f"the validator failed: {result.stderr}")
+    lines = result.stdout.splitlines()
+    assert len(lines) == len(objects), result.stdout
+    return [line for line in lines if line != "ok"]

