@@ -79,6 +79,7 @@ def check_tensorboard_answers_when_signed_in(stack: ProxyStack, variant: str) ->
 
 def check_basic_auth_refuses_no_or_wrong_credentials(stack: ProxyStack) -> None:
     for auth in (None, (USER, "wrong"), ("mallory", PASSWORD)):
+        seen = len(stack.basic.access_log())
         with stack.basic.client(auth=auth) as http:
             for path in (f"{PREFIX}/", f"{PREFIX}/data/runs", "/elsewhere"):
                 answer = http.get(path)
@@ -88,6 +89,9 @@ def check_basic_auth_refuses_no_or_wrong_credentials(stack: ProxyStack) -> None:
             for path in ("/", PREFIX):  # `return` runs before sign-in: only says where to go
                 answer = http.get(path)
                 assert (answer.status_code, answer.headers["location"]) == (302, f"{PREFIX}/")
+        refused = [line for line in stack.basic.access_log()[seen:] if '" 401 ' in line]
+        assert len(refused) == 3, refused  # a refused attempt never logs the name it claimed
+        assert all(line.split()[1] == "-" for line in refused), refused
 
 
 def check_sso_hook_refuses_without_a_session_and_signs_in_by_cookie(stack: ProxyStack) -> None:
@@ -135,7 +139,7 @@ def check_plain_http_only_redirects_to_https(stack: ProxyStack) -> None:
         for path in (f"{PREFIX}/data/runs", "/healthz"):
             answer = httpx.get(nginx.http_url + path, auth=(USER, PASSWORD), timeout=10)
             assert answer.status_code == 301, answer.text
-            assert answer.headers["location"] == f"https://127.0.0.1{path}"
+            assert answer.headers["location"] == f"{nginx.url}{path}"  # the real port
             assert not any(run in answer.text for run in stack.runs.values())
 
 
