@@ -13,6 +13,8 @@ from __future__ import annotations
 import json
 import math
 import re
+import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
@@ -362,3 +364,41 @@ def test_a_removed_source_leaves_no_series() -> None:
         if s.name.startswith("tbmirror_") and s.name != "tbmirror_build_info"
     }
     assert sources == {"kept"}
+
+
+def test_forget_is_safe_while_writer_threads_report_failures() -> None:
+    """`write_failed` runs on writer threads while a reload's `forget` runs: forgetting never
+    fails on a set that changes under it, and drops every series of the source it forgets."""
+    metrics = DaemonMetrics(lambda: {}, lambda: None)
+    for cause in range(5000):
+        metrics.write_failed("gone", f"E{cause}")
+    done = threading.Event()
+    failures: list[BaseException] = []
+
+    def report() -> None:
+        count = 0
+        while not done.is_set():
+            count += 1
+            metrics.write_failed("kept", f"E{count}")
+
+    writers = [threading.Thread(target=report) for _ in range(4)]
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads often: mid-iteration, if nothing guards it
+    for writer in writers:
+        writer.start()
+    try:
+        for round_ in range(200):
+            metrics.write_failed("gone", f"again{round_}")
+            try:
+                metrics.forget("gone")
+            except RuntimeError as error:  # "Set changed size during iteration"
+                failures.append(error)
+                break
+    finally:
+        done.set()
+        for writer in writers:
+            writer.join(10)
+        sys.setswitchinterval(interval)
+    assert not failures, failures
+    exposed = generate_latest(metrics.registry).decode()
+    assert 'source="gone"' not in exposed

@@ -9,6 +9,7 @@ time from callables the daemon passes in.
 from __future__ import annotations
 
 import contextlib
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -90,6 +91,7 @@ class DaemonMetrics:
                      registry=self.registry)  # fmt: skip
         info.labels(__version__).set(1)
         self._failure_labels: set[tuple[str, str]] = set()
+        self._failure_lock = threading.Lock()  # write_failed runs on writer threads
         self.registry.register(_Live(sources, tensorboard))
 
     def record(self, report: PassReport, runs_mirrored: int) -> None:
@@ -104,18 +106,21 @@ class DaemonMetrics:
         self.duration.labels(source).observe(report.seconds)
 
     def write_failed(self, source: str, cause: str) -> None:
-        self.write_failures.labels(source, cause).inc()
-        self._failure_labels.add((source, cause))
+        with self._failure_lock:
+            self.write_failures.labels(source, cause).inc()
+            self._failure_labels.add((source, cause))
 
     def forget(self, source: str) -> None:
-        """Drop a removed source's series."""
+        """Drop a removed source's series; call it once no pass of the source is in flight (a
+        later `record` or `write_failed` would make them again)."""
         for metric in (self.polls, self.errors, self.run_errors, self.points, self.bytes,
                        self.requests, self.runs, self.duration):  # fmt: skip
             with contextlib.suppress(KeyError):
                 metric.remove(source)
-        for labels in [pair for pair in self._failure_labels if pair[0] == source]:
-            self.write_failures.remove(*labels)
-            self._failure_labels.discard(labels)
+        with self._failure_lock:
+            for labels in [pair for pair in self._failure_labels if pair[0] == source]:
+                self.write_failures.remove(*labels)
+                self._failure_labels.discard(labels)
 
 
 class _Live(Collector):

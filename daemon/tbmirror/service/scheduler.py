@@ -74,8 +74,6 @@ class SourceScheduler:
                 if name not in wanted or wanted[name] != self._runners[name].settings:
                     self._scheduler.remove_job(name)
                     self._retire(self._runners.pop(name))
-                    if name not in wanted:
-                        self._metrics.forget(name)
                     log.info("source_unscheduled", source=name)
             for name, settings in wanted.items():
                 if name in self._runners:
@@ -184,7 +182,8 @@ class SourceScheduler:
 
     def _retire(self, runner: _Runner) -> None:
         """Close a replaced or removed source once its pass in flight (if any) is over, without
-        waiting here; the subtree of a source no longer scheduled is let go."""
+        waiting here; the subtree and the metric series of a source no longer scheduled are let
+        go (after that pass: its `record` cannot bring the series back)."""
         runner.retired = True
         name = runner.settings.name
         self._retiring.append(runner)
@@ -197,6 +196,7 @@ class SourceScheduler:
                     self._retiring.remove(runner)
                     if name not in self._runners:
                         self._journal.disown(name)
+                        self._metrics.forget(name)
 
         threading.Thread(target=close, name=f"retire {name}", daemon=True).start()
 
