@@ -11,7 +11,6 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +21,6 @@ import yaml
 
 from conftest import REPO, tbmirror
 from helpers import prometheus_operator
-from tbmirror.config import HealthSettings
-from tbmirror.service.health import LIVENESS_SECONDS, HealthReport
 
 KUBERNETES = REPO / "deploy" / "kubernetes"
 OVERLAYS = sorted(p.parent for p in (KUBERNETES / "overlays").glob("*/kustomization.yaml"))
@@ -210,28 +207,3 @@ def test_every_shard_config_passes_check_offline(
         path.write_text(yaml.safe_dump(config))
         result = tbmirror("check", "--offline", "--config", str(path))
         assert result.returncode == 0, result.stdout + result.stderr
-
-
-class _Probes:
-    """A HealthReport whose TensorBoard state and main-loop heartbeat the test sets."""
-
-    def __init__(self) -> None:
-        self.tensorboard: dict[str, Any] | None = {"up": True}
-        self.tick = 0.0
-        self.report = HealthReport(
-            HealthSettings(), dict, dict, lambda: self.tensorboard, last_tick=lambda: self.tick
-        )
-
-
-def test_readiness_follows_tensorboard_and_liveness_the_main_loop() -> None:
-    probes = _Probes()
-    probes.tick = time.monotonic()
-    assert probes.report.ready()[0] and probes.report.live()[0]
-    probes.tensorboard = {"up": False}
-    assert probes.report.ready() == (False, {"ready": False, "tensorboard": {"up": False}})
-    assert probes.report.live()[0], "TensorBoard down is no reason to restart the daemon"
-    probes.tensorboard = None  # disabled: nothing to wait for
-    assert probes.report.ready()[0]
-    probes.tick = time.monotonic() - LIVENESS_SECONDS - 1
-    alive, body = probes.report.live()
-    assert not alive and body["last_tick_seconds_ago"] > LIVENESS_SECONDS

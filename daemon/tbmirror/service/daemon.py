@@ -26,11 +26,11 @@ import structlog
 
 from tbmirror import logs
 from tbmirror.app import build_engine, open_journal
-from tbmirror.config import MlflowSourceSettings, Settings, load_settings
+from tbmirror.config import MlflowSourceSettings, Settings, TensorBoardSettings, load_settings
 from tbmirror.errors import ConfigError, TbmirrorError
 from tbmirror.journal import recover
 from tbmirror.service.config_watch import ConfigWatcher
-from tbmirror.service.health import HealthReport, HealthServer
+from tbmirror.service.health import HealthReport, HealthServer, heartbeat
 from tbmirror.service.metrics import DaemonMetrics, SourceState, TensorBoardState
 from tbmirror.service.scheduler import SourceScheduler
 from tbmirror.service.systemd import Notifier
@@ -121,7 +121,7 @@ class Daemon:
     def _main_loop(self) -> None:
         interval = min(TICK_SECONDS, self.notifier.watchdog_interval or TICK_SECONDS)
         while not self.stop_event.wait(interval):
-            self._last_tick = time.monotonic()
+            self._tick()
             if self._reload_requested:
                 self._reload_requested = False
                 self._reload("SIGHUP")
@@ -133,6 +133,9 @@ class Daemon:
             if self.notifier.watchdog_interval:
                 fields["WATCHDOG"] = "1"
             self.notifier.notify(**fields)
+
+    def _tick(self) -> None:
+        self._last_tick = time.monotonic()
 
     def _start_tensorboard(self) -> None:
         if self.settings.tensorboard.enabled:
@@ -218,8 +221,12 @@ class Daemon:
         self.settings = new
         logs.configure(new.logging.level)
         added = {source.name for source in new.sources} - {source.name for source in old.sources}
-        if new.tensorboard != old.tensorboard or self._recover_added(sorted(added)):
-            self._restart_tensorboard()
+        with heartbeat(self._tick):  # recovery and TensorBoard's start may take a minute or more
+            cut = self._recover_added(sorted(added))
+            if cut or _restart_needed(old.tensorboard, new.tensorboard):
+                self._restart_tensorboard()
+            elif new.tensorboard.shown_url != old.tensorboard.shown_url:
+                log.info("tensorboard_url", url=new.tensorboard.shown_url)
         if new.health != old.health:
             if self._health:
                 self._health.stop()
@@ -266,6 +273,12 @@ class Daemon:
         sources = f"{len(statuses)} source" + "s" * (len(statuses) != 1)
         line = f"{sources}, {self.scheduler.runs_mirrored():,} runs, {last}"
         return line + (f", {failing} failing" if failing else "")
+
+
+def _restart_needed(old: TensorBoardSettings, new: TensorBoardSettings) -> bool:
+    """Whether TensorBoard must restart for a change of its settings: not for `public_url`
+    alone, which only the daemon's banner and status show."""
+    return new.model_copy(update={"public_url": old.public_url}) != old
 
 
 def _keep_freed_memory_returned() -> None:

@@ -10,10 +10,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -27,6 +28,30 @@ from tbmirror.model import SourceStatus
 from tbmirror.service.metrics import DaemonMetrics
 
 LIVENESS_SECONDS = 60.0  # the main loop ticks every second; a minute without a tick is stuck
+LONG_STEP_SECONDS = 600.0  # how long a long step of the main loop (see heartbeat) keeps it alive
+
+
+@contextlib.contextmanager
+def heartbeat(
+    beat: Callable[[], None], limit: float = LONG_STEP_SECONDS, interval: float = 1.0
+) -> Iterator[None]:
+    """Call `beat` every `interval` seconds from a thread while the block runs, for at most
+    `limit` seconds: a long but known step of the main loop (a reload restarting TensorBoard or
+    recovering an added source) keeps /livez alive, one stuck beyond `limit` does not."""
+    done = threading.Event()
+    deadline = time.monotonic() + limit
+
+    def run() -> None:
+        while not done.wait(interval) and time.monotonic() < deadline:
+            beat()
+
+    thread = threading.Thread(target=run, name="heartbeat", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        thread.join()
 
 
 @dataclass(frozen=True)
