@@ -5,7 +5,6 @@ answer meanwhile, and a stale source does not make the dashboard unready."""
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -21,39 +20,10 @@ from conftest import (
     new_run,
     wait_until,
 )
+from helpers.kubelet import ConfigMapVolume
 from helpers.loss import loss_logger
 from tbmirror.processes import free_port
 from tbmirror.service.config_watch import ConfigWatcher
-
-
-class ConfigMapVolume:
-    """A directory laid out as the kubelet lays out a ConfigMap volume (atomic_writer.go):
-    `<dir>/..<timestamp>/<key>` holds the data, `..data` links to it and `<dir>/<key>` links
-    through `..data/<key>`. `update` writes a new timestamped directory, points `..data_tmp` at
-    it, renames that over `..data` and removes the old directory."""
-
-    def __init__(self, directory: Path) -> None:
-        self.directory = directory
-        directory.mkdir(parents=True, exist_ok=True)
-        self._version = 0
-
-    def update(self, files: dict[str, str]) -> None:
-        self._version += 1
-        stamp = f"..{time.strftime('%Y_%m_%d_%H_%M_%S')}.{self._version}"
-        (self.directory / stamp).mkdir()
-        for key, text in files.items():
-            (self.directory / stamp / key).write_text(text)
-        data = self.directory / "..data"
-        old = os.readlink(data) if data.is_symlink() else None
-        (self.directory / "..data_tmp").symlink_to(stamp)
-        os.replace(self.directory / "..data_tmp", data)
-        for key in files:
-            if not (self.directory / key).is_symlink():
-                (self.directory / key).symlink_to(f"..data/{key}")
-        if old is not None:
-            for path in (self.directory / old).iterdir():
-                path.unlink()
-            (self.directory / old).rmdir()
 
 
 def test_a_symlink_swap_is_seen_once_after_the_debounce(tmp_path: Path) -> None:

@@ -2,19 +2,25 @@
 Azure ML (azure-identity).
 
 Secrets are read on first use, tokens are cached and refreshed before they expire; a request
-answered 401 gets one fresh token and is sent once more. No secret is ever put into a log event or
-an error message: a secret file must hold one line (config.py checks it when it is read) and a
-bearer token, from the config or from a token service, must be visible ASCII before it goes into
-a header (else the HTTP library's error, which quotes the header, would carry it out).
+answered 401 gets one fresh token and is sent once more. A password_file or token_file is read
+again on the first request after it changed: each request stats its path, following symlinks
+(Kubernetes rotates a Secret by swapping a `..data` symlink); a client_secret_file is read at
+each token fetch. No secret is ever put into a log event or an error message: a secret file
+must hold one line (config.py checks it when it is read) and a bearer token, from the config or
+from a token service, must be visible ASCII before it goes into a header (else the HTTP
+library's error, which quotes the header, would carry it out).
 """
 
 from __future__ import annotations
 
 import base64
+import math
+import os
 import re
 import threading
 import time
 from collections.abc import Callable, Generator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -29,23 +35,46 @@ REFRESH_MARGIN_SECONDS = 120.0
 _HEADER_TOKEN = re.compile(r"[\x21-\x7e]+")  # what may follow "Bearer " (visible ASCII)
 
 
-class CachedToken:
-    """A token from `fetch` (-> (token, expires at epoch seconds)), refreshed before expiry."""
+FileStamp = tuple[int, int, int, int] | None
 
-    def __init__(self, fetch: Callable[[], tuple[str, float]]) -> None:
-        self._fetch = fetch
+
+def file_stamp(path: Path | None) -> FileStamp:
+    """What changes when a file is rewritten or swapped: device, inode, size and mtime of `path`
+    with symlinks followed; None without a file or when it cannot be stat'ed (reading it then
+    says why)."""
+    if path is None:
+        return None
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return None
+    return stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns
+
+
+class CachedToken:
+    """A token from `fetch` (-> (token, expires at epoch seconds)), refreshed before expiry and
+    whenever `stamp` (the stamp of the secret file `fetch` reads) differs from the last fetch's."""
+
+    def __init__(
+        self, fetch: Callable[[], tuple[str, float]], stamp: Callable[[], FileStamp] = lambda: None
+    ) -> None:
+        self._fetch, self._stamp = fetch, stamp
         self._lock = threading.Lock()
         self._token: str | None = None
         self._expires = 0.0
+        self._fetched_stamp: FileStamp = None
 
     def get(self, force: bool = False) -> str:
         with self._lock:
+            stamp = self._stamp()
             if (
                 force
                 or self._token is None
+                or stamp != self._fetched_stamp
                 or time.time() >= self._expires - REFRESH_MARGIN_SECONDS
             ):
                 self._token, self._expires = self._fetch()
+                self._fetched_stamp = stamp
             return self._token
 
 
@@ -65,18 +94,24 @@ class TokenAuth(httpx.Auth):
 
 
 class LazyBasicAuth(httpx.Auth):
-    """HTTP basic auth whose password is read on first use (an unreadable password file fails
-    this source's passes with a clear error, not the daemon's start or reload)."""
+    """HTTP basic auth whose password is read on first use and again after `stamp` changed (an
+    unreadable password file fails this source's passes with a clear error, not the daemon's
+    start or reload)."""
 
-    def __init__(self, username: str, password: Callable[[], str]) -> None:
-        self._username, self._password = username, password
-        self._header: str | None = None
+    def __init__(
+        self,
+        username: str,
+        password: Callable[[], str],
+        stamp: Callable[[], FileStamp] = lambda: None,
+    ) -> None:
+        def header() -> tuple[str, float]:
+            pair = f"{username}:{password()}".encode()
+            return "Basic " + base64.b64encode(pair).decode(), math.inf
+
+        self._header = CachedToken(header, stamp)
 
     def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
-        if self._header is None:
-            pair = f"{self._username}:{self._password()}".encode()
-            self._header = "Basic " + base64.b64encode(pair).decode()
-        request.headers["Authorization"] = self._header
+        request.headers["Authorization"] = self._header.get()
         yield request
 
 
@@ -86,11 +121,17 @@ def build_auth(settings: MlflowSourceSettings) -> httpx.Auth | None:
     if auth is None:
         return None
     if isinstance(auth, BasicAuth):
-        return LazyBasicAuth(auth.username, lambda: auth.secret("password"))
+        return LazyBasicAuth(
+            auth.username, lambda: auth.secret("password"), lambda: file_stamp(auth.password_file)
+        )
     if isinstance(auth, BearerAuth) or (
         isinstance(auth, DatabricksAuth) and auth.client_id is None
     ):
-        return TokenAuth(CachedToken(lambda: (_configured_token(auth), float("inf"))))
+        return TokenAuth(
+            CachedToken(
+                lambda: (_configured_token(auth), math.inf), lambda: file_stamp(auth.token_file)
+            )
+        )
     if isinstance(auth, DatabricksAuth):
         host = (auth.host or settings.tracking_uri).rstrip("/")
         return TokenAuth(CachedToken(lambda: _databricks_oauth(settings.name, host, auth)))
