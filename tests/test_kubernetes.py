@@ -82,7 +82,7 @@ def shards(objects: list[dict[str, Any]]) -> list[tuple[dict[str, Any], dict[str
 @needs_kubectl
 def test_built_in_kinds_match_the_kubernetes_schemas(objects: list[dict[str, Any]]) -> None:
     built_in = [o for o in objects if o["kind"] not in CRD_KINDS]
-    assert {o["kind"] for o in built_in} >= {"StatefulSet", "Service", "ConfigMap"}
+    assert {o["kind"] for o in built_in} >= {"StatefulSet", "Service", "ConfigMap", "NetworkPolicy"}
     for item in built_in:  # SchemaNotFoundError, like ValidationError, fails the test
         kubernetes_validate.validate(item, KUBERNETES_VERSION, strict=True)
 
@@ -120,10 +120,53 @@ def test_the_rule_groups_are_the_rule_file_and_pass_promtool(
     # job="tbmirror" in the rules is what the ServiceMonitor's jobLabel gives every shard
     (monitor,) = of_kind(objects, "ServiceMonitor")
     job_label = monitor["spec"]["jobLabel"]
-    for service in of_kind(objects, "Service"):
-        assert service["metadata"]["labels"][job_label] == "tbmirror"
-        selector = monitor["spec"]["selector"]["matchLabels"]
-        assert selector.items() <= service["metadata"]["labels"].items()
+    selector = monitor["spec"]["selector"]["matchLabels"]
+    scraped = [s for s in of_kind(objects, "Service") if selector.items() <= labels(s).items()]
+    assert len(scraped) == len(shards(objects)), "one health Service per shard"
+    for service in scraped:
+        assert labels(service)[job_label] == "tbmirror"
+        assert [p["name"] for p in service["spec"]["ports"]] == ["health"]
+
+
+def labels(item: dict[str, Any]) -> dict[str, str]:
+    return dict(item["metadata"].get("labels", {}))
+
+
+@needs_kubectl
+def test_the_health_port_has_its_own_service_and_a_policy_admits_each_port_from_its_readers(
+    objects: list[dict[str, Any]],
+) -> None:
+    """TensorBoard's Service carries 6006 only; the NetworkPolicy admits 9464 from the
+    monitoring namespace only and 6006 from the ingress namespace and the sign-in proxy's pods
+    only (the names docs/operations/kubernetes.md gives)."""
+    for statefulset, _ in shards(objects):
+        pods = statefulset["spec"]["template"]["metadata"]["labels"]
+        services = [s for s in of_kind(objects, "Service") if s["spec"]["selector"] == pods]
+        ports = sorted(p["port"] for s in services for p in s["spec"]["ports"])
+        assert ports == [6006, 9464] and all(len(s["spec"]["ports"]) == 1 for s in services)
+        (policy,) = [
+            p
+            for p in of_kind(objects, "NetworkPolicy")
+            if p["spec"]["podSelector"]["matchLabels"] == pods
+        ]
+        assert policy["spec"]["policyTypes"] == ["Ingress"]
+        admitted = {}
+        for rule in policy["spec"]["ingress"]:
+            (port,) = rule["ports"]
+            admitted[port["port"]] = rule["from"]
+        assert admitted.keys() == {"health", "tensorboard"}  # nothing else is admitted at all
+        names = {p["name"]: p["containerPort"] for p in _container(statefulset)["ports"]}
+        assert (names["health"], names["tensorboard"]) == (9464, 6006)
+        assert admitted["health"] == [namespace("monitoring")]
+        proxy = {"key": "tbmirror.io/dashboard-proxy", "operator": "In", "values": ["true"]}
+        assert admitted["tensorboard"] == [
+            namespace("ingress-nginx"),
+            {"podSelector": {"matchExpressions": [proxy]}},
+        ]
+
+
+def namespace(name: str) -> dict[str, Any]:
+    return {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": name}}}
 
 
 @needs_kubectl
