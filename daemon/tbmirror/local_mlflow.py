@@ -80,16 +80,17 @@ class LocalMlflowServer:
         raise TbmirrorError(f"mlflow server did not answer within {timeout:.0f} s")
 
     def stop(self, grace: float = STOP_GRACE_SECONDS) -> None:
-        """End the server's whole process group: SIGTERM, then SIGKILL once the server no longer
-        listens (it has shut down: its `mlflow server` parent would linger seconds more for
-        nothing) or after `grace` s."""
+        """End the server's whole process group, even if its `mlflow server` parent already
+        exited (its workers may not have): SIGTERM, then SIGKILL once the server no longer
+        listens (it has shut down: the parent would linger seconds more for nothing) or after
+        `grace` s."""
         process = self.process
-        if process is None or process.poll() is not None:
+        if process is None:
             return
         with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGTERM)
         deadline = time.monotonic() + grace
-        while time.monotonic() < deadline and process.poll() is None and self._listening():
+        while time.monotonic() < deadline and self._listening():
             time.sleep(0.05)
         with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGKILL)
