@@ -45,6 +45,30 @@ def test_a_symlink_swap_is_seen_once_after_the_debounce(tmp_path: Path) -> None:
         watcher.stop()
 
 
+def test_an_edit_is_seen_where_a_symlinked_config_points(tmp_path: Path) -> None:
+    """/etc/tbmirror/config.yaml -> /srv/configs/tbmirror.yaml: editing the file the link
+    points to, in its own directory, is seen too; a kubelet volume watches one directory."""
+    (tmp_path / "etc").mkdir()
+    (tmp_path / "srv").mkdir()
+    target = tmp_path / "srv" / "tbmirror.yaml"
+    target.write_text("a: 1\n")
+    link = tmp_path / "etc" / "config.yaml"
+    link.symlink_to(target)
+    watcher = ConfigWatcher(link, debounce=0.3)
+    assert watcher.directories() == [tmp_path / "etc", tmp_path / "srv"]
+    volume = ConfigMapVolume(tmp_path / "volume")
+    volume.update({"config.yaml": "a: 1\n"})
+    inside = ConfigWatcher(tmp_path / "volume" / "config.yaml")
+    assert inside.directories() == [tmp_path / "volume"]
+    watcher.start()
+    try:
+        assert not watcher.due()
+        target.write_text("a: 2\n")  # in place, in the other directory
+        wait_until(watcher.due, 10, f"the edit of {target} to be seen")
+    finally:
+        watcher.stop()
+
+
 class _Up(dict):  # type: ignore[type-arg]
     """Equal to /readyz's TensorBoard part when that says up."""
 

@@ -2,10 +2,12 @@
 
 The directory holding the config is watched, not the file: Kubernetes updates a mounted ConfigMap
 by writing a new timestamped directory beside the file and swapping the `..data` symlink the file
-points through, so the file itself never sees an event. Any event in the directory marks it
-dirty; once no event came for `debounce` seconds, the file's content (read through its symlinks)
-is hashed, and `due` is true once when that digest differs from the last one seen. What it then
-does is the daemon's: the same reload as SIGHUP.
+points through, so the file itself never sees an event. When the file is a symlink into another
+directory (a link to a file kept elsewhere), the directory it points into at start is watched
+too, so edits there are seen. Any event marks the file dirty; once no event came for `debounce`
+seconds, the file's content (read through its symlinks) is hashed, and `due` is true once when
+that digest differs from the last one seen. What it then does is the daemon's: the same reload
+as SIGHUP.
 
 Thread-safety: watchdog's thread only marks the directory dirty; `due` is called from one thread.
 """
@@ -44,9 +46,16 @@ class ConfigWatcher:
         self._lock = threading.Lock()
         self._observer: BaseObserver | None = None
 
+    def directories(self) -> list[Path]:
+        """The directories watched (not recursively): the config's, and the one its symlinks
+        lead into when that is elsewhere."""
+        own = self.path.parent
+        target = self.path.resolve().parent
+        return [own] if target.is_relative_to(own.resolve()) else [own, target]
+
     def start(self) -> None:
-        """Watch the directory (not recursively). If it cannot be watched (no inotify watch
-        left, say), one warning and SIGHUP remains the way to reload."""
+        """Watch the directories. If they cannot be watched (no inotify watch left, say), one
+        warning and SIGHUP remains the way to reload."""
         watcher = self
 
         class Handler(FileSystemEventHandler):
@@ -54,11 +63,13 @@ class ConfigWatcher:
                 watcher._mark()
 
         observer = Observer()
+        directories = self.directories()
         try:
-            observer.schedule(Handler(), str(self.path.parent), recursive=False)
+            for directory in directories:
+                observer.schedule(Handler(), str(directory), recursive=False)
             observer.start()
         except OSError as error:
-            log.warning("config_watch_unavailable", path=str(self.path.parent),
+            log.warning("config_watch_unavailable", path=", ".join(map(str, directories)),
                         error=error.strerror or str(error))  # fmt: skip
             return
         self._observer = observer
