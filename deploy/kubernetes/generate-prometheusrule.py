@@ -1,11 +1,13 @@
 #!/usr/bin/env python3
-"""Write monitoring/prometheusrule.yaml: a PrometheusRule whose groups are those of
-deploy/prometheus/rules.yml, the one source of truth (tests/test_kubernetes.py checks they are
-equal). Run it after changing the rules:  .venv/bin/python deploy/kubernetes/generate-prometheusrule.py
+"""Write monitoring/prometheusrule.yaml (or the path given): a PrometheusRule whose groups are
+those of deploy/prometheus/rules.yml, the one source of truth (tests/test_kubernetes.py checks
+the tracked file is what this writes). Run it after changing the rules:
+    .venv/bin/python deploy/kubernetes/generate-prometheusrule.py [OUTPUT]
 """
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import yaml
@@ -29,10 +31,11 @@ def prometheus_rule(rules_file: Path = RULES) -> dict[str, object]:
     }
 
 
-def main() -> None:
+def main(argv: list[str]) -> None:
+    output = Path(argv[0]) if argv else OUTPUT
     text = yaml.safe_dump(prometheus_rule(), sort_keys=False, width=100, allow_unicode=True)
-    OUTPUT.write_text(HEADER + text)
+    output.write_text(HEADER + text)
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:])
