@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import time
 from collections.abc import Iterator
@@ -32,12 +31,16 @@ from conftest import (
     wait_until,
 )
 from helpers.loss import loss_logger
+from helpers.tools import tools
 from tbmirror.processes import free_port
 
 BUILD = REPO / "deploy" / "container" / "build.sh"
 UID = 10001  # the image's user
-MISSING = [tool for tool in ("podman", "debootstrap") if shutil.which(tool) is None]
-pytestmark = pytest.mark.skipif(bool(MISSING), reason=f"needs {' and '.join(MISSING)}")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _podman_and_debootstrap() -> None:  # before any fixture that builds
+    tools(("podman", "podman"), ("debootstrap", "debootstrap"))
 
 
 class Podman:

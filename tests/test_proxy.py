@@ -22,7 +22,7 @@ from helpers.proxy import (
     UI_URL,
     USER,
     ProxyStack,
-    missing_tools,
+    need_tools,
     proxy_stack,
 )
 from tbmirror.config import parse_settings
@@ -35,8 +35,7 @@ DAEMON_PATHS = ["/healthz", "/metrics", f"{PREFIX}/healthz", f"{PREFIX}/metrics"
 def test_the_shipped_proxy_end_to_end(tmp_path: Path, mlflow_server: MlflowServer) -> None:
     """One stack for every check below (a module fixture would be built once per xdist
     worker the module's tests land on)."""
-    if missing := missing_tools():
-        pytest.skip(f"not installed: {', '.join(missing)}")
+    need_tools()
     with proxy_stack(tmp_path, mlflow_server) as stack:
         for variant in ("basic", "sso"):
             check_tensorboard_answers_when_signed_in(stack, variant)

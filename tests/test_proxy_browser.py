@@ -16,14 +16,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import pytest
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 
 from conftest import MlflowServer, wait_until
-from helpers.proxy import PASSWORD, PREFIX, USER, Nginx, ProxyStack, missing_tools, proxy_stack
+from helpers.proxy import PASSWORD, PREFIX, USER, Nginx, ProxyStack, need_tools, proxy_stack
 
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 SCREENSHOT = "reverse-proxy-scalars.png"
@@ -129,8 +128,7 @@ def test_a_browser_signs_in_and_sees_the_runs_on_the_scalars_dashboard(
 ) -> None:
     """By the SSO cookie flow, then by basic auth (one stack: a module fixture would be built
     once per xdist worker)."""
-    if missing := missing_tools(CHROMIUM, CHROMEDRIVER):
-        pytest.skip(f"not installed: {', '.join(missing)}")
+    need_tools((CHROMIUM, "chromium"), (CHROMEDRIVER, "chromium-driver"))
     with (
         proxy_stack(tmp_path / "stack", mlflow_server) as stack,
         chromium(stack, tmp_path / "chromium") as browser,

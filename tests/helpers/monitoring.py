@@ -5,9 +5,7 @@ expression or a /metrics scrape holds."""
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
 import subprocess
 import threading
 import time
@@ -16,10 +14,10 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
+from helpers.tools import tool
 from tbmirror.processes import free_port, stop_process_group
 
 REPO = Path(__file__).resolve().parents[2]
@@ -31,18 +29,6 @@ MONITORING_DOC = REPO / "docs" / "operations" / "monitoring.md"
 
 # Series Prometheus makes itself, not the daemon.
 PROMETHEUS_SERIES = {"up", "ALERTS", "ALERTS_FOR_STATE"}
-
-
-def tool(name: str, package: str) -> str:
-    """The path of a command from a Debian package; CI (CI=true, where .ci/run installs it)
-    fails without it, elsewhere the test is skipped naming the package."""
-    path = shutil.which(name)
-    if path is None:
-        message = f"{name} not found: apt-get install --no-install-recommends {package}"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
-    return path
 
 
 def alert_rules() -> list[dict[str, Any]]:

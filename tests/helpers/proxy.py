@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import http.server
 import re
-import shutil
 import ssl
 import subprocess
 import threading
@@ -40,13 +39,14 @@ from conftest import (
     tb_run,
     wait_until,
 )
+from helpers.tools import tools
 from tbmirror.processes import free_port, stop_process_group
 
 SHIPPED = REPO / "deploy" / "nginx"
 PLACEHOLDER = re.compile(r"@[A-Z_]+@")
 HEALTH_INCLUDE = "# include snippets/tbmirror-health.conf;"
 SESSION_COOKIE = "_oauth2_proxy"
-TOOLS = ("nginx", "openssl", "htpasswd")  # Debian's nginx, openssl, apache2-utils
+TOOLS = (("nginx", "nginx"), ("openssl", "openssl"), ("htpasswd", "apache2-utils"))
 PREFIX = "/tensorboard"  # tensorboard.path_prefix and the docs' example
 USER, PASSWORD = "alice", "correct-horse-battery-9"
 UI_URL = "https://mlflow.example.org"  # the MLflow address colleagues open (ui_url)
@@ -54,9 +54,10 @@ SOURCE = "team"
 POINTS = {"alpha": [0.9, 0.7, 0.5, 0.4, 0.35], "beta": [1.2, 1.0, 0.8]}  # loss per step
 
 
-def missing_tools(*more: str) -> list[str]:
-    """The programs these tests need that are not installed (to name in a skip)."""
-    return [tool for tool in (*TOOLS, *more) if not shutil.which(tool)]
+def need_tools(*more: tuple[str, str]) -> None:
+    """The programs these tests need, (command, Debian package), TOOLS and `more`: a missing
+    one fails under CI, else skips (helpers/tools.py)."""
+    tools(*TOOLS, *more)
 
 
 def render(path: Path, values: dict[str, str]) -> str:
