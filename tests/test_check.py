@@ -208,12 +208,12 @@ def test_a_taken_port_fails_unless_this_configs_own_daemon_holds_it(
     daemon.wait_event("daemon_ready")
     code, lines, _ = check(config)
     assert code == 0, lines
-    pid = daemon.process.pid
+    who = f"pid {daemon.process.pid} on {socket.gethostname()}"  # the whole holder
     assert f"ok    health: {health.removeprefix('http://')}: in use by this config's own " \
-        f"tbmirror (pid {pid})" in lines, lines  # fmt: skip
+        f"tbmirror ({who})" in lines, lines  # fmt: skip
     assert not any(line.startswith("ok    tensorboard") for line in lines), lines
     state = tmp_path / "state.db"
-    assert f"ok    mirror.state: {state}: writable; in use by tbmirror pid {pid}" in lines, lines
+    assert f"ok    mirror.state: {state}: writable; in use by tbmirror ({who})" in lines, lines
     assert daemon.stop() == 0
 
 

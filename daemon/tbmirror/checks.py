@@ -128,7 +128,7 @@ def _state(path: Path, daemon: str | None) -> Finding:
     if problem:
         return Finding("mirror.state", False, f"{path}: {problem}")
     how = "writable" if path.exists() else "can be created"
-    used = f"; in use by tbmirror pid {daemon}" if daemon else ""
+    used = f"; in use by tbmirror ({daemon})" if daemon else ""
     return Finding("mirror.state", True, f"{path}: {how}{used}")
 
 
@@ -145,7 +145,7 @@ def _port(subject: str, host: str, port: int, daemon: str | None) -> Finding:
             if error.errno != errno.EADDRINUSE:
                 return Finding(subject, False, f"{where}: cannot listen: {error.strerror}")
             if daemon:
-                text = f"{where}: in use by this config's own tbmirror (pid {daemon})"
+                text = f"{where}: in use by this config's own tbmirror ({daemon})"
                 return Finding(subject, True, text)
             return Finding(subject, False, f"{where}: already in use by another process")
     return Finding(subject, True, f"{where}: free")

@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
-import re
 import socket
 from pathlib import Path
 
@@ -94,9 +93,10 @@ class SubtreeLocks:
 
 
 def holder(path: Path) -> str | None:
-    """The pid (as written, or "unknown") of the process that holds the lock file at `path`
-    now, or None if none does
-    (asked with a shared lock taken and given back at once; a missing file is never created)."""
+    """Who holds the lock file at `path` now, as written ("pid 123 on host"; "pid 123" from
+    older versions; "unknown holder" if nothing readable was written), or None if no process
+    holds it (asked with a shared lock taken and given back at once; a missing file is never
+    created)."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError:
@@ -104,8 +104,8 @@ def holder(path: Path) -> str | None:
     try:
         fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
     except BlockingIOError:
-        found = re.match(r"(?:pid )?(\d+)\b", _written_holder(fd))
-        return found.group(1) if found else "unknown"
+        written = _written_holder(fd)
+        return f"pid {written}" if written.isdigit() else written or "unknown holder"
     finally:
         os.close(fd)  # gives back the shared lock, if taken
     return None
