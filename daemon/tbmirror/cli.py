@@ -36,7 +36,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command is demo_command:
             logs.configure(args.log_level or "warning")  # the banner stays in view
-            return demo_command(args)
+            code = demo_command(args)
+            # Everything the demo started has stopped: exit now, not after the seconds the
+            # interpreter takes to tear down mlflow, scikit-learn and matplotlib (main is the
+            # program's entry point; demo_command itself returns).
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code)
         try:
             settings = load_settings(Path(args.config), offline=getattr(args, "offline", False))
         except TbmirrorError:
@@ -160,12 +166,7 @@ def sync_command(settings: Settings, args: argparse.Namespace) -> int:
 def demo_command(args: argparse.Namespace) -> int:
     from tbmirror.demo import run_demo
 
-    code = run_demo(args.dir, args.port, args.health_port)
-    # Everything the demo started has stopped: exit now, not after the seconds the interpreter
-    # takes to tear down mlflow, scikit-learn and matplotlib.
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
+    return run_demo(args.dir, args.port, args.health_port)
 
 
 def run_command(settings: Settings, args: argparse.Namespace) -> int:

@@ -35,9 +35,10 @@ def stop_process_group(process: subprocess.Popen[Any], grace: float = 10) -> Non
 
 @contextmanager
 def sigint_deferred() -> Iterator[None]:
-    """Hold Ctrl-C (SIGINT) back until the block ends, then act on it as before: a child
-    process started in the block is always known to whoever must stop it. (Only the main
-    thread receives signals in Python: elsewhere this does nothing.)"""
+    """Hold Ctrl-C (SIGINT) back until the block ends, then deliver it again to the handler of
+    before, whatever it is (Python's KeyboardInterrupt, a function, SIG_DFL: the process ends,
+    SIG_IGN: nothing): a child process started in the block is always known to whoever must
+    stop it. (Only the main thread receives signals in Python: elsewhere this does nothing.)"""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -47,5 +48,5 @@ def sigint_deferred() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGINT, previous)
-    if caught and callable(previous):
-        previous(signal.SIGINT, None)
+    if caught:
+        signal.raise_signal(signal.SIGINT)
