@@ -356,12 +356,16 @@ class Journal:
                     self.files.make_dirs(path.parent)
                 self.files.write_at(path, write.committed, bytes(write.data), write.created)
                 written.append(path)
+            if written:
+                protocol_step("batch_written")
             for path in written:
                 where = os.path.relpath(path, self.layout.root)
                 self.files.fsync(path)
             for directory in new_dirs:
                 where = os.path.relpath(directory, self.layout.root)
                 self.files.fsync_dir(directory)
+            if written:
+                protocol_step("batch_synced")
             where = self.store.path.name
             with self.store.transaction():
                 for change in batch._changes:
@@ -369,6 +373,8 @@ class Journal:
                 for relative, write in batch._files.items():
                     if relative not in lost:
                         self.store.put_file(relative, write.committed + len(write.data))
+            if written:
+                protocol_step("batch_committed")
         except Exception as error:  # bytes may be out: whatever failed, never write others there
             with self._guard:
                 self._pending[batch.owner] = batch
@@ -519,10 +525,22 @@ class Journal:
         return _occupied(self.layout.resolve(relative))
 
 
+_steps_reached: dict[str, int] = {}
+_steps_guard = threading.Lock()
+
+
 def protocol_step(name: str) -> None:
-    """A step of the protocol. A test hook: with TBMIRROR_TEST_STOP_AT=<name> in its environment
-    the process stops itself here (SIGSTOP) for the test to kill it at exactly this step."""
-    if os.environ.get("TBMIRROR_TEST_STOP_AT") == name:
+    """A step of the protocol. A test hook: with TBMIRROR_TEST_STOP_AT=<name> (or <name>:<n>, the
+    n-th time the step is reached) in its environment, the process stops itself here (SIGSTOP)
+    for the test to kill it at exactly this step. Steps: move_recorded, move_renamed,
+    move_applied; and, in a batch that appends bytes, batch_written (appended, not yet fsynced),
+    batch_synced (fsynced, not committed), batch_committed (committed)."""
+    wanted = os.environ.get("TBMIRROR_TEST_STOP_AT")
+    if wanted is None or wanted.partition(":")[0] != name:
+        return
+    with _steps_guard:
+        reached = _steps_reached[name] = _steps_reached.get(name, 0) + 1
+    if reached == int(wanted.partition(":")[2] or 1):
         os.kill(os.getpid(), signal.SIGSTOP)
 
 
