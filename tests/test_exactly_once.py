@@ -71,7 +71,10 @@ def test_sigkill_at_each_protocol_step_loses_and_duplicates_nothing(
         recovered_events((tmp_path / f"sync-{index:02d}.log").read_text())
         for index in range(1, ITERATIONS)
     ] + [recovered_events(final.stderr)]
-    found = [(step, [files_cut(e) for e in events]) for step, events in zip(kills, recoveries)]
+    found = [
+        (step, [files_cut(e) for e in events])
+        for step, events in zip(kills, recoveries, strict=True)
+    ]
     for step, cut in found:
         assert len(cut) == 1, found
         assert (cut[0] >= 1) == (not step.startswith("batch_committed")), found
