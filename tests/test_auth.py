@@ -35,6 +35,7 @@ from conftest import (
     write_config,
 )
 from tbmirror.config import parse_settings
+from tbmirror.errors import ConfigError
 
 CLIENT_SECRET = "dbx-client-secret-77251"
 PAT = "dapi-personal-token-50817"
@@ -279,7 +280,7 @@ def test_auth_config_errors_name_the_field() -> None:
             "sources[0].auth.type: expected one of 'basic', 'bearer', 'databricks', 'azure' (got",
         ),
     ]:
-        with pytest.raises(Exception) as raised:
+        with pytest.raises(ConfigError) as raised:
             parse_settings(base % auth)
         assert message.replace("Value error, ", "") in str(raised.value), str(raised.value)
     secret = parse_settings(base % "{type: bearer, token: hunter2-token}")
