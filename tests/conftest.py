@@ -424,8 +424,8 @@ def new_run(client: Any, experiment: str, name: str) -> str:
 
 @pytest.fixture(scope="session")
 def azurite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    """A real Azurite blob service (helpers/azurite.py: `Azurite`), one per xdist worker;
-    azurite is npm-installed into ~/.cache/tbmirror-tests on first use."""
+    """A real Azurite blob service (helpers/azurite.py: `Azurite`), one per xdist worker, as
+    prepared by tests/prepare.py (a test fails, not downloads, if it is missing)."""
     from helpers.azurite import Azurite
 
     with Azurite(tmp_path_factory.mktemp("azurite")) as started:

@@ -13,9 +13,7 @@ from __future__ import annotations
 import importlib
 import importlib.machinery
 import importlib.util
-import subprocess
 import sys
-import zipfile
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -26,12 +24,9 @@ import pytest
 from google.protobuf.json_format import ParseDict
 
 from conftest import MlflowServer, new_run, wait_until
-from helpers.azurite import CACHE, file_lock
 from helpers.cloud_standins import AzureMlWorkspace, DatabricksWorkspace
+from helpers.prepared import azureml_models
 
-AZUREML_MLFLOW = "1.62.0.post6"
-MODELS_IN_WHEEL = "azureml/mlflow/_restclient/run_artifact/models/"
-MODEL_FILES = ("_azure_machine_learning_workspaces_enums.py", "_models_py3.py")  # in import order
 SYNTHETIC_PACKAGE = "azureml_run_artifact_models"
 
 ARTIFACTS = {
@@ -46,25 +41,13 @@ ARTIFACTS = {
 # -- Azure ML ----------------------------------------------------------------------------------
 
 
-def load_run_artifact_models(cache: Path = CACHE) -> ModuleType:
-    """`_models_py3` of azureml-mlflow==AZUREML_MLFLOW (downloaded once, without dependencies,
-    under a file lock) imported as `SYNTHETIC_PACKAGE._models_py3`."""
-    directory = cache / f"azureml-mlflow-{AZUREML_MLFLOW}"
-    with file_lock(cache / f"azureml-mlflow-{AZUREML_MLFLOW}.lock"):
-        if not (directory / "models" / MODEL_FILES[-1]).exists():
-            subprocess.run(
-                [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "-d",
-                 str(directory), f"azureml-mlflow=={AZUREML_MLFLOW}"],
-                check=True, capture_output=True, timeout=600,
-            )  # fmt: skip
-            (wheel,) = directory.glob("azureml_mlflow-*.whl")
-            (directory / "models").mkdir(exist_ok=True)
-            with zipfile.ZipFile(wheel) as archive:
-                for name in MODEL_FILES:
-                    (directory / "models" / name).write_bytes(archive.read(MODELS_IN_WHEEL + name))
+def load_run_artifact_models() -> ModuleType:
+    """`_models_py3` of azureml-mlflow==AZUREML_MLFLOW (prepared by tests/prepare.py) imported as
+    `SYNTHETIC_PACKAGE._models_py3`."""
+    directory = azureml_models()
     if SYNTHETIC_PACKAGE not in sys.modules:
         spec = importlib.machinery.ModuleSpec(SYNTHETIC_PACKAGE, None, is_package=True)
-        spec.submodule_search_locations = [str(directory / "models")]
+        spec.submodule_search_locations = [str(directory)]
         sys.modules[SYNTHETIC_PACKAGE] = importlib.util.module_from_spec(spec)
     return importlib.import_module(f"{SYNTHETIC_PACKAGE}._models_py3")
 
