@@ -832,7 +832,7 @@ def test_a_failed_source_is_named_once_in_its_line(
 # -- chaos ------------------------------------------------------------------------------------
 
 CHAOS_SECONDS = float(os.environ.get("TBMIRROR_CHAOS_SECONDS", "0"))  # 0: every fault once
-POLL_SECONDS, STALE_SECONDS = 1.0, 2.0
+STALE_SECONDS = 2.0
 SOURCE_FAULT_SECONDS, RUN_FAULT_SECONDS = 3.5, 3.5
 SOURCE_GAP_SECONDS, RUN_GAP_SECONDS = 4.0, 2.5
 KEYS = ("loss", "acc")
@@ -854,6 +854,8 @@ class Window:
     run_errors: float = 0.0
     degraded_after: float | None = None
     healthy_after: float | None = None
+    passes_after: int = 0  # successful passes between its end and the next window's start
+    healthy_by_second: bool = False  # /healthz healthy by the second of them (`by_pass`)
 
     @property
     def seconds(self) -> float:
@@ -922,8 +924,8 @@ class Workload(threading.Thread):
 
 
 class HealthWatch(threading.Thread):
-    """Polls /healthz every 0.1 s: (time, status code, the source's `healthy`) at each change,
-    and every failure to get an answer at all."""
+    """Polls /healthz every 0.1 s: (wall time asked, status code, the source's `healthy`), and
+    counts every failure to get an answer at all."""
 
     def __init__(self, url: str, source: str) -> None:
         super().__init__(name="chaos-health", daemon=True)
@@ -934,13 +936,13 @@ class HealthWatch(threading.Thread):
 
     def run(self) -> None:
         while not self.stop.wait(0.1):
+            asked = time.time()
             try:
-                code, body = health(self.url)
+                code, healthy = health_of(self.url, self.source)
             except (httpx.HTTPError, ValueError):
                 self.unanswered += 1
                 continue
-            entry = body.get("sources", {}).get(self.source, {})
-            self.samples.append((time.monotonic(), code, entry.get("healthy")))
+            self.samples.append((asked, code, healthy))
 
     def first(self, after: float, before: float, degraded: bool) -> float | None:
         """When /healthz first said degraded (503, the source unhealthy), or healthy (200),
@@ -1009,20 +1011,20 @@ def test_chaos(
     watch = HealthWatch(health_url, source.name)
     workload.start()
     watch.start()
-    origin = time.monotonic()
+    origin = time.time()
     done: list[Window] = []
     try:
-        while not done or time.monotonic() - origin < CHAOS_SECONDS:
+        while not done or time.time() - origin < CHAOS_SECONDS:
             for window in chaos_windows(ids):
                 metrics = httpx.get(f"{health_url}/metrics", timeout=5).text
                 errors_before = metric_value(metrics, "tbmirror_run_errors_total", source.name)
                 if done:
-                    done[-1].next_start = time.monotonic()
-                window.start = time.monotonic()
+                    done[-1].next_start = time.time()
+                window.start = time.time()
                 rules = [proxy.set(fault, **params) for fault, params in window.rules]
                 time.sleep(window.seconds)
                 proxy.clear()
-                window.end = time.monotonic()
+                window.end = time.time()
                 window.hits = rules[0].hits
                 time.sleep(window.gap)
                 metrics = httpx.get(f"{health_url}/metrics", timeout=5).text
@@ -1032,12 +1034,12 @@ def test_chaos(
                 done.append(window)
                 assert daemon.process.poll() is None, "the daemon died"
                 assert workload.error is None, workload.error
-        done[-1].next_start = time.monotonic()
+        done[-1].next_start = time.time()
     finally:
         proxy.clear()
         workload.stop.set()
         workload.join(30)
-    chaos_seconds = time.monotonic() - origin
+    chaos_seconds = time.time() - origin
     passes = [e["duration_ms"] / 1000 for e in daemon.events() if e.get("event") == "source_synced"]
     one_pass = max(passes, default=1.0)
     for window in done:
@@ -1046,6 +1048,9 @@ def test_chaos(
             healthy = watch.first(window.end, window.next_start, degraded=False)
             window.degraded_after = None if degraded is None else degraded - window.start
             window.healthy_after = None if healthy is None else healthy - window.end
+            good = pass_times(daemon, source.name, "source_synced", window.end)
+            window.passes_after = len([t for t in good if t < window.next_start])
+            window.healthy_by_second = by_pass(watch.samples, good, 2, window.next_start, False)
     injected = Counter(s.fault for s in proxy.requests if s.fault)
     print(f"\nchaos: {chaos_seconds:.0f} s, {len(done)} fault windows, longest pass "
           f"{one_pass:.1f} s; requests answered with a fault: {dict(injected)}")  # fmt: skip
@@ -1114,10 +1119,6 @@ def test_chaos(
         if window.level != "source":
             continue
         assert window.degraded_after is not None, f"{window.name}: /healthz never degraded"
-        assert window.degraded_after <= STALE_SECONDS + 5, window
-        bound = 2 * POLL_SECONDS + one_pass + 1.0
-        if window.healthy_after is None:
-            assert window.next_start - window.end < bound, f"{window.name}: never healthy again"
-        else:
-            assert window.healthy_after <= bound, f"{window.name}: healthy only after {window}"
+        if window.passes_after >= 2:  # (else the next window began first: no claim)
+            assert window.healthy_by_second, f"{window.name}: not healthy by the second pass"
     assert daemon.stop() == 0
