@@ -1022,7 +1022,8 @@ def test_chaos(
                     done[-1].next_start = time.time()
                 window.start = time.time()
                 rules = [proxy.set(fault, **params) for fault, params in window.rules]
-                time.sleep(window.seconds)
+                time.sleep(window.seconds)  # and on until it has hit (a loaded host is slow)
+                wait_until(lambda: rules[0].hits, 120, f"{window.name} to hit a request")  # noqa: B023
                 proxy.clear()
                 window.end = time.time()
                 window.hits = rules[0].hits
