@@ -629,6 +629,20 @@ def test_a_trickling_server_is_cut_off_by_the_total_timeout(
     assert len(proxy.seen(SEARCH, "trickle")) == 2, "one request, retried once"
 
 
+def test_stall_timeout_stops_the_retries_of_a_server_that_never_answers(
+    mlflow_server: MlflowServer, proxy: HostileProxy, source: ProxiedSource
+) -> None:
+    """README: "once no request has been answered for `stall_timeout`, retries stop and the pass
+    ends". Every search is reset: of the 20 retries allowed (backing off up to 30 s each, minutes
+    in all), those after nothing has answered for 3 s are not made."""
+    make_runs(mlflow_server.client(), source.experiment, ["r0"])
+    rule = proxy.set("reset", path=SEARCH)
+    result = source.sync(limit=300, max_retries=20, timeout="2s", stall_timeout="3s")
+    assert result.returncode == 1, output_of(result)
+    assert "runs/search" in source.fail_line(result.stdout), output_of(result)
+    assert 2 <= rule.hits < 21, f"{rule.hits} attempts: retried, then gave up, stalled"
+
+
 def test_sigterm_ends_a_daemon_stuck_in_a_trickle(
     tmp_path: Path,
     mlflow_server: MlflowServer,
