@@ -4,12 +4,22 @@ their schedule."""
 
 from __future__ import annotations
 
+import itertools
 import signal
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 
-from conftest import DaemonProcess, daemon_config, tbmirror, wait_until
+from conftest import (
+    DaemonProcess,
+    MlflowServer,
+    daemon_config,
+    mlflow_source,
+    new_run,
+    tbmirror,
+    wait_until,
+)
+from helpers.hostile_proxy import HostileProxy
 from tbmirror.processes import free_port
 
 
@@ -111,3 +121,54 @@ def test_a_failing_source_backs_off_and_the_others_keep_their_schedule(
     for index in range(1, len(found)):
         gap, delay = ends[index] - ends[index - 1], found[index - 1]["seconds"]
         assert gap >= delay - 0.1, f"a pass {gap:.2f} s after a backoff of {delay} s: {found}"
+
+
+def test_a_slow_source_is_never_polled_twice_at_once_nor_in_a_burst_after(
+    tmp_path: Path,
+    mlflow_server: MlflowServer,
+    proxy: HostileProxy,
+    experiment_name: str,
+    start_daemon: Callable[..., DaemonProcess],
+) -> None:
+    """README: a source is "never polled twice at once" and missed polls coalesce. Every search
+    answers 4 s late while the source is due every second: no two passes (nor searches) overlap,
+    and once the server is quick again, the polls that fell due meanwhile do not run as a burst:
+    at most two passes (the coalesced one, and the next on schedule) start within 0.9 s of the
+    slow one's end, where a queue of missed polls would start one after another at once."""
+    new_run(mlflow_server.client(), experiment_name, "r")
+    delay, search = 4.0, r"/runs/search"
+    source = mlflow_source("slow", proxy.url, [experiment_name], poll_interval="1s",
+                           timeout="30s")  # fmt: skip
+    config, _, _ = daemon_config(tmp_path / "c.yaml", tmp_path / "root", [source],
+                                 tensorboard={"enabled": False})  # fmt: skip
+    proxy.set("delay", path=search, seconds=delay)
+    daemon = start_daemon(config)
+
+    def answered() -> list:
+        return [s for s in proxy.seen(search, "delay") if s.status is not None]
+
+    wait_until(lambda: len(answered()) >= 3, 120, "three slow searches", saw=answered)
+    proxy.clear()
+    last = max(proxy.seen(search, "delay"), key=lambda s: s.started)
+    wait_until(lambda: last.status is not None, 60, "the last slow search answered")
+    answered_at = last.started + last.seconds  # (the proxy's clock)
+    wait_until(lambda: any(s.started > answered_at + 3 for s in proxy.seen(search, None)), 60,
+               "quick passes after the slow ones")  # fmt: skip
+    assert daemon.stop() == 0
+
+    slow = sorted(proxy.seen(search, "delay"), key=lambda s: s.started)
+    for before, after in itertools.pairwise(slow):
+        assert after.started >= before.started + before.seconds, "two searches at once"
+    passes = [  # (start, end) in wall time, from the log
+        (end - e["duration_ms"] / 1000, end)
+        for e in daemon.events()
+        if e.get("event") == "source_synced"
+        and (end := datetime.fromisoformat(e["timestamp"]).timestamp())
+    ]
+    for before, after in itertools.pairwise(passes):
+        assert after[0] >= before[1] - 0.01, f"two passes at once: {passes}"  # (ms rounding)
+    slow_passes = [p for p in passes if p[1] - p[0] >= delay]
+    assert slow_passes, passes
+    slow_end = slow_passes[-1][1]
+    burst = [p for p in passes if slow_end <= p[0] < slow_end + 0.9]
+    assert len(burst) <= 2, f"{len(burst)} passes started within 0.9 s of the slow one's end"
