@@ -6,7 +6,6 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
@@ -66,9 +65,7 @@ def test_demo_shows_the_sweep_and_a_live_run_and_stops_cleanly(tmp_path: Path) -
         assert table["text"].count("<tr>") == 8  # the header and the seven alphas
 
         process.send_signal(signal.SIGINT)
-        started = time.monotonic()
-        assert process.wait(20) == 0
-        assert time.monotonic() - started < 20
+        assert process.wait(60) == 0
         for url in (mlflow_url, f"http://127.0.0.1:{port}"):
             try:
                 httpx.get(url, timeout=2)
