@@ -261,7 +261,7 @@ def test_token_sources_send_the_right_bearer_and_refresh_it_mid_poll(
     assert_no_secret(output, PAT, CLIENT_SECRET, IDENTITY_HEADER, "dbx-oauth-", "azure-mi-")
 
 
-def test_azure_without_azure_identity_is_one_clear_error(tmp_path: Path, mirror_root: Path) -> None:
+def test_azure_without_azure_identity_is_one_clear_error(tmp_path: Path) -> None:
     """Simulated by hiding the package from the subprocess (an import hook in sitecustomize)."""
     hide = tmp_path / "hide"
     hide.mkdir()
@@ -272,7 +272,7 @@ def test_azure_without_azure_identity_is_one_clear_error(tmp_path: Path, mirror_
         "            raise ImportError('hidden for the test')\n"
         "sys.meta_path.insert(0, _Hide())\n"
     )
-    config = write_config(tmp_path / "c.yaml", mirror_root, [
+    config = write_config(tmp_path / "c.yaml", tmp_path / "root", [
         mlflow_source("az", "https://127.0.0.1:9/mlflow", ["x"], auth={"type": "azure"})
     ])  # fmt: skip
     result = tbmirror("sync", "--config", str(config), env={"PYTHONPATH": str(hide)})
@@ -306,11 +306,11 @@ def test_auth_config_errors_name_the_field() -> None:
 
 
 def test_an_unreadable_secret_file_fails_that_source_only(
-    tmp_path: Path, mlflow_server: MlflowServer, mirror_root: Path, experiment_name: str
+    tmp_path: Path, mlflow_server: MlflowServer, experiment_name: str
 ) -> None:
     mlflow_server.client().create_experiment(experiment_name)
     missing = tmp_path / "no-such-password"
-    config = write_config(tmp_path / "c.yaml", mirror_root, [
+    config = write_config(tmp_path / "c.yaml", tmp_path / "root", [
         mlflow_source("locked", mlflow_server.url, [experiment_name],
                       auth={"type": "basic", "username": "u", "password_file": str(missing)}),
         mlflow_source("open", mlflow_server.url, [experiment_name]),
