@@ -1,8 +1,8 @@
 """Kill a `tbmirror` process at an exact step of the journal's protocol.
 
 The package's test hook (`tbmirror.journal.journal.protocol_step`): with
-`TBMIRROR_TEST_STOP_AT=<step>[:<n>]` in its environment a process stops itself (SIGSTOP) the n-th
-time it reaches `step`; `kill_at_step` waits for that (with a deadline), then SIGKILLs it. So a
+`TBMIRROR_TEST_STOP_AT=<step>` in its environment a process stops itself (SIGSTOP) the first time
+it reaches `step`; `kill_at_step` waits for that (with a deadline), then SIGKILLs it. So a
 test that needs a kill between an append and its commit gets one every time, not by chance.
 """
 
@@ -28,8 +28,8 @@ def process_state(pid: int) -> str:
 def kill_at_step(
     command: list[str], step: str, log_path: Path, timeout: float = 120
 ) -> subprocess.Popen[bytes]:
-    """Start `command` (its output appended to `log_path`), wait until it stops itself at `step`
-    ("<name>" or "<name>:<n>"), SIGKILL it. Fails, with the end of its output, if it exits
+    """Start `command` (its output appended to `log_path`), wait until it stops itself at `step`,
+    SIGKILL it. Fails, with the end of its output, if it exits
     first or is not there within `timeout` s."""
     with log_path.open("ab") as log:
         process = subprocess.Popen(

@@ -525,22 +525,13 @@ class Journal:
         return _occupied(self.layout.resolve(relative))
 
 
-_steps_reached: dict[str, int] = {}
-_steps_guard = threading.Lock()
-
-
 def protocol_step(name: str) -> None:
-    """A step of the protocol. A test hook: with TBMIRROR_TEST_STOP_AT=<name> (or <name>:<n>, the
-    n-th time the step is reached) in its environment, the process stops itself here (SIGSTOP)
-    for the test to kill it at exactly this step. Steps: move_recorded, move_renamed,
-    move_applied; and, in a batch that appends bytes, batch_written (appended, not yet fsynced),
-    batch_synced (fsynced, not committed), batch_committed (committed)."""
-    wanted = os.environ.get("TBMIRROR_TEST_STOP_AT")
-    if wanted is None or wanted.partition(":")[0] != name:
-        return
-    with _steps_guard:
-        reached = _steps_reached[name] = _steps_reached.get(name, 0) + 1
-    if reached == int(wanted.partition(":")[2] or 1):
+    """A step of the protocol. A test hook: with TBMIRROR_TEST_STOP_AT=<name> in its environment
+    the process stops itself here (SIGSTOP), the first time it gets there, for the test to kill
+    it at exactly this step. Steps: move_recorded, move_renamed, move_applied; and, in a batch
+    that appends bytes, batch_written (appended, not yet fsynced), batch_synced (fsynced, not
+    committed), batch_committed (committed)."""
+    if os.environ.get("TBMIRROR_TEST_STOP_AT") == name:
         os.kill(os.getpid(), signal.SIGSTOP)
 
 
