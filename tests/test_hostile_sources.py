@@ -687,30 +687,27 @@ def health_of(url: str, source: str) -> tuple[int, bool | None]:
 
 
 def pass_times(daemon: DaemonProcess, source: str, event: str, after: float) -> list[float]:
-    """Wall times at which passes of `source` ended after `after`: successful ones with event
-    "source_synced", failed ones with "source_backoff" (from the daemon's log)."""
+    """Wall times at which passes of `source` ended after `after`: good ones (not a run failed)
+    with event "source_synced", failed ones with "source_backoff" (from the daemon's log)."""
     times = [
         datetime.fromisoformat(e["timestamp"]).timestamp()
         for e in daemon.events()
-        if e.get("event") == event and e.get("source") == source
+        if e.get("event") == event and e.get("source") == source and not e.get("failed_runs")
     ]
     return [moment for moment in times if moment > after]
 
 
 def by_pass(
-    samples: list[Sample], passes: list[float], nth: int, before: float, degraded: bool
-) -> bool:
+    samples: list[Sample], passes: list[float], nth: int, before: float
+) -> tuple[int, bool | None] | None:
     """Health told by the nth pass (not by a number of seconds): /healthz's first answer asked
-    after the nth of `passes` ended (and before `before`) said degraded (503, the source
-    unhealthy) or healthy (200). False if there was no such pass or no such answer."""
+    after the nth of `passes` ended and before `before`, as (status, the source's `healthy`);
+    None if there was no such pass or no answer asked in between."""
     if len(passes) < nth:
-        return False
-    after = [
-        (code, healthy) for asked, code, healthy in samples if passes[nth - 1] <= asked < before
-    ]
-    if not after:
-        return False
-    return after[0] == (503, False) if degraded else after[0][0] == 200
+        return None
+    since = passes[nth - 1]
+    after = [(code, healthy) for asked, code, healthy in samples if since <= asked < before]
+    return after[0] if after else None
 
 
 @pytest.mark.parametrize(
@@ -750,9 +747,9 @@ def test_health_degrades_by_the_second_failed_pass_and_recovers_by_the_second_go
     samples.append((time.time(), *health_of(health_url, source.name)))
     failed = pass_times(daemon, source.name, "source_backoff", started)
     assert len(failed) >= 2, f"{len(failed)} failed passes in a {outage:.0f} s outage"
-    assert by_pass(samples, failed, 2, ended, degraded=True), (failed, samples)
+    assert by_pass(samples, failed, 2, ended) == (503, False), (failed, samples)
     succeeded = pass_times(daemon, source.name, "source_synced", ended)
-    assert by_pass(samples, succeeded, 2, float("inf"), degraded=False), (succeeded, samples)
+    assert by_pass(samples, succeeded, 2, float("inf")) == (200, True), (succeeded, samples)
     assert daemon.stop() == 0
 
 
@@ -866,8 +863,7 @@ class Window:
     run_errors: float = 0.0
     degraded_after: float | None = None
     healthy_after: float | None = None
-    passes_after: int = 0  # successful passes between its end and the next window's start
-    healthy_by_second: bool = False  # /healthz healthy by the second of them (`by_pass`)
+    by_second: tuple[int, bool | None] | None = None  # /healthz by the second (`by_pass`)
 
     @property
     def seconds(self) -> float:
@@ -1062,8 +1058,7 @@ def test_chaos(
             window.degraded_after = None if degraded is None else degraded - window.start
             window.healthy_after = None if healthy is None else healthy - window.end
             good = pass_times(daemon, source.name, "source_synced", window.end)
-            window.passes_after = len([t for t in good if t < window.next_start])
-            window.healthy_by_second = by_pass(watch.samples, good, 2, window.next_start, False)
+            window.by_second = by_pass(watch.samples, good, 2, window.next_start)
     injected = Counter(s.fault for s in proxy.requests if s.fault)
     print(f"\nchaos: {chaos_seconds:.0f} s, {len(done)} fault windows, longest pass "
           f"{one_pass:.1f} s; requests answered with a fault: {dict(injected)}")  # fmt: skip
@@ -1132,6 +1127,6 @@ def test_chaos(
         if window.level != "source":
             continue
         assert window.degraded_after is not None, f"{window.name}: /healthz never degraded"
-        if window.passes_after >= 2:  # (else the next window began first: no claim)
-            assert window.healthy_by_second, f"{window.name}: not healthy by the second pass"
+        if window.by_second is not None:  # (else the next window began first: no claim)
+            assert window.by_second[0] == 200, f"{window.name}: not healthy by the second pass"
     assert daemon.stop() == 0
