@@ -3,6 +3,7 @@ the `tbmirror` command as a subprocess (children always cleaned up)."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -27,19 +28,29 @@ REPO = Path(__file__).resolve().parents[1]
 SCALARS_SAMPLES = 1_000_000
 
 
-def wait_until(predicate: Callable[[], Any], timeout: float, what: str, every: float = 0.2) -> Any:
-    """Poll `predicate` until it returns something truthy; fail the test after `timeout` s."""
+def wait_until(
+    predicate: Callable[[], Any],
+    timeout: float,
+    what: str,
+    every: float = 0.2,
+    saw: Callable[[], Any] | None = None,
+) -> Any:
+    """Poll `predicate` until it returns something truthy; after `timeout` s fail the test saying
+    what it saw: the last answer (or error) of `predicate`, and `saw()` if given."""
     deadline = time.monotonic() + timeout
-    last_error: Exception | None = None
+    last: Any = None
     while time.monotonic() < deadline:
         try:
-            result = predicate()
-            if result:
-                return result
+            last = predicate()
+            if last:
+                return last
         except (httpx.HTTPError, OSError, ValueError) as error:
-            last_error = error
+            last = error
         time.sleep(every)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what} ({last_error})")
+    seen = f"last answer {last!r}"[:1500]
+    if saw is not None:
+        seen += f"; saw {saw()!r}"[:3000]
+    raise AssertionError(f"timed out after {timeout} s waiting for {what} ({seen})")
 
 
 class MlflowServer(LocalMlflowServer):
@@ -214,10 +225,18 @@ def tensorboard(
     board.stop()
 
 
+def unique_name(request: pytest.FixtureRequest, length: int = 48) -> str:
+    """The test's name, cut to `length` characters with a short hash of its full id at the end:
+    unique for every test and parametrized case, so tests share one mirror root without meeting."""
+    digest = hashlib.sha256(request.node.nodeid.encode()).hexdigest()[:8]
+    name = re.sub(r"[^A-Za-z0-9._-]", "-", request.node.name)
+    return f"{name[: length - len(digest) - 1]}-{digest}"
+
+
 @pytest.fixture
 def source_name(request: pytest.FixtureRequest) -> str:
-    """A source name unique to the test, so tests share one mirror root without meeting."""
-    return re.sub(r"[^A-Za-z0-9._-]", "-", request.node.name)[:48]
+    """A source name unique to the test (`unique_name`)."""
+    return unique_name(request)
 
 
 @pytest.fixture
@@ -405,8 +424,8 @@ def new_run(client: Any, experiment: str, name: str) -> str:
 
 @pytest.fixture(scope="session")
 def azurite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    """A real Azurite blob service (helpers/azurite.py: `Azurite`), one per xdist worker;
-    azurite is npm-installed into ~/.cache/tbmirror-tests on first use."""
+    """A real Azurite blob service (helpers/azurite.py: `Azurite`), one per xdist worker, as
+    prepared by tests/prepare.py (a test fails, not downloads, if it is missing)."""
     from helpers.azurite import Azurite
 
     with Azurite(tmp_path_factory.mktemp("azurite")) as started:

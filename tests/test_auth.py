@@ -19,7 +19,7 @@ import json
 import threading
 import time
 import urllib.parse
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -28,13 +28,18 @@ from mlflow.entities import Metric
 
 from conftest import (
     ADMIN_PASSWORD,
+    DaemonProcess,
     MlflowServer,
+    daemon_config,
     mlflow_source,
     new_run,
     tbmirror,
+    wait_until,
     write_config,
 )
 from tbmirror.config import parse_settings
+from tbmirror.errors import ConfigError
+from tbmirror.sources.auth import REFRESH_MARGIN_SECONDS
 
 CLIENT_SECRET = "dbx-client-secret-77251"
 PAT = "dapi-personal-token-50817"
@@ -106,13 +111,28 @@ class AuthFront(http.server.ThreadingHTTPServer):
         self.refused = 0
         self.authorizations: list[str] = []
         self.lock = threading.Lock()
+        self.expires_in = 3600.0  # what an OAuth answer says of a token's life
+        self.accepted_for: float | None = None  # seconds a token is accepted (None: no end)
+        self.issued_at: dict[str, float] = {}
 
     def issue(self, prefix: str) -> str:
         token = f"{prefix}-{next(self.issued)}"
         with self.lock:
             self.token_requests += 1
             self.valid.add(token)
+            self.issued_at[token] = time.monotonic()
         return token
+
+    def accepts(self, token: str) -> bool:
+        """Called under the lock."""
+        if token not in self.valid:
+            return False
+        issued = self.issued_at.get(token)
+        return (
+            self.accepted_for is None
+            or issued is None
+            or (time.monotonic() - issued < self.accepted_for)
+        )
 
 
 class _FrontHandler(http.server.BaseHTTPRequestHandler):
@@ -127,9 +147,8 @@ class _FrontHandler(http.server.BaseHTTPRequestHandler):
             ) != ["client_credentials"]:
                 return self._send(401, {"error": "invalid_client"})
             token = self.server.issue("dbx-oauth")
-            return self._send(
-                200, {"access_token": token, "token_type": "Bearer", "expires_in": 3600}
-            )
+            return self._send(200, {"access_token": token, "token_type": "Bearer",
+                                    "expires_in": self.server.expires_in})  # fmt: skip
         self._forward("POST")
 
     def do_GET(self) -> None:
@@ -153,7 +172,7 @@ class _FrontHandler(http.server.BaseHTTPRequestHandler):
             self.server.api_calls += 1
             if self.server.revoke_after and self.server.api_calls % self.server.revoke_after == 0:
                 self.server.valid &= {PAT}  # every issued token expires now, mid-poll
-            ok = token in self.server.valid
+            ok = self.server.accepts(token)
             self.server.refused += not ok
         if not ok:
             return self._send(401, {"error_code": "UNAUTHENTICATED", "message": "token expired"})
@@ -242,7 +261,7 @@ def test_token_sources_send_the_right_bearer_and_refresh_it_mid_poll(
     assert_no_secret(output, PAT, CLIENT_SECRET, IDENTITY_HEADER, "dbx-oauth-", "azure-mi-")
 
 
-def test_azure_without_azure_identity_is_one_clear_error(tmp_path: Path, mirror_root: Path) -> None:
+def test_azure_without_azure_identity_is_one_clear_error(tmp_path: Path) -> None:
     """Simulated by hiding the package from the subprocess (an import hook in sitecustomize)."""
     hide = tmp_path / "hide"
     hide.mkdir()
@@ -253,7 +272,7 @@ def test_azure_without_azure_identity_is_one_clear_error(tmp_path: Path, mirror_
         "            raise ImportError('hidden for the test')\n"
         "sys.meta_path.insert(0, _Hide())\n"
     )
-    config = write_config(tmp_path / "c.yaml", mirror_root, [
+    config = write_config(tmp_path / "c.yaml", tmp_path / "root", [
         mlflow_source("az", "https://127.0.0.1:9/mlflow", ["x"], auth={"type": "azure"})
     ])  # fmt: skip
     result = tbmirror("sync", "--config", str(config), env={"PYTHONPATH": str(hide)})
@@ -279,7 +298,7 @@ def test_auth_config_errors_name_the_field() -> None:
             "sources[0].auth.type: expected one of 'basic', 'bearer', 'databricks', 'azure' (got",
         ),
     ]:
-        with pytest.raises(Exception) as raised:
+        with pytest.raises(ConfigError) as raised:
             parse_settings(base % auth)
         assert message.replace("Value error, ", "") in str(raised.value), str(raised.value)
     secret = parse_settings(base % "{type: bearer, token: hunter2-token}")
@@ -287,11 +306,11 @@ def test_auth_config_errors_name_the_field() -> None:
 
 
 def test_an_unreadable_secret_file_fails_that_source_only(
-    tmp_path: Path, mlflow_server: MlflowServer, mirror_root: Path, experiment_name: str
+    tmp_path: Path, mlflow_server: MlflowServer, experiment_name: str
 ) -> None:
     mlflow_server.client().create_experiment(experiment_name)
     missing = tmp_path / "no-such-password"
-    config = write_config(tmp_path / "c.yaml", mirror_root, [
+    config = write_config(tmp_path / "c.yaml", tmp_path / "root", [
         mlflow_source("locked", mlflow_server.url, [experiment_name],
                       auth={"type": "basic", "username": "u", "password_file": str(missing)}),
         mlflow_source("open", mlflow_server.url, [experiment_name]),
@@ -300,3 +319,28 @@ def test_an_unreadable_secret_file_fails_that_source_only(
     assert result.returncode == 1
     assert f"FAIL  locked: cannot read password_file {missing}: No such file" in result.stdout
     assert "ok    open: 0 runs" in result.stdout
+
+
+def test_an_oauth_token_is_refreshed_before_it_expires(
+    tmp_path: Path, front: AuthFront, mlflow_server: MlflowServer, experiment_name: str,
+    start_daemon: Callable[..., DaemonProcess],
+) -> None:  # fmt: skip
+    """README: tokens are "refreshed before they expire". A token said to expire in
+    REFRESH_MARGIN_SECONDS + 3 s is due for renewal 3 s after it is issued; the stand-in refuses it
+    8 s after. A daemon polling every second for longer than that never meets a refusal: each
+    token was replaced ahead of its end, not after a 401."""
+    new_run(mlflow_server.client(), experiment_name, "r")
+    (tmp_path / "client-secret").write_text(CLIENT_SECRET)
+    front.valid.clear()
+    front.expires_in, front.accepted_for = REFRESH_MARGIN_SECONDS + 3, 8.0
+    auth = {"type": "databricks", "client_id": "sp-client",
+            "client_secret_file": str(tmp_path / "client-secret")}  # fmt: skip
+    config, _, _ = daemon_config(tmp_path / "c.yaml", tmp_path / "root", [
+        mlflow_source("oauth", front.url, [experiment_name], auth=auth, poll_interval="1s")
+    ], tensorboard={"enabled": False})  # fmt: skip
+    daemon = start_daemon(config)
+    wait_until(lambda: front.token_requests >= 4, 120, "four tokens (a daemon up for 9 s and more)",
+               saw=lambda: (front.token_requests, front.refused))  # fmt: skip
+    assert daemon.stop() == 0
+    assert front.refused == 0, f"{front.refused} requests with an expired token"
+    assert not [e for e in daemon.events() if e.get("event") == "token_refused_refreshing"]

@@ -13,9 +13,7 @@ from __future__ import annotations
 import importlib
 import importlib.machinery
 import importlib.util
-import subprocess
 import sys
-import zipfile
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -26,12 +24,9 @@ import pytest
 from google.protobuf.json_format import ParseDict
 
 from conftest import MlflowServer, new_run, wait_until
-from helpers.azurite import CACHE, file_lock
 from helpers.cloud_standins import AzureMlWorkspace, DatabricksWorkspace
+from helpers.prepared import azureml_models
 
-AZUREML_MLFLOW = "1.62.0.post6"
-MODELS_IN_WHEEL = "azureml/mlflow/_restclient/run_artifact/models/"
-MODEL_FILES = ("_azure_machine_learning_workspaces_enums.py", "_models_py3.py")  # in import order
 SYNTHETIC_PACKAGE = "azureml_run_artifact_models"
 
 ARTIFACTS = {
@@ -46,25 +41,13 @@ ARTIFACTS = {
 # -- Azure ML ----------------------------------------------------------------------------------
 
 
-def load_run_artifact_models(cache: Path = CACHE) -> ModuleType:
-    """`_models_py3` of azureml-mlflow==AZUREML_MLFLOW (downloaded once, without dependencies,
-    under a file lock) imported as `SYNTHETIC_PACKAGE._models_py3`."""
-    directory = cache / f"azureml-mlflow-{AZUREML_MLFLOW}"
-    with file_lock(cache / f"azureml-mlflow-{AZUREML_MLFLOW}.lock"):
-        if not (directory / "models" / MODEL_FILES[-1]).exists():
-            subprocess.run(
-                [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "-d",
-                 str(directory), f"azureml-mlflow=={AZUREML_MLFLOW}"],
-                check=True, capture_output=True, timeout=600,
-            )  # fmt: skip
-            (wheel,) = directory.glob("azureml_mlflow-*.whl")
-            (directory / "models").mkdir(exist_ok=True)
-            with zipfile.ZipFile(wheel) as archive:
-                for name in MODEL_FILES:
-                    (directory / "models" / name).write_bytes(archive.read(MODELS_IN_WHEEL + name))
+def load_run_artifact_models() -> ModuleType:
+    """`_models_py3` of azureml-mlflow==AZUREML_MLFLOW (prepared by tests/prepare.py) imported as
+    `SYNTHETIC_PACKAGE._models_py3`."""
+    directory = azureml_models()
     if SYNTHETIC_PACKAGE not in sys.modules:
         spec = importlib.machinery.ModuleSpec(SYNTHETIC_PACKAGE, None, is_package=True)
-        spec.submodule_search_locations = [str(directory / "models")]
+        spec.submodule_search_locations = [str(directory)]
         sys.modules[SYNTHETIC_PACKAGE] = importlib.util.module_from_spec(spec)
     return importlib.import_module(f"{SYNTHETIC_PACKAGE}._models_py3")
 
@@ -125,6 +108,7 @@ def follow(
     pages = 0
     next_link: str | None = url
     while next_link:
+        assert pages < 100, f"more than 100 pages: {next_link}"  # a link that never ends
         page = models.check(model, http.get(next_link))
         pages += 1
         assert (page.continuation_token is None) == (page.next_link is None)
@@ -238,7 +222,7 @@ def test_azureml_expired_and_badly_signed_sas_are_refused(
         azureml_workspace.sas_ttl = 2  # the expiry has whole seconds: 1 to 2 s from now
         info = models.check("ArtifactContentInformation", http.get(url, params=path))
         assert httpx.get(info.content_uri).status_code == 200
-        wait_until(lambda: httpx.get(info.content_uri).status_code == 403, 5, "the SAS to expire")
+        wait_until(lambda: httpx.get(info.content_uri).status_code == 403, 30, "the SAS to expire")
 
 
 def test_azureml_tracking_uri_forwards_mlflow_calls(
@@ -362,13 +346,15 @@ def test_databricks_answers_parse_into_mlflow_protos(
         paths = ["metrics.json", "tb/events.out.tfevents.1.host", "tb/none"]
         body: dict[str, Any] = {"run_id": run_id, "path": paths}
         infos = []
-        while True:
+        for _ in range(len(paths) + 1):  # a page per path at most
             answer = http.post(f"{api}/artifacts/credentials-for-read", json=body)
             page = ParseDict(answer.json(), GetCredentialsForRead.Response())
             infos += page.credential_infos
             if not page.next_page_token:
                 break
             body["page_token"] = page.next_page_token
+        else:
+            raise AssertionError(f"the page token never ended after {len(paths) + 1} pages")
         assert [i.path for i in infos] == paths
         assert {i.type for i in infos} == {ArtifactCredentialType.AZURE_SAS_URI}
         assert httpx.get(infos[0].signed_uri).content == b"{}"

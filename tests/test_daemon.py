@@ -6,11 +6,13 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import io
+import itertools
 import json
 import os
 import signal
 import socket
 import time
+from datetime import datetime
 from pathlib import Path
 
 import httpx
@@ -42,9 +44,39 @@ def health(url: str) -> tuple[int, dict]:
     return response.status_code, response.json()
 
 
-def test_live_points_and_a_killed_tensorboard_comes_back(
+def children(pid: int) -> set[int]:
+    """The live child processes of `pid` (by the parent pid in /proc/<pid>/stat)."""
+    found: set[int] = set()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        with contextlib.suppress(OSError):
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            if int(fields[1]) == pid and fields[0] != "Z":
+                found.add(int(entry.name))
+    return found
+
+
+def restart_gaps(events: list[dict]) -> list[tuple[float, float]]:
+    """(seconds between two `tensorboard_restarting` events, the least the backoff allows) for
+    each pair in a row: 2**(n-1) s after the n-th failure since TensorBoard was last ready."""
+    gaps, failures, last = [], 0, None
+    for event in events:
+        if event.get("event") == "tensorboard_ready":
+            failures, last = 0, None
+        elif event.get("event") == "tensorboard_restarting":
+            moment = datetime.fromisoformat(event["timestamp"]).timestamp()
+            if last is not None:
+                gaps.append((moment - last, float(2 ** (failures - 1))))
+            failures, last = failures + 1, moment
+    return gaps
+
+
+def test_live_points_and_a_hung_or_killed_tensorboard_comes_back_with_backoff(
     tmp_path: Path, mlflow_server: MlflowServer, start_daemon, experiment_name: str
 ) -> None:
+    """A TensorBoard that stops answering (SIGSTOP: hung, not exited) is killed and started
+    again; one that dies again and again before it answers is restarted after 1 s, then 2 s."""
     client = mlflow_server.client()
     run_id = client.create_run(
         client.create_experiment(experiment_name), run_name="live"
@@ -63,33 +95,42 @@ def test_live_points_and_a_killed_tensorboard_comes_back(
     log_steps(client, run_id, range(10, 25))
     assert [p[1] for p in board.wait_scalars(run, "loss", 25)] == list(range(25))
 
-    (pid,) = daemon.tensorboard_pids()
-    output = os.open(f"/proc/{pid}/fd/1", os.O_RDONLY | os.O_NONBLOCK)  # its pipe to us
+    (hung,) = daemon.tensorboard_pids()
+    output = os.open(f"/proc/{hung}/fd/1", os.O_RDONLY | os.O_NONBLOCK)  # its pipe to us
     try:
         assert fcntl.fcntl(output, fcntl.F_GETPIPE_SZ) == OUTPUT_READ_BYTES, "room to gather"
     finally:
         os.close(output)
-    os.killpg(pid, signal.SIGKILL)
-    killed = time.monotonic()
+    os.killpg(hung, signal.SIGSTOP)
+    daemon.wait_event("tensorboard_unresponsive", timeout=120)
+    wait_until(lambda: daemon.tensorboard_pids() - {hung}, 120, "a TensorBoard after the hang")
+    assert not pid_alive(hung), "the hung TensorBoard was left running"
+
+    killed = {hung}
+    for _ in range(3):  # the one that answers, then two more before they answer
+        (pid,) = wait_until(lambda: children(daemon.process.pid) - killed, 120,
+                            "a TensorBoard to kill", every=0.02)  # fmt: skip
+        os.killpg(pid, signal.SIGKILL)
+        killed.add(pid)
 
     def down() -> dict | None:
         status, body = health(health_url)
         return body if status == 503 else None
 
-    body = wait_until(down, 5, "/healthz to report TensorBoard down", every=0.05)
+    body = wait_until(down, 60, "/healthz to report TensorBoard down", every=0.05)
     assert body["tensorboard"]["up"] is False and body["status"] == "degraded"
-    wait_until(
-        lambda: len(daemon.tensorboard_pids()) == 2 and board.answers(), 10, "a new TensorBoard"
-    )
-    # Back at once (a restart, not a backoff of minutes): within 5 s here when the machine is
-    # quiet; the bound leaves room for a loaded CI host.
-    assert time.monotonic() - killed < 15, "TensorBoard must be back and serving promptly"
-    assert health(health_url)[0] == 200
+    wait_until(lambda: daemon.tensorboard_pids() - killed and board.answers(), 120,
+               "a TensorBoard that answers after the kills")  # fmt: skip
+    gaps = restart_gaps(daemon.events())
+    assert [least for _, least in gaps] == [1.0, 2.0], gaps  # the kills met no ready one
+    assert all(gap >= least - 0.1 for gap, least in gaps), f"restarts without backoff: {gaps}"
+    wait_until(lambda: health(health_url)[0] == 200, 60, "/healthz 200 again")
     log_steps(client, run_id, range(25, 30))
     board.wait_scalars(run, "loss", 30)
-    metrics = httpx.get(f"{health_url}/metrics").text
-    assert "tbmirror_tensorboard_restarts_total 1.0" in metrics
-    assert 'tbmirror_points_written_total{source="live"} 30.0' in metrics
+    counted = 'tbmirror_points_written_total{source="live"} 30.0'  # once the pass has ended
+    metrics = wait_until(lambda: counted in (text := httpx.get(f"{health_url}/metrics").text)
+                         and text, 60, counted)  # fmt: skip
+    assert "tbmirror_tensorboard_restarts_total 4.0" in metrics
     assert daemon.stop() == 0
 
 
@@ -152,7 +193,7 @@ def test_sigkill_leaves_no_tensorboard_and_a_restart_resumes_exactly(
     log_steps(client, run_id, range(2000, 4000))
     daemon.process.send_signal(signal.SIGKILL)
     daemon.process.wait(5)
-    wait_until(lambda: not pid_alive(pid), 5, "TensorBoard to die with the daemon")
+    wait_until(lambda: not pid_alive(pid), 30, "TensorBoard to die with the daemon")
 
     log_steps(client, run_id, range(4000, 5000))
     restarted = start_daemon(config)
@@ -224,17 +265,16 @@ def test_notify_socket_gets_ready_and_watchdog_and_sigterm_exits_promptly(
         daemon = start_daemon(config, env={"NOTIFY_SOCKET": address, "WATCHDOG_USEC": "1000000"})
         messages: list[str] = []
         while not any("WATCHDOG=1" in m for m in messages[1:]) or len(messages) < 4:
+            assert len(messages) < 100, messages  # (a recv waits 60 s at most)
             messages.append(sock.recv(4096).decode())
         assert messages[0].startswith("READY=1\nSTATUS=1 source, ")
         assert any("source, " in m and "runs" in m for m in messages)
-        started = time.monotonic()
         daemon.signal(signal.SIGTERM)
-        assert daemon.process.wait(10) == 0
-        assert time.monotonic() - started < 10
+        assert daemon.process.wait(60) == 0
         sock.settimeout(1)
         rest = []
         with contextlib.suppress(TimeoutError):
-            while True:
+            for _ in range(100):  # until nothing more comes within 1 s
                 rest.append(sock.recv(4096).decode())
         assert any("STOPPING=1" in m for m in rest)
 
@@ -276,8 +316,10 @@ def test_status_command_reads_the_state_store_while_the_daemon_runs(
         "status", experiment_name, 1, 7,
     )  # fmt: skip
     assert row["consecutive_errors"] == 0 and row["lag_seconds"] < 60
-    table = tbmirror("status", "--config", str(config))
-    assert "status" in table.stdout and experiment_name[:10] in table.stdout
+    table = tbmirror("status", "--config", str(config), env={"COLUMNS": "300"})
+    (line,) = [line for line in table.stdout.splitlines() if experiment_name in line]
+    cells = [cell.strip() for cell in line.split("│")[1:-1]]
+    assert cells[:4] == ["status", experiment_name, "1", "7"], table.stdout
     assert daemon.stop() == 0
 
 
@@ -358,41 +400,57 @@ def test_a_source_added_by_sighup_is_recovered_before_it_writes(
     assert daemon.stop() == 0
 
 
-def test_tensorboard_output_written_a_line_at_a_time_is_read_in_gathered_chunks() -> None:
+def test_tensorboard_output_written_a_line_at_a_time_is_read_in_gathered_chunks(
+    monkeypatch,
+) -> None:
     """A TensorBoard warning per unopenable file writes thousands of lines a second, each its own
-    write: reading each as it comes cost 3 % of a core at 100,000 runs."""
+    write: every read that empties the pipe is followed by a gathering pause before the next read
+    (what that saves is a benchmark's to measure, not a test's)."""
     import threading
 
     import structlog
 
     from tbmirror.service import tensorboard
 
-    lines, seconds = 2000, 1.0
+    lines = 2000
     read_end, write_end = os.pipe()
+    calls: list[tuple[str, float]] = []  # ("read", bytes returned) and ("sleep", seconds)
 
     def write_lines() -> None:
         with open(write_end, "wb", buffering=0) as out:
             for i in range(lines):
                 out.write(b"WARN Too many open files: run%d\n" % i)
-                time.sleep(seconds / lines)
+                time.sleep(0.0005)
 
-    class CountingReader(io.BufferedReader):
-        reads = 0
-
+    class RecordingReader(io.BufferedReader):
         def read1(self, size: int = -1) -> bytes:
-            CountingReader.reads += 1
-            return super().read1(size)
+            chunk = super().read1(size)
+            calls.append(("read", len(chunk)))
+            return chunk
 
+    class RecordingTime:
+        monotonic = staticmethod(time.monotonic)
+
+        @staticmethod
+        def sleep(seconds: float) -> None:
+            calls.append(("sleep", seconds))
+            time.sleep(seconds)
+
+    monkeypatch.setattr(tensorboard, "time", RecordingTime)
     writer = threading.Thread(target=write_lines)
     writer.start()
-    with structlog.testing.capture_logs() as captured, CountingReader(io.FileIO(read_end)) as out:
+    with structlog.testing.capture_logs() as captured, RecordingReader(io.FileIO(read_end)) as out:
         tensorboard._forward_output(out, pid=1)
     writer.join()
     logged = sum(1 for e in captured if e["event"] == "tensorboard_output")
     counted = sum(e["lines"] for e in captured if e["event"] == "tensorboard_output_suppressed")
     assert (logged, logged + counted) == (tensorboard.OUTPUT_LINES, lines)
-    # ~20 reads at a gather every 50 ms; ~2,000 when each line is read as it comes
-    assert CountingReader.reads <= 100, f"{CountingReader.reads} reads for {lines} lines"
+    reads = [i for i, (kind, _) in enumerate(calls) if kind == "read"]
+    assert calls[reads[-1]] == ("read", 0), "the output read to its end"
+    for this, following in itertools.pairwise(reads):  # a short read, then a pause, then a read
+        if calls[this][1] < tensorboard.OUTPUT_READ_BYTES:
+            pauses = calls[this + 1 : following]
+            assert pauses == [("sleep", tensorboard.OUTPUT_GATHER_SECONDS)], calls[this:following]
 
 
 def test_tensorboard_gets_the_hard_limit_of_open_files_and_its_output_is_bounded() -> None:

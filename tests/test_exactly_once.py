@@ -1,33 +1,27 @@
-"""Exactly once under SIGKILL: `tbmirror sync` on a growing workload is killed at random moments
-(and right after it starts writing), then allowed to finish; what a fresh TensorBoard reads back
-equals the source, with no point missing and none duplicated."""
+"""Exactly once under SIGKILL: `tbmirror sync` on a growing workload is killed again and again at
+exact steps of the journal's protocol (after an append, after its fsync, after its commit: the
+test hook of helpers/kills.py), then allowed to finish; every kill before a commit is cut back by
+the next start, and what a fresh TensorBoard reads back equals the source, with no point missing
+and none duplicated."""
 
 from __future__ import annotations
 
-import json
-import os
 import random
-import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 from mlflow.entities import Metric
 
 from conftest import MlflowServer, TensorBoard, mlflow_source, tbmirror, write_config
+from helpers.kills import BATCH_STEPS, files_cut, kill_at_step, recovered_events
 
 KEYS = ["loss", "acc", "lr", "grad/norm"]
-INITIAL_RUNS, POINTS_PER_KEY, ITERATIONS = 30, 400, 24
+INITIAL_RUNS, POINTS_PER_KEY, ITERATIONS = 15, 400, 12
 T0 = 1_700_000_000_000
 
 
-def mirror_size(root: Path) -> int:
-    return sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(root) for f in files)
-
-
-def test_sigkill_at_random_moments_loses_and_duplicates_nothing(
+def test_sigkill_at_each_protocol_step_loses_and_duplicates_nothing(
     tmp_path: Path, mlflow_server: MlflowServer, experiment_name: str, source_name: str
 ) -> None:
     rng = random.Random(1234)
@@ -58,50 +52,32 @@ def test_sigkill_at_random_moments_loses_and_duplicates_nothing(
         root,
         [mlflow_source(source_name, mlflow_server.url, [experiment_name])],
     )
+    command = [sys.executable, "-m", "tbmirror", "sync", "--config", str(config)]
 
-    killed = truncated = 0
-    lasts = 2.5  # at most how long a sync takes here: lowered whenever one ends before its kill
-    for iteration in range(ITERATIONS):
-        for run_id in rng.sample(sorted(logged), 10):
+    kills: list[str] = []
+    for iteration in range(ITERATIONS):  # each sync has at least 9 runs to write
+        for run_id in rng.sample(sorted(logged), 8):
             log_points(run_id, 20)
         new_run(INITIAL_RUNS + iteration)
-        size = mirror_size(root) if root.exists() else 0
-        started = time.monotonic()
-        process = subprocess.Popen(
-            [sys.executable, "-m", "tbmirror", "sync", "--config", str(config)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        if iteration % 2:
-            time.sleep(rng.uniform(0.05, 0.9) * lasts)
-        else:  # kill just after it starts appending, when uncommitted records are likely
-            deadline = time.monotonic() + 10
-            while process.poll() is None and time.monotonic() < deadline:
-                if root.exists() and mirror_size(root) != size:
-                    break
-                time.sleep(0.005)
-            time.sleep(rng.uniform(0, 0.03))
-        if process.poll() is None:
-            process.send_signal(signal.SIGKILL)
-            killed += 1
-        else:
-            lasts = min(lasts, time.monotonic() - started)
-        _, stderr = process.communicate(timeout=60)
-        for line in stderr.splitlines():
-            if '"recovered"' in line:
-                truncated += json.loads(line)["truncated"] + json.loads(line)["orphans_removed"]
+        step = BATCH_STEPS[iteration % len(BATCH_STEPS)]  # in its first batch that appends
+        kill_at_step(command, step, tmp_path / f"sync-{iteration:02d}.log")
+        kills.append(step)
 
     final = tbmirror("sync", "--config", str(config))
     assert final.returncode == 0, final.stdout + final.stderr
-    truncated += sum(
-        json.loads(line)["truncated"] + json.loads(line)["orphans_removed"]
-        for line in final.stderr.splitlines()
-        if '"recovered"' in line
-    )
-    print(f"killed {killed} times; recovery cut back or removed {truncated} files")
-    assert killed >= 20
-    assert truncated >= 1, "no kill landed between an append and its commit"
+    # What each start found of the kill before it: cut back after an append or its fsync,
+    # nothing past the committed length after a commit.
+    recoveries = [
+        recovered_events((tmp_path / f"sync-{index:02d}.log").read_text())
+        for index in range(1, ITERATIONS)
+    ] + [recovered_events(final.stderr)]
+    found = [
+        (step, [files_cut(e) for e in events])
+        for step, events in zip(kills, recoveries, strict=True)
+    ]
+    for step, cut in found:
+        assert len(cut) == 1, found
+        assert (cut[0] >= 1) == (not step.startswith("batch_committed")), found
     again = tbmirror("sync", "--config", str(config))
     assert ", 0 points, 0 bytes," in again.stdout
 

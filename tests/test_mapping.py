@@ -20,8 +20,9 @@ from conftest import (
 from tbmirror.processes import free_port
 
 
-def test_child_runs_in_another_experiment_nest_under_their_parent(
+def test_child_runs_in_another_experiment_nest_under_their_parent_unless_switched_off(
     sync,
+    tmp_path: Path,
     mlflow_server: MlflowServer,
     tensorboard: TensorBoard,
     experiment_name: str,
@@ -43,6 +44,18 @@ def test_child_runs_in_another_experiment_nest_under_their_parent(
     nested = tb_run(source_name, experiment_name, "parent", "child", "grandchild")
     wait_until(lambda: nested in tensorboard.runs(), 30, "the grandchild nested under its parent")
     assert tensorboard.wait_scalars(nested, "m", 1)
+
+    # `child_runs_in_other_experiments: false`: the configured experiment's runs only
+    (tmp_path / "alone").mkdir()
+    config = write_config(tmp_path / "alone" / "tbmirror.yaml", tmp_path / "alone" / "root", [
+        mlflow_source("alone", mlflow_server.url, [experiment_name],
+                      child_runs_in_other_experiments=False),
+    ])  # fmt: skip
+    result = tbmirror("sync", "--config", str(config))
+    assert result.returncode == 0, result.stdout + result.stderr
+    mirrored = tmp_path / "alone" / "root" / "alone" / experiment_name
+    directories = sorted(str(d.relative_to(mirrored)) for d in mirrored.rglob("*") if d.is_dir())
+    assert directories == ["parent"], directories
 
 
 def test_text_summary_has_status_note_tags_and_a_link(

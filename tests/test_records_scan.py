@@ -32,11 +32,20 @@ def scan(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Sca
     """records.scan on one path: the extension (it must be built) or pure Python."""
     if request.param == "python":
         monkeypatch.setattr(events, "compiled", None)
-    elif PURE_PYTHON_FORCED:
-        pytest.skip("TBMIRROR_PURE_PYTHON=1")
     else:
-        assert events.compiled is not None, "the C extension was not built (see setup.py)"
+        skip_if_pure_python_is_forced()
     return records.scan
+
+
+def skip_if_pure_python_is_forced() -> None:
+    """Skip only where TBMIRROR_PURE_PYTHON=1 switches the extension off; anywhere else the
+    extension must be built and loaded (`pip install -e .` builds it), or the test fails."""
+    if PURE_PYTHON_FORCED:
+        pytest.skip("TBMIRROR_PURE_PYTHON=1: the C extension is switched off")
+    assert events.compiled is not None, (
+        "the C extension tbmirror.mirror._records is not built or does not load: "
+        "reinstall with `pip install -e .` (a C compiler is needed)"
+    )
 
 
 def both(data: bytes) -> Scan:
@@ -218,16 +227,14 @@ def test_mutated_payloads_get_the_same_verdict_on_both_paths() -> None:
 
 def test_the_compiled_scan_vouches_for_common_records_itself() -> None:
     """No record TensorBoard's writers make is left to the slow parse (the speed-up's point)."""
-    if events.compiled is None:
-        pytest.skip("pure Python")
+    skip_if_pure_python_is_forced()
     data, starts = framed(payloads())
     end, count, stop = events.compiled.scan(data, 0, records._SCHEMA)
     assert (end, count, stop) == (len(data), len(starts) - 1, events.compiled.END)
 
 
 def test_the_compiled_crc32c_matches_google_crc32c() -> None:
-    if events.compiled is None:
-        pytest.skip("pure Python")
+    skip_if_pure_python_is_forced()
     data = random.Random(3).randbytes(100_000)
     for start, length in [(0, 0), (1, 1), (3, 7), (5, 8), (2, 9), (7, 63), (1, 40_001)]:
         chunk = data[start : start + length]
@@ -265,8 +272,7 @@ def test_records_are_framed_alike_on_both_paths(monkeypatch: pytest.MonkeyPatch)
     payloads = [rng.randbytes(rng.randrange(0, 3000)) for _ in range(500)] + [b"", b"\x00" * 70000]
     framed = events.frame_all(payloads)
     assert [record.payload for record in events.iter_records(framed)] == payloads
-    if events.compiled is None:
-        pytest.skip("the C extension is not in use (TBMIRROR_PURE_PYTHON=1)")
+    skip_if_pure_python_is_forced()
     with pytest.raises(TypeError):
         events.compiled.frame_all([b"a", "not bytes"])
     monkeypatch.setattr(events, "compiled", None)

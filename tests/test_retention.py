@@ -5,10 +5,7 @@ duplicates nothing. A recording proxy (helpers/hostile_proxy.py, no fault) count
 from __future__ import annotations
 
 import json
-import os
-import signal
 import sqlite3
-import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -29,6 +26,7 @@ from conftest import (
     write_config,
 )
 from helpers.hostile_proxy import HostileProxy
+from helpers.kills import kill_at_step
 from test_media import picture
 from test_selection import make_run
 
@@ -100,23 +98,14 @@ def test_a_run_leaving_the_window_is_archived_and_comes_back_without_history_req
 
 @pytest.mark.parametrize("step", ["move_recorded", "move_renamed", "move_applied"])
 def test_a_kill_at_each_step_of_an_archive_move_loses_and_duplicates_nothing(
-    step: str, window: dict[str, Any]
+    step: str, window: dict[str, Any], tmp_path: Path
 ) -> None:
     config: Callable[[int], Path] = window["config"]
     sync(config(2))
     mirrored = tree(window["root"] / "older")
 
-    process = subprocess.Popen(
-        [sys.executable, "-m", "tbmirror", "sync", "--config", str(config(1))],
-        env={**os.environ, "TBMIRROR_TEST_STOP_AT": step},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        wait_until(lambda: _stopped(process.pid), 60, f"the sync to stop at {step}")
-    finally:
-        process.send_signal(signal.SIGKILL)
-        process.wait(10)
+    command = [sys.executable, "-m", "tbmirror", "sync", "--config", str(config(1))]
+    kill_at_step(command, step, tmp_path / "killed.log")
 
     sync(config(1))  # recovery, then the pass: the run ends up archived, once
     assert not (window["root"] / "older").exists()
@@ -124,14 +113,6 @@ def test_a_kill_at_each_step_of_an_archive_move_loses_and_duplicates_nothing(
     sync(config(2))  # and back, once
     assert tree(window["root"] / "older") == mirrored
     assert tree(window["archive"]) == {}
-
-
-def _stopped(pid: int) -> bool:
-    """True once the process is stopped (state T in /proc); fails if it exited."""
-    stat = Path(f"/proc/{pid}/stat").read_text()
-    state = stat.rsplit(")", 1)[1].split()[0]
-    assert state != "Z", "the sync exited before reaching the step"
-    return state == "T"
 
 
 def test_prune_removes_exactly_what_its_dry_run_lists_and_leaves_store_and_tree_agreeing(

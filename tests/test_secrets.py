@@ -20,7 +20,7 @@ SECOND = "second-line-e41d08"
 
 
 def test_a_secret_file_that_is_not_one_line_is_an_error_naming_the_file(
-    tmp_path: Path, mirror_root: Path, mlflow_server: MlflowServer,
+    tmp_path: Path, mlflow_server: MlflowServer,
     basic_auth_server: MlflowServer,
 ) -> None:  # fmt: skip
     files = {
@@ -41,7 +41,7 @@ def test_a_secret_file_that_is_not_one_line_is_an_error_naming_the_file(
         else:
             auth = {"type": "bearer", "token_file": str(path)}
             sources.append(mlflow_source(name, mlflow_server.url, ["Default"], auth=auth))
-    config = write_config(tmp_path / "c.yaml", mirror_root, sources)
+    config = write_config(tmp_path / "c.yaml", tmp_path / "root", sources)
     secrets = (TOKEN, SECOND, ADMIN_PASSWORD, "ünïcode")
 
     sync = tbmirror("sync", "--config", str(config), timeout=120)
@@ -72,9 +72,9 @@ def test_a_secret_file_that_is_not_one_line_is_an_error_naming_the_file(
 
 
 def test_an_inline_secret_with_a_line_break_is_refused_at_validation(
-    tmp_path: Path, mirror_root: Path
+    tmp_path: Path,
 ) -> None:
-    config = write_config(tmp_path / "c.yaml", mirror_root, [
+    config = write_config(tmp_path / "c.yaml", tmp_path / "root", [
         mlflow_source("inline", "http://127.0.0.1:9", ["e"],
                       auth={"type": "bearer", "token": "${TBM_TOKEN}"}),
     ])  # fmt: skip
@@ -118,12 +118,12 @@ def token_service() -> Iterator[_TokenService]:
 
 
 def test_a_token_from_a_token_service_that_is_no_header_value_never_leaves(
-    tmp_path: Path, mirror_root: Path, mlflow_server: MlflowServer, token_service: _TokenService
+    tmp_path: Path, mlflow_server: MlflowServer, token_service: _TokenService
 ) -> None:
     (tmp_path / "client-secret").write_text("client-secret-value-0451\n")
     auth = {"type": "databricks", "host": token_service.url, "client_id": "sp",
             "client_secret_file": str(tmp_path / "client-secret")}  # fmt: skip
-    config = write_config(tmp_path / "c.yaml", mirror_root, [
+    config = write_config(tmp_path / "c.yaml", tmp_path / "root", [
         mlflow_source("dbx", mlflow_server.url, ["Default"], auth=auth)
     ])  # fmt: skip
     for command in ("sync", "check"):

@@ -1,25 +1,23 @@
-"""A real Azure Blob Storage emulator (Azurite) for tests, npm-installed on first use.
+"""A real Azure Blob Storage emulator (Azurite) for tests, prepared before they run.
 
-`Azurite(location)` installs `azurite@3.35.0` (the last release that runs on Node 20) into
-`~/.cache/tbmirror-tests/azurite-3.35.0` once (under a file lock, so pytest-xdist workers may race),
-starts `azurite-blob` on a free port of 127.0.0.1 with its data under `location`, and waits until it
-answers. `close()` (or leaving the `with` block) kills its process group. It serves the well-known
-development account `devstoreaccount1` at `blob_endpoint` (path-style URLs), and only that one
-(`AZURITE_ACCOUNTS` is not passed on). Flags (all in 3.35.0's `azurite-blob --help`):
-`--skipApiVersionCheck` (azure-storage-blob may send a newer x-ms-version than Azurite knows),
-`--loose` (unsupported headers ignored), `--silent` (no access log), `--disableTelemetry` (no
-attempt to reach the internet).
+`Azurite(location)` starts the `azurite-blob` that `tests/prepare.py` installed
+(helpers/prepared.py; the test fails, naming that command, if it is missing) on a free port of
+127.0.0.1 with its data under `location`, and waits until it answers. `close()` (or leaving the
+`with` block) kills its process group. It serves the well-known development account
+`devstoreaccount1` at `blob_endpoint` (path-style URLs), and only that one (`AZURITE_ACCOUNTS` is
+not passed on). Flags (all in 3.35.0's `azurite-blob --help`): `--skipApiVersionCheck`
+(azure-storage-blob may send a newer x-ms-version than Azurite knows), `--loose` (unsupported
+headers ignored), `--silent` (no access log), `--disableTelemetry` (no attempt to reach the
+internet).
 """
 
 from __future__ import annotations
 
 import base64
 import contextlib
-import fcntl
 import os
 import subprocess
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import TracebackType
@@ -28,47 +26,15 @@ import httpx
 from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
 from azure.storage.blob import BlobSasPermissions, BlobServiceClient, generate_blob_sas
 
+from helpers.prepared import azurite_executable
 from tbmirror.processes import free_port, stop_process_group
 
-VERSION = "3.35.0"
-CACHE = Path.home() / ".cache" / "tbmirror-tests"
 ACCOUNT_NAME = "devstoreaccount1"
 # Azurite's published development key (the same in every Azurite): not a secret.
 ACCOUNT_KEY = (
     "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
 )
 WRONG_KEY = base64.b64encode(b"not the account key".ljust(64, b"!")).decode()
-
-
-@contextlib.contextmanager
-def file_lock(path: Path) -> Iterator[None]:
-    """Hold an exclusive fcntl lock on `path` (created if missing) for the `with` block."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-def install_azurite(cache: Path = CACHE) -> Path:
-    """The `azurite-blob` executable of azurite@VERSION, installed into `cache` if missing."""
-    directory = cache / f"azurite-{VERSION}"
-    executable = directory / "node_modules" / ".bin" / "azurite-blob"
-    done = directory / ".installed"
-    with file_lock(cache / f"azurite-{VERSION}.lock"):
-        if not done.exists():
-            directory.mkdir(parents=True, exist_ok=True)
-            result = subprocess.run(
-                ["npm", "install", "--prefix", str(directory), "--no-audit", "--no-fund",
-                 f"azurite@{VERSION}"],
-                capture_output=True, text=True, timeout=900,
-            )  # fmt: skip
-            if result.returncode != 0 or not executable.exists():
-                raise RuntimeError(f"npm install azurite@{VERSION} failed:\n{result.stderr}")
-            done.touch()
-    return executable
 
 
 class Azurite:
@@ -78,7 +44,7 @@ class Azurite:
     account_key = ACCOUNT_KEY
 
     def __init__(self, location: Path, log_path: Path | None = None) -> None:
-        executable = install_azurite()
+        executable = azurite_executable()
         port = free_port()
         self.origin = f"http://127.0.0.1:{port}"
         self.blob_endpoint = f"{self.origin}/{ACCOUNT_NAME}"

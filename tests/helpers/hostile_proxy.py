@@ -30,6 +30,7 @@ Faults and their params (defaults in brackets):
 - `status(code [503], body [none; bytes, str or JSON], content_type, headers)`: that answer.
 - `huge(mib [80], field ["runs"], item [a run], content_length [True])`: a 200 JSON body
   `{field: [item, item, ...]}` of `mib` MiB, streamed 1 MiB at a time.
+- `delay(seconds [3])`: the real answer, that many seconds late (a slow server).
 - `short_body(keep [half])`: the whole file (asked for without Range) as a 200, cut to `keep`
   bytes: a length that matches nothing.
 
@@ -69,6 +70,7 @@ FAULTS: dict[str, frozenset[str]] = {  # fault -> the params it takes
     "status": frozenset({"code", "body", "content_type", "headers"}),
     "huge": frozenset({"mib", "field", "item", "content_length"}),
     "short_body": frozenset({"keep"}),
+    "delay": frozenset({"seconds"}),
 }
 # An MLflow page token for offset 1000, as `runs/search` would send after a first full page.
 INJECTED_TOKEN = base64.b64encode(json.dumps({"offset": 1000}).encode()).decode()
@@ -388,6 +390,10 @@ class _Handler(BaseHTTPRequestHandler):
     # -- faults -------------------------------------------------------------------------------
 
     def _pass_through(self, seen: Seen, sent: bytes) -> None:
+        self._relay(seen, self._upstream(sent))
+
+    def _delay(self, seen: Seen, sent: bytes, rule: Rule, seconds: float = 3.0) -> None:
+        self.server.proxy.closing.wait(seconds)
         self._relay(seen, self._upstream(sent))
 
     def _wrong_shape(

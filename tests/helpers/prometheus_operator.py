@@ -1,7 +1,7 @@
 """Validation of ServiceMonitor and PrometheusRule objects against prometheus-operator's CRD
 schemas, as the npm package @kubernetes-models/prometheus-operator carries them (generated from
-the operator's CRDs; each model's `validate()` runs the schema). Installed on first use into
-`~/.cache/tbmirror-tests/` under a file lock, like Azurite."""
+the operator's CRDs; each model's `validate()` runs the schema). Installed into
+`~/.cache/tbmirror-tests/` by tests/prepare.py, like Azurite; a test never installs it."""
 
 from __future__ import annotations
 
@@ -10,7 +10,9 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from helpers.azurite import CACHE, file_lock
+import pytest
+
+from helpers.prepared import CACHE, PREPARE, file_lock
 
 PACKAGE = "@kubernetes-models/prometheus-operator"
 VERSION = "6.0.0"
@@ -37,29 +39,40 @@ process.stdin.on("end", () => {
 """
 
 
-def install(cache: Path = CACHE) -> Path:
-    """The directory holding the package and validate.mjs, installed if missing."""
-    directory = cache / f"prometheus-operator-models-{VERSION}"
-    done = directory / ".installed"
+def install(cache: Path = CACHE) -> None:
+    """npm-install the package and validate.mjs into the cache (once; under a file lock): run by
+    tests/prepare.py, never by a test."""
+    directory = models_dir(cache)
     with file_lock(cache / f"prometheus-operator-models-{VERSION}.lock"):
-        if not done.exists():
-            directory.mkdir(parents=True, exist_ok=True)
-            result = subprocess.run(
-                ["npm", "install", "--prefix", str(directory), "--no-audit", "--no-fund",
-                 f"{PACKAGE}@{VERSION}"],
-                capture_output=True, text=True, timeout=900,
-            )  # fmt: skip
-            if result.returncode != 0:
-                raise RuntimeError(f"npm install {PACKAGE}@{VERSION} failed:\n{result.stderr}")
-            (directory / "validate.mjs").write_text(VALIDATE_MJS)
-            done.touch()
+        if (directory / ".installed").exists():
+            return
+        directory.mkdir(parents=True, exist_ok=True)
+        subprocess.run(
+            ["npm", "install", "--prefix", str(directory), "--no-audit", "--no-fund",
+             f"{PACKAGE}@{VERSION}"],
+            check=True, timeout=900,
+        )  # fmt: skip
+        (directory / "validate.mjs").write_text(VALIDATE_MJS)
+        (directory / ".installed").touch()
+
+
+def models_dir(cache: Path = CACHE) -> Path:
+    return cache / f"prometheus-operator-models-{VERSION}"
+
+
+def prepared(cache: Path = CACHE) -> Path:
+    """The prepared package's directory; the test fails, naming the command to run, if it is
+    not there."""
+    directory = models_dir(cache)
+    if not (directory / ".installed").exists():
+        pytest.fail(f"{PACKAGE}@{VERSION} is not prepared in {cache}: run {PREPARE}")
     return directory
 
 
 def schema_errors(objects: list[dict[str, Any]]) -> list[str]:
     """What the CRD schemas say is wrong with `objects` (ServiceMonitors and PrometheusRules);
     [] when each is valid."""
-    directory = install()
+    directory = prepared()
     result = subprocess.run(
         ["node", str(directory / "validate.mjs")],
         input=json.dumps(objects), capture_output=True, text=True, cwd=directory, timeout=120,

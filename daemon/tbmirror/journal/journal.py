@@ -356,12 +356,16 @@ class Journal:
                     self.files.make_dirs(path.parent)
                 self.files.write_at(path, write.committed, bytes(write.data), write.created)
                 written.append(path)
+            if written:
+                protocol_step("batch_written")
             for path in written:
                 where = os.path.relpath(path, self.layout.root)
                 self.files.fsync(path)
             for directory in new_dirs:
                 where = os.path.relpath(directory, self.layout.root)
                 self.files.fsync_dir(directory)
+            if written:
+                protocol_step("batch_synced")
             where = self.store.path.name
             with self.store.transaction():
                 for change in batch._changes:
@@ -369,6 +373,8 @@ class Journal:
                 for relative, write in batch._files.items():
                     if relative not in lost:
                         self.store.put_file(relative, write.committed + len(write.data))
+            if written:
+                protocol_step("batch_committed")
         except Exception as error:  # bytes may be out: whatever failed, never write others there
             with self._guard:
                 self._pending[batch.owner] = batch
@@ -521,7 +527,10 @@ class Journal:
 
 def protocol_step(name: str) -> None:
     """A step of the protocol. A test hook: with TBMIRROR_TEST_STOP_AT=<name> in its environment
-    the process stops itself here (SIGSTOP) for the test to kill it at exactly this step."""
+    the process stops itself here (SIGSTOP), the first time it gets there, for the test to kill
+    it at exactly this step. Steps: move_recorded, move_renamed, move_applied; and, in a batch
+    that appends bytes, batch_written (appended, not yet fsynced), batch_synced (fsynced, not
+    committed), batch_committed (committed)."""
     if os.environ.get("TBMIRROR_TEST_STOP_AT") == name:
         os.kill(os.getpid(), signal.SIGSTOP)
 

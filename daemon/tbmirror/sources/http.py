@@ -323,9 +323,14 @@ class RestClient:
 class RateLimiter:
     """Spaces calls at least 1/rate seconds apart (no limit when rate is None). Thread-safe."""
 
-    def __init__(self, rate: float | None, sleep: Callable[[float], None] = time.sleep) -> None:
+    def __init__(
+        self,
+        rate: float | None,
+        sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._interval = 1 / rate if rate else 0.0
-        self._sleep = sleep
+        self._sleep, self._clock = sleep, clock
         self._lock = threading.Lock()
         self._next = 0.0
 
@@ -333,7 +338,7 @@ class RateLimiter:
         if not self._interval:
             return
         with self._lock:
-            now = time.monotonic()
+            now = self._clock()
             start = max(now, self._next)
             self._next = start + self._interval
         if start > now:
