@@ -66,7 +66,7 @@ def test_one_broken_run_does_not_stop_the_others(
 
     result = sync([experiment_name], check=False)
     assert result.returncode == 1
-    assert f"1 runs failed: {runs['broken']}" in result.stdout
+    assert f"1 run failed: {runs['broken']}" in result.stdout
     assert scalar_steps(top / "fine") == [0, 1]
 
     (top / "broken").unlink()  # repaired: the lost file makes recovery write the run again

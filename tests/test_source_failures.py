@@ -92,7 +92,7 @@ def test_failing_sources_are_reported_and_leave_the_mirror_untouched(
         (failed,) = [line for line in result.stdout.splitlines() if line.startswith("FAIL")]
         assert failed.startswith(f"FAIL  {flaky}: GET /api/2.0/mlflow/experiments/get-by-name: ")
         assert failed.count(flaky) == 1, "the source is named once"
-        assert f"ok    {good}: 1 runs, " in result.stdout
+        assert f"ok    {good}: 1 run, " in result.stdout
         assert snapshot(mirror_root / flaky) == mirrored
         assert (mirror_root / good / experiment_name / "r").is_dir()
     assert error_server.requests == 3, "one request, retried twice, then the source gives up"

@@ -325,7 +325,7 @@ def test_an_unreadable_file_is_reported_and_the_others_go_on() -> None:
         (uploads / "a" / "events.out.tfevents.1.a").chmod(0)
         result = subprocess.run(command, capture_output=True, text=True, timeout=120)
         assert result.returncode == 1, result.stdout + result.stderr
-        assert "1 files failed: a/events.out.tfevents.1.a" in result.stdout
+        assert "1 file failed: a/events.out.tfevents.1.a" in result.stdout
         assert "Permission denied" in result.stderr
         assert (root / "perm" / "b" / "events.out.tfevents.1.b").exists()
         assert not (root / "perm" / "a").exists()

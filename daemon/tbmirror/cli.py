@@ -232,8 +232,9 @@ def check_command(settings: Settings, args: argparse.Namespace) -> int:
 def _summary(report: PassReport) -> str:
     if report.error:
         return f"FAIL  {report.source}: {report.error}"
+    listed = _count(report.runs_listed, report.unit)
     text = (
-        f"{'ok  ' if report.ok else 'FAIL'}  {report.source}: {report.runs_listed} {report.unit}, "
+        f"{'ok  ' if report.ok else 'FAIL'}  {report.source}: {listed}, "
         f"{report.runs_written} written, {report.points} points, "
         + (f"{report.images} images, " if report.images else "")
         + (f"{report.tables} tables, " if report.tables else "")
@@ -243,12 +244,17 @@ def _summary(report: PassReport) -> str:
     )
     if report.failed_runs:
         failed = ", ".join(report.failed_runs[:5])
-        text += f"; {len(report.failed_runs)} {report.unit} failed: {failed}"
+        text += f"; {_count(len(report.failed_runs), report.unit)} failed: {failed}"
     if report.runs_retired:
         text += f"; {report.runs_retired} left the selection"
     if report.missing_experiments:
         text += f"; experiments not found: {', '.join(report.missing_experiments)}"
     return text
+
+
+def _count(number: int, plural: str) -> str:
+    """`1 run`, `2 runs` (`plural` ends in s)."""
+    return f"{number:,} {plural[:-1] if number == 1 else plural}"
 
 
 @contextmanager
