@@ -728,6 +728,7 @@ def test_health_degrades_by_the_second_failed_pass_and_recovers_by_the_second_go
         tmp_path / "daemon.yaml", tmp_path / "root",
         [source.settings(poll_interval="1s", timeout="2s", max_retries=1)],
         tensorboard={"enabled": False}, health={"stale_after": "5s"},
+        logging={"level": "debug"},  # (a pass that changed nothing logs source_synced at debug)
     )  # fmt: skip
     daemon = start_daemon(config)
     daemon.wait_event("daemon_ready")
@@ -1001,6 +1002,7 @@ def test_chaos(
         [source.settings(poll_interval="1s", full_listing_interval="3s", reconcile_interval="5s",
                          timeout="2s", max_retries=1)],
         health={"stale_after": f"{STALE_SECONDS:g}s"},
+        logging={"level": "debug"},  # (a pass that changed nothing logs source_synced at debug)
     )  # fmt: skip
     daemon = start_daemon(config)
     daemon.wait_event("daemon_ready")

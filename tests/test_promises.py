@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import itertools
 import signal
+import socket
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
@@ -54,7 +55,8 @@ def test_one_process_per_state_store_and_a_reload_never_moves_the_mirror(
     refused = tbmirror("sync", "--config", str(second))
     said = refused.stdout + refused.stderr
     assert refused.returncode != 0, said
-    assert f"is in use by another tbmirror process (pid {daemon.process.pid})" in said, said
+    holder = f"(pid {daemon.process.pid} on {socket.gethostname()})"
+    assert f"is in use by another tbmirror process {holder}" in said, said
     written = [p for p in (other / "root").rglob("*") if p.is_file()]
     assert written == [], "the refused process wrote into its mirror"
     status = tbmirror("status", "--config", str(config), "--json")
@@ -139,8 +141,13 @@ def test_a_slow_source_is_never_polled_twice_at_once_nor_in_a_burst_after(
     delay, search = 4.0, r"/runs/search"
     source = mlflow_source("slow", proxy.url, [experiment_name], poll_interval="1s",
                            timeout="30s")  # fmt: skip
-    config, _, _ = daemon_config(tmp_path / "c.yaml", tmp_path / "root", [source],
-                                 tensorboard={"enabled": False})  # fmt: skip
+    config, _, _ = daemon_config(
+        tmp_path / "c.yaml",
+        tmp_path / "root",
+        [source],
+        tensorboard={"enabled": False},
+        logging={"level": "debug"},
+    )  # fmt: skip (idle passes: debug)
     proxy.set("delay", path=search, seconds=delay)
     daemon = start_daemon(config)
 

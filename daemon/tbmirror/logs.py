@@ -18,6 +18,10 @@ QUIET_LIBRARIES = {
     "httpx": logging.WARNING,  # one INFO line per request
     "httpcore": logging.WARNING,
     "azure": logging.WARNING,  # azure-identity logs every token request
+    # watchdog logs each inotify event at debug: with the daemon's log in the config's watched
+    # directory, each line was an event that logged a line (a loop that filled the disk)
+    "watchdog": logging.INFO,
+    "tzlocal": logging.INFO,  # (APScheduler's time zone lookup)
 }
 
 
