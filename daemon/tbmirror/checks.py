@@ -33,8 +33,7 @@ from tbmirror.config import (
 )
 from tbmirror.engine.mlflow.selection import Selection
 from tbmirror.errors import TbmirrorError
-from tbmirror.journal.locks import holder
-from tbmirror.journal.store import lock_path
+from tbmirror.journal import state_holder
 from tbmirror.sources.http import HttpStatusError
 from tbmirror.sources.mlflow import MlflowSource
 from tbmirror.sources.uploads import UploadTree
@@ -63,7 +62,7 @@ def offline(settings: Settings, origin: str) -> list[Finding]:
 def online(settings: Settings, origin: str) -> list[Finding]:
     """Everything: the file, the paths, the ports and every source."""
     mirror = settings.mirror
-    daemon = holder(lock_path(mirror.state))
+    daemon = state_holder(mirror.state)
     findings = [
         *offline(settings, origin),
         _directory("mirror.root", mirror.root),

@@ -8,8 +8,9 @@ from pathlib import Path
 
 from tbmirror.journal.faults import Fault, WriteFault
 from tbmirror.journal.journal import Batch, BatchStream, Journal
+from tbmirror.journal.locks import holder
 from tbmirror.journal.recovery import RecoveryReport, recover
-from tbmirror.journal.store import Store, Totals
+from tbmirror.journal.store import Store, Totals, lock_path
 from tbmirror.model import SourceStatus
 
 __all__ = [
@@ -24,6 +25,7 @@ __all__ = [
     "read_only",
     "read_summary",
     "recover",
+    "state_holder",
 ]
 
 
@@ -43,3 +45,9 @@ def read_summary(
     """(status by source, totals) from a store, read-only: see Store.totals."""
     with read_only(state_path) as store:
         return store.source_status(), store.totals()
+
+
+def state_holder(state_path: Path) -> str | None:
+    """Who holds the lock of the state store at `state_path` ("pid N on host"), None if no
+    process does; the lock file is only read, never created."""
+    return holder(lock_path(state_path))
