@@ -70,19 +70,29 @@ def azureml_models(cache: Path = CACHE) -> Path:
     return directory
 
 
-def install_azurite(cache: Path = CACHE) -> None:
-    """npm-install azurite@AZURITE_VERSION into the cache (once; under a file lock)."""
-    directory = _azurite_dir(cache)
-    with file_lock(cache / f"azurite-{AZURITE_VERSION}.lock"):
+def npm_install(
+    directory: Path, package: str, lock: Path, extra: dict[str, str] | None = None
+) -> None:
+    """npm-install `package` ("name@version") into `directory` with the `extra` files beside it,
+    once: under the file lock `lock`, marked done by `.installed` when everything is there."""
+    with file_lock(lock):
         if (directory / ".installed").exists():
             return
         directory.mkdir(parents=True, exist_ok=True)
         subprocess.run(
-            ["npm", "install", "--prefix", str(directory), "--no-audit", "--no-fund",
-             f"azurite@{AZURITE_VERSION}"],
+            ["npm", "install", "--prefix", str(directory), "--no-audit", "--no-fund", package],
             check=True, timeout=900,
         )  # fmt: skip
+        for name, text in (extra or {}).items():
+            (directory / name).write_text(text)
         (directory / ".installed").touch()
+
+
+def install_azurite(cache: Path = CACHE) -> None:
+    """npm-install azurite@AZURITE_VERSION into the cache (once)."""
+    npm_install(
+        _azurite_dir(cache), f"azurite@{AZURITE_VERSION}", cache / f"azurite-{AZURITE_VERSION}.lock"
+    )
 
 
 def download_azureml_models(cache: Path = CACHE) -> None:

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from helpers.prepared import CACHE, PREPARE, file_lock
+from helpers.prepared import CACHE, PREPARE, npm_install
 
 PACKAGE = "@kubernetes-models/prometheus-operator"
 VERSION = "6.0.0"
@@ -40,20 +40,12 @@ process.stdin.on("end", () => {
 
 
 def install(cache: Path = CACHE) -> None:
-    """npm-install the package and validate.mjs into the cache (once; under a file lock): run by
-    tests/prepare.py, never by a test."""
-    directory = models_dir(cache)
-    with file_lock(cache / f"prometheus-operator-models-{VERSION}.lock"):
-        if (directory / ".installed").exists():
-            return
-        directory.mkdir(parents=True, exist_ok=True)
-        subprocess.run(
-            ["npm", "install", "--prefix", str(directory), "--no-audit", "--no-fund",
-             f"{PACKAGE}@{VERSION}"],
-            check=True, timeout=900,
-        )  # fmt: skip
-        (directory / "validate.mjs").write_text(VALIDATE_MJS)
-        (directory / ".installed").touch()
+    """npm-install the package and validate.mjs into the cache (once): run by tests/prepare.py,
+    never by a test."""
+    npm_install(
+        models_dir(cache), f"{PACKAGE}@{VERSION}",
+        cache / f"prometheus-operator-models-{VERSION}.lock", {"validate.mjs": VALIDATE_MJS},
+    )  # fmt: skip
 
 
 def models_dir(cache: Path = CACHE) -> Path:
