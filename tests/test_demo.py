@@ -6,11 +6,15 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import httpx
+import pytest
 
 from conftest import TensorBoardReader, pid_alive, wait_until
+from tbmirror.demo import SWEEP_EXPERIMENT, log_sweep
+from tbmirror.local_mlflow import LocalMlflowServer
 from tbmirror.processes import free_port, stop_process_group
 
 
@@ -110,3 +114,52 @@ def test_ctrl_c_while_the_demo_starts_stops_its_mlflow_server(tmp_path: Path) ->
         assert processes_mentioning(str(demo)) == []
     finally:
         stop_process_group(process)
+
+
+class _StopAfter(threading.Event):
+    """A stop event that reads as set from its `checks + 1`-th look on: Ctrl-C at an exact step."""
+
+    def __init__(self, checks: int) -> None:
+        super().__init__()
+        self.checks_left = checks
+
+    def is_set(self) -> bool:
+        self.checks_left -= 1
+        return self.checks_left < 0
+
+
+def test_a_sweep_cut_short_by_ctrl_c_is_logged_whole_by_the_next_demo(tmp_path: Path) -> None:
+    from mlflow.entities import ViewType
+    from mlflow.tracking import MlflowClient
+
+    with LocalMlflowServer(tmp_path / "mlflow") as server:
+        with pytest.raises(KeyboardInterrupt):
+            log_sweep(server.url, _StopAfter(3))  # the parent and two of its seven children
+        client = MlflowClient(server.url)
+        [experiment] = [e for e in client.search_experiments() if e.name == SWEEP_EXPERIMENT]
+        cut = client.search_runs([experiment.experiment_id])
+        assert sorted(r.info.run_name for r in cut) == ["alpha0.1", "alpha0.2", "ridge-sweep"]
+
+        log_sweep(server.url, threading.Event())
+        runs = client.search_runs([experiment.experiment_id])
+        assert sorted(r.info.run_name for r in runs) == sorted(
+            ["ridge-sweep"] + [f"alpha0.{i}" for i in range(1, 8)]
+        )
+        assert {r.info.status for r in runs} == {"FINISHED"}
+        deleted = client.search_runs(
+            [experiment.experiment_id], run_view_type=ViewType.DELETED_ONLY
+        )
+        assert {r.info.run_id for r in deleted} == {r.info.run_id for r in cut}
+
+        log_sweep(server.url)  # a whole sweep is there: nothing more is logged
+        assert len(client.search_runs([experiment.experiment_id])) == 8
+
+
+def test_ctrl_c_while_mlflow_starts_ends_the_wait_and_the_server(tmp_path: Path) -> None:
+    stop = threading.Event()
+    stop.set()
+    server = LocalMlflowServer(tmp_path / "mlflow")
+    with pytest.raises(KeyboardInterrupt):
+        server.start(stop=stop)
+    assert server.process is not None and server.process.poll() is not None
+    assert processes_mentioning(str(tmp_path / "mlflow")) == []

@@ -14,6 +14,7 @@ import logging
 import math
 import os
 import random
+import signal
 import threading
 from pathlib import Path
 from typing import Any
@@ -30,11 +31,12 @@ log = structlog.get_logger(__name__)
 SWEEP_EXPERIMENT = "tensorboard-demo"
 TRAINING_EXPERIMENT = "training-loop"
 PLOT_EVERY = 5  # steps of the live run between two prediction plots
-TRAINER_JOIN_SECONDS = 2.0  # a request of the training loop under way when Ctrl-C came
+TRAINER_JOIN_SECONDS = 2.0
+PARENT_TAG = "mlflow.parentRunId"  # a request of the training loop under way when Ctrl-C came
 
 
 def run_demo(directory: Path, port: int, health_port: int) -> int:
-    """Run the demo until Ctrl-C; returns the exit code."""
+    """Run the demo until Ctrl-C; returns the exit code (130: stopped before it was up)."""
     try:
         import mlflow  # noqa: F401
         import sklearn  # noqa: F401
@@ -46,21 +48,28 @@ def run_demo(directory: Path, port: int, health_port: int) -> int:
     os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
     logging.getLogger("mlflow").setLevel(logging.WARNING)  # the banner stays in view
     print(f"Starting MLflow and TensorBoard in {directory} ...", flush=True)
+    # Ctrl-C only sets `stop`, which each step of the start-up checks: a KeyboardInterrupt raised
+    # wherever the signal lands can be lost (raised inside a __del__ or a library's callback,
+    # Python prints "Exception ignored" and goes on), and the demo would run on.
+    stop = threading.Event()
+    previous = signal.signal(signal.SIGINT, lambda *_: stop.set())
     server = LocalMlflowServer(directory / "mlflow")
     try:
-        server.start()
-        return _mirror(server, directory, port, health_port)
-    except KeyboardInterrupt:  # Ctrl-C before the daemon took it over
+        server.start(stop=stop)
+        return _mirror(server, directory, port, health_port, stop)
+    except KeyboardInterrupt:  # raised by a step that saw `stop`
         _say_stopping()
         return 130
     finally:
         server.stop()
+        signal.signal(signal.SIGINT, previous)
 
 
-def _mirror(server: LocalMlflowServer, directory: Path, port: int, health_port: int) -> int:
-    """Log the sweep, start the training loop and run the daemon on the server until Ctrl-C."""
-    log_sweep(server.url)
-    stop = threading.Event()
+def _mirror(
+    server: LocalMlflowServer, directory: Path, port: int, health_port: int, stop: threading.Event
+) -> int:
+    """Log the sweep, start the training loop and run the daemon on the server until `stop`."""
+    log_sweep(server.url, stop)
     trainer = threading.Thread(target=train, args=(server.url, stop), daemon=True)
     trainer.start()
     settings = Settings.model_validate(
@@ -79,17 +88,19 @@ def _mirror(server: LocalMlflowServer, directory: Path, port: int, health_port: 
             "health": {"port": health_port},
         }
     )
+    announced = threading.Event()
 
     def ready(daemon: Daemon) -> None:
         assert daemon.tensorboard is not None
-        print(banner(server.url, daemon.tensorboard.url, health_port, directory), flush=True)
-
-    def stopping() -> None:
-        _say_stopping()
-        stop.set()  # the training loop ends with the daemon
+        if not stop.is_set():  # Ctrl-C while the daemon started: it stops at once
+            print(banner(server.url, daemon.tensorboard.url, health_port, directory), flush=True)
+            announced.set()
 
     try:
-        return Daemon(settings, on_ready=ready, on_stopping=stopping).run()
+        code = Daemon(
+            settings, on_ready=ready, on_stopping=_say_stopping, stop_event=stop
+        ).run()  # its SIGINT handler sets `stop` too: the training loop ends with the daemon
+        return code if announced.is_set() else 130
     finally:
         stop.set()
         trainer.join(timeout=TRAINER_JOIN_SECONDS)  # it marks its run FINISHED, or gives up
@@ -113,18 +124,27 @@ def banner(mlflow_url: str, tensorboard_url: str, health_port: int, directory: P
     )
 
 
-def log_sweep(tracking_uri: str) -> None:
-    """The seed's example, logged once per demo folder."""
+def log_sweep(tracking_uri: str, stop: threading.Event | None = None) -> None:
+    """The seed's example, logged once per demo folder; `stop` set (Ctrl-C) ends it between two
+    runs with KeyboardInterrupt, and the next demo replaces the part logged by a whole sweep."""
     import mlflow
     from sklearn.datasets import load_diabetes
     from sklearn.linear_model import Ridge
     from sklearn.metrics import mean_squared_error
     from sklearn.model_selection import train_test_split
 
+    def check_stop() -> None:
+        if stop is not None and stop.is_set():
+            raise KeyboardInterrupt
+
     mlflow.set_tracking_uri(tracking_uri)
     experiment = mlflow.set_experiment(SWEEP_EXPERIMENT)
-    if mlflow.search_runs([experiment.experiment_id], max_results=1, output_format="list"):
+    logged = mlflow.search_runs([experiment.experiment_id], output_format="list")
+    if any(run.info.status == "FINISHED" and not run.data.tags.get(PARENT_TAG) for run in logged):
         return
+    for run in logged:  # a sweep cut short by Ctrl-C
+        mlflow.delete_run(run.info.run_id)
+    check_stop()
     features, target = load_diabetes(return_X_y=True)
     x_train, x_test, y_train, y_test = train_test_split(
         features, target, test_size=0.2, random_state=0
@@ -134,6 +154,7 @@ def log_sweep(tracking_uri: str) -> None:
         for alpha in [round(0.1 * i, 1) for i in range(1, 8)]:
             model = Ridge(alpha=alpha).fit(x_train, y_train)
             mse = float(mean_squared_error(y_test, model.predict(x_test)))
+            check_stop()
             with mlflow.start_run(run_name=f"alpha{alpha}", nested=True):
                 mlflow.log_param("alpha", alpha)
                 mlflow.log_metric("mse", mse)

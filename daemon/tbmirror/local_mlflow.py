@@ -12,6 +12,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -47,8 +48,9 @@ class LocalMlflowServer:
         self.log_path = directory / f"mlflow-server-{self.port}.log"
         self.process: subprocess.Popen[bytes] | None = None
 
-    def start(self, timeout: float = 120) -> LocalMlflowServer:
-        """Start the server and wait until `/health` answers."""
+    def start(self, timeout: float = 120, stop: threading.Event | None = None) -> LocalMlflowServer:
+        """Start the server and wait until `/health` answers; `stop` set meanwhile (Ctrl-C) ends
+        the wait, stops the server and raises KeyboardInterrupt."""
         self.directory.mkdir(parents=True, exist_ok=True)
         command = [
             sys.executable, "-m", "mlflow", "server",
@@ -63,8 +65,12 @@ class LocalMlflowServer:
             self.process = subprocess.Popen(
                 command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=self.env
             )
+        stop = stop or threading.Event()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
+            if stop.is_set():
+                self.stop()
+                raise KeyboardInterrupt
             if self.process.poll() is not None:
                 raise TbmirrorError(
                     f"mlflow server exited with code {self.process.returncode}; "
@@ -75,7 +81,7 @@ class LocalMlflowServer:
                     return self
             except httpx.HTTPError:
                 pass
-            time.sleep(0.5)
+            stop.wait(0.5)
         self.stop()
         raise TbmirrorError(f"mlflow server did not answer within {timeout:.0f} s")
 

@@ -52,14 +52,16 @@ class Daemon:
         config_path: Path | None = None,
         on_ready: Callable[[Daemon], None] | None = None,
         on_stopping: Callable[[], None] | None = None,
+        stop_event: threading.Event | None = None,
     ) -> None:
         """`on_ready` is called once everything runs, `on_stopping` once a stop is asked for
-        (before the passes and TensorBoard are stopped)."""
+        (before the passes and TensorBoard are stopped); `stop_event`, set before or while the
+        daemon runs, stops it (SIGTERM and SIGINT set it)."""
         self.settings = settings
         self.config_path = config_path
         self.on_ready = on_ready
         self.on_stopping = on_stopping
-        self.stop_event = threading.Event()
+        self.stop_event = stop_event or threading.Event()
         self._reload_requested = False
         self._last_tick = time.monotonic()  # the main loop's heartbeat, for /livez
         self.notifier = Notifier()
