@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import urllib.parse
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Literal, TypeAlias
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
@@ -66,9 +66,9 @@ class MirrorSettings(Section):
         return value
 
 
-SourceSettings = Annotated[
-    MlflowSourceSettings | UploadsSourceSettings, Field(discriminator="type")
-]
+# One member per kind of source (tbmirror.app.KINDS holds what each kind does).
+SourceKindSettings: TypeAlias = MlflowSourceSettings | UploadsSourceSettings
+SourceSettings = Annotated[SourceKindSettings, Field(discriminator="type")]
 
 
 class LoggingSettings(Section):
