@@ -44,8 +44,8 @@ __all__ = [
     "sync_sources",
 ]
 
-# The kinds of source tbmirror knows: adding one is its package and a line here (and its
-# settings model in tbmirror.config's `SourceSettings`; docs/architecture/adding-a-kind.md).
+# The kinds of source tbmirror knows: adding one is its package and a line here, with its
+# settings model in tbmirror.config (docs/architecture.md: "Adding a kind of source").
 KINDS = Registry(mlflow.KIND, uploads.KIND)
 
 log = structlog.get_logger(__name__)

@@ -2,7 +2,7 @@
 and which source settings `sources` may hold (one member per kind, told apart by `type`).
 
 A source kind's settings model lives in its own module of this package (mlflow.py,
-uploads.py); it is added to `SourceSettings` below, and its behaviour is registered in
+uploads.py); it is a member of `SourceKindSettings` below, and its behaviour is registered in
 tbmirror.app's registry of kinds.
 """
 
