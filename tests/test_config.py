@@ -9,10 +9,11 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO, tbmirror
-from tbmirror.app import build_engine
+from tbmirror.app import KINDS, build_engine
 from tbmirror.config import load_settings, parse_settings
 from tbmirror.errors import ConfigError
 from tbmirror.journal import Journal
+from tbmirror.kinds.mlflow import with_cloud_defaults
 from tbmirror.mirror.layout import MirrorLayout
 from tbmirror.processes import free_port
 
@@ -200,7 +201,7 @@ sources:
 def test_an_uploads_source_loads_with_defaults() -> None:
     source = parse_settings(UPLOADS).sources[0]
     assert source.type == "uploads" and source.observer == "native"
-    assert source.rescan_interval == 60.0 and source.poll_interval == 60.0
+    assert source.rescan_interval == 60.0 and KINDS.schedule(source).poll_interval == 60.0
     assert source.max_file_size == 2 * 1024**3
     sized = parse_settings(UPLOADS.replace("/mnt/uploads", "/mnt/uploads, max_file_size: 512MiB"))
     assert sized.sources[0].max_file_size == 512 * 1024**2
@@ -459,7 +460,8 @@ def test_the_artifact_store_follows_the_tracking_uri_and_auth(
     source = {"name": "a", "type": "mlflow", "tracking_uri": uri, "experiments": ["e"],
               "artifacts": {"store": chosen}} | ({"auth": auth} if auth else {})  # fmt: skip
     document = {"mirror": {"root": "/tmp/x/logs", "state": "/tmp/x/s.db"}, "sources": [source]}
-    assert parse_settings(json.dumps(document)).sources[0].artifact_store == store
+    settings = parse_settings(json.dumps(document)).sources[0]
+    assert with_cloud_defaults(settings).artifacts.store == store
 
 
 @pytest.mark.parametrize(

@@ -13,6 +13,7 @@ import pytest
 
 from tbmirror.config import parse_settings
 from tbmirror.errors import SourceError
+from tbmirror.kinds.mlflow import with_cloud_defaults
 from tbmirror.sources.http import BadAnswerError, RateLimiter, RestClient
 from tbmirror.sources.responses import RunsPage, pages
 
@@ -84,14 +85,16 @@ def test_databricks_gets_its_documented_limits_by_default() -> None:
         "mirror: {root: /r, state: /s}\nsources:\n"
         "- {name: d, type: mlflow, tracking_uri: https://adb.example, experiments: [e], %s}\n"
     )
-    databricks = parse_settings(text % "auth: {type: databricks, token: t}").sources[0]
-    assert (databricks.search_rate_limit, databricks.rate_limit) == (7.0, 127.0)
-    plain = parse_settings(text % "max_requests_per_second: 20").sources[0]
-    assert (plain.search_rate_limit, plain.rate_limit) == (20.0, 20.0)
-    tuned = parse_settings(
-        text % "auth: {type: databricks, token: t}, max_search_requests_per_second: 2"
-    ).sources[0]
-    assert (tuned.search_rate_limit, tuned.rate_limit) == (2.0, 127.0)
+
+    def limits(options: str) -> tuple[float | None, float | None]:
+        """(search, other) requests per second the source is built with."""
+        source = with_cloud_defaults(parse_settings(text % options).sources[0])
+        return source.max_search_requests_per_second, source.max_requests_per_second
+
+    assert limits("auth: {type: databricks, token: t}") == (7.0, 127.0)
+    assert limits("max_requests_per_second: 20") == (20.0, 20.0)
+    tuned = "auth: {type: databricks, token: t}, max_search_requests_per_second: 2"
+    assert limits(tuned) == (2.0, 127.0)
 
 
 def test_paging_without_end_is_an_error() -> None:

@@ -17,8 +17,8 @@ from conftest import MlflowServer, TensorBoard, new_run, tb_run
 from tbmirror.config import MlflowSourceSettings
 from tbmirror.engine.mlflow.engine import MlflowEngine
 from tbmirror.journal import Journal
+from tbmirror.kinds.mlflow import build_source
 from tbmirror.mirror.layout import MirrorLayout
-from tbmirror.sources.mlflow import MlflowSource
 
 T0 = int(time.time() * 1000) - 600_000
 
@@ -146,7 +146,7 @@ def clocked_engine(
     )  # fmt: skip
     journal = Journal.open(MirrorLayout(tmp_path / "root"), tmp_path / "state.db")
     journal.own(settings.name)
-    source = MlflowSource.from_settings(settings)
+    source = build_source(settings)
     try:
         yield MlflowEngine(source, journal, clock=lambda: now[0])
     finally:

@@ -10,12 +10,10 @@ from pathlib import Path
 import pytest
 from prometheus_client import generate_latest
 
-import tbmirror.service.scheduler as scheduler_module
 from conftest import wait_until
-from tbmirror.app import open_journal
+from tbmirror.app import Mirror
 from tbmirror.config import SourceSettings, parse_settings
 from tbmirror.engine.base import Engine, PassReport
-from tbmirror.journal import Journal
 from tbmirror.service.metrics import DaemonMetrics
 from tbmirror.service.scheduler import SourceScheduler
 
@@ -29,12 +27,11 @@ def test_a_retired_sources_series_go_after_its_pass_in_flight(
         f"sources: [{{name: held, type: uploads, path: {tmp_path / 'uploads'}}}]\n"
     )
     entered, release = threading.Event(), threading.Event()
-    real_build = scheduler_module.build_engine
+    mirror = Mirror.open(settings)
+    real_build = mirror.build
 
-    def held_engine(
-        source: SourceSettings, journal: Journal, stop: threading.Event | None = None
-    ) -> Engine:
-        engine = real_build(source, journal, stop)
+    def held_engine(source: SourceSettings, stop: threading.Event | None) -> Engine:
+        engine = real_build(source, stop)
         real_pass = engine.run_pass
 
         def run_pass(**options: object) -> PassReport:
@@ -45,11 +42,10 @@ def test_a_retired_sources_series_go_after_its_pass_in_flight(
         engine.run_pass = run_pass
         return engine
 
-    monkeypatch.setattr(scheduler_module, "build_engine", held_engine)
+    monkeypatch.setattr(mirror, "build", held_engine)
     metrics = DaemonMetrics(lambda: {}, lambda: None)
-    journal = open_journal(settings)
     stop = threading.Event()
-    scheduler = SourceScheduler(journal, metrics, stop)
+    scheduler = SourceScheduler(mirror, metrics, stop)
     try:
         scheduler.start(list(settings.sources))
         assert entered.wait(30), "the first pass never began"
@@ -66,4 +62,4 @@ def test_a_retired_sources_series_go_after_its_pass_in_flight(
         release.set()
         stop.set()
         scheduler.shutdown(10)
-        journal.close()
+        mirror.close()

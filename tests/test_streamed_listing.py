@@ -21,9 +21,9 @@ from tbmirror.engine.mlflow import engine as engine_module
 from tbmirror.engine.mlflow.engine import MlflowEngine
 from tbmirror.engine.mlflow.selection import MAX_RUNS, PARENT, STATUS, Selection
 from tbmirror.journal import Journal
+from tbmirror.kinds.mlflow import build_source
 from tbmirror.mirror.layout import MirrorLayout
 from tbmirror.model import RunSnapshot
-from tbmirror.sources.mlflow import MlflowSource
 
 T0 = 1_700_000_000_000
 SEARCH = r"/api/2\.0/mlflow/runs/search"
@@ -113,7 +113,7 @@ def test_a_listing_cut_mid_way_keeps_what_its_pages_wrote_and_proves_nothing_gon
                                     timeout=5)  # fmt: skip
     journal = Journal.open(MirrorLayout(tmp_path / "root"), tmp_path / "state.db")
     journal.own(settings.name)
-    source = MlflowSource.from_settings(settings)
+    source = build_source(settings)
     run_dir = tmp_path / "root" / "streamed" / experiment_name
 
     def log(step: int) -> None:
@@ -170,7 +170,7 @@ def test_a_run_listed_as_it_was_mirrored_whole_is_not_looked_into_again(
                                     experiments=[experiment_name])  # fmt: skip
     journal = Journal.open(MirrorLayout(tmp_path / "root"), tmp_path / "state.db")
     journal.own(settings.name)
-    source = MlflowSource.from_settings(settings)
+    source = build_source(settings)
     read: list[str] = []
     cursors = journal.cursors
     monkeypatch.setattr(

@@ -1,5 +1,7 @@
-"""The composition root: settings -> the journal (locked, recovered) and one engine per source, and
-the actions the commands run on them (`sync`, `check`, `status`; `run` is service/daemon.py).
+"""The composition root: settings -> the journal (locked, recovered) and one engine per source,
+built through the registry of source kinds (`KINDS`), and the actions the commands run on them
+(`sync`, `check`, `prune`, `status`). `Mirror` is what the service (`tbmirror run`) asks of it;
+the service and the cli reach the journal and the engines only through here.
 
 Actions return plain results; cli.py renders them.
 """
@@ -16,21 +18,35 @@ import structlog
 
 from tbmirror import checks, pruning
 from tbmirror.checks import Finding
-from tbmirror.config import (
-    MlflowSourceSettings,
-    Settings,
-    SourceSettings,
-    without_userinfo,
-)
-from tbmirror.engine.base import Engine, PassReport, Progress
-from tbmirror.engine.mlflow.engine import MlflowEngine
-from tbmirror.engine.uploads import UploadEngine
+from tbmirror.config import Settings, SourceSettings
+from tbmirror.engine.base import Engine, PassReport, Progress, WatchSpec
 from tbmirror.errors import TbmirrorError
-from tbmirror.journal import Journal, Totals, read_only, read_summary, recover
+from tbmirror.journal import Fault, Journal, Totals, read_only, read_summary, recover
+from tbmirror.kinds import mlflow, uploads
+from tbmirror.kinds.base import Registry, Schedule
 from tbmirror.mirror.layout import MirrorLayout
 from tbmirror.model import SourceStatus
 from tbmirror.pruning import Unowned, find_unowned
-from tbmirror.sources.mlflow import MlflowSource
+
+__all__ = [
+    "KINDS",
+    "Engine",
+    "Fault",
+    "Mirror",
+    "PassReport",
+    "Schedule",
+    "WatchSpec",
+    "build_engine",
+    "check",
+    "open_journal",
+    "prune",
+    "status_rows",
+    "sync_sources",
+]
+
+# The kinds of source tbmirror knows: adding one is its package and a line here, with its
+# settings model in tbmirror.config (docs/architecture.md: "Adding a kind of source").
+KINDS = Registry(mlflow.KIND, uploads.KIND)
 
 log = structlog.get_logger(__name__)
 
@@ -60,14 +76,74 @@ def open_journal(settings: Settings) -> Journal:
 def build_engine(
     settings: SourceSettings, journal: Journal, stop: threading.Event | None = None
 ) -> Engine:
-    """The engine that mirrors the source `settings` describe (close it when done). In the
-    daemon (which passes its `stop` event: it ends waits and reads at once), a pass lists the
-    artifacts of at most `artifacts.batch` runs never looked at."""
-    if isinstance(settings, MlflowSourceSettings):
-        batch = settings.artifacts.batch if stop is not None else None
-        source = MlflowSource.from_settings(settings, stop)
-        return MlflowEngine(source, journal, artifact_batch=batch)
-    return UploadEngine(settings, journal)
+    """The engine that mirrors the source `settings` describe, built by its kind (close it when
+    done). `stop` is the daemon's (it ends waits and reads at once); None for `tbmirror sync`."""
+    return KINDS.build(settings, journal, stop)
+
+
+class Mirror:
+    """The mirror a daemon owns: its journal, opened with every configured source's subtree
+    locked and recovered (`open`), and what the service asks of it. Thread-safe as the journal
+    is."""
+
+    def __init__(self, journal: Journal) -> None:
+        self._journal = journal
+
+    @classmethod
+    def open(cls, settings: Settings) -> Mirror:
+        return cls(open_journal(settings))
+
+    def close(self) -> None:
+        self._journal.close()
+
+    def own(self, source: str) -> None:
+        """Lock the subtree of `source` for this process (TbmirrorError: another holds it)."""
+        self._journal.own(source)
+
+    def disown(self, source: str) -> None:
+        self._journal.disown(source)
+
+    def own_and_recover(self, sources: list[str]) -> bool:
+        """Own the `sources` a reload adds (those another process holds are left out) and bring
+        their subtrees back to what the store says (a source left out of the config since a
+        crash may hold uncommitted bytes). True if recovery cut or removed anything:
+        TensorBoard may have read it, so it must start afresh."""
+        owned = []
+        for name in sources:
+            try:
+                self._journal.own(name)
+            except TbmirrorError:
+                continue  # another process has it: the scheduler reports it
+            owned.append(name)
+        report = recover(self._journal, owned)
+        changed = bool(report.truncated or report.orphans_removed or report.runs_reset)
+        if changed:
+            log.warning("added_sources_recovered", **vars(report))
+        return changed
+
+    def build(self, settings: SourceSettings, stop: threading.Event | None) -> Engine:
+        """The engine of a source (see `build_engine`); its subtree must be owned."""
+        return build_engine(settings, self._journal, stop)
+
+    def schedule(self, settings: SourceSettings) -> Schedule:
+        """How often the daemon polls the source, and lists everything (its kind's hints)."""
+        return KINDS.schedule(settings)
+
+    def link_base(self, settings: SourceSettings) -> str | None:
+        """The base URL the source's mirrored runs link back to, if any."""
+        return KINDS.link_base(settings)
+
+    def statuses(self) -> dict[str, SourceStatus]:
+        """How each source's passes went, as recorded."""
+        return self._journal.passes.current()
+
+    def faults(self) -> dict[str, Fault]:
+        """The sources whose mirror cannot be written now, and why."""
+        return self._journal.faults()
+
+    def add_fault_listener(self, listener: Callable[[str, str], None]) -> None:
+        """`listener(source, cause)` is called on every failed write attempt."""
+        self._journal.add_fault_listener(listener)
 
 
 def sync_sources(
@@ -78,7 +154,8 @@ def sync_sources(
     try:
         for source_settings in settings.sources:
             engine = build_engine(source_settings, journal)
-            log.info("source_syncing", source=engine.name, location=_location(source_settings))
+            location = KINDS.location(source_settings)
+            log.info("source_syncing", source=engine.name, location=location)
             try:
                 with progress_for(engine.name) as progress:
                     report = engine.run_pass(reconcile_all=reconcile_all, progress=progress)
@@ -89,17 +166,12 @@ def sync_sources(
         journal.close()
 
 
-def _location(settings: SourceSettings) -> str:
-    """Where a source reads from, as shown to an operator (no user:password@)."""
-    if isinstance(settings, MlflowSourceSettings):
-        return without_userinfo(settings.tracking_uri)
-    return str(settings.path)
-
-
 def check(settings: Settings, origin: str, offline: bool) -> list[Finding]:
     """What in the config will not work (`tbmirror check`; see checks.py): `offline`, the file
     alone (nothing contacted, no disk looked at)."""
-    return checks.offline(settings, origin) if offline else checks.online(settings, origin)
+    if offline:
+        return checks.offline(settings, origin)
+    return checks.online(settings, origin, KINDS.check)
 
 
 def prune(settings: Settings, dry_run: bool) -> list[tuple[Unowned, str | None]]:
@@ -108,7 +180,7 @@ def prune(settings: Settings, dry_run: bool) -> list[tuple[Unowned, str | None]]
     journal = open_journal(settings)
     try:
         done: list[tuple[Unowned, str | None]] = []
-        for unowned in find_unowned(settings, journal):
+        for unowned in find_unowned(settings, journal, KINDS.owns_experiment):
             try:
                 if not dry_run:
                     pruning.remove(journal, unowned)
@@ -148,7 +220,7 @@ def status_rows(settings: Settings) -> list[dict[str, Any]]:
                 "prune": None,
             })  # fmt: skip
     with read_only(path) as store:
-        for unowned in find_unowned(settings, store):
+        for unowned in find_unowned(settings, store, KINDS.owns_experiment):
             rows.append({
                 "source": unowned.source, "experiment": unowned.dir.split("/", 1)[-1],
                 "runs": len(unowned.runs), "points": None, "images": None, "tables": None,

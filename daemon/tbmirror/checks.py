@@ -6,8 +6,8 @@
 - Online (plain `check`): also whether `mirror.root`, `mirror.state` (and `mirror.archive`) can
   be written, whether TensorBoard's and the health endpoint's ports are free (a port held by this
   config's own running daemon, which holds the state store's lock, is not a conflict), and what
-  each source answers: every configured experiment name or glob must match, and a refused port,
-  an unknown host or a server that is not MLflow's is said at once (no retries).
+  each source's kind says of it (tbmirror.kinds: an MLflow server must answer and every configured
+  experiment match, an upload directory must be there), contacting it without retries.
 
 Nothing here writes anything that stays: a directory is tested by creating and removing an empty
 folder in it, the state store by opening it for writing without changing it.
@@ -15,30 +15,16 @@ folder in it, the state store by opening it for writing without changing it.
 
 from __future__ import annotations
 
-import difflib
 import errno
 import os
 import socket
 import tempfile
-import time
-from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from tbmirror.config import (
-    MlflowSourceSettings,
-    Settings,
-    UploadsSourceSettings,
-    without_userinfo,
-)
-from tbmirror.engine.mlflow.selection import Selection
-from tbmirror.errors import TbmirrorError
+from tbmirror.config import Settings, SourceSettings
 from tbmirror.journal import state_holder
-from tbmirror.sources.http import HttpStatusError
-from tbmirror.sources.mlflow import MlflowSource
-from tbmirror.sources.uploads import UploadTree
-
-NOT_MLFLOW_STATUS = (404, 405, 501)  # without MLflow's error_code: no such endpoint there
 
 
 @dataclass(frozen=True)
@@ -59,8 +45,11 @@ def offline(settings: Settings, origin: str) -> list[Finding]:
     return [Finding("config", True, text)]
 
 
-def online(settings: Settings, origin: str) -> list[Finding]:
-    """Everything: the file, the paths, the ports and every source."""
+def online(
+    settings: Settings, origin: str, check_source: Callable[[SourceSettings], list[Finding]]
+) -> list[Finding]:
+    """Everything: the file, the paths, the ports and every source (`check_source`: what its
+    kind says of it)."""
     mirror = settings.mirror
     daemon = state_holder(mirror.state)
     findings = [
@@ -73,10 +62,7 @@ def online(settings: Settings, origin: str) -> list[Finding]:
         if section.enabled:
             findings.append(_port(subject, section.host, section.port, daemon))
     for source in settings.sources:
-        if isinstance(source, UploadsSourceSettings):
-            findings.append(_uploads(source))
-        else:
-            findings += _mlflow(source)
+        findings += check_source(source)
     return findings
 
 
@@ -148,74 +134,3 @@ def _port(subject: str, host: str, port: int, daemon: str | None) -> Finding:
                 return Finding(subject, True, text)
             return Finding(subject, False, f"{where}: already in use by another process")
     return Finding(subject, True, f"{where}: free")
-
-
-def _mlflow(settings: MlflowSourceSettings) -> list[Finding]:
-    """The server answers as MLflow, and every configured experiment name or glob matches."""
-    name, url = settings.name, without_userinfo(settings.tracking_uri)
-    try:
-        source = MlflowSource.from_settings(settings.model_copy(update={"max_retries": 0}))
-    except TbmirrorError as error:  # a secret file that cannot be read
-        return [Finding(name, False, str(error))]
-    try:
-        experiments, missing = source.experiments()
-        visible = sorted(e.name for e in source.client.experiments())
-        selected = _selected_per_experiment(source) if settings.selective else {}
-    except HttpStatusError as error:
-        if error.status_code in NOT_MLFLOW_STATUS and error.error_code is None:
-            text = (
-                f"{url} answered {error.status_code} for {error.request}: is this an MLflow "
-                "tracking server?"
-            )
-            return [Finding(name, False, text)]
-        return [Finding(name, False, f"{url}: {error}")]
-    except TbmirrorError as error:
-        return [Finding(name, False, f"{url}: {error}")]
-    finally:
-        source.close()
-    listed = ", ".join(
-        sorted(
-            e.name + (f" ({selected.get(e.experiment_id, 0)} runs selected)" if selected else "")
-            for e in experiments.values()
-        )
-    )
-    auth = settings.auth.type if settings.auth else "none"
-    artifacts = settings.artifact_store if settings.artifacts.enabled else "off"
-    text = (
-        f"{url} (auth {auth}, artifacts {artifacts}, {len(visible)} experiments visible): "
-        f"experiments {listed or 'none'}"
-    )
-    missing.sort(key=settings.experiments.index)  # in the file's order
-    return [Finding(name, True, text), *(_missing(name, m, visible) for m in missing)]
-
-
-def _missing(source: str, experiment: str, visible: list[str]) -> Finding:
-    """A configured experiment name or glob that matches no (active) experiment."""
-    if any(character in experiment for character in "*?["):
-        text = f"experiments {experiment!r}: the pattern matches no experiment"
-    else:
-        text = f"experiment {experiment!r} not found (or deleted)"
-    close = difflib.get_close_matches(experiment, visible, n=1, cutoff=0.6)
-    return Finding(source, False, text + (f"; did you mean {close[0]!r}?" if close else ""))
-
-
-def _selected_per_experiment(source: MlflowSource) -> dict[str, int]:
-    """How many runs (children included) of each experiment the selection takes now."""
-    listing = source.list_runs()
-    selected = Selection(source.settings, time.time).apply(listing.runs, True, ())
-    return Counter(run.experiment_id for run in selected.runs if not run.deleted)
-
-
-def _uploads(settings: UploadsSourceSettings) -> Finding:
-    """An upload directory: there and readable, and what it holds to mirror."""
-    if not settings.path.is_dir():
-        text = f"upload directory {settings.path} does not exist"
-        return Finding(settings.name, False, text)
-    problems: list[str] = []
-    tree = UploadTree(settings)
-    kinds = Counter(f.kind for f in tree.scan(problem=lambda r, m: problems.append(f"{r}: {m}")))
-    found = ", ".join(f"{n} {kind}" for kind, n in sorted(kinds.items())) or "no files to mirror"
-    text = f"{settings.path} ({settings.observer} observer): {found}"
-    if problems:
-        text += f"; {len(problems)} skipped: {'; '.join(problems[:3])}"
-    return Finding(settings.name, True, text)

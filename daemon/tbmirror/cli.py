@@ -21,8 +21,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from tbmirror import __version__, app, logs
+from tbmirror.app import PassReport
 from tbmirror.config import Settings, load_settings
-from tbmirror.engine.base import PassReport
 from tbmirror.errors import ConfigError, TbmirrorError
 
 log = structlog.get_logger(__name__)

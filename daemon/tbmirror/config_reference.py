@@ -44,7 +44,7 @@ SECTIONS: list[tuple[str, str, type[BaseModel]]] = [
 
 HEADER = f"""# Configuration reference
 
-<!-- Generated from daemon/tbmirror/config.py by `{COMMAND}`: do not edit by hand. -->
+<!-- Generated from daemon/tbmirror/config/ by `{COMMAND}`: do not edit by hand. -->
 
 One YAML file: `/etc/tbmirror/config.yaml` unless `--config` or `$TBMIRROR_CONFIG` names
 another. `mirror` and `sources` are required; every other key has a default. Unknown keys are

@@ -9,10 +9,11 @@ judged by the names this store recorded against the configured names and globs (
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from tbmirror.config import MlflowSourceSettings, Settings
+from tbmirror.config import Settings, SourceSettings
 from tbmirror.journal import Journal
 from tbmirror.mirror.layout import archived, within
 from tbmirror.model import RunRecord, TailRecord
@@ -40,8 +41,11 @@ class Unowned:
     whole_source: bool
 
 
-def find_unowned(settings: Settings, store: StoreView) -> list[Unowned]:
-    """What `prune` would remove, source by source."""
+def find_unowned(
+    settings: Settings, store: StoreView, owns_experiment: Callable[[SourceSettings, str], bool]
+) -> list[Unowned]:
+    """What `prune` would remove, source by source: sources not configured, and experiments
+    recorded that their configured source no longer owns (`owns_experiment`: its kind's rule)."""
     configured = {source.name: source for source in settings.sources}
     found: list[Unowned] = []
     for name in sorted(store.sources()):
@@ -51,16 +55,16 @@ def find_unowned(settings: Settings, store: StoreView) -> list[Unowned]:
         if source is None:
             found.append(Unowned(name, name, "source not configured", tuple(runs.values()),
                                  tuple(tails.values()), tuple(experiments), True))  # fmt: skip
-        elif isinstance(source, MlflowSourceSettings):
-            for experiment_id, (experiment, directory) in sorted(experiments.items()):
-                if source.covers(experiment):
-                    continue
-                inside = tuple(r for r in runs.values() if _below(r.dir, directory))
-                ids = {run.run_id for run in inside}
-                owned_tails = tuple(t for t in tails.values() if t.origin.split("/")[0] in ids)
-                why = f"experiment {experiment!r} not configured"
-                found.append(Unowned(name, directory, why, inside, owned_tails,
-                                     (experiment_id,), False))  # fmt: skip
+            continue
+        for experiment_id, (experiment, directory) in sorted(experiments.items()):
+            if owns_experiment(source, experiment):
+                continue
+            inside = tuple(r for r in runs.values() if _below(r.dir, directory))
+            ids = {run.run_id for run in inside}
+            owned_tails = tuple(t for t in tails.values() if t.origin.split("/")[0] in ids)
+            why = f"experiment {experiment!r} not configured"
+            found.append(Unowned(name, directory, why, inside, owned_tails,
+                                 (experiment_id,), False))  # fmt: skip
     return found
 
 

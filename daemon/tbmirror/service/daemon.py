@@ -25,10 +25,9 @@ from typing import Any
 import structlog
 
 from tbmirror import logs
-from tbmirror.app import build_engine, open_journal
-from tbmirror.config import MlflowSourceSettings, Settings, TensorBoardSettings, load_settings
+from tbmirror.app import Mirror
+from tbmirror.config import Settings, SourceSettings, TensorBoardSettings, load_settings
 from tbmirror.errors import ConfigError, TbmirrorError
-from tbmirror.journal import recover
 from tbmirror.service.config_watch import ConfigWatcher
 from tbmirror.service.health import HealthReport, HealthServer, heartbeat
 from tbmirror.service.metrics import DaemonMetrics, SourceState, TensorBoardState
@@ -83,12 +82,12 @@ class Daemon:
         signal.signal(signal.SIGTERM, self.request_stop)
         signal.signal(signal.SIGINT, self.request_stop)
         signal.signal(signal.SIGHUP, self._request_reload)
-        journal = open_journal(self.settings)
+        mirror = Mirror.open(self.settings)
         try:
             self.metrics = DaemonMetrics(self._source_states, self._tensorboard_state)
-            journal.add_fault_listener(self.metrics.write_failed)
-            self.journal = journal
-            self.scheduler = SourceScheduler(journal, self.metrics, self.stop_event)
+            mirror.add_fault_listener(self.metrics.write_failed)
+            self.mirror = mirror
+            self.scheduler = SourceScheduler(mirror, self.metrics, self.stop_event)
             self._start_tensorboard()
             self._start_health()
             self.scheduler.start(self.settings.sources)
@@ -114,7 +113,7 @@ class Daemon:
             if self._health:
                 self._health.stop()
             if ended:
-                journal.close()
+                mirror.close()
         log.info("daemon_stopped")
         if not ended:  # a pass stuck in a request: leave it (what it wrote is recovered at start)
             os._exit(0)
@@ -147,14 +146,14 @@ class Daemon:
             self.tensorboard.start()
             log.info("tensorboard_url", url=self.settings.tensorboard.shown_url)
             if self.settings.tensorboard.public_url:
-                _warn_loopback_links(self.settings)
+                _warn_loopback_links(self.settings.sources, self.mirror.link_base)
 
     def _start_health(self) -> None:
         settings = self.settings.health
         if not settings.enabled:
             return
         report = HealthReport(
-            settings, self.scheduler.views, self.journal.faults, self._tensorboard_health,
+            settings, self.scheduler.views, self.mirror.faults, self._tensorboard_health,
             last_tick=lambda: self._last_tick,
         )  # fmt: skip
         self._report = report
@@ -209,7 +208,7 @@ class Daemon:
                 raise ConfigError("mirror.root and mirror.state cannot change without a restart")
             for source in new.sources:  # built (and closed) before anything is replaced
                 if source not in self.settings.sources:
-                    build_engine(source, self.journal).close()
+                    self.mirror.build(source, None).close()
         except Exception as error:
             message = (
                 str(error)
@@ -224,7 +223,7 @@ class Daemon:
         logs.configure(new.logging.level)
         added = {source.name for source in new.sources} - {source.name for source in old.sources}
         with heartbeat(self._tick):  # recovery and TensorBoard's start may take a minute or more
-            cut = self._recover_added(sorted(added))
+            cut = self.mirror.own_and_recover(sorted(added))
             if cut or _restart_needed(old.tensorboard, new.tensorboard):
                 self._restart_tensorboard()
             elif new.tensorboard.shown_url != old.tensorboard.shown_url:
@@ -240,23 +239,6 @@ class Daemon:
         self.scheduler.set_sources(new.sources)
         log.info("reloaded", cause=cause, sources=len(new.sources))
         self.notifier.notify(READY="1", STATUS=self._status_line())
-
-    def _recover_added(self, names: list[str]) -> bool:
-        """Own the sources a reload adds and recover their subtrees (a source left out of the
-        config since a crash may hold uncommitted bytes). True if recovery cut or removed
-        anything: TensorBoard may have read it, so it must start afresh."""
-        owned = []
-        for name in names:
-            try:
-                self.journal.own(name)
-            except TbmirrorError:
-                continue  # another process has it: the scheduler reports it
-            owned.append(name)
-        report = recover(self.journal, owned)
-        changed = bool(report.truncated or report.orphans_removed or report.runs_reset)
-        if changed:
-            log.warning("added_sources_recovered", **vars(report))
-        return changed
 
     def _restart_tensorboard(self) -> None:
         if self.tensorboard:
@@ -295,13 +277,16 @@ def _keep_freed_memory_returned() -> None:
     mallopt(M_MMAP_THRESHOLD, 256 * 1024)
 
 
-def _warn_loopback_links(settings: Settings) -> None:
-    """Behind a proxy, an "open in MLflow" link to this host's loopback address opens nothing
-    in a colleague's browser: say which sources need `ui_url`."""
-    for source in settings.sources:
-        if not isinstance(source, MlflowSourceSettings):
+def _warn_loopback_links(
+    sources: list[SourceSettings], link_base: Callable[[SourceSettings], str | None]
+) -> None:
+    """Behind a proxy, a link back to a run at this host's loopback address opens nothing in a
+    colleague's browser: say which sources need `ui_url` (`link_base`: where a source links)."""
+    for source in sources:
+        base = link_base(source)
+        if base is None:
             continue
-        host = urllib.parse.urlsplit(source.run_link_base).hostname or ""
+        host = urllib.parse.urlsplit(base).hostname or ""
         try:
             loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
         except ValueError:

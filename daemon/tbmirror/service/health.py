@@ -22,8 +22,8 @@ from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from tbmirror.app import Fault
 from tbmirror.config import HealthSettings
-from tbmirror.journal import Fault
 from tbmirror.model import SourceStatus
 from tbmirror.service.metrics import DaemonMetrics
 

@@ -25,11 +25,10 @@ from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 
-from tbmirror.app import build_engine
+from tbmirror.app import Mirror, Schedule
 from tbmirror.config import SourceSettings
 from tbmirror.engine.base import Engine, PassReport, WatchSpec
 from tbmirror.errors import TbmirrorError
-from tbmirror.journal import Journal
 from tbmirror.model import SourceStatus
 from tbmirror.service.health import SourceView
 from tbmirror.service.metrics import DaemonMetrics
@@ -41,6 +40,7 @@ log = structlog.get_logger(__name__)
 @dataclass
 class _Runner:
     settings: SourceSettings
+    schedule: Schedule
     engine: Engine
     lock: threading.Lock
     last_full: float = field(default=float("-inf"))
@@ -50,8 +50,8 @@ class _Runner:
 
 
 class SourceScheduler:
-    def __init__(self, journal: Journal, metrics: DaemonMetrics, stop: threading.Event) -> None:
-        self._journal, self._metrics, self._stop = journal, metrics, stop
+    def __init__(self, mirror: Mirror, metrics: DaemonMetrics, stop: threading.Event) -> None:
+        self._mirror, self._metrics, self._stop = mirror, metrics, stop
         self._runners: dict[str, _Runner] = {}
         self._retiring: list[_Runner] = []  # replaced or removed, closing once their pass ends
         self._locks: dict[str, threading.Lock] = {}
@@ -79,24 +79,24 @@ class SourceScheduler:
                 if name in self._runners:
                     continue
                 try:
-                    self._journal.own(name)
+                    self._mirror.own(name)
                 except TbmirrorError as error:  # another process mirrors it: not scheduled
                     log.error("source_not_scheduled", source=name, error=str(error))
                     continue
-                engine = build_engine(settings, self._journal, self._stop)
+                engine = self._mirror.build(settings, self._stop)
+                schedule = self._mirror.schedule(settings)
                 lock = self._locks.setdefault(name, threading.Lock())
-                self._runners[name] = _Runner(settings, engine, lock)
+                self._runners[name] = _Runner(settings, schedule, engine, lock)
+                interval = schedule.poll_interval
                 self._scheduler.add_job(
                     self._poll,
-                    IntervalTrigger(
-                        seconds=settings.poll_interval, jitter=min(5.0, settings.poll_interval / 10)
-                    ),
+                    IntervalTrigger(seconds=interval, jitter=min(5.0, interval / 10)),
                     args=[name],
                     id=name,
                     name=f"poll {name}",
                     next_run_time=datetime.now(UTC),
                 )
-                log.info("source_scheduled", source=name, poll_interval=settings.poll_interval)
+                log.info("source_scheduled", source=name, poll_interval=interval)
 
     def shutdown(self, grace: float) -> bool:
         """Stop scheduling; passes in flight end at their next run boundary (the stop event ends
@@ -121,18 +121,18 @@ class SourceScheduler:
 
     def statuses(self) -> dict[str, SourceStatus]:
         """Status of every scheduled source (a never-polled one has an empty status)."""
-        stored = self._journal.passes.current()
+        stored = self._mirror.statuses()
         return {name: stored.get(name) or SourceStatus(name) for name in self.names()}
 
     def views(self) -> dict[str, SourceView]:
         """What health needs of every scheduled source."""
-        stored = self._journal.passes.current()
+        stored = self._mirror.statuses()
         with self._guard:
             runners = dict(self._runners)
         return {
             name: SourceView(
                 stored.get(name) or SourceStatus(name),
-                runner.settings.poll_interval,
+                runner.schedule.poll_interval,
                 runner.running_since,
                 runner.engine.progress_at,
             )
@@ -157,7 +157,7 @@ class SourceScheduler:
                 if self._runners.get(name) is not runner:
                     return  # replaced by a reload while we waited
             now = time.monotonic()
-            full = now - runner.last_full >= getattr(runner.settings, "full_listing_interval", 0)
+            full = now - runner.last_full >= runner.schedule.full_listing_interval
             self._watch(runner)  # before the rescan: nothing changes unseen between the two
             runner.running_since = time.time()
             try:
@@ -169,7 +169,7 @@ class SourceScheduler:
             log.warning("source_write_fault", source=name)
             return
         if report.error:
-            delay = runner.settings.poll_interval * random.uniform(1.6, 2.0)
+            delay = runner.schedule.poll_interval * random.uniform(1.6, 2.0)
             log.warning("source_backoff", source=name, seconds=round(delay, 1))
             with contextlib.suppress(LookupError):  # removed by a reload meanwhile
                 self._scheduler.modify_job(
@@ -195,7 +195,7 @@ class SourceScheduler:
                 with self._guard:
                     self._retiring.remove(runner)
                     if name not in self._runners:
-                        self._journal.disown(name)
+                        self._mirror.disown(name)
                         self._metrics.forget(name)
 
         threading.Thread(target=close, name=f"retire {name}", daemon=True).start()

@@ -6,7 +6,7 @@ answered 401 gets one fresh token and is sent once more. A password_file or toke
 again on the first request after it changed: each request stats its path, following symlinks
 (Kubernetes rotates a Secret by swapping a `..data` symlink); a client_secret_file is read at
 each token fetch. No secret is ever put into a log event or an error message: a secret file
-must hold one line (config.py checks it when it is read) and a bearer token, from the config or
+must hold one line (config/base.py checks it when it is read) and a bearer token, from the config or
 from a token service, must be visible ASCII before it goes into a header (else the HTTP
 library's error, which quotes the header, would carry it out).
 """

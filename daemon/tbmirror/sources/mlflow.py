@@ -21,26 +21,19 @@ import fnmatch
 import json
 import re
 import sys
-import threading
 from collections import defaultdict
 from collections.abc import Callable, Collection, Generator, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-import httpx
 import structlog
 
 from tbmirror.config import (
     ArtifactSettings,
     MlflowSourceSettings,
-    azureml_workspace,
-    without_userinfo,
 )
 from tbmirror.errors import SourceError
 from tbmirror.model import Cursor, Experiment, MetricPoint, RunSnapshot
-from tbmirror.sources.auth import build_auth
-from tbmirror.sources.azureml import HISTORY_API, AzureMlArtifacts
-from tbmirror.sources.databricks import DatabricksArtifacts
 from tbmirror.sources.http import BadAnswerError, HttpStatusError, RestClient
 from tbmirror.sources.responses import (
     MAX_PAGES,
@@ -393,47 +386,6 @@ class MlflowSource:
         self._experiments: dict[str, Experiment] | None = None
         self._missing: list[str] = []
         self._other_experiments: list[str] | None = None
-
-    @classmethod
-    def from_settings(
-        cls, settings: MlflowSourceSettings, stop: threading.Event | None = None
-    ) -> MlflowSource:
-        """The source `settings` describe, with the artifact store `settings.artifact_store`
-        names; a set `stop` ends its waits and reads at once."""
-        auth = build_auth(settings)
-
-        def rest_client(url: str, auth: httpx.Auth | None, display_url: str) -> RestClient:
-            return RestClient(
-                url,
-                timeout=settings.timeout,
-                max_retries=settings.max_retries,
-                max_response_bytes=settings.max_response_bytes,
-                stall_timeout=settings.stall_timeout,
-                stop=stop,
-                display_url=display_url,
-                max_connections=settings.concurrency + 1,
-                auth=auth,
-                auth_name=settings.auth.type if settings.auth and auth else None,
-                rate_limit=settings.rate_limit,
-                search_rate_limit=settings.search_rate_limit,
-            )
-
-        shown = without_userinfo(settings.tracking_uri)
-        client = MlflowClient(rest_client(settings.tracking_uri, auth, shown))
-        kind = settings.artifact_store
-        if kind == "mlflow":
-            return cls(settings, client)
-        storage = rest_client("", None, "artifact storage")  # signed URLs: no credentials of ours
-        store: ArtifactStore
-        if kind == "azureml":
-            address, workspace = azureml_workspace(settings.tracking_uri) or ("", "")
-            history_url = f"{address}{HISTORY_API}{workspace}"
-            history = rest_client(history_url, auth, without_userinfo(history_url))
-            store = AzureMlArtifacts(settings.artifacts, history, storage)
-        else:
-            listing = MlflowArtifacts(settings.artifacts, client)
-            store = DatabricksArtifacts(listing, client.rest, storage)
-        return cls(settings, client, store)
 
     @property
     def name(self) -> str:

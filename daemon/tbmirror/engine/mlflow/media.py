@@ -147,7 +147,7 @@ class MediaSync:
             log.info(
                 "artifact_media_not_mirrored",
                 source=source.name,
-                store=source.settings.artifact_store,
+                store=source.settings.artifacts.store,
                 why="its listing gives no sizes",
             )
 

@@ -1,0 +1,155 @@
+"""Loading the file: read, parse the YAML safely, interpolate `${ENV_VAR}`, validate against
+the schema, and refuse what pydantic's lax mode would quietly take."""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, get_args
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from tbmirror.config.rendering import describe, key_path
+from tbmirror.config.schema import Settings
+from tbmirror.errors import ConfigError
+
+_ENV_REFERENCE = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def load_settings(path: Path, offline: bool = False) -> Settings:
+    """Read, interpolate `${ENV_VAR}` references in, and validate the YAML file at `path`;
+    `offline`: looking nothing else up on this machine's disk (see parse_settings)."""
+    try:
+        data = path.read_bytes()
+    except OSError as error:
+        raise ConfigError(f"{path}: cannot read the config file: {error.strerror}") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line = data.count(b"\n", 0, error.start) + 1
+        raise ConfigError(f"{path}: line {line}: not UTF-8 text") from None
+    return parse_settings(text, origin=str(path), offline=offline)
+
+
+def parse_settings(text: str, origin: str = "<config>", offline: bool = False) -> Settings:
+    """Validate YAML `text`; `origin` names it in errors. `offline`: paths are compared as
+    written (no symbolic link resolved, no file system looked at), for checking a file made
+    for another machine."""
+    try:
+        document = yaml.load(text, Loader=_Loader)  # a SafeLoader
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{origin}: {_yaml_error(error, text)}") from None
+    except RecursionError:
+        raise ConfigError(f"{origin}: not valid YAML: nested too deeply") from None
+    if not isinstance(document, dict):
+        raise ConfigError(f"{origin}: expected a mapping with 'mirror' and 'sources' at the top")
+    document = _interpolate(document, (), origin)
+    try:
+        settings = Settings.model_validate(document, context={"offline": offline})
+    except ValidationError as error:
+        raise ConfigError(describe(error, origin)) from None
+    problems = [
+        f"{origin}: {key_path(where)}: {what}"
+        for where, what in _lax_inputs(settings, document, ())
+    ]
+    if problems:
+        raise ConfigError("\n".join(problems))
+    return settings
+
+
+def _lax_inputs(
+    section: BaseModel, raw: Any, where: tuple[str | int, ...]
+) -> Iterator[tuple[tuple[str | int, ...], str]]:
+    """Values of the file that validated only because pydantic is lax, and what was expected:
+    true/false for a number (`port: true` would be port 1), an empty path (the working
+    directory)."""
+    if not isinstance(raw, dict):
+        return
+    for name, field in type(section).model_fields.items():
+        if name not in raw:
+            continue
+        value, given = getattr(section, name), raw[name]
+        kinds = get_args(field.annotation) or (field.annotation,)
+        if isinstance(value, BaseModel):
+            yield from _lax_inputs(value, given, (*where, name))
+        elif isinstance(value, list) and isinstance(given, list):
+            for index, (item, item_given) in enumerate(zip(value, given, strict=False)):
+                if isinstance(item, BaseModel):
+                    yield from _lax_inputs(item, item_given, (*where, name, index))
+        elif isinstance(given, bool) and not isinstance(value, bool):
+            yield (*where, name), "expected a number, not true or false"
+        elif isinstance(given, str) and not given.strip() and Path in kinds:
+            yield (*where, name), "expected a path"
+
+
+class _Loader(yaml.SafeLoader):
+    """pyyaml's safe loader, whose tagged values that cannot be read (`!!int abc`) are YAML errors
+    with a position, rather than a ValueError that quotes the value."""
+
+    def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
+        try:
+            return super().construct_object(node, deep)
+        except yaml.YAMLError:
+            raise
+        except (ValueError, TypeError, OverflowError):
+            raise yaml.constructor.ConstructorError(
+                None, None, "a value cannot be read as its tag says", node.start_mark
+            ) from None
+
+
+_QUOTED = re.compile(r"'(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\"")
+
+
+def _yaml_error(error: yaml.YAMLError, text: str) -> str:
+    """Where the YAML is wrong and pyyaml's one-line problem, never the line itself (pyyaml's own
+    message quotes it, and it may hold an inline password): quoted parts of the problem are kept
+    only when they are one escaped or punctuation character."""
+    where = ""
+    problem: str | None = None
+    if isinstance(error, yaml.MarkedYAMLError):
+        problem = ": ".join(part for part in (error.context, error.problem) if part)
+        if error.problem_mark is not None:
+            mark = error.problem_mark
+            where = f"line {mark.line + 1}, column {mark.column + 1}: "
+    elif isinstance(error, yaml.reader.ReaderError):
+        line = text.count("\n", 0, error.position) + 1
+        column = error.position - (text.rfind("\n", 0, error.position) + 1) + 1
+        where = f"line {line}, column {column}: "
+        problem = f"character U+{error.character:04X} is not allowed"
+
+    def keep(match: re.Match[str]) -> str:
+        inner = match.group(0)[1:-1]
+        plain = len(inner) == 1 and not inner.isalnum()
+        return match.group(0) if plain or re.fullmatch(r"\\[a-z0-9]{1,5}", inner) else "'...'"
+
+    problem = _QUOTED.sub(keep, problem or "").replace("\n", " ").strip()
+    return f"{where}not valid YAML" + (f": {problem}" if problem else "")
+
+
+def _interpolate(node: Any, where: tuple[str | int, ...], origin: str) -> Any:
+    """Replace `${NAME}` in every string with the environment variable; `$$` is a literal `$`.
+    A NUL in any string is refused (no path, argument or header can hold one)."""
+    if isinstance(node, dict):
+        return {key: _interpolate(value, (*where, key), origin) for key, value in node.items()}
+    if isinstance(node, list):
+        return [_interpolate(value, (*where, index), origin) for index, value in enumerate(node)]
+    if not isinstance(node, str):
+        return node
+
+    def substitute(match: re.Match[str]) -> str:
+        name = match.group(1)
+        if name is None:
+            return "$"
+        if name not in os.environ:
+            raise ConfigError(
+                f"{origin}: {key_path(where)}: environment variable {name} is not set"
+            )
+        return os.environ[name]
+
+    text = _ENV_REFERENCE.sub(substitute, node)
+    if "\0" in text:
+        raise ConfigError(f"{origin}: {key_path(where)}: contains a NUL character")
+    return text
