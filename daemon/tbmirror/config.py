@@ -40,7 +40,8 @@ from pydantic import (
     model_validator,
 )
 
-from tbmirror.errors import ConfigError
+from tbmirror import parsers
+from tbmirror.errors import ConfigError, ParseError
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
@@ -972,11 +973,9 @@ def parse_settings(text: str, origin: str = "<config>", offline: bool = False) -
     written (no symbolic link resolved, no file system looked at), for checking a file made
     for another machine."""
     try:
-        document = yaml.load(text, Loader=_Loader)  # a SafeLoader
-    except yaml.YAMLError as error:
-        raise ConfigError(f"{origin}: {_yaml_error(error, text)}") from None
-    except RecursionError:
-        raise ConfigError(f"{origin}: not valid YAML: nested too deeply") from None
+        document = parsers.yaml_document(text, origin, _Loader, lambda e: _yaml_error(e, text))
+    except ParseError as error:
+        raise ConfigError(str(error)) from None
     if not isinstance(document, dict):
         raise ConfigError(f"{origin}: expected a mapping with 'mirror' and 'sources' at the top")
     document = _interpolate(document, (), origin)

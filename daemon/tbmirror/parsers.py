@@ -13,14 +13,17 @@ a line), never more.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 import msgspec
+import yaml
 
 from tbmirror.errors import ParseError
 
 MAX_JSON_DEPTH = 64  # arrays and objects inside each other; MLflow's answers use 5
 MAX_TEXT_BYTES = 64 * 1024**2  # of one JSON text, unless the caller says otherwise
+MAX_YAML_NODES = 100_000  # values of a YAML document with its aliases expanded
 
 Shape = TypeVar("Shape")
 
@@ -79,3 +82,68 @@ def _check_depth(value: Any, what: str, max_depth: int) -> None:
         if not level:
             return
     raise ParseError(f"{what}: nested more than {max_depth} deep")
+
+
+def yaml_document(
+    text: str,
+    what: str,
+    loader: type[yaml.SafeLoader],
+    describe: Callable[[yaml.YAMLError], str],
+    *,
+    max_nodes: int = MAX_YAML_NODES,
+) -> Any:
+    """The one YAML document in `text`, read with `loader` (a SafeLoader), at most `max_nodes`
+    values once its aliases are expanded (a "billion laughs" file of a few lines would otherwise
+    take hours to walk) and without an alias inside itself. `describe` words pyyaml's errors
+    (where, what; never the line, which may hold a password)."""
+    try:
+        reader = loader(text)  # (checks the characters: a ReaderError)
+        try:
+            node = reader.get_single_node()
+            if node is None:
+                return None
+            _check_expanded_size(node, what, max_nodes)
+            return reader.construct_document(node)
+        finally:
+            reader.dispose()
+    except yaml.YAMLError as error:
+        raise ParseError(f"{what}: {describe(error)}") from None
+    except RecursionError:
+        raise ParseError(f"{what}: not valid YAML: nested too deeply") from None
+
+
+def _check_expanded_size(root: yaml.Node, what: str, max_nodes: int) -> None:
+    """ParseError if `root` holds more than `max_nodes` values with its aliases expanded, or an
+    alias to a node that contains it (depth first, each distinct node's size computed once)."""
+    sizes: dict[int, int] = {}
+    open_nodes: set[int] = set()
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, children_done = stack.pop()
+        key = id(node)
+        children = _children(node)
+        if children_done:
+            open_nodes.discard(key)
+            sizes[key] = 1 + sum(sizes[id(child)] for child in children)
+            if sizes[key] > max_nodes:
+                raise ParseError(f"{what}: more than {max_nodes:,} values with aliases expanded")
+            continue
+        if key in sizes:
+            continue
+        if key in open_nodes:
+            raise ParseError(f"{what}: an alias (*name) to a value that contains it")
+        open_nodes.add(key)
+        stack.append((node, True))
+        for child in children:
+            if id(child) in open_nodes:
+                raise ParseError(f"{what}: an alias (*name) to a value that contains it")
+            if id(child) not in sizes:
+                stack.append((child, False))
+
+
+def _children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    if isinstance(node, yaml.MappingNode):
+        return [part for pair in node.value for part in pair]
+    return []
