@@ -158,6 +158,7 @@ def test_a_table_file_is_markdown_or_a_parse_error(data: bytes, max_rows: int) -
 
 
 @given(BODIES, st.sampled_from(["application/json", "text/html", ""]), st.integers(400, 599))
+@example(b"[" * 5000, "application/json", 404)  # issue 28: a RecursionError failed the pass
 def test_an_error_body_becomes_a_status_error(body: bytes, content_type: str, code: int) -> None:
     headers = httpx.Headers({"Content-Type": content_type} if content_type else {})
     answer = Answer(code, headers, body)
