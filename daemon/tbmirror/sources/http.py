@@ -132,9 +132,19 @@ class RestClient:
     def close(self) -> None:
         self._client.close()
 
-    def get(self, path: str, params: dict[str, Any] | None = None) -> bytes:
-        """The body of a JSON answer, for its reader to validate (sources/responses.py)."""
-        return _json(self._request("GET", path, params=params), "GET", path)
+    def get(
+        self, path: str, params: dict[str, Any] | None = None, *, url: str | None = None
+    ) -> bytes:
+        """The body of a JSON answer, for its reader to validate (sources/responses.py). `url`
+        (a link the server gave, below the base URL: `is_below_base`) is requested instead of
+        `path`, which names it."""
+        return _json(self._request("GET", path, params=params, url=url), "GET", path)
+
+    def is_below_base(self, url: str) -> bool:
+        """Whether `url` is an address below the base URL (same scheme, host and port, its path
+        under the base path): only such a link may be followed with our credentials."""
+        base = str(self._client.base_url)  # (httpx ends it with "/")
+        return url.startswith(base) and ".." not in httpx.URL(url).path.split("/")
 
     def post(self, path: str, body: dict[str, Any]) -> bytes:
         """The body of a JSON answer, for its reader to validate (sources/responses.py)."""

@@ -132,6 +132,7 @@ class CredentialsPage(_Page, frozen=True):
 
 class AzureArtifactJson(_Answer, frozen=True):
     path: str
+    etag: str | None = None  # changes whenever the file does
 
 
 class AzureArtifactsPage(_Page, frozen=True):
