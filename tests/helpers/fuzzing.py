@@ -14,7 +14,7 @@ import os
 
 from hypothesis import HealthCheck, settings
 
-FUZZ_CI_EXAMPLES = 100
+FUZZ_CI_EXAMPLES = 60
 
 settings.register_profile(
     "ci",
