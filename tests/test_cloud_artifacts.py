@@ -120,7 +120,7 @@ def test_artifact_folders_bound_the_listing_and_max_listed_fails_only_that_run(
     client = mlflow_server.client()
     small = new_run(client, experiment_name, "small")
     azureml_workspace.put(small, f"logs/{LOG_NAME}", tfevents(0, 10))
-    for index in range(40):  # outputs that a listing of logs/ never pages through
+    for index in range(40):  # outputs listed (the whole run is), not counted against max_listed
         azureml_workspace.put(small, f"outputs/part{index:02}.bin", b"x")
     crowded = new_run(client, experiment_name, "crowded")
     for index in range(6):
@@ -139,9 +139,9 @@ def test_artifact_folders_bound_the_listing_and_max_listed_fails_only_that_run(
     assert (experiment / "small" / "logs" / LOG_NAME).read_bytes() == tfevents(0, 10)
     assert not (experiment / "crowded" / "logs").exists()
     served = [path for _, path in azureml_workspace.requests]
-    assert not [path for path in served if path.endswith("/artifacts")]  # never the whole run
-    small_listings = [p for p in served if f"/runs/{small}/artifacts/path" in p]
-    assert len(small_listings) == 1  # its one file under logs/: one page, not 21
+    assert not [path for path in served if "/artifacts/path" in path]  # never a folder's listing
+    small_listings = [p for p in served if p.endswith(f"/runs/{small}/artifacts")]
+    assert len(small_listings) == 21  # the whole run, as azureml-mlflow lists it: 41 files
 
 
 def test_a_refused_signature_is_one_error_for_that_run_and_a_smaller_blob_gets_a_new_name(
@@ -390,3 +390,47 @@ def test_a_signed_url_is_kept_from_pass_to_pass_while_it_works(
     assert copy.read_bytes() == data
     contentinfo = [p for _, p in azureml_workspace.requests if p.endswith("/contentinfo")]
     assert len(contentinfo) == 1, contentinfo
+
+
+def test_azureml_lists_like_its_client_and_an_idle_pass_costs_only_the_listing(
+    tmp_path: Path,
+    mlflow_server: MlflowServer,
+    azureml_workspace: Any,
+    source_name: str,
+    experiment_name: str,
+) -> None:
+    """Issue 28 defect 7, in one process (as in the daemon): the whole run is listed, as
+    azureml-mlflow lists it (so `logs/eval/`, below a folder of `artifacts.paths`, is found
+    whatever a folder's listing would hold), each next page from its `nextLink` as given (the
+    stand-in refuses a token sent without it); a pass over 10 unchanged log files costs their
+    listing and nothing else: no contentinfo, no probe of a blob (on main: 10 of each)."""
+    azureml_workspace.linked_pages = True
+    client = mlflow_server.client()
+    run_id = new_run(client, experiment_name, "quiet")
+    names = [f"logs/eval/{LOG_NAME}.{i}" if i < 3 else f"logs/{LOG_NAME}.{i}" for i in range(10)]
+    for name in names:
+        azureml_workspace.put(run_id, name, tfevents(0, 5))
+    source = azure_source(source_name, azureml_workspace, experiment_name,
+                          artifacts={"paths": ["logs"]})  # fmt: skip
+    config = write_config(tmp_path / "tbmirror.yaml", tmp_path / "root", [source])
+    journal = Journal.open(MirrorLayout(tmp_path / "root"), tmp_path / "state.db")
+    journal.own(source_name)
+    engine = build_engine(load_settings(config).sources[0], journal)
+    try:
+        first = engine.run_pass()
+        assert first.error is None and not first.failed_runs, first
+        before = len(azureml_workspace.requests)
+        idle = engine.run_pass(full=True, reconcile_all=True)
+        assert idle.error is None and not idle.failed_runs, idle
+    finally:
+        engine.close()
+        journal.close()
+    run_dir = tmp_path / "root" / source_name / experiment_name / "quiet"
+    for name in names:
+        assert (run_dir / name).read_bytes() == tfevents(0, 5), name
+    served = [path for _, path in azureml_workspace.requests[before:]]
+    assert not [path for path in served if "/artifacts/" in path], served  # no contentinfo
+    listings = [path for path in served if path.endswith(f"/runs/{run_id}/artifacts")]
+    assert len(listings) == 5, served  # 10 files, 2 a page
+    storage = idle.requests - len(served)  # requests the stand-in did not see: blob reads
+    assert storage == 0, f"{storage} requests to the blob storage in an idle pass"

@@ -627,6 +627,25 @@ def test_a_trickling_server_is_cut_off_by_the_total_timeout(
     assert len(proxy.seen(SEARCH, "trickle")) == 2, "one request, retried once"
 
 
+def test_a_server_trickling_its_status_line_and_headers_is_cut_off_too(
+    mlflow_server: MlflowServer, proxy: HostileProxy, source: ProxiedSource
+) -> None:
+    """Issue 28 defect 2: the deadline covers the status line and the headers, not only the
+    body. Each byte of the answer, the first included, comes a second apart (a per-read timeout
+    of 2 s never trips): the two tries of 2 s each end the pass with a timeout (on main before
+    the fix, sync was still waiting after 60 s)."""
+    make_runs(mlflow_server.client(), source.experiment, ["r0"])
+    proxy.set("trickle", path=SEARCH, head=True)
+    measured = source.measured_sync(limit=60, timeout="2s", max_retries=1)
+    assert not measured.timed_out, f"sync still running after 60 s: {measured.output}"
+    assert measured.returncode == 1, measured.output
+    line = source.fail_line(measured.stdout)
+    assert "runs/search" in line and "no complete answer within the timeout" in line, line
+    wait_until(lambda: len(proxy.seen(SEARCH, "trickle")) >= 2, 10, "the trickles to end")
+    assert len(proxy.seen(SEARCH, "trickle")) == 2, "one request, retried once"
+    assert all(seen.bytes < 20 for seen in proxy.seen(SEARCH, "trickle")), "headers not done"
+
+
 def test_stall_timeout_stops_the_retries_of_a_server_that_never_answers(
     mlflow_server: MlflowServer, proxy: HostileProxy, source: ProxiedSource
 ) -> None:

@@ -29,6 +29,7 @@ from conftest import (
 )
 from helpers.hostile_proxy import HostileProxy
 from tbmirror.engine.mlflow.media import LoggedMedia, markdown_table, parse_step_image
+from tbmirror.errors import ParseError
 from tbmirror.mirror import summaries
 from tbmirror.model import RunSnapshot
 
@@ -283,8 +284,9 @@ def test_step_image_names_tables_and_logged_tags_are_read_strictly() -> None:
     assert markdown.splitlines()[:4] == ["| a | b\\|c |", "| --- | --- |", "| 3 | x 3 |",
                                          "| 4 | x 4 |"]  # fmt: skip
     assert "*The last 2 of 5 rows.*" in markdown
-    for bad in (b"[1, 2]", b'{"columns": ["a"], "data": [1]}', b"\xff", b"{"):
-        with pytest.raises(ValueError):
+    deep = b'{"columns": ["a"], "data": [' + b"[" * 5000 + b"]" * 5001 + b"}"  # issue 28
+    for bad in (b"[1, 2]", b'{"columns": ["a"], "data": [1]}', b"\xff", b"{", deep):
+        with pytest.raises(ParseError):
             markdown_table(bad, 10)
 
     def run_with(tags: dict[str, str]) -> RunSnapshot:
@@ -294,4 +296,5 @@ def test_step_image_names_tables_and_logged_tags_are_read_strictly() -> None:
                                       '"table"}, {"path": 3, "type": "table"}, "x"]'}))  # fmt: skip
     assert logged == LoggedMedia(False, ("t.json",))
     assert LoggedMedia.of(run_with({"mlflow.loggedArtifacts": "{not json"})) is None
+    assert LoggedMedia.of(run_with({"mlflow.loggedArtifacts": "[" * 1500})) is None  # issue 28
     assert LoggedMedia.of(run_with({"mlflow.loggedImages": "True"})) == LoggedMedia(True, ())

@@ -22,6 +22,7 @@ from conftest import (
 )
 from helpers.hostile_proxy import HostileProxy
 from tbmirror.processes import free_port
+from test_daemon import health
 
 
 def uploads(name: str, path: Path) -> dict:
@@ -83,10 +84,11 @@ def test_one_process_per_state_store_and_a_reload_never_moves_the_mirror(
 
 
 def backoff_bounds(poll_interval: float, failures: int) -> tuple[float, float]:
-    """The delay the scheduler (service/scheduler.py) puts before the next poll after the
-    `failures`-th failed pass in a row: today a fixed 1.6-2.0 x poll_interval whatever the count.
-    When the backoff becomes exponential, this line is the one to change."""
-    return 1.6 * poll_interval, 2.0 * poll_interval
+    """The delay the scheduler (service/scheduler.py) puts before the next ordinary pass after
+    the `failures`-th failed pass in a row: poll_interval x 2^failures, at most 5 minutes,
+    jittered to between half and all of it."""
+    ceiling = min(300.0, poll_interval * 2**failures)
+    return ceiling / 2, ceiling
 
 
 def test_a_failing_source_backs_off_and_the_others_keep_their_schedule(
@@ -123,6 +125,46 @@ def test_a_failing_source_backs_off_and_the_others_keep_their_schedule(
     for index in range(1, len(found)):
         gap, delay = ends[index] - ends[index - 1], found[index - 1]["seconds"]
         assert gap >= delay - 0.1, f"a pass {gap:.2f} s after a backoff of {delay} s: {found}"
+
+
+def test_backoff_without_blindness_a_recovered_source_is_probed_back_at_once(
+    tmp_path: Path,
+    mlflow_server: MlflowServer,
+    proxy: HostileProxy,
+    experiment_name: str,
+    start_daemon: Callable[..., DaemonProcess],
+) -> None:
+    """Issue 28 defect 6: a source answering 401 backs off exponentially (the ordinary pass
+    waits 2, 4, 8, ... poll intervals; on main a fixed 1.6-2.0), while a quick pass probes it at
+    the poll rate; once the server answers again, a probe brings the source back long before
+    the backoff ends, and /healthz is healthy after that first good pass."""
+    new_run(mlflow_server.client(), experiment_name, "r")
+    source = mlflow_source("flaky", proxy.url, [experiment_name], poll_interval="1s")
+    config, _, health_url = daemon_config(
+        tmp_path / "c.yaml", tmp_path / "root", [source], tensorboard={"enabled": False},
+        logging={"level": "debug"},
+    )  # fmt: skip
+    proxy.set("status", code=401, body={"error_code": "UNAUTHENTICATED", "message": "no"})
+    daemon = start_daemon(config)
+
+    def backoffs() -> list[dict]:
+        return [e for e in daemon.events() if e.get("event") == "source_backoff"]
+
+    wait_until(lambda: len(backoffs()) >= 4, 120, "four backoffs", saw=backoffs)
+    found = backoffs()
+    assert [e["failures"] for e in found[:4]] == [1, 2, 3, 4], found
+    for event in found[:4]:
+        low, high = backoff_bounds(1.0, event["failures"])
+        assert low <= event["seconds"] <= high, found
+    failed = [e for e in daemon.events() if e.get("event") == "source_failed"]
+    assert len(failed) > len(backoffs()), "no probe between the ordinary passes"
+    proxy.clear()  # the server takes our credentials again
+    recovered = daemon.wait_event("source_recovered", timeout=60, source="flaky")
+    assert recovered["probe"] is True, recovered  # not the ordinary pass after the backoff
+    assert recovered["failures"] == len(backoffs()) >= 4, (recovered, backoffs())
+    code, body = health(health_url)
+    assert (code, body["sources"]["flaky"]["healthy"]) == (200, True), body
+    assert daemon.stop() == 0
 
 
 def test_a_slow_source_is_never_polled_twice_at_once_nor_in_a_burst_after(

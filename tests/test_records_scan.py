@@ -195,11 +195,30 @@ def test_unusual_payloads_the_parser_accepts_are_taken(scan: Scanner, payload: b
     assert scan(data) == Scan(len(data), 2, corrupt=False)
 
 
-def test_a_huge_length_waits_like_any_torn_record(scan: Scanner) -> None:
+def header_of(length: int) -> bytes:
+    """A record header claiming `length` bytes, its length CRC right."""
+    header = struct.pack("<Q", length)
+    return header + struct.pack("<I", events.masked_crc(header))
+
+
+@pytest.mark.parametrize(
+    ("length", "corrupt"),
+    [
+        (events.MAX_RECORD_BYTES, False),
+        (events.MAX_RECORD_BYTES + 1, True),
+        (2**40, True),
+        (2**63 + 5, True),
+    ],
+    ids=["at-the-ceiling", "past-it", "2^40", "2^63"],
+)
+def test_a_length_past_the_ceiling_is_corrupt_not_torn(
+    scan: Scanner, length: int, corrupt: bool
+) -> None:
+    """Issue 28 defect 3: a record up to MAX_RECORD_BYTES whose rest has not come waits (torn);
+    a longer one is corruption: the scan stops there for good (on main, it waited for 2^40
+    bytes, and tailing read the rest of the file looking for them)."""
     good = events.frame(summaries.file_version(1.0))
-    header = struct.pack("<Q", 2**63 + 5)
-    huge = header + struct.pack("<I", events.masked_crc(header)) + b"\x08" * 100
-    assert scan(good + huge) == Scan(len(good), 1, corrupt=False)
+    assert scan(good + header_of(length) + b"\x08" * 100) == Scan(len(good), 1, corrupt=corrupt)
 
 
 def test_mutated_payloads_get_the_same_verdict_on_both_paths() -> None:
@@ -229,7 +248,7 @@ def test_the_compiled_scan_vouches_for_common_records_itself() -> None:
     """No record TensorBoard's writers make is left to the slow parse (the speed-up's point)."""
     skip_if_pure_python_is_forced()
     data, starts = framed(payloads())
-    end, count, stop = events.compiled.scan(data, 0, records._SCHEMA)
+    end, count, stop = events.compiled.scan(data, 0, records._SCHEMA, events.MAX_RECORD_BYTES)
     assert (end, count, stop) == (len(data), len(starts) - 1, events.compiled.END)
 
 

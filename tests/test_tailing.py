@@ -7,6 +7,7 @@ last record waits, a corrupt one stops the file, a rewritten file is mirrored an
 from __future__ import annotations
 
 import errno
+import struct
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -22,8 +23,15 @@ from helpers.failing_files import (
     scratch,
     steps_in,
 )
-from tbmirror.engine.tailing import FINGERPRINT_BYTES, Tailer, TailOutcome
+from tbmirror.engine.tailing import (
+    CHUNK_BYTES,
+    FINGERPRINT_BYTES,
+    RECHECK_BYTES,
+    Tailer,
+    TailOutcome,
+)
 from tbmirror.journal import WriteFault, recover
+from tbmirror.mirror import events
 from tbmirror.model import TailRecord
 
 SOURCE = "up"
@@ -249,6 +257,47 @@ def test_a_corrupt_record_stops_the_file_until_it_reads_right(tmp_path: Path) ->
     assert rig.journal.tails(SOURCE)[ORIGIN].stopped_at is None
     names = [entry["event"] for entry in logs if entry["event"].startswith("corrupt_record")]
     assert names == ["corrupt_record_file_stopped", "corrupt_record_resolved"]
+
+
+class CountingFile(MemoryFile):
+    """A MemoryFile that counts the bytes read from it."""
+
+    def __init__(self, data: bytes) -> None:
+        super().__init__(data)
+        self.bytes_read = 0
+
+    def read(self, start: int, end: int) -> bytes:
+        data = super().read(start, end)
+        self.bytes_read += len(data)
+        return data
+
+
+@pytest.mark.parametrize("path", ["compiled", "python"])
+def test_a_forged_record_length_stops_the_file_and_growth_costs_only_new_bytes(
+    tmp_path: Path, path: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 28 defect 3: a header claiming 2^40 bytes (its length CRC right) is corruption: the
+    file stops there with one warning after one window, and the file growing by 48 MiB behind it
+    costs a re-check of RECHECK_BYTES, not a read of the rest (on main the window doubled to
+    the end of the file and was read again each time the file grew)."""
+    if path == "python":
+        monkeypatch.setattr(events, "compiled", None)
+    rig = Rig.open(tmp_path)
+    good = tfevents(range(5))
+    header = struct.pack("<Q", 2**40)
+    forged = header + struct.pack("<I", events.masked_crc(header))
+    source = CountingFile(good + forged + bytes(40 * 1024**2))
+    with capture_logs() as logs:
+        outcome = tail_pass(rig, source, 100.0)
+        assert outcome.tail.stopped_at == len(good)
+        assert source.bytes_read <= CHUNK_BYTES + FINGERPRINT_BYTES, source.bytes_read
+        source.data += bytes(48 * 1024**2)
+        source.bytes_read = 0
+        assert tail_pass(rig, source, 200.0).tail.stopped_at == len(good)
+        assert source.bytes_read <= RECHECK_BYTES + FINGERPRINT_BYTES, source.bytes_read
+    assert copy_of(rig) == good
+    warned = [entry for entry in logs if entry["event"] == "corrupt_record_file_stopped"]
+    assert [entry["offset"] for entry in warned] == [len(good)]
 
 
 @pytest.mark.parametrize(

@@ -18,8 +18,17 @@ class ConfigError(TbmirrorError):
     exit_code = 78
 
 
+class ParseError(TbmirrorError):
+    """Outside input (an answer, a tag, a file, a line) that cannot be read: malformed, too
+    large or nested too deeply (tbmirror.parsers). It fails only the unit it belongs to."""
+
+
 class SourceError(TbmirrorError):
     """A source could not be read: unreachable, refused, or answered with an error."""
+
+
+class StoppedError(SourceError):
+    """The daemon is stopping: the request was abandoned."""
 
 
 class AuthError(SourceError):

@@ -255,6 +255,9 @@ class AzureMlWorkspace(_StandIn):
         `error.innerError.code` the cause: NotFoundError, BadArgument, MethodNotAllowed). The
         run must exist in that experiment (asked of the mlflow server), else 404.
       `experiments/<name>/...` (by experiment name) is not served (404).
+    - Knob `linked_pages` (default False): each `nextLink` also carries `linked=1`, and a page
+      asked for by `continuationToken` without it is refused (400 BadArgument): a client must
+      follow `nextLink` as given, as azureml-mlflow does, not rebuild it from the token.
     """
 
     def __init__(
@@ -273,6 +276,7 @@ class AzureMlWorkspace(_StandIn):
             f"/providers/Microsoft.MachineLearningServices/workspaces/{workspace}"
         )
         self._mlflow_base = f"/mlflow/v1.0{self.workspace_path}"
+        self.linked_pages = False
         self._history = re.compile(
             rf"/history/v1\.0{re.escape(self.workspace_path)}/experimentids/(?P<experiment>[^/]+)"
             r"/runs/(?P<run>[^/]+)/artifacts(?P<operation>|/path|/contentinfo|/prefix/contentinfo)"
@@ -348,6 +352,8 @@ class AzureMlWorkspace(_StandIn):
             after = after_token(params.get("continuationToken"))
         except ValueError as error:
             return self._error(400, "BadArgument", str(error))
+        if after is not None and self.linked_pages and params.get("linked") != "1":
+            return self._error(400, "BadArgument", "a continuationToken without its nextLink")
         paths = [
             (blob.name.removeprefix(self.blob_name(run_id, "")), blob)
             for blob in self.blobs(self.blob_name(run_id, prefix))
@@ -367,6 +373,7 @@ class AzureMlWorkspace(_StandIn):
         next_link = None
         if token is not None:
             kept = {key: v for key, v in params.items() if key != "continuationToken"}
+            kept |= {"linked": "1"} if self.linked_pages else {}
             next_link = f"{self.url}{path}?{urlencode({**kept, 'continuationToken': token})}"
         return json_answer(200, {"value": value, "continuationToken": token, "nextLink": next_link})
 

@@ -24,8 +24,8 @@ Faults and their params (defaults in brackets):
   its pages), the real answer to that.
 - `repeat_token(token [injected if the first page has none])`: the first page seen, its
   `next_page_token` included, again and again (a server stuck on one token; `Rule.token`).
-- `trickle(interval [1 s])`: 200 and its headers, then one byte per interval until the client
-  leaves (or `clear`/`close`).
+- `trickle(interval [1 s], head [False])`: 200 and its headers, then one byte per interval until
+  the client leaves (or `clear`/`close`); with `head`, the status line and headers trickle too.
 - `reset()`: the request is read, then the connection is reset (RST) without an answer.
 - `status(code [503], body [none; bytes, str or JSON], content_type, headers)`: that answer.
 - `huge(mib [80], field ["runs"], item [a run], content_length [True])`: a 200 JSON body
@@ -65,7 +65,7 @@ FAULTS: dict[str, frozenset[str]] = {  # fault -> the params it takes
     "garble_metrics": frozenset({"run_ids"}),
     "small_pages": frozenset({"size"}),
     "repeat_token": frozenset({"token"}),
-    "trickle": frozenset({"interval"}),
+    "trickle": frozenset({"interval", "head"}),
     "reset": frozenset(),
     "status": frozenset({"code", "body", "content_type", "headers"}),
     "huge": frozenset({"mib", "field", "item", "content_length"}),
@@ -474,18 +474,25 @@ class _Handler(BaseHTTPRequestHandler):
                 page = rule.page
         self._answer(seen, 200, page, "application/json")
 
-    def _trickle(self, seen: Seen, sent: bytes, rule: Rule, interval: float = 1.0) -> None:
+    def _trickle(
+        self, seen: Seen, sent: bytes, rule: Rule, interval: float = 1.0, head: bool = False
+    ) -> None:
         proxy = self.server.proxy
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(_MIB))
-        self.end_headers()
-        seen.status = 200
         data = b'{"runs": [' + b" " * (_MIB - 10)
+        headers = f"Content-Type: application/json\r\nContent-Length: {_MIB}\r\n\r\n"
+        if head:
+            data = b"HTTP/1.1 200 OK\r\n" + headers.encode() + data
+        else:
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(_MIB))
+            self.end_headers()
+        seen.status = 200
         proxy._trickle_count(+1)
         try:
             while rule.active and not proxy.closing.is_set():
                 self.wfile.write(data[seen.bytes : seen.bytes + 1])
+                self.wfile.flush()
                 seen.bytes += 1
                 proxy.closing.wait(interval)
         finally:

@@ -12,9 +12,10 @@ from typing import Any, get_args
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from tbmirror import parsers
 from tbmirror.config.rendering import describe, key_path
 from tbmirror.config.schema import Settings
-from tbmirror.errors import ConfigError
+from tbmirror.errors import ConfigError, ParseError
 
 _ENV_REFERENCE = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
@@ -39,11 +40,9 @@ def parse_settings(text: str, origin: str = "<config>", offline: bool = False) -
     written (no symbolic link resolved, no file system looked at), for checking a file made
     for another machine."""
     try:
-        document = yaml.load(text, Loader=_Loader)  # a SafeLoader
-    except yaml.YAMLError as error:
-        raise ConfigError(f"{origin}: {_yaml_error(error, text)}") from None
-    except RecursionError:
-        raise ConfigError(f"{origin}: not valid YAML: nested too deeply") from None
+        document = parsers.yaml_document(text, origin, _Loader, lambda e: _yaml_error(e, text))
+    except ParseError as error:
+        raise ConfigError(str(error)) from None
     if not isinstance(document, dict):
         raise ConfigError(f"{origin}: expected a mapping with 'mirror' and 'sources' at the top")
     document = _interpolate(document, (), origin)

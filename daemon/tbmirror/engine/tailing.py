@@ -12,9 +12,10 @@ says how many bytes of one source file are mirrored. `Tailer.advance` brings one
    along for the check) and only what is complete is taken: for tfevents, whole records whose CRCs
    check out and whose payloads parse, copied verbatim (so the copy's length equals the offset);
    for CSV and JSON lines, whole lines, converted to scalars. A partial last record or line waits
-   for its rest; one longer than CHUNK_BYTES is read with a larger window. A corrupt record stops
-   the file there, with one warning; it is read again (RECHECK_BYTES) each time the file is looked
-   at, since a network share may show a region as zeros before its bytes arrive.
+   for its rest; one longer than CHUNK_BYTES is read with a larger window (for tfevents, up to
+   events.MAX_RECORD_BYTES: a longer length is corrupt). A corrupt record stops the file there,
+   with one warning; it is read again (RECHECK_BYTES) each time the file is looked at, since a
+   network share may show a region as zeros before its bytes arrive.
 3. The records and the new TailRecord go to the journal as one batch per read window (journal/):
    appended, fsynced, then committed together; a write fault is the journal's to complete. An
    uploads pass hands in a BatchStream instead: its many small files share batches.
@@ -44,6 +45,7 @@ log = structlog.get_logger(__name__)
 FINGERPRINT_BYTES = 1024
 CHUNK_BYTES = 16 * 1024 * 1024
 RECHECK_BYTES = 64 * 1024  # read at a corrupt record each time its file is looked at
+RECORD_OVERHEAD = 16  # a record's framing: length, its CRC, the payload's CRC
 
 
 class FileReader(Protocol):
@@ -142,7 +144,7 @@ class Tailer:
             if progress != "done" and stop is not None and stop.is_set():
                 return outcome  # what was read is committed; the rest waits for the next look
             if progress == "grow":  # one record or line longer than the window: read more
-                window *= 2
+                window = _grown(window, tail.kind)
             elif progress == "more":  # past a re-checked corrupt record: full chunks again
                 window = max(window, CHUNK_BYTES)
             else:
@@ -283,6 +285,14 @@ def _whole_records(new: bytes) -> _Taken:
         records=new[: found.end],
         corrupt_at=found.end if found.corrupt else None,
     )
+
+
+def _grown(window: int, kind: str) -> int:
+    """The next window for a record or line longer than `window`: twice as long, but for
+    tfevents never past the longest record (a longer length stops the file as corrupt)."""
+    if kind == "tfevents":
+        return min(window * 2, events.MAX_RECORD_BYTES + RECORD_OVERHEAD)
+    return window * 2
 
 
 def _changed(tail: TailRecord, reader: FileReader) -> str:

@@ -213,6 +213,8 @@ class UploadEngine:
             stored_before and stored_before.mirror_file
         )
         self._tails[origin] = outcome.tail
+        if outcome.tail.stopped_at is not None:  # at a corrupt record: health shows the file
+            report.failed_runs.append(upload.relative)
         if outcome.written:
             report.runs_written += 1
             report.points += outcome.points

@@ -1,10 +1,11 @@
 /* The compiled scan of tbmirror.mirror.records: TFRecord framing and a payload check, in C.
  *
- * scan(data, start, schema) walks the records of `data` from `start` and returns
+ * scan(data, start, schema, max_length) walks the records of `data` from `start` and returns
  * (end, count, stop): `count` records, each with both masked CRC32Cs right and a payload it can
  * vouch for, reach from `start` to `end`; `stop` says what is at `end`:
  *   END      the end of `data`, or a torn record (too short for its header or its length);
- *   CORRUPT  a record whose length CRC or payload CRC does not check out;
+ *   CORRUPT  a record whose length CRC or payload CRC does not check out, or whose length is
+ *            above `max_length` (corruption, not a record whose rest is yet to come);
  *   CHECK    a record whose CRCs check out but whose payload this scan cannot vouch for: the
  *            caller decides (Event.FromString).
  *
@@ -261,7 +262,8 @@ static PyObject *scan(PyObject *module, PyObject *args)
 {
     Py_buffer data, table;
     Py_ssize_t start;
-    if (!PyArg_ParseTuple(args, "y*ny*:scan", &data, &start, &table))
+    unsigned long long max_length;
+    if (!PyArg_ParseTuple(args, "y*ny*K:scan", &data, &start, &table, &max_length))
         return NULL;
     PyObject *result = NULL;
     Schema schema = {table.buf, 0, 0};
@@ -287,7 +289,7 @@ static PyObject *scan(PyObject *module, PyObject *args)
     while (size - offset >= 12) {
         const uint8_t *header = base + offset;
         uint64_t length = (uint64_t)load_le32(header) | (uint64_t)load_le32(header + 4) << 32;
-        if (masked_crc(header, 8) != load_le32(header + 8)) {
+        if (masked_crc(header, 8) != load_le32(header + 8) || length > max_length) {
             stop = STOP_CORRUPT;
             break;
         }

@@ -30,6 +30,10 @@ _HEADER = struct.Struct("<QI")  # length, masked CRC of the length
 _HEADER_SIZE = _HEADER.size
 _MASK_DELTA = 0xA282EAD8
 EVENTS_PREFIX = "events.out.tfevents."
+# The longest record read: a length above it is corruption (a forged or garbled header), not a
+# record whose rest is yet to come. 64 MiB was protobuf's default limit on a message for most of
+# TensorBoard's life; its writers' records (images, audio, tensors) stay far below it.
+MAX_RECORD_BYTES = 64 * 1024**2
 
 
 def _extension() -> ModuleType | None:
@@ -79,12 +83,15 @@ class Record:
 def iter_records(data: bytes, start: int = 0) -> Iterator[Record]:
     """Whole, CRC-checked records of `data` from `start`; stops silently at a partial last record.
 
-    Raises CorruptRecordError at the first record that does not check out.
+    Raises CorruptRecordError at the first record that does not check out (a CRC, or a length
+    above MAX_RECORD_BYTES).
     """
     offset, size = start, len(data)
     while size - offset >= _HEADER_SIZE:
         length, header_crc = _HEADER.unpack_from(data, offset)
         if masked_crc(data[offset : offset + _LENGTH.size]) != header_crc:
+            raise CorruptRecordError(offset)
+        if length > MAX_RECORD_BYTES:
             raise CorruptRecordError(offset)
         end = offset + _HEADER_SIZE + length + _CRC.size
         if end > size:

@@ -36,8 +36,8 @@ class Scan:
 
 def scan(data: bytes) -> Scan:
     """The whole, valid records at the start of `data`: up to the end, a torn last record (its
-    rest may still come) or a corrupt one (a CRC that does not check out or a payload that is no
-    Event)."""
+    rest may still come) or a corrupt one (a CRC that does not check out, a length above
+    events.MAX_RECORD_BYTES, or a payload that is no Event)."""
     compiled = events.compiled
     return _scan_compiled(data, compiled) if compiled is not None else _scan_python(data)
 
@@ -57,7 +57,7 @@ def _scan_python(data: bytes) -> Scan:
 def _scan_compiled(data: bytes, extension: ModuleType) -> Scan:
     end = count = 0
     while True:
-        end, found, stop = extension.scan(data, end, _SCHEMA)
+        end, found, stop = extension.scan(data, end, _SCHEMA, events.MAX_RECORD_BYTES)
         count += found
         if stop != extension.CHECK:
             return Scan(end, count, corrupt=stop == extension.CORRUPT)

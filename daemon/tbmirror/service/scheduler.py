@@ -1,11 +1,15 @@
 """Polls every source on its own schedule (APScheduler), each in its own thread.
 
 One job per source at `poll_interval` with jitter; never two polls of one source at once
-(max_instances=1, and a per-source lock across config reloads); missed runs coalesced. A pass that
-fails pushes that source's next poll back to 2 x poll_interval (the HTTP layer already backs off
-exponentially between its retries, honouring Retry-After); longer, and /healthz would stay
-degraded long after an outage ends. The other sources keep their schedule. A pass that changed
-nothing is logged at debug, one that changed something in one info line (`source_synced`).
+(max_instances=1, and a per-source lock across config reloads); missed runs coalesced. Backoff
+without blindness: after n failed passes in a row (`source_backoff`), the next ordinary pass
+waits `backoff_delay(n)` (poll_interval x 2^n with jitter, at most BACKOFF_CAP_SECONDS); at the
+poll rate meanwhile, a quick pass (no full listing: for MLflow, running and new runs only; one
+refused request against a server that refuses) probes the source, so a recovered source is
+mirrored, and /healthz healthy, within about a poll interval (`source_recovered`). A write fault
+is the disk's, not the source's: no backoff. The other sources keep their schedule. A pass that
+changed nothing is logged at debug, one that changed something in one info line
+(`source_synced`).
 Every `full_listing_interval` a pass lists every run; in between, quick passes list only running,
 new and just-finished runs. An uploads source is rescanned at `rescan_interval` and, once its
 directory exists, also watched (watcher.py): changed files are synced under the same lock.
@@ -13,12 +17,11 @@ directory exists, also watched (watcher.py): changed files are synced under the 
 
 from __future__ import annotations
 
-import contextlib
 import random
 import threading
 import time
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
 import structlog
 from apscheduler.executors.pool import ThreadPoolExecutor
@@ -36,6 +39,16 @@ from tbmirror.service.watcher import UploadWatcher
 
 log = structlog.get_logger(__name__)
 
+BACKOFF_CAP_SECONDS = 300.0  # the longest wait for an ordinary pass of a failing source
+
+
+def backoff_delay(failures: int, poll_interval: float, cap: float = BACKOFF_CAP_SECONDS) -> float:
+    """Seconds until the next ordinary pass after `failures` failed passes in a row:
+    poll_interval x 2^failures, at most `cap`, jittered to between half and all of that (sources
+    failing together do not come back in step)."""
+    ceiling = min(cap, poll_interval * 2 ** min(failures, 32))
+    return random.uniform(ceiling / 2, ceiling)
+
 
 @dataclass
 class _Runner:
@@ -47,6 +60,8 @@ class _Runner:
     watcher: UploadWatcher | None = None
     retired: bool = False
     running_since: float | None = None  # wall time the pass in flight began
+    failures: int = 0  # failed passes in a row (probes not counted)
+    retry_at: float = field(default=float("-inf"))  # monotonic time of the next ordinary pass
 
 
 class SourceScheduler:
@@ -157,7 +172,8 @@ class SourceScheduler:
                 if self._runners.get(name) is not runner:
                     return  # replaced by a reload while we waited
             now = time.monotonic()
-            full = now - runner.last_full >= runner.schedule.full_listing_interval
+            probe = now < runner.retry_at  # backing off: a quick pass tells if it is back
+            full = not probe and now - runner.last_full >= runner.schedule.full_listing_interval
             self._watch(runner)  # before the rescan: nothing changes unseen between the two
             runner.running_since = time.time()
             try:
@@ -169,13 +185,16 @@ class SourceScheduler:
             log.warning("source_write_fault", source=name)
             return
         if report.error:
-            delay = runner.schedule.poll_interval * random.uniform(1.6, 2.0)
-            log.warning("source_backoff", source=name, seconds=round(delay, 1))
-            with contextlib.suppress(LookupError):  # removed by a reload meanwhile
-                self._scheduler.modify_job(
-                    name, next_run_time=datetime.now(UTC) + timedelta(seconds=delay)
-                )
+            if not probe:
+                runner.failures += 1
+                delay = backoff_delay(runner.failures, runner.schedule.poll_interval)
+                runner.retry_at = now + delay
+                log.warning("source_backoff", source=name, failures=runner.failures,
+                            seconds=round(delay, 1))  # fmt: skip
             return
+        if runner.failures:
+            log.info("source_recovered", source=name, failures=runner.failures, probe=probe)
+            runner.failures, runner.retry_at = 0, float("-inf")
         if full:
             runner.last_full = now
         _log_synced(report, full)

@@ -1,8 +1,9 @@
 """JSON and byte ranges over HTTP for one source, bounded and polite, trusting no answer.
 
 - Bounded: each request has a total deadline (`timeout`: connecting, waiting and every byte of
-  the answer), an answer is at most `max_response_bytes`, and once no request has been answered
-  for `stall_timeout` the source gives up. A set `stop` event ends waits and reads at once.
+  the answer, status line and headers included: sources/deadline.py), an answer is at most
+  `max_response_bytes`, and once no request has been answered for `stall_timeout` the source
+  gives up. A set `stop` event ends waits and reads at once.
 - Polite: 429, 5xx and connection failures are retried with exponential backoff and full jitter,
   honouring `Retry-After`; every retry is logged with the URL tried (`request_retrying`).
 - Distrustful: a redirect (an expired SSO session), an HTML page where JSON was expected (a
@@ -18,7 +19,6 @@ Thread-safe (one shared httpx.Client).
 from __future__ import annotations
 
 import email.utils
-import json
 import random
 import re
 import socket
@@ -28,10 +28,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import httpcore
 import httpx
 import structlog
 
-from tbmirror.errors import AuthError, SourceError
+from tbmirror import parsers
+from tbmirror.errors import AuthError, ParseError, SourceError, StoppedError
+from tbmirror.sources.deadline import DeadlineBackend
 
 log = structlog.get_logger(__name__)
 
@@ -60,10 +63,6 @@ class HttpStatusError(SourceError):
 class BadAnswerError(SourceError):
     """An answer that is not what was asked for: a redirect, an HTML page, the wrong shape, a
     byte range that does not match. Never data, never proof of anything."""
-
-
-class StoppedError(SourceError):
-    """The daemon is stopping: the request was abandoned."""
 
 
 @dataclass(frozen=True)
@@ -118,14 +117,14 @@ class RestClient:
             RateLimiter(search_rate_limit, self._sleep),
             RateLimiter(rate_limit, self._sleep),
         )
+        self._backend = DeadlineBackend(self.stop)
         self._client = httpx.Client(
             base_url=base_url,
             timeout=timeout,
-            limits=httpx.Limits(max_connections=max_connections),
+            transport=transport or _DeadlineTransport(self._backend, max_connections),
             headers={"User-Agent": "tbmirror"},
             auth=auth,
             follow_redirects=False,
-            transport=transport,
         )
         self._lock = threading.Lock()
         self.requests_made = 0
@@ -135,9 +134,19 @@ class RestClient:
     def close(self) -> None:
         self._client.close()
 
-    def get(self, path: str, params: dict[str, Any] | None = None) -> bytes:
-        """The body of a JSON answer, for its reader to validate (sources/responses.py)."""
-        return _json(self._request("GET", path, params=params), "GET", path)
+    def get(
+        self, path: str, params: dict[str, Any] | None = None, *, url: str | None = None
+    ) -> bytes:
+        """The body of a JSON answer, for its reader to validate (sources/responses.py). `url`
+        (a link the server gave, below the base URL: `is_below_base`) is requested instead of
+        `path`, which names it."""
+        return _json(self._request("GET", path, params=params, url=url), "GET", path)
+
+    def is_below_base(self, url: str) -> bool:
+        """Whether `url` is an address below the base URL (same scheme, host and port, its path
+        under the base path): only such a link may be followed with our credentials."""
+        base = str(self._client.base_url)  # (httpx ends it with "/")
+        return url.startswith(base) and ".." not in httpx.URL(url).path.split("/")
 
     def post(self, path: str, body: dict[str, Any]) -> bytes:
         """The body of a JSON answer, for its reader to validate (sources/responses.py)."""
@@ -288,7 +297,10 @@ class RestClient:
 
     def _read(self, method: str, path: str, url: str, **kwargs: Any) -> Answer:
         deadline = time.monotonic() + self._timeout
-        with self._client.stream(method, url, **kwargs) as response:
+        with (
+            self._backend.bounded(deadline),
+            self._client.stream(method, url, **kwargs) as response,
+        ):
             length = response.headers.get("Content-Length", "")
             if length.isdigit() and int(length) > self._max_bytes:
                 raise SourceError(self._too_large(method, path, int(length)))
@@ -321,6 +333,21 @@ class RestClient:
         """Wait, unless the daemon stops (StoppedError)."""
         if self.stop.wait(seconds):
             raise StoppedError("stopped")
+
+
+class _DeadlineTransport(httpx.HTTPTransport):
+    """httpx's transport on a DeadlineBackend (httpx takes no backend argument, so the pool is
+    built again with the same settings plus the backend)."""
+
+    def __init__(self, backend: DeadlineBackend, max_connections: int) -> None:
+        super().__init__()
+        self._pool = httpcore.ConnectionPool(
+            ssl_context=httpx.create_ssl_context(),
+            max_connections=max_connections,
+            max_keepalive_connections=httpx.Limits().max_keepalive_connections,
+            keepalive_expiry=httpx.Limits().keepalive_expiry,
+            network_backend=backend,
+        )
 
 
 class RateLimiter:
@@ -420,11 +447,11 @@ def _status_error(answer: Answer, method: str, path: str) -> HttpStatusError:
     error_code = None
     detail = ""
     try:
-        body = json.loads(answer.content)
+        body = parsers.json_value(answer.content, "the error's body")
         if isinstance(body, dict):
             error_code = body.get("error_code")
             detail = str(body.get("message") or "")[:300]
-    except (json.JSONDecodeError, UnicodeDecodeError):
+    except ParseError:
         detail = "an HTML page" if _is_html(answer) else ""
     return HttpStatusError(
         f"{method} {path}: HTTP {answer.status_code}"

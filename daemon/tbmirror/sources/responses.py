@@ -18,6 +18,8 @@ from typing import Annotated, ClassVar, Self, TypeVar
 
 import msgspec
 
+from tbmirror import parsers
+from tbmirror.errors import ParseError
 from tbmirror.sources.http import BadAnswerError
 
 MAX_PAGES = 10_000  # of any paged answer, unless the caller says otherwise
@@ -130,6 +132,7 @@ class CredentialsPage(_Page, frozen=True):
 
 class AzureArtifactJson(_Answer, frozen=True):
     path: str
+    etag: str | None = None  # changes whenever the file does
 
 
 class AzureArtifactsPage(_Page, frozen=True):
@@ -171,12 +174,10 @@ Shape = TypeVar("Shape")
 
 def _decode(shape: type[Shape], body: bytes, endpoint: str) -> Shape:
     """JSON `body` as `shape`, or a SourceError naming `endpoint` and the field that was wrong."""
-    try:  # lax, as MLflow's JSON may be: an int64 as a string, an integral value as an int
-        return msgspec.json.decode(body, type=shape, strict=False)
-    except msgspec.ValidationError as error:  # "Expected `str`, got `int` - at `$.runs[0]...`"
-        raise BadAnswerError(f"{endpoint}: an answer of the wrong shape ({error})") from None
-    except msgspec.DecodeError:
-        raise BadAnswerError(f"{endpoint}: the answer is not JSON") from None
+    try:
+        return parsers.json_as(shape, body, endpoint)
+    except ParseError as error:
+        raise BadAnswerError(str(error)) from None
 
 
 def metrics_of(metrics: bytes) -> tuple[MetricJson, ...]:
@@ -189,7 +190,7 @@ def parse(model: type[Model], body: bytes, endpoint: str) -> Model:
     was wrong."""
     answer = _decode(model, body, endpoint).completed()
     if isinstance(answer, _Page) and answer == model():  # as `{}`: but has it other fields?
-        fields = msgspec.json.decode(body, type=dict[str, msgspec.Raw])  # (values not parsed)
+        fields = _decode(dict[str, msgspec.Raw], body, endpoint)  # (values not parsed)
         if fields and not answer.FIELDS & fields.keys():
             keys = ", ".join(sorted(fields)[:5])
             raise BadAnswerError(

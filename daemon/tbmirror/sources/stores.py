@@ -28,6 +28,7 @@ from tbmirror.errors import AuthError, SourceError
 from tbmirror.sources.http import BadAnswerError, HttpStatusError, RestClient
 
 KEPT_URLS = 4096
+KEPT_PROBES = 65536  # files whose probed size is kept under their listed ETag
 IMAGES_FOLDER = "images"  # where log_image(key=, step=) puts its series
 TABLE_IMAGES_FOLDER = "table_images"  # images inside logged tables: never listed
 
@@ -41,6 +42,7 @@ class Artifact:
 
     path: str
     size: int | None
+    etag: str | None = None  # from a listing that gives one: changes whenever the file does
 
 
 @dataclass(frozen=True)
@@ -158,13 +160,33 @@ class SignedUrls:
         self._storage, self._sign = storage, sign
         self._lock = threading.Lock()
         self._urls: OrderedDict[tuple[str, str], SignedUrl] = OrderedDict()
+        # (run, path) -> (the listing's ETag, the size and identity a probe found under it)
+        self._probed: OrderedDict[tuple[str, str], tuple[str, int, str | None]] = OrderedDict()
 
     def reader(self, run: RunRef, artifact: Artifact) -> SignedFile:
+        """A reader of the file. Its size and identity: the listing's size, or those a probe
+        found for the ETag the listing gives now (no request: an unchanged file costs nothing
+        but its listing), or a probe."""
+        key = (run.run_id, artifact.path)
+        with self._lock:
+            probed = self._probed.get(key)
+        known = probed[1:] if probed and artifact.etag and probed[0] == artifact.etag else None
+
+        def remember(size: int, identity: str | None) -> None:
+            if artifact.etag:
+                with self._lock:
+                    self._probed[key] = (artifact.etag, size, identity)
+                    self._probed.move_to_end(key)
+                    while len(self._probed) > KEPT_PROBES:
+                        self._probed.popitem(last=False)
+
         return SignedFile(
             self._storage,
             artifact.path,
             lambda fresh: self.get(run, artifact.path, fresh),
             artifact.size,
+            known=known,
+            probed=remember,
         )
 
     def get(self, run: RunRef, path: str, fresh: bool = False) -> SignedUrl:
@@ -194,11 +216,16 @@ class SignedFile:
         name: str,
         sign: Callable[[bool], SignedUrl],
         size: int | None,
+        *,
+        known: tuple[int, str | None] | None = None,
+        probed: Callable[[int, str | None], None] | None = None,
     ) -> None:
-        """`sign(fresh)`: the file's URL (kept, or freshly signed); `name` names the file."""
+        """`sign(fresh)`: the file's URL (kept, or freshly signed); `name` names the file;
+        `known`: its (size, identity) as known without a probe; `probed` hears a probe's."""
         self._storage, self._name, self._sign = storage, name, sign
-        self._size = size
-        self._identity: str | None = None
+        self._size: int | None = known[0] if known is not None else size
+        self._identity: str | None = known[1] if known is not None else None
+        self._probed = probed
 
     @property
     def size(self) -> int:
@@ -208,6 +235,8 @@ class SignedFile:
                     signed.shown, url=signed.url, headers=signed.headers
                 )
             )
+            if self._probed is not None:
+                self._probed(self._size, self._identity)
         return self._size
 
     @property

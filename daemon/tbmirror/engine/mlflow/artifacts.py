@@ -131,5 +131,7 @@ class ArtifactSync:
             mirror_dir = self.placement.artifact_dir(run.run_id, artifact)
             tail = tails.get(origin) or TailRecord(self.source.name, origin, "tfevents", mirror_dir)
             outcome = self.tailer.advance(tail, reader, self.clock(), stop)
+            if outcome.tail.stopped_at is not None:  # at a corrupt record: health shows the run
+                report.failed_runs.append(run.run_id)
             report.points += outcome.points
             report.bytes_written += outcome.bytes_written

@@ -31,8 +31,10 @@ from dataclasses import dataclass
 
 import structlog
 
+from tbmirror import parsers
 from tbmirror.engine.mlflow.encoding import append_records, escape_cell
 from tbmirror.engine.mlflow.placement import Placement
+from tbmirror.errors import ParseError
 from tbmirror.journal import Journal
 from tbmirror.mirror import summaries
 from tbmirror.mirror.steps import INT64_MAX, next_step
@@ -67,19 +69,21 @@ class LoggedMedia:
 
     @classmethod
     def of(cls, run: RunSnapshot) -> LoggedMedia | None:
-        """From a run listing's tags; None for a run that logged neither."""
+        """From a run listing's tags; None for a run that logged neither. A tag that cannot be
+        read names no table (and says so in one line)."""
         images = run.tags.get(LOGGED_IMAGES_TAG, "").lower() == "true"
-        tables = _tables(run.tags.get(LOGGED_ARTIFACTS_TAG))
+        try:
+            tables = _tables(run.tags.get(LOGGED_ARTIFACTS_TAG))
+        except ParseError as error:
+            log.warning("media_tag_unreadable", run_id=run.run_id, error=str(error))
+            tables = ()
         return cls(images, tables) if images or tables else None
 
 
 def _tables(tag: str | None) -> tuple[str, ...]:
     """Paths of the tables in a `mlflow.loggedArtifacts` tag value (a JSON list of {path, type});
-    a malformed value names no table."""
-    try:
-        entries = json.loads(tag or "[]")
-    except ValueError:
-        return ()
+    a value of another shape names no table; one that is not JSON raises ParseError."""
+    entries = parsers.json_value(tag or "[]", f"tag {LOGGED_ARTIFACTS_TAG}")
     if not isinstance(entries, list):
         return ()
     return tuple(
@@ -272,7 +276,7 @@ class MediaSync:
                 kinds[item.kind] += 1
                 written_at: int | None = step
                 skipped = False
-            except ValueError as error:  # this medium only (BadImageError is a ValueError)
+            except (ValueError, ParseError) as error:  # this medium only (BadImageError too)
                 log.warning("artifact_skipped", source=self.source.name, run_id=record.run_id,
                             path=item.artifact.path, reason=str(error))  # fmt: skip
                 written_at, skipped = (last.step if last else None), True
@@ -330,17 +334,14 @@ def _groups(items: list[_Item]) -> Iterator[list[_Item]]:
 
 def markdown_table(data: bytes, max_rows: int) -> str:
     """A `log_table` JSON file (pandas "split" orientation: columns, data) as a Markdown table of
-    its last `max_rows` rows. Raises ValueError if it is not such a table."""
-    try:
-        table = json.loads(data)
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ValueError(f"not JSON: {error}") from None
+    its last `max_rows` rows. Raises ParseError if it is not such a table."""
+    table = parsers.json_value(data, "the table")
     columns = table.get("columns") if isinstance(table, dict) else None
     rows = table.get("data") if isinstance(table, dict) else None
     if not isinstance(columns, list) or not isinstance(rows, list):
-        raise ValueError('not a table: expected {"columns": [...], "data": [[...], ...]}')
+        raise ParseError('not a table: expected {"columns": [...], "data": [[...], ...]}')
     if not all(isinstance(row, list) for row in rows):
-        raise ValueError("not a table: a row that is not a list")
+        raise ParseError("not a table: a row that is not a list")
     shown = rows[-max_rows:]
     lines = [
         "| " + " | ".join(_cell(column) for column in columns) + " |",
