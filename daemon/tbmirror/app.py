@@ -102,6 +102,11 @@ def check(settings: Settings, origin: str, offline: bool) -> list[Finding]:
     return checks.offline(settings, origin) if offline else checks.online(settings, origin)
 
 
+def tensorboard_memory(settings: Settings) -> Finding:
+    """TensorBoard's estimated memory for what the mirror holds, against its budget."""
+    return checks.tensorboard_memory(settings)
+
+
 def prune(settings: Settings, dry_run: bool) -> list[tuple[Unowned, str | None]]:
     """What no configured source or experiment owns any more, removed unless `dry_run`; each
     with the error that kept it (another process holds its source), if any."""

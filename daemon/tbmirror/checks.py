@@ -25,6 +25,7 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
+from tbmirror import tensorboard_budget
 from tbmirror.config import (
     MlflowSourceSettings,
     Settings,
@@ -33,7 +34,7 @@ from tbmirror.config import (
 )
 from tbmirror.engine.mlflow.selection import Selection
 from tbmirror.errors import TbmirrorError
-from tbmirror.journal import state_holder
+from tbmirror.journal import read_holdings, state_holder
 from tbmirror.sources.http import HttpStatusError
 from tbmirror.sources.mlflow import MlflowSource
 from tbmirror.sources.uploads import UploadTree
@@ -72,12 +73,23 @@ def online(settings: Settings, origin: str) -> list[Finding]:
     for subject, section in (("tensorboard", settings.tensorboard), ("health", settings.health)):
         if section.enabled:
             findings.append(_port(subject, section.host, section.port, daemon))
+    if settings.tensorboard.enabled:
+        findings.append(tensorboard_memory(settings))
     for source in settings.sources:
         if isinstance(source, UploadsSourceSettings):
             findings.append(_uploads(source))
         else:
             findings += _mlflow(source)
     return findings
+
+
+def tensorboard_memory(settings: Settings) -> Finding:
+    """TensorBoard's estimated memory for what the mirror holds now (the state store, read
+    only), against `tensorboard.memory_budget` (tensorboard_budget.py)."""
+    runs, series = read_holdings(settings.mirror.state)
+    tb = settings.tensorboard
+    within, text = tensorboard_budget.describe(tb.memory_budget, runs, series, tb.scalars_samples)
+    return Finding("tensorboard.memory_budget", within, text)
 
 
 def _existing(path: Path) -> Path:

@@ -807,6 +807,14 @@ class TensorBoardSettings(_Section):
     scalars_samples: int = Field(
         default=100_000, ge=1, le=1_000_000_000, description="Points kept per scalar series."
     )
+    memory_budget: ByteSize | None = Field(
+        default=ByteSize(4 * 1024**3),
+        description="What TensorBoard may hold in memory, e.g. `4GiB`: at each TensorBoard start "
+        "the points it keeps per scalar series (`scalars_samples` at most; its own sampling "
+        "beyond that, the mirror's files keep every point) are set so that the estimate for what "
+        "the mirror holds stays within it; `status` and `check` show the estimate. `null`: no "
+        "budget (`scalars_samples` per series, however much memory that takes).",
+    )
     images_samples: int = Field(
         default=1000,
         ge=1,

@@ -560,6 +560,10 @@ class Journal:
     def sources(self) -> set[str]:
         return self.store.sources()
 
+    def holdings(self) -> tuple[int, list[tuple[int, int]]]:
+        """What the mirror holds, as TensorBoard's memory estimate counts it (Store.holdings)."""
+        return self.store.holdings()
+
     def occupied(self, relative: str) -> bool:
         """True if something non-empty (a file, or a directory with entries) is at that path."""
         return _occupied(self.layout.resolve(relative))

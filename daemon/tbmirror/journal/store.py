@@ -111,6 +111,14 @@ _TOTALS = (  # Store.totals
     "GROUP BY source ORDER BY 1, 2"
 )  # fmt: skip
 
+_HOLDINGS_RUNS = (  # Store.holdings
+    "SELECT (SELECT count(*) FROM runs) + (SELECT count(*) FROM tails WHERE mirror_file NOT NULL)"
+)
+_HOLDINGS_SERIES = (
+    "SELECT count, count(*) FROM series GROUP BY count UNION ALL "
+    "SELECT points, count(*) FROM tails WHERE mirror_file NOT NULL GROUP BY points"
+)
+
 
 class Totals(NamedTuple):
     """What is mirrored of one experiment: runs, metric points, images (image series' steps
@@ -388,6 +396,12 @@ class Store:
                     for key, c in cursors.items()
                 ],
             )  # fmt: skip
+
+    def holdings(self) -> tuple[int, list[tuple[int, int]]]:
+        """(run directories, [(points in a series, how many series)]) of every source, as
+        tensorboard_budget counts them (a tailed file: a run of one series of its records)."""
+        runs = int(self._query(_HOLDINGS_RUNS)[0][0])
+        return runs, [(int(points), int(count)) for points, count in self._query(_HOLDINGS_SERIES)]
 
     # -- source status and totals ---------------------------------------------------------------
 
