@@ -212,7 +212,7 @@ class Batch:
             self.forget_tail(tail)
         reset = replace(
             run, events_file=None, text_digest=None, text_step=-1, hparams_written=False,
-            end_written=False, status="", reconciled_at=0.0, artifacts_at=0.0,
+            end_written=False, status="", reconciled_at=0.0, artifacts_at=0.0, listed=0,
         )  # fmt: skip
         original = replace(run)
         self._changes.append(lambda store: store.forget_cursors(original))

@@ -53,6 +53,7 @@ CREATE TABLE IF NOT EXISTS runs (
     reconciled_at REAL NOT NULL DEFAULT 0,
     artifacts_at REAL NOT NULL DEFAULT 0,
     trial TEXT,
+    listed INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (source, run_id));
 CREATE TABLE IF NOT EXISTS files (path TEXT PRIMARY KEY, length INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS source_status (
@@ -88,7 +89,11 @@ _TAIL_COLUMNS = [f.name for f in fields(TailRecord)]
 _STATUS_COLUMNS = [f.name for f in fields(SourceStatus)]
 
 _ADDED_COLUMNS = {  # since the first release, by table: how a store made then is brought up
-    "runs": ["artifacts_at REAL NOT NULL DEFAULT 0", "trial TEXT"],
+    "runs": [
+        "artifacts_at REAL NOT NULL DEFAULT 0",
+        "trial TEXT",
+        "listed INTEGER NOT NULL DEFAULT 0",
+    ],
     "source_status": [
         "failed_runs INTEGER NOT NULL DEFAULT 0",
         "all_failed INTEGER NOT NULL DEFAULT 0",
