@@ -19,12 +19,18 @@ the pass alone is read from its summary line), once more with the pure-Python re
 noisy), then `tbmirror sync` runs again with nothing changed (the idle rescan). The page cache
 cannot be dropped: the source files are in it for every contender.
 
+Many small files ("small" tree): 440 tfevents files in 40 job directories, 400 of ~90 KB (1,900
+scalar records) and 40 of ~1.2 MB (30 image records of ~40 KB): ~84 MB, where the cost per file
+(path checks, fsync, state rows) shows. Paired runs (--pairs): `cp -r && sync`, then `tbmirror
+sync` into a fresh mirror (the pass alone, from its report); the median of the pairs' ratios.
+
 Usage: python benchmarks/uploads.py [--part latency|throughput|all] [--observer native|polling]
            [--points 60 --rate 2] [--files 1000 --points-per-file 2000]
-           [--trees scalars,mixed] [--cp-runs 5] [--workdir DIR]
+           [--trees scalars,mixed,small] [--cp-runs 5] [--pairs 5] [--workdir DIR]
 Targets: p95 <= 2 s from append to visible in TensorBoard (reload 1 s); throughput:
 the pass >= 1.5 M scalar records/s on the scalars tree and >= 150 MB/s on the mixed one, reported
-against `cp -r && sync` of the same tree (MB = 10^6 bytes).
+against `cp -r && sync` of the same tree (MB = 10^6 bytes); the small tree: the pass <= 2.5 x
+`cp -r && sync` (median of the paired ratios) and >= 150 MB/s.
 """
 
 from __future__ import annotations
@@ -57,11 +63,16 @@ JOB = "job-1"
 JOBS = 50
 TAGS = ("loss", "accuracy", "learning_rate", "grad_norm")
 SCALARS = "/data/plugin/scalars/scalars"
-TREES = ("scalars", "mixed")
+TREES = ("scalars", "mixed", "small")
 IMAGE_EVERY = 400  # scalar records between two image records in the mixed tree
 IMAGE_SIDE = 116  # RGB noise: a PNG of about 40 KB
 TARGET_RECORDS_S = 1.5e6  # the pass, on the scalars tree
-TARGET_MB_S = 150.0  # the pass, on the mixed tree
+TARGET_MB_S = 150.0  # the pass, on the mixed tree and on the small one
+SMALL_JOBS = 40  # the small tree: job directories, each with
+SMALL_SCALAR_FILES = 10  # files of SMALL_SCALARS scalar records (~90 KB)
+SMALL_SCALARS = 1_900
+SMALL_IMAGES = 30  # and one file of this many image records (~1.2 MB)
+TARGET_SMALL_RATIO = 2.5  # the pass / cp -r && sync, median of paired runs
 
 
 def write_config(work: Path, uploads: Path, **sections: Any) -> Path:
@@ -292,6 +303,31 @@ def noise_pngs(count: int) -> list[bytes]:
     return pngs
 
 
+def build_small_tree(tree: Path) -> None:
+    """The small tree (module docstring): per job directory, SMALL_SCALAR_FILES scalar files and
+    one image file."""
+    shutil.rmtree(tree, ignore_errors=True)
+    encoders = [summaries.ScalarEncoder(tag) for tag in TAGS]
+    pngs = noise_pngs(8)
+    t0 = time.time() - 86_400
+    for job in range(SMALL_JOBS):
+        directory = tree / f"job-{job:03d}"
+        directory.mkdir(parents=True)
+        for index in range(SMALL_SCALAR_FILES + 1):
+            payloads = [summaries.file_version(t0)]
+            if index < SMALL_SCALAR_FILES:
+                for i in range(SMALL_SCALARS):
+                    step = i // len(TAGS)
+                    value = ((job * 7919 + i) % 1000) / 1000
+                    payloads.append(encoders[i % len(TAGS)].encode(t0 + step, step, value))
+            else:
+                for step in range(SMALL_IMAGES):
+                    png = pngs[(job + step) % len(pngs)]
+                    payloads.append(summaries.image("samples", png, t0 + step, step))
+            name = f"{events.EVENTS_PREFIX}{int(t0) + index:010d}.bench.{os.getpid()}.{index}"
+            (directory / name).write_bytes(events.frame_all(payloads))
+
+
 def tree_bytes(tree: Path) -> tuple[int, int]:
     """(files, bytes) under `tree`."""
     count = size = 0
@@ -428,6 +464,56 @@ def throughput(work: Path, kind: str, args: argparse.Namespace, results: Results
               f"(>= 150: {verdict(rate_now >= TARGET_MB_S)})")  # fmt: skip
 
 
+def small_files(work: Path, args: argparse.Namespace, results: Results) -> None:
+    """Mirror the small tree and copy it, in paired runs; print the figures and the ratio."""
+    tree = work / "uploads"
+    if not (work / "tree.shape").exists() or not tree.is_dir():
+        started = time.monotonic()
+        build_small_tree(tree)
+        (work / "tree.shape").write_text("small\n")
+        print(f"small tree built in {time.monotonic() - started:.1f} s")
+    files, size = tree_bytes(tree)
+    megabytes = size / 1e6
+    state = ("logs", "state.db", "state.db-wal", "state.db-shm")
+    config = write_config(work, tree)
+    copies: list[float] = []
+    passes: list[float] = []
+    for _ in range(args.pairs):
+        clear(work, "cp-sync", *state)
+        subprocess.run(["sync"], check=True)
+        copies.append(timed(["sh", "-c", f"cp -r '{tree}' '{work / 'cp-sync'}' && sync"]))
+        clear(work, "cp-sync")
+        subprocess.run(["sync"], check=True)
+        _, pass_seconds, _, written, summary = tbmirror_sync(config)
+        if written != size:
+            print(f"WARNING: tbmirror wrote {written} bytes, the tree holds {size}")
+        passes.append(pass_seconds)
+    clear(work, "cp-sync", *state)
+    ratios = [p / c for p, c in zip(passes, copies, strict=True)]
+    ratio, pass_seconds = statistics.median(ratios), statistics.median(passes)
+    cp_seconds = statistics.median(copies)
+    print(f"throughput, small tree: {files} files in {SMALL_JOBS} job dirs, {megabytes:.1f} MB "
+          f"(load average {os.getloadavg()[0]:.2f}); {args.pairs} pairs")  # fmt: skip
+    print(f"  cp -r && sync:                {cp_seconds:6.2f} s  {megabytes / cp_seconds:7.1f} "
+          f"MB/s  (median; {', '.join(f'{s:.2f}' for s in copies)})")  # fmt: skip
+    print(f"  tbmirror sync (pass alone):   {pass_seconds:6.2f} s  "
+          f"{megabytes / pass_seconds:7.1f} MB/s  (median; {', '.join(f'{s:.2f}' for s in passes)}"
+          f"; summary: {summary})")  # fmt: skip
+    print(f"  per file:                     cp -r && sync {cp_seconds / files * 1e3:.2f} ms, "
+          f"the pass {pass_seconds / files * 1e3:.2f} ms")  # fmt: skip
+    met = ratio <= TARGET_SMALL_RATIO
+    print(
+        f"  the pass / cp -r && sync:     {ratio:.2f} x median of pairs "
+        f"({', '.join(f'{r:.2f}' for r in ratios)}); <= {TARGET_SMALL_RATIO}: {verdict(met)}"
+    )
+    results.add("small tree: cp -r && sync (median)", cp_seconds, "s")
+    results.add("small tree: tbmirror sync, the pass (median)", pass_seconds, "s")
+    results.add("small tree: the pass", megabytes / pass_seconds, "MB/s", ">= 150",
+                megabytes / pass_seconds >= TARGET_MB_S)  # fmt: skip
+    results.add("small tree: the pass / cp -r && sync (median of pairs)", ratio, "x",
+                f"<= {TARGET_SMALL_RATIO}", met)  # fmt: skip
+
+
 def verdict(met: bool) -> str:
     return "met" if met else "NOT met"
 
@@ -444,6 +530,7 @@ def main() -> None:
     parser.add_argument("--trees", default=",".join(TREES), help="throughput trees, of: "
                         + ", ".join(TREES))  # fmt: skip
     parser.add_argument("--cp-runs", type=int, default=5, help="cp runs (their median)")
+    parser.add_argument("--pairs", type=int, default=5, help="paired runs (the small tree)")
     parser.add_argument("--workdir", type=Path, help="kept (default: a temp dir, removed)")
     args = parser.parse_args()
     work = args.workdir or Path(tempfile.mkdtemp(prefix="tbmirror-uploads-"))
@@ -469,7 +556,10 @@ def run(work: Path, args: argparse.Namespace, results: Results) -> None:
                 if kind not in TREES:
                     raise SystemExit(f"--trees: {kind!r} is not one of {', '.join(TREES)}")
                 (work / "throughput" / kind).mkdir(parents=True, exist_ok=True)
-                throughput(work / "throughput" / kind, kind, args, results)
+                if kind == "small":
+                    small_files(work / "throughput" / kind, args, results)
+                else:
+                    throughput(work / "throughput" / kind, kind, args, results)
     finally:
         if args.workdir is None:
             shutil.rmtree(work, ignore_errors=True)

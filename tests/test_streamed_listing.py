@@ -6,6 +6,9 @@ mirrored whole is not looked into again."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -192,10 +195,41 @@ def test_a_run_listed_as_it_was_mirrored_whole_is_not_looked_into_again(
         assert engine.run_pass().bytes_written == 0 and read == []
 
         fresh = MlflowEngine(source, journal, clock=lambda: now[0])  # (a restarted daemon)
-        assert fresh.run_pass().bytes_written == 0 and set(read) == set(ids)
+        assert fresh.run_pass().bytes_written == 0 and read == [], "the store says: unchanged"
+        client.set_tag(ids[2], "note", "edited")
+        assert fresh.run_pass().bytes_written > 0 and read == [ids[2]]
     finally:
         source.close()
         journal.close()
+
+
+def test_a_listed_runs_fingerprint_is_the_same_in_every_process() -> None:
+    """The fingerprint kept in the state store (what a restarted daemon compares a listing
+    with) does not depend on the process's hash seed; any change to what is listed changes it."""
+    body = {"runs": [{"info": {"run_id": "a", "experiment_id": "1", "status": "FINISHED"},
+                      "data": {"metrics": [{"key": "m", "value": 1.5, "timestamp": 5, "step": 2}],
+                               "params": [{"key": "lr", "value": "0.1"}],
+                               "tags": [{"key": "t", "value": "x"}]}}]}  # fmt: skip
+    code = (
+        "import json, sys\n"
+        "from tbmirror.sources.mlflow import run_from_json\n"
+        "from tbmirror.sources.responses import RunsPage, parse\n"
+        "page = parse(RunsPage, sys.stdin.buffer.read(), 'runs/search')\n"
+        "print(run_from_json(page.runs[0]).fingerprint)\n"
+    )
+
+    def fingerprint(answer: dict[str, Any], seed: str) -> int:
+        done = subprocess.run(
+            [sys.executable, "-c", code], input=json.dumps(answer).encode(), capture_output=True,
+            env={**os.environ, "PYTHONHASHSEED": seed}, check=True,
+        )  # fmt: skip
+        return int(done.stdout)
+
+    first = fingerprint(body, "1")
+    assert first != 0 and fingerprint(body, "2") == first
+    edited = json.loads(json.dumps(body))
+    edited["runs"][0]["data"]["metrics"][0]["value"] = 1.25
+    assert fingerprint(edited, "3") != first
 
 
 def test_a_listed_value_that_is_not_a_number_fails_only_its_run() -> None:

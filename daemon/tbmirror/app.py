@@ -133,6 +133,10 @@ class Mirror:
         """The base URL the source's mirrored runs link back to, if any."""
         return KINDS.link_base(settings)
 
+    def holdings(self) -> tuple[int, list[tuple[int, int]]]:
+        """What the mirror holds, for TensorBoard's memory budget (see Journal.holdings)."""
+        return self._journal.holdings()
+
     def statuses(self) -> dict[str, SourceStatus]:
         """How each source's passes went, as recorded."""
         return self._journal.passes.current()
@@ -172,6 +176,11 @@ def check(settings: Settings, origin: str, offline: bool) -> list[Finding]:
     if offline:
         return checks.offline(settings, origin)
     return checks.online(settings, origin, KINDS.check)
+
+
+def tensorboard_memory(settings: Settings) -> Finding:
+    """TensorBoard's estimated memory for what the mirror holds, against its budget."""
+    return checks.tensorboard_memory(settings)
 
 
 def prune(settings: Settings, dry_run: bool) -> list[tuple[Unowned, str | None]]:

@@ -23,8 +23,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from tbmirror import tensorboard_budget
 from tbmirror.config import Settings, SourceSettings
-from tbmirror.journal import state_holder
+from tbmirror.journal import read_holdings, state_holder
 
 
 @dataclass(frozen=True)
@@ -61,9 +62,20 @@ def online(
     for subject, section in (("tensorboard", settings.tensorboard), ("health", settings.health)):
         if section.enabled:
             findings.append(_port(subject, section.host, section.port, daemon))
+    if settings.tensorboard.enabled:
+        findings.append(tensorboard_memory(settings))
     for source in settings.sources:
         findings += check_source(source)
     return findings
+
+
+def tensorboard_memory(settings: Settings) -> Finding:
+    """TensorBoard's estimated memory for what the mirror holds now (the state store, read
+    only), against `tensorboard.memory_budget` (tensorboard_budget.py)."""
+    runs, series = read_holdings(settings.mirror.state)
+    tb = settings.tensorboard
+    within, text = tensorboard_budget.describe(tb.memory_budget, runs, series, tb.scalars_samples)
+    return Finding("tensorboard.memory_budget", within, text)
 
 
 def _existing(path: Path) -> Path:

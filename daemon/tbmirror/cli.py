@@ -215,6 +215,8 @@ def status_command(settings: Settings, args: argparse.Namespace) -> int:
     Console().print(table)
     if settings.tensorboard.enabled:
         print(f"TensorBoard: {settings.tensorboard.shown_url}")
+        memory = app.tensorboard_memory(settings)
+        print(f"TensorBoard memory: {memory.text}" if memory.ok else f"WARNING  {memory.text}")
     return 0
 
 

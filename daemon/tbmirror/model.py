@@ -47,8 +47,8 @@ class Experiment:
 class RunSnapshot:
     """What a source says about one run now (metadata and each key's latest point).
 
-    `fingerprint` identifies what the source said (equal answers, equal fingerprints), within one
-    process only; 0 if unknown."""
+    `fingerprint` identifies what the source said (equal answers, equal fingerprints, in any
+    process: it is kept in the state store); 0 if unknown."""
 
     run_id: str
     experiment_id: str
@@ -91,6 +91,7 @@ class RunRecord:
     reconciled_at: float = 0.0
     artifacts_at: float = 0.0  # when its artifacts were last looked at (0: never)
     trial: str | None = None  # its HParams session's name, unique in the root (None: run id)
+    listed: int = 0  # fingerprint of the listed snapshot last mirrored whole (0: none)
 
     @property
     def events_path(self) -> str | None:

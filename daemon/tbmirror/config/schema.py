@@ -13,7 +13,7 @@ import urllib.parse
 from pathlib import Path
 from typing import Annotated, Literal, TypeAlias
 
-from pydantic import Field, ValidationInfo, field_validator, model_validator
+from pydantic import ByteSize, Field, ValidationInfo, field_validator, model_validator
 
 from tbmirror.config.base import Section
 from tbmirror.config.mlflow import MlflowSourceSettings
@@ -95,6 +95,14 @@ class TensorBoardSettings(Section):
     )
     scalars_samples: int = Field(
         default=100_000, ge=1, le=1_000_000_000, description="Points kept per scalar series."
+    )
+    memory_budget: ByteSize | None = Field(
+        default=ByteSize(4 * 1024**3),
+        description="What TensorBoard may hold in memory, e.g. `4GiB`: at each TensorBoard start "
+        "the points it keeps per scalar series (`scalars_samples` at most; its own sampling "
+        "beyond that, the mirror's files keep every point) are set so that the estimate for what "
+        "the mirror holds stays within it; `status` and `check` show the estimate. `null`: no "
+        "budget (`scalars_samples` per series, however much memory that takes).",
     )
     images_samples: int = Field(
         default=1000,

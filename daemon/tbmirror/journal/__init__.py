@@ -22,6 +22,7 @@ __all__ = [
     "Store",
     "Totals",
     "WriteFault",
+    "read_holdings",
     "read_only",
     "read_summary",
     "recover",
@@ -45,6 +46,14 @@ def read_summary(
     """(status by source, totals) from a store, read-only: see Store.totals."""
     with read_only(state_path) as store:
         return store.source_status(), store.totals()
+
+
+def read_holdings(state_path: Path) -> tuple[int, list[tuple[int, int]]]:
+    """What the mirror holds, read-only (see Store.holdings); (0, []) with no store yet."""
+    if not state_path.exists():
+        return 0, []
+    with read_only(state_path) as store:
+        return store.holdings()
 
 
 def state_holder(state_path: Path) -> str | None:

@@ -5,9 +5,9 @@ Every change to the mirror is a `Batch`, owned by one source (its `<root>/<sourc
    tails, experiments, files to discard). Nothing reaches the disk while it is built; an error
    raised while building it discards it whole.
 2. At its end the journal writes each file's new bytes at the file's committed length, fsyncs every
-   file it touched once (and the directories of the files it created), then commits the store
-   changes and the files' new lengths in one SQLite transaction. Only then are discarded files
-   removed.
+   file it touched once (and the directories of the files it created; several fsyncs in flight at
+   once, all done before the next step), then commits the store changes and the files' new
+   lengths in one SQLite transaction. Only then are discarded files removed.
 3. If a write, an fsync or the commit fails (ENOSPC, EIO, EDQUOT reported at fsync, SQLITE_FULL),
    the batch is *not* undone. It stays pending for its owner, exact bytes and all, and every later
    batch of that owner first settles it: the same bytes are written again at the same offsets,
@@ -38,6 +38,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -52,12 +53,13 @@ from tbmirror.journal.passes import PassLog
 from tbmirror.journal.store import Store
 from tbmirror.mirror import events
 from tbmirror.mirror.events import EventsFileLostError
-from tbmirror.mirror.layout import MirrorLayout, owner_of
+from tbmirror.mirror.layout import MirrorLayout, join, owner_of
 from tbmirror.model import Cursor, MediaRecord, RunRecord, TailRecord
 
 log = structlog.get_logger(__name__)
 
 StoreChange = Callable[[Store], None]
+SYNC_THREADS = 8  # fsyncs of one batch in flight at once (see Journal._sync_each)
 
 
 @dataclass
@@ -80,6 +82,8 @@ class Batch:
         self._discarded: list[tuple[str, str]] = []  # (file, keep_above) removed after commit
         self._pruned: list[tuple[str, str]] = []  # (directory, keep_above) pruned after commit
         self.bytes_written = 0  # new bytes the batch holds, all files together
+        self._directories: dict[str, Path] = {}  # relative dir -> resolved (see _directory)
+        self._creatable: set[str] = set()  # relative dirs where nothing is in the way
 
     # -- bytes ------------------------------------------------------------------------------
 
@@ -108,16 +112,18 @@ class Batch:
         With no `name`, a fresh events file name is chosen whose order is creation order among
         the directory's files. A name in use (on disk or in this batch) is refused.
         """
-        directory = self._journal.layout.resolve(relative_dir)
-        blocker = _non_directory_in(directory, self._journal.layout.root)
-        if blocker is not None:  # refused now, for this run only, not when the batch is written
-            raise MirrorError(f"{os.path.relpath(blocker, self._journal.layout.root)} is in "
-                              f"the way of {relative_dir}: not a directory")  # fmt: skip
+        directory = self._directory(relative_dir)
+        if relative_dir not in self._creatable:
+            blocker = _non_directory_in(directory, self._journal.layout.root)
+            if blocker is not None:  # refused now, for this run only, not when it is written
+                raise MirrorError(f"{os.path.relpath(blocker, self._journal.layout.root)} is in "
+                                  f"the way of {relative_dir}: not a directory")  # fmt: skip
+            self._creatable.add(relative_dir)
         if name is None:
             newest = max((events.file_secs(p) for p in _names(directory)), default=0)
             name = events.new_file_name(not_before_secs=newest + 1 if newest else 0)
         relative = f"{relative_dir}/{name}"
-        path = self._journal.layout.resolve(relative)
+        path = self._path(relative)
         if relative in self._files or os.path.lexists(path):
             raise MirrorError(f"{relative} exists already")
         self._files[relative] = _FileWrite(0, created=True, data=bytearray(data))
@@ -126,7 +132,21 @@ class Batch:
 
     def occupied(self, relative_path: str) -> bool:
         """True if this batch writes a file there, or something non-empty is there on disk."""
-        return relative_path in self._files or self._journal.occupied(relative_path)
+        return relative_path in self._files or _occupied(self._path(relative_path))
+
+    def _directory(self, relative_dir: str) -> Path:
+        """`layout.resolve(relative_dir)`, checked once per batch (a pass's files share few)."""
+        directory = self._directories.get(relative_dir)
+        if directory is None:
+            directory = self._directories[relative_dir] = self._journal.layout.resolve(relative_dir)
+        return directory
+
+    def _path(self, relative: str) -> Path:
+        """`layout.resolve(relative)`, its directory checked once per batch (`_directory`)."""
+        relative_dir, _, name = relative.rpartition("/")
+        if not relative_dir:
+            return self._journal.layout.resolve(relative)
+        return self._directory(relative_dir) / join(name)
 
     # -- store changes ------------------------------------------------------------------------
 
@@ -192,7 +212,7 @@ class Batch:
             self.forget_tail(tail)
         reset = replace(
             run, events_file=None, text_digest=None, text_step=-1, hparams_written=False,
-            end_written=False, status="", reconciled_at=0.0, artifacts_at=0.0,
+            end_written=False, status="", reconciled_at=0.0, artifacts_at=0.0, listed=0,
         )  # fmt: skip
         original = replace(run)
         self._changes.append(lambda store: store.forget_cursors(original))
@@ -270,6 +290,7 @@ class Journal:
         self._guard = threading.Lock()
         self._pending: dict[str, Batch] = {}
         self._faults = FaultLog(clock)
+        self._syncers: ThreadPoolExecutor | None = None  # for _sync_each, made on first use
         self.passes = PassLog(store)  # how each source's passes went
 
     @classmethod
@@ -279,6 +300,8 @@ class Journal:
         return cls(Store(state_path), layout, locks=SubtreeLocks(layout.root))
 
     def close(self) -> None:
+        if self._syncers is not None:
+            self._syncers.shutdown()
         if self.locks is not None:
             self.locks.release_all()
         self.store.close()
@@ -358,12 +381,12 @@ class Journal:
                 written.append(path)
             if written:
                 protocol_step("batch_written")
-            for path in written:
+            for path, synced in self._sync_each(self.files.fsync, written):
                 where = os.path.relpath(path, self.layout.root)
-                self.files.fsync(path)
-            for directory in new_dirs:
+                synced.result()
+            for directory, synced in self._sync_each(self.files.fsync_dir, sorted(new_dirs)):
                 where = os.path.relpath(directory, self.layout.root)
-                self.files.fsync_dir(directory)
+                synced.result()
             if written:
                 protocol_step("batch_synced")
             where = self.store.path.name
@@ -389,6 +412,23 @@ class Journal:
         self._faults.healed(batch.owner)
         if lost:
             self.reset_broken(batch.owner, lost)
+
+    def _sync_each(
+        self, sync: Callable[[Path], None], paths: list[Path]
+    ) -> list[tuple[Path, Future[None]]]:
+        """`sync` every path, SYNC_THREADS at a time, and wait for all; each path with its
+        outcome (`result()` raises its error), in order. Why at once: on a journaling file
+        system an fsync waits for a commit and a disk cache flush, which fsyncs in flight
+        together share; one after another, a batch of small files pays one each."""
+        if len(paths) < 2:
+            return [(path, _done(sync, path)) for path in paths]
+        with self._guard:
+            if self._syncers is None:
+                self._syncers = ThreadPoolExecutor(SYNC_THREADS, thread_name_prefix="fsync")
+            syncers = self._syncers
+        outcomes = [(path, syncers.submit(sync, path)) for path in paths]
+        wait([outcome for _, outcome in outcomes])
+        return outcomes
 
     def reset_broken(self, owner: str, broken: set[str]) -> int:
         """Reset `owner`'s runs, and restart its tailed files, whose files (relative paths in
@@ -520,6 +560,10 @@ class Journal:
     def sources(self) -> set[str]:
         return self.store.sources()
 
+    def holdings(self) -> tuple[int, list[tuple[int, int]]]:
+        """What the mirror holds, as TensorBoard's memory estimate counts it (Store.holdings)."""
+        return self.store.holdings()
+
     def occupied(self, relative: str) -> bool:
         """True if something non-empty (a file, or a directory with entries) is at that path."""
         return _occupied(self.layout.resolve(relative))
@@ -533,6 +577,18 @@ def protocol_step(name: str) -> None:
     committed), batch_committed (committed)."""
     if os.environ.get("TBMIRROR_TEST_STOP_AT") == name:
         os.kill(os.getpid(), signal.SIGSTOP)
+
+
+def _done(sync: Callable[[Path], None], path: Path) -> Future[None]:
+    """`sync(path)` called here and now, its outcome as a finished future."""
+    outcome: Future[None] = Future()
+    try:
+        sync(path)
+    except BaseException as error:  # kept for result() to raise, as the pool's threads do
+        outcome.set_exception(error)
+    else:
+        outcome.set_result(None)
+    return outcome
 
 
 def _occupied(path: Path) -> bool:

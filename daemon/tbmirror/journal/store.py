@@ -53,6 +53,7 @@ CREATE TABLE IF NOT EXISTS runs (
     reconciled_at REAL NOT NULL DEFAULT 0,
     artifacts_at REAL NOT NULL DEFAULT 0,
     trial TEXT,
+    listed INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (source, run_id));
 CREATE TABLE IF NOT EXISTS files (path TEXT PRIMARY KEY, length INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS source_status (
@@ -86,6 +87,42 @@ _RUN_SELECT = ", ".join(_RUN_COLUMNS)
 _DIGEST_COLUMN = _RUN_COLUMNS.index("text_digest")
 _TAIL_COLUMNS = [f.name for f in fields(TailRecord)]
 _STATUS_COLUMNS = [f.name for f in fields(SourceStatus)]
+
+_ADDED_COLUMNS = {  # since the first release, by table: how a store made then is brought up
+    "runs": [
+        "artifacts_at REAL NOT NULL DEFAULT 0",
+        "trial TEXT",
+        "listed INTEGER NOT NULL DEFAULT 0",
+    ],
+    "source_status": [
+        "failed_runs INTEGER NOT NULL DEFAULT 0",
+        "all_failed INTEGER NOT NULL DEFAULT 0",
+    ],
+}
+_IN_EXPERIMENT = "r.source = e.source AND substr(r.dir, 1, length(e.dir) + 1) = e.dir || '/'"
+_MEDIA_COUNT = (
+    "(SELECT count(*) FROM media m JOIN runs r ON m.source = r.source "
+    f"AND m.run_id = r.run_id WHERE {_IN_EXPERIMENT} AND m.step IS NOT NULL AND m.kind {{}}) "
+)
+_TOTALS = (  # Store.totals
+    "SELECT e.source, e.dir, "
+    "(SELECT count(*) FROM runs r WHERE r.source = e.source "
+    "   AND (r.dir = e.dir OR substr(r.dir, 1, length(e.dir) + 1) = e.dir || '/')), "
+    "(SELECT coalesce(sum(s.count), 0) FROM series s JOIN runs r "
+    f"   ON s.source = r.source AND s.run_id = r.run_id WHERE {_IN_EXPERIMENT}), "
+    + _MEDIA_COUNT.format("IN ('image', 'figure')") + ", " + _MEDIA_COUNT.format("= 'table'")
+    + "FROM experiments e "
+    "UNION ALL SELECT source, ?, count(mirror_file), sum(points), 0, 0 FROM tails "
+    "GROUP BY source ORDER BY 1, 2"
+)  # fmt: skip
+
+_HOLDINGS_RUNS = (  # Store.holdings
+    "SELECT (SELECT count(*) FROM runs) + (SELECT count(*) FROM tails WHERE mirror_file NOT NULL)"
+)
+_HOLDINGS_SERIES = (
+    "SELECT count, count(*) FROM series GROUP BY count UNION ALL "
+    "SELECT points, count(*) FROM tails WHERE mirror_file NOT NULL GROUP BY points"
+)
 
 
 class Totals(NamedTuple):
@@ -129,7 +166,7 @@ class Store:
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.execute("PRAGMA busy_timeout=10000")
             self._db.executescript(_SCHEMA)
-            self._add_missing_columns()
+            _add_missing_columns(self._db)
         except (OSError, sqlite3.Error) as error:
             raise MirrorError(f"cannot open the state store {path}: {error}") from error
         version = self._meta("schema_version")
@@ -140,21 +177,6 @@ class Store:
                 f"state store {path} has schema version {version}, expected {SCHEMA_VERSION}"
             )
         self.path = path
-
-    def _add_missing_columns(self) -> None:
-        """Bring a store made by an earlier tbmirror up to this schema (columns only added)."""
-        added = {
-            "runs": ["artifacts_at REAL NOT NULL DEFAULT 0", "trial TEXT"],
-            "source_status": [
-                "failed_runs INTEGER NOT NULL DEFAULT 0",
-                "all_failed INTEGER NOT NULL DEFAULT 0",
-            ],
-        }
-        for table, columns in added.items():
-            present = {row[1] for row in self._db.execute(f"PRAGMA table_info({table})")}
-            for column in columns:
-                if column.split()[0] not in present:
-                    self._db.execute(f"ALTER TABLE {table} ADD COLUMN {column}")
 
     def close(self) -> None:
         with self._mutex:
@@ -380,6 +402,12 @@ class Store:
                 ],
             )  # fmt: skip
 
+    def holdings(self) -> tuple[int, list[tuple[int, int]]]:
+        """(run directories, [(points in a series, how many series)]) of every source, as
+        tensorboard_budget counts them (a tailed file: a run of one series of its records)."""
+        runs = int(self._query(_HOLDINGS_RUNS)[0][0])
+        return runs, [(int(points), int(count)) for points, count in self._query(_HOLDINGS_SERIES)]
+
     # -- source status and totals ---------------------------------------------------------------
 
     def source_status(self) -> dict[str, SourceStatus]:
@@ -398,25 +426,17 @@ class Store:
     def totals(self) -> list[Totals]:
         """The totals of every mirrored experiment, and of each source's tailed files (as
         experiment TAILED_FILES: files as runs, their records or lines as points)."""
-        in_experiment = "r.source = e.source AND substr(r.dir, 1, length(e.dir) + 1) = e.dir || '/'"
-        media = (
-            "(SELECT count(*) FROM media m JOIN runs r ON m.source = r.source "
-            f"AND m.run_id = r.run_id WHERE {in_experiment} AND m.step IS NOT NULL "
-            "AND m.kind {}) "
-        )
-        rows = self._query(
-            "SELECT e.source, e.dir, "
-            "(SELECT count(*) FROM runs r WHERE r.source = e.source "
-            "   AND (r.dir = e.dir OR substr(r.dir, 1, length(e.dir) + 1) = e.dir || '/')), "
-            "(SELECT coalesce(sum(s.count), 0) FROM series s JOIN runs r "
-            f"   ON s.source = r.source AND s.run_id = r.run_id WHERE {in_experiment}), "
-            + media.format("IN ('image', 'figure')") + ", " + media.format("= 'table'")
-            + "FROM experiments e "
-            "UNION ALL SELECT source, ?, count(mirror_file), sum(points), 0, 0 FROM tails "
-            "GROUP BY source ORDER BY 1, 2",
-            (TAILED_FILES,),
-        )  # fmt: skip
+        rows = self._query(_TOTALS, (TAILED_FILES,))
         return [Totals(row[0], row[1], *(int(value) for value in row[2:])) for row in rows]
+
+
+def _add_missing_columns(db: sqlite3.Connection) -> None:
+    """Bring a store made by an earlier tbmirror up to this schema (columns only added)."""
+    for table, columns in _ADDED_COLUMNS.items():
+        present = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
+        for column in columns:
+            if column.split()[0] not in present:
+                db.execute(f"ALTER TABLE {table} ADD COLUMN {column}")
 
 
 def _run_from_row(row: tuple[object, ...]) -> RunRecord:

@@ -73,6 +73,17 @@ class MirrorLayout:
     def __init__(self, root: Path, archive: Path | None = None) -> None:
         self.root = Path(os.path.abspath(root))
         self.archive = Path(os.path.abspath(archive)) if archive else None
+        self._real_bases: dict[Path, str] = {}  # the root's and the archive's real paths
+
+    def _real_base(self, base: Path) -> str:
+        """The real path of the root or the archive, found once (the first time it exists): the
+        anchor that every path's real path must stay below."""
+        real = self._real_bases.get(base)
+        if real is None:
+            real = os.path.realpath(base)
+            if os.path.isdir(real):
+                self._real_bases[base] = real
+        return real
 
     def resolve(self, relative: str) -> Path:
         """Absolute path of `relative`; raises UnsafePathError if it would leave the root (or
@@ -88,7 +99,7 @@ class MirrorLayout:
             base, name, parts = self.archive, "the archive", parts[1:]
         join(*parts)
         path = base.joinpath(*parts)
-        real_base = os.path.realpath(base)
+        real_base = self._real_base(base)
         real_path = _realpath_below(real_base, parts)
         if real_path == real_base or os.path.commonpath([real_base, real_path]) != real_base:
             raise UnsafePathError(f"{relative!r} resolves outside {name}")

@@ -141,7 +141,7 @@ class Daemon:
     def _start_tensorboard(self) -> None:
         if self.settings.tensorboard.enabled:
             self.tensorboard = TensorBoardSupervisor(
-                self.settings.tensorboard, self.settings.mirror.root
+                self.settings.tensorboard, self.settings.mirror.root, self.mirror.holdings
             )
             self.tensorboard.start()
             log.info("tensorboard_url", url=self.settings.tensorboard.shown_url)

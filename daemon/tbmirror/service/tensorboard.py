@@ -26,15 +26,18 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import cast
 
 import httpx
 import structlog
 
+from tbmirror import tensorboard_budget
 from tbmirror.config import TensorBoardSettings
 from tbmirror.errors import TbmirrorError
 from tbmirror.processes import stop_process_group
+from tbmirror.tensorboard_budget import Histogram
 
 log = structlog.get_logger(__name__)
 
@@ -80,8 +83,16 @@ def check_port_free(host: str, port: int) -> None:
 
 
 class TensorBoardSupervisor:
-    def __init__(self, settings: TensorBoardSettings, logdir: Path) -> None:
+    def __init__(
+        self,
+        settings: TensorBoardSettings,
+        logdir: Path,
+        holdings: Callable[[], tuple[int, Histogram]] | None = None,
+    ) -> None:
+        """`holdings`: what the mirror holds (Store.holdings), read at each start to keep
+        TensorBoard within `memory_budget`; None: `scalars_samples` points per series."""
         self.settings = settings
+        self._holdings = holdings
         self.logdir = logdir
         self.url = settings.url
         self.restarts = 0
@@ -98,6 +109,18 @@ class TensorBoardSupervisor:
         """True while the child runs and its last probe answered."""
         return self._ready and self._process is not None and self._process.poll() is None
 
+    def scalars_samples(self) -> int:
+        """Points TensorBoard keeps per scalar series: `scalars_samples`, or fewer to keep the
+        estimate for what the mirror holds now within `memory_budget` (tensorboard_budget.py)."""
+        budget, cap = self.settings.memory_budget, self.settings.scalars_samples
+        if budget is None or self._holdings is None:
+            return cap
+        runs, series = self._holdings()
+        kept = tensorboard_budget.points_per_series(budget, runs, series, cap)
+        within, text = tensorboard_budget.describe(budget, runs, series, cap)
+        (log.info if within else log.warning)("tensorboard_memory", estimate=text)
+        return kept
+
     def command(self) -> list[str]:
         s = self.settings
         return [
@@ -108,7 +131,7 @@ class TensorBoardSupervisor:
             "--path_prefix", s.path_prefix,
             "--reload_interval", str(s.reload_interval),
             "--samples_per_plugin",
-            f"scalars={s.scalars_samples},images={s.images_samples},text={s.text_samples}",
+            f"scalars={self.scalars_samples()},images={s.images_samples},text={s.text_samples}",
             "--load_fast", "true",
             *s.extra_args,
         ]  # fmt: skip

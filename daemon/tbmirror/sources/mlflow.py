@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import base64
 import fnmatch
+import hashlib
 import json
 import re
 import sys
@@ -26,6 +27,7 @@ from collections.abc import Callable, Collection, Generator, Iterable, Iterator,
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+import msgspec
 import structlog
 
 from tbmirror.config import (
@@ -182,8 +184,16 @@ def run_from_json(item: RunJson) -> RunSnapshot:
         params={param.key: param.value for param in data.params},
         tags=tags,
         latest=LatestPoints(metrics),
-        fingerprint=hash((info, data.params, data.tags, metrics)),
+        fingerprint=_fingerprint(item, metrics),
     )
+
+
+def _fingerprint(item: RunJson, metrics: bytes) -> int:
+    """A digest of all a listed run says, the same in every process (a signed 64-bit int, as
+    the state store keeps it)."""
+    digest = hashlib.blake2b(msgspec.msgpack.encode((item.info, item.data.params, item.data.tags)))
+    digest.update(metrics)
+    return int.from_bytes(digest.digest()[:8], "big", signed=True) or 1
 
 
 def _offset_token(offset: int) -> str:

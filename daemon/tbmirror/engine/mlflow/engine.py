@@ -75,7 +75,6 @@ class MlflowEngine:
         self.selection = Selection(self.settings, clock)
         self.artifact_batch = artifact_batch
         self._last_listing: float | None = None
-        self._written: dict[str, int] = {}  # run id -> fingerprint of the snapshot mirrored whole
         self._trials: set[str] | None = None  # HParams session names in use (read once a pass)
 
     @property
@@ -113,7 +112,6 @@ class MlflowEngine:
             self._pass(report, full or self._last_listing is None, reconcile_all, progress, stop)
         except TbmirrorError as error:
             self.placement.invalidate()
-            self._written.clear()
             report.error, report.write_fault = str(error), isinstance(error, WriteFault)
             if isinstance(error, StoppedError):  # the daemon stops: not the source's failure
                 log.info("pass_stopped", source=self.source.name, error=str(error))
@@ -121,7 +119,6 @@ class MlflowEngine:
                 log.error("source_failed", source=self.source.name, error=str(error))
         except Exception as error:  # a bug or unexpected data: fail this pass, not the daemon
             self.placement.invalidate()
-            self._written.clear()
             report.error = f"unexpected {type(error).__name__}: {error}"
             log.exception("source_failed", source=self.source.name, error=report.error)
         report.requests = self.source.requests_made - requests_before
@@ -256,7 +253,7 @@ class MlflowEngine:
         report.runs_moved += placed.moved
         written = (
             run.fingerprint != 0
-            and self._written.get(run.run_id) == run.fingerprint
+            and placed.record.listed == run.fingerprint
             and placed.record.status == run.status
             and not placed.moved
         )
@@ -313,7 +310,6 @@ class MlflowEngine:
             record = self.placement.records.get(run_id) or self.placement.archived.get(run_id)
             if record is not None:
                 self.placement.remove(record)
-                self._written.pop(run_id, None)
                 report.runs_removed += 1
 
     def _retire(self, out: dict[str, str], absent: dict[str, str], report: PassReport) -> None:
@@ -350,9 +346,7 @@ class MlflowEngine:
                 if proven:
                     log.info("run_left_selection", source=self.name, run_id=record.run_id,
                              reason=reason)  # fmt: skip
-                    for run_id in self.placement.retire(record):
-                        self._written.pop(run_id, None)
-                        report.runs_retired += 1
+                    report.runs_retired += len(self.placement.retire(record))
             except WriteFault:
                 raise
             except TbmirrorError as error:  # no proof, or the move failed: this run only
@@ -371,7 +365,6 @@ class MlflowEngine:
         lost: list[RunRecord] = []
         committed: list[RunRecord] = []
         written: list[Encoded] = []
-        whole: list[tuple[str, int]] = []  # (run id, fingerprint) written with every series
         streams: list[tuple[str, SeriesStream]] = []
         with self.journal.batch(self.source.name) as batch:
             for plan in plans:
@@ -380,6 +373,7 @@ class MlflowEngine:
                 try:
                     encoded = self.encoder.encode(plan, histories, now)
                     record = append_records(batch, encoded.record, encoded.payloads, now)
+                    record.listed = 0 if encoded.streams else plan.run.fingerprint  # whole?
                 except Exception as error:  # one bad run never stops the others
                     self._fail(report, plan.run.run_id, error)
                     if isinstance(error, EventsFileLostError):
@@ -392,11 +386,8 @@ class MlflowEngine:
                 if encoded.payloads:
                     written.append(encoded)
                 streams += [(plan.run.run_id, stream) for stream in encoded.streams]
-                if not encoded.streams:  # (the record's id: one string a run, kept once)
-                    whole.append((plan.record.run_id, plan.run.fingerprint))
             bytes_written = batch.bytes_written
         self.placement.committed(committed)
-        self._written.update(whole)
         report.bytes_written += bytes_written
         report.runs_written += len(written)
         report.points += sum(encoded.points for encoded in written)
@@ -469,7 +460,6 @@ class MlflowEngine:
 
     def _fail(self, report: PassReport, run_id: str, error: Exception) -> None:
         report.failed_runs.append(run_id)
-        self._written.pop(run_id, None)
         expected = isinstance(error, (OSError, TbmirrorError))
         (log.error if expected else log.exception)(
             "run_failed", source=self.source.name, run_id=run_id, error=str(error)

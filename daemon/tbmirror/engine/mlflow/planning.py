@@ -55,8 +55,9 @@ class Planner:
         written: bool = False,
     ) -> Plan | None:
         """What to do for a run this pass; None if nothing: the run is `written` (this very
-        snapshot was mirrored whole) and neither a reconcile nor its artifacts are due (then its
-        series' cursors are not even read: a full listing of 100,000 unchanged runs)."""
+        snapshot was mirrored whole: `record.listed`, kept in the store, so after a restart too)
+        and neither a reconcile nor its artifacts are due (then its series' cursors are not even
+        read: a full listing of 100,000 unchanged runs)."""
         new_run = not record.status
         reconcile = new_run or reconcile_all or record.status != run.status
         if not reconcile and self._reconcile_budget > 0 and self._reconcile_due(run, record):
