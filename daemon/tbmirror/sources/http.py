@@ -103,8 +103,10 @@ class RestClient:
         search_rate_limit: float | None = None,
         stop: threading.Event | None = None,
         display_url: str | None = None,
+        transport: httpx.BaseTransport | None = None,
     ) -> None:
-        """`display_url`: how the server is named in logs (no user:password@)."""
+        """`display_url`: how the server is named in logs (no user:password@); `transport`:
+        where requests go (default: the network; tests pass an in-process one)."""
         self.display_url = display_url or base_url
         self._timeout = timeout
         self._max_retries = max_retries
@@ -123,6 +125,7 @@ class RestClient:
             headers={"User-Agent": "tbmirror"},
             auth=auth,
             follow_redirects=False,
+            transport=transport,
         )
         self._lock = threading.Lock()
         self.requests_made = 0

@@ -396,10 +396,15 @@ class MlflowSource:
 
     @classmethod
     def from_settings(
-        cls, settings: MlflowSourceSettings, stop: threading.Event | None = None
+        cls,
+        settings: MlflowSourceSettings,
+        stop: threading.Event | None = None,
+        *,
+        transport: httpx.BaseTransport | None = None,
     ) -> MlflowSource:
         """The source `settings` describe, with the artifact store `settings.artifact_store`
-        names; a set `stop` ends its waits and reads at once."""
+        names; a set `stop` ends its waits and reads at once. `transport`: where every request
+        goes (default: the network; tests pass an in-process one)."""
         auth = build_auth(settings)
 
         def rest_client(url: str, auth: httpx.Auth | None, display_url: str) -> RestClient:
@@ -416,6 +421,7 @@ class MlflowSource:
                 auth_name=settings.auth.type if settings.auth and auth else None,
                 rate_limit=settings.rate_limit,
                 search_rate_limit=settings.search_rate_limit,
+                transport=transport,
             )
 
         shown = without_userinfo(settings.tracking_uri)
