@@ -28,7 +28,7 @@ from apscheduler.triggers.interval import IntervalTrigger
 from tbmirror.app import build_engine
 from tbmirror.config import SourceSettings
 from tbmirror.engine.base import Engine, PassReport, WatchSpec
-from tbmirror.errors import TbmirrorError
+from tbmirror.errors import TbmirrorError, WriteFault
 from tbmirror.journal import Journal
 from tbmirror.model import SourceStatus
 from tbmirror.service.health import SourceView
@@ -165,10 +165,10 @@ class SourceScheduler:
             finally:
                 runner.running_since = None
             self._metrics.record(report, runner.engine.runs_mirrored)
-        if report.error and report.write_fault:  # the disk, not the source: retry on schedule
+        if isinstance(report.failure, WriteFault):  # the disk, not the source: retry on schedule
             log.warning("source_write_fault", source=name)
             return
-        if report.error:
+        if report.failure is not None:
             delay = runner.settings.poll_interval * random.uniform(1.6, 2.0)
             log.warning("source_backoff", source=name, seconds=round(delay, 1))
             with contextlib.suppress(LookupError):  # removed by a reload meanwhile
@@ -232,7 +232,7 @@ class SourceScheduler:
             self._metrics.record(report, runner.engine.runs_mirrored)
         finally:
             runner.lock.release()
-        if report.error or _changed(report):
+        if report.failure is not None or _changed(report):
             _log_synced(report, full=False)
 
 
