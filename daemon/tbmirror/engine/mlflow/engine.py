@@ -1,11 +1,11 @@
-"""The MLflow engine: one incremental pass of one MLflow source into the mirror.
+"""The MLflow engine: one incremental pass of one MLflow source into the mirror (the pipeline).
 
-A pass reads the source's run listing a page at a time (never every run at once), selects
-(selection.py) and places each run (placement.py: moved on rename, removed on deletion), plans
-which series changed (planning.py), fetches only those histories, encodes the new records
-(encoding.py) and hands each chunk of runs to the journal as one batch; running runs and runs due
-for a reconcile are also checked for tfevents artifacts (artifacts.py). Once the listing is
-complete, runs it proves deleted or out of the selection leave the mirror.
+A pass reads the source (a RunSource, source.py) a listing page at a time (never every run at
+once), selects (selection.py) and places each run (placement.py: moved on rename), plans which
+series changed (planning.py), fetches only those histories, and has each chunk of runs encoded
+(encoding.py) and handed to the journal as one batch (writer.py); running runs and runs due for a
+reconcile are also checked for artifacts (artifacts.py). Once the listing is complete, runs the
+server proves deleted or out of the selection leave the mirror (removal.py).
 
 One run that fails is logged and counted and the pass goes on; a source error ends the pass,
 keeping what earlier chunks committed; a write fault (the journal's) ends it too, and the next
@@ -104,7 +104,7 @@ class MlflowEngine:
         stop: threading.Event | None = None,
     ) -> PassReport:
         """One incremental pass (Engine.run_pass). A quick one (`full` False) lists only runs
-        that are running, new, or were running at the last pass (MlflowSource.list_runs); the
+        that are running, new, or were running at the last pass (RunSource.list_runs); the
         first pass of an instance is always full."""
         report = PassReport(self.source.name)
         started, requests_before = time.monotonic(), self.source.requests_made
