@@ -4,25 +4,34 @@ RunSource protocol in place of a source.
 `httpx.MockTransport` and `ScriptedRuns` answer here (fakes at the seams: the real server is
 tested elsewhere). They show that every request of a source goes through the transport it was
 given, that the engine needs nothing of a source but the protocol, that a run leaves the mirror
-only on proof, and that failures reach the pass report as the exceptions they were.
+only on proof, and that failures reach the pass report (and the scheduler) as the exceptions
+they were.
 """
 
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Collection, Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
+import structlog
 
-from conftest import scalars_in
-from tbmirror.config import MlflowSourceSettings
+import tbmirror.service.scheduler as scheduler_module
+from conftest import scalars_in, wait_until
+from tbmirror.app import open_journal
+from tbmirror.config import MlflowSourceSettings, SourceSettings, parse_settings
+from tbmirror.engine.base import Engine, PassReport
 from tbmirror.engine.mlflow.engine import MlflowEngine
-from tbmirror.errors import SourceError, WriteFault
+from tbmirror.errors import SourceError, TbmirrorError, WriteFault
 from tbmirror.journal import Journal
 from tbmirror.mirror.layout import MirrorLayout
 from tbmirror.model import Experiment, MetricPoint, RunSnapshot
+from tbmirror.service.metrics import DaemonMetrics
+from tbmirror.service.scheduler import SourceScheduler
 from tbmirror.sources.http import BadAnswerError, HttpStatusError, RestClient
 from tbmirror.sources.mlflow import History, HistoryRequest, MlflowSource, RunListing, RunState
 from tbmirror.sources.stores import Artifact, FileReader, RunRef
@@ -203,3 +212,57 @@ def test_failures_stay_exceptions_until_the_edges(
     report = engine.run_pass()
     assert report.failure is failure and not isinstance(report.failure, WriteFault)
     assert engine.journal.passes.current()["s"].last_error == "runs/search: HTTP 500"
+
+
+def test_the_scheduler_tells_a_write_fault_from_a_source_error_by_type(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A pass ended by a WriteFault (the disk, not the source) is retried on schedule; one ended
+    by a SourceError backs off. A real scheduler and uploads engine; the test sets what its first
+    two passes report."""
+    (tmp_path / "uploads").mkdir()
+    settings = parse_settings(
+        f"mirror: {{root: {tmp_path / 'root'}, state: {tmp_path / 'state.db'}}}\n"
+        f"sources: [{{name: up, type: uploads, path: {tmp_path / 'uploads'},\n"
+        "  rescan_interval: 1}]\n"
+    )
+    failures: list[TbmirrorError] = [
+        WriteFault("up", "ENOSPC", "up/a", "No space left on device"),
+        SourceError("the upload directory is gone"),
+    ]
+    real_build = scheduler_module.build_engine
+
+    def scripted_engine(
+        source: SourceSettings, journal: Journal, stop: threading.Event | None = None
+    ) -> Engine:
+        engine = real_build(source, journal, stop)
+        real_pass = engine.run_pass
+
+        def run_pass(**options: Any) -> PassReport:
+            if failures:
+                return PassReport(source.name, failure=failures.pop(0))
+            return real_pass(**options)
+
+        engine.run_pass = run_pass  # type: ignore[method-assign]
+        return engine
+
+    monkeypatch.setattr(scheduler_module, "build_engine", scripted_engine)
+    journal = open_journal(settings)
+    stop = threading.Event()
+    scheduler = SourceScheduler(journal, DaemonMetrics(lambda: {}, lambda: None), stop)
+    with structlog.testing.capture_logs() as logged:
+        try:
+            scheduler.start(list(settings.sources))
+
+            def told() -> list[str] | None:
+                names = [e["event"] for e in logged if e["event"].startswith("source_")]
+                return names if "source_backoff" in names else None
+
+            names = wait_until(told, 30, "the second pass to back off",
+                               saw=lambda: [e["event"] for e in logged])  # fmt: skip
+        finally:
+            stop.set()
+            scheduler.shutdown(10)
+            journal.close()
+    faults = [n for n in names if n in ("source_write_fault", "source_backoff")]
+    assert faults == ["source_write_fault", "source_backoff"], names
