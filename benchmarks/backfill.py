@@ -171,7 +171,7 @@ class Fetched:
 
 
 def fetch_only(url: str, experiment: str, listings: bool, concurrency: int = 4) -> Fetched:
-    """The requests a first `tbmirror sync` of `experiment` makes (sources/mlflow.py with the
+    """The requests a first `tbmirror sync` of `experiment` makes (sources/mlflow/ with the
     default options; engine/mlflow/engine.py), with `listings` each run's artifact listing too,
     as sync makes them: the listing in one thread, the histories of each 100 runs listed fetched
     meanwhile, `concurrency` in flight; nothing written: the limit for `tbmirror sync`.

@@ -151,7 +151,7 @@ def full_listing(config: Path) -> tuple[float, float, int]:
     finally:
         engine.close()
         journal.close()
-    if report.error or report.points:
+    if report.failure is not None or report.points:
         raise SystemExit(f"the full listing was not idle: {report}")
     return cpu, wall, report.requests
 

@@ -379,7 +379,7 @@ def test_a_signed_url_is_kept_from_pass_to_pass_while_it_works(
     try:
         for grown in range(3):
             report = engine.run_pass()
-            assert report.error is None and not report.failed_runs, report
+            assert report.failure is None and not report.failed_runs, report
             data += tfevents(10 + 5 * grown, 5)
             azureml_workspace.put(run_id, f"logs/{LOG_NAME}", data)
         report = engine.run_pass()

@@ -321,7 +321,7 @@ def test_a_config_that_validates_also_builds(
             engine.close()
     finally:
         journal.close()
-    assert report.error is not None and "unexpected" not in report.error, report.error
+    assert report.failure is not None and "unexpected" not in str(report.failure), report
 
 
 @pytest.mark.parametrize(

@@ -109,10 +109,10 @@ def test_an_upload_file_swapped_for_a_fifo_never_blocks_a_pass(
 
     report: PassReport = without_hanging("a rescan", lambda: engine.run_pass(progress=swap), fifo)
     assert report.runs_listed == 2 and report.failed_runs == ["b.csv"]
-    assert report.points == 1 and report.error is None
+    assert report.points == 1 and report.failure is None
     # The next rescan does not list the FIFO at all.
     again: PassReport = without_hanging("a rescan", engine.run_pass, fifo)
-    assert again.runs_listed == 1 and again.failed_runs == [] and again.error is None
+    assert again.runs_listed == 1 and again.failed_runs == [] and again.failure is None
 
 
 def json_lines(*records: str) -> str:

@@ -80,6 +80,6 @@ def test_the_mlflow_engine_sends_every_request_through_its_transport(tmp_path: P
             engine.close()
     finally:
         journal.close()
-    assert report.error is None, report.error
+    assert report.failure is None, report.failure
     assert "POST /api/2.0/mlflow/experiments/search" in seen, seen
     assert "POST /api/2.0/mlflow/runs/search" in seen, seen

@@ -28,7 +28,8 @@ from tbmirror.engine.mlflow.encoding import SeriesStream
 from tbmirror.engine.mlflow.written import WrittenMarks
 from tbmirror.mirror import events, summaries
 from tbmirror.model import Cursor, MetricPoint
-from tbmirror.sources.mlflow import HISTORY_PAGE_SIZE, _offset_token
+from tbmirror.sources.mlflow.client import HISTORY_PAGE_SIZE
+from tbmirror.sources.mlflow.history import offset_token
 
 T0 = 1_700_000_000_000
 POINTS = 2 * HISTORY_PAGE_SIZE + 5_000  # three pages
@@ -90,7 +91,7 @@ def test_a_long_series_is_written_a_page_a_batch_and_resumes_after_a_failed_page
     # A late point that changes nothing the listing shows (an older time, a lower step): only a
     # reconcile finds it. The diff's second page fails; the next pass, no reconcile due, goes on.
     client.log_batch(run_id, metrics=[Metric("loss", -2.0, T0 + 30_000, 3)])  # in page 2
-    check = urllib.parse.quote(_offset_token(POINTS + 10), safe="")
+    check = urllib.parse.quote(offset_token(POINTS + 10), safe="")
     proxy.set("status", path=rf"/get-history\?(?!.*page_token={check}).*page_token=", code=500)
     result = tbmirror("sync", "--config", str(config), "--reconcile")
     assert result.returncode == 1, result.stdout + result.stderr

@@ -132,21 +132,21 @@ def test_a_listing_cut_mid_way_keeps_what_its_pages_wrote_and_proves_nothing_gon
         engine = MlflowEngine(source, journal)
         log(0)
         report = engine.run_pass()
-        assert report.error is None and report.points == 6, report
+        assert report.failure is None and report.points == 6, report
         log(1)
         client.delete_run(ids["gone"])
 
         proxy.set("small_pages", path=SEARCH, times=2, size=2)
         proxy.set("status", path=SEARCH, code=400, body={"error_code": "INTERNAL_ERROR"})
         report = engine.run_pass()
-        assert report.error and "runs/search" in report.error, report
+        assert report.failure and "runs/search" in str(report.failure), report
         assert report.points == 4 and report.runs_removed == 0, report
         assert [steps(name) for name in ["r0", "r1", "r2", "r3", "r4"]] == [[0, 1]] * 4 + [[0]]
         assert (run_dir / "gone").is_dir(), "an incomplete listing proves no run gone"
 
         proxy.clear()
         report = engine.run_pass()
-        assert report.error is None and report.runs_removed == 1, report
+        assert report.failure is None and report.runs_removed == 1, report
         assert report.points == 1, "only r4's new point: the others were written once"
         assert [steps(name) for name in ["r0", "r1", "r2", "r3", "r4"]] == [[0, 1]] * 5
         assert not (run_dir / "gone").exists()
@@ -185,7 +185,7 @@ def test_a_run_listed_as_it_was_mirrored_whole_is_not_looked_into_again(
         assert engine.run_pass().points == 3 and set(read) == set(ids)
         read.clear()
         report = engine.run_pass()
-        assert (report.error, report.bytes_written, read) == (None, 0, []), report
+        assert (report.failure, report.bytes_written, read) == (None, 0, []), report
 
         client.set_tag(ids[0], "note", "edited")
         client.log_batch(ids[1], metrics=[Metric("m", 2.0, T0 + 1000, 1)])
@@ -234,7 +234,7 @@ def test_a_listed_runs_fingerprint_is_the_same_in_every_process() -> None:
 
 def test_a_listed_value_that_is_not_a_number_fails_only_its_run() -> None:
     from tbmirror.sources.http import BadAnswerError
-    from tbmirror.sources.mlflow import run_from_json
+    from tbmirror.sources.mlflow.client import run_from_json
     from tbmirror.sources.responses import RunsPage, parse
 
     body = {"runs": [{"info": {"run_id": "a", "experiment_id": "1"},

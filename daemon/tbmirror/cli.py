@@ -156,7 +156,7 @@ class _DefaultsShown(argparse.ArgumentDefaultsHelpFormatter):
 def sync_command(settings: Settings, args: argparse.Namespace) -> int:
     ok = True
     for report in app.sync_sources(settings, args.reconcile, _progress):
-        if report.error is None:  # a failed pass was logged as source_failed
+        if report.failure is None:  # a failed pass was logged as source_failed
             log.info("source_synced", **vars(report))
         print(_summary(report))
         ok &= report.ok
@@ -232,8 +232,8 @@ def check_command(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _summary(report: PassReport) -> str:
-    if report.error:
-        return f"FAIL  {report.source}: {report.error}"
+    if report.failure is not None:
+        return f"FAIL  {report.source}: {report.failure}"
     listed = _count(report.runs_listed, report.unit)
     text = (
         f"{'ok  ' if report.ok else 'FAIL'}  {report.source}: {listed}, "

@@ -41,3 +41,23 @@ class MirrorError(TbmirrorError):
 
 class UnsafePathError(MirrorError):
     """A computed path would leave the mirror root."""
+
+
+class WriteFault(MirrorError):
+    """Writing to the mirror failed; the batch is kept and written again on the next pass
+    (journal/faults.py says when and why)."""
+
+    def __init__(self, owner: str, cause: str, path: str, detail: str) -> None:
+        super().__init__(
+            f"writes to the mirror fail ({cause}: {detail}) at {path}; "
+            "what was written is kept and completed once writes succeed again"
+        )
+        self.owner, self.cause, self.path = owner, cause, path
+
+
+class UnexpectedError(TbmirrorError):
+    """A bug or unexpected data ended a pass: `error`, the exception met (named by its type)."""
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__(f"unexpected {type(error).__name__}: {error}")
+        self.error = error

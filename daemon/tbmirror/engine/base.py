@@ -12,12 +12,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+from tbmirror.errors import TbmirrorError
+
 Progress = Callable[[int, int], None]  # (done, total so far: a listing may still grow it)
 
 
 @dataclass
 class PassReport:
-    """What one pass did; `error` is set when the source itself (or writing) failed.
+    """What one pass did; `failure` is why the pass failed, when the source itself, writing
+    (a WriteFault: the disk, not the source) or a bug (UnexpectedError) ended it; `str()` of it
+    is what users are told.
 
     `points` are metric points (and the records of tailed tfevents files); `images` (image
     series' steps and figures) and `tables` (versions of a table) are counted apart. For an
@@ -40,13 +44,15 @@ class PassReport:
     failed_runs: list[str] = field(default_factory=list)
     missing_experiments: list[str] = field(default_factory=list)
     seconds: float = 0.0
-    error: str | None = None
-    write_fault: bool = False  # the error is a write fault (the disk, not the source)
+    failure: TbmirrorError | None = None
     unit: str = "runs"  # what runs_* count: "files" for an uploads source
 
     @property
     def ok(self) -> bool:
-        return self.error is None and not self.failed_runs
+        return self.failure is None and not self.failed_runs
+
+
+RunFailed = Callable[[PassReport, str, Exception], None]  # (report, run id, why): counted, logged
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,7 @@ import structlog
 from tbmirror.config import UploadsSourceSettings
 from tbmirror.engine.base import PassReport, Progress, WatchSpec
 from tbmirror.engine.tailing import CHUNK_BYTES, Tailer
-from tbmirror.errors import SourceError, TbmirrorError
+from tbmirror.errors import SourceError, TbmirrorError, UnexpectedError
 from tbmirror.journal import BatchStream, Journal, WriteFault
 from tbmirror.mirror import layout
 from tbmirror.model import TailRecord
@@ -93,10 +93,11 @@ class UploadEngine:
                 yield upload
 
         report = self._run(scan, progress, stop)
-        if report.error is None and (stop is None or not stop.is_set()):
+        if report.failure is None and (stop is None or not stop.is_set()):
             self._warned = {f: causes for f, causes in self._warned.items() if f in seen}
+        error = None if report.failure is None else str(report.failure)
         self.journal.passes.record(
-            self.name, report.error, self.clock(), len(set(report.failed_runs)), report.runs_tried
+            self.name, error, self.clock(), len(set(report.failed_runs)), report.runs_tried
         )
         return report
 
@@ -139,13 +140,13 @@ class UploadEngine:
             stream.flush()
         except TbmirrorError as error:
             if isinstance(error, WriteFault):  # what was cached may lag the store: read it again
-                self._tails, report.write_fault = None, True
-            report.error = str(error)
-            log.error("source_failed", source=self.name, error=report.error)
+                self._tails = None
+            report.failure = error
+            log.error("source_failed", source=self.name, error=str(error))
         except Exception as error:  # a bug or unexpected data: fail this pass, not the daemon
             self._tails = None
-            report.error = f"unexpected {type(error).__name__}: {error}"
-            log.exception("source_failed", source=self.name, error=report.error)
+            report.failure = UnexpectedError(error)
+            log.exception("source_failed", source=self.name, error=str(report.failure))
         report.seconds = time.monotonic() - started
         return report
 

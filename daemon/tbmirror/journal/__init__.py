@@ -6,7 +6,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from tbmirror.journal.faults import Fault, WriteFault
+from tbmirror.errors import WriteFault
+from tbmirror.journal.faults import Fault
 from tbmirror.journal.journal import Batch, BatchStream, Journal
 from tbmirror.journal.locks import holder
 from tbmirror.journal.recovery import RecoveryReport, recover

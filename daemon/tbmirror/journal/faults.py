@@ -15,22 +15,11 @@ from dataclasses import dataclass
 
 import structlog
 
-from tbmirror.errors import MirrorError
+from tbmirror.errors import WriteFault
 
 log = structlog.get_logger(__name__)
 
 FaultListener = Callable[[str, str], None]  # (owner, cause), once per failed attempt
-
-
-class WriteFault(MirrorError):
-    """Writing to the mirror failed; the batch is kept and written again on the next pass."""
-
-    def __init__(self, owner: str, cause: str, path: str, detail: str) -> None:
-        super().__init__(
-            f"writes to the mirror fail ({cause}: {detail}) at {path}; "
-            "what was written is kept and completed once writes succeed again"
-        )
-        self.owner, self.cause, self.path = owner, cause, path
 
 
 @dataclass(frozen=True)

@@ -45,8 +45,8 @@ from pathlib import Path
 
 import structlog
 
-from tbmirror.errors import MirrorError, UnsafePathError
-from tbmirror.journal.faults import Fault, FaultListener, FaultLog, WriteFault
+from tbmirror.errors import MirrorError, UnsafePathError, WriteFault
+from tbmirror.journal.faults import Fault, FaultListener, FaultLog
 from tbmirror.journal.files import FileLayer, OsFiles
 from tbmirror.journal.locks import SubtreeLocks
 from tbmirror.journal.passes import PassLog

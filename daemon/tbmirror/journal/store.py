@@ -442,7 +442,7 @@ def _add_missing_columns(db: sqlite3.Connection) -> None:
 def _run_from_row(row: tuple[object, ...]) -> RunRecord:
     """A run record, held compactly (100,000 records are held in memory): the values many
     records share (source, experiment, status) as one string each; its id interned, as listings
-    intern theirs (sources/mlflow.py), so a pass's sets of ids hold no copies of it; its text
+    intern theirs (sources/mlflow/client.py), so a pass's sets of ids hold no copies of it; its text
     digest as an int (rows written before it was cut to 64 bits hold the whole SHA-256 in hex:
     its first 64 bits are the same)."""
     run = RunRecord(*row)  # type: ignore[arg-type]

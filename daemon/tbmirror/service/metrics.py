@@ -97,7 +97,7 @@ class DaemonMetrics:
     def record(self, report: PassReport, runs_mirrored: int) -> None:
         source = report.source
         self.polls.labels(source).inc()
-        self.errors.labels(source).inc(1 if report.error else 0)
+        self.errors.labels(source).inc(0 if report.failure is None else 1)
         self.run_errors.labels(source).inc(len(report.failed_runs))
         self.points.labels(source).inc(report.points)
         self.bytes.labels(source).inc(report.bytes_written)

@@ -31,7 +31,7 @@ from apscheduler.triggers.interval import IntervalTrigger
 from tbmirror.app import Mirror, Schedule
 from tbmirror.config import SourceSettings
 from tbmirror.engine.base import Engine, PassReport, WatchSpec
-from tbmirror.errors import TbmirrorError
+from tbmirror.errors import TbmirrorError, WriteFault
 from tbmirror.model import SourceStatus
 from tbmirror.service.health import SourceView
 from tbmirror.service.metrics import DaemonMetrics
@@ -181,10 +181,10 @@ class SourceScheduler:
             finally:
                 runner.running_since = None
             self._metrics.record(report, runner.engine.runs_mirrored)
-        if report.error and report.write_fault:  # the disk, not the source: retry on schedule
+        if isinstance(report.failure, WriteFault):  # the disk, not the source: retry on schedule
             log.warning("source_write_fault", source=name)
             return
-        if report.error:
+        if report.failure is not None:
             if not probe:
                 runner.failures += 1
                 delay = backoff_delay(runner.failures, runner.schedule.poll_interval)
@@ -251,7 +251,7 @@ class SourceScheduler:
             self._metrics.record(report, runner.engine.runs_mirrored)
         finally:
             runner.lock.release()
-        if report.error or _changed(report):
+        if report.failure is not None or _changed(report):
             _log_synced(report, full=False)
 
 

@@ -16,19 +16,17 @@ from collections.abc import Callable, Iterable
 
 import structlog
 
-from tbmirror.engine.base import PassReport
+from tbmirror.engine.base import PassReport, RunFailed
 from tbmirror.engine.mlflow.media import LoggedMedia, MediaSync
 from tbmirror.engine.mlflow.placement import Placement
+from tbmirror.engine.mlflow.source import RunSource
 from tbmirror.engine.tailing import Tailer
-from tbmirror.errors import SourceError
-from tbmirror.journal import Journal, WriteFault
+from tbmirror.errors import SourceError, WriteFault
+from tbmirror.journal import Journal
 from tbmirror.model import RunRecord, RunSnapshot, TailRecord
-from tbmirror.sources.mlflow import MlflowSource
 from tbmirror.sources.stores import Artifact, RunRef
 
 log = structlog.get_logger(__name__)
-
-RunFailed = Callable[[PassReport, str, Exception], None]
 
 
 class ArtifactSync:
@@ -36,7 +34,7 @@ class ArtifactSync:
 
     def __init__(
         self,
-        source: MlflowSource,
+        source: RunSource,
         journal: Journal,
         placement: Placement,
         clock: Callable[[], float],
@@ -76,8 +74,8 @@ class ArtifactSync:
         for run_id in due:
             try:
                 found = listed[run_id]
-                if isinstance(found, str):
-                    raise SourceError(found)
+                if isinstance(found, SourceError):
+                    raise found
                 self._tail(records[run_id], found, report, stop)
                 complete = True
                 if self.media.enabled:

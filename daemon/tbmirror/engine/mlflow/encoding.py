@@ -19,7 +19,6 @@ import structlog
 
 from tbmirror.engine.mlflow.planning import Plan
 from tbmirror.engine.mlflow.written import WrittenMarks
-from tbmirror.errors import SourceError
 from tbmirror.journal import Batch
 from tbmirror.mirror import events, summaries
 from tbmirror.mirror.steps import INT64_MAX, next_step
@@ -119,7 +118,7 @@ class RunEncoder:
         self.trial_name = trial_name
 
     def encode(self, plan: Plan, histories: dict[tuple[str, str], History], now: float) -> Encoded:
-        """Raises SourceError if a fetched series failed (this run only)."""
+        """Raises the SourceError of a series the server refused (this run only)."""
         run, record = plan.run, replace(plan.record)
         payloads: list[bytes] = []
         if not record.hparams_written and run.params and (run.latest or run.terminal):
@@ -138,8 +137,8 @@ class RunEncoder:
         points = 0
         for request in plan.requests:
             history = histories[(run.run_id, request.key)]
-            if history.error:
-                raise SourceError(history.error)
+            if history.failure is not None:
+                raise history.failure
             seen = run.latest[request.key]
             stream = SeriesStream(request.key, replace(request.cursor), iter(()), seen)
             if history.full is not None:

@@ -34,13 +34,13 @@ import structlog
 from tbmirror import parsers
 from tbmirror.engine.mlflow.encoding import append_records, escape_cell
 from tbmirror.engine.mlflow.placement import Placement
+from tbmirror.engine.mlflow.source import RunSource
 from tbmirror.errors import ParseError
 from tbmirror.journal import Journal
 from tbmirror.mirror import summaries
 from tbmirror.mirror.steps import INT64_MAX, next_step
 from tbmirror.model import MediaRecord, RunRecord, RunSnapshot
 from tbmirror.sources.http import HttpStatusError
-from tbmirror.sources.mlflow import MlflowSource
 from tbmirror.sources.stores import IMAGES_FOLDER, TABLE_IMAGES_FOLDER, Artifact, RunRef
 
 log = structlog.get_logger(__name__)
@@ -118,6 +118,10 @@ def parse_step_image(path: str) -> StepImage | None:
     return StepImage(key, step, int(matched["ms"]))
 
 
+class Unshown(ValueError):
+    """A medium that is not shown, and why (too large, not a table, never served)."""
+
+
 @dataclass(frozen=True)
 class _Item:
     """One version of one medium to download and write."""
@@ -134,7 +138,7 @@ class MediaSync:
 
     def __init__(
         self,
-        source: MlflowSource,
+        source: RunSource,
         journal: Journal,
         placement: Placement,
         clock: Callable[[], float],
@@ -146,7 +150,7 @@ class MediaSync:
         self.settings = source.settings.artifacts
         self._warned_limit: set[str] = set()  # runs told they have more than max_images figures
         wanted = self.settings.images or self.settings.tables
-        self.enabled = wanted and source.store.sizes_listed
+        self.enabled = wanted and source.artifact_sizes_listed
         if wanted and not self.enabled:  # a figure rewritten in place could not be told
             log.info(
                 "artifact_media_not_mirrored",
@@ -230,18 +234,18 @@ class MediaSync:
                 items.append(_Item(artifact, kind, summaries.clean_tag(tag), 0, None))
         return items
 
-    def _download(self, run: RunRef, item: _Item) -> bytes | str:
-        """The item's bytes, or why it is skipped. Raises SourceError."""
+    def _download(self, run: RunRef, item: _Item) -> bytes | Unshown:
+        """The item's bytes, or why it is not shown. Raises SourceError."""
         limit = self.settings.max_media_size
         if (item.artifact.size or 0) > limit:
-            return f"larger than artifacts.max_media_size ({limit} bytes)"
+            return Unshown(f"larger than artifacts.max_media_size ({limit} bytes)")
         if item.kind == "table" and not item.artifact.path.lower().endswith(".json"):
-            return "not a JSON table (Parquet tables are not shown)"
+            return Unshown("not a JSON table (Parquet tables are not shown)")
         try:
             return self.source.artifact_bytes(run, item.artifact)
         except HttpStatusError as error:
             if error.error_code == "INVALID_PARAMETER_VALUE":  # never served (MLflow: "#")
-                return f"the server refuses to serve it: {error}"
+                return Unshown(f"the server refuses to serve it: {error}")
             raise
 
     def _write(
@@ -249,7 +253,7 @@ class MediaSync:
         record: RunRecord,
         rows: dict[str, MediaRecord],
         steps: dict[str, int],
-        downloads: list[tuple[_Item, bytes | str]],
+        downloads: list[tuple[_Item, bytes | Unshown]],
     ) -> tuple[Counter[str], int]:
         """Encode downloaded media and commit them with their rows in one batch (updating `rows`
         and `steps`, the last step of each tag); returns (media written of each kind, bytes
@@ -262,8 +266,8 @@ class MediaSync:
             last = rows.get(item.artifact.path)
             step = next_step(item.source_step, steps.get(item.tag))
             try:
-                if isinstance(data, str):
-                    raise ValueError(data)
+                if isinstance(data, Unshown):
+                    raise data
                 if step > INT64_MAX:
                     raise ValueError("no TensorBoard step left after the series' last")
                 wall_time = item.wall_time if item.wall_time is not None else now

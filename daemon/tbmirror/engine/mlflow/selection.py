@@ -1,7 +1,8 @@
 """Selection: which of a source's listed runs are mirrored, and which mirrored runs leave.
 
 Top-level runs are judged; a child run follows its parent (it lives in its parent's directory):
-- `filter`: evaluated by the server (sources/mlflow.py lists only the top-level runs matching it);
+- `filter`: evaluated by the server (sources/mlflow/listing.py lists only the top-level runs
+  matching it);
 - `run_statuses`: a run whose status is not one of them is out;
 - `max_age`: a finished run that ended longer ago than that is out;
 - `max_runs`: per experiment, only the most recent top-level runs by start time; judged on

@@ -16,7 +16,9 @@ from tbmirror.sources.auth import build_auth
 from tbmirror.sources.azureml import HISTORY_API, AzureMlArtifacts
 from tbmirror.sources.databricks import DatabricksArtifacts
 from tbmirror.sources.http import RestClient
-from tbmirror.sources.mlflow import MlflowArtifacts, MlflowClient, MlflowSource
+from tbmirror.sources.mlflow.artifacts import MlflowArtifacts
+from tbmirror.sources.mlflow.client import MlflowClient
+from tbmirror.sources.mlflow.source import MlflowSource
 from tbmirror.sources.stores import ArtifactStore
 
 DATABRICKS_SEARCH_RATE = 7.0  # requests per second Databricks allows for search/experiment calls

@@ -1,0 +1,190 @@
+"""Run listings: the configured experiments and every run to mirror, read page by page.
+
+A full listing holds every run of the configured experiments, deleted ones too, and child runs
+logged into other experiments whose parent is listed or mirrored. A quick one reuses the
+experiments of the last full listing and holds only runs that are running, new, or were last seen
+running. With a `filter`, the server selects top-level runs (children follow their parent:
+engine/mlflow/selection.py), and a 400 names the filter it refused.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+from collections.abc import Collection, Iterable, Iterator
+from dataclasses import dataclass, field
+
+from tbmirror.config import MlflowSourceSettings
+from tbmirror.errors import SourceError
+from tbmirror.model import Experiment, RunSnapshot
+from tbmirror.sources.http import BadAnswerError, HttpStatusError
+from tbmirror.sources.mlflow.client import PARENT_TAG, MlflowClient, chunks
+
+TOP_LEVEL = f"tags.`{PARENT_TAG}` IS NULL"
+CHILD = f"tags.`{PARENT_TAG}` IS NOT NULL"
+_RUN_ID = re.compile(r"^[A-Za-z0-9][\w-]{0,255}$")
+
+
+class SelectionError(SourceError):
+    """The server refused the configured `filter`."""
+
+
+@dataclass
+class RunListing:
+    """One listing of a source: its experiments, and its runs read page by page as they are
+    iterated (each once, oldest first: a parent mostly before its children; a child in another
+    experiment after its parent). `listed` and `deleted` hold the ids of the runs iterated so
+    far; a listing is complete only once its runs have been iterated to the end without an
+    error."""
+
+    experiments: dict[str, Experiment]
+    runs: Iterator[RunSnapshot]
+    missing_experiments: list[str] = field(default_factory=list)
+    listed: set[str] = field(default_factory=set)
+    deleted: set[str] = field(default_factory=set)
+
+    def note(self, run: RunSnapshot) -> None:
+        """Count `run` as iterated."""
+        self.listed.add(run.run_id)
+        if run.deleted:
+            self.deleted.add(run.run_id)
+
+
+class RunLister:
+    """Lists the runs of one configured source. One listing at a time."""
+
+    def __init__(self, settings: MlflowSourceSettings, client: MlflowClient) -> None:
+        self.settings, self.client = settings, client
+        self._experiments: dict[str, Experiment] | None = None
+        self._missing: list[str] = []
+        self._other_experiments: list[str] | None = None
+
+    def experiments(self) -> tuple[dict[str, Experiment], list[str]]:
+        """The configured experiments that exist (by id), and the configured names that do not."""
+        if self.settings.all_experiments:
+            return {e.experiment_id: e for e in self.client.experiments()}, []
+        found: dict[str, Experiment] = {}
+        missing: list[str] = []
+        globs = self.settings.experiment_globs
+        if globs:
+            every = self.client.experiments()
+            found.update((e.experiment_id, e) for e in every if self.settings.covers(e.name))
+            missing += [g for g in globs if not any(fnmatch.fnmatchcase(e.name, g) for e in every)]
+        for name in self.settings.experiments:
+            if name in globs:
+                continue
+            experiment = self.client.experiment_by_name(name)
+            if experiment is None or experiment.lifecycle_stage == "deleted":
+                missing.append(name)
+            else:
+                found[experiment.experiment_id] = experiment
+        return found, missing
+
+    def list_runs(
+        self,
+        since_ms: int | None = None,
+        watch_ids: Iterable[str] = (),
+        mirrored_ids: Collection[str] = (),
+    ) -> RunListing:
+        """Runs to mirror, read page by page as `RunListing.runs` is iterated. Raises SourceError
+        (its iteration too).
+
+        A full listing (`since_ms` None) holds every run of the configured experiments. A quick
+        one reuses the experiments of the last full listing and holds only runs that are running,
+        started at or after `since_ms`, or are in `watch_ids` (runs last seen running).
+        `mirrored_ids` are runs already mirrored: children of those logged into other experiments
+        are listed too.
+        """
+        if since_ms is None or self._experiments is None:
+            self._experiments, self._missing = self.experiments()
+            self._other_experiments = None
+            filters = [""]
+        else:
+            filters = ["attributes.status = 'RUNNING'", f"attributes.start_time >= {since_ms}"]
+        listing = RunListing(dict(self._experiments), iter(()), list(self._missing))
+        listing.runs = self._listed_runs(listing, filters, list(watch_ids), mirrored_ids)
+        return listing
+
+    def _listed_runs(
+        self,
+        listing: RunListing,
+        filters: list[str],
+        watch_ids: list[str],
+        mirrored_ids: Collection[str],
+    ) -> Iterator[RunSnapshot]:
+        """The runs of `listing`, each once, noted in its `listed` and `deleted` as yielded."""
+        assert self._experiments is not None
+        listed = listing.listed
+        for run in self._search(sorted(self._experiments), filters, watch_ids):
+            if run.run_id not in listed:
+                listing.note(run)
+                yield run
+        if not self.settings.child_runs_in_other_experiments or self.settings.all_experiments:
+            return
+        if self._other_experiments is None:
+            every = sorted(e.experiment_id for e in self.client.experiments())
+            self._other_experiments = [e for e in every if e not in self._experiments]
+        children = [_all_of(CHILD, f) for f in filters]
+        candidates = {
+            r.run_id: r for r in self._search(self._other_experiments, children, watch_ids, False)
+        }
+        added = True
+        while added:  # children of children: until none is added
+            added = False
+            for run_id, run in list(candidates.items()):
+                parent = run.parent_run_id
+                if (parent in listed or parent in mirrored_ids) and run_id not in listed:
+                    del candidates[run_id]
+                    listing.note(run)
+                    added = True
+                    yield run
+
+    def _search(
+        self,
+        experiment_ids: list[str],
+        filters: list[str],
+        run_ids: Iterable[str],
+        selected: bool = True,
+    ) -> Iterator[RunSnapshot]:
+        """Runs of `experiment_ids` matching any of `filters`, or whose id is in `run_ids`; if
+        `selected` and a `filter` is configured, top-level runs only if they match it (children
+        are all listed: they follow their parent, engine/mlflow/selection.py)."""
+        wanted = sorted({run_id for run_id in run_ids if _RUN_ID.match(run_id)})
+        queries = list(filters) + [
+            "attributes.run_id IN (" + ", ".join(f"'{run_id}'" for run_id in chunk) + ")"
+            for chunk in chunks(wanted)
+        ]
+        if selected and self.settings.filter:
+            queries = [
+                _all_of(query, clause)
+                for query in queries
+                for clause in (f"{TOP_LEVEL} AND {self.settings.filter}", CHILD)
+            ]
+        for experiments in chunks(experiment_ids):
+            for query in queries:
+                yield from self._refused_filter_named(self.client.search_runs(experiments, query))
+
+    def matches_filter(self, run_id: str, experiment_id: str) -> bool:
+        """Whether the server says the run matches `filter`: an empty, well-formed page proves it
+        does not. Raises SourceError."""
+        if not _RUN_ID.match(run_id):
+            raise BadAnswerError(f"not a run id: {run_id[:64]!r}")
+        query = _all_of(f"attributes.run_id = '{run_id}'", self.settings.filter)
+        found = self._refused_filter_named(self.client.search_runs([experiment_id], query))
+        return any(run.run_id == run_id for run in found)
+
+    def _refused_filter_named(self, runs: Iterator[RunSnapshot]) -> Iterator[RunSnapshot]:
+        """`runs`, with a 400 from the server, when a `filter` is configured, as an error that
+        names it."""
+        try:
+            yield from runs
+        except HttpStatusError as error:
+            if error.status_code != 400 or not self.settings.filter:
+                raise
+            raise SelectionError(
+                f"filter: the server refused {self.settings.filter!r}: {error}"
+            ) from None
+
+
+def _all_of(*clauses: str) -> str:
+    return " AND ".join(clause for clause in clauses if clause)
