@@ -8,12 +8,14 @@ what `TensorBoardReader` answers (runs, scalar tags, scalars) from the events fi
 
 from __future__ import annotations
 
+import json
 import subprocess
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import structlog.testing
 from tensorboard.backend.event_processing.event_file_loader import RawEventFileLoader
 from tensorboard.compat.proto.event_pb2 import Event
 
@@ -42,11 +44,21 @@ def engine_for(
     return MlflowEngine(source_for(settings, transport), journal)
 
 
-def sync(
-    config: Path, transport: httpx.BaseTransport, *args: str
-) -> subprocess.CompletedProcess[str]:
+Completed = subprocess.CompletedProcess[str]
+
+
+def sync(config: Path, transport: httpx.BaseTransport, *args: str) -> Completed:
     """`tbmirror sync --config config [--reconcile]`, in-process: each source's summary line
-    on stdout, exit code 0 only if every pass was ok; an error as cli.py ends the command."""
+    on stdout, exit code 0 only if every pass was ok, the log events as JSON lines on stderr;
+    an error as cli.py ends the command."""
+    with structlog.testing.capture_logs() as logged:
+        result = _sync(config, transport, *args)
+    logs = "".join(f"{json.dumps(event, default=str)}\n" for event in logged)
+    result.stderr = logs + result.stderr
+    return result
+
+
+def _sync(config: Path, transport: httpx.BaseTransport, *args: str) -> Completed:
     try:
         settings = load_settings(config)
         journal = app.open_journal(settings)
