@@ -3,7 +3,8 @@ scripted_mlflow.py), and the mirror read back from its files as TensorBoard woul
 
 `engine_for` is the one place tests build an engine on a transport; `sync` is `tbmirror sync`
 run in-process (its summary lines and exit code, as cli.py prints them); `MirrorView` answers
-what `TensorBoardReader` answers (runs, scalar tags, scalars) from the events files themselves.
+what `TensorBoardReader` answers (runs, scalar tags, scalars) from the events files themselves
+(each record CRC-checked, as TensorBoard reads them).
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ from pathlib import Path
 
 import httpx
 import structlog.testing
-from tensorboard.backend.event_processing.event_file_loader import RawEventFileLoader
 from tensorboard.compat.proto.event_pb2 import Event
 
 from tbmirror import app, cli
@@ -25,6 +25,7 @@ from tbmirror.engine.base import Engine
 from tbmirror.engine.mlflow.engine import MlflowEngine
 from tbmirror.errors import TbmirrorError
 from tbmirror.journal import Journal
+from tbmirror.mirror import events
 from tbmirror.sources.mlflow import MlflowSource
 
 
@@ -99,7 +100,8 @@ class MirrorView:
         shown: list[list[float]] = []
         for found, step, wall_time, value in self._scalars(run):
             if found == tag:
-                shown = [point for point in shown if point[1] < step]
+                while shown and shown[-1][1] >= step:  # (steps before it are in order)
+                    shown.pop()
                 shown.append([wall_time, step, value])
         return shown
 
@@ -112,7 +114,8 @@ class MirrorView:
 
     def _scalars(self, run: str) -> Iterator[tuple[str, int, float, float]]:
         for path in sorted((self.root / run).glob("*tfevents*")):
-            for event in map(Event.FromString, RawEventFileLoader(str(path)).Load()):
+            for record in events.iter_records(path.read_bytes()):
+                event = Event.FromString(record.payload)
                 for value in event.summary.value:
                     if value.WhichOneof("value") == "simple_value":
                         yield value.tag, event.step, event.wall_time, value.simple_value

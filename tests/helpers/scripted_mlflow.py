@@ -116,6 +116,7 @@ class _Run:
     params: dict[str, str] = field(default_factory=dict)
     tags: dict[str, str] = field(default_factory=dict)
     history: dict[str, list[Metric]] = field(default_factory=dict)
+    logged: set[tuple[str, int, int, str]] = field(default_factory=set)  # `_identity`s
     artifacts: dict[str, bytes] = field(default_factory=dict)
 
     @property
@@ -671,7 +672,8 @@ class ScriptedClient:
             for item in metrics:
                 point = Metric(item.key, float(item.value), int(item.timestamp), int(item.step))
                 series = run.history.setdefault(point.key, [])
-                if not any(_same(point, old) for old in series):
+                if _identity(point) not in run.logged:
+                    run.logged.add(_identity(point))
                     series.append(point)
             run.params.update((p.key, str(p.value)) for p in params)
             run.tags.update((t.key, str(t.value)) for t in tags)
@@ -746,7 +748,6 @@ class ScriptedClient:
         return [self.get_run(run["info"]["run_id"]) for run in found.get("runs", [])]
 
 
-def _same(a: Metric, b: Metric) -> bool:
-    """MLflow's duplicate: same key, timestamp, step and value (NaN equal to NaN)."""
-    same_value = a.value == b.value or (math.isnan(a.value) and math.isnan(b.value))
-    return (a.key, a.timestamp, a.step) == (b.key, b.timestamp, b.step) and same_value
+def _identity(point: Metric) -> tuple[str, int, int, str]:
+    """What makes a point a duplicate for MLflow: same key, timestamp, step and value."""
+    return point.key, point.timestamp, point.step, repr(point.value)
