@@ -9,9 +9,12 @@ import sys
 from pathlib import Path
 
 import httpx
+import pytest
 
 from conftest import TensorBoardReader, pid_alive, wait_until
 from tbmirror.processes import free_port, stop_process_group
+
+pytestmark = pytest.mark.e2e  # starts real processes (tests/conftest.py, REAL_PROCESS_FIXTURES)
 
 
 def test_demo_shows_the_sweep_and_a_live_run_and_stops_cleanly(tmp_path: Path) -> None:
