@@ -39,7 +39,7 @@ REAL_PROCESS_FIXTURES = frozenset({
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Mark `e2e` each test that uses a REAL_PROCESS_FIXTURES fixture (tests that start a
-    process themselves carry the mark in their module)."""
+    process themselves, or replay a full-size workload, carry the mark in their module)."""
     for item in items:
         if REAL_PROCESS_FIXTURES.intersection(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.e2e)

@@ -12,6 +12,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from conftest import mlflow_source, new_run, scalars_in, tb_run, write_config
 from helpers import in_process
 from helpers.in_process import MirrorView
@@ -32,6 +34,7 @@ def log_points(client: Any, run_id: str, steps: range, timestamp: Callable[[int]
         client.log_batch(run_id, metrics=[Metric("loss", s / 3, timestamp(s), s) for s in batch])
 
 
+@pytest.mark.e2e  # a full-size workload: 55,000 points through six passes (seconds)
 def test_a_long_series_is_written_a_page_a_batch_and_resumes_after_a_failed_page(
     tmp_path: Path, scripted: ScriptedMlflow, source_name: str, experiment_name: str
 ) -> None:
