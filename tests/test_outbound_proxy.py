@@ -7,8 +7,10 @@ server`, or of peers that misbehave (helpers/hostile_proxy.py's trickle, a silen
 from __future__ import annotations
 
 import socket
+import ssl
 import threading
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -23,7 +25,9 @@ from conftest import (
     write_config,
 )
 from helpers.hostile_proxy import HostileProxy
+from helpers.proxy import self_signed_certificate
 from helpers.tinyproxy import Tinyproxy
+from helpers.tools import tool
 from tbmirror.errors import ConfigError, SourceError, StoppedError
 from tbmirror.sources.http import RestClient
 from tbmirror.sources.proxies import environment_proxies
@@ -232,6 +236,63 @@ def test_stop_ends_a_request_through_the_proxy(
     finally:
         client.close()
     assert any(f"{proxy.url}{SEARCH}" in line for line in tinyproxy.requests()), tinyproxy.log()
+
+
+class TlsJsonServer:
+    """An HTTPS server on 127.0.0.1 (a self-signed certificate for that address) answering
+    every GET with `BODY`; `paths` are those it was asked for."""
+
+    BODY = b'{"experiments": []}'
+
+    def __init__(self, directory: Path) -> None:
+        certificate, key = self_signed_certificate(directory)
+        self.certificate, self.paths = certificate, list[str]()
+        paths = self.paths
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                paths.append(self.path)
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(TlsJsonServer.BODY)))
+                self.end_headers()
+                self.wfile.write(TlsJsonServer.BODY)
+
+            def log_message(self, format: str, *args: object) -> None:
+                pass
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(certificate, key)
+        self._server.socket = context.wrap_socket(self._server.socket, server_side=True)
+        self.port = self._server.server_address[1]
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(10)
+        assert not self._thread.is_alive(), "the HTTPS server thread is left running"
+
+
+def test_https_goes_through_a_connect_tunnel(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tinyproxy: Tinyproxy
+) -> None:
+    """An https:// server behind HTTPS_PROXY: the proxy sees one CONNECT and no request (TLS
+    runs end to end, the certificate checked as usual), and the answer arrives."""
+    tool("openssl", "openssl")  # makes the server's certificate
+    server = TlsJsonServer(tmp_path)
+    monkeypatch.setenv("HTTPS_PROXY", tinyproxy.url)
+    monkeypatch.setenv("SSL_CERT_FILE", str(server.certificate))
+    client = RestClient(f"https://127.0.0.1:{server.port}", timeout=30.0, max_retries=0)
+    try:
+        assert client.get(SEARCH) == TlsJsonServer.BODY
+    finally:
+        client.close()
+        server.close()
+    assert server.paths == [SEARCH]
+    assert tinyproxy.requests() == [f"CONNECT 127.0.0.1:{server.port} HTTP/1.1"], tinyproxy.log()
 
 
 def test_https_is_tunnelled_with_connect_and_the_deadline_holds(
