@@ -295,6 +295,23 @@ def test_https_goes_through_a_connect_tunnel(
     assert tinyproxy.requests() == [f"CONNECT 127.0.0.1:{server.port} HTTP/1.1"], tinyproxy.log()
 
 
+def test_a_refused_tunnel_names_the_proxy_and_its_answer(tmp_path: Path) -> None:
+    """A proxy that opens tunnels to port 443 only refuses one to another port: one error
+    naming the proxy and what it answered."""
+    with Tinyproxy(tmp_path / "tinyproxy", connect_ports=(443,)) as proxy:
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setenv("HTTPS_PROXY", proxy.url)
+            client = RestClient("https://127.0.0.1:8443", timeout=10.0, max_retries=0)
+        try:
+            with pytest.raises(SourceError) as raised:
+                client.get(SEARCH)
+        finally:
+            client.close()
+        assert proxy.requests() == ["CONNECT 127.0.0.1:8443 HTTP/1.1"], proxy.log()
+    message = str(raised.value)
+    assert f"through the proxy {proxy.url} would not open a tunnel: 403" in message, message
+
+
 def test_https_is_tunnelled_with_connect_and_the_deadline_holds(
     monkeypatch: pytest.MonkeyPatch, tinyproxy: Tinyproxy
 ) -> None:

@@ -3,7 +3,8 @@
 `Tinyproxy(workdir)` writes a minimal config in `workdir`, runs tinyproxy in the foreground and
 waits until it accepts connections; `requests()` are the request lines it logged ("GET
 http://host:port/path HTTP/1.1", "CONNECT host:port HTTP/1.1"); `close()` (or leaving the `with`
-block) stops it. With `basic_auth=(user, password)` it answers 407 to requests without them.
+block) stops it. With `basic_auth=(user, password)` it answers 407 to requests without them;
+with `connect_ports`, it opens CONNECT tunnels to those ports only (any port by default).
 """
 
 from __future__ import annotations
@@ -25,7 +26,12 @@ _REQUEST = re.compile(r"Request \(file descriptor \d+\): (.+)$")
 class Tinyproxy:
     """One tinyproxy process (see module docstring)."""
 
-    def __init__(self, workdir: Path, basic_auth: tuple[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        basic_auth: tuple[str, str] | None = None,
+        connect_ports: tuple[int, ...] = (),
+    ) -> None:
         binary = tool("tinyproxy", "tinyproxy")
         workdir.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
@@ -40,6 +46,7 @@ class Tinyproxy:
             "MaxClients 20",
             "Allow 127.0.0.1",
         ]
+        lines += [f"ConnectPort {port}" for port in connect_ports]
         if basic_auth:
             lines.append(f"BasicAuth {basic_auth[0]} {basic_auth[1]}")
         config.write_text("\n".join(lines) + "\n")
