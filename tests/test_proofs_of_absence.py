@@ -29,9 +29,10 @@ API = "/api/2.0/mlflow"
 
 
 class Gateway:
-    """Answers MLflow's REST calls from `runs` (run id -> {"start", "params", "metric"}); `empty`
-    answers `{}` to every runs/search, and searches leave out the runs in `withheld` (an answer cut
-    short without a next_page_token); `max_history` refuses larger get-history pages as Azure ML once did."""
+    """Answers MLflow's REST calls from `runs` (run id -> {"start", "params", "metric"}).
+    `empty` answers `{}` to every runs/search; searches leave out the runs in `withheld` (an
+    answer cut short without a next_page_token); `max_history` refuses larger get-history pages
+    as Azure ML once did."""
 
     def __init__(self) -> None:
         self.runs: dict[str, dict[str, Any]] = {}
@@ -46,7 +47,7 @@ class Gateway:
     def _json(self, run_id: str) -> dict[str, Any]:
         run = self.runs[run_id]
         info = {"run_id": run_id, "experiment_id": "1", "run_name": run_id, "status": "FINISHED",
-                "lifecycle_stage": "active", "start_time": run["start"], "end_time": run["start"]}  # fmt: skip
+                "start_time": run["start"], "end_time": run["start"]}  # fmt: skip
         params = [{"key": k, "value": v} for k, v in run["params"].items()]
         metrics = [{"key": "m", "value": 1.0, "timestamp": T0, "step": i}
                    for i in range(run["metric"])][-1:]  # fmt: skip

@@ -191,7 +191,7 @@ class MlflowClient:
         endpoint = f"{API}/metrics/get-history"
         params = {"run_id": run_id, "metric_key": key}
 
-        def page(extra: dict[str, str]) -> bytes:
+        def fetch_page(extra: dict[str, str]) -> bytes:
             while True:
                 size = self.history_page_size
                 try:
@@ -202,7 +202,7 @@ class MlflowClient:
                     self._refused_history_page_size(size, error)
 
         found = pages(
-            page,
+            fetch_page,
             HistoryPage,
             endpoint,
             start=start,
