@@ -181,6 +181,21 @@ def test_max_runs_admits_no_run_a_cut_listing_makes_look_recent(mirrored: Any) -
     assert (report.failure, m.in_root(), m.in_archive()) == (None, ["b", "c"], []), report
 
 
+def test_a_quick_listing_admits_no_run_older_than_max_runs_kept(mirrored: Any) -> None:
+    """A quick listing (it holds running runs, whatever their age) does not let in a run the last
+    complete listing put past `max_runs`, so it never reaches the archive; a newer run comes in
+    at once."""
+    m = mirrored(max_runs=2)
+    for run_id, start in [("old", 1), ("b", 2), ("c", 3)]:
+        m.gateway.add(run_id, start)
+    assert m.engine.run_pass().failure is None and m.in_root() == ["b", "c"]
+    m.gateway.add("d", 4)
+    report = m.engine.run_pass(full=False)  # (this gateway lists every run in a quick listing)
+    assert (report.failure, m.in_root()) == (None, ["b", "c", "d"]), report
+    report = m.engine.run_pass()
+    assert (report.failure, m.in_root(), m.in_archive()) == (None, ["c", "d"], ["b"]), report
+
+
 def test_max_runs_still_admits_a_newer_run_and_retires_the_oldest(mirrored: Any) -> None:
     """The honest cases: a newer run enters even while the listing is cut to it, the oldest
     mirrored run leaves at the next complete listing, and a mirrored run the server says does

@@ -9,7 +9,8 @@ Top-level runs are judged; a child run follows its parent (it lives in its paren
   complete (full) listings only, so new runs are taken in between and the oldest leave at the
   next full listing. A run enters only if it is among the most recent of the runs listed and the
   mirrored runs the listing left out that the server does not prove gone (`rivals`): a listing
-  cut short admits no old run in place of newer runs it did not show.
+  cut short admits no old run in place of newer runs it did not show. A quick listing admits no
+  run older than the oldest one the last complete listing kept (`Selection.oldest_kept`).
 
 A mirrored run leaves only on proof (invariant 8), which the engine asks the server for: runs/get
 shows it out by status or age; a search for it with the filter returns a well-formed empty page;
@@ -42,11 +43,13 @@ class Selected:
 
 
 class Selection:
-    """The selection of one source (stateless apart from the clock)."""
+    """The selection of one source: its settings, the clock, and what the last complete listing
+    proved of `max_runs`."""
 
     def __init__(self, settings: MlflowSourceSettings, clock: Callable[[], float]) -> None:
         self.settings = settings
         self.clock = clock
+        self.oldest_kept: dict[str, tuple[int, str]] = {}  # experiment -> (start time, run id)
 
     def judge(self, run: RunSnapshot) -> str | None:
         """Why a top-level run is out by its own status or age, or None if it is in."""
@@ -172,9 +175,14 @@ class SelectionStream:
         if not settings.selective or run.deleted:
             return None, None
         reason = self._selection.judge(run)
-        if reason or self._max_runs is None:
+        if reason:
             return reason, None
-        return (None, run.run_id) if self._hold(run) else (MAX_RUNS, None)
+        if self._max_runs is not None:
+            return (None, run.run_id) if self._hold(run) else (MAX_RUNS, None)
+        kept = self._selection.oldest_kept.get(run.experiment_id)
+        if kept and run.run_id not in self._in_root and (run.start_time or 0, run.run_id) < kept:
+            return MAX_RUNS, None  # (a complete listing showed `max_runs` more recent runs)
+        return None, None
 
     def _hold(self, run: RunSnapshot) -> bool:
         """Hold a top-level run among its experiment's `max_runs` most recent so far; the oldest
@@ -193,9 +201,18 @@ class SelectionStream:
         return True
 
     def _rank_with_rivals(self) -> None:
-        """Put out each held run not mirrored yet that is past its experiment's `max_runs` most
-        recent once the rivals are ranked with the held runs."""
-        if self._rivals is None or self._max_runs is None:
+        """Once a complete listing has ended: keep, per experiment, the oldest of its `max_runs`
+        most recent listed runs for the quick listings to come; put out each held run not
+        mirrored yet that is past the `max_runs` most recent once the rivals are ranked with the
+        held runs."""
+        if self._max_runs is None:
+            return
+        self._selection.oldest_kept = {
+            experiment_id: min(heap)
+            for experiment_id, heap in self._held.items()
+            if len(heap) >= self._max_runs
+        }
+        if self._rivals is None:
             return
         for experiment_id, rivals in self._rivals().items():
             held = [(float(start), run_id, True) for start, run_id in self._held[experiment_id]]
