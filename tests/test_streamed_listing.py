@@ -212,7 +212,7 @@ def test_a_listed_runs_fingerprint_is_the_same_in_every_process() -> None:
                                "tags": [{"key": "t", "value": "x"}]}}]}  # fmt: skip
     code = (
         "import json, sys\n"
-        "from tbmirror.sources.mlflow import run_from_json\n"
+        "from tbmirror.sources.mlflow.client import run_from_json\n"
         "from tbmirror.sources.responses import RunsPage, parse\n"
         "page = parse(RunsPage, sys.stdin.buffer.read(), 'runs/search')\n"
         "print(run_from_json(page.runs[0]).fingerprint)\n"
