@@ -20,12 +20,29 @@ import pytest
 import yaml
 
 from helpers.hostile_proxy import HostileProxy, hostile_proxy
+from helpers.scripted_mlflow import ScriptedMlflow
 from tbmirror.local_mlflow import LocalMlflowServer
 from tbmirror.mirror.summaries import float32_bits, iter_scalars
 from tbmirror.processes import free_port, stop_process_group
 
 REPO = Path(__file__).resolve().parents[1]
 SCALARS_SAMPLES = 1_000_000
+
+
+# Fixtures that start a real process (a server, TensorBoard, Azurite, the daemon, `tbmirror`):
+# a test using one is marked `e2e`; `pytest -m "not e2e"` is the fast tier (README, Tests).
+REAL_PROCESS_FIXTURES = frozenset({
+    "mlflow_server", "basic_auth_server", "proxy", "tensorboard", "sync", "start_daemon",
+    "azurite", "azureml_workspace", "databricks_workspace",
+})  # fmt: skip
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark `e2e` each test that uses a REAL_PROCESS_FIXTURES fixture (tests that start a
+    process themselves, or replay a full-size workload, carry the mark in their module)."""
+    for item in items:
+        if REAL_PROCESS_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.e2e)
 
 
 def wait_until(
@@ -448,3 +465,31 @@ def databricks_workspace(mlflow_server: MlflowServer, azurite: Any) -> Iterator[
 
     with DatabricksWorkspace(mlflow_server.url, azurite) as workspace:
         yield workspace
+
+
+@pytest.fixture
+def scripted() -> ScriptedMlflow:
+    """A scripted MLflow in this process (helpers/scripted_mlflow.py), empty but for Default."""
+    return ScriptedMlflow()
+
+
+@pytest.fixture
+def scripted_sync(tmp_path: Path, scripted: ScriptedMlflow, source_name: str):  # type: ignore[no-untyped-def]
+    """`sync` (above), in-process against `scripted`, mirroring into `scripted_sync.root`."""
+    from helpers import in_process
+
+    config_path, root = tmp_path / "tbmirror.yaml", tmp_path / "mirror" / "root"
+    root.mkdir(parents=True)  # (alone in its parent, as the session's `mirror_root`)
+
+    def run(
+        experiments: list[str], *args: str, check: bool = True, **settings: Any
+    ) -> subprocess.CompletedProcess[str]:
+        source = mlflow_source(source_name, scripted.url, experiments, **settings)
+        write_config(config_path, root, [source])
+        result = in_process.sync(config_path, scripted.transport, *args)
+        if check:
+            assert result.returncode == 0, result.stdout + result.stderr
+        return result
+
+    run.config_path, run.root = config_path, root  # type: ignore[attr-defined]
+    return run

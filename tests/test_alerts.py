@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 import subprocess
 
+import pytest
 import yaml
 
 from helpers.monitoring import (
@@ -17,6 +18,8 @@ from helpers.monitoring import (
     promql_metric_names,
     tool,
 )
+
+pytestmark = pytest.mark.e2e  # starts real processes (tests/conftest.py, REAL_PROCESS_FIXTURES)
 
 
 def run(*command: str) -> str:

@@ -30,6 +30,7 @@ from conftest import (
     wait_until,
     write_config,
 )
+from helpers.scripted_mlflow import ScriptedMlflow
 from test_uploads import write_tfevents
 
 
@@ -167,15 +168,19 @@ def test_a_growing_tfevents_artifact_is_fetched_by_its_new_bytes_only(
 
 
 def test_a_rewritten_artifact_is_downloaded_again_and_a_deleted_run_takes_it_along(
-    mirror_root: Path,
-    mlflow_server: MlflowServer,
-    sync: Callable[[], str],
+    scripted: ScriptedMlflow,
+    scripted_sync: Callable[..., Any],
     source_name: str,
     experiment_name: str,
 ) -> None:
+    """In-process, against a scripted MLflow (helpers/scripted_mlflow.py)."""
     from tensorboardX import SummaryWriter
 
-    client = mlflow_server.client()
+    client, mirror_root = scripted.client(), scripted_sync.root  # type: ignore[attr-defined]
+
+    def sync() -> str:
+        return str(scripted_sync([experiment_name]).stderr)
+
     run_id = new_run(client, experiment_name, "job")
 
     def upload(values: list[float]) -> bytes:

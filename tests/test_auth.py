@@ -261,6 +261,7 @@ def test_token_sources_send_the_right_bearer_and_refresh_it_mid_poll(
     assert_no_secret(output, PAT, CLIENT_SECRET, IDENTITY_HEADER, "dbx-oauth-", "azure-mi-")
 
 
+@pytest.mark.e2e  # starts `tbmirror` (or another process)
 def test_azure_without_azure_identity_is_one_clear_error(tmp_path: Path) -> None:
     """Simulated by hiding the package from the subprocess (an import hook in sitecustomize)."""
     hide = tmp_path / "hide"

@@ -73,6 +73,7 @@ def test_an_experiment_name_or_glob_that_matches_nothing_fails_with_a_suggestion
     assert f"experiments {experiment_name}" in lines[-1]
 
 
+@pytest.mark.e2e  # starts `tbmirror` (or another process)
 def test_a_refused_port_and_an_unknown_host_are_said_as_such_without_retrying(
     tmp_path: Path,
 ) -> None:
@@ -117,6 +118,7 @@ def not_mlflow(tmp_path: Path) -> Iterator[_NotMlflow]:
     thread.join(10)
 
 
+@pytest.mark.e2e  # starts `tbmirror` (or another process)
 def test_a_server_that_is_not_mlflow_is_said_as_such(
     tmp_path: Path, not_mlflow: _NotMlflow
 ) -> None:
@@ -217,6 +219,7 @@ def test_a_taken_port_fails_unless_this_configs_own_daemon_holds_it(
     assert daemon.stop() == 0
 
 
+@pytest.mark.e2e  # starts `tbmirror` (or another process)
 def test_offline_reads_the_file_alone(tmp_path: Path) -> None:
     with socket.socket() as server:  # a tracking server that would see any connection
         server.bind(("127.0.0.1", 0))
@@ -258,6 +261,7 @@ def test_offline_reads_the_file_alone(tmp_path: Path) -> None:
         ),
     ],
 )  # fmt: skip
+@pytest.mark.e2e  # starts `tbmirror` (or another process)
 def test_offline_refuses_what_the_file_gets_wrong(
     tmp_path: Path, change: dict[str, Any], message: str
 ) -> None:
@@ -273,6 +277,7 @@ def test_offline_refuses_what_the_file_gets_wrong(
     assert f"{config}: {message.format(root=root)}" in result.stderr
 
 
+@pytest.mark.e2e  # starts `tbmirror` (or another process)
 def test_the_example_config_passes_offline_and_fails_only_on_its_tracking_server(
     tmp_path: Path,
 ) -> None:

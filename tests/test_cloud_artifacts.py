@@ -418,10 +418,10 @@ def test_azureml_lists_like_its_client_and_an_idle_pass_costs_only_the_listing(
     engine = build_engine(load_settings(config).sources[0], journal)
     try:
         first = engine.run_pass()
-        assert first.error is None and not first.failed_runs, first
+        assert first.failure is None and not first.failed_runs, first
         before = len(azureml_workspace.requests)
         idle = engine.run_pass(full=True, reconcile_all=True)
-        assert idle.error is None and not idle.failed_runs, idle
+        assert idle.failure is None and not idle.failed_runs, idle
     finally:
         engine.close()
         journal.close()

@@ -181,6 +181,7 @@ def test_a_missing_environment_variable_names_the_key(monkeypatch: pytest.Monkey
         parse_settings(GOOD.replace("127.0.0.1:5000/", "${NO_SUCH_VARIABLE}"))
 
 
+@pytest.mark.e2e  # starts `tbmirror` (or another process)
 def test_cli_exits_78_on_a_bad_config(tmp_path: Path) -> None:
     path = tmp_path / "bad.yaml"
     path.write_text(GOOD.replace("10s", "often"))
@@ -417,6 +418,7 @@ def test_yaml_errors_name_the_line_and_column_and_never_show_its_content(
         assert f"my.yaml: line {line}, column {column}: not valid YAML: " in message, message
 
 
+@pytest.mark.e2e  # starts `tbmirror` (or another process)
 def test_run_check_and_sync_print_one_line_and_no_traceback_for_any_config_problem(
     tmp_path: Path,
 ) -> None:

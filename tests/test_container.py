@@ -34,6 +34,8 @@ from helpers.loss import loss_logger
 from helpers.tools import tools
 from tbmirror.processes import free_port
 
+pytestmark = pytest.mark.e2e  # starts real processes (tests/conftest.py, REAL_PROCESS_FIXTURES)
+
 BUILD = REPO / "deploy" / "container" / "build.sh"
 UID = 10001  # the image's user
 

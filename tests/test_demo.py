@@ -17,6 +17,8 @@ from tbmirror.demo import SWEEP_EXPERIMENT, log_sweep
 from tbmirror.local_mlflow import LocalMlflowServer
 from tbmirror.processes import free_port, stop_process_group
 
+pytestmark = pytest.mark.e2e  # starts real processes (tests/conftest.py, REAL_PROCESS_FIXTURES)
+
 
 def test_demo_shows_the_sweep_and_a_live_run_and_stops_cleanly(tmp_path: Path) -> None:
     port, health_port = free_port(), free_port()

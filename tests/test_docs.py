@@ -18,6 +18,8 @@ from conftest import REPO
 from tbmirror import config_reference
 from tbmirror.config import parse_settings
 
+pytestmark = pytest.mark.e2e  # starts real processes (tests/conftest.py, REAL_PROCESS_FIXTURES)
+
 README = REPO / "README.md"
 DOCS = REPO / "docs"
 DOC_INSTALL = "/usr/share/doc/tbmirror/"  # where docs/operations/systemd.md copies them

@@ -34,7 +34,7 @@ from tbmirror.mirror.convert import LineConverter
 from tbmirror.model import RunSnapshot
 from tbmirror.sources import responses
 from tbmirror.sources.http import Answer, BadAnswerError, HttpStatusError, _status_error
-from tbmirror.sources.mlflow import run_from_json
+from tbmirror.sources.mlflow.client import run_from_json
 
 ANSWERS = [
     responses.RunsPage,

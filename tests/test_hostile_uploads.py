@@ -130,6 +130,7 @@ def warnings(output: str) -> list[dict[str, Any]]:
     return found
 
 
+@pytest.mark.e2e  # starts `tbmirror` (or another process)
 def test_poison_values_are_skipped_once_per_file_and_cause_and_the_rest_is_mirrored(
     tmp_path: Path,
 ) -> None:

@@ -1,6 +1,8 @@
 """Incremental syncs: only new points are appended, nothing already written changes, a sync with
 nothing new writes 0 bytes and fetches no history, and points that MLflow inserts mid-history
-(late timestamps, lower steps) still arrive exactly once."""
+(late timestamps, lower steps) still arrive exactly once. In-process, against a scripted MLflow
+(helpers/scripted_mlflow.py, held to a real server by test_scripted_mlflow.py); the series are read
+from the events files as TensorBoard shows them (helpers/in_process.py: MirrorView)."""
 
 from __future__ import annotations
 
@@ -9,15 +11,15 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from mlflow.entities import Metric
 from tensorboard.backend.event_processing.event_file_loader import RawEventFileLoader
 from tensorboard.compat.proto.event_pb2 import Event
 
-from conftest import MlflowServer, TensorBoard, new_run, tb_run
+from conftest import new_run, tb_run
+from helpers.in_process import MirrorView, source_for
+from helpers.scripted_mlflow import Metric, ScriptedMlflow
 from tbmirror.config import MlflowSourceSettings
 from tbmirror.engine.mlflow.engine import MlflowEngine
 from tbmirror.journal import Journal
-from tbmirror.kinds.mlflow import build_source
 from tbmirror.mirror.layout import MirrorLayout
 
 T0 = int(time.time() * 1000) - 600_000
@@ -38,19 +40,18 @@ def scalar_events(path: Path) -> list[tuple[str, int, float, float]]:
     ]
 
 
-def history_requests(server: MlflowServer) -> int:
-    return server.log_path.read_text().count("/metrics/get-history")
+def history_requests(server: ScriptedMlflow) -> int:
+    return len(server.seen("/metrics/get-history"))
 
 
 def test_only_new_points_are_appended_and_an_idle_sync_writes_nothing(
-    sync,
-    mlflow_server: MlflowServer,
-    tensorboard: TensorBoard,
-    mirror_root: Path,
+    scripted_sync,
+    scripted: ScriptedMlflow,
     experiment_name: str,
     source_name: str,
 ) -> None:
-    client = mlflow_server.client()
+    client, sync, mirror_root = scripted.client(), scripted_sync, scripted_sync.root
+    view = MirrorView(mirror_root)
     run_id = new_run(client, experiment_name, "r")
     client.log_batch(run_id, metrics=[Metric("a", i, T0 + i, i) for i in range(5)])
     client.log_batch(run_id, metrics=[Metric("b", -i, T0 + i, 0) for i in range(3)])
@@ -77,25 +78,24 @@ def test_only_new_points_are_appended_and_an_idle_sync_writes_nothing(
         ]
     )
     run = tb_run(source_name, experiment_name, "r")
-    assert [p[1] for p in tensorboard.wait_scalars(run, "a", 8)] == list(range(8))
-    assert [p[1] for p in tensorboard.wait_scalars(run, "b", 5)] == list(range(5))
+    assert [p[1] for p in view.wait_scalars(run, "a", 8)] == list(range(8))
+    assert [p[1] for p in view.wait_scalars(run, "b", 5)] == list(range(5))
 
-    stat, requests = path.stat(), history_requests(mlflow_server)
+    stat, requests = path.stat(), history_requests(scripted)
     result = sync([experiment_name])
     assert path.stat().st_size == stat.st_size and path.stat().st_mtime_ns == stat.st_mtime_ns
-    assert history_requests(mlflow_server) == requests, "an idle sync must fetch no history"
+    assert history_requests(scripted) == requests, "an idle sync must fetch no history"
     assert ", 0 points, 0 bytes," in result.stdout
 
 
 def test_points_inserted_mid_history_arrive_exactly_once(
-    sync,
-    mlflow_server: MlflowServer,
-    tensorboard: TensorBoard,
-    mirror_root: Path,
+    scripted_sync,
+    scripted: ScriptedMlflow,
     experiment_name: str,
     source_name: str,
 ) -> None:
-    client = mlflow_server.client()
+    client, sync, mirror_root = scripted.client(), scripted_sync, scripted_sync.root
+    view = MirrorView(mirror_root)
     run_id = client.create_run(
         client.create_experiment(experiment_name), run_name="late"
     ).info.run_id
@@ -110,7 +110,7 @@ def test_points_inserted_mid_history_arrive_exactly_once(
     client.log_batch(run_id, metrics=[Metric("loss", 99.0, T0 + 4500, 20)])
     sync([experiment_name])
     run = tb_run(source_name, experiment_name, "late")
-    points = tensorboard.wait_scalars(run, "loss", 11)
+    points = view.wait_scalars(run, "loss", 11)
     assert [p[1] for p in points] == [*range(10), 20]
     assert points[-1][0] == (T0 + 4500) / 1000 and points[-1][2] == 99.0
 
@@ -120,24 +120,24 @@ def test_points_inserted_mid_history_arrive_exactly_once(
     sync([experiment_name])
     client.set_terminated(run_id, "FINISHED")
     sync([experiment_name])
-    points = tensorboard.wait_scalars(run, "loss", 12)
+    points = view.wait_scalars(run, "loss", 12)
     assert [p[1] for p in points] == [*range(10), 20, 21]
     assert points[-1][2] == 3.5
 
     # And `--reconcile` finds such points at any time, once.
     client.log_batch(run_id, metrics=[Metric("loss", 1.25, T0 + 30_000, 1)])
     sync([experiment_name])
-    assert len(tensorboard.scalars(run, "loss")) == 12
+    assert len(view.scalars(run, "loss")) == 12
     sync([experiment_name], "--reconcile")
-    points = tensorboard.wait_scalars(run, "loss", 13)
+    points = view.wait_scalars(run, "loss", 13)
     assert [p[1] for p in points] == [*range(10), 20, 21, 22]
     sync([experiment_name], "--reconcile")
-    assert len(tensorboard.scalars(run, "loss")) == 13
+    assert len(view.scalars(run, "loss")) == 13
 
 
 @contextlib.contextmanager
 def clocked_engine(
-    tmp_path: Path, server: MlflowServer, experiment: str, now: list[float]
+    tmp_path: Path, server: ScriptedMlflow, experiment: str, now: list[float]
 ) -> Iterator[MlflowEngine]:
     """An in-process engine for one experiment whose clock is `now[0]`."""
     settings = MlflowSourceSettings(
@@ -146,7 +146,7 @@ def clocked_engine(
     )  # fmt: skip
     journal = Journal.open(MirrorLayout(tmp_path / "root"), tmp_path / "state.db")
     journal.own(settings.name)
-    source = build_source(settings)
+    source = source_for(settings, server.transport)
     try:
         yield MlflowEngine(source, journal, clock=lambda: now[0])
     finally:
@@ -155,15 +155,15 @@ def clocked_engine(
 
 
 def test_running_runs_are_reconciled_every_interval(
-    tmp_path: Path, mlflow_server: MlflowServer, experiment_name: str
+    tmp_path: Path, scripted: ScriptedMlflow, experiment_name: str
 ) -> None:
     """A lower-step point logged into a running run is found at the first pass after
     `reconcile_interval`, not before, and only once."""
-    client = mlflow_server.client()
+    client = scripted.client()
     run_id = new_run(client, experiment_name, "r")
     client.log_batch(run_id, metrics=[Metric("m", float(i), T0 + i, i) for i in range(5)])
     now = [1_000_000.0]
-    with clocked_engine(tmp_path, mlflow_server, experiment_name, now) as engine:
+    with clocked_engine(tmp_path, scripted, experiment_name, now) as engine:
         assert engine.run_pass().points == 5
         client.log_batch(run_id, metrics=[Metric("m", 2.5, T0 + 100, 2)])
         now[0] += 599
@@ -176,17 +176,17 @@ def test_running_runs_are_reconciled_every_interval(
 
 
 def test_finished_runs_are_reconciled_once_after_a_grace_period(
-    tmp_path: Path, mlflow_server: MlflowServer, experiment_name: str
+    tmp_path: Path, scripted: ScriptedMlflow, experiment_name: str
 ) -> None:
     """A point that lands after the run finished (Azure ML ingests asynchronously) with a step
     that does not change MLflow's latest is found `reconcile_interval` after the run ended;
     after that the run is left alone."""
-    client = mlflow_server.client()
+    client = scripted.client()
     run_id = new_run(client, experiment_name, "done")
     client.log_batch(run_id, metrics=[Metric("m", float(i), T0 + i, i) for i in range(5)])
     client.set_terminated(run_id, "FINISHED")
     now = [time.time()]
-    with clocked_engine(tmp_path, mlflow_server, experiment_name, now) as engine:
+    with clocked_engine(tmp_path, scripted, experiment_name, now) as engine:
         assert engine.run_pass().points == 5
         client.log_batch(run_id, metrics=[Metric("m", 1.5, T0 + 50, 1)])
         now[0] += 599

@@ -22,6 +22,8 @@ from conftest import REPO, tbmirror
 from helpers import prometheus_operator
 from helpers.tools import tool
 
+pytestmark = pytest.mark.e2e  # starts real processes (tests/conftest.py, REAL_PROCESS_FIXTURES)
+
 KUBERNETES = REPO / "deploy" / "kubernetes"
 OVERLAYS = sorted(p.parent for p in (KUBERNETES / "overlays").glob("*/kustomization.yaml"))
 KUBERNETES_VERSION = "1.33.0"  # the oldest release still supported upstream when written

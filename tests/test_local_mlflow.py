@@ -10,8 +10,12 @@ import signal
 import socket
 from pathlib import Path
 
+import pytest
+
 from conftest import wait_until
 from tbmirror.local_mlflow import LocalMlflowServer
+
+pytestmark = pytest.mark.e2e  # starts real processes (tests/conftest.py, REAL_PROCESS_FIXTURES)
 
 
 def listening(port: int) -> bool:

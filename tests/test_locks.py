@@ -92,6 +92,7 @@ sys.stdin.read()
 
 
 @pytest.mark.skipif(shutil.which("unshare") is None, reason="needs util-linux's unshare")
+@pytest.mark.e2e  # starts `tbmirror` (or another process)
 def test_a_holder_on_another_host_is_named(tmp_path: Path) -> None:
     """A holder in its own UTS namespace (another host name, as a pod on another node has):
     the refusal names that host and pid, so an operator knows where to look."""

@@ -1,7 +1,8 @@
 """Long series stream into the mirror page by page (issue 14): a series longer than one get-history
 page is written a page a batch, its cursor committed with each page, so a pass cut short resumes
 where it stopped; a series rewritten upstream is diffed page by page against compact marks of
-what was written. A HostileProxy in front of the real `mlflow server` breaks pages on demand."""
+what was written. A scripted MLflow (helpers/scripted_mlflow.py, held to a real server by
+test_scripted_mlflow.py) breaks pages on demand."""
 
 from __future__ import annotations
 
@@ -11,19 +12,12 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from mlflow.entities import Metric
+import pytest
 
-from conftest import (
-    MlflowServer,
-    TensorBoard,
-    mlflow_source,
-    new_run,
-    scalars_in,
-    tb_run,
-    tbmirror,
-    write_config,
-)
-from helpers.hostile_proxy import HostileProxy
+from conftest import mlflow_source, new_run, scalars_in, tb_run, write_config
+from helpers import in_process
+from helpers.in_process import MirrorView
+from helpers.scripted_mlflow import Metric, ScriptedMlflow
 from tbmirror.engine.mlflow.encoding import SeriesStream
 from tbmirror.engine.mlflow.written import WrittenMarks
 from tbmirror.mirror import events, summaries
@@ -41,27 +35,25 @@ def log_points(client: Any, run_id: str, steps: range, timestamp: Callable[[int]
         client.log_batch(run_id, metrics=[Metric("loss", s / 3, timestamp(s), s) for s in batch])
 
 
+@pytest.mark.e2e  # a full-size workload: 55,000 points through six passes (seconds)
 def test_a_long_series_is_written_a_page_a_batch_and_resumes_after_a_failed_page(
-    tmp_path: Path,
-    mirror_root: Path,
-    mlflow_server: MlflowServer,
-    proxy: HostileProxy,
-    tensorboard: TensorBoard,
-    source_name: str,
-    experiment_name: str,
+    tmp_path: Path, scripted: ScriptedMlflow, source_name: str, experiment_name: str
 ) -> None:
-    client = mlflow_server.client()
+    """In-process, against a scripted MLflow (helpers/scripted_mlflow.py) with the hostile
+    proxy's faults; the series read from the events files as TensorBoard shows them."""
+    client, proxy, mirror_root = scripted.client(), scripted, tmp_path / "mirror"
     run_id = new_run(client, experiment_name, "long")
     log_points(client, run_id, range(POINTS), lambda step: T0 + step)
     config = write_config(
         tmp_path / "tbmirror.yaml",
         mirror_root,
-        [mlflow_source(source_name, proxy.url, [experiment_name], max_retries=0)],
+        [mlflow_source(source_name, scripted.url, [experiment_name], max_retries=0)],
     )
     run_dir = mirror_root / source_name / experiment_name / "long"
+    tensorboard = MirrorView(mirror_root)
 
-    def sync() -> Any:
-        return tbmirror("sync", "--config", str(config))
+    def sync(*args: str) -> Any:
+        return in_process.sync(config, scripted.transport, *args)
 
     # The second page of get-history fails: the first page is committed, with its cursor.
     proxy.set("status", path=r"/metrics/get-history\?.*page_token", code=500)
@@ -93,7 +85,7 @@ def test_a_long_series_is_written_a_page_a_batch_and_resumes_after_a_failed_page
     client.log_batch(run_id, metrics=[Metric("loss", -2.0, T0 + 30_000, 3)])  # in page 2
     check = urllib.parse.quote(offset_token(POINTS + 10), safe="")
     proxy.set("status", path=rf"/get-history\?(?!.*page_token={check}).*page_token=", code=500)
-    result = tbmirror("sync", "--config", str(config), "--reconcile")
+    result = sync("--reconcile")
     assert result.returncode == 1, result.stdout + result.stderr
     proxy.clear()
     result = sync()

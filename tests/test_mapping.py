@@ -17,18 +17,21 @@ from conftest import (
     wait_until,
     write_config,
 )
+from helpers import in_process
+from helpers.in_process import MirrorView
+from helpers.scripted_mlflow import ScriptedMlflow
 from tbmirror.processes import free_port
 
 
 def test_child_runs_in_another_experiment_nest_under_their_parent_unless_switched_off(
-    sync,
+    scripted_sync,
     tmp_path: Path,
-    mlflow_server: MlflowServer,
-    tensorboard: TensorBoard,
+    scripted: ScriptedMlflow,
     experiment_name: str,
     source_name: str,
 ) -> None:
-    client = mlflow_server.client()
+    """In-process, against a scripted MLflow (helpers/scripted_mlflow.py)."""
+    client = scripted.client()
     parent = client.create_run(
         client.create_experiment(experiment_name), run_name="parent"
     ).info.run_id
@@ -40,18 +43,19 @@ def test_child_runs_in_another_experiment_nest_under_their_parent_unless_switche
     for run_id in (parent, child, grandchild.info.run_id):
         client.log_batch(run_id, metrics=[Metric("m", 1.0, 1_700_000_000_000, 0)])
 
-    sync([experiment_name])
+    scripted_sync([experiment_name])
+    view = MirrorView(scripted_sync.root)
     nested = tb_run(source_name, experiment_name, "parent", "child", "grandchild")
-    wait_until(lambda: nested in tensorboard.runs(), 30, "the grandchild nested under its parent")
-    assert tensorboard.wait_scalars(nested, "m", 1)
+    assert nested in view.runs(), "the grandchild nested under its parent"
+    assert view.wait_scalars(nested, "m", 1)
 
     # `child_runs_in_other_experiments: false`: the configured experiment's runs only
     (tmp_path / "alone").mkdir()
     config = write_config(tmp_path / "alone" / "tbmirror.yaml", tmp_path / "alone" / "root", [
-        mlflow_source("alone", mlflow_server.url, [experiment_name],
+        mlflow_source("alone", scripted.url, [experiment_name],
                       child_runs_in_other_experiments=False),
     ])  # fmt: skip
-    result = tbmirror("sync", "--config", str(config))
+    result = in_process.sync(config, scripted.transport)
     assert result.returncode == 0, result.stdout + result.stderr
     mirrored = tmp_path / "alone" / "root" / "alone" / experiment_name
     directories = sorted(str(d.relative_to(mirrored)) for d in mirrored.rglob("*") if d.is_dir())

@@ -52,6 +52,8 @@ from helpers.monitoring import (
 from tbmirror.engine.base import PassReport
 from tbmirror.service.metrics import DaemonMetrics
 
+pytestmark = pytest.mark.e2e  # starts real processes (tests/conftest.py, REAL_PROCESS_FIXTURES)
+
 SOURCE = "team"
 STALE_AFTER = 6.0  # health.stale_after of the daemon: exported, and read by the stale rule
 FOR = "2s"  # every rule's `for:` in the test (the shipped ones are minutes)

@@ -1,14 +1,16 @@
 """Hostile run and experiment names stay inside the mirror root and stay distinct; renames move a
-run's directory, deletions remove it (on_delete: remove) or leave it (keep)."""
+run's directory, deletions remove it (on_delete: remove) or leave it (keep). In-process, against a
+scripted MLflow (helpers/scripted_mlflow.py, held to a real server by test_scripted_mlflow.py); the
+mirror read from its files as TensorBoard shows it (helpers/in_process.py: MirrorView)."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
-from mlflow.entities import Metric
-
-from conftest import MlflowServer, TensorBoard, new_run, tb_run, wait_until
+from conftest import new_run, tb_run
+from helpers.in_process import MirrorView
+from helpers.scripted_mlflow import Metric, ScriptedMlflow
 
 HOSTILE = ["../../etc", "a/b", "nul\x00byte", "x" * 5000, "tab\tnew\nline", "same", "same"]
 EXPECTED_DIRS = ["_._.._etc", "a_b", "nul_byte", "x" * 120, "tab_new_line", "same", None]
@@ -29,14 +31,13 @@ def run_dirs(top: Path) -> dict[Path, list[str]]:
 
 
 def test_hostile_names_stay_inside_and_distinct_and_renames_and_deletions_are_mirrored(
-    sync,
-    mlflow_server: MlflowServer,
-    tensorboard: TensorBoard,
-    mirror_root: Path,
+    scripted_sync,
+    scripted: ScriptedMlflow,
     experiment_name: str,
     source_name: str,
 ) -> None:
-    client = mlflow_server.client()
+    client, sync, mirror_root = scripted.client(), scripted_sync, scripted_sync.root
+    view = MirrorView(mirror_root)
     hostile_experiment = f"../../{experiment_name}/x"
     experiment_id = client.create_experiment(hostile_experiment)
     run_ids = []
@@ -61,10 +62,10 @@ def test_hostile_names_stay_inside_and_distinct_and_renames_and_deletions_are_mi
     assert names == set(expected)
 
     runs = {tb_run(source_name, experiment_dir.name, name) for name in names}
-    wait_until(lambda: runs <= set(tensorboard.runs()), 30, "every hostile run in TensorBoard")
+    assert runs <= set(view.runs()), "every hostile run shown"
     for index, name in enumerate(expected):
         run = tb_run(source_name, experiment_dir.name, name)
-        assert tensorboard.wait_scalars(run, "m", 1)[0][2] == float(index)
+        assert view.wait_scalars(run, "m", 1)[0][2] == float(index)
 
     # Rename: the run's directory moves, its data with it; the old one is gone.
     client.update_run(run_ids[1], name="renamed")
@@ -74,16 +75,16 @@ def test_hostile_names_stay_inside_and_distinct_and_renames_and_deletions_are_mi
     names_after = {path.name for path in run_dirs(experiment_dir)}
     assert names_after == (names - {"a_b", "same"}) | {"renamed"}
     renamed = tb_run(source_name, experiment_dir.name, "renamed")
-    assert tensorboard.wait_scalars(renamed, "m", 1)[0][2] == 1.0
+    assert view.wait_scalars(renamed, "m", 1)[0][2] == 1.0
     gone = {tb_run(source_name, experiment_dir.name, n) for n in ("a_b", "same")}
-    wait_until(lambda: not gone & set(tensorboard.runs()), 30, "removed runs to leave TensorBoard")
+    assert not gone & set(view.runs()), "removed runs are gone"
 
     # A restored run comes back, once.
     client.restore_run(run_ids[5])
     sync([hostile_experiment])
     restored = tb_run(source_name, experiment_dir.name, "same")
-    wait_until(lambda: restored in tensorboard.runs(), 30, "the restored run")
-    assert len(tensorboard.wait_scalars(restored, "m", 1)) == 1
+    assert restored in view.runs(), "the restored run is back"
+    assert len(view.wait_scalars(restored, "m", 1)) == 1
 
 
 def files_of(directory: Path) -> dict[str, bytes]:
@@ -99,9 +100,10 @@ def mirror_one_run(client, sync, experiment: str, **settings: object) -> tuple[s
 
 
 def test_on_delete_keep_leaves_the_mirrored_run(
-    sync, mlflow_server: MlflowServer, mirror_root: Path, experiment_name: str, source_name: str
+    scripted_sync, scripted: ScriptedMlflow, experiment_name: str, source_name: str
 ) -> None:
-    client = mlflow_server.client()
+    sync, mirror_root = scripted_sync, scripted_sync.root
+    client = scripted.client()
     run_id, parts = mirror_one_run(client, sync, experiment_name, on_delete="keep")
     run_dir = mirror_root.joinpath(source_name, *parts)
     content = files_of(run_dir)
@@ -111,10 +113,11 @@ def test_on_delete_keep_leaves_the_mirrored_run(
 
 
 def test_runs_of_an_experiment_that_is_not_found_are_kept(
-    sync, mlflow_server: MlflowServer, mirror_root: Path, experiment_name: str, source_name: str
+    scripted_sync, scripted: ScriptedMlflow, experiment_name: str, source_name: str
 ) -> None:
+    sync, mirror_root = scripted_sync, scripted_sync.root
     """A typo in the config (or a renamed experiment) must not wipe a mirror."""
-    _, parts = mirror_one_run(mlflow_server.client(), sync, experiment_name)
+    _, parts = mirror_one_run(scripted.client(), sync, experiment_name)
     run_dir = mirror_root.joinpath(source_name, *parts)
     content = files_of(run_dir)
     result = sync([f"{experiment_name}-typo"])

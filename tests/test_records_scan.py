@@ -269,6 +269,7 @@ def test_the_compiled_crc32c_matches_google_crc32c() -> None:
     ],
     ids=["switched-off", "not-importable"],
 )
+@pytest.mark.e2e  # starts `tbmirror` (or another process)
 def test_without_the_extension_the_pure_python_path_runs(prelude: str) -> None:
     code = (
         f"{prelude}\n"

@@ -1,16 +1,16 @@
 """Start-up recovery when the disk disagrees with the state store: a damaged (shortened) or lost
-events file makes its run be written again from scratch; an unknown events file is removed."""
+events file makes its run be written again from scratch; an unknown events file is removed.
+In-process, against a scripted MLflow (helpers/scripted_mlflow.py)."""
 
 from __future__ import annotations
 
 import shutil
 from pathlib import Path
 
-from mlflow.entities import Metric
 from tensorboard.backend.event_processing.event_file_loader import RawEventFileLoader
 from tensorboard.compat.proto.event_pb2 import Event
 
-from conftest import MlflowServer
+from helpers.scripted_mlflow import Metric, ScriptedMlflow
 
 
 def scalar_steps(directory: Path) -> list[int]:
@@ -23,9 +23,9 @@ def scalar_steps(directory: Path) -> list[int]:
 
 
 def test_damaged_lost_and_unknown_files(
-    sync, mlflow_server: MlflowServer, mirror_root: Path, experiment_name: str, source_name: str
+    scripted_sync, scripted: ScriptedMlflow, experiment_name: str, source_name: str
 ) -> None:
-    client = mlflow_server.client()
+    client, sync, mirror_root = scripted.client(), scripted_sync, scripted_sync.root
     experiment_id = client.create_experiment(experiment_name)
     for name in ("shortened", "lost"):
         run_id = client.create_run(experiment_id, run_name=name).info.run_id
@@ -49,9 +49,9 @@ def test_damaged_lost_and_unknown_files(
 
 
 def test_one_broken_run_does_not_stop_the_others(
-    sync, mlflow_server: MlflowServer, mirror_root: Path, experiment_name: str, source_name: str
+    scripted_sync, scripted: ScriptedMlflow, experiment_name: str, source_name: str
 ) -> None:
-    client = mlflow_server.client()
+    client, sync, mirror_root = scripted.client(), scripted_sync, scripted_sync.root
     experiment_id = client.create_experiment(experiment_name)
     runs = {}
     for name in ("broken", "fine"):

@@ -1,6 +1,7 @@
 """Retention (issue 13): a run that leaves the selection goes to `mirror.archive` with its children
 and comes back from it without a history request; a kill at each step of that move loses and
-duplicates nothing. A recording proxy (helpers/hostile_proxy.py, no fault) counts the requests."""
+duplicates nothing. Moves and refetches are tested in-process in test_retention_scripted.py;
+here, what needs a real process: kills, the prune and status commands, the daemon."""
 
 from __future__ import annotations
 
@@ -33,13 +34,10 @@ from test_selection import make_run
 HISTORY = r"/metrics/get-history"
 
 
-@pytest.fixture
-def window(
-    tmp_path: Path, proxy: HostileProxy, mlflow_server: MlflowServer, experiment_name: str
-) -> dict[str, Any]:
-    """An experiment with an older run (with a child) and a newer one; a config writer for a
-    root and archive of this test's own (one file system)."""
-    client = mlflow_server.client()
+def make_window(tmp_path: Path, client: Any, url: str, experiment_name: str) -> dict[str, Any]:
+    """An experiment with an older run (with a child) and a newer one, logged with `client`; a
+    config writer (sources on `url`) for a root and archive of this test's own (one file
+    system)."""
     now = int(time.time() * 1000)
     older = make_run(client, experiment_name, "older", start_ms=now - 60_000)
     make_run(client, experiment_name, "child", parent=older, start_ms=now - 50_000)
@@ -48,14 +46,22 @@ def window(
     root, archive = tmp_path / "root", tmp_path / "archive"
 
     def config(max_runs: int) -> Path:
-        source = mlflow_source("src", proxy.url, [experiment_name], max_runs=max_runs)
+        source = mlflow_source("src", url, [experiment_name], max_runs=max_runs)
         path = write_config(tmp_path / "tbmirror.yaml", root, [source])
         text = path.read_text().replace("  state:", f"  archive: {archive}\n  state:", 1)
         path.write_text(text)
         return path
 
-    return {"config": config, "root": root / "src" / experiment_name, "url": proxy.url,
+    return {"config": config, "root": root / "src" / experiment_name, "url": url,
             "archive": archive / "src" / experiment_name, "older": older}  # fmt: skip
+
+
+@pytest.fixture
+def window(
+    tmp_path: Path, proxy: HostileProxy, mlflow_server: MlflowServer, experiment_name: str
+) -> dict[str, Any]:
+    """`make_window` on the real server, through the recording proxy."""
+    return make_window(tmp_path, mlflow_server.client(), proxy.url, experiment_name)
 
 
 def tree(directory: Path) -> dict[str, bytes]:
@@ -73,27 +79,6 @@ def sync(config: Path, **env: str) -> str:
     result = tbmirror("sync", "--config", str(config), env=env)
     assert result.returncode == 0, result.stdout + result.stderr
     return result.stdout
-
-
-def test_a_run_leaving_the_window_is_archived_and_comes_back_without_history_requests(
-    proxy: HostileProxy, window: dict[str, Any]
-) -> None:
-    config: Callable[[int], Path] = window["config"]
-    sync(config(2))
-    mirrored = tree(window["root"] / "older")
-    assert "child" in {p.split("/")[0] for p in mirrored} and len(mirrored) == 2
-
-    assert "2 left the selection" in sync(config(1))  # older, and its child with it
-    assert not (window["root"] / "older").exists()
-    assert tree(window["archive"] / "older") == mirrored
-    assert set(tree(window["root"])) == {p for p in tree(window["root"]) if p.startswith("newer")}
-
-    before = len(proxy.requests)
-    sync(config(2))
-    assert tree(window["root"] / "older") == mirrored  # back, byte for byte
-    assert not (window["archive"] / "older").exists()
-    back = [s.target for s in proxy.requests[before:] if HISTORY in s.target]
-    assert back == [], back  # nothing fetched again
 
 
 @pytest.mark.parametrize("step", ["move_recorded", "move_renamed", "move_applied"])
@@ -158,62 +143,6 @@ def test_prune_removes_exactly_what_its_dry_run_lists_and_leaves_store_and_tree_
     assert on_disk == committed
     assert " 0 bytes" in sync(config)  # nothing left to write
     assert {str(p.relative_to(root)): p.stat().st_size for p in root.rglob("*tfevents*")} == on_disk
-
-
-def test_archived_runs_keep_distinct_names_children_and_a_dropped_archive_costs_a_refetch(
-    tmp_path: Path, mlflow_server: MlflowServer, window: dict[str, Any], experiment_name: str
-) -> None:
-    config: Callable[[int], Path] = window["config"]
-    client = mlflow_server.client()
-    sync(config(2))
-    sync(config(1))  # older (and its child) archived
-    time.sleep(0.01)
-    again = make_run(client, experiment_name, "older", start_ms=int(time.time() * 1000))
-    sync(config(1))  # the new "older" takes the root's name; "newer" leaves for the archive
-    make_run(client, experiment_name, "newest", start_ms=int(time.time() * 1000) + 1000)
-    sync(config(1))  # the new "older" leaves too: the archive's "older" is taken
-    archived = {p.split("/")[0] for p in tree(window["archive"])}
-    assert archived == {"older", f"older-{again[:8]}", "newer"}, archived
-    assert {p.split("/")[0] for p in tree(window["root"])} == {"newest"}
-
-    sync(config(4))  # all back, each once, the child still with its parent
-    back = {str(Path(p).parent) for p in tree(window["root"])}
-    assert {"older", "older/child", "newer", "newest"} <= back and len(back) == 5, back
-    assert tree(window["archive"]) == {}
-
-    sync(config(1))
-    plain = write_config(tmp_path / "plain.yaml", tmp_path / "root",
-                         [mlflow_source("src", window["url"], [experiment_name])])  # fmt: skip
-    sync(plain)  # no archive any more: archived runs are mirrored anew, nothing fails
-    assert {"older/child", "newer", "newest"} <= {str(Path(p).parent) for p in tree(window["root"])}
-
-
-def test_under_a_filter_a_parent_leaving_takes_its_children_for_good(
-    tmp_path: Path, mlflow_server: MlflowServer, experiment_name: str
-) -> None:
-    client = mlflow_server.client()
-    parent = make_run(client, experiment_name, "parent", team="vision")
-    make_run(client, experiment_name, "child", parent=parent)  # children carry no team tag
-    root, archive = tmp_path / "root", tmp_path / "archive"
-
-    def config(team: str) -> Path:
-        source = mlflow_source("src", mlflow_server.url, [experiment_name],
-                               filter=f"tags.team = '{team}'")  # fmt: skip
-        path = write_config(tmp_path / "tbmirror.yaml", root, [source])
-        path.write_text(path.read_text().replace("  state:", f"  archive: {archive}\n  state:"))
-        return path
-
-    sync(config("vision"))
-    assert {str(Path(p).parent) for p in tree(root / "src" / experiment_name)} == {
-        "parent", "parent/child",
-    }  # fmt: skip
-    assert "2 left the selection" in sync(config("nlp"))
-    for _ in range(2):  # and they stay out
-        assert tree(root / "src" / experiment_name) == {}
-        assert {str(Path(p).parent) for p in tree(archive / "src" / experiment_name)} == {
-            "parent", "parent/child",
-        }  # fmt: skip
-        sync(config("nlp"))
 
 
 def test_the_daemon_shows_a_live_runs_new_images_and_archives_it_when_it_ends(

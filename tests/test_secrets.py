@@ -71,6 +71,7 @@ def test_a_secret_file_that_is_not_one_line_is_an_error_naming_the_file(
     assert one_line in rows["bearer-two-lines"]["last_error"]
 
 
+@pytest.mark.e2e  # starts `tbmirror` (or another process)
 def test_an_inline_secret_with_a_line_break_is_refused_at_validation(
     tmp_path: Path,
 ) -> None:

@@ -1,6 +1,8 @@
 """Choosing what is mirrored (issue 13): `filter`, `run_statuses`, `max_age`, `max_runs` and
-experiment globs, against a real `mlflow server`; runs that leave the selection leave the mirror,
-their children with them."""
+experiment globs; runs that leave the selection leave the mirror, their children with them. The
+selection is judged in-process against a scripted MLflow (helpers/scripted_mlflow.py, held to a
+real server by test_scripted_mlflow.py); a filter the server refuses, and `check`'s count, against
+a real `mlflow server`."""
 
 from __future__ import annotations
 
@@ -9,7 +11,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from conftest import MlflowServer, TensorBoard, tb_run, tbmirror, wait_until
+from conftest import MlflowServer, tbmirror
+from helpers.in_process import MirrorView
+from helpers.scripted_mlflow import ScriptedMlflow
 
 DAY_MS = 86_400_000
 
@@ -51,14 +55,12 @@ def mirrored(root: Path, source: str, experiment: str) -> set[str]:
 
 
 def test_a_filter_by_tag_and_by_metric_with_experiment_globs(
-    mlflow_server: MlflowServer,
-    mirror_root: Path,
-    tensorboard: TensorBoard,
-    sync: Callable[..., Any],
+    scripted: ScriptedMlflow,
+    scripted_sync: Callable[..., Any],
     source_name: str,
     experiment_name: str,
 ) -> None:
-    client = mlflow_server.client()
+    client, sync, mirror_root = scripted.client(), scripted_sync, scripted_sync.root  # type: ignore[attr-defined]
     first, second, other = f"{experiment_name}-a", f"{experiment_name}-b", f"x-{experiment_name}"
     vision = make_run(client, first, "vision", team="vision")
     make_run(client, first, "tuned", parent=vision)  # no tag of its own: it follows its parent
@@ -71,26 +73,23 @@ def test_a_filter_by_tag_and_by_metric_with_experiment_globs(
     assert mirrored(mirror_root, source_name, first) == {"vision", "vision/tuned"}, result.stdout
     assert mirrored(mirror_root, source_name, second) == {"vision2"}
     assert mirrored(mirror_root, source_name, other) == set()
-    wait_until(
-        lambda: tb_run(source_name, first, "vision", "tuned") in tensorboard.runs(), 30, "child"
-    )
+    assert f"{source_name}/{first}/vision/tuned" in MirrorView(mirror_root).runs()
 
     # A stricter filter: the runs it no longer matches leave (proven by a search for each).
     result = sync([f"{experiment_name}-*"], filter="metrics.val_acc > 0.8")
     assert "1 left the selection" in result.stdout, result.stdout
     assert mirrored(mirror_root, source_name, first) == {"vision", "vision/tuned"}
     assert mirrored(mirror_root, source_name, second) == set()
-    wait_until(lambda: tb_run(source_name, second, "vision2") not in tensorboard.runs(), 30, "gone")
+    assert f"{source_name}/{second}/vision2" not in MirrorView(mirror_root).runs()
 
 
 def test_max_age_and_run_statuses_judge_top_level_runs_and_children_follow(
-    mlflow_server: MlflowServer,
-    mirror_root: Path,
-    sync: Callable[..., Any],
+    scripted: ScriptedMlflow,
+    scripted_sync: Callable[..., Any],
     source_name: str,
     experiment_name: str,
 ) -> None:
-    client = mlflow_server.client()
+    client, sync, mirror_root = scripted.client(), scripted_sync, scripted_sync.root  # type: ignore[attr-defined]
     now = int(time.time() * 1000)
     old = make_run(
         client, experiment_name, "old", start_ms=now - 4 * DAY_MS, end_ms=now - 3 * DAY_MS
@@ -118,13 +117,12 @@ def test_max_age_and_run_statuses_judge_top_level_runs_and_children_follow(
 
 
 def test_max_runs_keeps_the_most_recent_top_level_runs_with_their_children(
-    mlflow_server: MlflowServer,
-    mirror_root: Path,
-    sync: Callable[..., Any],
+    scripted: ScriptedMlflow,
+    scripted_sync: Callable[..., Any],
     source_name: str,
     experiment_name: str,
 ) -> None:
-    client = mlflow_server.client()
+    client, sync, mirror_root = scripted.client(), scripted_sync, scripted_sync.root  # type: ignore[attr-defined]
     now = int(time.time() * 1000)
     runs = {
         name: make_run(client, experiment_name, name, start_ms=now - age * 60_000)

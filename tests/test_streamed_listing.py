@@ -1,7 +1,8 @@
 """A listing read page by page (issue 14): a pass selects, places and writes runs as the pages of
 `runs/search` arrive, never holding every run snapshot at once; what only a complete listing can
 prove (a run gone, a run past `max_runs`) waits for its end; a run listed exactly as it was last
-mirrored whole is not looked into again."""
+mirrored whole is not looked into again. The passes run in-process against a scripted MLflow
+(helpers/scripted_mlflow.py, held to a real server by test_scripted_mlflow.py)."""
 
 from __future__ import annotations
 
@@ -15,16 +16,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from mlflow.entities import Metric
 
-from conftest import MlflowServer, scalars_in
-from helpers.hostile_proxy import HostileProxy
+from conftest import scalars_in
+from helpers.in_process import source_for
+from helpers.scripted_mlflow import Metric, ScriptedMlflow
 from tbmirror.config import MlflowSourceSettings
 from tbmirror.engine.mlflow import engine as engine_module
 from tbmirror.engine.mlflow.engine import MlflowEngine
 from tbmirror.engine.mlflow.selection import MAX_RUNS, PARENT, STATUS, Selection
 from tbmirror.journal import Journal
-from tbmirror.kinds.mlflow import build_source
 from tbmirror.mirror.layout import MirrorLayout
 from tbmirror.model import RunSnapshot
 
@@ -97,26 +97,25 @@ def small_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_a_listing_cut_mid_way_keeps_what_its_pages_wrote_and_proves_nothing_gone(
     tmp_path: Path,
-    mlflow_server: MlflowServer,
-    proxy: HostileProxy,
+    scripted: ScriptedMlflow,
     experiment_name: str,
     small_chunks: None,
 ) -> None:
     """Pages of 2 runs (a server that caps them), the third refused: the runs of the first two
     pages are written before the listing fails; a deleted run beyond the cut is not removed until
     a complete listing proves it gone; the next pass completes the rest, each point once."""
-    client = mlflow_server.client()
+    client = scripted.client()
     experiment_id = client.create_experiment(experiment_name)
     ids = {}
     for index, name in enumerate(["r0", "r1", "r2", "r3", "r4", "gone"]):
         run = client.create_run(experiment_id, start_time=T0 + index * 1000, run_name=name)
         ids[name] = run.info.run_id
-    settings = MlflowSourceSettings(name="streamed", type="mlflow", tracking_uri=proxy.url,
+    settings = MlflowSourceSettings(name="streamed", type="mlflow", tracking_uri=scripted.url,
                                     experiments=[experiment_name], on_delete="remove",
                                     timeout=5)  # fmt: skip
     journal = Journal.open(MirrorLayout(tmp_path / "root"), tmp_path / "state.db")
     journal.own(settings.name)
-    source = build_source(settings)
+    source = source_for(settings, scripted.transport)
     run_dir = tmp_path / "root" / "streamed" / experiment_name
 
     def log(step: int) -> None:
@@ -136,15 +135,15 @@ def test_a_listing_cut_mid_way_keeps_what_its_pages_wrote_and_proves_nothing_gon
         log(1)
         client.delete_run(ids["gone"])
 
-        proxy.set("small_pages", path=SEARCH, times=2, size=2)
-        proxy.set("status", path=SEARCH, code=400, body={"error_code": "INTERNAL_ERROR"})
+        scripted.set("small_pages", path=SEARCH, times=2, size=2)
+        scripted.set("status", path=SEARCH, code=400, body={"error_code": "INTERNAL_ERROR"})
         report = engine.run_pass()
         assert report.failure and "runs/search" in str(report.failure), report
         assert report.points == 4 and report.runs_removed == 0, report
         assert [steps(name) for name in ["r0", "r1", "r2", "r3", "r4"]] == [[0, 1]] * 4 + [[0]]
         assert (run_dir / "gone").is_dir(), "an incomplete listing proves no run gone"
 
-        proxy.clear()
+        scripted.clear()
         report = engine.run_pass()
         assert report.failure is None and report.runs_removed == 1, report
         assert report.points == 1, "only r4's new point: the others were written once"
@@ -157,23 +156,23 @@ def test_a_listing_cut_mid_way_keeps_what_its_pages_wrote_and_proves_nothing_gon
 
 def test_a_run_listed_as_it_was_mirrored_whole_is_not_looked_into_again(
     tmp_path: Path,
-    mlflow_server: MlflowServer,
+    scripted: ScriptedMlflow,
     experiment_name: str,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """A full pass over unchanged runs reads no cursor and writes nothing; a tag edited, a point
     logged or a reconcile due brings exactly that run back."""
-    client = mlflow_server.client()
+    client = scripted.client()
     experiment_id = client.create_experiment(experiment_name)
     ids = [client.create_run(experiment_id, run_name=f"r{i}").info.run_id for i in range(3)]
     for run_id in ids:
         client.log_batch(run_id, metrics=[Metric("m", 1.0, T0, 0)])
         client.set_terminated(run_id)
-    settings = MlflowSourceSettings(name="unchanged", type="mlflow", tracking_uri=mlflow_server.url,
+    settings = MlflowSourceSettings(name="unchanged", type="mlflow", tracking_uri=scripted.url,
                                     experiments=[experiment_name])  # fmt: skip
     journal = Journal.open(MirrorLayout(tmp_path / "root"), tmp_path / "state.db")
     journal.own(settings.name)
-    source = build_source(settings)
+    source = source_for(settings, scripted.transport)
     read: list[str] = []
     cursors = journal.cursors
     monkeypatch.setattr(

@@ -215,6 +215,7 @@ def test_metric_logs_written_line_by_line_arrive_complete_and_in_order(
     assert sorted(tensorboard.scalar_tags(jsonl)) == ["eval/acc", "loss", "lr"]
 
 
+@pytest.mark.e2e  # starts `tbmirror` (or another process)
 def test_rewritten_corrupt_hostile_and_empty_files(tmp_path: Path, source_name: str) -> None:
     uploads, root = tmp_path / "uploads", tmp_path / "mirror"
     outside = tmp_path / "outside"
@@ -313,6 +314,7 @@ def test_rewritten_corrupt_hostile_and_empty_files(tmp_path: Path, source_name: 
         board.stop()
 
 
+@pytest.mark.e2e  # starts `tbmirror` (or another process)
 def test_an_unreadable_file_is_reported_and_the_others_go_on() -> None:
     """Run without the right to read what permissions forbid (root drops its DAC capabilities)."""
     base = Path(tempfile.mkdtemp(prefix="tbmirror-unreadable-"))
@@ -375,6 +377,7 @@ def test_a_late_upload_directory_and_a_reload_keep_the_watch_going(
     assert daemon.stop() == 0
 
 
+@pytest.mark.e2e  # starts `tbmirror` (or another process)
 def test_check_describes_an_upload_directory(tmp_path: Path) -> None:
     uploads = tmp_path / "uploads"
     write_tfevents(uploads / "a" / "events.out.tfevents.1.a", [1.0])
@@ -392,6 +395,7 @@ def test_check_describes_an_upload_directory(tmp_path: Path) -> None:
     assert f"FAIL  gone: upload directory {tmp_path / 'missing'} does not exist" in result.stdout
 
 
+@pytest.mark.e2e  # starts `tbmirror` (or another process)
 def test_odd_names_collisions_huge_records_and_bytes_that_arrive_late(
     tmp_path: Path, source_name: str
 ) -> None:
@@ -451,6 +455,7 @@ def test_odd_names_collisions_huge_records_and_bytes_that_arrive_late(
     assert (mirrored / "late" / late.name).read_bytes() == data + tail
 
 
+@pytest.mark.e2e  # starts `tbmirror` (or another process)
 def test_sigkill_at_each_protocol_step_copies_and_converts_exactly_once(
     tmp_path: Path, source_name: str
 ) -> None:

@@ -77,7 +77,8 @@ class LocalMlflowServer:
                     f"see {self.log_path} (is the 'mlflow' package installed?)"
                 )
             try:
-                if httpx.get(f"{self.url}/health", timeout=2).status_code == 200:
+                health = httpx.get(f"{self.url}/health", timeout=2, trust_env=False)  # our child
+                if health.status_code == 200:
                     return self
             except httpx.HTTPError:
                 pass

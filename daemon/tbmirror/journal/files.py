@@ -10,7 +10,9 @@ from __future__ import annotations
 import ctypes
 import os
 import stat
+import threading
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Protocol
 
@@ -119,3 +121,47 @@ def _writeback_starter() -> Callable[[int, int, int, int], int] | None:
 
 
 _sync_file_range = _writeback_starter()
+
+
+class ParallelSyncs:
+    """Runs a batch's fsyncs several at a time. Why at once: on a journaling file system an
+    fsync waits for a commit and a disk cache flush, which fsyncs in flight together share; one
+    after another, a batch of small files pays one each. Thread-safe; `close` when done."""
+
+    THREADS = 8  # fsyncs in flight at once
+
+    def __init__(self) -> None:
+        self._guard = threading.Lock()
+        self._pool: ThreadPoolExecutor | None = None  # made on first use
+
+    def each(
+        self, sync: Callable[[Path], None], paths: list[Path]
+    ) -> list[tuple[Path, Future[None]]]:
+        """`sync` every path and wait for all; each path with its outcome (`result()` raises
+        its error), in order."""
+        if len(paths) < 2:
+            return [(path, _done(sync, path)) for path in paths]
+        with self._guard:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(self.THREADS, thread_name_prefix="fsync")
+            pool = self._pool
+        outcomes = [(path, pool.submit(sync, path)) for path in paths]
+        wait([outcome for _, outcome in outcomes])
+        return outcomes
+
+    def close(self) -> None:
+        with self._guard:
+            if self._pool is not None:
+                self._pool.shutdown()
+
+
+def _done(sync: Callable[[Path], None], path: Path) -> Future[None]:
+    """`sync(path)` called here and now, its outcome as a finished future."""
+    outcome: Future[None] = Future()
+    try:
+        sync(path)
+    except BaseException as error:  # kept for result() to raise, as the pool's threads do
+        outcome.set_exception(error)
+    else:
+        outcome.set_result(None)
+    return outcome

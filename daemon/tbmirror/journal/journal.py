@@ -38,7 +38,6 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -47,7 +46,7 @@ import structlog
 
 from tbmirror.errors import MirrorError, UnsafePathError, WriteFault
 from tbmirror.journal.faults import Fault, FaultListener, FaultLog
-from tbmirror.journal.files import FileLayer, OsFiles
+from tbmirror.journal.files import FileLayer, OsFiles, ParallelSyncs
 from tbmirror.journal.locks import SubtreeLocks
 from tbmirror.journal.passes import PassLog
 from tbmirror.journal.store import Store
@@ -59,7 +58,6 @@ from tbmirror.model import Cursor, MediaRecord, RunRecord, TailRecord
 log = structlog.get_logger(__name__)
 
 StoreChange = Callable[[Store], None]
-SYNC_THREADS = 8  # fsyncs of one batch in flight at once (see Journal._sync_each)
 
 
 @dataclass
@@ -290,7 +288,7 @@ class Journal:
         self._guard = threading.Lock()
         self._pending: dict[str, Batch] = {}
         self._faults = FaultLog(clock)
-        self._syncers: ThreadPoolExecutor | None = None  # for _sync_each, made on first use
+        self._syncs = ParallelSyncs()  # a batch's fsyncs in flight together
         self.passes = PassLog(store)  # how each source's passes went
 
     @classmethod
@@ -300,8 +298,7 @@ class Journal:
         return cls(Store(state_path), layout, locks=SubtreeLocks(layout.root))
 
     def close(self) -> None:
-        if self._syncers is not None:
-            self._syncers.shutdown()
+        self._syncs.close()
         if self.locks is not None:
             self.locks.release_all()
         self.store.close()
@@ -381,10 +378,10 @@ class Journal:
                 written.append(path)
             if written:
                 protocol_step("batch_written")
-            for path, synced in self._sync_each(self.files.fsync, written):
+            for path, synced in self._syncs.each(self.files.fsync, written):
                 where = os.path.relpath(path, self.layout.root)
                 synced.result()
-            for directory, synced in self._sync_each(self.files.fsync_dir, sorted(new_dirs)):
+            for directory, synced in self._syncs.each(self.files.fsync_dir, sorted(new_dirs)):
                 where = os.path.relpath(directory, self.layout.root)
                 synced.result()
             if written:
@@ -412,23 +409,6 @@ class Journal:
         self._faults.healed(batch.owner)
         if lost:
             self.reset_broken(batch.owner, lost)
-
-    def _sync_each(
-        self, sync: Callable[[Path], None], paths: list[Path]
-    ) -> list[tuple[Path, Future[None]]]:
-        """`sync` every path, SYNC_THREADS at a time, and wait for all; each path with its
-        outcome (`result()` raises its error), in order. Why at once: on a journaling file
-        system an fsync waits for a commit and a disk cache flush, which fsyncs in flight
-        together share; one after another, a batch of small files pays one each."""
-        if len(paths) < 2:
-            return [(path, _done(sync, path)) for path in paths]
-        with self._guard:
-            if self._syncers is None:
-                self._syncers = ThreadPoolExecutor(SYNC_THREADS, thread_name_prefix="fsync")
-            syncers = self._syncers
-        outcomes = [(path, syncers.submit(sync, path)) for path in paths]
-        wait([outcome for _, outcome in outcomes])
-        return outcomes
 
     def reset_broken(self, owner: str, broken: set[str]) -> int:
         """Reset `owner`'s runs, and restart its tailed files, whose files (relative paths in
@@ -577,18 +557,6 @@ def protocol_step(name: str) -> None:
     committed), batch_committed (committed)."""
     if os.environ.get("TBMIRROR_TEST_STOP_AT") == name:
         os.kill(os.getpid(), signal.SIGSTOP)
-
-
-def _done(sync: Callable[[Path], None], path: Path) -> Future[None]:
-    """`sync(path)` called here and now, its outcome as a finished future."""
-    outcome: Future[None] = Future()
-    try:
-        sync(path)
-    except BaseException as error:  # kept for result() to raise, as the pool's threads do
-        outcome.set_exception(error)
-    else:
-        outcome.set_result(None)
-    return outcome
 
 
 def _occupied(path: Path) -> bool:

@@ -102,7 +102,8 @@ class TensorBoardSupervisor:
         self._failures = 0
         self._spawned_at = 0.0
         self._next_attempt = 0.0
-        self._http = httpx.Client(timeout=PROBE_TIMEOUT_SECONDS)
+        # TensorBoard is our child on this host: probed direct, never through HTTP_PROXY.
+        self._http = httpx.Client(timeout=PROBE_TIMEOUT_SECONDS, trust_env=False)
 
     @property
     def up(self) -> bool:

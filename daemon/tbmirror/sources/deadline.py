@@ -30,6 +30,15 @@ from tbmirror.errors import StoppedError
 STOP_CHECK_SECONDS = 0.25
 
 
+class ConnectFailure(httpcore.ConnectError):
+    """No connection, keeping the OS error that said why as `os_error` (httpcore's pool
+    re-raises errors `from None`, which drops their cause)."""
+
+    def __init__(self, os_error: OSError) -> None:
+        super().__init__(str(os_error))
+        self.os_error = os_error
+
+
 class DeadlineBackend(httpcore.NetworkBackend):
     """TCP connections whose waits end at the thread's deadline, or at once on `stop`."""
 
@@ -70,7 +79,7 @@ class DeadlineBackend(httpcore.NetworkBackend):
         try:
             addresses = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
         except OSError as error:
-            raise httpcore.ConnectError(str(error)) from error
+            raise ConnectFailure(error) from error
         failure = OSError("no address")
         for family, kind, proto, _, address in addresses:
             sock = socket.socket(family, kind, proto)
@@ -88,7 +97,7 @@ class DeadlineBackend(httpcore.NetworkBackend):
             except BaseException:
                 sock.close()
                 raise
-        raise httpcore.ConnectError(str(failure)) from failure
+        raise ConnectFailure(failure) from failure
 
     def _connect(
         self, sock: socket.socket, address: typing.Any, limit: float, timeout: float | None

@@ -1,9 +1,9 @@
 """JSON and byte ranges over HTTP for one source, bounded and polite, trusting no answer.
 
 - Bounded: each request has a total deadline (`timeout`: connecting, waiting and every byte of
-  the answer, status line and headers included: sources/deadline.py), an answer is at most
-  `max_response_bytes`, and once no request has been answered for `stall_timeout` the source
-  gives up. A set `stop` event ends waits and reads at once.
+  the answer, status line and headers included, through a proxy too: sources/deadline.py),
+  an answer is at most `max_response_bytes`, and once no request has been answered for
+  `stall_timeout` the source gives up. A set `stop` event ends waits and reads at once.
 - Polite: 429, 5xx and connection failures are retried with exponential backoff and full jitter,
   honouring `Retry-After`; every retry is logged with the URL tried (`request_retrying`).
 - Distrustful: a redirect (an expired SSO session), an HTML page where JSON was expected (a
@@ -34,7 +34,8 @@ import structlog
 
 from tbmirror import parsers
 from tbmirror.errors import AuthError, ParseError, SourceError, StoppedError
-from tbmirror.sources.deadline import DeadlineBackend
+from tbmirror.sources.deadline import ConnectFailure, DeadlineBackend
+from tbmirror.sources.proxies import environment_proxies, shown
 
 log = structlog.get_logger(__name__)
 
@@ -105,7 +106,8 @@ class RestClient:
         transport: httpx.BaseTransport | None = None,
     ) -> None:
         """`display_url`: how the server is named in logs (no user:password@); `transport`:
-        where requests go (default: the network; tests pass an in-process one)."""
+        where requests go (default: the network, through the proxies the environment names,
+        as httpx would: sources/proxies.py; tests pass an in-process one)."""
         self.display_url = display_url or base_url
         self._timeout = timeout
         self._max_retries = max_retries
@@ -118,10 +120,15 @@ class RestClient:
             RateLimiter(rate_limit, self._sleep),
         )
         self._backend = DeadlineBackend(self.stop)
+        mounts: dict[str, httpx.BaseTransport | None] = {}
+        if transport is None:
+            transport = _DeadlineTransport(self._backend, max_connections)
+            mounts = self._proxy_mounts(max_connections)
         self._client = httpx.Client(
             base_url=base_url,
             timeout=timeout,
-            transport=transport or _DeadlineTransport(self._backend, max_connections),
+            transport=transport,
+            mounts=mounts,
             headers={"User-Agent": "tbmirror"},
             auth=auth,
             follow_redirects=False,
@@ -130,6 +137,24 @@ class RestClient:
         self.requests_made = 0
         self._last_answer = time.monotonic()
         self.answered_at: float | None = None  # wall time of the last answer (progress)
+
+    def _proxy_mounts(self, max_connections: int) -> dict[str, httpx.BaseTransport | None]:
+        """The environment's proxies (sources/proxies.py) as httpx mounts whose transports
+        keep the deadline and the stop event; None sends a NO_PROXY match direct."""
+        proxies = environment_proxies()
+        if any(proxies.values()):
+            log.info(
+                "proxy_from_environment",
+                url=self.display_url,
+                proxies={key: shown(p) for key, p in proxies.items() if p is not None},
+                direct=sorted(key for key, p in proxies.items() if p is None),
+            )
+        return {
+            key: None
+            if proxy is None
+            else _DeadlineTransport(self._backend, max_connections, proxy)
+            for key, proxy in proxies.items()
+        }
 
     def close(self) -> None:
         self._client.close()
@@ -287,6 +312,11 @@ class RestClient:
                 f"{method} {path}: HTTP {status} redirect (an expired login session, or a proxy "
                 "in the way?): not followed"
             )
+        if status == 407:
+            raise AuthError(
+                f"{method} {path}: HTTP 407: the proxy wants credentials "
+                "(user:password@ in its URL in HTTP_PROXY or HTTPS_PROXY)"
+            )
         if status in (401, 403):
             how = f"{self._auth_name} credentials" if self._auth_name else "no credentials"
             raise AuthError(f"{method} {path}: HTTP {status}: authentication failed ({how})")
@@ -336,18 +366,52 @@ class RestClient:
 
 
 class _DeadlineTransport(httpx.HTTPTransport):
-    """httpx's transport on a DeadlineBackend (httpx takes no backend argument, so the pool is
-    built again with the same settings plus the backend)."""
+    """httpx's transport on a DeadlineBackend, direct or through an http:// `proxy` (httpx
+    takes no backend argument, so the pool is built again with the same settings plus the
+    backend). Through a proxy, a failure to reach it or a refused tunnel is an httpx.ProxyError
+    naming the proxy (without credentials)."""
 
-    def __init__(self, backend: DeadlineBackend, max_connections: int) -> None:
+    def __init__(
+        self, backend: DeadlineBackend, max_connections: int, proxy: httpx.Proxy | None = None
+    ) -> None:
         super().__init__()
-        self._pool = httpcore.ConnectionPool(
+        limits = httpx.Limits()
+        self._proxy = None if proxy is None else shown(proxy)
+        if proxy is None:
+            self._pool = httpcore.ConnectionPool(
+                ssl_context=httpx.create_ssl_context(),
+                max_connections=max_connections,
+                max_keepalive_connections=limits.max_keepalive_connections,
+                keepalive_expiry=limits.keepalive_expiry,
+                network_backend=backend,
+            )
+            return
+        self._pool = httpcore.HTTPProxy(
+            proxy_url=httpcore.URL(
+                scheme=proxy.url.raw_scheme,
+                host=proxy.url.raw_host,
+                port=proxy.url.port,
+                target=proxy.url.raw_path,
+            ),
+            proxy_auth=proxy.raw_auth,
+            proxy_headers=proxy.headers.raw,
             ssl_context=httpx.create_ssl_context(),
             max_connections=max_connections,
-            max_keepalive_connections=httpx.Limits().max_keepalive_connections,
-            keepalive_expiry=httpx.Limits().keepalive_expiry,
+            max_keepalive_connections=limits.max_keepalive_connections,
+            keepalive_expiry=limits.keepalive_expiry,
             network_backend=backend,
         )
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        try:
+            return super().handle_request(request)
+        except httpx.ConnectError as error:
+            if self._proxy is None:
+                raise
+            why = _connect_failure(error)
+            raise httpx.ProxyError(f"{self._proxy}: cannot connect: {why}") from error
+        except httpx.ProxyError as error:
+            raise httpx.ProxyError(f"{self._proxy} would not open a tunnel: {error}") from None
 
 
 class RateLimiter:
@@ -403,6 +467,8 @@ def _describe(error: httpx.HTTPError) -> str:
     """What went wrong with a request, in words that carry no header, URL or body."""
     if isinstance(error, httpx.TimeoutException):
         return "no complete answer within the timeout"
+    if isinstance(error, httpx.ProxyError):
+        return f"through the proxy {error}"
     if isinstance(error, httpx.ConnectError):
         return f"cannot connect: {_connect_failure(error)}"
     if isinstance(error, httpx.RemoteProtocolError):
@@ -417,7 +483,10 @@ def _connect_failure(error: BaseException) -> str:
     that does not resolve said as such."""
     cause: BaseException | None = error
     while cause is not None and not isinstance(cause, OSError):
-        cause = cause.__cause__ or cause.__context__
+        if isinstance(cause, ConnectFailure):
+            cause = cause.os_error
+        else:
+            cause = cause.__cause__ or cause.__context__
     if isinstance(cause, socket.gaierror):
         return "unknown host (the name does not resolve)"
     if isinstance(cause, ConnectionRefusedError):

@@ -4,7 +4,8 @@ An `ArtifactStore` lists a run's files (`Artifact`: path below the run's artifac
 listing gives one) and hands out a reader per file: `size`, `identity` and `read(start, end)`,
 what engine/tailing.py tails and media.py downloads. Three stores exist:
 
-- MLflow's own endpoints (sources/mlflow/artifacts.py): `artifacts/list`, ranged `/get-artifact` reads;
+- MLflow's own endpoints (sources/mlflow/artifacts.py): `artifacts/list`, ranged
+  `/get-artifact` reads;
 - Databricks (sources/databricks.py): the same listing, reads through signed URLs;
 - Azure ML (sources/azureml.py): the run history's artifact listing, reads through signed URLs.
 
