@@ -159,6 +159,10 @@ def test_an_empty_page_is_valid_but_proves_no_run_gone(
     assert rule.hits >= 1
     assert result.returncode == 0, output_of(result)
     assert source.tree() == mirrored, "runs missing from a listing are no proof they are gone"
+    # nor is an empty filtered search, when the same search without the filter is empty too
+    result = source.sync(filter="attributes.run_name LIKE 'r%'")
+    assert source.tree() == mirrored, output_of(result)
+    assert "neither with the filter nor without it" in output_of(result), output_of(result)
 
 
 def test_only_proof_removes_a_run(scripted: ScriptedMlflow, source: ScriptedSource) -> None:

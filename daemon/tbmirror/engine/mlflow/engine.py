@@ -148,7 +148,11 @@ class MlflowEngine:
             log.warning("experiment_not_found", source=self.source.name, experiment=name)
         experiment_dirs = self.placement.place_experiments(listing.experiments)
         selected = self.selection.stream(
-            listing.runs, full, self.placement.records, self.placement.archived
+            listing.runs,
+            full,
+            self.placement.records,
+            self.placement.archived,
+            lambda: self.removal.rivals(listing, full),
         )
         self.planner.start_pass()
 

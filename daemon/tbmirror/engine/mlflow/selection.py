@@ -7,7 +7,10 @@ Top-level runs are judged; a child run follows its parent (it lives in its paren
 - `max_age`: a finished run that ended longer ago than that is out;
 - `max_runs`: per experiment, only the most recent top-level runs by start time; judged on
   complete (full) listings only, so new runs are taken in between and the oldest leave at the
-  next full listing.
+  next full listing. A run enters only if it is among the most recent of the runs listed and the
+  mirrored runs the listing left out that the server does not prove gone (`rivals`): a listing
+  cut short admits no old run in place of newer runs it did not show. A quick listing admits no
+  run older than the oldest one the last complete listing kept (`Selection.oldest_kept`).
 
 A mirrored run leaves only on proof (invariant 8), which the engine asks the server for: runs/get
 shows it out by status or age; a search for it with the filter returns a well-formed empty page;
@@ -18,7 +21,7 @@ from __future__ import annotations
 
 import heapq
 from collections import defaultdict
-from collections.abc import Callable, Collection, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 from tbmirror.config import MlflowSourceSettings
@@ -26,6 +29,9 @@ from tbmirror.model import RunSnapshot
 
 STATUS, AGE, MAX_RUNS, PARENT = "status", "max_age", "max_runs", "parent"
 FILTER = "filter"  # (found by the engine: absent from a full listing, refused by a search)
+
+Ranked = tuple[float, str]  # (start time in ms, run id): the larger, the more recent
+Rivals = Callable[[], Mapping[str, list[Ranked]]]  # experiment id -> mirrored runs not listed
 
 
 @dataclass
@@ -37,11 +43,13 @@ class Selected:
 
 
 class Selection:
-    """The selection of one source (stateless apart from the clock)."""
+    """The selection of one source: its settings, the clock, and what the last complete listing
+    proved of `max_runs`."""
 
     def __init__(self, settings: MlflowSourceSettings, clock: Callable[[], float]) -> None:
         self.settings = settings
         self.clock = clock
+        self.oldest_kept: dict[str, tuple[int, str]] = {}  # experiment -> (start time, run id)
 
     def judge(self, run: RunSnapshot) -> str | None:
         """Why a top-level run is out by its own status or age, or None if it is in."""
@@ -72,9 +80,10 @@ class Selection:
         complete: bool,
         in_root: Collection[str],
         archived: Collection[str] = (),
+        rivals: Rivals | None = None,
     ) -> SelectionStream:
         """The runs of a listing read as it arrives, split (SelectionStream)."""
-        return SelectionStream(self, runs, complete, in_root, archived)
+        return SelectionStream(self, runs, complete, in_root, archived, rivals)
 
 
 class SelectionStream:
@@ -89,7 +98,11 @@ class SelectionStream:
 
     With `max_runs` on a `complete` listing, top-level runs are held, per experiment, while they
     are among its `max_runs` most recent so far (their children with them), and yielded once the
-    listing has ended: only the selection is ever held, never the whole listing.
+    listing has ended: only the selection is ever held, never the whole listing. Then `rivals`
+    (called once the listing has ended) gives, per experiment, the mirrored top-level runs the
+    listing did not show and the server does not prove gone: a held run not mirrored yet that is
+    not among the `max_runs` most recent of both is out too (a mirrored one stays: rivals that
+    were not listed prove nothing).
     """
 
     def __init__(
@@ -99,8 +112,10 @@ class SelectionStream:
         complete: bool,
         in_root: Collection[str],
         archived: Collection[str],
+        rivals: Rivals | None = None,
     ) -> None:
         self.out: dict[str, str] = {}
+        self._rivals = rivals
         self._selection = selection
         self._runs = runs
         self._in_root = in_root
@@ -126,6 +141,7 @@ class SelectionStream:
             parent = next(roots, next(iter(self._waiting)))
             for run in self._waiting.pop(parent):
                 yield from self._decide(run, parent_listed=False)
+        self._rank_with_rivals()
         for tree in self._trees.values():
             yield from tree
 
@@ -159,9 +175,14 @@ class SelectionStream:
         if not settings.selective or run.deleted:
             return None, None
         reason = self._selection.judge(run)
-        if reason or self._max_runs is None:
+        if reason:
             return reason, None
-        return (None, run.run_id) if self._hold(run) else (MAX_RUNS, None)
+        if self._max_runs is not None:
+            return (None, run.run_id) if self._hold(run) else (MAX_RUNS, None)
+        kept = self._selection.oldest_kept.get(run.experiment_id)
+        if kept and run.run_id not in self._in_root and (run.start_time or 0, run.run_id) < kept:
+            return MAX_RUNS, None  # (a complete listing showed `max_runs` more recent runs)
+        return None, None
 
     def _hold(self, run: RunSnapshot) -> bool:
         """Hold a top-level run among its experiment's `max_runs` most recent so far; the oldest
@@ -175,12 +196,37 @@ class SelectionStream:
         _, oldest = heapq.heappop(heap)
         if oldest == run.run_id:
             return False
-        for member in self._trees.pop(oldest):
-            del self._tree_of[member.run_id]
-            self.out[member.run_id] = PARENT
-        self.out[oldest] = MAX_RUNS
+        self._drop(oldest)
         self._trees[run.run_id] = []
         return True
+
+    def _rank_with_rivals(self) -> None:
+        """Once a complete listing has ended: keep, per experiment, the oldest of its `max_runs`
+        most recent listed runs for the quick listings to come; put out each held run not
+        mirrored yet that is past the `max_runs` most recent once the rivals are ranked with the
+        held runs."""
+        if self._max_runs is None:
+            return
+        self._selection.oldest_kept = {
+            experiment_id: min(heap)
+            for experiment_id, heap in self._held.items()
+            if len(heap) >= self._max_runs
+        }
+        if self._rivals is None:
+            return
+        for experiment_id, rivals in self._rivals().items():
+            held = [(float(start), run_id, True) for start, run_id in self._held[experiment_id]]
+            ranked = sorted(held + [(start, run_id, False) for start, run_id in rivals])
+            for _, run_id, listed in ranked[: max(len(ranked) - self._max_runs, 0)]:
+                if listed and run_id not in self._in_root:
+                    self._drop(run_id)
+
+    def _drop(self, run_id: str) -> None:
+        """Put a held top-level run out (MAX_RUNS), its tree with it."""
+        for member in self._trees.pop(run_id):
+            del self._tree_of[member.run_id]
+            self.out[member.run_id] = PARENT
+        self.out[run_id] = MAX_RUNS
 
 
 def _parent_of(run: RunSnapshot) -> str | None:

@@ -66,7 +66,8 @@ class RunSource(Protocol):
         ...
 
     def matches_filter(self, run_id: str, experiment_id: str) -> bool:
-        """Whether the server says the run matches the configured `filter`."""
+        """Whether the server says the run matches the configured `filter`; False only with a
+        control (the same search without the filter finds the run), else it raises."""
         ...
 
     def artifacts_of(self, runs: dict[RunRef, bool]) -> dict[str, list[Artifact] | SourceError]:

@@ -8,12 +8,15 @@ answer of the wrong shape raises BadAnswerError, never becomes data.
 from __future__ import annotations
 
 import hashlib
+import re
 import sys
+import threading
 from collections import defaultdict
 from collections.abc import Generator, Iterator, Mapping
 from typing import Literal
 
 import msgspec
+import structlog
 
 from tbmirror.model import Experiment, MetricPoint, RunSnapshot
 from tbmirror.sources.http import BadAnswerError, HttpStatusError, RestClient
@@ -37,6 +40,8 @@ API = "/api/2.0/mlflow"
 AJAX_API = "/ajax-api/2.0/mlflow"
 SEARCH_PAGE_SIZE = 1000
 HISTORY_PAGE_SIZE = 25000
+HISTORY_PAGE_FALLBACKS = (1000, 500, 100)  # for a server that refuses larger pages
+_PAGE_SIZE_REFUSED = re.compile(r"max_?results", re.IGNORECASE)
 MAX_HISTORY_PAGES = 4000  # 100 M points of one series in one pass
 BULK_MAX_RUNS = 100
 BULK_MAX_RESULTS = 25000
@@ -44,6 +49,8 @@ IDS_PER_REQUEST = 100  # experiment or run ids named in one search
 PARENT_TAG = "mlflow.parentRunId"
 RUN_NAME_TAG = "mlflow.runName"
 NOTE_TAG = "mlflow.note.content"
+
+log = structlog.get_logger(__name__)
 
 RunState = Literal["active", "deleted", "gone"]  # what runs/get proves of a run
 
@@ -118,6 +125,8 @@ class MlflowClient:
 
     def __init__(self, rest: RestClient) -> None:
         self.rest = rest
+        self.history_page_size = HISTORY_PAGE_SIZE  # lowered for good by a server refusing it
+        self._lock = threading.Lock()
 
     def experiment_by_name(self, name: str) -> Experiment | None:
         endpoint = f"{API}/experiments/get-by-name"
@@ -177,12 +186,23 @@ class MlflowClient:
         self, run_id: str, key: str, start: str | None = None
     ) -> Generator[tuple[list[MetricPoint], str | None], None, None]:
         """The key's history from the page token `start` (None: its first point) to its end, a
-        page (HISTORY_PAGE_SIZE points) at a time, each fetched as the one before is taken; with
+        page (`history_page_size` points) at a time, each fetched as the one before is taken; with
         each page, the token of the next (None: it is the last)."""
         endpoint = f"{API}/metrics/get-history"
-        params = {"run_id": run_id, "metric_key": key, "max_results": HISTORY_PAGE_SIZE}
+        params = {"run_id": run_id, "metric_key": key}
+
+        def fetch_page(extra: dict[str, str]) -> bytes:
+            while True:
+                size = self.history_page_size
+                try:
+                    return self.rest.get(endpoint, params | {"max_results": size} | extra)
+                except HttpStatusError as error:
+                    if not (error.status_code == 400 and _PAGE_SIZE_REFUSED.search(str(error))):
+                        raise
+                    self._refused_history_page_size(size, error)
+
         found = pages(
-            lambda extra: self.rest.get(endpoint, params | extra),
+            fetch_page,
             HistoryPage,
             endpoint,
             start=start,
@@ -190,6 +210,20 @@ class MlflowClient:
         )
         for page in found:
             yield [point_from_json(item) for item in page.metrics], page.next_page_token
+
+    def _refused_history_page_size(self, size: int, error: HttpStatusError) -> None:
+        """Lower the history page size below `size`, which the server refused with a 400 that
+        names max_results (Azure ML once refused 25000: mlflow/mlflow#10694), said once; raise
+        `error` if no smaller size is left. Another thread may have lowered it already."""
+        with self._lock:
+            if self.history_page_size < size:
+                return
+            smaller = [fallback for fallback in HISTORY_PAGE_FALLBACKS if fallback < size]
+            if not smaller:
+                raise error
+            self.history_page_size = smaller[0]
+        log.warning("history_page_size_refused", server=self.rest.display_url, refused=size,
+                    page_size=smaller[0], error=str(error))  # fmt: skip
 
     def history_bulk(self, run_ids: list[str], key: str) -> dict[str, list[MetricPoint]] | None:
         """Whole histories of `key` for up to 100 runs in one request.

@@ -165,13 +165,23 @@ class RunLister:
                 yield from self._refused_filter_named(self.client.search_runs(experiments, query))
 
     def matches_filter(self, run_id: str, experiment_id: str) -> bool:
-        """Whether the server says the run matches `filter`: an empty, well-formed page proves it
-        does not. Raises SourceError."""
+        """Whether the server says the run matches `filter`. A search for it with the filter that
+        does not find it proves it does not only with a control: the same search without the
+        filter finds it (a gateway answering `{}` to every search proves nothing). Raises
+        SourceError (BadAnswerError if neither search finds it)."""
         if not _RUN_ID.match(run_id):
             raise BadAnswerError(f"not a run id: {run_id[:64]!r}")
-        query = _all_of(f"attributes.run_id = '{run_id}'", self.settings.filter)
-        found = self._refused_filter_named(self.client.search_runs([experiment_id], query))
-        return any(run.run_id == run_id for run in found)
+        query = f"attributes.run_id = '{run_id}'"
+        filtered = _all_of(query, self.settings.filter)
+        found = self._refused_filter_named(self.client.search_runs([experiment_id], filtered))
+        if any(run.run_id == run_id for run in found):
+            return True
+        if any(run.run_id == run_id for run in self.client.search_runs([experiment_id], query)):
+            return False
+        raise BadAnswerError(
+            f"runs/search finds run {run_id} neither with the filter nor without it: "
+            "no proof it left the selection"
+        )
 
     def _refused_filter_named(self, runs: Iterator[RunSnapshot]) -> Iterator[RunSnapshot]:
         """`runs`, with a 400 from the server, when a `filter` is configured, as an error that
