@@ -1,8 +1,8 @@
 """What a command imports before it does anything: `tbmirror --help` imports no engine and none of
-the heavy libraries, and building the engines imports neither numpy nor PIL nor TensorBoard's
-plugin helpers (only the passes that write images, text, HParams or diff a rewritten series
-do). Read from `sys.modules` in a fresh interpreter; a guard on correctness, not a timing
-(benchmarks/start.py times the commands)."""
+the heavy libraries, tbmirror.app no engine until a source is built, and building the engines
+imports neither numpy nor PIL nor TensorBoard's plugin helpers (only the passes that write
+images, text, HParams or diff a rewritten series do). Read from `sys.modules` in a fresh
+interpreter: a guard on correctness, not a timing (benchmarks/start.py times the commands)."""
 
 from __future__ import annotations
 
@@ -43,8 +43,21 @@ def test_help_imports_no_engine_and_no_heavy_library(argv: list[str]) -> None:
     ]
 
 
-def test_engines_are_built_without_numpy_pil_or_tensorboard_plugins() -> None:
+def test_app_imports_no_engine_until_a_source_is_built() -> None:
+    """`status` and `prune` use the kinds without building a source: no engine, no HTTP stack."""
     modules = imported_by("import tbmirror.app")
+    assert sorted(m for m in modules if m.startswith("tbmirror.engine.")) == [
+        "tbmirror.engine.base"
+    ]
+    assert heavy_among(modules, ("httpcore", "google.protobuf", "tensorboard", "numpy")) == []
+
+
+def test_engines_are_built_without_numpy_pil_or_tensorboard_plugins() -> None:
+    modules = imported_by(
+        "import tbmirror.app\n"
+        "from tbmirror.kinds.mlflow.build import build_engine\n"
+        "from tbmirror.engine.uploads import UploadEngine"
+    )
     assert "tbmirror.engine.mlflow.engine" in modules  # the engines are there
     assert heavy_among(modules, ("numpy", "PIL", "absl")) == []
     assert sorted(m for m in modules if m.startswith("tensorboard.plugins.")) == []
