@@ -1,5 +1,7 @@
-"""Start benchmark: how long the `tbmirror` commands take when they have nothing to do, against
-the import of the three libraries every command needs, measured in the same run.
+"""Start benchmark: `tbmirror` commands with nothing to do, against importing their libraries.
+
+Each command is timed against `python -c "import httpx, pydantic, structlog"` (the libraries
+every command needs), measured in the same run.
 
 Builds (once per --workdir) an experiment of --runs FINISHED runs x 5 keys x 10 points in a local
 `mlflow server`, mirrors it with one `tbmirror sync`, then times, in --rounds rounds, each of
