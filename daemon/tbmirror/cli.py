@@ -2,6 +2,11 @@
 app.py (or the daemon) and renders.
 
 Every TbmirrorError ends a command with one line on stderr and its exit code (78 for config).
+
+Imports: this module imports only the standard library and tbmirror.errors at its top; app,
+config, logs, structlog and rich are imported inside the functions that use them, so that
+`tbmirror --help` imports no engine (they bring numpy, TensorBoard's protos and pydantic's
+models), and each command pays only for what it uses (tests/test_start.py holds --help to it).
 """
 
 from __future__ import annotations
@@ -14,18 +19,14 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import structlog
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
-
-from tbmirror import __version__, app, logs
-from tbmirror.app import PassReport
-from tbmirror.config import Settings, load_settings
+from tbmirror import __version__
 from tbmirror.errors import ConfigError, TbmirrorError
 
-log = structlog.get_logger(__name__)
+if TYPE_CHECKING:
+    from tbmirror.app import PassReport
+    from tbmirror.config import Settings
 
 DEFAULT_CONFIG = "/etc/tbmirror/config.yaml"
 
@@ -33,6 +34,9 @@ DEFAULT_CONFIG = "/etc/tbmirror/config.yaml"
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
+    from tbmirror import logs  # (imports here and below: see the module's docstring)
+    from tbmirror.config import load_settings
+
     try:
         if args.command is demo_command:
             logs.configure(args.log_level or "warning")  # the banner stays in view
@@ -154,6 +158,11 @@ class _DefaultsShown(argparse.ArgumentDefaultsHelpFormatter):
 
 
 def sync_command(settings: Settings, args: argparse.Namespace) -> int:
+    import structlog
+
+    from tbmirror import app
+
+    log = structlog.get_logger(__name__)
     ok = True
     for report in app.sync_sources(settings, args.reconcile, _progress):
         if report.failure is None:  # a failed pass was logged as source_failed
@@ -170,14 +179,14 @@ def demo_command(args: argparse.Namespace) -> int:
 
 
 def run_command(settings: Settings, args: argparse.Namespace) -> int:
-    # (imported here: the daemon's scheduler, watcher and servers would cost every other
-    # command's cold start ~70 ms)
     from tbmirror.service.daemon import Daemon
 
     return Daemon(settings, Path(args.config)).run()
 
 
 def prune_command(settings: Settings, args: argparse.Namespace) -> int:
+    from tbmirror import app
+
     results = app.prune(settings, args.dry_run)
     verb = "would remove" if args.dry_run else "removed"
     for unowned, error in results:
@@ -190,6 +199,11 @@ def prune_command(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def status_command(settings: Settings, args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from tbmirror import app
+
     rows = app.status_rows(settings)
     if args.json:
         print(json.dumps(rows, indent=2))
@@ -225,6 +239,8 @@ def _local_time(timestamp: float | None) -> str:
 
 
 def check_command(settings: Settings, args: argparse.Namespace) -> int:
+    from tbmirror import app
+
     findings = app.check(settings, args.config, args.offline)
     for finding in findings:
         print(f"{'ok  ' if finding.ok else 'FAIL'}  {finding.subject}: {finding.text}")
@@ -265,6 +281,8 @@ def _progress(source: str) -> Iterator[Callable[[int, int], None] | None]:
     if not sys.stderr.isatty():
         yield None
         return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
     with Progress(
         TextColumn(f"[bold]{source}"),
         BarColumn(),

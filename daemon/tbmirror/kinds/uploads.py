@@ -10,7 +10,6 @@ from collections import Counter
 from tbmirror.checks import Finding
 from tbmirror.config import UploadsSourceSettings
 from tbmirror.engine.base import Engine
-from tbmirror.engine.uploads import UploadEngine
 from tbmirror.journal import Journal
 from tbmirror.kinds.base import Schedule
 from tbmirror.sources.uploads import UploadTree
@@ -24,6 +23,9 @@ class UploadsKind:
     def build(
         self, settings: UploadsSourceSettings, journal: Journal, stop: threading.Event | None
     ) -> Engine:
+        # (imported here: the engine brings TensorBoard's protos, which `status` does without)
+        from tbmirror.engine.uploads import UploadEngine
+
         return UploadEngine(settings, journal)
 
     def check(self, settings: UploadsSourceSettings) -> list[Finding]:

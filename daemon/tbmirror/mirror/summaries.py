@@ -3,6 +3,11 @@ the scalars of a run directory read back.
 
 Everything is built with TensorBoard's own protos and plugin metadata helpers (no TensorFlow).
 Each encoding function returns the payload bytes of one record.
+
+Only the Event and Summary protos are imported at the top: numpy, PIL and TensorBoard's plugin
+helpers (which bring its TensorFlow stub and absl) are imported inside the functions that use
+them, so a command that writes no image, text or HParams record (a sync with nothing new) does
+not pay for them.
 """
 
 from __future__ import annotations
@@ -13,16 +18,8 @@ import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
-import numpy as np
-from PIL import Image
 from tensorboard.compat.proto.event_pb2 import Event
 from tensorboard.compat.proto.summary_pb2 import Summary
-from tensorboard.plugins.hparams import api_pb2, plugin_data_pb2
-from tensorboard.plugins.hparams import metadata as hparams_metadata
-from tensorboard.plugins.hparams.summary_v2 import hparams_pb
-from tensorboard.plugins.image import metadata as image_metadata
-from tensorboard.plugins.text.summary_v2 import text_pb
-from tensorboard.util import tensor_util
 
 from tbmirror.mirror import events
 
@@ -33,11 +30,11 @@ MAX_IMAGE_PIXELS = 25_000_000  # decoded to check it: at most ~100 MB of RGBA in
 
 ParamValue = bool | float | str
 
-# MLflow run status -> HParams session status.
+# MLflow run status -> the name of an HParams session status (api_pb2.Status).
 SESSION_STATUS = {
-    "FINISHED": api_pb2.STATUS_SUCCESS,
-    "FAILED": api_pb2.STATUS_FAILURE,
-    "KILLED": api_pb2.STATUS_FAILURE,
+    "FINISHED": "STATUS_SUCCESS",
+    "FAILED": "STATUS_FAILURE",
+    "KILLED": "STATUS_FAILURE",
 }
 
 
@@ -68,6 +65,8 @@ class ScalarEncoder:
 
 def text(tag: str, markdown: str, wall_time: float, step: int) -> bytes:
     """A text-plugin summary holding `markdown`."""
+    from tensorboard.plugins.text.summary_v2 import text_pb
+
     summary = text_pb(clean_tag(tag), markdown)
     return Event(wall_time=wall_time, step=step, summary=summary).SerializeToString()
 
@@ -79,6 +78,10 @@ class BadImageError(ValueError):
 def image(tag: str, data: bytes, wall_time: float, step: int) -> bytes:
     """An images-plugin summary of one encoded image, stored as given (TensorBoard serves these
     very bytes). Raises BadImageError unless `data` decodes fully as PNG, JPEG or GIF."""
+    from PIL import Image
+    from tensorboard.plugins.image import metadata as image_metadata
+    from tensorboard.util import tensor_util
+
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -120,6 +123,8 @@ def session_start(
     params: dict[str, str], trial_id: str, start_time_secs: float, wall_time: float
 ) -> bytes:
     """An HParams session start (one per run directory), with `params` coerced."""
+    from tensorboard.plugins.hparams.summary_v2 import hparams_pb
+
     values = {clean_tag(name): coerce_param(value) for name, value in params.items()}
     summary = hparams_pb(values, trial_id=trial_id, start_time_secs=start_time_secs)
     return Event(wall_time=wall_time, summary=summary).SerializeToString()
@@ -127,9 +132,12 @@ def session_start(
 
 def session_end(status: str, end_time_secs: float, wall_time: float) -> bytes:
     """An HParams session end for a finished MLflow `status` (a key of SESSION_STATUS)."""
+    from tensorboard.plugins.hparams import api_pb2, plugin_data_pb2
+    from tensorboard.plugins.hparams import metadata as hparams_metadata
+
     plugin_data = plugin_data_pb2.HParamsPluginData(
         session_end_info=plugin_data_pb2.SessionEndInfo(
-            status=SESSION_STATUS[status], end_time_secs=end_time_secs
+            status=api_pb2.Status.Value(SESSION_STATUS[status]), end_time_secs=end_time_secs
         )
     )
     summary = Summary(
@@ -146,6 +154,8 @@ def session_end(status: str, end_time_secs: float, wall_time: float) -> bytes:
 
 def float32_bits(value: float) -> bytes:
     """A value as TensorBoard stores it (float32), as bytes: NaN-safe for matching."""
+    import numpy as np
+
     with np.errstate(over="ignore"):
         single = np.float32(value)
     return (np.float32(np.nan) if np.isnan(single) else single).tobytes()

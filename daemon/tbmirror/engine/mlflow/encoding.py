@@ -14,16 +14,19 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import structlog
 
 from tbmirror.engine.mlflow.planning import Plan
-from tbmirror.engine.mlflow.written import WrittenMarks
 from tbmirror.journal import Batch
 from tbmirror.mirror import events, summaries
 from tbmirror.mirror.steps import INT64_MAX, next_step
 from tbmirror.model import Cursor, MetricPoint, RunRecord, RunSnapshot
 from tbmirror.sources.mlflow import NOTE_TAG, PARENT_TAG, RUN_NAME_TAG, History, Pages
+
+if TYPE_CHECKING:
+    from tbmirror.engine.mlflow.written import WrittenMarks
 
 log = structlog.get_logger(__name__)
 
@@ -71,6 +74,10 @@ class SeriesStream:
                 self.cursor.count, self.cursor.last = self.cursor.count + len(page), page[-1]
         else:
             if self.marks is None:
+                # (imported here: it brings numpy, which a pass with no rewritten series and a
+                # command that writes nothing do without)
+                from tbmirror.engine.mlflow.written import WrittenMarks
+
                 self.marks = WrittenMarks(self.diff_dir, self.key)
                 log.info("history_rewritten_upstream", run_dir=str(self.diff_dir), key=self.key,
                          written=len(self.marks))  # fmt: skip
