@@ -27,6 +27,7 @@ def test_short_series_keep_every_point_and_long_ones_share_the_rest() -> None:
     assert budget.points_per_series(budget.BASE_BYTES, 3, series, 100_000) == (
         budget.MIN_POINTS_PER_SERIES  # a budget too small for any: the floor, and a warning
     )
+    assert budget.points_per_series(budget.BASE_BYTES, 3, series, cap=5) == 5  # the cap first
     within, text = budget.describe(budget.BASE_BYTES, 3, series, 100_000)
     assert not within and "past the budget" in text
 

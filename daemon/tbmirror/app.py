@@ -8,6 +8,7 @@ Actions return plain results; cli.py renders them.
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -20,7 +21,7 @@ from tbmirror import checks, pruning
 from tbmirror.checks import Finding
 from tbmirror.config import Settings, SourceSettings
 from tbmirror.engine.base import Engine, PassReport, Progress, WatchSpec
-from tbmirror.errors import TbmirrorError
+from tbmirror.errors import MirrorError, TbmirrorError
 from tbmirror.journal import Fault, Journal, Totals, read_only, read_summary, recover
 from tbmirror.kinds import mlflow, uploads
 from tbmirror.kinds.base import Registry, Schedule
@@ -134,8 +135,14 @@ class Mirror:
         return KINDS.link_base(settings)
 
     def holdings(self) -> tuple[int, list[tuple[int, int]]]:
-        """What the mirror holds, for TensorBoard's memory budget (see Journal.holdings)."""
-        return self._journal.holdings()
+        """What the mirror holds, for TensorBoard's memory budget (see Journal.holdings);
+        MirrorError if the store cannot say."""
+        try:
+            return self._journal.holdings()
+        except sqlite3.Error as error:
+            raise MirrorError(
+                f"the state store cannot say what the mirror holds: {error}"
+            ) from None
 
     def statuses(self) -> dict[str, SourceStatus]:
         """How each source's passes went, as recorded."""

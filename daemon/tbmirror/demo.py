@@ -31,8 +31,8 @@ log = structlog.get_logger(__name__)
 SWEEP_EXPERIMENT = "tensorboard-demo"
 TRAINING_EXPERIMENT = "training-loop"
 PLOT_EVERY = 5  # steps of the live run between two prediction plots
-TRAINER_JOIN_SECONDS = 2.0
-PARENT_TAG = "mlflow.parentRunId"  # a request of the training loop under way when Ctrl-C came
+TRAINER_JOIN_SECONDS = 2.0  # a request of the training loop under way when Ctrl-C came
+PARENT_TAG = "mlflow.parentRunId"
 
 
 def run_demo(directory: Path, port: int, health_port: int) -> int:

@@ -42,11 +42,11 @@ def points_per_series(budget: int, runs: int, series: Histogram, cap: int) -> in
         if points >= cap:
             break
         if points * remaining > left:  # not every series left can have this many
-            return max(MIN_POINTS_PER_SERIES, min(cap, left // remaining))
+            return min(cap, max(MIN_POINTS_PER_SERIES, left // remaining))
         left -= points * count
         remaining -= count
     if remaining and cap * remaining > left:
-        return max(MIN_POINTS_PER_SERIES, left // remaining)
+        return min(cap, max(MIN_POINTS_PER_SERIES, left // remaining))
     return cap
 
 

@@ -78,7 +78,9 @@ class ArtifactSettings(Section):
     )
     max_media_size: ByteSize = Field(
         default=ByteSize(16 * 1024**2),
-        description="A larger image or table is skipped with one warning.",
+        le=48 * 1024**2,  # an image is one record: well under the mirror's record ceiling
+        description="A larger image or table is skipped with one warning (at most 48 MiB: an "
+        "image is one record of the mirror's events files, whose records stop at 64 MiB).",
     )
     table_rows: int = Field(
         default=100,

@@ -193,8 +193,11 @@ class SourceScheduler:
                             seconds=round(delay, 1))  # fmt: skip
             return
         if runner.failures:
-            log.info("source_recovered", source=name, failures=runner.failures, probe=probe)
-            runner.failures, runner.retry_at = 0, float("-inf")
+            if probe or runner.retry_at != float("-inf"):
+                log.info("source_recovered", source=name, failures=runner.failures, probe=probe)
+            runner.retry_at = float("-inf")  # polled at its pace again
+            if not probe:  # a whole ordinary pass went well (a quick probe may miss what the
+                runner.failures = 0  # full listing meets: the backoff keeps growing until then)
         if full:
             runner.last_full = now
         _log_synced(report, full)

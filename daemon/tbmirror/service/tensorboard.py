@@ -116,7 +116,11 @@ class TensorBoardSupervisor:
         budget, cap = self.settings.memory_budget, self.settings.scalars_samples
         if budget is None or self._holdings is None:
             return cap
-        runs, series = self._holdings()
+        try:
+            runs, series = self._holdings()
+        except TbmirrorError as error:  # TensorBoard starts all the same, with the cap
+            log.warning("tensorboard_memory_unknown", error=str(error), points_per_series=cap)
+            return cap
         kept = tensorboard_budget.points_per_series(budget, runs, series, cap)
         within, text = tensorboard_budget.describe(budget, runs, series, cap)
         (log.info if within else log.warning)("tensorboard_memory", estimate=text)

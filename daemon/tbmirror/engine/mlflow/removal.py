@@ -161,7 +161,7 @@ class Removal:
                     log.info("run_left_selection", source=self.source.name, run_id=record.run_id,
                              reason=reason)  # fmt: skip
                     report.runs_retired += len(self.placement.retire(record))
-            except WriteFault:
-                raise
+            except (WriteFault, StoppedError):
+                raise  # the disk, or the daemon stops: not this run's failure
             except TbmirrorError as error:  # no proof, or the move failed: this run only
                 self._run_failed(report, record.run_id, error)

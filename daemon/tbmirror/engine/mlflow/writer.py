@@ -21,7 +21,7 @@ from tbmirror.engine.mlflow.placement import Placed, Placement
 from tbmirror.engine.mlflow.planning import Plan
 from tbmirror.errors import MirrorError, WriteFault
 from tbmirror.journal import Journal
-from tbmirror.mirror.events import EventsFileLostError
+from tbmirror.mirror.events import CorruptRecordError, EventsFileLostError
 from tbmirror.model import Cursor, RunRecord, RunSnapshot
 from tbmirror.sources.http import BadAnswerError, HttpStatusError
 from tbmirror.sources.mlflow import History, SeriesChangedError
@@ -131,7 +131,14 @@ class RunWriter:
             except SeriesChangedError as error:
                 log.info("history_changed_while_read", source=self.source, run_id=run_id,
                          error=str(error))  # fmt: skip
-            except (HttpStatusError, BadAnswerError, MirrorError) as error:  # this run's
+            except (
+                HttpStatusError,
+                BadAnswerError,
+                MirrorError,
+                CorruptRecordError,
+                OSError,
+            ) as error:
+                # this run's: its answer, or its own events file read back (a rewritten series)
                 failed.add(run_id)
                 self._run_failed(report, run_id, error)
                 if isinstance(error, EventsFileLostError):
