@@ -117,3 +117,34 @@ def test_stop_ends_a_connect_that_is_never_accepted() -> None:
         for filler in fillers:
             filler.close()
         listener.close()
+
+
+def test_a_name_lookup_that_hangs_ends_at_the_deadline_or_at_stop(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """getaddrinfo blocks in the C library (a resolver that does not answer waits for its own
+    timeouts): the request's deadline and the stop event end the wait for it all the same. The
+    slow resolver is a stand-in at the socket module (no real one can be made slow here)."""
+    release = threading.Event()
+
+    def hanging_lookup(*args: object, **kwargs: object) -> list[object]:
+        release.wait(60)
+        raise socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution")
+
+    monkeypatch.setattr(socket, "getaddrinfo", hanging_lookup)
+    try:
+        client = RestClient("http://mlflow.example.invalid", timeout=1.0, max_retries=0)
+        try:
+            with pytest.raises(SourceError, match="no complete answer within the timeout"):
+                client.get("/api/2.0/mlflow/experiments/search")
+        finally:
+            client.close()
+        client = RestClient("http://mlflow.example.invalid", timeout=600.0, max_retries=0)
+        threading.Timer(0.5, client.stop.set).start()
+        try:
+            with pytest.raises(StoppedError):
+                client.get("/api/2.0/mlflow/experiments/search")
+        finally:
+            client.close()
+    finally:
+        release.set()

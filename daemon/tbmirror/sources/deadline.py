@@ -2,9 +2,10 @@
 
 httpx's own timeouts bound each read, not the request: a peer that sends its status line and
 headers one byte per `timeout - e` seconds holds a request for days. Under `DeadlineBackend`,
-connecting, the TLS handshake, writing and every read of the status line, the headers and the
-body wait at most until the deadline set for the calling thread (`bounded`), and reads and
-connects wake every `STOP_CHECK_SECONDS` to end at once (StoppedError) when `stop` is set.
+looking up the host's address, connecting, the TLS handshake, writing and every read of the
+status line, the headers and the body wait at most until the deadline set for the calling thread
+(`bounded`), and lookups, reads and connects wake every `STOP_CHECK_SECONDS` to end at once
+(StoppedError) when `stop` is set.
 
 A request's socket work happens in the thread that makes it (httpx's sync client), so the
 deadline is per thread. Thread-safe.
@@ -77,7 +78,7 @@ class DeadlineBackend(httpcore.NetworkBackend):
         """A connected socket to the first address of `host` that answers in time."""
         limit = time.monotonic() + self.wait_for(timeout)
         try:
-            addresses = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+            addresses = self._addresses(host, port, limit, timeout)
         except OSError as error:
             raise ConnectFailure(error) from error
         failure = OSError("no address")
@@ -98,6 +99,33 @@ class DeadlineBackend(httpcore.NetworkBackend):
                 sock.close()
                 raise
         raise ConnectFailure(failure) from failure
+
+    def _addresses(
+        self, host: str, port: int, limit: float, timeout: float | None
+    ) -> list[tuple[typing.Any, ...]]:
+        """`getaddrinfo(host, port)` by `limit`, stop seen while waiting. The lookup blocks in
+        the C library, so it runs in a thread of its own, left to end by itself (the resolver's
+        own timeouts) if the wait is given up."""
+        outcome: list[list[tuple[typing.Any, ...]] | OSError] = []
+        done = threading.Event()
+
+        def look_up() -> None:
+            try:
+                outcome.append(socket.getaddrinfo(host, port, type=socket.SOCK_STREAM))
+            except OSError as error:
+                outcome.append(error)
+            done.set()
+
+        threading.Thread(target=look_up, name=f"resolve {host}", daemon=True).start()
+        while not done.is_set():
+            left = min(self.wait_for(timeout), limit - time.monotonic())
+            if left <= 0:
+                raise httpcore.ConnectTimeout(f"no address for {host} within the timeout")
+            done.wait(min(left, STOP_CHECK_SECONDS))
+        found = outcome[0]
+        if isinstance(found, OSError):
+            raise found
+        return found
 
     def _connect(
         self, sock: socket.socket, address: typing.Any, limit: float, timeout: float | None
