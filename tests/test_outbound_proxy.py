@@ -328,3 +328,29 @@ def test_https_is_tunnelled_with_connect_and_the_deadline_holds(
         client.close()
         silent.close()
     assert tinyproxy.requests() == [f"CONNECT 127.0.0.1:{port} HTTP/1.1"], tinyproxy.log()
+
+
+@pytest.mark.parametrize("through_proxy", [False, True], ids=["direct", "through-the-proxy"])
+def test_a_certificate_not_trusted_is_said_as_such_and_not_blamed_on_the_proxy(
+    through_proxy: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tinyproxy: Tinyproxy
+) -> None:
+    """The server's self-signed certificate is not trusted (no SSL_CERT_FILE for it): the error
+    names the TLS handshake and why, and through a proxy that did open the tunnel it does not
+    send the operator to debug the proxy."""
+    tool("openssl", "openssl")
+    server = TlsJsonServer(tmp_path)
+    if through_proxy:
+        monkeypatch.setenv("HTTPS_PROXY", tinyproxy.url)
+    client = RestClient(f"https://127.0.0.1:{server.port}", timeout=30.0, max_retries=0)
+    try:
+        with pytest.raises(SourceError) as raised:
+            client.get(SEARCH)
+    finally:
+        client.close()
+        server.close()
+    said = str(raised.value)
+    assert "cannot connect: the TLS handshake failed: the server's certificate is not trusted " in (
+        said
+    ), said
+    assert "proxy" not in said, said
+    assert server.paths == []

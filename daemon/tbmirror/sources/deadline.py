@@ -40,6 +40,16 @@ class ConnectFailure(httpcore.ConnectError):
         self.os_error = os_error
 
 
+class TlsFailure(httpcore.ConnectError):
+    """The TLS handshake with the server failed (its certificate not trusted, no common
+    protocol...), keeping the SSL error as `ssl_error`: told apart from a failure to connect,
+    which through a proxy is the proxy's."""
+
+    def __init__(self, ssl_error: ssl.SSLError) -> None:
+        super().__init__(str(ssl_error))
+        self.ssl_error = ssl_error
+
+
 class DeadlineBackend(httpcore.NetworkBackend):
     """TCP connections whose waits end at the thread's deadline, or at once on `stop`."""
 
@@ -189,6 +199,9 @@ class DeadlineStream(httpcore.NetworkStream):
         except TimeoutError:
             self._sock.close()
             raise httpcore.ConnectTimeout("no TLS handshake within the timeout") from None
+        except ssl.SSLError as error:
+            self._sock.close()
+            raise TlsFailure(error) from error
         except OSError as error:
             self._sock.close()
             raise httpcore.ConnectError(str(error)) from error

@@ -22,6 +22,7 @@ import email.utils
 import random
 import re
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Callable
@@ -34,7 +35,7 @@ import structlog
 
 from tbmirror import parsers
 from tbmirror.errors import AuthError, ParseError, SourceError, StoppedError
-from tbmirror.sources.deadline import ConnectFailure, DeadlineBackend
+from tbmirror.sources.deadline import ConnectFailure, DeadlineBackend, TlsFailure
 from tbmirror.sources.proxies import environment_proxies, shown
 
 log = structlog.get_logger(__name__)
@@ -406,8 +407,8 @@ class _DeadlineTransport(httpx.HTTPTransport):
         try:
             return super().handle_request(request)
         except httpx.ConnectError as error:
-            if self._proxy is None:
-                raise
+            if self._proxy is None or _tls_failure(error) is not None:
+                raise  # direct, or the server's own TLS through the tunnel: not the proxy's
             why = _connect_failure(error)
             raise httpx.ProxyError(f"{self._proxy}: cannot connect: {why}") from error
         except httpx.ProxyError as error:
@@ -478,9 +479,25 @@ def _describe(error: httpx.HTTPError) -> str:
     return f"{type(error).__name__}"
 
 
+def _tls_failure(error: BaseException) -> ssl.SSLError | None:
+    """The SSL error under a failed TLS handshake with the server, if that is what `error` is."""
+    cause: BaseException | None = error
+    while cause is not None:
+        if isinstance(cause, TlsFailure):
+            return cause.ssl_error
+        cause = cause.__cause__ or cause.__context__
+    return None
+
+
 def _connect_failure(error: BaseException) -> str:
-    """Why a connection failed, from the OS error under httpx's: a refused port and a host name
-    that does not resolve said as such."""
+    """Why a connection failed, from the OS error under httpx's: a refused port, a host name
+    that does not resolve and a TLS handshake the server's certificate failed said as such."""
+    tls = _tls_failure(error)
+    if tls is not None:
+        if isinstance(tls, ssl.SSLCertVerificationError):
+            why = tls.verify_message
+            return f"the TLS handshake failed: the server's certificate is not trusted ({why})"
+        return f"the TLS handshake failed: {tls.reason or tls}"
     cause: BaseException | None = error
     while cause is not None and not isinstance(cause, OSError):
         if isinstance(cause, ConnectFailure):
