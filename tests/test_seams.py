@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Collection, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -214,20 +214,21 @@ def test_failures_stay_exceptions_until_the_edges(
     assert engine.journal.passes.current()["s"].last_error == "runs/search: HTTP 500"
 
 
-def test_the_scheduler_tells_a_write_fault_from_a_source_error_by_type(tmp_path: Path) -> None:
-    """A pass ended by a WriteFault (the disk, not the source) is retried on schedule; one ended
-    by a SourceError backs off. A real scheduler and uploads engine; the test sets what its first
-    two passes report."""
+Script = Callable[[str, dict[str, Any], Callable[..., PassReport]], PassReport]
+
+
+def _scheduled(
+    tmp_path: Path, script: Script, until: Callable[[list[dict[str, Any]]], bool], what: str
+) -> list[dict[str, Any]]:
+    """A real scheduler over one uploads source (a pass a second) whose passes `script` decides
+    (it gets the source's name, the pass's options and the real pass), run until `until` holds
+    for the scheduler's log events (within 60 s); those events."""
     (tmp_path / "uploads").mkdir()
     settings = parse_settings(
         f"mirror: {{root: {tmp_path / 'root'}, state: {tmp_path / 'state.db'}}}\n"
         f"sources: [{{name: up, type: uploads, path: {tmp_path / 'uploads'},\n"
         "  rescan_interval: 1}]\n"
     )
-    failures: list[TbmirrorError] = [
-        WriteFault("up", "ENOSPC", "up/a", "No space left on device"),
-        SourceError("the upload directory is gone"),
-    ]
 
     class ScriptedMirror(Mirror):
         def build(self, source: SourceSettings, stop: threading.Event | None) -> Engine:
@@ -235,9 +236,7 @@ def test_the_scheduler_tells_a_write_fault_from_a_source_error_by_type(tmp_path:
             real_pass = engine.run_pass
 
             def run_pass(**options: Any) -> PassReport:
-                if failures:
-                    return PassReport(source.name, failure=failures.pop(0))
-                return real_pass(**options)
+                return script(source.name, options, real_pass)
 
             engine.run_pass = run_pass  # type: ignore[method-assign]
             return engine
@@ -248,16 +247,50 @@ def test_the_scheduler_tells_a_write_fault_from_a_source_error_by_type(tmp_path:
     with structlog.testing.capture_logs() as logged:
         try:
             scheduler.start(list(settings.sources))
-
-            def told() -> list[str] | None:
-                names = [e["event"] for e in logged if e["event"].startswith("source_")]
-                return names if "source_backoff" in names else None
-
-            names = wait_until(told, 30, "the second pass to back off",
-                               saw=lambda: [e["event"] for e in logged])  # fmt: skip
+            wait_until(lambda: until([e for e in logged if e["event"].startswith("source_")]),
+                       60, what, saw=lambda: [e["event"] for e in logged])  # fmt: skip
+            told = [e for e in logged if e["event"].startswith("source_")]
         finally:
             stop.set()
             scheduler.shutdown(10)
             mirror.close()
+    return told
+
+
+def test_the_scheduler_tells_a_write_fault_from_a_source_error_by_type(tmp_path: Path) -> None:
+    """A pass ended by a WriteFault (the disk, not the source) is retried on schedule; one ended
+    by a SourceError backs off. The test sets what the first two passes report."""
+    failures: list[TbmirrorError] = [
+        WriteFault("up", "ENOSPC", "up/a", "No space left on device"),
+        SourceError("the upload directory is gone"),
+    ]
+
+    def script(name: str, options: dict[str, Any], real: Callable[..., PassReport]) -> PassReport:
+        return PassReport(name, failure=failures.pop(0)) if failures else real(**options)
+
+    told = _scheduled(tmp_path, script, lambda told: any(e["event"] == "source_backoff"
+                      for e in told), "the second pass to back off")  # fmt: skip
+    names = [e["event"] for e in told]
     faults = [n for n in names if n in ("source_write_fault", "source_backoff")]
     assert faults == ["source_write_fault", "source_backoff"], names
+
+
+def test_a_probe_that_succeeds_does_not_reset_the_backoff_of_a_failing_full_pass(
+    tmp_path: Path,
+) -> None:
+    """Only the full listing fails (a quick pass, the probe, succeeds): the probe lets the source
+    be polled at its pace again, but the backoff keeps growing until an ordinary pass succeeds,
+    so a source whose full listing fails stays visibly failing."""
+
+    def script(name: str, options: dict[str, Any], real: Callable[..., PassReport]) -> PassReport:
+        if options.get("full", True):
+            return PassReport(name, failure=SourceError("the full listing fails"))
+        return real(**options)
+
+    def grown(told: list[dict[str, Any]]) -> bool:
+        return any(e["event"] == "source_backoff" and e["failures"] >= 3 for e in told)
+
+    told = _scheduled(tmp_path, script, grown, "a backoff after three failed full passes")
+    backoffs = [e["failures"] for e in told if e["event"] == "source_backoff"]
+    assert backoffs[:3] == [1, 2, 3], told
+    assert any(e["event"] == "source_recovered" and e["probe"] for e in told), told
