@@ -18,6 +18,8 @@ from tensorboard.compat.proto.event_pb2 import Event
 
 from conftest import REPO, tbmirror
 
+pytestmark = pytest.mark.e2e  # runs `tbmirror check` and `sync` on a copy of the package
+
 DOC = REPO / "docs" / "architecture.md"
 BLOCK = re.compile(
     r"\*\*`(?P<path>[^`]+)`\*\* \((?P<how>new|edit)[^)]*\):\n\n```python\n(?P<code>.*?)```", re.S

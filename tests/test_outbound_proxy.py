@@ -32,6 +32,8 @@ from tbmirror.errors import ConfigError, SourceError, StoppedError
 from tbmirror.sources.http import RestClient
 from tbmirror.sources.proxies import environment_proxies
 
+pytestmark = pytest.mark.e2e  # starts tinyproxy, servers and `tbmirror` of its own
+
 SEARCH = "/api/2.0/mlflow/experiments/search"
 PROXY_VARIABLES = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY")
 SECRET = "pr0xy-s3cret"

@@ -11,6 +11,8 @@ import sys
 
 import pytest
 
+pytestmark = pytest.mark.e2e  # each test starts a fresh interpreter
+
 HEAVY = ("numpy", "PIL", "tensorboard", "google.protobuf", "rich", "mlflow", "pydantic", "httpx")
 
 
