@@ -376,3 +376,17 @@ def wait_until_idle(pid: int, until: float) -> None:
 def tree_rss_mb(pid: int) -> dict[int, float]:
     """RSS in MB of `pid` and each of its descendants."""
     return {member: rss_mb(member) for member in tree(pid)}
+
+
+def start_tensorboard(root: Path, port: int, log_path: Path) -> subprocess.Popen[bytes]:
+    """A TensorBoard on `root` at 127.0.0.1:`port` with the daemon's default sampling (stop it
+    with tbmirror.processes.stop_process_group), its output in `log_path`."""
+    command = [
+        sys.executable, "-m", "tensorboard.main", "--logdir", str(root), "--host", "127.0.0.1",
+        "--port", str(port), "--reload_interval", "5", "--load_fast", "true",
+        "--samples_per_plugin", "scalars=100000,images=1000,text=100",
+    ]  # fmt: skip
+    with log_path.open("wb") as log:
+        return subprocess.Popen(
+            command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )

@@ -30,8 +30,6 @@ import argparse
 import re
 import shutil
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -46,6 +44,7 @@ from common import (
     build_runs,
     open_store,
     run_sync,
+    start_tensorboard,
     tree_rss_mb,
     wait_until_idle,
     write_config,
@@ -115,16 +114,8 @@ def measure(
     """TensorBoard on `root` as the daemon starts it; the new point goes to `run_path`."""
     expected = run_dirs(root)
     port = free_port()
-    command = [
-        sys.executable, "-m", "tensorboard.main", "--logdir", str(root),
-        "--host", "127.0.0.1", "--port", str(port), "--reload_interval", "5",
-        "--samples_per_plugin", "scalars=100000,images=1000,text=100", "--load_fast", "true",
-    ]  # fmt: skip
     started = time.monotonic()
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-        )
+    process = start_tensorboard(root, port, log_path)
     try:
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=120) as client:
             while not loaded(client, expected, keys):

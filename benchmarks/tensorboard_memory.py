@@ -19,8 +19,6 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import subprocess
-import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -28,7 +26,7 @@ from pathlib import Path
 
 import httpx
 
-from common import Results, tree_rss_mb, wait_until_idle
+from common import Results, start_tensorboard, tree_rss_mb, wait_until_idle
 from tbmirror import tensorboard_budget
 from tbmirror.mirror import events, summaries
 from tbmirror.processes import free_port, stop_process_group
@@ -89,16 +87,8 @@ def loaded(client: httpx.Client, shape: Shape) -> bool:
 def rss(root: Path, shape: Shape, log_path: Path) -> float:
     """The idle RSS in bytes of a TensorBoard (as the daemon starts it) that loaded `root`."""
     port = free_port()
-    command = [
-        sys.executable, "-m", "tensorboard.main", "--logdir", str(root), "--host", "127.0.0.1",
-        "--port", str(port), "--reload_interval", "5", "--load_fast", "true",
-        "--samples_per_plugin", "scalars=100000,images=1000,text=100",
-    ]  # fmt: skip
     started = time.monotonic()
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-        )
+    process = start_tensorboard(root, port, log_path)
     try:
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=120) as client:
             while True:
