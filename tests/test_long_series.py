@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from conftest import mlflow_source, new_run, scalars_in, tb_run, write_config
+from conftest import json_log_lines, mlflow_source, new_run, scalars_in, tb_run, write_config
 from helpers import in_process
 from helpers.in_process import MirrorView
 from helpers.scripted_mlflow import Metric, ScriptedMlflow
@@ -139,3 +139,40 @@ def test_each_written_point_matches_one_source_point(tmp_path: Path) -> None:
     marks = WrittenMarks(tmp_path, "loss")
     assert marks.unwritten([same, once, same]) == []
     assert marks.unwritten([same, same, once]) == [same, once]
+
+
+@pytest.mark.e2e  # a full-size workload: 55,000 points read back through three passes (seconds)
+def test_a_corrupt_events_file_read_back_fails_its_run_alone(
+    tmp_path: Path, scripted: ScriptedMlflow, source_name: str, experiment_name: str
+) -> None:
+    """A series rewritten upstream is diffed against what its run's events files hold; when a
+    record there no longer checks out (a disk that flipped a byte), that run fails, named, and
+    keeps its files as they were, while the pass goes on and the other runs get their points."""
+    client, mirror_root = scripted.client(), tmp_path / "mirror"
+    long_id = new_run(client, experiment_name, "long")
+    log_points(client, long_id, range(POINTS), lambda step: T0 + step)
+    other_id = new_run(client, experiment_name, "other")
+    log_points(client, other_id, range(10), lambda step: T0 + step)
+    config = write_config(
+        tmp_path / "tbmirror.yaml",
+        mirror_root,
+        [mlflow_source(source_name, scripted.url, [experiment_name], max_retries=0)],
+    )
+    experiment_dir = mirror_root / source_name / experiment_name
+    result = in_process.sync(config, scripted.transport)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+    (events_file,) = [p for p in (experiment_dir / "long").iterdir() if ".tfevents." in p.name]
+    data = bytearray(events_file.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # inside a committed record: its CRC no longer checks out
+    events_file.write_bytes(bytes(data))
+    client.log_batch(long_id, metrics=[Metric("loss", -1.0, T0 - 5, POINTS)])  # rewritten
+    log_points(client, other_id, range(10, 20), lambda step: T0 + step)
+
+    result = in_process.sync(config, scripted.transport)
+    assert result.returncode == 1, result.stdout + result.stderr
+    failed = [e for e in json_log_lines(result.stderr) if e.get("event") == "run_failed"]
+    assert [e["run_id"] for e in failed] == [long_id], failed
+    assert failed[0]["error"].startswith("corrupt record at byte "), failed
+    assert events_file.read_bytes() == bytes(data)  # nothing appended to the damaged file
+    assert len(scalars_in(experiment_dir / "other", "loss")) == 20
