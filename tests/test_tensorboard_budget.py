@@ -3,12 +3,20 @@ estimate `status` and `check` show (tensorboard_budget.py); a real daemon and Te
 
 from __future__ import annotations
 
+import sqlite3
 import time
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+import structlog.testing
+
 from conftest import DaemonProcess, TensorBoardReader, daemon_config, tbmirror, wait_until
 from tbmirror import tensorboard_budget as budget
+from tbmirror.app import Mirror
+from tbmirror.config import parse_settings
+from tbmirror.errors import MirrorError
+from tbmirror.service.tensorboard import TensorBoardSupervisor
 from tbmirror.mirror import events, summaries
 
 POINTS = 400  # in the one uploaded series
@@ -30,6 +38,31 @@ def test_short_series_keep_every_point_and_long_ones_share_the_rest() -> None:
     assert budget.points_per_series(budget.BASE_BYTES, 3, series, cap=5) == 5  # the cap first
     within, text = budget.describe(budget.BASE_BYTES, 3, series, 100_000)
     assert not within and "past the budget" in text
+
+
+def test_a_store_that_cannot_say_what_it_holds_leaves_tensorboard_at_its_cap(
+    tmp_path: Path,
+) -> None:
+    """At TensorBoard's start the store is asked what the mirror holds; when it cannot answer
+    (here a table gone from under it), that is a MirrorError naming the store, and TensorBoard
+    starts all the same with `scalars_samples`, with a warning."""
+    settings = parse_settings(
+        f"mirror: {{root: {tmp_path / 'root'}, state: {tmp_path / 'state.db'}}}\n"
+        "tensorboard: {memory_budget: 1GB, scalars_samples: 777}\n"
+        f"sources: [{{name: up, type: uploads, path: {upload_dir(tmp_path)}}}]\n"
+    )
+    mirror = Mirror.open(settings)
+    try:
+        supervisor = TensorBoardSupervisor(settings.tensorboard, tmp_path / "root", mirror.holdings)
+        with sqlite3.connect(tmp_path / "state.db") as store:
+            store.execute("DROP TABLE tails")
+        with pytest.raises(MirrorError, match="the state store cannot say what the mirror holds"):
+            mirror.holdings()
+        with structlog.testing.capture_logs() as logged:
+            assert supervisor.scalars_samples() == 777
+        assert [e["event"] for e in logged] == ["tensorboard_memory_unknown"], logged
+    finally:
+        mirror.close()
 
 
 def upload_dir(tmp_path: Path) -> Path:
