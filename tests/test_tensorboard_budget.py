@@ -16,8 +16,8 @@ from tbmirror import tensorboard_budget as budget
 from tbmirror.app import Mirror
 from tbmirror.config import parse_settings
 from tbmirror.errors import MirrorError
-from tbmirror.service.tensorboard import TensorBoardSupervisor
 from tbmirror.mirror import events, summaries
+from tbmirror.service.tensorboard import TensorBoardSupervisor
 
 POINTS = 400  # in the one uploaded series
 KEPT = 60  # points per series the test's budget leaves room for
