@@ -32,7 +32,7 @@ from tbmirror.mirror.layout import MirrorLayout
 from tbmirror.model import Experiment, MetricPoint, RunSnapshot
 from tbmirror.service.metrics import DaemonMetrics
 from tbmirror.service.scheduler import SourceScheduler
-from tbmirror.sources.http import BadAnswerError, HttpStatusError, RestClient
+from tbmirror.sources.http import BadAnswerError, HttpStatusError, RestClient, StoppedError
 from tbmirror.sources.mlflow import History, HistoryRequest, RunListing, RunState
 from tbmirror.sources.stores import Artifact, FileReader, RunRef
 
@@ -193,6 +193,44 @@ def test_a_run_absent_from_a_listing_leaves_only_on_proof(
         assert (report.failure, report.runs_removed, run_dir.is_dir()) == (None, 0, True), state
     source.states["a"] = "gone"
     assert engine.run_pass().runs_removed == 1 and not run_dir.exists()
+
+
+@pytest.mark.parametrize("proof", ["runs/get", "filtered search"])
+def test_a_stop_while_proving_a_run_gone_ends_the_pass_and_blames_no_run(
+    tmp_path: Path, proof: str
+) -> None:
+    """The daemon stops while a run absent from a full listing is being proven gone (runs/get)
+    or out of the selection (the filtered search): the pass ends as stopped, that run is neither
+    failed nor kept on "no proof" nor removed, and the next pass proves it as usual."""
+    settings = MlflowSourceSettings(
+        name="s", type="mlflow", tracking_uri="http://mlflow.invalid", experiments=["e"],
+        on_delete="remove", filter="metrics.m >= 0" if proof == "filtered search" else "",
+    )  # fmt: skip
+    journal = Journal.open(MirrorLayout(tmp_path / "root"), tmp_path / "state.db")
+    journal.own(settings.name)
+    source = ScriptedRuns(settings)
+    engine = MlflowEngine(source, journal)
+    source.add("a", points(1))
+    assert engine.run_pass().points == 1
+    del source.runs["a"]
+    stopped = StoppedError("the daemon is stopping")
+    if proof == "runs/get":
+        source.states["a"] = stopped
+    else:
+        source.states["a"] = "active"
+        source.matches_filter = lambda run_id, experiment_id: raise_(stopped)  # type: ignore[method-assign]
+    run_dir = tmp_path / "root" / "s" / "e" / "a"
+    with structlog.testing.capture_logs() as logged:
+        report = engine.run_pass()
+    assert report.failure is stopped and report.failed_runs == [], report
+    assert run_dir.is_dir() and "run_absent_kept" not in [e["event"] for e in logged]
+    source.states["a"] = "gone"
+    assert engine.run_pass().runs_removed == 1 and not run_dir.exists()
+    journal.close()
+
+
+def raise_(error: Exception) -> bool:
+    raise error
 
 
 def test_failures_stay_exceptions_until_the_edges(
