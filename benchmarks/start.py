@@ -16,6 +16,10 @@ the machine's speed drifts):
     on an idle machine: the load average is printed);
   - `tbmirror status` and `tbmirror check --offline` (ratios shown, no target).
 
+Each command's CPU seconds (user + system, from the kernel's accounting of the child) are shown
+beside its wall time, with their ratio to the baseline's: on a busy machine wall times stretch
+with the load while CPU seconds mostly do not.
+
 Every command runs with bytecode caching on (PYTHONDONTWRITEBYTECODE unset: an installed
 package has its .pyc files; the warm-up run writes them for an editable one).
 
@@ -27,6 +31,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -83,9 +88,12 @@ def measure(args: argparse.Namespace, results: Results) -> None:
         for command in commands.values():  # warm the page cache once, write the bytecode
             timed(command)
         seconds: dict[str, list[float]] = {name: [] for name in commands}
+        cpu: dict[str, list[float]] = {name: [] for name in commands}
         for _ in range(args.rounds):
             for name, command in commands.items():
-                seconds[name].append(timed(command))
+                wall, used = timed(command)
+                seconds[name].append(wall)
+                cpu[name].append(used)
     load = os.getloadavg()[0]
 
     results.workload = f"{args.runs} runs x 5 keys x 10 points, mirrored; {args.rounds} rounds"
@@ -94,14 +102,14 @@ def measure(args: argparse.Namespace, results: Results) -> None:
     trio = importlib.util.find_spec("trio") is not None
     print(f"trio installed (httpcore imports it): {'yes' if trio else 'no'}")
     results.add("trio installed", "yes" if trio else "no")
-    baseline = seconds[BASELINE]
+    baseline, baseline_cpu = seconds[BASELINE], cpu[BASELINE]
     targets = {"tbmirror sync (nothing new)": 1.5}
     for name, times in seconds.items():
         median = statistics.median(times)
         line = f"{name:45} median {median:6.3f} s (min {min(times):.3f}, max {max(times):.3f})"
         results.add(f"{name}: median", median, "s")
         if name != BASELINE:
-            ratio = statistics.median(t / b for t, b in zip(times, baseline, strict=True))
+            ratio = _median_ratio(times, baseline)
             bound = targets.get(name)
             met = None if bound is None else ratio <= bound
             line += f", {ratio:.2f}x the baseline"
@@ -109,6 +117,13 @@ def measure(args: argparse.Namespace, results: Results) -> None:
                 line += f" (<= {bound}x: {'met' if met else 'NOT met'})"
             target = f"<= {bound}x" if bound else ""
             results.add(f"{name}: / baseline", ratio, "x", target, met)
+        cpu_median = statistics.median(cpu[name])
+        results.add(f"{name}: CPU median", cpu_median, "s")
+        line += f"; CPU {cpu_median:.3f} s"
+        if name != BASELINE:
+            cpu_ratio = _median_ratio(cpu[name], baseline_cpu)
+            results.add(f"{name}: CPU / baseline", cpu_ratio, "x")
+            line += f", {cpu_ratio:.2f}x"
         print(line)
     help_median = statistics.median(seconds["tbmirror --help"])
     met = help_median <= 0.15
@@ -118,15 +133,24 @@ def measure(args: argparse.Namespace, results: Results) -> None:
     results.add("load average at the end", load)
 
 
-def timed(command: list[str]) -> float:
-    """Wall seconds of `command` as a fresh process; exits with its output if it fails."""
+def timed(command: list[str]) -> tuple[float, float]:
+    """Wall and CPU seconds (user + system) of `command` as a fresh process; exits with its
+    output if it fails."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.monotonic()
     result = subprocess.run(command, capture_output=True, text=True)
     seconds = time.monotonic() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if result.returncode != 0:
         raise SystemExit(f"{' '.join(command)} failed ({result.returncode}):\n{result.stdout}\n"
                          f"{result.stderr[-3000:]}")  # fmt: skip
-    return seconds
+    used = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+    return seconds, used
+
+
+def _median_ratio(times: list[float], baseline: list[float]) -> float:
+    """The median of the rounds' ratios (each round's command against its own baseline)."""
+    return statistics.median(t / b for t, b in zip(times, baseline, strict=True))
 
 
 if __name__ == "__main__":

@@ -297,6 +297,23 @@ def test_https_goes_through_a_connect_tunnel(
     assert tinyproxy.requests() == [f"CONNECT 127.0.0.1:{server.port} HTTP/1.1"], tinyproxy.log()
 
 
+def test_https_direct_trusts_the_certificate_ssl_cert_file_names(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Direct to an https:// server, no proxy: the TLS context (built at the client's first
+    https connection, sources/http.py) trusts what SSL_CERT_FILE names, as httpx does."""
+    tool("openssl", "openssl")
+    server = TlsJsonServer(tmp_path)
+    monkeypatch.setenv("SSL_CERT_FILE", str(server.certificate))
+    client = RestClient(f"https://127.0.0.1:{server.port}", timeout=30.0, max_retries=0)
+    try:
+        assert client.get(SEARCH) == TlsJsonServer.BODY
+    finally:
+        client.close()
+        server.close()
+    assert server.paths == [SEARCH]
+
+
 def test_a_refused_tunnel_names_the_proxy_and_its_answer(tmp_path: Path) -> None:
     """A proxy that opens tunnels to port 443 only refuses one to another port: one error
     naming the proxy and what it answered."""

@@ -35,7 +35,7 @@ import structlog
 
 from tbmirror.errors import TbmirrorError
 from tbmirror.journal import Batch, BatchStream, Journal
-from tbmirror.mirror import events, layout, records, summaries
+from tbmirror.mirror import events, layout, summaries
 from tbmirror.mirror.convert import DEFAULT_STEP_COLUMNS, LineConverter
 from tbmirror.mirror.events import EventsFileLostError
 from tbmirror.model import TailRecord
@@ -278,6 +278,8 @@ class Tailer:
 
 def _whole_records(new: bytes) -> _Taken:
     """The whole, valid records at the start of `new` (verbatim), stopping at a corrupt one."""
+    from tbmirror.mirror import records  # (protobuf: only a pass that reads tfevents pays it)
+
     found = records.scan(new)
     return _Taken(
         found.end,

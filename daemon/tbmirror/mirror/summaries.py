@@ -4,10 +4,9 @@ the scalars of a run directory read back.
 Everything is built with TensorBoard's own protos and plugin metadata helpers (no TensorFlow).
 Each encoding function returns the payload bytes of one record.
 
-Only the Event and Summary protos are imported at the top: numpy, PIL and TensorBoard's plugin
-helpers (which bring its TensorFlow stub and absl) are imported inside the functions that use
-them, so a command that writes no image, text or HParams record (a sync with nothing new) does
-not pay for them.
+TensorBoard's protos (protobuf), numpy, PIL and TensorBoard's plugin helpers (which bring its
+TensorFlow stub and absl) are imported inside the functions that use them, so a command that
+writes nothing (a sync with nothing new) does not pay for them.
 """
 
 from __future__ import annotations
@@ -17,9 +16,6 @@ import math
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
-
-from tensorboard.compat.proto.event_pb2 import Event
-from tensorboard.compat.proto.summary_pb2 import Summary
 
 from tbmirror.mirror import events
 
@@ -46,6 +42,8 @@ def clean_tag(tag: str) -> str:
 
 def file_version(wall_time: float) -> bytes:
     """The first record of every events file."""
+    from tensorboard.compat.proto.event_pb2 import Event
+
     return Event(wall_time=wall_time, file_version=FILE_VERSION).SerializeToString()
 
 
@@ -53,6 +51,9 @@ class ScalarEncoder:
     """Serializes scalar points of one tag as `simple_value` events (reuses one message: fast)."""
 
     def __init__(self, tag: str) -> None:
+        from tensorboard.compat.proto.event_pb2 import Event
+        from tensorboard.compat.proto.summary_pb2 import Summary
+
         self._event = Event(summary=Summary(value=[Summary.Value(tag=clean_tag(tag))]))
         self._value = self._event.summary.value[0]
 
@@ -65,6 +66,7 @@ class ScalarEncoder:
 
 def text(tag: str, markdown: str, wall_time: float, step: int) -> bytes:
     """A text-plugin summary holding `markdown`."""
+    from tensorboard.compat.proto.event_pb2 import Event
     from tensorboard.plugins.text.summary_v2 import text_pb
 
     summary = text_pb(clean_tag(tag), markdown)
@@ -79,6 +81,8 @@ def image(tag: str, data: bytes, wall_time: float, step: int) -> bytes:
     """An images-plugin summary of one encoded image, stored as given (TensorBoard serves these
     very bytes). Raises BadImageError unless `data` decodes fully as PNG, JPEG or GIF."""
     from PIL import Image
+    from tensorboard.compat.proto.event_pb2 import Event
+    from tensorboard.compat.proto.summary_pb2 import Summary
     from tensorboard.plugins.image import metadata as image_metadata
     from tensorboard.util import tensor_util
 
@@ -123,6 +127,7 @@ def session_start(
     params: dict[str, str], trial_id: str, start_time_secs: float, wall_time: float
 ) -> bytes:
     """An HParams session start (one per run directory), with `params` coerced."""
+    from tensorboard.compat.proto.event_pb2 import Event
     from tensorboard.plugins.hparams.summary_v2 import hparams_pb
 
     values = {clean_tag(name): coerce_param(value) for name, value in params.items()}
@@ -132,6 +137,8 @@ def session_start(
 
 def session_end(status: str, end_time_secs: float, wall_time: float) -> bytes:
     """An HParams session end for a finished MLflow `status` (a key of SESSION_STATUS)."""
+    from tensorboard.compat.proto.event_pb2 import Event
+    from tensorboard.compat.proto.summary_pb2 import Summary
     from tensorboard.plugins.hparams import api_pb2, plugin_data_pb2
     from tensorboard.plugins.hparams import metadata as hparams_metadata
 
@@ -164,6 +171,8 @@ def float32_bits(value: float) -> bytes:
 def iter_scalars(directory: Path, tag: str) -> Iterator[tuple[float, float]]:
     """(wall_time, value) of every `tag` scalar in the events files of a run directory, in
     file-name order, read a chunk at a time."""
+    from tensorboard.compat.proto.event_pb2 import Event
+
     if not directory.is_dir():
         return
     paths = sorted(p for p in directory.iterdir() if p.is_file() and "tfevents" in p.name)

@@ -368,35 +368,29 @@ class RestClient:
 
 class _DeadlineTransport(httpx.HTTPTransport):
     """httpx's transport on a DeadlineBackend, direct or through an http:// `proxy` (httpx
-    takes no backend argument, so the pool is built again with the same settings plus the
+    takes no backend argument, so the pool is built here with httpx's settings plus the
     backend). Through a proxy, a failure to reach it or a refused tunnel is an httpx.ProxyError
     naming the proxy (without credentials)."""
 
     def __init__(
         self, backend: DeadlineBackend, max_connections: int, proxy: httpx.Proxy | None = None
     ) -> None:
-        super().__init__()
+        # No super().__init__(): all it does is build the pool built here (and a TLS context).
         limits = httpx.Limits()
         self._proxy = None if proxy is None else shown(proxy)
-        if proxy is None:
-            self._pool = httpcore.ConnectionPool(
-                ssl_context=httpx.create_ssl_context(),
-                max_connections=max_connections,
-                max_keepalive_connections=limits.max_keepalive_connections,
-                keepalive_expiry=limits.keepalive_expiry,
-                network_backend=backend,
-            )
-            return
-        self._pool = httpcore.HTTPProxy(
-            proxy_url=httpcore.URL(
-                scheme=proxy.url.raw_scheme,
-                host=proxy.url.raw_host,
-                port=proxy.url.port,
-                target=proxy.url.raw_path,
+        self._pool = _TlsOnDemandPool(
+            proxy=None
+            if proxy is None
+            else httpcore.Proxy(
+                url=httpcore.URL(
+                    scheme=proxy.url.raw_scheme,
+                    host=proxy.url.raw_host,
+                    port=proxy.url.port,
+                    target=proxy.url.raw_path,
+                ),
+                auth=proxy.raw_auth,
+                headers=proxy.headers.raw,
             ),
-            proxy_auth=proxy.raw_auth,
-            proxy_headers=proxy.headers.raw,
-            ssl_context=httpx.create_ssl_context(),
             max_connections=max_connections,
             max_keepalive_connections=limits.max_keepalive_connections,
             keepalive_expiry=limits.keepalive_expiry,
@@ -413,6 +407,19 @@ class _DeadlineTransport(httpx.HTTPTransport):
             raise httpx.ProxyError(f"{self._proxy}: cannot connect: {why}") from error
         except httpx.ProxyError as error:
             raise httpx.ProxyError(f"{self._proxy} would not open a tunnel: {error}") from None
+
+
+class _TlsOnDemandPool(httpcore.ConnectionPool):
+    """httpcore's pool whose TLS context (httpx's: certifi's bundle, or SSL_CERT_FILE or
+    SSL_CERT_DIR) is built at its first https connection, not with the pool: loading the CA
+    bundle takes tens of milliseconds, which a command that talks only to an http:// server
+    (`tbmirror sync` with nothing to do) need not pay. The pool calls create_connection under
+    its lock."""
+
+    def create_connection(self, origin: httpcore.Origin) -> httpcore.ConnectionInterface:
+        if origin.scheme == b"https" and self._ssl_context is None:
+            self._ssl_context = httpx.create_ssl_context()
+        return super().create_connection(origin)
 
 
 class RateLimiter:
