@@ -13,7 +13,6 @@ from __future__ import annotations
 import fnmatch
 import threading
 from collections.abc import Callable, Iterable
-from concurrent.futures import Future
 
 import structlog
 
@@ -28,8 +27,6 @@ from tbmirror.model import RunRecord, RunSnapshot, TailRecord
 from tbmirror.sources.stores import Artifact, RunRef
 
 log = structlog.get_logger(__name__)
-
-Listed = dict[str, list[Artifact] | SourceError]  # RunSource.artifacts_of: by run id
 
 
 class ArtifactSync:
@@ -63,36 +60,20 @@ class ArtifactSync:
             else:
                 self._logged[run.run_id] = logged
 
-    def wanted(self, run_ids: list[str]) -> dict[RunRef, bool]:
-        """What to ask `RunSource.artifacts_of` for these runs (those placed): each run, and
-        whether to list its `images/` folder. The listing may then run on another thread."""
-        records = self.placement.records
-        images = self.media.enabled and self.source.settings.artifacts.images
-        return {
-            RunRef(run_id, records[run_id].experiment_id): images and self._images_logged(run_id)
-            for run_id in run_ids
-            if run_id in records
-        }
-
-    def sync(
-        self,
-        run_ids: list[str],
-        report: PassReport,
-        stop: threading.Event | None,
-        listed: Future[Listed] | None = None,
-    ) -> None:
-        """Mirror new and grown artifacts of these (placed) runs; WriteFault ends it. `listed`:
-        their listing, asked already (`wanted`); else they are listed now."""
+    def sync(self, run_ids: list[str], report: PassReport, stop: threading.Event | None) -> None:
+        """Mirror new and grown artifacts of these (placed) runs; WriteFault ends it."""
         records = self.placement.records
         due = [run_id for run_id in run_ids if run_id in records]
         if not due or (stop is not None and stop.is_set()):
             return
-        found_by_run = (
-            self.source.artifacts_of(self.wanted(due)) if listed is None else listed.result()
+        images = self.media.enabled and self.source.settings.artifacts.images
+        runs = {RunRef(run_id, records[run_id].experiment_id): run_id for run_id in due}
+        listed = self.source.artifacts_of(
+            {run: images and self._images_logged(run_id) for run, run_id in runs.items()}
         )
         for run_id in due:
             try:
-                found = found_by_run[run_id]
+                found = listed[run_id]
                 if isinstance(found, SourceError):
                     raise found
                 self._tail(records[run_id], found, report, stop)

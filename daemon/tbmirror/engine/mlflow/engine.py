@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import structlog
 
 from tbmirror.engine.base import PassReport, Progress
-from tbmirror.engine.mlflow.artifacts import ArtifactSync, Listed
+from tbmirror.engine.mlflow.artifacts import ArtifactSync
 from tbmirror.engine.mlflow.placement import Placement
 from tbmirror.engine.mlflow.planning import Plan, Planner
 from tbmirror.engine.mlflow.removal import Removal
@@ -44,13 +44,10 @@ LISTING_MARGIN_SECONDS = 60  # quick listings look this far back for new runs (c
 
 @dataclass
 class Chunk:
-    """Up to CHUNK_RUNS runs, placed and planned, their histories being fetched, and the
-    artifacts of those due (`artifact_runs`) being listed meanwhile."""
+    """Up to CHUNK_RUNS runs, placed and planned, their histories being fetched."""
 
     plans: list[Plan]
     histories: Future[dict[tuple[str, str], History]]
-    artifact_runs: list[str]
-    listed: Future[Listed] | None
 
 
 class MlflowEngine:
@@ -76,7 +73,6 @@ class MlflowEngine:
         self.selection = Selection(self.settings, clock)
         self.removal = Removal(source, self.placement, self.selection, self._fail)
         self.artifact_batch = artifact_batch
-        self._backlog_left = artifact_batch  # of this pass's backlog (None: no limit)
         self._last_listing: float | None = None
 
     @property
@@ -159,7 +155,6 @@ class MlflowEngine:
             lambda: self.removal.rivals(listing, full),
         )
         self.planner.start_pass()
-        self._backlog_left = self.artifact_batch
 
         def tick() -> None:
             if progress:
@@ -173,7 +168,7 @@ class MlflowEngine:
             return
         self.removal.after_listing(listing, full, selected.out, report)
         backlog = self.planner.artifact_backlog(
-            self.placement.records, self.artifacts.retry_at, self._backlog_left
+            self.placement.records, self.artifacts.retry_at, self.artifact_batch
         )
         report.runs_tried += len([run_id for run_id in backlog if run_id not in listing.listed])
         for start in range(0, len(backlog), CHUNK_RUNS):
@@ -190,10 +185,9 @@ class MlflowEngine:
         stop: threading.Event | None,
     ) -> None:
         """Sync the runs of a listing as it is read, CHUNK_RUNS at a time (`tick` after each):
-        each chunk's histories are fetched, and its artifacts listed, while the chunk before it
-        is written. A listing that fails still has what it listed before written; then its
-        error is raised."""
-        with ThreadPoolExecutor(2, thread_name_prefix="prefetch") as prefetch:
+        each chunk's histories are fetched while the chunk before it is written. A listing that
+        fails still has what it listed before written; then its error is raised."""
+        with ThreadPoolExecutor(1, thread_name_prefix="prefetch") as prefetch:
             pending: Chunk | None = None
             chunks = _chunks(run for run in selected if not run.deleted)
             while True:
@@ -221,10 +215,8 @@ class MlflowEngine:
         report: PassReport,
         prefetch: Executor,
     ) -> Chunk | None:
-        """Place and plan a chunk of listed runs, and start fetching what changed and listing
-        the artifacts due on `prefetch`; None if there are no `runs`. The artifacts due are
-        those planning says, and those of the backlog's finished runs (within this pass's
-        `artifact_batch`): listed here, they overlap the fetches instead of following them."""
+        """Place and plan a chunk of listed runs, and start fetching what changed on `prefetch`;
+        None if there are no `runs`."""
         if not runs:
             return None
         report.runs_tried += len(runs)
@@ -242,22 +234,7 @@ class MlflowEngine:
                 plans.append(plan)
         requests = [request for plan in plans for request in plan.requests]
         report.history_series += len(requests)
-        histories = prefetch.submit(self.source.fetch, requests)
-        artifact_runs = [plan.run.run_id for plan in plans if plan.artifacts or self._backlog(plan)]
-        wanted = self.artifacts.wanted(artifact_runs)
-        listed = prefetch.submit(self.source.artifacts_of, wanted) if wanted else None
-        return Chunk(plans, histories, artifact_runs, listed)
-
-    def _backlog(self, plan: Plan) -> bool:
-        """Whether a run is one of the backlog's, taken from this pass's `artifact_batch`."""
-        retry_at = self.artifacts.retry_at.get(plan.run.run_id, 0)
-        if self._backlog_left == 0 or not self.planner.in_backlog(
-            plan.record, plan.run.status, retry_at
-        ):
-            return False
-        if self._backlog_left is not None:
-            self._backlog_left -= 1
-        return True
+        return Chunk(plans, prefetch.submit(self.source.fetch, requests))
 
     def _plan(
         self,
@@ -277,12 +254,11 @@ class MlflowEngine:
 
     def _complete(self, chunk: Chunk, report: PassReport, stop: threading.Event | None) -> None:
         """Write a prepared chunk as one batch once fetched (and the further pages of its long
-        series), then mirror the artifacts of its runs that are due, as listed. Raises what the
-        fetch or the listing raised."""
+        series), then look at the artifacts of its runs that are due. Raises what the fetch
+        raised."""
         streams = self.writer.write_chunk(chunk.plans, chunk.histories.result(), report, stop)
         self.writer.write_streams(streams, report, stop)
-        if chunk.listed is not None:
-            self.artifacts.sync(chunk.artifact_runs, report, stop, chunk.listed)
+        self.artifacts.sync([p.run.run_id for p in chunk.plans if p.artifacts], report, stop)
 
     def _list(self, full: bool) -> RunListing:
         mirrored = self.placement.records

@@ -105,19 +105,14 @@ class Planner:
         the daemon `artifacts.batch` per pass (quick passes too), so a first pass over 10,000 old
         runs mirrors their metrics without waiting for 10,000 listings. A run whose listing
         failed waits until its `retry_at`."""
+        if not self.settings.artifacts.enabled:
+            return []
+        now = self.clock()
         backlog = (
             run_id
             for run_id, record in records.items()
-            if self.in_backlog(record, record.status, retry_at.get(run_id, 0))
+            if not record.artifacts_at
+            and record.status in TERMINAL_STATUSES
+            and retry_at.get(run_id, 0) <= now
         )
         return list(itertools.islice(backlog, limit))
-
-    def in_backlog(self, record: RunRecord, status: str, retry_at: float) -> bool:
-        """Whether a run with `status` is one of the backlog's: finished, its artifacts never
-        looked at, and not waiting for the retry (`retry_at`) of a listing that failed."""
-        return (
-            self.settings.artifacts.enabled
-            and not record.artifacts_at
-            and status in TERMINAL_STATUSES
-            and retry_at <= self.clock()
-        )
