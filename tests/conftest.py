@@ -10,6 +10,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -20,6 +21,7 @@ import pytest
 import yaml
 
 from helpers.hostile_proxy import HostileProxy, hostile_proxy
+from helpers.mlflow_template import STORE_NAME, Template
 from helpers.scripted_mlflow import ScriptedMlflow
 from tbmirror.local_mlflow import LocalMlflowServer
 from tbmirror.mirror.summaries import float32_bits, iter_scalars
@@ -71,12 +73,30 @@ def wait_until(
 
 
 class MlflowServer(LocalMlflowServer):
-    """The local mlflow server, with a client for logging test data."""
+    """The local mlflow server, with a client for logging test data; on an empty directory it
+    starts from the session's migrated store (helpers/mlflow_template.py)."""
+
+    template: Template | None = None  # set for the session by `mlflow_template`
+
+    def start(self, timeout: float = 120, stop: threading.Event | None = None) -> MlflowServer:
+        fresh = not (self.directory / STORE_NAME).exists()
+        seeded = fresh and self.template is not None and self.template.seed(self.directory)
+        super().start(timeout, stop)
+        if fresh and not seeded and self.template is not None:
+            self.template.keep(self.directory)
+        return self
 
     def client(self) -> Any:
         from mlflow.tracking import MlflowClient
 
         return MlflowClient(tracking_uri=self.url)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def mlflow_template(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """One template for the whole run: in the directory the xdist workers share, if any."""
+    base = tmp_path_factory.getbasetemp()
+    MlflowServer.template = Template(base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base)
 
 
 @pytest.fixture(scope="session")

@@ -17,7 +17,7 @@ from conftest import MlflowServer, TensorBoard, mlflow_source, tbmirror, write_c
 from helpers.kills import BATCH_STEPS, files_cut, kill_at_step, recovered_events
 
 KEYS = ["loss", "acc", "lr", "grad/norm"]
-INITIAL_RUNS, POINTS_PER_KEY, ITERATIONS = 15, 400, 12
+INITIAL_RUNS, POINTS_PER_KEY, ITERATIONS = 15, 400, 6  # each step of BATCH_STEPS twice
 T0 = 1_700_000_000_000
 
 
