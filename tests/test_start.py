@@ -12,6 +12,7 @@ import ssl
 import subprocess
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
@@ -106,3 +107,30 @@ def test_a_client_builds_its_tls_context_at_its_first_https_connection_only(
         finally:
             client.close()
     assert tls_contexts_built[0].verify_mode == ssl.CERT_REQUIRED
+
+
+def test_a_ca_bundle_that_cannot_be_loaded_is_one_error_naming_it(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """SSL_CERT_FILE naming a missing file fails each https request at once (not retried, not
+    an unexpected error) with a message naming the variable; http:// requests are untouched."""
+    missing = tmp_path / "no-such-bundle.pem"
+    monkeypatch.setenv("SSL_CERT_FILE", str(missing))
+    monkeypatch.delenv("SSL_CERT_DIR", raising=False)
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+        client = RestClient(f"http://127.0.0.1:{port}", timeout=5, max_retries=3)
+        try:
+            for _ in range(2):
+                with pytest.raises(SourceError) as raised:
+                    client.get("/x", url=f"https://127.0.0.1:{port}/x")
+                assert type(raised.value) is SourceError, raised.value
+                assert str(raised.value).startswith(
+                    f"cannot load the CA certificates to verify https servers "
+                    f"(SSL_CERT_FILE={missing}): "
+                ), raised.value
+            with pytest.raises(SourceError, match="cannot connect"):
+                client.get("/x", url=f"http://127.0.0.1:{port}/x")
+        finally:
+            client.close()

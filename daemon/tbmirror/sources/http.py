@@ -19,6 +19,7 @@ Thread-safe (one shared httpx.Client).
 from __future__ import annotations
 
 import email.utils
+import os
 import random
 import re
 import socket
@@ -378,7 +379,7 @@ class _DeadlineTransport(httpx.HTTPTransport):
         # No super().__init__(): all it does is build the pool built here (and a TLS context).
         limits = httpx.Limits()
         self._proxy = None if proxy is None else shown(proxy)
-        self._pool = _TlsOnDemandPool(
+        self._pool = httpcore.ConnectionPool(  # its TLS context: _load_tls
             proxy=None
             if proxy is None
             else httpcore.Proxy(
@@ -396,8 +397,11 @@ class _DeadlineTransport(httpx.HTTPTransport):
             keepalive_expiry=limits.keepalive_expiry,
             network_backend=backend,
         )
+        self._tls_lock = threading.Lock()
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
+        if request.url.scheme == "https":
+            self._load_tls()
         try:
             return super().handle_request(request)
         except httpx.ConnectError as error:
@@ -408,18 +412,27 @@ class _DeadlineTransport(httpx.HTTPTransport):
         except httpx.ProxyError as error:
             raise httpx.ProxyError(f"{self._proxy} would not open a tunnel: {error}") from None
 
-
-class _TlsOnDemandPool(httpcore.ConnectionPool):
-    """httpcore's pool whose TLS context (httpx's: certifi's bundle, or SSL_CERT_FILE or
-    SSL_CERT_DIR) is built at its first https connection, not with the pool: loading the CA
-    bundle takes tens of milliseconds, which a command that talks only to an http:// server
-    (`tbmirror sync` with nothing to do) need not pay. The pool calls create_connection under
-    its lock."""
-
-    def create_connection(self, origin: httpcore.Origin) -> httpcore.ConnectionInterface:
-        if origin.scheme == b"https" and self._ssl_context is None:
-            self._ssl_context = httpx.create_ssl_context()
-        return super().create_connection(origin)
+    def _load_tls(self) -> None:
+        """Give the pool its TLS context (httpx's: certifi's bundle, or SSL_CERT_FILE or
+        SSL_CERT_DIR) before its first https request, not with the pool: loading the CA bundle
+        takes tens of milliseconds, which a command that talks only to an http:// server
+        (`tbmirror sync` with nothing to do) need not pay. SourceError (not retried) if the
+        bundle cannot be loaded."""
+        with self._tls_lock:
+            if self._pool._ssl_context is not None:
+                return
+            try:
+                self._pool._ssl_context = httpx.create_ssl_context()
+            except (OSError, ValueError) as error:  # (ssl.SSLError is an OSError)
+                where = ", ".join(
+                    f"{name}={os.environ[name]}"
+                    for name in ("SSL_CERT_FILE", "SSL_CERT_DIR")
+                    if os.environ.get(name)
+                )
+                raise SourceError(
+                    f"cannot load the CA certificates to verify https servers"
+                    f"{f' ({where})' if where else ''}: {error}"
+                ) from None
 
 
 class RateLimiter:
