@@ -52,7 +52,7 @@ def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
     of an end-to-end test is spent waiting on its processes (a poll interval, TensorBoard's
     reload): with one worker per CPU the whole suite kept the CPUs 72 % busy (10:15 on 2 idle
     CPUs), with three on two 89 % (8:43)."""
-    return max(1, (3 * (os.cpu_count() or 1)) // 2)
+    return max(1, (3 * len(os.sched_getaffinity(0))) // 2)  # CPUs this process may use
 
 
 def wait_until(

@@ -141,7 +141,7 @@ def test_each_written_point_matches_one_source_point(tmp_path: Path) -> None:
     assert marks.unwritten([same, same, once]) == [same, once]
 
 
-@pytest.mark.e2e  # a full-size workload: 55,000 points read back through three passes (seconds)
+@pytest.mark.e2e  # a full-size workload: 55,000 points through two passes (seconds)
 def test_a_corrupt_events_file_read_back_fails_its_run_alone(
     tmp_path: Path, scripted: ScriptedMlflow, source_name: str, experiment_name: str
 ) -> None:
@@ -168,11 +168,13 @@ def test_a_corrupt_events_file_read_back_fails_its_run_alone(
     events_file.write_bytes(bytes(data))
     client.log_batch(long_id, metrics=[Metric("loss", -1.0, T0 - 5, POINTS)])  # rewritten
     log_points(client, other_id, range(10, 20), lambda step: T0 + step)
+    files = sorted((experiment_dir / "long").iterdir())
 
     result = in_process.sync(config, scripted.transport)
     assert result.returncode == 1, result.stdout + result.stderr
     failed = [e for e in json_log_lines(result.stderr) if e.get("event") == "run_failed"]
     assert [e["run_id"] for e in failed] == [long_id], failed
     assert failed[0]["error"].startswith("corrupt record at byte "), failed
+    assert sorted((experiment_dir / "long").iterdir()) == files  # no file added beside it
     assert events_file.read_bytes() == bytes(data)  # nothing appended to the damaged file
     assert len(scalars_in(experiment_dir / "other", "loss")) == 20

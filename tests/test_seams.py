@@ -14,7 +14,7 @@ import json
 import threading
 from collections.abc import Callable, Collection, Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import httpx
 import pytest
@@ -229,7 +229,7 @@ def test_a_stop_while_proving_a_run_gone_ends_the_pass_and_blames_no_run(
     journal.close()
 
 
-def raise_(error: Exception) -> bool:
+def raise_(error: Exception) -> NoReturn:
     raise error
 
 

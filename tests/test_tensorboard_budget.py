@@ -44,8 +44,9 @@ def test_a_store_that_cannot_say_what_it_holds_leaves_tensorboard_at_its_cap(
     tmp_path: Path,
 ) -> None:
     """At TensorBoard's start the store is asked what the mirror holds; when it cannot answer
-    (here a table gone from under it), that is a MirrorError naming the store, and TensorBoard
-    starts all the same with `scalars_samples`, with a warning."""
+    (here a table gone from under it), that is a MirrorError naming the store, and the
+    supervisor starts TensorBoard all the same with `scalars_samples` (the points per series its
+    command line asks for), with a warning."""
     settings = parse_settings(
         f"mirror: {{root: {tmp_path / 'root'}, state: {tmp_path / 'state.db'}}}\n"
         "tensorboard: {memory_budget: 1GB, scalars_samples: 777}\n"
