@@ -363,10 +363,16 @@ def measure(args: argparse.Namespace, results: Results) -> None:
     floor = (server_bare_limit + server_alone) / server_bare_limit
     ratios = {"a": full.seconds / bare_limit.seconds, "b": bare.seconds / bare_limit.seconds,
               "c": full.seconds / limit.seconds}  # fmt: skip
+    # The limit without listings makes a subset of the requests of the one with them: when it
+    # takes longer, the machine's noise outweighs what is measured and no ratio is a verdict.
+    consistent = bare_limit.seconds <= limit.seconds
+    if not consistent:
+        print("NOT A VERDICT: the limit without listings took longer than the one with them "
+              "(a busy machine); run again on an idle one")  # fmt: skip
     print(f"  (a) sync / limit without listings:     {verdict(ratios['a'])}"
           f"  (server-bound floor {floor:.2f} x)")  # fmt: skip
-    print(f"  (b) sync without listings / the same:  {verdict(ratios['b'])}")
-    print(f"  (c) sync / limit with listings:        {verdict(ratios['c'])}")
+    print(f"  (b) sync without listings / the same:  {ratios['b']:8.2f} x")
+    print(f"  (c) sync / limit with listings:        {ratios['c']:8.2f} x")
     print(f"no-change sync:              {idle.seconds:8.2f} s  ({idle.report['requests']:,} "
           f"requests, {idle.report['bytes_written']:,} bytes written"
           f"{idle.complained()})")  # fmt: skip
@@ -382,10 +388,12 @@ def measure(args: argparse.Namespace, results: Results) -> None:
     results.add("limit with artifact listings", limit.seconds, "s")
     results.add("tbmirror sync", full.seconds, "s")
     results.add("tbmirror sync, artifacts disabled", bare.seconds, "s")
-    for key, name in (("a", "tbmirror sync / limit without listings (issue 29 target 2)"),
-                      ("b", "tbmirror sync, artifacts disabled / limit without listings"),
-                      ("c", "tbmirror sync / limit with listings")):  # fmt: skip
-        results.add(name, ratios[key], "x", f"<= {TARGET}", ratios[key] <= TARGET)
+    results.add("the limits consistent (without listings no slower than with)",
+                "yes" if consistent else "no")  # fmt: skip
+    results.add("tbmirror sync / limit without listings (issue 29 target 2)", ratios["a"], "x",
+                f"<= {TARGET}", ratios["a"] <= TARGET if consistent else None)  # fmt: skip
+    results.add("tbmirror sync, artifacts disabled / limit without listings", ratios["b"], "x")
+    results.add("tbmirror sync / limit with listings", ratios["c"], "x")
     results.add("server CPU, limit without listings", server_bare_limit, "s")
     results.add("server CPU, the artifact listings alone", server_alone, "s")
     results.add("server-bound floor of (a)", floor, "x")
