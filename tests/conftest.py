@@ -87,11 +87,17 @@ class MlflowServer(LocalMlflowServer):
     template: Template | None = None  # set for the session by `mlflow_template`
 
     def start(self, timeout: float = 120, stop: threading.Event | None = None) -> MlflowServer:
-        fresh = not (self.directory / STORE_NAME).exists()
-        seeded = fresh and self.template is not None and self.template.seed(self.directory)
+        template = self.template
+        if template is None or (self.directory / STORE_NAME).exists():
+            super().start(timeout, stop)
+            return self
+        if not template.seed(self.directory):
+            with template.making():  # the first to migrate; the others wait, then copy
+                if not template.seed(self.directory):
+                    super().start(timeout, stop)
+                    template.keep(self.directory)
+                    return self
         super().start(timeout, stop)
-        if fresh and not seeded and self.template is not None:
-            self.template.keep(self.directory)
         return self
 
     def client(self) -> Any:

@@ -10,9 +10,12 @@ location pointed at its own artifact root. The server itself is the real one; `t
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import shutil
 import sqlite3
+from collections.abc import Iterator
 from contextlib import closing
 from pathlib import Path
 
@@ -39,6 +42,15 @@ class Template:
                 (str(server_directory / "artifacts" / "0"),),
             )
         return True
+
+    @contextlib.contextmanager
+    def making(self) -> Iterator[None]:
+        """Held (an flock shared by the workers) while a server migrates the store that becomes
+        the template: the session's first servers, one per worker, wait for it and start from
+        the copy instead of migrating side by side."""
+        with open(self.path.with_name(f"{TEMPLATE_NAME}.lock"), "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            yield
 
     def keep(self, server_directory: Path) -> None:
         """Save the store a server has just migrated (nothing logged to it yet) as the template,
