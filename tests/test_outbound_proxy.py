@@ -283,18 +283,9 @@ def test_https_goes_through_a_connect_tunnel(
 ) -> None:
     """An https:// server behind HTTPS_PROXY: the proxy sees one CONNECT and no request (TLS
     runs end to end, the certificate checked as usual), and the answer arrives."""
-    tool("openssl", "openssl")  # makes the server's certificate
-    server = TlsJsonServer(tmp_path)
     monkeypatch.setenv("HTTPS_PROXY", tinyproxy.url)
-    monkeypatch.setenv("SSL_CERT_FILE", str(server.certificate))
-    client = RestClient(f"https://127.0.0.1:{server.port}", timeout=30.0, max_retries=0)
-    try:
-        assert client.get(SEARCH) == TlsJsonServer.BODY
-    finally:
-        client.close()
-        server.close()
-    assert server.paths == [SEARCH]
-    assert tinyproxy.requests() == [f"CONNECT 127.0.0.1:{server.port} HTTP/1.1"], tinyproxy.log()
+    port = get_over_tls(tmp_path, monkeypatch)
+    assert tinyproxy.requests() == [f"CONNECT 127.0.0.1:{port} HTTP/1.1"], tinyproxy.log()
 
 
 def test_https_direct_trusts_the_certificate_ssl_cert_file_names(
@@ -302,7 +293,13 @@ def test_https_direct_trusts_the_certificate_ssl_cert_file_names(
 ) -> None:
     """Direct to an https:// server, no proxy: the TLS context (built at the client's first
     https connection, sources/http.py) trusts what SSL_CERT_FILE names, as httpx does."""
-    tool("openssl", "openssl")
+    get_over_tls(tmp_path, monkeypatch)
+
+
+def get_over_tls(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> int:
+    """One GET of SEARCH from an https:// server whose certificate SSL_CERT_FILE names, checked
+    to arrive whole and to be the one request the server saw; the server's port."""
+    tool("openssl", "openssl")  # makes the server's certificate
     server = TlsJsonServer(tmp_path)
     monkeypatch.setenv("SSL_CERT_FILE", str(server.certificate))
     client = RestClient(f"https://127.0.0.1:{server.port}", timeout=30.0, max_retries=0)
@@ -312,6 +309,7 @@ def test_https_direct_trusts_the_certificate_ssl_cert_file_names(
         client.close()
         server.close()
     assert server.paths == [SEARCH]
+    return server.port
 
 
 def test_a_refused_tunnel_names_the_proxy_and_its_answer(tmp_path: Path) -> None:
