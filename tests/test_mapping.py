@@ -4,8 +4,10 @@ note, tags and a link back to MLflow."""
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
+import pytest
 from mlflow.entities import Metric
 
 from conftest import (
@@ -20,7 +22,9 @@ from conftest import (
 from helpers import in_process
 from helpers.in_process import MirrorView
 from helpers.scripted_mlflow import ScriptedMlflow
-from tbmirror.processes import free_port
+from tbmirror.config import load_settings
+from tbmirror.kinds.mlflow import check as mlflow_check
+from tbmirror.kinds.mlflow.build import build_source
 
 
 def test_child_runs_in_another_experiment_nest_under_their_parent_unless_switched_off(
@@ -97,42 +101,37 @@ def test_text_summary_has_status_note_tags_and_a_link(
 
 
 def test_all_experiments_follow_experiment_renames(
-    tmp_path: Path,
-    mlflow_server: MlflowServer,
-    tensorboard: TensorBoard,
-    experiment_name: str,
+    scripted_sync,
+    scripted: ScriptedMlflow,
     source_name: str,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """A server of its own, since "*" mirrors everything on it."""
-    server = MlflowServer(tmp_path / "mlflow").start()
-    try:
-        client = server.client()
-        experiment_id = client.create_experiment("before")
-        run_id = client.create_run(experiment_id, run_name="r").info.run_id
-        client.log_batch(run_id, metrics=[Metric("m", 2.0, 1_700_000_000_000, 0)])
-        config = write_config(
-            tmp_path / "c.yaml",
-            tensorboard.logdir,
-            [mlflow_source(source_name, server.url, ["*"])],
-            tensorboard={"port": free_port()}, health={"port": free_port()},  # (check: not 6006)
-        )  # fmt: skip
-        assert tbmirror("sync", "--config", str(config)).returncode == 0
-        wait_until(lambda: tb_run(source_name, "before", "r") in tensorboard.runs(), 30, "the run")
-        client.rename_experiment(experiment_id, "after")
-        result = tbmirror("sync", "--config", str(config))
-        assert result.returncode == 0 and ", 0 points, 0 bytes" in result.stdout
-        renamed = tb_run(source_name, "after", "r")
-        assert tensorboard.wait_scalars(renamed, "m", 1)[0][2] == 2.0
-        assert not (tensorboard.logdir / source_name / "before").exists()
-        check = tbmirror("check", "--config", str(config))
-        assert (
-            check.returncode == 0
-            and f"ok    {source_name}: {server.url} (auth none, artifacts mlflow, "
-            f"2 experiments visible): experiments Default, after"
-            in check.stdout
-        )
-    finally:
-        server.stop()
+    """In-process, against a scripted MLflow of its own (helpers/scripted_mlflow.py), since "*"
+    mirrors everything on it: a renamed experiment's runs move (nothing fetched again), the old
+    directory goes, and `check` lists the experiment by its new name."""
+    client = scripted.client()
+    experiment_id = client.create_experiment("before")
+    run_id = client.create_run(experiment_id, run_name="r").info.run_id
+    client.log_batch(run_id, metrics=[Metric("m", 2.0, 1_700_000_000_000, 0)])
+    scripted_sync(["*"])
+    view = MirrorView(scripted_sync.root)
+    assert tb_run(source_name, "before", "r") in view.runs()
+
+    client.rename_experiment(experiment_id, "after")
+    result = scripted_sync(["*"])
+    assert ", 0 points, 0 bytes" in result.stdout, result.stdout
+    assert view.wait_scalars(tb_run(source_name, "after", "r"), "m", 1)[0][2] == 2.0
+    assert not (scripted_sync.root / source_name / "before").exists()
+
+    monkeypatch.setattr(
+        mlflow_check, "build_source", functools.partial(build_source, transport=scripted.transport)
+    )
+    settings = load_settings(scripted_sync.config_path)
+    found = mlflow_check.check(settings.sources[0])  # `tbmirror check`'s line for the source
+    assert [(f.ok, f.text) for f in found] == [
+        (True, f"{scripted.url} (auth none, artifacts mlflow, 2 experiments visible): "
+               "experiments Default, after"),
+    ]  # fmt: skip
 
 
 def test_check_reports_each_source(
