@@ -22,6 +22,7 @@ import yaml
 
 from helpers.hostile_proxy import HostileProxy, hostile_proxy
 from helpers.mlflow_template import STORE_NAME, Template
+from helpers.ordering import spread
 from helpers.scripted_mlflow import ScriptedMlflow
 from tbmirror.local_mlflow import LocalMlflowServer
 from tbmirror.mirror.summaries import float32_bits, iter_scalars
@@ -39,12 +40,18 @@ REAL_PROCESS_FIXTURES = frozenset({
 })  # fmt: skip
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+@pytest.hookimpl(trylast=True)  # (after -k and -m deselect)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Mark `e2e` each test that uses a REAL_PROCESS_FIXTURES fixture (tests that start a
-    process themselves, or replay a full-size workload, carry the mark in their module)."""
+    process themselves, or replay a full-size workload, carry the mark in their module). In an
+    xdist worker, order the tests so each worker starts with its share of the long ones
+    (helpers/ordering.py)."""
     for item in items:
         if REAL_PROCESS_FIXTURES.intersection(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.e2e)
+    workers = getattr(config, "workerinput", {}).get("workercount")
+    if workers:
+        items[:] = spread(items, [item.nodeid for item in items], workers)
 
 
 def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
