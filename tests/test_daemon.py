@@ -29,6 +29,7 @@ from conftest import (
     tbmirror,
     wait_until,
 )
+from helpers.hostile_proxy import HostileProxy, hostile_proxy
 from tbmirror.mirror import events, summaries
 from tbmirror.service.tensorboard import OUTPUT_READ_BYTES
 
@@ -206,21 +207,18 @@ def test_sigkill_leaves_no_tensorboard_and_a_restart_resumes_exactly(
 
 
 def test_an_mlflow_outage_degrades_health_and_loses_nothing(
-    tmp_path: Path, start_daemon, experiment_name: str
+    tmp_path: Path, mlflow_server: MlflowServer, start_daemon, experiment_name: str
 ) -> None:
-    """A server of its own, stopped for 6 s (several failed passes, backing off); meanwhile
-    points are written straight into its store (as a training job on the database host would),
-    and all of them arrive afterwards."""
-    server = MlflowServer(tmp_path / "mlflow").start()
-    try:
-        client = server.client()
-        run_id = client.create_run(
-            client.create_experiment(experiment_name), run_name="r"
-        ).info.run_id
-        log_steps(client, run_id, range(5))
+    """The server out of reach for 6 s: the daemon reaches it through a proxy whose port closes
+    (connections refused: several failed passes, backing off) and opens again on the same port.
+    Meanwhile the training job goes on logging, and all of its points arrive afterwards."""
+    client = mlflow_server.client()
+    run_id = client.create_run(client.create_experiment(experiment_name), run_name="r").info.run_id
+    log_steps(client, run_id, range(5))
+    with hostile_proxy(mlflow_server.url) as door:  # (closed again on the way out)
         config, tb_url, health_url = daemon_config(
             tmp_path / "c.yaml", tmp_path / "root",
-            [mlflow_source("outage", server.url, [experiment_name], poll_interval="1s",
+            [mlflow_source("outage", door.url, [experiment_name], poll_interval="1s",
                            max_retries=0)],
         )  # fmt: skip
         daemon = start_daemon(config)
@@ -229,10 +227,9 @@ def test_an_mlflow_outage_degrades_health_and_loses_nothing(
         run = f"outage/{experiment_name}/r"
         board.wait_scalars(run, "loss", 5)
 
-        server.stop()
+        door.close()
         stopped = time.monotonic()
-        store = MlflowClient(f"sqlite:///{server.directory / 'mlflow.db'}")
-        log_steps(store, run_id, range(5, 50))
+        log_steps(client, run_id, range(5, 50))
         wait_until(
             lambda: health(health_url)[0] == 503, 20, "/healthz to report the source degraded"
         )
@@ -242,13 +239,11 @@ def test_an_mlflow_outage_degrades_health_and_loses_nothing(
         time.sleep(max(0.0, 6 - (time.monotonic() - stopped)))
         assert daemon.process.poll() is None and board.answers()
 
-        server.start()
-        shown = board.wait_scalars(run, "loss", 50, timeout=120)
-        assert [p[1] for p in shown] == list(range(50))
-        wait_until(lambda: health(health_url)[0] == 200, 30, "/healthz to recover")
-        assert daemon.stop() == 0
-    finally:
-        server.stop()
+        with HostileProxy(mlflow_server.url, port=int(door.url.rsplit(":", 1)[1])):
+            shown = board.wait_scalars(run, "loss", 50, timeout=120)
+            assert [p[1] for p in shown] == list(range(50))
+            wait_until(lambda: health(health_url)[0] == 200, 30, "/healthz to recover")
+            assert daemon.stop() == 0
 
 
 def test_notify_socket_gets_ready_and_watchdog_and_sigterm_exits_promptly(

@@ -139,7 +139,8 @@ class Seen:
 class HostileProxy:
     """The proxy (see the module docstring). Thread-safe; use as a context manager."""
 
-    def __init__(self, upstream: str) -> None:
+    def __init__(self, upstream: str, port: int = 0) -> None:
+        """Listening on `port` of 127.0.0.1 (0: a free one; see `url`)."""
         self.upstream = upstream
         self._client = httpx.Client(base_url=upstream, timeout=120, follow_redirects=False)
         self._lock = threading.Lock()
@@ -147,7 +148,7 @@ class HostileProxy:
         self._seen: list[Seen] = []
         self._trickling = 0
         self.closing = threading.Event()
-        self._server = _Server(self)
+        self._server = _Server(self, port)
         self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
         self._thread = threading.Thread(
             target=self._server.serve_forever, name="hostile-proxy", daemon=True
@@ -266,8 +267,8 @@ class _Server(ThreadingHTTPServer):
 
     daemon_threads = True
 
-    def __init__(self, proxy: HostileProxy) -> None:
-        super().__init__(("127.0.0.1", 0), _Handler)
+    def __init__(self, proxy: HostileProxy, port: int) -> None:
+        super().__init__(("127.0.0.1", port), _Handler)
         self.proxy = proxy
         self._active: dict[threading.Thread, socket.socket] = {}
         self._guard = threading.Lock()
