@@ -232,7 +232,9 @@ def test_the_daemon_mirrors_old_runs_metrics_first_and_their_artifacts_in_batche
         source_name, mlflow_server.url, [experiment_name], poll_interval="1s",
         full_listing_interval="1s", artifacts={"batch": 1},
     )  # fmt: skip
-    config, _, _ = daemon_config(tmp_path / "tbmirror.yaml", tmp_path / "root", [source])
+    config, _, _ = daemon_config(
+        tmp_path / "tbmirror.yaml", tmp_path / "root", [source], tensorboard={"enabled": False}
+    )
     daemon = start_daemon(config)
     first = daemon.wait_event("source_synced", source=source_name)
     experiment = tmp_path / "root" / source_name / experiment_name

@@ -333,7 +333,9 @@ def test_old_azureml_runs_are_listed_through_the_same_backlog(
         full_listing_interval="1s", artifacts={"batch": 1},
     )  # fmt: skip
     root = tmp_path / "root"
-    config, _, _ = daemon_config(tmp_path / "tbmirror.yaml", root, [source])
+    config, _, _ = daemon_config(
+        tmp_path / "tbmirror.yaml", root, [source], tensorboard={"enabled": False}
+    )
     daemon = start_daemon(config)
     first = daemon.wait_event("source_synced", source=source_name)
     assert first["runs"] == 3 and first["points"] >= 3  # every run's metrics in the first pass

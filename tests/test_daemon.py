@@ -302,6 +302,7 @@ def test_status_command_reads_the_state_store_while_the_daemon_runs(
     config, _, _ = daemon_config(
         tmp_path / "c.yaml", tmp_path / "root",
         [mlflow_source("status", mlflow_server.url, [experiment_name], poll_interval="1s")],
+        tensorboard={"enabled": False},
     )  # fmt: skip
     daemon = start_daemon(config)
     daemon.wait_event("source_synced", points=7)
