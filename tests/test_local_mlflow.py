@@ -1,6 +1,7 @@
 """The throw-away `mlflow server` of the demo, tests and benchmarks: `stop` ends its whole
 process group, also when the `mlflow server` parent is already gone and its worker still
-serves."""
+serves. (Started from the session's migrated store: conftest's MlflowServer, which changes
+only how the store begins, not how the server starts or stops.)"""
 
 from __future__ import annotations
 
@@ -12,8 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import wait_until
-from tbmirror.local_mlflow import LocalMlflowServer
+from conftest import MlflowServer, wait_until
 
 pytestmark = pytest.mark.e2e  # starts real processes (tests/conftest.py, REAL_PROCESS_FIXTURES)
 
@@ -35,7 +35,7 @@ def group_alive(pgid: int) -> bool:
 
 
 def test_stop_ends_the_workers_of_a_parent_that_already_exited(tmp_path: Path) -> None:
-    server = LocalMlflowServer(tmp_path / "mlflow").start()
+    server = MlflowServer(tmp_path / "mlflow").start()
     try:
         assert server.process is not None
         pgid = server.process.pid
