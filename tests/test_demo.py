@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from conftest import TensorBoardReader, pid_alive, wait_until
+from conftest import MlflowServer, TensorBoardReader, pid_alive, wait_until
 from tbmirror.demo import SWEEP_EXPERIMENT, log_sweep
 from tbmirror.local_mlflow import LocalMlflowServer
 from tbmirror.processes import free_port, stop_process_group
@@ -130,31 +130,31 @@ class _StopAfter(threading.Event):
         return self.checks_left < 0
 
 
-def test_a_sweep_cut_short_by_ctrl_c_is_logged_whole_by_the_next_demo(tmp_path: Path) -> None:
+def test_a_sweep_cut_short_by_ctrl_c_is_logged_whole_by_the_next_demo(
+    mlflow_server: MlflowServer,
+) -> None:
+    """The demo's sweep, logged into the session's server (its experiment is the demo's own)."""
     from mlflow.entities import ViewType
     from mlflow.tracking import MlflowClient
 
-    with LocalMlflowServer(tmp_path / "mlflow") as server:
-        with pytest.raises(KeyboardInterrupt):
-            log_sweep(server.url, _StopAfter(3))  # the parent and two of its seven children
-        client = MlflowClient(server.url)
-        [experiment] = [e for e in client.search_experiments() if e.name == SWEEP_EXPERIMENT]
-        cut = client.search_runs([experiment.experiment_id])
-        assert sorted(r.info.run_name for r in cut) == ["alpha0.1", "alpha0.2", "ridge-sweep"]
+    with pytest.raises(KeyboardInterrupt):
+        log_sweep(mlflow_server.url, _StopAfter(3))  # the parent and two of its seven children
+    client = MlflowClient(mlflow_server.url)
+    [experiment] = [e for e in client.search_experiments() if e.name == SWEEP_EXPERIMENT]
+    cut = client.search_runs([experiment.experiment_id])
+    assert sorted(r.info.run_name for r in cut) == ["alpha0.1", "alpha0.2", "ridge-sweep"]
 
-        log_sweep(server.url, threading.Event())
-        runs = client.search_runs([experiment.experiment_id])
-        assert sorted(r.info.run_name for r in runs) == sorted(
-            ["ridge-sweep"] + [f"alpha0.{i}" for i in range(1, 8)]
-        )
-        assert {r.info.status for r in runs} == {"FINISHED"}
-        deleted = client.search_runs(
-            [experiment.experiment_id], run_view_type=ViewType.DELETED_ONLY
-        )
-        assert {r.info.run_id for r in deleted} == {r.info.run_id for r in cut}
+    log_sweep(mlflow_server.url, threading.Event())
+    runs = client.search_runs([experiment.experiment_id])
+    assert sorted(r.info.run_name for r in runs) == sorted(
+        ["ridge-sweep"] + [f"alpha0.{i}" for i in range(1, 8)]
+    )
+    assert {r.info.status for r in runs} == {"FINISHED"}
+    deleted = client.search_runs([experiment.experiment_id], run_view_type=ViewType.DELETED_ONLY)
+    assert {r.info.run_id for r in deleted} == {r.info.run_id for r in cut}
 
-        log_sweep(server.url)  # a whole sweep is there: nothing more is logged
-        assert len(client.search_runs([experiment.experiment_id])) == 8
+    log_sweep(mlflow_server.url)  # a whole sweep is there: nothing more is logged
+    assert len(client.search_runs([experiment.experiment_id])) == 8
 
 
 def test_ctrl_c_while_mlflow_starts_ends_the_wait_and_the_server(tmp_path: Path) -> None:
