@@ -5,13 +5,22 @@ logged into other experiments whose parent is listed or mirrored. A quick one re
 experiments of the last full listing and holds only runs that are running, new, or were last seen
 running. With a `filter`, the server selects top-level runs (children follow their parent:
 engine/mlflow/selection.py), and a 400 names the filter it refused.
+
+The requests that do not wait on one another's answer are made side by side, on threads: the
+configured experiments are looked up by name together; then, while the runs of those experiments
+are listed, a thread searches every experiment, and once the listing's first page is answered,
+the child runs in the other experiments (a pass with nothing to do made four requests one after
+another; now three round trips). Each answer is used, and each error raised, where it was when
+the requests were made one after another (an error once the requests beside it have ended).
 """
 
 from __future__ import annotations
 
 import fnmatch
 import re
+import threading
 from collections.abc import Collection, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from tbmirror.config import MlflowSourceSettings
@@ -58,27 +67,38 @@ class RunLister:
         self._experiments: dict[str, Experiment] | None = None
         self._missing: list[str] = []
         self._other_experiments: list[str] | None = None
+        self._every: list[Experiment] | None = None  # every experiment, if the look-up searched
 
     def experiments(self) -> tuple[dict[str, Experiment], list[str]]:
         """The configured experiments that exist (by id), and the configured names that do not."""
+        found, missing, _ = self._look_up()
+        return found, missing
+
+    def _look_up(self) -> tuple[dict[str, Experiment], list[str], list[Experiment] | None]:
+        """`experiments()`, and every experiment when it took the search for them (globs), the
+        requests made at once (see above)."""
         if self.settings.all_experiments:
-            return {e.experiment_id: e for e in self.client.experiments()}, []
+            everyone = self.client.experiments()
+            return {e.experiment_id: e for e in everyone}, [], everyone
+        globs = self.settings.experiment_globs
+        names = [name for name in self.settings.experiments if name not in globs]
+        threads = max(1, len(names) + bool(globs))
+        with ThreadPoolExecutor(threads, thread_name_prefix="look-up") as pool:
+            searched = pool.submit(self.client.experiments) if globs else None
+            named = [pool.submit(self.client.experiment_by_name, name) for name in names]
         found: dict[str, Experiment] = {}
         missing: list[str] = []
-        globs = self.settings.experiment_globs
-        if globs:
-            every = self.client.experiments()
+        every = searched.result() if searched is not None else None
+        if every is not None:
             found.update((e.experiment_id, e) for e in every if self.settings.covers(e.name))
             missing += [g for g in globs if not any(fnmatch.fnmatchcase(e.name, g) for e in every)]
-        for name in self.settings.experiments:
-            if name in globs:
-                continue
-            experiment = self.client.experiment_by_name(name)
+        for name, answer in zip(names, named, strict=True):
+            experiment = answer.result()
             if experiment is None or experiment.lifecycle_stage == "deleted":
                 missing.append(name)
             else:
                 found[experiment.experiment_id] = experiment
-        return found, missing
+        return found, missing, every
 
     def list_runs(
         self,
@@ -96,7 +116,7 @@ class RunLister:
         are listed too.
         """
         if since_ms is None or self._experiments is None:
-            self._experiments, self._missing = self.experiments()
+            self._experiments, self._missing, self._every = self._look_up()
             self._other_experiments = None
             filters = [""]
         else:
@@ -104,6 +124,11 @@ class RunLister:
         listing = RunListing(dict(self._experiments), iter(()), list(self._missing))
         listing.runs = self._listed_runs(listing, filters, list(watch_ids), mirrored_ids)
         return listing
+
+    @property
+    def _with_children(self) -> bool:
+        """Whether child runs are searched in experiments other than those configured."""
+        return self.settings.child_runs_in_other_experiments and not self.settings.all_experiments
 
     def _listed_runs(
         self,
@@ -115,19 +140,25 @@ class RunLister:
         """The runs of `listing`, each once, noted in its `listed` and `deleted` as yielded."""
         assert self._experiments is not None
         listed = listing.listed
-        for run in self._search(sorted(self._experiments), filters, watch_ids):
-            if run.run_id not in listed:
-                listing.note(run)
-                yield run
-        if not self.settings.child_runs_in_other_experiments or self.settings.all_experiments:
-            return
-        if self._other_experiments is None:
-            every = sorted(e.experiment_id for e in self.client.experiments())
-            self._other_experiments = [e for e in every if e not in self._experiments]
-        children = [_all_of(CHILD, f) for f in filters]
-        candidates = {
-            r.run_id: r for r in self._search(self._other_experiments, children, watch_ids, False)
-        }
+        answered, failed = threading.Event(), threading.Event()  # the listing's first page
+        with ThreadPoolExecutor(1, thread_name_prefix="children") as pool:
+            children = (
+                pool.submit(self._children, filters, watch_ids, answered, failed)
+                if self._with_children
+                else None
+            )
+            try:
+                for run in self._search(sorted(self._experiments), filters, watch_ids):
+                    answered.set()
+                    if run.run_id not in listed:
+                        listing.note(run)
+                        yield run
+            except BaseException:
+                failed.set()
+                raise
+            finally:
+                answered.set()
+            candidates = children.result() if children is not None else {}
         added = True
         while added:  # children of children: until none is added
             added = False
@@ -138,6 +169,29 @@ class RunLister:
                     listing.note(run)
                     added = True
                     yield run
+
+    def _children(
+        self,
+        filters: list[str],
+        watch_ids: list[str],
+        answered: threading.Event,
+        failed: threading.Event,
+    ) -> dict[str, RunSnapshot]:
+        """The child runs in experiments other than those configured that match `filters` or
+        are in `watch_ids`, by id, searched whole on a thread of its own (see above) once the
+        listing's first page is `answered`; none if the listing `failed` by then (its error
+        ends the listing: one runs/search tried, as when the requests were made in turn)."""
+        assert self._experiments is not None
+        if self._other_experiments is None:
+            every = self._every if self._every is not None else self.client.experiments()
+            ids = sorted(e.experiment_id for e in every)
+            self._other_experiments = [e for e in ids if e not in self._experiments]
+        answered.wait()  # (set before the listing yields a run: no wait on its consumer)
+        if failed.is_set():
+            return {}
+        queries = [_all_of(CHILD, f) for f in filters]
+        found = self._search(self._other_experiments, queries, watch_ids, False)
+        return {run.run_id: run for run in found}
 
     def _search(
         self,
