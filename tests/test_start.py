@@ -293,3 +293,35 @@ def test_a_failed_listing_ends_the_pass_with_its_own_error_and_no_child_search(
     assert transport.searched == [[experiment_id]]
     assert report.runs_written == 0 and not experiment_dir.exists()
     assert listing_threads() == []
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("argv", [None, ["sync"]])
+def test_the_program_ends_a_sync_without_the_interpreters_teardown(
+    tmp_path: Path, argv: list[str] | None
+) -> None:
+    """`tbmirror sync` (main() reading sys.argv) has closed all it opened when its passes end:
+    the process exits at once, its summary flushed (an atexit hook never runs); main called
+    with its arguments, as tests do, returns."""
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        source = {"name": "s", "type": "mlflow", "experiments": ["e"], "max_retries": 0,
+                  "tracking_uri": f"http://127.0.0.1:{closed.getsockname()[1]}"}  # fmt: skip
+        config = {"mirror": {"root": str(tmp_path / "r"), "state": str(tmp_path / "s.db")},
+                  "sources": [source]}  # fmt: skip
+        (tmp_path / "c.yaml").write_text(json.dumps(config))
+        command = ["sync", "--config", str(tmp_path / "c.yaml")]
+        code = (
+            "import atexit, sys\n"
+            "atexit.register(lambda: print('teardown', flush=True))\n"
+            f"sys.argv = ['tbmirror', *{command!r}]\n"
+            "from tbmirror.cli import main\n"
+            f"raise SystemExit(main({command if argv else None!r}))"
+        )
+        result = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, timeout=60
+        )
+    assert result.returncode == 1, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("FAIL  s: GET /api/2.0/mlflow/experiments/get-by-name: "), lines
+    assert lines[1:] == ([] if argv is None else ["teardown"])
