@@ -149,7 +149,8 @@ class RunLister:
             )
             try:
                 for run in self._search(sorted(self._experiments), filters, watch_ids):
-                    answered.set()
+                    if not answered.is_set():
+                        answered.set()
                     if run.run_id not in listed:
                         listing.note(run)
                         yield run
