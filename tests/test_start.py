@@ -239,14 +239,14 @@ def sync_pass(tmp_path: Path, transport: httpx.BaseTransport) -> tuple[PassRepor
 
 
 def listing_threads() -> list[str]:
-    return [t.name for t in threading.enumerate() if t.name.startswith(("children", "look-up"))]
+    return [t.name for t in threading.enumerate() if t.name.startswith(("experiments", "look-up"))]
 
 
-def test_the_search_for_child_runs_is_made_beside_the_listing(
+def test_every_experiment_is_searched_beside_the_listing(
     tmp_path: Path, scripted: ScriptedMlflow, parent_and_child: tuple[str, str]
 ) -> None:
     """The search for every experiment (where child runs are looked for) is in flight with the
-    listing's runs/search, then the child runs' search follows the listing's first page."""
+    listing's runs/search; the child runs' search follows the listing, as before."""
     experiment_id, _ = parent_and_child
     transport = SideBySide(scripted.transport)
     report, experiment_dir = sync_pass(tmp_path, transport)
@@ -280,9 +280,9 @@ def test_a_failed_search_beside_the_listing_ends_the_pass_with_its_one_error(
 def test_a_failed_listing_ends_the_pass_with_its_own_error_and_no_child_search(
     tmp_path: Path, scripted: ScriptedMlflow, parent_and_child: tuple[str, str]
 ) -> None:
-    """The listing's first runs/search fails: the search beside it has ended when the pass
-    does, with the listing's error; the child runs are not searched (one runs/search tried,
-    as when the requests were made one after another)."""
+    """The listing's runs/search fails: the search beside it has ended when the pass does, with
+    the listing's error; the child runs are not searched, as when the requests were made one
+    after another."""
     experiment_id, _ = parent_and_child
     transport = SideBySide(scripted.transport, failing=experiment_id)
     report, experiment_dir = sync_pass(tmp_path, transport)

@@ -110,11 +110,9 @@ def test_a_listing_cut_mid_way_keeps_what_its_pages_wrote_and_proves_nothing_gon
     for index, name in enumerate(["r0", "r1", "r2", "r3", "r4", "gone"]):
         run = client.create_run(experiment_id, start_time=T0 + index * 1000, run_name=name)
         ids[name] = run.info.run_id
-    # (No search for child runs in other experiments: made beside the listing, it would take
-    # one of the faults scripted below for the listing's pages.)
     settings = MlflowSourceSettings(name="streamed", type="mlflow", tracking_uri=scripted.url,
                                     experiments=[experiment_name], on_delete="remove",
-                                    timeout=5, child_runs_in_other_experiments=False)  # fmt: skip
+                                    timeout=5)  # fmt: skip
     journal = Journal.open(MirrorLayout(tmp_path / "root"), tmp_path / "state.db")
     journal.own(settings.name)
     source = source_for(settings, scripted.transport)

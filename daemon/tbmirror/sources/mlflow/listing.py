@@ -7,18 +7,17 @@ running. With a `filter`, the server selects top-level runs (children follow the
 engine/mlflow/selection.py), and a 400 names the filter it refused.
 
 The requests that do not wait on one another's answer are made side by side, on threads: the
-configured experiments are looked up by name together; then, while the runs of those experiments
-are listed, a thread searches every experiment, and once the listing's first page is answered,
-the child runs in the other experiments (a pass with nothing to do made four requests one after
-another; now three round trips). Each answer is used, and each error raised, where it was when
-the requests were made one after another (an error once the requests beside it have ended).
+configured experiments are looked up by name together, and every experiment is searched (to know
+where else child runs may be) while the runs of the configured experiments are listed (a pass
+with nothing to do made four requests one after another; now three round trips). Each answer is
+used, and each error raised, where it was when the requests were made one after another (an error
+once the request beside it has ended); no two runs/search are made at once.
 """
 
 from __future__ import annotations
 
 import fnmatch
 import re
-import threading
 from collections.abc import Collection, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -140,26 +139,17 @@ class RunLister:
         """The runs of `listing`, each once, noted in its `listed` and `deleted` as yielded."""
         assert self._experiments is not None
         listed = listing.listed
-        answered, failed = threading.Event(), threading.Event()  # the listing's first page
-        with ThreadPoolExecutor(1, thread_name_prefix="children") as pool:
-            children = (
-                pool.submit(self._children, filters, watch_ids, answered, failed)
-                if self._with_children
-                else None
-            )
-            try:
-                for run in self._search(sorted(self._experiments), filters, watch_ids):
-                    if not answered.is_set():
-                        answered.set()
-                    if run.run_id not in listed:
-                        listing.note(run)
-                        yield run
-            except BaseException:
-                failed.set()
-                raise
-            finally:
-                answered.set()
-            candidates = children.result() if children is not None else {}
+        with ThreadPoolExecutor(1, thread_name_prefix="experiments") as pool:
+            others = pool.submit(self._others) if self._with_children else None
+            for run in self._search(sorted(self._experiments), filters, watch_ids):
+                if run.run_id not in listed:
+                    listing.note(run)
+                    yield run
+            if others is None:
+                return
+            experiment_ids = others.result()
+        children = [_all_of(CHILD, f) for f in filters]
+        candidates = {r.run_id: r for r in self._search(experiment_ids, children, watch_ids, False)}
         added = True
         while added:  # children of children: until none is added
             added = False
@@ -171,28 +161,15 @@ class RunLister:
                     added = True
                     yield run
 
-    def _children(
-        self,
-        filters: list[str],
-        watch_ids: list[str],
-        answered: threading.Event,
-        failed: threading.Event,
-    ) -> dict[str, RunSnapshot]:
-        """The child runs in experiments other than those configured that match `filters` or
-        are in `watch_ids`, by id, searched whole on a thread of its own (see above) once the
-        listing's first page is `answered`; none if the listing `failed` by then (its error
-        ends the listing: one runs/search tried, as when the requests were made in turn)."""
+    def _others(self) -> list[str]:
+        """The ids of the experiments other than those configured, where child runs are searched
+        (those of the last full listing; searched if it did not search them)."""
         assert self._experiments is not None
         if self._other_experiments is None:
             every = self._every if self._every is not None else self.client.experiments()
             ids = sorted(e.experiment_id for e in every)
             self._other_experiments = [e for e in ids if e not in self._experiments]
-        answered.wait()  # (set before the listing yields a run: no wait on its consumer)
-        if failed.is_set():
-            return {}
-        queries = [_all_of(CHILD, f) for f in filters]
-        found = self._search(self._other_experiments, queries, watch_ids, False)
-        return {run.run_id: run for run in found}
+        return self._other_experiments
 
     def _search(
         self,
