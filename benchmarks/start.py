@@ -9,7 +9,8 @@ these as a fresh process, one after the other in the same round (so a round's ra
 the machine's speed drifts):
   - baseline: `python -c "import httpx, pydantic, structlog"`;
   - the same and httpcore (what any request imports: `import httpx` alone does not; httpcore
-    imports trio when it is installed, as selenium, a test dependency, does here: printed);
+    imports trio when it is installed, as selenium, a test dependency, does here: printed;
+    tbmirror's own import of httpcore hides it, sources/blocking_httpcore.py);
   - `tbmirror sync` with nothing new (target: <= 1.5x the baseline, the median of the rounds'
     ratios);
   - `tbmirror --help` (target: <= 0.15 s, the median; an absolute figure, so it is only a target
@@ -100,7 +101,7 @@ def measure(args: argparse.Namespace, results: Results) -> None:
     print(f"workload: {results.workload}")
     print(f"load average (1 min): {results.load_average:.2f} at the start, {load:.2f} at the end")
     trio = importlib.util.find_spec("trio") is not None
-    print(f"trio installed (httpcore imports it): {'yes' if trio else 'no'}")
+    print(f"trio installed (httpcore imports it, not under tbmirror): {'yes' if trio else 'no'}")
     results.add("trio installed", "yes" if trio else "no")
     baseline, baseline_cpu = seconds[BASELINE], cpu[BASELINE]
     targets = {"tbmirror sync (nothing new)": 1.5}

@@ -4,7 +4,6 @@ or a URL's user:password@."""
 
 from __future__ import annotations
 
-import difflib
 import re
 from typing import Any, get_args
 
@@ -78,6 +77,8 @@ def _did_you_mean(location: tuple[str | int, ...]) -> str:
             for inner in _sections_in(section.model_fields[part].annotation)
         ]
     known = sorted({name for section in sections for name in section.model_fields})
+    import difflib  # (here: a valid file, every command's case, does without it)
+
     close = difflib.get_close_matches(str(location[-1]), known, n=1, cutoff=0.6)
     return f" (did you mean {close[0]!r}?)" if close else ""
 

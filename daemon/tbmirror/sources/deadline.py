@@ -24,9 +24,8 @@ import time
 import typing
 from collections.abc import Iterable, Iterator
 
-import httpcore
-
 from tbmirror.errors import StoppedError
+from tbmirror.sources.blocking_httpcore import httpcore
 
 STOP_CHECK_SECONDS = 0.25
 

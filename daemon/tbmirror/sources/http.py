@@ -30,12 +30,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import httpcore
 import httpx
 import structlog
 
 from tbmirror import parsers
 from tbmirror.errors import AuthError, ParseError, SourceError, StoppedError
+from tbmirror.sources.blocking_httpcore import httpcore
 from tbmirror.sources.deadline import ConnectFailure, DeadlineBackend, TlsFailure
 from tbmirror.sources.proxies import environment_proxies, shown
 

@@ -5,6 +5,13 @@ logged into other experiments whose parent is listed or mirrored. A quick one re
 experiments of the last full listing and holds only runs that are running, new, or were last seen
 running. With a `filter`, the server selects top-level runs (children follow their parent:
 engine/mlflow/selection.py), and a 400 names the filter it refused.
+
+The requests that do not wait on one another's answer are made side by side, on threads: the
+configured experiments are looked up by name together, and every experiment is searched (to know
+where else child runs may be) while the runs of the configured experiments are listed (a pass
+with nothing to do made four requests one after another; now three round trips). Each answer is
+used, and each error raised, where it was when the requests were made one after another (an error
+once the request beside it has ended); no two runs/search are made at once.
 """
 
 from __future__ import annotations
@@ -12,6 +19,7 @@ from __future__ import annotations
 import fnmatch
 import re
 from collections.abc import Collection, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from tbmirror.config import MlflowSourceSettings
@@ -58,27 +66,38 @@ class RunLister:
         self._experiments: dict[str, Experiment] | None = None
         self._missing: list[str] = []
         self._other_experiments: list[str] | None = None
+        self._every: list[Experiment] | None = None  # every experiment, if the look-up searched
 
     def experiments(self) -> tuple[dict[str, Experiment], list[str]]:
         """The configured experiments that exist (by id), and the configured names that do not."""
+        found, missing, _ = self._look_up()
+        return found, missing
+
+    def _look_up(self) -> tuple[dict[str, Experiment], list[str], list[Experiment] | None]:
+        """`experiments()`, and every experiment when it took the search for them (globs), the
+        requests made at once (see above)."""
         if self.settings.all_experiments:
-            return {e.experiment_id: e for e in self.client.experiments()}, []
+            everyone = self.client.experiments()
+            return {e.experiment_id: e for e in everyone}, [], everyone
+        globs = self.settings.experiment_globs
+        names = [name for name in self.settings.experiments if name not in globs]
+        threads = max(1, len(names) + bool(globs))
+        with ThreadPoolExecutor(threads, thread_name_prefix="look-up") as pool:
+            searched = pool.submit(self.client.experiments) if globs else None
+            named = [pool.submit(self.client.experiment_by_name, name) for name in names]
         found: dict[str, Experiment] = {}
         missing: list[str] = []
-        globs = self.settings.experiment_globs
-        if globs:
-            every = self.client.experiments()
+        every = searched.result() if searched is not None else None
+        if every is not None:
             found.update((e.experiment_id, e) for e in every if self.settings.covers(e.name))
             missing += [g for g in globs if not any(fnmatch.fnmatchcase(e.name, g) for e in every)]
-        for name in self.settings.experiments:
-            if name in globs:
-                continue
-            experiment = self.client.experiment_by_name(name)
+        for name, answer in zip(names, named, strict=True):
+            experiment = answer.result()
             if experiment is None or experiment.lifecycle_stage == "deleted":
                 missing.append(name)
             else:
                 found[experiment.experiment_id] = experiment
-        return found, missing
+        return found, missing, every
 
     def list_runs(
         self,
@@ -96,7 +115,7 @@ class RunLister:
         are listed too.
         """
         if since_ms is None or self._experiments is None:
-            self._experiments, self._missing = self.experiments()
+            self._experiments, self._missing, self._every = self._look_up()
             self._other_experiments = None
             filters = [""]
         else:
@@ -104,6 +123,11 @@ class RunLister:
         listing = RunListing(dict(self._experiments), iter(()), list(self._missing))
         listing.runs = self._listed_runs(listing, filters, list(watch_ids), mirrored_ids)
         return listing
+
+    @property
+    def _with_children(self) -> bool:
+        """Whether child runs are searched in experiments other than those configured."""
+        return self.settings.child_runs_in_other_experiments and not self.settings.all_experiments
 
     def _listed_runs(
         self,
@@ -115,19 +139,17 @@ class RunLister:
         """The runs of `listing`, each once, noted in its `listed` and `deleted` as yielded."""
         assert self._experiments is not None
         listed = listing.listed
-        for run in self._search(sorted(self._experiments), filters, watch_ids):
-            if run.run_id not in listed:
-                listing.note(run)
-                yield run
-        if not self.settings.child_runs_in_other_experiments or self.settings.all_experiments:
-            return
-        if self._other_experiments is None:
-            every = sorted(e.experiment_id for e in self.client.experiments())
-            self._other_experiments = [e for e in every if e not in self._experiments]
+        with ThreadPoolExecutor(1, thread_name_prefix="experiments") as pool:
+            others = pool.submit(self._others) if self._with_children else None
+            for run in self._search(sorted(self._experiments), filters, watch_ids):
+                if run.run_id not in listed:
+                    listing.note(run)
+                    yield run
+            if others is None:
+                return
+            experiment_ids = others.result()
         children = [_all_of(CHILD, f) for f in filters]
-        candidates = {
-            r.run_id: r for r in self._search(self._other_experiments, children, watch_ids, False)
-        }
+        candidates = {r.run_id: r for r in self._search(experiment_ids, children, watch_ids, False)}
         added = True
         while added:  # children of children: until none is added
             added = False
@@ -138,6 +160,16 @@ class RunLister:
                     listing.note(run)
                     added = True
                     yield run
+
+    def _others(self) -> list[str]:
+        """The ids of the experiments other than those configured, where child runs are searched
+        (those of the last full listing; searched if it did not search them)."""
+        assert self._experiments is not None
+        if self._other_experiments is None:
+            every = self._every if self._every is not None else self.client.experiments()
+            ids = sorted(e.experiment_id for e in every)
+            self._other_experiments = [e for e in ids if e not in self._experiments]
+        return self._other_experiments
 
     def _search(
         self,
