@@ -285,12 +285,17 @@ class MlflowClient:
         """(name, is_dir, size) of the entries of one folder (one level; names without their
         folder) of the server's own artifact store (`mlflow server --serve-artifacts`, its
         default), `path` from the store's root: unlike `artifacts`, the server reads no run.
-        Raises NotServedError on the first page if the server does not serve the endpoint."""
+        Raises NotServedError if the server does not serve the endpoint: a status among
+        NOT_SERVED_STATUS (a 503 only as `--no-serve-artifacts` answers it), a redirect or an
+        HTML page (a gateway's)."""
         endpoint = SERVED_ARTIFACTS
 
         def fetch(extra: dict[str, str]) -> bytes:
             params = {"path": path} | extra
-            answer = self.rest.get_answer(endpoint, params, NOT_SERVED_STATUS)
+            try:
+                answer = self.rest.get_answer(endpoint, params, NOT_SERVED_STATUS)
+            except BadAnswerError as error:
+                raise NotServedError(str(error)) from None
             status = answer.status_code
             if status == 503 and NOT_SERVED_503 not in answer.content:
                 return self.rest.get(endpoint, params)  # busy, not refusing: retried as any
