@@ -260,3 +260,33 @@ def test_only_roots_in_this_servers_own_store_are_listed_there(
     store = in_process.source_for(scripted_settings(), ScriptedMlflow().transport).store
     assert isinstance(store, MlflowArtifacts)
     assert store.served_root(uri) == root
+
+
+def test_the_scripted_store_lists_as_a_real_server_serving_artifacts(
+    tmp_path: Path, served_server: MlflowServer, experiment_name: str
+) -> None:
+    """helpers/scripted_mlflow.py's `mlflow-artifacts/artifacts` keeps to MLflow's."""
+    files = {"model/weights.bin": bytes(range(256)), "notes.txt": b"hi\n", "a/b/c.json": b"{}"}
+    for relative, data in files.items():
+        (tmp_path / "logged" / relative).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "logged" / relative).write_bytes(data)
+    scripted = ScriptedMlflow()
+    listings = []
+    for client, url, transport in [
+        (served_server.client(), served_server.url, httpx.HTTPTransport()),
+        (scripted.client(), scripted.url, scripted.transport),
+    ]:
+        run_id = new_run(client, experiment_name, "r")
+        client.log_artifacts(run_id, str(tmp_path / "logged"))
+        settings = scripted_settings().model_copy(update={"tracking_uri": url})
+        source = in_process.source_for(settings, transport)
+        assert isinstance(source.store, MlflowArtifacts)
+        root = source.store.served_root(client.get_run(run_id).info.artifact_uri)
+        assert root is not None
+        folders = ("", "model", "a", "a/b", "none")
+        listings.append(
+            {f: sorted(source.client.served_artifacts(f"{root}/{f}".rstrip("/"))) for f in folders}
+        )
+        source.close()
+    assert listings[0] == listings[1]
+    assert listings[0][""] == [("a", True, 0), ("model", True, 0), ("notes.txt", False, 3)]
