@@ -96,6 +96,7 @@ def sync(tmp_path: Path, name: str, url: str, experiment: str, transport: Counti
     return result.stderr
 
 
+@pytest.mark.e2e  # (a real mlflow server: served_server)
 def test_a_served_store_is_listed_without_artifacts_list_and_mirrors_the_same(
     tmp_path: Path, served_server: MlflowServer, experiment_name: str
 ) -> None:
@@ -262,6 +263,7 @@ def test_only_roots_in_this_servers_own_store_are_listed_there(
     assert store.served_root(uri) == root
 
 
+@pytest.mark.e2e  # (a real mlflow server: served_server)
 def test_the_scripted_store_lists_as_a_real_server_serving_artifacts(
     tmp_path: Path, served_server: MlflowServer, experiment_name: str
 ) -> None:
