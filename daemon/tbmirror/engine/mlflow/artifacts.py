@@ -82,6 +82,7 @@ class ArtifactSync:
         listed = self.source.artifacts_of(
             {run: images and self._images_logged(run_id) for run, run_id in runs.items()}
         )
+        looked: list[RunRecord] = []  # committed together: one transaction, not one a run
         for run_id in due:
             try:
                 found = listed[run_id]
@@ -97,16 +98,19 @@ class ArtifactSync:
                     report.tables += written["table"]
                     report.bytes_written += size
                 if stop is not None and stop.is_set():
-                    return  # looked at again next pass
+                    break  # looked at again next pass
                 record = records[run_id]
                 record.artifacts_at = self.clock() if complete else 0.0  # 0: the backlog's again
-                with self.journal.batch(self.source.name) as batch:
-                    batch.put_run(record)
+                looked.append(record)
             except WriteFault:
                 raise  # the mirror's disk, not this run: the pass ends
             except Exception as error:  # one bad run never stops the others
                 self._run_failed(report, run_id, error)
                 self.retry_at[run_id] = self.clock() + self.source.settings.reconcile_interval
+        if looked:
+            with self.journal.batch(self.source.name) as batch:
+                for record in looked:
+                    batch.put_run(record)
 
     def _ref(self, record: RunRecord) -> RunRef:
         """The run as its store finds it, with its artifact URI if a listing gave one."""
