@@ -14,8 +14,10 @@ against `mlflow server --workers N`, times
     get-history for each run a bulk answer cut short), 4 in flight on kept-alive connections,
     every answer parsed as JSON, nothing written;
   - the limit with listings: the same, and each run's artifact listing (of its root) sent with
-    its 100 runs' bulk calls on the same 4 connections: the listings overlap the fetches as well
-    as a client can (sync lists finished runs' artifacts after their metrics: its backlog);
+    its 100 runs' bulk calls on the same 4 connections (through the endpoint sync uses: with
+    --serve-artifacts, `mlflow-artifacts/artifacts`, else `artifacts/list`): the listings
+    overlap the fetches as well as a client can (sync lists finished runs' artifacts after
+    their metrics: its backlog);
   - `tbmirror sync` (a subprocess, cold start included) into an empty mirror with its defaults
     (artifact listings on), and with the source option `artifacts: {enabled: false}`. Three
     ratios: (a) sync / the limit without listings: issue 29's target (<= 1.15x: the listings
@@ -32,8 +34,11 @@ against `mlflow server --workers N`, times
     add_scalar for the same points.
 
 Usage: python benchmarks/backfill.py [--runs 1000 --keys 20 --points 100] [--workers 1]
-           [--workdir DIR] [--write-points 1000000]
+           [--workdir DIR] [--write-points 1000000] [--serve-artifacts]
 `--workers` is the `mlflow server`'s (with several, each kept-alive request costs more there).
+`--serve-artifacts` starts it as MLflow does by default: runs' artifact roots in its own store
+(`mlflow-artifacts:/...`), which sync lists without the server reading the run; without it, a
+plain local root, listed with `artifacts/list` (the server reads the run for each listing).
 """
 
 from __future__ import annotations
@@ -68,7 +73,7 @@ from common import (
     write_config,
 )
 from tbmirror.journal import Journal
-from tbmirror.local_mlflow import LocalMlflowServer
+from tbmirror.local_mlflow import SERVED_ROOT, LocalMlflowServer
 from tbmirror.mirror import events, summaries
 from tbmirror.mirror.layout import MirrorLayout
 
@@ -78,6 +83,7 @@ BULK = "/ajax-api/2.0/mlflow/metrics/get-history-bulk"
 CHILD = "tags.`mlflow.parentRunId` IS NOT NULL"  # runs/search: child runs
 CHUNK = 100  # runs sync fetches together and a bulk call asks for; experiments a search asks for
 MAX_POINTS = 25_000  # points a get-history(-bulk) answer holds at most
+SERVED_ARTIFACTS = "/api/2.0/mlflow-artifacts/artifacts"  # the server's own store's listing
 TARGET = 1.15
 
 
@@ -108,7 +114,8 @@ class Fetcher:
         answer = self.http.request(method, path, **{place: query})
         answer.raise_for_status()
         with self._lock:
-            self.requests[path.split("/mlflow/", 1)[-1]] += 1
+            self.requests[path.split("/mlflow/", 1)[-1].removeprefix(SERVED_ARTIFACTS)
+                          or "mlflow-artifacts"] += 1  # fmt: skip
         body: dict[str, Any] = answer.json()
         return body
 
@@ -139,9 +146,15 @@ class Fetcher:
         pages = self.pages("GET", f"{API}/metrics/get-history", query)
         return sum(len(page.get("metrics", [])) for page in pages)
 
-    def listing(self, run_id: str) -> int:
-        """The files and folders at the root of the run's artifacts."""
-        pages = self.pages("GET", f"{API}/artifacts/list", {"run_id": run_id})
+    def listing(self, run: dict[str, Any]) -> int:
+        """The files and folders at the root of the run's artifacts: from the server's own store
+        if the run's root is there, else with artifacts/list."""
+        uri = run["info"]["artifact_uri"]
+        if uri.startswith(SERVED_ROOT):
+            query = {"path": uri.removeprefix(SERVED_ROOT)}
+            pages = self.pages("GET", SERVED_ARTIFACTS, query)
+        else:
+            pages = self.pages("GET", f"{API}/artifacts/list", {"run_id": run["info"]["run_id"]})
         return sum(len(page.get("files", [])) for page in pages)
 
 
@@ -208,7 +221,7 @@ def fetch_only(url: str, experiment: str, listings: bool, concurrency: int = 4) 
         for chunk in chunks(fetcher.pages("POST", f"{API}/runs/search", query)):
             bulks += [pool.submit(fetcher.bulk, key, ids) for key, ids in bulk_calls(chunk)]
             if listings:
-                listed += [pool.submit(fetcher.listing, run["info"]["run_id"]) for run in chunk]
+                listed += [pool.submit(fetcher.listing, run) for run in chunk]
         every = fetcher.pages("POST", f"{API}/experiments/search",
                               {"max_results": 1000, "view_type": "ACTIVE_ONLY"})  # fmt: skip
         others = sorted(e["experiment_id"] for page in every for e in page.get("experiments", []))
@@ -239,7 +252,7 @@ def listings_alone(url: str, experiment: str, concurrency: int = 4) -> Fetched:
                              {"experiment_name": experiment})  # fmt: skip
         query = {"experiment_ids": [found["experiment"]["experiment_id"]], "max_results": 50_000}
         runs = fetcher.call("POST", f"{API}/runs/search", query).get("runs", [])
-        files = sum(pool.map(fetcher.listing, [run["info"]["run_id"] for run in runs]))
+        files = sum(pool.map(fetcher.listing, runs))
         assert files == 0, "the workload has no artifacts"
     return Fetched(time.monotonic() - started, time.process_time() - cpu_started, 0,
                    fetcher.requests)  # fmt: skip
@@ -296,6 +309,11 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, help="keeps the workload between invocations")
     parser.add_argument("--write-points", type=int, default=1_000_000)
     parser.add_argument("--workers", type=int, default=1, help="the mlflow server's workers")
+    parser.add_argument(
+        "--serve-artifacts",
+        action="store_true",
+        help="runs' artifact roots in the server's own store (MLflow's default)",
+    )
     args = parser.parse_args()
     if min(args.runs, args.keys, args.points, args.write_points, args.workers) < 1:
         parser.error("--runs, --keys, --points, --write-points and --workers must be at least 1")
@@ -312,7 +330,11 @@ def measure(args: argparse.Namespace, results: Results) -> None:
     for name in ("naive", "full", "bare"):
         (output / name).mkdir(parents=True)
 
-    server = LocalMlflowServer(workdir / "mlflow", extra_args=["--workers", str(args.workers)])
+    server = LocalMlflowServer(
+        workdir / ("mlflow-served" if args.serve_artifacts else "mlflow"),
+        extra_args=["--workers", str(args.workers)],
+        serve_artifacts=args.serve_artifacts,
+    )
     store = open_store(server)
     keys = [f"metric_{k:02d}" for k in range(args.keys)]
     experiment_id = build_runs(store, EXPERIMENT, args.runs, keys, args.points)
@@ -349,9 +371,14 @@ def measure(args: argparse.Namespace, results: Results) -> None:
         if points != total:
             sys.exit(f"{name}: {points:,} points, expected {total:,}")
     ours, baseline = write_path(args.write_points, output)
+    results.workload = (
+        f"{args.runs:,} runs x {args.keys} keys x {args.points} points = {total:,} points; "
+        f"mlflow server --workers {args.workers}, artifact roots "
+        + ("in its own store (mlflow-artifacts:/, listed without a run read)"
+           if args.serve_artifacts else "plain local paths (listed with artifacts/list)")
+    )  # fmt: skip
 
-    print(f"workload: {args.runs:,} runs x {args.keys} keys x {args.points} points = "
-          f"{total:,} points; mlflow server --workers {args.workers}")  # fmt: skip
+    print(f"workload: {results.workload}")
     print(f"naive exporter:              {naive_seconds:8.1f} s  "
           f"({total / naive_seconds:,.0f} points/s)")  # fmt: skip
     print(f"tbmirror sync:               {summary(full, server_full)}")
@@ -378,10 +405,6 @@ def measure(args: argparse.Namespace, results: Results) -> None:
           f"{idle.complained()})")  # fmt: skip
     print(f"write path:                  {ours:,.0f} points/s vs tensorboardX add_scalar "
           f"{baseline:,.0f} points/s ({ours / baseline:.1f} x)")  # fmt: skip
-    results.workload = (
-        f"{args.runs:,} runs x {args.keys} keys x {args.points} points = {total:,} points; "
-        f"mlflow server --workers {args.workers}"
-    )
     results.add("naive exporter", naive_seconds, "s")
     results.add("limit without artifact listings (issue 29's fetch-only client)",
                 bare_limit.seconds, "s")  # fmt: skip

@@ -27,7 +27,7 @@ from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
 from mlflow.utils.uri import append_to_uri_path
 from sqlalchemy import insert
 
-from tbmirror.local_mlflow import LocalMlflowServer
+from tbmirror.local_mlflow import SERVED_ROOT, LocalMlflowServer
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "benchmarks" / "results"
@@ -169,9 +169,8 @@ def open_store(server: LocalMlflowServer) -> SqlAlchemyStore:
     process; build before the server starts, and dispose of its engine after."""
     logging.getLogger("mlflow").setLevel(logging.WARNING)  # the store's "Creating tables..."
     server.directory.mkdir(parents=True, exist_ok=True)
-    return SqlAlchemyStore(
-        f"sqlite:///{server.directory / 'mlflow.db'}", str(server.directory / "artifacts")
-    )
+    root = SERVED_ROOT if server.serve_artifacts else str(server.directory / "artifacts")
+    return SqlAlchemyStore(f"sqlite:///{server.directory / 'mlflow.db'}", root)
 
 
 def build_runs(

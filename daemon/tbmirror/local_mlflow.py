@@ -24,11 +24,17 @@ from tbmirror.errors import TbmirrorError
 from tbmirror.processes import free_port, sigint_deferred
 
 STOP_GRACE_SECONDS = 2.0
+SERVED_ROOT = "mlflow-artifacts:/"  # the artifact root of a server that serves its own store
 
 
 class LocalMlflowServer:
     """`mlflow server` with its sqlite store and artifacts under `directory`, without MLflow's
     job runner (tbmirror runs no MLflow jobs; it is eight more processes).
+
+    Runs' artifact URIs are plain paths under `directory/artifacts`; with `serve_artifacts`,
+    as `mlflow server` gives them by default, `mlflow-artifacts:/<experiment>/<run>/artifacts`
+    in the server's own store (kept in `directory/artifacts`, served through its
+    `mlflow-artifacts` endpoints).
 
     The server runs in its own process group; `stop` ends the whole group.
     """
@@ -39,8 +45,10 @@ class LocalMlflowServer:
         port: int | None = None,
         extra_args: Sequence[str] = (),
         env: Mapping[str, str] | None = None,
+        serve_artifacts: bool = False,
     ) -> None:
         self.directory = directory
+        self.serve_artifacts = serve_artifacts
         self.extra_args = list(extra_args)
         self.env = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **os.environ, **(env or {})}
         self.port = port or free_port()
@@ -52,10 +60,16 @@ class LocalMlflowServer:
         """Start the server and wait until `/health` answers; `stop` set meanwhile (Ctrl-C) ends
         the wait, stops the server and raises KeyboardInterrupt."""
         self.directory.mkdir(parents=True, exist_ok=True)
+        artifacts = str(self.directory / "artifacts")
+        where = (
+            ["--default-artifact-root", SERVED_ROOT, "--artifacts-destination", artifacts]
+            if self.serve_artifacts
+            else ["--default-artifact-root", artifacts]
+        )
         command = [
             sys.executable, "-m", "mlflow", "server",
             "--backend-store-uri", f"sqlite:///{self.directory / 'mlflow.db'}",
-            "--default-artifact-root", str(self.directory / "artifacts"),
+            *where,
             "--host", "127.0.0.1",
             "--port", str(self.port),
             "--workers", "1",

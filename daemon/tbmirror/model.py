@@ -62,6 +62,7 @@ class RunSnapshot:
     tags: dict[str, str] = field(default_factory=dict)
     latest: Mapping[str, MetricPoint] = field(default_factory=dict)
     fingerprint: int = 0
+    artifact_uri: str | None = None  # where its artifacts are, as the source names it
 
     @property
     def deleted(self) -> bool:

@@ -12,7 +12,9 @@ tbmirror's client decodes, so the two cannot drift apart.
   (through `engine_for` / `source_for` below, the one place tests build engines with it).
 - Served: `experiments/get-by-name`, `experiments/search`, `runs/search` (filters, order by
   start time, `max_results`, offset page tokens), `runs/get`, `metrics/get-history`,
-  `ajax-api/.../metrics/get-history-bulk`, `artifacts/list` and ranged `/get-artifact`.
+  `ajax-api/.../metrics/get-history-bulk`, `artifacts/list`, the server's own store's listing
+  (`mlflow-artifacts/artifacts?path=`, its runs' artifact roots being in it) and ranged
+  `/get-artifact`.
 - Hostile answers: `set(fault, path=..., times=..., **params)`, `clear()`, `requests` and
   `seen(path, fault)` work as `HostileProxy`'s (helpers/hostile_proxy.py, whose rules and
   records are reused) for the faults that need no TCP peer (`FAULTS` below); `reset`, `trickle`
@@ -44,6 +46,7 @@ URL = "http://mlflow.scripted"
 API = "/api/2.0/mlflow"
 AJAX_API = "/ajax-api/2.0/mlflow"
 ARTIFACT_ROOT = "mlflow-artifacts:/scripted"
+SERVED_ARTIFACTS = "/api/2.0/mlflow-artifacts/artifacts"
 # The faults answered here; the others need a real TCP peer (helpers/hostile_proxy.py).
 FAULTS = {
     name: params
@@ -344,6 +347,8 @@ class ScriptedMlflow:
             return {"metrics": found[:size]}
         if path == f"{API}/artifacts/list":
             return self._list_artifacts(query["run_id"], query.get("path", ""))
+        if path == SERVED_ARTIFACTS:
+            return self._served_artifacts(query.get("path", ""))
         raise ServerError(404, "ENDPOINT_NOT_FOUND", f"GET {path} is not served")
 
     def _history(self, run_id: str, key: str) -> list[Metric]:
@@ -387,6 +392,19 @@ class ScriptedMlflow:
         files = [entries[path] for path in sorted(entries)]
         root = f"{ARTIFACT_ROOT}/{run.experiment_id}/{run_id}/artifacts"
         return _without_empty({"root_uri": root, "files": files})
+
+    def _served_artifacts(self, path: str) -> dict[str, Any]:
+        """The store's listing of `path` (`scripted/<experiment>/<run>/artifacts[/<folder>]`):
+        entries by name alone; a path that is no run's folder is an empty one."""
+        found = re.fullmatch(r"scripted/([^/]+)/([^/]+)/artifacts(?:/(.*))?", path.strip("/"))
+        run = self._runs.get(found.group(2)) if found else None
+        if found is None or run is None or run.experiment_id != found.group(1):
+            return {}
+        listed = self._list_artifacts(run.run_id, found.group(3) or "")
+        files = [
+            entry | {"path": entry["path"].rsplit("/", 1)[-1]} for entry in listed.get("files", [])
+        ]
+        return _without_empty({"files": files})
 
     def _artifact(self, query: httpx.QueryParams, asked: str | None) -> httpx.Response:
         run = self.run(query.get("run_id") or query.get("run_uuid", ""))

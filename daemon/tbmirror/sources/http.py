@@ -169,6 +169,14 @@ class RestClient:
         `path`, which names it."""
         return _json(self._request("GET", path, params=params, url=url), "GET", path)
 
+    def get_answer(self, path: str, params: dict[str, Any], allow: tuple[int, ...]) -> Answer:
+        """The whole answer to a GET of `path`: a JSON one (as `get` takes it), or one whose
+        status is in `allow`, taken as it is (a retryable status allowed is not retried)."""
+        answer = self._request("GET", path, params=params, allow=allow)
+        if answer.status_code not in allow:
+            _json(answer, "GET", path)  # (raises for an HTML page)
+        return answer
+
     def is_below_base(self, url: str) -> bool:
         """Whether `url` is an address below the base URL (same scheme, host and port, its path
         under the base path): only such a link may be followed with our credentials."""

@@ -61,6 +61,7 @@ class RunInfoJson(_Answer, frozen=True):
     lifecycle_stage: str = "active"
     start_time: Int64 | None = None
     end_time: Int64 | None = None
+    artifact_uri: str | None = None
 
 
 class RunDataJson(_Answer, frozen=True):

@@ -48,10 +48,12 @@ class Artifact:
 
 @dataclass(frozen=True)
 class RunRef:
-    """What a store needs to find a run's artifacts."""
+    """What a store needs to find a run's artifacts: `artifact_uri` is the run's artifact root as
+    its source listed it (None: not known; a store that needs it asks otherwise)."""
 
     run_id: str
     experiment_id: str
+    artifact_uri: str | None = field(default=None, compare=False)
 
 
 class FileReader(Protocol):

@@ -27,6 +27,8 @@ from tbmirror.model import RunRecord, RunSnapshot, TailRecord
 from tbmirror.sources.stores import Artifact, RunRef
 
 log = structlog.get_logger(__name__)
+SERVED_SCHEME = "mlflow-artifacts:"  # an artifact root in an MLflow server's own store
+USUAL_ROOT = "mlflow-artifacts:/{}/{}/artifacts"  # a run's there (experiment id, run id)
 
 
 class ArtifactSync:
@@ -49,6 +51,9 @@ class ArtifactSync:
         self._run_failed = run_failed
         self.retry_at: dict[str, float] = {}  # run id -> when a failed backlog listing is retried
         self._logged: dict[str, LoggedMedia] = {}  # what listings said of runs' media
+        # run id -> its artifact URI as listed, if in an MLflow server's own store ("": the usual
+        # one, USUAL_ROOT): the store lists those without the server reading the run
+        self._roots: dict[str, str] = {}
 
     def note(self, runs: Iterable[RunSnapshot]) -> None:
         """Take what a listing says about runs' media (their tags): runs not listed in this pass
@@ -59,6 +64,12 @@ class ArtifactSync:
                 self._logged.pop(run.run_id, None)
             else:
                 self._logged[run.run_id] = logged
+            uri = run.artifact_uri or ""
+            if not uri.startswith(SERVED_SCHEME):
+                self._roots.pop(run.run_id, None)
+            else:
+                usual = uri == USUAL_ROOT.format(run.experiment_id, run.run_id)
+                self._roots[run.run_id] = "" if usual else uri
 
     def sync(self, run_ids: list[str], report: PassReport, stop: threading.Event | None) -> None:
         """Mirror new and grown artifacts of these (placed) runs; WriteFault ends it."""
@@ -67,10 +78,11 @@ class ArtifactSync:
         if not due or (stop is not None and stop.is_set()):
             return
         images = self.media.enabled and self.source.settings.artifacts.images
-        runs = {RunRef(run_id, records[run_id].experiment_id): run_id for run_id in due}
+        runs = {self._ref(records[run_id]): run_id for run_id in due}
         listed = self.source.artifacts_of(
             {run: images and self._images_logged(run_id) for run, run_id in runs.items()}
         )
+        looked: list[RunRecord] = []  # committed together: one transaction, not one a run
         for run_id in due:
             try:
                 found = listed[run_id]
@@ -86,16 +98,26 @@ class ArtifactSync:
                     report.tables += written["table"]
                     report.bytes_written += size
                 if stop is not None and stop.is_set():
-                    return  # looked at again next pass
+                    break  # looked at again next pass
                 record = records[run_id]
                 record.artifacts_at = self.clock() if complete else 0.0  # 0: the backlog's again
-                with self.journal.batch(self.source.name) as batch:
-                    batch.put_run(record)
+                looked.append(record)
             except WriteFault:
                 raise  # the mirror's disk, not this run: the pass ends
             except Exception as error:  # one bad run never stops the others
                 self._run_failed(report, run_id, error)
                 self.retry_at[run_id] = self.clock() + self.source.settings.reconcile_interval
+        if looked:
+            with self.journal.batch(self.source.name) as batch:
+                for record in looked:
+                    batch.put_run(record)
+
+    def _ref(self, record: RunRecord) -> RunRef:
+        """The run as its store finds it, with its artifact URI if a listing gave one."""
+        root = self._roots.get(record.run_id)
+        if root == "":
+            root = USUAL_ROOT.format(record.experiment_id, record.run_id)
+        return RunRef(record.run_id, record.experiment_id, root)
 
     def _images_logged(self, run_id: str) -> bool:
         logged = self._logged.get(run_id)

@@ -18,6 +18,7 @@ from typing import Literal
 import msgspec
 import structlog
 
+from tbmirror.errors import SourceError
 from tbmirror.model import Experiment, MetricPoint, RunSnapshot
 from tbmirror.sources.http import BadAnswerError, HttpStatusError, RestClient
 from tbmirror.sources.responses import (
@@ -38,6 +39,11 @@ from tbmirror.sources.responses import (
 
 API = "/api/2.0/mlflow"
 AJAX_API = "/ajax-api/2.0/mlflow"
+SERVED_ARTIFACTS = "/api/2.0/mlflow-artifacts/artifacts"  # the server's own artifact store
+# Answers of a server (or a gateway before it) that does not serve SERVED_ARTIFACTS; MLflow's
+# `--no-serve-artifacts` answers 503 with this in its text.
+NOT_SERVED_STATUS = (403, 404, 405, 501, 503)
+NOT_SERVED_503 = b"--no-serve-artifacts"
 SEARCH_PAGE_SIZE = 1000
 HISTORY_PAGE_SIZE = 25000
 HISTORY_PAGE_FALLBACKS = (1000, 500, 100)  # for a server that refuses larger pages
@@ -53,6 +59,10 @@ NOTE_TAG = "mlflow.note.content"
 log = structlog.get_logger(__name__)
 
 RunState = Literal["active", "deleted", "gone"]  # what runs/get proves of a run
+
+
+class NotServedError(SourceError):
+    """The server, or a gateway before it, does not serve an endpoint."""
 
 
 def point_from_json(item: MetricJson) -> MetricPoint:
@@ -109,6 +119,7 @@ def run_from_json(item: RunJson) -> RunSnapshot:
         tags=tags,
         latest=LatestPoints(metrics),
         fingerprint=_fingerprint(item, metrics),
+        artifact_uri=info.artifact_uri,
     )
 
 
@@ -265,6 +276,34 @@ class MlflowClient:
             max_pages=max_pages,
         )
         for page in found:
+            for item in page.files:
+                yield item.path, item.is_dir, item.file_size or 0
+
+    def served_artifacts(
+        self, path: str, max_pages: int = MAX_PAGES
+    ) -> Iterator[tuple[str, bool, int]]:
+        """(name, is_dir, size) of the entries of one folder (one level; names without their
+        folder) of the server's own artifact store (`mlflow server --serve-artifacts`, its
+        default), `path` from the store's root: unlike `artifacts`, the server reads no run.
+        Raises NotServedError if the server does not serve the endpoint: a status among
+        NOT_SERVED_STATUS (a 503 only as `--no-serve-artifacts` answers it), a redirect or an
+        HTML page (a gateway's)."""
+        endpoint = SERVED_ARTIFACTS
+
+        def fetch(extra: dict[str, str]) -> bytes:
+            params = {"path": path} | extra
+            try:
+                answer = self.rest.get_answer(endpoint, params, NOT_SERVED_STATUS)
+            except BadAnswerError as error:
+                raise NotServedError(str(error)) from None
+            status = answer.status_code
+            if status == 503 and NOT_SERVED_503 not in answer.content:
+                return self.rest.get(endpoint, params)  # busy, not refusing: retried as any
+            if status in NOT_SERVED_STATUS:
+                raise NotServedError(f"GET {endpoint}: HTTP {status}: not served")
+            return answer.content
+
+        for page in pages(fetch, FilesPage, endpoint, max_pages=max_pages):
             for item in page.files:
                 yield item.path, item.is_dir, item.file_size or 0
 
