@@ -194,9 +194,11 @@ def test_a_run_listed_as_it_was_mirrored_whole_is_not_looked_into_again(
         assert engine.run_pass().bytes_written == 0 and read == []
 
         fresh = MlflowEngine(source, journal, clock=lambda: now[0])  # (a restarted daemon)
-        assert fresh.run_pass().bytes_written == 0 and read == [], "the store says: unchanged"
+        report = fresh.run_pass()
+        assert (report.bytes_written, report.runs_planned, read) == (0, 0, []), "unchanged"
         client.set_tag(ids[2], "note", "edited")
-        assert fresh.run_pass().bytes_written > 0 and read == [ids[2]]
+        report = fresh.run_pass()
+        assert report.bytes_written > 0 and report.runs_planned == 1 and read == [ids[2]]
     finally:
         source.close()
         journal.close()
