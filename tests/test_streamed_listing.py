@@ -90,6 +90,19 @@ def test_max_runs_holds_only_the_most_recent_trees_while_the_listing_streams() -
     assert quick.out == {} and len(quick.runs) == len(runs)
 
 
+def test_a_mirrored_parent_judged_out_or_held_takes_its_children_along() -> None:
+    """Mirrored runs judged are not kept as such (a daemon's first pass judges 100,000): a
+    mirrored parent out or held still decides its children's verdict."""
+    runs = [snapshot("old", 1), snapshot("failed", 2, status="FAILED"), snapshot("new", 3),
+            snapshot("kid-of-old", 4, parent="old"), snapshot("kid-of-failed", 5, parent="failed"),
+            snapshot("kid-of-new", 6, parent="new")]  # fmt: skip
+    mirrored = {"old", "failed", "new"}
+    stream = selection(max_runs=1, run_statuses=["FINISHED"]).stream(runs, True, mirrored)
+    assert [r.run_id for r in stream] == ["new", "kid-of-new"]
+    assert stream.out == {"failed": STATUS, "old": MAX_RUNS, "kid-of-old": PARENT,
+                          "kid-of-failed": PARENT}  # fmt: skip
+
+
 @pytest.fixture
 def small_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(engine_module, "CHUNK_RUNS", 2)
@@ -194,9 +207,11 @@ def test_a_run_listed_as_it_was_mirrored_whole_is_not_looked_into_again(
         assert engine.run_pass().bytes_written == 0 and read == []
 
         fresh = MlflowEngine(source, journal, clock=lambda: now[0])  # (a restarted daemon)
-        assert fresh.run_pass().bytes_written == 0 and read == [], "the store says: unchanged"
+        report = fresh.run_pass()
+        assert (report.bytes_written, report.runs_planned, read) == (0, 0, []), "unchanged"
         client.set_tag(ids[2], "note", "edited")
-        assert fresh.run_pass().bytes_written > 0 and read == [ids[2]]
+        report = fresh.run_pass()
+        assert report.bytes_written > 0 and report.runs_planned == 1 and read == [ids[2]]
     finally:
         source.close()
         journal.close()

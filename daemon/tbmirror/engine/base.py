@@ -41,6 +41,7 @@ class PassReport:
     bytes_written: int = 0
     requests: int = 0
     history_series: int = 0
+    runs_planned: int = 0  # listed runs whose series' cursors were read (new, changed or due)
     failed_runs: list[str] = field(default_factory=list)
     missing_experiments: list[str] = field(default_factory=list)
     seconds: float = 0.0

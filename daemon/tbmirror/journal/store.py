@@ -442,12 +442,16 @@ def _add_missing_columns(db: sqlite3.Connection) -> None:
 def _run_from_row(row: tuple[object, ...]) -> RunRecord:
     """A run record, held compactly (100,000 records are held in memory): the values many
     records share (source, experiment, status) as one string each; its id interned, as listings
-    intern theirs (sources/mlflow/client.py), so a pass's sets of ids hold no copies of it; its text
-    digest as an int (rows written before it was cut to 64 bits hold the whole SHA-256 in hex:
-    its first 64 bits are the same)."""
+    intern theirs (sources/mlflow/client.py), so a pass's sets of ids hold no copies of it; its
+    HParams session's name, mostly its own name, the same string then; a time never set as the
+    one 0.0; its text digest as an int (rows written before it was cut to 64 bits hold the whole
+    SHA-256 in hex: its first 64 bits are the same)."""
     run = RunRecord(*row)  # type: ignore[arg-type]
     run.source, run.status = sys.intern(run.source), sys.intern(run.status)
     run.experiment_id, run.run_id = sys.intern(run.experiment_id), sys.intern(run.run_id)
+    if run.trial == run.name:
+        run.trial = run.name
+    run.reconciled_at, run.artifacts_at = run.reconciled_at or 0.0, run.artifacts_at or 0.0
     if run.text_digest is not None:
         run.text_digest = int(str(run.text_digest)[:16], 16)
     run.hparams_written = bool(run.hparams_written)

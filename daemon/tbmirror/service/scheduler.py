@@ -279,6 +279,7 @@ def _log_synced(report: PassReport, full: bool) -> None:
         tables=report.tables,
         bytes=report.bytes_written,
         requests=report.requests,
+        planned=report.runs_planned,
         failed_runs=len(report.failed_runs),
         retired=report.runs_retired,
         duration_ms=round(report.seconds * 1000),

@@ -213,27 +213,24 @@ def pages(
     max_pages: int = MAX_PAGES,
 ) -> Iterator[Page]:
     """Every page of a paged endpoint from the page token `start` (None: the first page); `fetch`
-    gets {} (or {token_param: start}), then {token_param: token}. A page token seen before, a page
-    identical to the one before, or more than `max_pages` pages is an error (a server stuck on
-    one page, or paging without end, would otherwise hold a pass forever)."""
+    gets {} (or {token_param: start}), then {token_param: token}. A page token seen before (the
+    same page again included: it carries the same token), or more than `max_pages` pages is an
+    error (a server stuck on one page, or paging without end, would otherwise hold a pass
+    forever). A page is not held here while the next one is fetched (a listing's page of 1,000
+    runs is MBs): a caller that lets go of it too holds one page at a time."""
     extra: dict[str, str] = {token_param: start} if start else {}
     seen: set[str] = set()
-    previous: bytes | None = None
     for _ in range(max_pages):
-        body = fetch(extra)
-        page = parse(model, body, endpoint)
+        page = parse(model, fetch(extra), endpoint)
         token = page.next_page_token
         if token and (token in seen or token == extra.get(token_param)):
             raise BadAnswerError(
                 f"{endpoint}: the page token {token[:64]} repeats: the listing does not advance"
             )
-        if previous is not None and body == previous:
-            raise BadAnswerError(
-                f"{endpoint}: the same page again for page token {extra[token_param][:64]}"
-            )
         yield page
+        del page
         if not token:
             return
         seen.add(token)
-        extra, previous = {token_param: token}, body
+        extra = {token_param: token}
     raise BadAnswerError(f"{endpoint}: more than {max_pages:,} pages: the listing does not end")

@@ -10,6 +10,7 @@ each fetched series as scalars (steps by mirror/steps.py), and the session end o
 from __future__ import annotations
 
 import hashlib
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -164,8 +165,10 @@ class RunEncoder:
             end = (run.end_time or run.start_time or 0) / 1000
             payloads.append(summaries.session_end(run.status, end, now))
             record.end_written = True
-        record.status, record.name = run.status, run.name
-        record.parent_run_id, record.experiment_id = plan.parent_run_id, run.experiment_id
+        # (the values many of 100,000 held records share, one string each, as the store's)
+        record.status, record.name = sys.intern(run.status), run.name
+        record.parent_run_id = plan.parent_run_id
+        record.experiment_id = sys.intern(run.experiment_id)
         if plan.reconcile:
             record.reconciled_at = now
         return Encoded(record, cursors, payloads, points, streams)

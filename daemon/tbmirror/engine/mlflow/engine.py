@@ -250,7 +250,9 @@ class MlflowEngine:
             return None
         report.runs_moved += placed.moved
         written = self.writer.unchanged(run, placed)
-        return self.planner.plan(run, placed.record, placed.parent_run_id, reconcile_all, written)
+        plan = self.planner.plan(run, placed.record, placed.parent_run_id, reconcile_all, written)
+        report.runs_planned += plan is not None
+        return plan
 
     def _complete(self, chunk: Chunk, report: PassReport, stop: threading.Event | None) -> None:
         """Write a prepared chunk as one batch once fetched (and the further pages of its long

@@ -12,6 +12,7 @@ again), else it is removed.
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 
 import structlog
@@ -108,7 +109,8 @@ class Placement:
         dir = self._run_dir(run, parent_dir, record)
         moved = False
         if record is None:
-            record = RunRecord(self.source, run.run_id, run.experiment_id, None, dir, run.name, "")
+            experiment_id = sys.intern(run.experiment_id)  # (shared by its experiment's runs)
+            record = RunRecord(self.source, run.run_id, experiment_id, None, dir, run.name, "")
             self.records[run.run_id] = record
             self._dirs.add(dir)
         elif record.dir != dir:

@@ -121,7 +121,7 @@ class SelectionStream:
         self._in_root = in_root
         self._archived = archived
         self._max_runs = selection.settings.max_runs if complete else None
-        self._decided: set[str] = set()  # in (yielded or held) or out
+        self._decided: set[str] = set()  # in (yielded or held) or out; not in_root (_judged)
         self._waiting: dict[str, list[RunSnapshot]] = defaultdict(list)  # by their parent's id
         self._waiting_ids: set[str] = set()
         self._held: dict[str, list[tuple[int, str]]] = defaultdict(list)  # experiment -> heap
@@ -135,7 +135,7 @@ class SelectionStream:
                 self._waiting[parent].append(run)
                 self._waiting_ids.add(run.run_id)
                 continue
-            yield from self._decide(run, parent_listed=parent in self._decided)
+            yield from self._decide(run, parent_listed=self._judged(parent))
         while self._waiting:  # parents never listed (first), or listed in a cycle
             roots = (parent for parent in self._waiting if parent not in self._waiting_ids)
             parent = next(roots, next(iter(self._waiting)))
@@ -150,7 +150,8 @@ class SelectionStream:
         todo = [(run, parent_listed)]
         while todo:
             run, parent_listed = todo.pop()
-            self._decided.add(run.run_id)
+            if run.run_id not in self._in_root:
+                self._decided.add(run.run_id)
             self._waiting_ids.discard(run.run_id)
             reason, tree = self._verdict(run, parent_listed)
             if reason:
@@ -161,6 +162,12 @@ class SelectionStream:
             else:
                 yield run
             todo += [(child, True) for child in reversed(self._waiting.pop(run.run_id, []))]
+
+    def _judged(self, run_id: str | None) -> bool:
+        """Whether `run_id` was judged in this listing. A mirrored (`in_root`) run is known judged
+        only if out or held (a daemon's first pass judges 100,000 mirrored runs, none kept): its
+        child's verdict is the same either way otherwise (in, see `_verdict`)."""
+        return run_id in self._decided or run_id in self.out or run_id in self._tree_of
 
     def _verdict(self, run: RunSnapshot, parent_listed: bool) -> tuple[str | None, str | None]:
         """(why `run` is out, or None; the id of the held tree it joins, or None)."""

@@ -172,6 +172,7 @@ class MlflowClient:
         }
         for page in pages(lambda extra: self.rest.post(endpoint, body | extra), RunsPage, endpoint):
             yield from (run_from_json(item) for item in page.runs)
+            del page  # (not held while the next page is fetched)
 
     def run(self, run_id: str) -> RunSnapshot:
         """The run as runs/get shows it. Raises SourceError (HttpStatusError if unknown)."""

@@ -1,0 +1,83 @@
+"""Memory at scale: what a listing holds while it reads, and what a run record read back holds.
+
+The 100,000-run figures are benchmarks/footprint.py's; these tests pin the mechanisms behind them
+at the seams (no server: the pages are bytes, the store a file).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from tbmirror.journal.store import Store
+from tbmirror.model import RunRecord
+from tbmirror.sources.http import BadAnswerError
+from tbmirror.sources.responses import RunsPage, pages
+
+ENDPOINT = "runs/search"
+
+
+def runs_page(first: int, token: str | None) -> bytes:
+    """A runs/search page of two runs (each with a latest metric) and `token`."""
+    runs = [
+        {"info": {"run_id": f"r{index}", "experiment_id": "1"},
+         "data": {"metrics": [{"key": "m", "value": 1.0, "timestamp": 1, "step": 0}]}}
+        for index in (first, first + 1)
+    ]  # fmt: skip
+    return json.dumps({"runs": runs} | ({"next_page_token": token} if token else {})).encode()
+
+
+def test_a_page_is_not_held_while_the_next_one_is_fetched() -> None:
+    """A page's runs keep its body (their metrics are raw JSON in it); once the caller has let
+    go of a page, nothing of it is held while the next one is fetched."""
+    bodies = [runs_page(0, "t1"), runs_page(2, "t2"), runs_page(4, None)]
+
+    def references() -> list[int]:
+        return [sys.getrefcount(bodies[index]) for index in range(len(bodies))]
+
+    alone = references()  # (the list's, and the call's)
+    held: list[list[int]] = []
+
+    def fetch(extra: dict[str, str]) -> bytes:
+        held.append(references())
+        return bodies[{"": 0, "t1": 1, "t2": 2}[extra.get("page_token", "")]]
+
+    seen = []
+    for page in pages(fetch, RunsPage, ENDPOINT):
+        seen += [run.info.run_id for run in page.runs]
+        assert references() != alone, "a page holds its body (its runs' metrics are in it)"
+        del page
+    assert seen == [f"r{index}" for index in range(6)]
+    assert held == [alone] * 3, f"references to the bodies while fetching: {held} ({alone} alone)"
+
+
+def test_the_same_page_again_is_refused() -> None:
+    """A server that answers a page token with the page that carried it (stuck on one page)."""
+    body = runs_page(0, "t1")
+    with pytest.raises(BadAnswerError, match="the page token t1 repeats"):
+        list(pages(lambda extra: body, RunsPage, ENDPOINT))
+
+
+def test_a_record_read_back_shares_what_many_records_hold(tmp_path: Path) -> None:
+    """100,000 records are held: the values they share are one object each, a run's HParams
+    session named after it is its name, and a time never set is the one 0.0."""
+    store = Store(tmp_path / "state.db")
+    try:
+        with store.transaction():
+            for index in range(2):
+                name = f"run{index}"
+                record = RunRecord("bench", f"id{index}", "1", None, f"bench/e/{name}", name,
+                                   "FINISHED", trial=name, reconciled_at=5.0)  # fmt: skip
+                store.put_run(record)
+        first, second = store.runs("bench").values()
+    finally:
+        store.close()
+    assert (first.trial, second.trial) == ("run0", "run1")
+    assert first.trial is first.name and second.trial is second.name
+    assert first.status is second.status and first.experiment_id is second.experiment_id
+    assert first.source is second.source
+    assert first.artifacts_at is second.artifacts_at == 0.0
+    assert first.reconciled_at == 5.0
