@@ -10,6 +10,7 @@ seam (helpers/scripted_mlflow.py). Requests are counted by a transport in the te
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,9 +25,14 @@ from conftest import MlflowServer, mlflow_source, new_run, write_config
 from helpers import in_process
 from helpers.scripted_mlflow import ScriptedMlflow
 from tbmirror.config import MlflowSourceSettings
+from tbmirror.engine.mlflow.engine import MlflowEngine
+from tbmirror.journal import Journal
 from tbmirror.mirror import events
+from tbmirror.mirror.layout import MirrorLayout
+from tbmirror.model import RunSnapshot
 from tbmirror.sources.mlflow.artifacts import MlflowArtifacts
-from tbmirror.sources.mlflow.client import SERVED_ARTIFACTS
+from tbmirror.sources.mlflow.client import SERVED_ARTIFACTS, run_from_json
+from tbmirror.sources.responses import RunsPage, parse
 from tbmirror.sources.stores import RunRef
 from test_media import picture
 from test_uploads import write_tfevents
@@ -182,7 +188,7 @@ def test_a_gateway_refusing_the_store_makes_the_source_list_runs_the_old_way_sai
     expected, served = listed(None)
     assert served.count(LIST) == 0 and served.count(SERVED_ARTIFACTS) == 9, served.paths
     assert expected[runs[2]] == [("notes/readme.txt", 1), ("tb/events.out.tfevents.1.h", sizes[2])]
-    for status in (404, 405, 501, 403, 302, 200):  # (302 and 200: HTML, as a gateway's)
+    for status in (404, 405, 501, 401, 403, 302, 200):  # (302 and 200: HTML, as a gateway's)
         with structlog.testing.capture_logs() as logged:
             files, fallen = listed(status)
         assert files == expected, status
@@ -292,3 +298,43 @@ def test_the_scripted_store_lists_as_a_real_server_serving_artifacts(
         source.close()
     assert listings[0] == listings[1]
     assert listings[0][""] == [("a", True, 0), ("model", True, 0), ("notes.txt", False, 3)]
+
+
+def test_the_fingerprint_leaves_the_artifact_uri_out_as_mirrors_made_before_it_have_it() -> None:
+    """A run's artifact root (fixed for its life) is not digested: the fingerprint of a listed
+    run is the one tbmirror kept before it read artifact URIs (25fdba9), so a restarted daemon
+    looks into none of the unchanged runs of such a mirror; anything else it says still counts."""
+
+    def fingerprint(artifact_uri: str, status: str = "FINISHED") -> int:
+        info = {"run_id": "abc", "experiment_id": "1", "status": status, "lifecycle_stage":
+                "active", "start_time": 1, "end_time": 2, "artifact_uri": artifact_uri}  # fmt: skip
+        metrics = [{"key": "m", "value": 1.0, "timestamp": 1, "step": 0}]
+        body = json.dumps({"runs": [{"info": info, "data": {"metrics": metrics}}]}).encode()
+        return run_from_json(parse(RunsPage, body, "runs/search").runs[0]).fingerprint
+
+    before = 8395002748593385808  # this run's fingerprint as 25fdba9 computed it
+    assert fingerprint("mlflow-artifacts:/1/abc/artifacts") == before
+    assert fingerprint("/elsewhere/1/abc/artifacts") == before
+    assert fingerprint("mlflow-artifacts:/1/abc/artifacts", status="RUNNING") != before
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_artifact_roots_are_kept_only_while_artifacts_are_mirrored(
+    tmp_path: Path, enabled: bool
+) -> None:
+    """With artifacts off, the engine keeps no artifact root of the runs it lists (100,000
+    runs of a default `mlflow server` would hold ~4 MB of them for nothing)."""
+    scripted = ScriptedMlflow()
+    journal = Journal.open(MirrorLayout(tmp_path / "root"), tmp_path / "state.db")
+    journal.own("s")
+    engine = in_process.engine_for(scripted_settings(enabled=enabled), journal, scripted.transport)
+    try:
+        assert isinstance(engine, MlflowEngine)
+        runs = [RunSnapshot(f"r{i}", "1", f"r{i}", "FINISHED", "active", 0, 0, None,
+                            artifact_uri=f"mlflow-artifacts:/1/r{i}/artifacts")
+                for i in range(3)]  # fmt: skip
+        engine.artifacts.note(runs)
+        assert len(engine.artifacts._roots) == (3 if enabled else 0)
+    finally:
+        engine.close()
+        journal.close()

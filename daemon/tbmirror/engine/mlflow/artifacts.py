@@ -58,6 +58,7 @@ class ArtifactSync:
     def note(self, runs: Iterable[RunSnapshot]) -> None:
         """Take what a listing says about runs' media (their tags): runs not listed in this pass
         (the backlog of a quick pass) are synced with what the last listing said."""
+        artifacts_on = self.source.settings.artifacts.enabled  # (else no root is kept)
         for run in runs:
             logged = LoggedMedia.of(run)
             if logged is None:
@@ -65,7 +66,7 @@ class ArtifactSync:
             else:
                 self._logged[run.run_id] = logged
             uri = run.artifact_uri or ""
-            if not uri.startswith(SERVED_SCHEME):
+            if not (artifacts_on and uri.startswith(SERVED_SCHEME)):
                 self._roots.pop(run.run_id, None)
             else:
                 usual = uri == USUAL_ROOT.format(run.experiment_id, run.run_id)

@@ -30,6 +30,7 @@ from tbmirror.sources.responses import (
     HistoryPage,
     MetricJson,
     RunAnswer,
+    RunInfoJson,
     RunJson,
     RunsPage,
     metrics_of,
@@ -42,7 +43,7 @@ AJAX_API = "/ajax-api/2.0/mlflow"
 SERVED_ARTIFACTS = "/api/2.0/mlflow-artifacts/artifacts"  # the server's own artifact store
 # Answers of a server (or a gateway before it) that does not serve SERVED_ARTIFACTS; MLflow's
 # `--no-serve-artifacts` answers 503 with this in its text.
-NOT_SERVED_STATUS = (403, 404, 405, 501, 503)
+NOT_SERVED_STATUS = (401, 403, 404, 405, 501, 503)  # 401/403: a gateway guarding all else
 NOT_SERVED_503 = b"--no-serve-artifacts"
 SEARCH_PAGE_SIZE = 1000
 HISTORY_PAGE_SIZE = 25000
@@ -123,10 +124,16 @@ def run_from_json(item: RunJson) -> RunSnapshot:
     )
 
 
+# What a fingerprint digests of a run's info: all but where its artifacts are, which is fixed for
+# a run's life (and left out, fingerprints stay those of mirrors made before it was read).
+_FINGERPRINTED = tuple(name for name in RunInfoJson.__struct_fields__ if name != "artifact_uri")
+
+
 def _fingerprint(item: RunJson, metrics: bytes) -> int:
     """A digest of all a listed run says, the same in every process (a signed 64-bit int, as
     the state store keeps it)."""
-    digest = hashlib.blake2b(msgspec.msgpack.encode((item.info, item.data.params, item.data.tags)))
+    info = {name: getattr(item.info, name) for name in _FINGERPRINTED}  # (encoded as the struct)
+    digest = hashlib.blake2b(msgspec.msgpack.encode((info, item.data.params, item.data.tags)))
     digest.update(metrics)
     return int.from_bytes(digest.digest()[:8], "big", signed=True) or 1
 

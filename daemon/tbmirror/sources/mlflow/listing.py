@@ -7,9 +7,10 @@ running. With a `filter`, the server selects top-level runs (children follow the
 engine/mlflow/selection.py), and a 400 names the filter it refused.
 
 The requests that do not wait on one another's answer are made side by side, on threads: the
-configured experiments are looked up by name together, and every experiment is searched (to know
-where else child runs may be) while the runs of the configured experiments are listed (a pass
-with nothing to do made four requests one after another; now three round trips). Each answer is
+configured experiments are looked up by name together (`concurrency` at most at once), and every
+experiment is searched (to know where else child runs may be) while the runs of the configured
+experiments are listed (a pass with nothing to do made four requests one after another; now
+three round trips). Each answer is
 used, and each error raised, where it was when the requests were made one after another (an error
 once the request beside it has ended); no two runs/search are made at once.
 """
@@ -81,7 +82,7 @@ class RunLister:
             return {e.experiment_id: e for e in everyone}, [], everyone
         globs = self.settings.experiment_globs
         names = [name for name in self.settings.experiments if name not in globs]
-        threads = max(1, len(names) + bool(globs))
+        threads = max(1, min(self.settings.concurrency, len(names) + bool(globs)))
         with ThreadPoolExecutor(threads, thread_name_prefix="look-up") as pool:
             searched = pool.submit(self.client.experiments) if globs else None
             named = [pool.submit(self.client.experiment_by_name, name) for name in names]
