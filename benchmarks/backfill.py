@@ -33,8 +33,13 @@ against `mlflow server --workers N`, times
   - the tfevents write path alone (encode + frame + append + fsync) against tensorboardX's
     add_scalar for the same points.
 
+All but the naive exporter and the write path run in --rounds rounds (default 3), each sync into
+an empty mirror of its own; each ratio is the median of the rounds' ratios (a single 30 s
+measurement varies by ~10 % here even when idle, as much as the margin judged), and the other
+figures are the rounds' medians.
+
 Usage: python benchmarks/backfill.py [--runs 1000 --keys 20 --points 100] [--workers 1]
-           [--workdir DIR] [--write-points 1000000] [--serve-artifacts]
+           [--workdir DIR] [--write-points 1000000] [--serve-artifacts] [--rounds 3]
 `--workers` is the `mlflow server`'s (with several, each kept-alive request costs more there).
 `--serve-artifacts` starts it as MLflow does by default: runs' artifact roots in its own store
 (`mlflow-artifacts:/...`), which sync lists without the server reading the run; without it, a
@@ -46,15 +51,15 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import statistics
 import sys
 import tempfile
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -314,11 +319,64 @@ def main() -> None:
         action="store_true",
         help="runs' artifact roots in the server's own store (MLflow's default)",
     )
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of the paired figures")
     args = parser.parse_args()
-    if min(args.runs, args.keys, args.points, args.write_points, args.workers) < 1:
-        parser.error("--runs, --keys, --points, --write-points and --workers must be at least 1")
+    if min(args.runs, args.keys, args.points, args.write_points, args.workers, args.rounds) < 1:
+        parser.error(
+            "--runs, --keys, --points, --write-points, --workers and --rounds must be at least 1"
+        )
     with Results("backfill") as results:
         measure(args, results)
+
+
+@dataclass
+class Round:
+    """One round's figures: each side's, and the server's CPU seconds during each."""
+
+    limit: Fetched  # the limit with listings
+    full: Synced  # sync, listings on
+    bare_limit: Fetched  # the limit without listings
+    bare: Synced  # sync, artifacts disabled
+    alone: Fetched  # the listings alone
+    server: dict[str, float]  # by the names above
+
+    @property
+    def ratios(self) -> dict[str, float]:
+        return {"a": self.full.seconds / self.bare_limit.seconds,
+                "b": self.bare.seconds / self.bare_limit.seconds,
+                "c": self.full.seconds / self.limit.seconds}  # fmt: skip
+
+    @property
+    def floor(self) -> float:
+        """The server-bound floor of (a) (module docstring)."""
+        return (self.server["bare_limit"] + self.server["alone"]) / self.server["bare_limit"]
+
+
+def one_round(server: LocalMlflowServer, output: Path) -> Round:
+    """The paired figures once, each sync into an empty mirror under `output`."""
+    shutil.rmtree(output, ignore_errors=True)
+    for name in ("full", "bare"):
+        (output / name).mkdir(parents=True)
+    full_config = write_config(output / "full", server.url, EXPERIMENT)
+    bare_config = write_config(
+        output / "bare", server.url, EXPERIMENT, source={"artifacts": {"enabled": False}}
+    )
+    server_seconds: dict[str, float] = {}
+    measured: dict[str, Any] = {}
+    sides = {"limit": lambda: fetch_only(server.url, EXPERIMENT, listings=True),
+             "full": lambda: run_sync(full_config),
+             "bare_limit": lambda: fetch_only(server.url, EXPERIMENT, listings=False),
+             "bare": lambda: run_sync(bare_config),
+             "alone": lambda: listings_alone(server.url, EXPERIMENT)}  # fmt: skip
+    for name, side in sides.items():
+        before = server_cpu(server)
+        measured[name] = side()
+        server_seconds[name] = server_cpu(server) - before
+    return Round(**measured, server=server_seconds)
+
+
+def median_by(rounds: list[Round], figure: Callable[[Round], float]) -> float:
+    return statistics.median(figure(r) for r in rounds)
 
 
 def measure(args: argparse.Namespace, results: Results) -> None:
@@ -327,8 +385,7 @@ def measure(args: argparse.Namespace, results: Results) -> None:
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="tbmirror-bench-"))
     output = workdir / "output"
     shutil.rmtree(output, ignore_errors=True)
-    for name in ("naive", "full", "bare"):
-        (output / name).mkdir(parents=True)
+    (output / "naive").mkdir(parents=True)
 
     server = LocalMlflowServer(
         workdir / ("mlflow-served" if args.serve_artifacts else "mlflow"),
@@ -340,36 +397,29 @@ def measure(args: argparse.Namespace, results: Results) -> None:
     experiment_id = build_runs(store, EXPERIMENT, args.runs, keys, args.points)
     store.engine.dispose()
     total = args.runs * args.keys * args.points
-    served: list[float] = []  # the server's CPU seconds, phase by phase
+    rounds: list[Round] = []
     with server:
         started = time.monotonic()
         naive_points = naive_export(MlflowClient(server.url), experiment_id, output / "naive")
         naive_seconds = time.monotonic() - started
-        full_config = write_config(output / "full", server.url, EXPERIMENT)
-        bare_config = write_config(
-            output / "bare", server.url, EXPERIMENT, source={"artifacts": {"enabled": False}}
-        )
-        served.append(server_cpu(server))
-        limit = fetch_only(server.url, EXPERIMENT, listings=True)
-        served.append(server_cpu(server))
-        full = run_sync(full_config)
-        served.append(server_cpu(server))
-        bare_limit = fetch_only(server.url, EXPERIMENT, listings=False)
-        served.append(server_cpu(server))
-        bare = run_sync(bare_config)
-        served.append(server_cpu(server))
-        alone = listings_alone(server.url, EXPERIMENT)
-        served.append(server_cpu(server))
-        idle = run_sync(full_config)
-    server_limit, server_full, server_bare_limit, server_bare, server_alone = (
-        after - before for before, after in pairwise(served)
-    )
-    for name, points in (("naive", naive_points), ("limit", limit.points),
-                         ("limit without listings", bare_limit.points),
-                         ("sync", full.report["points"]), ("sync without listings",
-                         bare.report["points"])):  # fmt: skip
+        for number in range(args.rounds):
+            rounds.append(one_round(server, output / f"round-{number}"))
+            print(f"round {number + 1} of {args.rounds}: " + ", ".join(
+                f"({k}) {v:.2f} x" for k, v in rounds[-1].ratios.items()), flush=True)  # fmt: skip
+        idle = run_sync(output / f"round-{args.rounds - 1}" / "full" / "tbmirror.yaml")
+    for name, points in [("naive", naive_points)] + [
+        (side, count) for r in rounds for side, count in (("limit", r.limit.points),
+        ("limit without listings", r.bare_limit.points), ("sync", r.full.report["points"]),
+        ("sync without listings", r.bare.report["points"]))]:  # fmt: skip
         if points != total:
             sys.exit(f"{name}: {points:,} points, expected {total:,}")
+    # The round whose (a) is the median stands for the others in the lines printed below.
+    middle = sorted(rounds, key=lambda r: r.ratios["a"])[len(rounds) // 2]
+    limit, full, bare_limit, bare, alone = (middle.limit, middle.full, middle.bare_limit,
+                                            middle.bare, middle.alone)  # fmt: skip
+    server_limit, server_full, server_bare_limit, server_bare, server_alone = (
+        middle.server[name] for name in ("limit", "full", "bare_limit", "bare", "alone")
+    )
     ours, baseline = write_path(args.write_points, output)
     results.workload = (
         f"{args.runs:,} runs x {args.keys} keys x {args.points} points = {total:,} points; "
@@ -378,7 +428,8 @@ def measure(args: argparse.Namespace, results: Results) -> None:
            if args.serve_artifacts else "plain local paths (listed with artifacts/list)")
     )  # fmt: skip
 
-    print(f"workload: {results.workload}")
+    print(f"workload: {results.workload}; {args.rounds} rounds (the lines below: the round "
+          "whose (a) is the median; the ratios: the medians of the rounds')")  # fmt: skip
     print(f"naive exporter:              {naive_seconds:8.1f} s  "
           f"({total / naive_seconds:,.0f} points/s)")  # fmt: skip
     print(f"tbmirror sync:               {summary(full, server_full)}")
@@ -387,12 +438,14 @@ def measure(args: argparse.Namespace, results: Results) -> None:
     print(f"limit without listings:      {bare_limit.line(server_bare_limit)}")
     print(f"limit with listings:         {limit.line(server_limit)}")
     print(f"listings alone:              {alone.line(server_alone)}")
-    floor = (server_bare_limit + server_alone) / server_bare_limit
-    ratios = {"a": full.seconds / bare_limit.seconds, "b": bare.seconds / bare_limit.seconds,
-              "c": full.seconds / limit.seconds}  # fmt: skip
+    floor = median_by(rounds, lambda r: r.floor)
+    ratios = {k: statistics.median(r.ratios[k] for r in rounds) for k in ("a", "b", "c")}
     # The limit without listings makes a subset of the requests of the one with them: when it
-    # takes longer, the machine's noise outweighs what is measured and no ratio is a verdict.
-    consistent = bare_limit.seconds <= limit.seconds
+    # takes longer (the rounds' medians), the machine's noise outweighs what is measured and no
+    # ratio is a verdict.
+    consistent = median_by(rounds, lambda r: r.bare_limit.seconds) <= median_by(
+        rounds, lambda r: r.limit.seconds
+    )
     if not consistent:
         print("NOT A VERDICT: the limit without listings took longer than the one with them "
               "(a busy machine); run again on an idle one")  # fmt: skip
@@ -406,19 +459,24 @@ def measure(args: argparse.Namespace, results: Results) -> None:
     print(f"write path:                  {ours:,.0f} points/s vs tensorboardX add_scalar "
           f"{baseline:,.0f} points/s ({ours / baseline:.1f} x)")  # fmt: skip
     results.add("naive exporter", naive_seconds, "s")
-    results.add("limit without artifact listings (issue 29's fetch-only client)",
-                bare_limit.seconds, "s")  # fmt: skip
-    results.add("limit with artifact listings", limit.seconds, "s")
-    results.add("tbmirror sync", full.seconds, "s")
-    results.add("tbmirror sync, artifacts disabled", bare.seconds, "s")
+    results.add("rounds", args.rounds)
+    results.add("limit without artifact listings (issue 29's fetch-only client), median",
+                median_by(rounds, lambda r: r.bare_limit.seconds), "s")  # fmt: skip
+    results.add("limit with artifact listings, median",
+                median_by(rounds, lambda r: r.limit.seconds), "s")  # fmt: skip
+    results.add("tbmirror sync, median", median_by(rounds, lambda r: r.full.seconds), "s")
+    results.add("tbmirror sync, artifacts disabled, median",
+                median_by(rounds, lambda r: r.bare.seconds), "s")  # fmt: skip
     results.add("the limits consistent (without listings no slower than with)",
                 "yes" if consistent else "no")  # fmt: skip
     results.add("tbmirror sync / limit without listings (issue 29 target 2)", ratios["a"], "x",
                 f"<= {TARGET}", ratios["a"] <= TARGET if consistent else None)  # fmt: skip
     results.add("tbmirror sync, artifacts disabled / limit without listings", ratios["b"], "x")
     results.add("tbmirror sync / limit with listings", ratios["c"], "x")
-    results.add("server CPU, limit without listings", server_bare_limit, "s")
-    results.add("server CPU, the artifact listings alone", server_alone, "s")
+    results.add("server CPU, limit without listings, median",
+                median_by(rounds, lambda r: r.server["bare_limit"]), "s")  # fmt: skip
+    results.add("server CPU, the artifact listings alone, median",
+                median_by(rounds, lambda r: r.server["alone"]), "s")  # fmt: skip
     results.add("server-bound floor of (a)", floor, "x")
     results.add("tbmirror sync, peak RSS", full.peak_mb, "MB")
     results.add("tbmirror sync, CPU", full.cpu_seconds, "s")
