@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import socket
 import ssl
 import subprocess
@@ -167,6 +168,39 @@ def test_a_valid_config_is_loaded_without_difflib() -> None:
         "sources: [{name: s, type: mlflow, tracking_uri: http://h, experiments: [e]}]')"
     )
     assert "difflib" not in imported_by(code)
+
+
+@pytest.mark.e2e
+def test_a_config_is_loaded_without_looking_up_pydantic_plugins() -> None:
+    """pydantic scans every installed distribution's entry points for plugins when the first
+    model is built; tbmirror.config turns that off unless the operator set the variable."""
+    code = (
+        "import importlib.metadata as metadata\n"
+        "groups, entry_points = [], metadata.entry_points\n"
+        "def recording(**selection):\n"
+        "    groups.append(selection.get('group'))\n"
+        "    return entry_points(**selection)\n"
+        "metadata.entry_points = recording\n"
+        "from tbmirror.config import parse_settings\n"
+        "parse_settings('mirror: {root: /tmp/r, state: /tmp/s.db}\\n"
+        "sources: [{name: s, type: mlflow, tracking_uri: http://h, experiments: [e]}]')\n"
+        "print(groups)"
+    )
+    environment = {k: v for k, v in os.environ.items() if k != "PYDANTIC_DISABLE_PLUGINS"}
+
+    def groups_looked_up(extra: dict[str, str]) -> str:
+        result = subprocess.run(
+            [sys.executable, "-c", code],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env=environment | extra,
+        )
+        assert result.returncode == 0, result.stderr
+        return result.stdout.strip()
+
+    assert groups_looked_up({}) == "[]"
+    assert groups_looked_up({"PYDANTIC_DISABLE_PLUGINS": ""}) == "['pydantic']"
 
 
 # --- the listing's requests made side by side (sources/mlflow/listing.py) --------------------

@@ -14,6 +14,13 @@ source's engine, the scheduler, TensorBoard and the health endpoint never meet a
 cannot use. No error message shows a secret, a line of the file or a URL's user:password@.
 """
 
+import os
+
+# pydantic reads every installed distribution's entry points for plugins when the first model
+# class is built: ~40 million instructions in a large environment, at every command's start.
+# tbmirror's settings use no plugin; an operator who wants one sets the variable to "".
+os.environ.setdefault("PYDANTIC_DISABLE_PLUGINS", "__all__")
+
 from tbmirror.config.auth import Auth, AzureAuth, BasicAuth, BearerAuth, DatabricksAuth
 from tbmirror.config.loading import load_settings, parse_settings
 from tbmirror.config.mlflow import ArtifactSettings, MlflowSourceSettings
