@@ -127,6 +127,18 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowSe
     server.stop()
 
 
+@pytest.fixture
+def fluent_mlflow(mlflow_server: MlflowServer) -> Iterator[str]:
+    """mlflow's fluent API (`mlflow.start_run`, ...) pointed at the worker's server for one test;
+    its process-wide tracking URI (and MLFLOW_TRACKING_URI) are put back afterwards."""
+    import mlflow
+
+    before = os.environ.get("MLFLOW_TRACKING_URI")
+    mlflow.set_tracking_uri(mlflow_server.url)
+    yield mlflow_server.url
+    mlflow.set_tracking_uri(before)  # type: ignore[arg-type]  # None unsets both
+
+
 ADMIN_PASSWORD = "s3cret-Admin-pw-9431"
 
 

@@ -7,12 +7,13 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import httpx
 import pytest
 
-from conftest import MlflowServer, TensorBoardReader, pid_alive, wait_until
+from conftest import TensorBoardReader, pid_alive, wait_until
 from tbmirror.demo import SWEEP_EXPERIMENT, log_sweep
 from tbmirror.local_mlflow import LocalMlflowServer
 from tbmirror.processes import free_port, stop_process_group
@@ -130,21 +131,24 @@ class _StopAfter(threading.Event):
         return self.checks_left < 0
 
 
-def test_a_sweep_cut_short_by_ctrl_c_is_logged_whole_by_the_next_demo(
-    mlflow_server: MlflowServer,
-) -> None:
-    """The demo's sweep, logged into the session's server (its experiment is the demo's own)."""
+def test_a_sweep_cut_short_by_ctrl_c_is_logged_whole_by_the_next_demo(fluent_mlflow: str) -> None:
+    """The demo's sweep, logged into the worker's server under the demo's own experiment (one
+    left by an earlier run of this test is renamed out of the way)."""
     from mlflow.entities import ViewType
     from mlflow.tracking import MlflowClient
 
+    client = MlflowClient(fluent_mlflow)
+    earlier = client.get_experiment_by_name(SWEEP_EXPERIMENT)
+    if earlier is not None:
+        client.rename_experiment(earlier.experiment_id, f"{SWEEP_EXPERIMENT}-{time.time_ns()}")
     with pytest.raises(KeyboardInterrupt):
-        log_sweep(mlflow_server.url, _StopAfter(3))  # the parent and two of its seven children
-    client = MlflowClient(mlflow_server.url)
-    [experiment] = [e for e in client.search_experiments() if e.name == SWEEP_EXPERIMENT]
+        log_sweep(fluent_mlflow, _StopAfter(3))  # the parent and two of its seven children
+    experiment = client.get_experiment_by_name(SWEEP_EXPERIMENT)
+    assert experiment is not None
     cut = client.search_runs([experiment.experiment_id])
     assert sorted(r.info.run_name for r in cut) == ["alpha0.1", "alpha0.2", "ridge-sweep"]
 
-    log_sweep(mlflow_server.url, threading.Event())
+    log_sweep(fluent_mlflow, threading.Event())
     runs = client.search_runs([experiment.experiment_id])
     assert sorted(r.info.run_name for r in runs) == sorted(
         ["ridge-sweep"] + [f"alpha0.{i}" for i in range(1, 8)]
@@ -153,7 +157,7 @@ def test_a_sweep_cut_short_by_ctrl_c_is_logged_whole_by_the_next_demo(
     deleted = client.search_runs([experiment.experiment_id], run_view_type=ViewType.DELETED_ONLY)
     assert {r.info.run_id for r in deleted} == {r.info.run_id for r in cut}
 
-    log_sweep(mlflow_server.url)  # a whole sweep is there: nothing more is logged
+    log_sweep(fluent_mlflow)  # a whole sweep is there: nothing more is logged
     assert len(client.search_runs([experiment.experiment_id])) == 8
 
 

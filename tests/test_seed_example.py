@@ -7,14 +7,13 @@ from __future__ import annotations
 import mlflow
 import pytest
 
-from conftest import MlflowServer, TensorBoard, tb_run, wait_until
+from conftest import TensorBoard, tb_run, wait_until
 
 ALPHAS = [round(0.1 * i, 1) for i in range(1, 8)]
 
 
 @pytest.fixture
-def seed_experiment(mlflow_server: MlflowServer, experiment_name: str) -> str:
-    mlflow.set_tracking_uri(mlflow_server.url)
+def seed_experiment(fluent_mlflow: str, experiment_name: str) -> str:
     mlflow.set_experiment(experiment_name)
     with mlflow.start_run(run_name="sweep"):
         for alpha in ALPHAS:
