@@ -11,6 +11,9 @@ the machine's speed drifts):
   - the same and httpcore (what any request imports: `import httpx` alone does not; httpcore
     imports trio when it is installed, as selenium, a test dependency, does here: printed;
     tbmirror's own import of httpcore hides it, sources/blocking_httpcore.py);
+  - the same and one pydantic model built (pydantic's plugin scan off, as tbmirror turns it off):
+    `import pydantic` alone loads none of the machinery that building any model needs; this is
+    the floor of any command that validates its config with pydantic models;
   - `tbmirror sync` with nothing new (target: <= 1.5x the baseline, the median of the rounds'
     ratios);
   - `tbmirror --help` (target: <= 0.15 s, the median; an absolute figure, so it is only a target
@@ -24,7 +27,12 @@ with the load while CPU seconds mostly do not.
 Every command runs with bytecode caching on (PYTHONDONTWRITEBYTECODE unset: an installed
 package has its .pyc files; the warm-up run writes them for an editable one).
 
-Usage: python benchmarks/start.py [--rounds 15] [--runs 20] [--workdir DIR]
+With --instructions, each command also runs once under valgrind's callgrind (`apt install
+valgrind`), which counts the instructions it executes: a figure the machine's load does not
+change, where wall and CPU seconds vary by ~10 % from one round to the next on a shared machine.
+It counts what the command itself executes (not the server's work, nor waits).
+
+Usage: python benchmarks/start.py [--rounds 15] [--runs 20] [--workdir DIR] [--instructions]
 """
 
 from __future__ import annotations
@@ -32,7 +40,9 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import os
+import re
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
@@ -45,6 +55,14 @@ from tbmirror.local_mlflow import LocalMlflowServer
 
 EXPERIMENT = "start"
 BASELINE = "baseline: import httpx, pydantic, structlog"
+ONE_MODEL = "the baseline and one pydantic model built"
+ONE_MODEL_CODE = (
+    "import os\n"
+    "os.environ.setdefault('PYDANTIC_DISABLE_PLUGINS', '__all__')\n"
+    "import httpx, pydantic, structlog\n"
+    "class One(pydantic.BaseModel):\n"
+    "    value: int = 0\n"
+)
 
 
 def main() -> None:
@@ -52,6 +70,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--runs", type=int, default=20)
     parser.add_argument("--workdir", type=Path, help="keeps the workload between invocations")
+    parser.add_argument(
+        "--instructions", action="store_true", help="also count instructions with callgrind"
+    )
     args = parser.parse_args()
     if min(args.rounds, args.runs) < 1:
         parser.error("--rounds and --runs must be at least 1")
@@ -81,6 +102,7 @@ def measure(args: argparse.Namespace, results: Results) -> None:
                 "-c",
                 "import httpx, pydantic, structlog, httpcore",
             ],
+            ONE_MODEL: [sys.executable, "-c", ONE_MODEL_CODE],
             "tbmirror sync (nothing new)": [*tbmirror, "sync", "--config", str(config)],
             "tbmirror --help": [*tbmirror, "--help"],
             "tbmirror status": [*tbmirror, "status", "--config", str(config)],
@@ -95,6 +117,11 @@ def measure(args: argparse.Namespace, results: Results) -> None:
                 wall, used = timed(command)
                 seconds[name].append(wall)
                 cpu[name].append(used)
+        counted = (
+            {name: instructions(command) for name, command in commands.items()}
+            if args.instructions
+            else {}
+        )
     load = os.getloadavg()[0]
 
     results.workload = f"{args.runs} runs x 5 keys x 10 points, mirrored; {args.rounds} rounds"
@@ -126,6 +153,14 @@ def measure(args: argparse.Namespace, results: Results) -> None:
             results.add(f"{name}: CPU / baseline", cpu_ratio, "x")
             line += f", {cpu_ratio:.2f}x"
         print(line)
+    for name, count in counted.items():
+        line = f"{name:45} {count / 1e6:6.0f} million instructions"
+        results.add(f"{name}: instructions", count / 1e6, "million")
+        if name != BASELINE:
+            ratio = count / counted[BASELINE]
+            line += f", {ratio:.2f}x the baseline"
+            results.add(f"{name}: instructions / baseline", ratio, "x")
+        print(line)
     help_median = statistics.median(seconds["tbmirror --help"])
     met = help_median <= 0.15
     print(f"tbmirror --help <= 0.15 s: {'met' if met else 'NOT met'} "
@@ -147,6 +182,20 @@ def timed(command: list[str]) -> tuple[float, float]:
                          f"{result.stderr[-3000:]}")  # fmt: skip
     used = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
     return seconds, used
+
+
+def instructions(command: list[str]) -> int:
+    """Instructions `command` executes as a fresh process, counted by valgrind's callgrind;
+    exits if valgrind is missing or the command fails."""
+    if shutil.which("valgrind") is None:
+        raise SystemExit("--instructions needs valgrind (apt install valgrind)")
+    counting = ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", *command]
+    result = subprocess.run(counting, capture_output=True, text=True)
+    collected = re.search(r"Collected : (\d+)", result.stderr)
+    if result.returncode != 0 or collected is None:
+        raise SystemExit(f"{' '.join(counting)} failed ({result.returncode}):\n"
+                         f"{result.stderr[-3000:]}")  # fmt: skip
+    return int(collected.group(1))
 
 
 def _median_ratio(times: list[float], baseline: list[float]) -> float:
