@@ -48,11 +48,25 @@ def test_long_names_are_bounded_in_bytes_on_a_character_boundary() -> None:
     assert suffixed.endswith("-01234567") and len(suffixed.encode()) <= MAX_COMPONENT_BYTES
 
 
+def test_printable_ascii_names_are_cleaned_as_any_other() -> None:
+    """The shortcut for printable ASCII names (no normalisation, no category look-ups) gives
+    what the rule says: every character of the name that is not a separator kept."""
+    for code in range(0x20, 0x7F):
+        name = f"a{chr(code)}b"
+        expected = "a_b" if chr(code) in "/\\" else name
+        assert sanitize_component(name) == expected
+    assert sanitize_component(" .x/y\\z ") == "_x_y_z"
+    for control in ("\t", "\x7f", "\x1b"):  # not printable: the general path
+        assert sanitize_component(f"a{control}b") == "a_b"
+
+
 def test_join_refuses_unsafe_components() -> None:
     assert join("team", "exp", "run") == "team/exp/run"
-    for bad in ("..", ".", "", "a/b", "a\x00b"):
+    for bad in ("..", ".", "", "a/b", "a\\b", "a\x00b"):
         with pytest.raises(UnsafePathError):
             join("team", bad)
+    with pytest.raises(UnsafePathError):
+        join()
 
 
 def test_resolve_stays_inside_the_root_even_through_symlinks(tmp_path: Path) -> None:

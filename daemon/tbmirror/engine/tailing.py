@@ -115,9 +115,10 @@ class Tailer:
         with a `stream`, add it to the stream's batch (committed when the stream flushes).
 
         Raises TbmirrorError or OSError for this file only (WriteFault: writing failed, for the
-        whole source); what was committed (or added to `stream`) stays.
+        whole source); what was committed (or added to `stream`) stays. A stream's owner settles
+        before the stream begins (a batch of the stream that fails ends it with WriteFault).
         """
-        if self.journal.settle(tail.source):  # what the caller read may be stale now
+        if stream is None and self.journal.settle(tail.source):  # the caller's read may be stale
             tail = self.journal.tails(tail.source, tail.origin).get(tail.origin, tail)
         outcome = TailOutcome(tail)
         unchanged = reader.size == tail.seen_size and reader.identity == tail.identity

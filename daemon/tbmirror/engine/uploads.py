@@ -123,7 +123,7 @@ class UploadEngine:
         report = PassReport(self.name, unit="files")
         started = time.monotonic()
         try:
-            self._check_tree()
+            real_root = self._check_tree()
             self.journal.settle(self.name)
             if self._tails is None:
                 self._load()
@@ -133,7 +133,7 @@ class UploadEngine:
             for done, upload in enumerate(found, 1):
                 if stop is not None and stop.is_set():
                     break
-                self._sync_file(upload, report, stream, stop)
+                self._sync_file(upload, real_root, report, stream, stop)
                 self.progress_at = time.time()
                 if progress:
                     progress(done, len(found))
@@ -150,7 +150,9 @@ class UploadEngine:
         report.seconds = time.monotonic() - started
         return report
 
-    def _check_tree(self) -> None:
+    def _check_tree(self) -> str:
+        """The tree's real path, found once a pass: the anchor each opened file is checked
+        against (the files' real paths were found below it)."""
         if not self.settings.path.is_dir():
             raise SourceError(
                 f"source {self.name}: upload directory {self.settings.path} does not exist"
@@ -161,6 +163,7 @@ class UploadEngine:
                 f"source {self.name}: upload directory {real_root} and the mirror root {mirror} "
                 "contain each other"
             )
+        return real_root
 
     def _load(self) -> None:
         self._tails = self.journal.tails(self.name)
@@ -170,6 +173,7 @@ class UploadEngine:
     def _sync_file(
         self,
         upload: UploadFile,
+        real_root: str,
         report: PassReport,
         stream: BatchStream,
         stop: threading.Event | None,
@@ -179,7 +183,7 @@ class UploadEngine:
         tail = self._tails.get(origin)
         try:
             with (
-                LocalFile(upload.real, self.tree.real_root) as reader,
+                LocalFile(upload.real, real_root) as reader,
                 structlog.contextvars.bound_contextvars(source=self.name, file=upload.relative),
             ):
                 if reader.size > self.settings.max_file_size:

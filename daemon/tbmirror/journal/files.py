@@ -138,16 +138,33 @@ class ParallelSyncs:
         self, sync: Callable[[Path], None], paths: list[Path]
     ) -> list[tuple[Path, Future[None]]]:
         """`sync` every path and wait for all; each path with its outcome (`result()` raises
-        its error), in order."""
+        its error), in order. Each thread takes the next path when it is done with one: one
+        hand-off per thread, not per path (a batch of small files has hundreds)."""
         if len(paths) < 2:
             return [(path, _done(sync, path)) for path in paths]
         with self._guard:
             if self._pool is None:
                 self._pool = ThreadPoolExecutor(self.THREADS, thread_name_prefix="fsync")
             pool = self._pool
-        outcomes = [(path, pool.submit(sync, path)) for path in paths]
-        wait([outcome for _, outcome in outcomes])
-        return outcomes
+        outcomes: list[Future[None] | None] = [None] * len(paths)
+        unclaimed = iter(range(len(paths)))
+        claiming = threading.Lock()
+
+        def work() -> None:
+            while True:
+                with claiming:
+                    index = next(unclaimed, None)
+                if index is None:
+                    return
+                outcomes[index] = _done(sync, paths[index])
+
+        workers = [pool.submit(work) for _ in range(min(self.THREADS, len(paths)))]
+        wait(workers)
+        for worker in workers:
+            worker.result()  # (`_done` keeps every error: nothing to raise here but a bug)
+        finished = [outcome for outcome in outcomes if outcome is not None]
+        assert len(finished) == len(paths), "every path is claimed once"
+        return list(zip(paths, finished, strict=True))
 
     def close(self) -> None:
         with self._guard:

@@ -52,7 +52,7 @@ from tbmirror.journal.passes import PassLog
 from tbmirror.journal.store import Store
 from tbmirror.mirror import events
 from tbmirror.mirror.events import EventsFileLostError
-from tbmirror.mirror.layout import MirrorLayout, join, owner_of
+from tbmirror.mirror.layout import CheckedPaths, MirrorLayout, join, owner_of
 from tbmirror.model import Cursor, MediaRecord, RunRecord, TailRecord
 
 log = structlog.get_logger(__name__)
@@ -62,11 +62,20 @@ StoreChange = Callable[[Store], None]
 
 @dataclass
 class _FileWrite:
-    """New bytes for one file: `data` goes at `committed` (a new file: 0, `created`)."""
+    """New bytes for one file: `chunks`, in order, go at `committed` (a new file: 0, `created`)."""
 
     committed: int
     created: bool
-    data: bytearray = field(default_factory=bytearray)
+    chunks: list[bytes] = field(default_factory=list)
+    size: int = 0  # bytes in `chunks`
+
+    def add(self, data: bytes) -> None:
+        self.chunks.append(bytes(data))  # (of bytes, no copy; of a buffer, one it cannot change)
+        self.size += len(data)
+
+    def data(self) -> bytes:
+        """The new bytes, whole (a lone chunk is not copied)."""
+        return self.chunks[0] if len(self.chunks) == 1 else b"".join(self.chunks)
 
 
 class Batch:
@@ -80,8 +89,9 @@ class Batch:
         self._discarded: list[tuple[str, str]] = []  # (file, keep_above) removed after commit
         self._pruned: list[tuple[str, str]] = []  # (directory, keep_above) pruned after commit
         self.bytes_written = 0  # new bytes the batch holds, all files together
-        self._directories: dict[str, Path] = {}  # relative dir -> resolved (see _directory)
+        self._paths = CheckedPaths(journal.layout)  # (the batch's directories change at its end)
         self._creatable: set[str] = set()  # relative dirs where nothing is in the way
+        self._listed: dict[str, set[str]] = {}  # relative dir -> its names on disk (_names_in)
 
     # -- bytes ------------------------------------------------------------------------------
 
@@ -96,13 +106,13 @@ class Batch:
             committed = self._journal.store.file_length(relative_path)
             if not committed:
                 raise EventsFileLostError(f"{relative_path} has no committed length")
-            size = self._journal.files.size(self._journal.layout.resolve(relative_path))
+            size = self._journal.files.size(self._paths.file(relative_path))
             if size is None or size < committed:
                 raise EventsFileLostError(f"{relative_path} is gone or shorter than committed")
             write = self._files[relative_path] = _FileWrite(committed, created=False)
-        write.data += data
+        write.add(data)
         self.bytes_written += len(data)
-        return write.committed + len(write.data)
+        return write.committed + write.size
 
     def create(self, relative_dir: str, data: bytes, name: str | None = None) -> str:
         """A new file in `relative_dir` holding `data`; returns its name.
@@ -110,41 +120,45 @@ class Batch:
         With no `name`, a fresh events file name is chosen whose order is creation order among
         the directory's files. A name in use (on disk or in this batch) is refused.
         """
-        directory = self._directory(relative_dir)
+        directory = self._paths.directory(relative_dir)
         if relative_dir not in self._creatable:
             blocker = _non_directory_in(directory, self._journal.layout.root)
             if blocker is not None:  # refused now, for this run only, not when it is written
                 raise MirrorError(f"{os.path.relpath(blocker, self._journal.layout.root)} is in "
                                   f"the way of {relative_dir}: not a directory")  # fmt: skip
             self._creatable.add(relative_dir)
+        on_disk = self._names_in(relative_dir)
         if name is None:
-            newest = max((events.file_secs(p) for p in _names(directory)), default=0)
+            newest = max((events.file_secs(n) for n in on_disk if "tfevents" in n), default=0)
             name = events.new_file_name(not_before_secs=newest + 1 if newest else 0)
-        relative = f"{relative_dir}/{name}"
-        path = self._path(relative)
-        if relative in self._files or os.path.lexists(path):
+        relative = f"{relative_dir}/{join(name)}"
+        if relative in self._files or name in on_disk:
             raise MirrorError(f"{relative} exists already")
-        self._files[relative] = _FileWrite(0, created=True, data=bytearray(data))
+        write = self._files[relative] = _FileWrite(0, created=True)
+        write.add(data)
         self.bytes_written += len(data)
         return name
 
     def occupied(self, relative_path: str) -> bool:
         """True if this batch writes a file there, or something non-empty is there on disk."""
-        return relative_path in self._files or _occupied(self._path(relative_path))
+        if relative_path in self._files:
+            return True
+        relative_dir, _, name = relative_path.rpartition("/")
+        if relative_dir and name not in self._names_in(relative_dir):
+            return False
+        return _occupied(self._paths.file(relative_path))
 
-    def _directory(self, relative_dir: str) -> Path:
-        """`layout.resolve(relative_dir)`, checked once per batch (a pass's files share few)."""
-        directory = self._directories.get(relative_dir)
-        if directory is None:
-            directory = self._directories[relative_dir] = self._journal.layout.resolve(relative_dir)
-        return directory
-
-    def _path(self, relative: str) -> Path:
-        """`layout.resolve(relative)`, its directory checked once per batch (`_directory`)."""
-        relative_dir, _, name = relative.rpartition("/")
-        if not relative_dir:
-            return self._journal.layout.resolve(relative)
-        return self._directory(relative_dir) / join(name)
+    def _names_in(self, relative_dir: str) -> set[str]:
+        """The names in a directory on disk (none if it is missing), listed once per batch: no
+        one but the batch's end writes in its owner's subtree (locks.py), and that is later."""
+        listed = self._listed.get(relative_dir)
+        if listed is None:
+            try:
+                listed = set(os.listdir(self._paths.directory(relative_dir)))
+            except OSError:  # missing, or not a directory (create refuses that)
+                listed = set()
+            self._listed[relative_dir] = listed
+        return listed
 
     # -- store changes ------------------------------------------------------------------------
 
@@ -199,7 +213,7 @@ class Batch:
     def _discard(self, relative_path: str, keep_above: str) -> None:
         """Remove a file after the commit; what this batch had for it is not written."""
         dropped = self._files.pop(relative_path, None)
-        self.bytes_written -= len(dropped.data) if dropped else 0
+        self.bytes_written -= dropped.size if dropped else 0
         self._discarded.append((relative_path, keep_above))
 
     def reset_run(self, run: RunRecord) -> RunRecord:
@@ -357,24 +371,26 @@ class Journal:
         return pending is not None or moved
 
     def _finish(self, batch: Batch) -> None:
+        paths = CheckedPaths(self.layout)  # each directory checked once, just before the writes
         lost = {
             relative
             for relative, write in batch._files.items()
-            if not write.created
-            and (self.files.size(self.layout.resolve(relative)) or 0) < write.committed
+            if not write.created and (self.files.size(paths.file(relative)) or 0) < write.committed
         }  # removed or cut outside tbmirror (while the batch was pending): reset, not written
         where = self.store.path.name
         try:
             written: list[Path] = []
             new_dirs: set[Path] = set()
+            made: set[Path] = set()  # directories of new files, made (once each)
             for relative, write in batch._files.items():
                 if relative in lost:
                     continue
-                where, path = relative, self.layout.resolve(relative)
-                if write.created:
+                where, path = relative, paths.file(relative)
+                if write.created and path.parent not in made:
                     new_dirs.update(_entries_to_sync(path.parent, self.layout.root))
                     self.files.make_dirs(path.parent)
-                self.files.write_at(path, write.committed, bytes(write.data), write.created)
+                    made.add(path.parent)
+                self.files.write_at(path, write.committed, write.data(), write.created)
                 written.append(path)
             if written:
                 protocol_step("batch_written")
@@ -392,7 +408,7 @@ class Journal:
                     change(self.store)
                 for relative, write in batch._files.items():
                     if relative not in lost:
-                        self.store.put_file(relative, write.committed + len(write.data))
+                        self.store.put_file(relative, write.committed + write.size)
             if written:
                 protocol_step("batch_committed")
         except Exception as error:  # bytes may be out: whatever failed, never write others there
@@ -573,13 +589,6 @@ def _entries_to_sync(directory: Path, root: Path) -> list[Path]:
     while not os.path.isdir(chain[-1]) and chain[-1] != root:
         chain.append(chain[-1].parent)
     return chain
-
-
-def _names(directory: Path) -> list[str]:
-    try:
-        return [name for name in os.listdir(directory) if "tfevents" in name]
-    except OSError:
-        return []
 
 
 def _non_directory_in(directory: Path, root: Path) -> Path | None:

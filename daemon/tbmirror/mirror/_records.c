@@ -131,6 +131,11 @@ static int read_varint(const uint8_t **p, const uint8_t *end, int max_bytes, uin
 {
     uint64_t result = 0;
     const uint8_t *q = *p;
+    if (q < end && *q < 0x80) { /* one byte: most tags and lengths */
+        *p = q + 1;
+        *value = *q;
+        return 1;
+    }
     for (int i = 0; i < max_bytes && q < end; i++) {
         uint8_t byte = *q++;
         if (i == 9 && byte > 1)

@@ -25,13 +25,16 @@ def sanitize_component(name: str) -> str:
     surrounding white space is dropped; a leading `.` becomes `_` (so neither `.`, `..` nor a
     hidden directory can result); at most MAX_COMPONENT_BYTES bytes of UTF-8.
     """
-    text = unicodedata.normalize("NFC", name)
-    cleaned = "".join(
-        _REPLACEMENT
-        if ch in _FORBIDDEN or unicodedata.category(ch) in ("Cc", "Cf", "Cs", "Co", "Cn")
-        else ch
-        for ch in text
-    ).strip()
+    if name.isascii() and name.isprintable():  # the usual name: NFC already, no C* character
+        cleaned = name.replace("/", _REPLACEMENT).replace("\\", _REPLACEMENT).strip()
+    else:
+        text = unicodedata.normalize("NFC", name)
+        cleaned = "".join(
+            _REPLACEMENT
+            if ch in _FORBIDDEN or unicodedata.category(ch) in ("Cc", "Cf", "Cs", "Co", "Cn")
+            else ch
+            for ch in text
+        ).strip()
     if cleaned.startswith("."):
         cleaned = _REPLACEMENT + cleaned[1:]
     return _truncate_utf8(cleaned, MAX_COMPONENT_BYTES) or _REPLACEMENT
@@ -52,15 +55,18 @@ def _truncate_utf8(text: str, limit: int) -> str:
 
 def join(*components: str) -> str:
     """Join already-sanitised components into a relative path, refusing anything unsafe."""
+    if not components:
+        raise UnsafePathError("no path components")
     for component in components:
         if (
             not component
             or component in (".", "..")
-            or any(separator in component for separator in _FORBIDDEN)
+            or "/" in component
+            or "\\" in component
             or "\x00" in component
         ):
             raise UnsafePathError(f"unsafe path component {component!r}")
-    return str(PurePosixPath(*components))
+    return "/".join(components)
 
 
 ARCHIVE = ".archive"  # first component of archived paths (sanitised names never start with ".")
@@ -104,6 +110,31 @@ class MirrorLayout:
         if real_path == real_base or os.path.commonpath([real_base, real_path]) != real_base:
             raise UnsafePathError(f"{relative!r} resolves outside {name}")
         return path
+
+
+class CheckedPaths:
+    """Absolute paths of `layout`, each directory checked (`MirrorLayout.resolve`) once: for a
+    span in which nothing but its owner changes the directories it names (one batch). A file's
+    path is its checked directory joined with its name, which is not checked for a link: what
+    opens it must not follow one (O_NOFOLLOW, as the journal's file layer opens)."""
+
+    def __init__(self, layout: MirrorLayout) -> None:
+        self.layout = layout
+        self._directories: dict[str, Path] = {}
+
+    def directory(self, relative_dir: str) -> Path:
+        """`layout.resolve(relative_dir)`, checked the first time only."""
+        directory = self._directories.get(relative_dir)
+        if directory is None:
+            directory = self._directories[relative_dir] = self.layout.resolve(relative_dir)
+        return directory
+
+    def file(self, relative: str) -> Path:
+        """The path of the file `relative`, its directory checked once (`directory`)."""
+        relative_dir, _, name = relative.rpartition("/")
+        if not relative_dir:
+            return self.layout.resolve(relative)
+        return self.directory(relative_dir) / join(name)
 
 
 def _realpath_below(real_base: str, parts: tuple[str, ...]) -> str:

@@ -112,13 +112,12 @@ class UploadTree:
         """The real path of `relative`, or None if it leaves the tree or passes a symlink."""
         real_root = self.real_root
         path = os.path.normpath(os.path.join(real_root, relative))
-        if os.path.realpath(path) != path or not self._inside(path):
+        if os.path.realpath(path) != path or not _below(real_root, path):
             return None
         return path
 
     def _inside(self, real: str) -> bool:
-        real_root = self.real_root
-        return real != real_root and os.path.commonpath([real_root, real]) == real_root
+        return _below(self.real_root, real)
 
 
 class LocalFile:
@@ -167,6 +166,11 @@ class LocalFile:
 
     def __exit__(self, *_: object) -> None:
         self.close()
+
+
+def _below(real_root: str, real: str) -> bool:
+    """Whether the real path `real` is inside (not at) the real path `real_root`."""
+    return real != real_root and os.path.commonpath([real_root, real]) == real_root
 
 
 def _opened_path(fd: int) -> str | None:
