@@ -14,14 +14,16 @@ interrupted build is completed by the next invocation) an experiment of --runs F
   3. once the daemon stopped, in this process: the CPU of a full listing with nothing new (after
      a first pass that loads the engine's state, as the daemon's later passes find it), amortised
      over `full_listing_interval`;
-against a Python that only imports tbmirror (its RSS).
+against a Python that only imports tbmirror (its RSS). --sync-only: step 1 alone; --mirror DIR:
+the mirror and its state in DIR (made empty first) instead of the workdir (which keeps its own).
 Targets: peak RSS <= 150 MB (the sync's and the daemon's), its first pass reading no cursor of
 a run (none changed), idle CPU <= 2 % of one core over the window; a
 window in which no full listing fell (one shorter than `full_listing_interval`) adds the
 amortised full listing to its CPU.
 
 Usage: python benchmarks/footprint.py [--runs 100000 --keys 20] [--window 600] [--workdir DIR]
-           [--build-only] [--artifacts] [--keep-mirror] [--no-listing-cpu]
+           [--build-only] [--artifacts] [--keep-mirror] [--no-listing-cpu] [--sync-only]
+           [--mirror DIR]
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ from typing import Any
 
 from common import (
     Results,
+    Synced,
     build_runs,
     cpu_seconds,
     open_store,
@@ -182,9 +185,19 @@ def main() -> None:
         help="skip step 3 (two more full passes: ~25 min at 100,000 runs); the idle CPU is then "
         "judged only if a full listing fell in the window",
     )  # fmt: skip
+    parser.add_argument(
+        "--sync-only", action="store_true",
+        help="measure the first backfill alone (no daemon, no listing CPU)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--mirror", type=Path,
+        help="the mirror and its state here (made empty first), not in --workdir",
+    )  # fmt: skip
     args = parser.parse_args()
     if min(args.runs, args.keys, args.window) <= 0:
         parser.error("--runs, --keys and --window must be positive")
+    if args.sync_only and args.keep_mirror:
+        parser.error("--sync-only measures the backfill that --keep-mirror skips")
     with Results("footprint") as results:
         measure_daemon(args, results)
 
@@ -199,22 +212,33 @@ def measure_daemon(args: argparse.Namespace, results: Results) -> None:
     store.engine.dispose()
     if args.build_only:
         raise SystemExit(0)  # no result: nothing was measured
+    mirror = args.mirror or work
+    mirror.mkdir(parents=True, exist_ok=True)
     if not args.keep_mirror:
-        shutil.rmtree(work / "logs", ignore_errors=True)
+        shutil.rmtree(mirror / "logs", ignore_errors=True)
         for stale in ("state.db", "state.db-wal", "state.db-shm"):
-            (work / stale).unlink(missing_ok=True)
-    (work / "daemon.log").unlink(missing_ok=True)
+            (mirror / stale).unlink(missing_ok=True)
+    (mirror / "daemon.log").unlink(missing_ok=True)
 
     open_files = raise_open_files()
     with server:
         config = write_config(
-            work, server.url, EXPERIMENT,
+            mirror, server.url, EXPERIMENT,
             source={"artifacts": {"enabled": args.artifacts}},
             tensorboard={"port": free_port()}, health={"port": free_port()},
             logging={"level": "debug"},  # every pass's source_synced, idle ones too
         )  # fmt: skip
         backfill = None if args.keep_mirror else run_sync(config)
-        log_path = work / "daemon.log"
+        if args.sync_only:
+            assert backfill is not None
+            results.workload = (
+                f"{args.runs:,} finished runs x {args.keys} keys x 1 point; the first sync only; "
+                f"artifact listings {'on' if args.artifacts else 'off'}"
+            )
+            print(f"workload: {results.workload}")
+            report_backfill(args, backfill, results)
+            return
+        log_path = mirror / "daemon.log"
         daemon = start_daemon(config, log_path)
         baseline = subprocess.Popen(
             [sys.executable, "-c", "import tbmirror.cli, time; time.sleep(3600)"]
@@ -236,13 +260,7 @@ def measure_daemon(args: argparse.Namespace, results: Results) -> None:
     if backfill is None:
         print("first backfill: skipped (--keep-mirror)")
     else:
-        report = backfill.report
-        per_run = backfill.seconds / args.runs * 1000
-        print(f"first backfill (tbmirror sync): {backfill.seconds:.1f} s ({per_run:.1f} ms a run; "
-              f"pass {report['seconds']:.1f} s), "
-              f"{report['requests']:,} requests, {report['points']:,} points, "
-              f"peak RSS {backfill.peak_mb:.0f} MB (target <= {RSS_TARGET:.0f} MB: "
-              f"{met(backfill.peak_mb <= RSS_TARGET)}){backfill.complained()}")  # fmt: skip
+        report_backfill(args, backfill, results)
     print(f"daemon's first pass (full, nothing new): {first['duration_ms'] / 1000:.1f} s, "
           f"{first['requests']:,} requests, {first['runs']:,} runs listed, "
           f"{first['planned']:,} runs' cursors read")  # fmt: skip
@@ -282,10 +300,6 @@ def measure_daemon(args: argparse.Namespace, results: Results) -> None:
         f"intervals; artifact listings {'on' if args.artifacts else 'off'}; open files "
         f"{open_files:,}"
     )
-    if backfill is not None:
-        results.add("first backfill, tbmirror sync", backfill.seconds, "s")
-        results.add("first backfill, peak RSS", backfill.peak_mb, "MB", f"<= {RSS_TARGET:.0f} MB",
-                    backfill.peak_mb <= RSS_TARGET)  # fmt: skip
     results.add("the daemon's first pass (full, nothing new)", first["duration_ms"] / 1000, "s")
     results.add("the daemon's first pass: runs whose cursors were read", first["planned"], "runs",
                 "0", first["planned"] == 0)  # fmt: skip
@@ -299,6 +313,20 @@ def measure_daemon(args: argparse.Namespace, results: Results) -> None:
         results.add("one full listing, nothing new: CPU", listing[0], "s")
     results.add("TensorBoard (apart): RSS at the end", tb_rss[-1], "MB")
     results.add("import-only Python: RSS", base_rss, "MB")
+
+
+def report_backfill(args: argparse.Namespace, backfill: Synced, results: Results) -> None:
+    """Print and record the first backfill's figures."""
+    report = backfill.report
+    per_run = backfill.seconds / args.runs * 1000
+    print(f"first backfill (tbmirror sync): {backfill.seconds:.1f} s ({per_run:.1f} ms a run; "
+          f"pass {report['seconds']:.1f} s), "
+          f"{report['requests']:,} requests, {report['points']:,} points, "
+          f"peak RSS {backfill.peak_mb:.0f} MB (target <= {RSS_TARGET:.0f} MB: "
+          f"{met(backfill.peak_mb <= RSS_TARGET)}){backfill.complained()}")  # fmt: skip
+    results.add("first backfill, tbmirror sync", backfill.seconds, "s")
+    results.add("first backfill, peak RSS", backfill.peak_mb, "MB", f"<= {RSS_TARGET:.0f} MB",
+                backfill.peak_mb <= RSS_TARGET)  # fmt: skip
 
 
 if __name__ == "__main__":

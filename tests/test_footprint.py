@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
+from tbmirror.config import MlflowSourceSettings
+from tbmirror.engine.mlflow.selection import PARENT, PRUNE_DECIDED, STATUS, Selection
 from tbmirror.journal.store import Store
-from tbmirror.model import RunRecord
+from tbmirror.model import RunRecord, RunSnapshot
 from tbmirror.sources.http import BadAnswerError
 from tbmirror.sources.responses import RunsPage, pages
 
@@ -81,3 +84,45 @@ def test_a_record_read_back_shares_what_many_records_hold(tmp_path: Path) -> Non
     assert first.source is second.source
     assert first.artifacts_at is second.artifacts_at == 0.0
     assert first.reconciled_at == 5.0
+
+
+def test_trial_names_are_looked_up_in_the_store_by_an_index(tmp_path: Path) -> None:
+    """A first sync names 100,000 HParams sessions: each name is looked up in the store (with
+    an index), not held in a set of them all."""
+    store = Store(tmp_path / "state.db")
+    try:
+        with store.transaction():
+            store.put_run(RunRecord("a", "id0", "1", None, "a/e/x", "x", "FINISHED", trial="x"))
+            store.put_run(RunRecord("b", "id1", "1", None, "b/e/y", "y", "FINISHED"))
+        assert store.trial_taken("x"), "another source's session counts too"
+        assert not store.trial_taken("y") and not store.trial_taken("x (id0)")
+        plan = store._query("EXPLAIN QUERY PLAN SELECT 1 FROM runs WHERE trial = ?", ("x",))
+        assert any("runs_trial" in str(row) for row in plan), plan
+    finally:
+        store.close()
+
+
+def test_a_first_syncs_selection_forgets_the_runs_placed_since() -> None:
+    """A first sync judges every run (none is mirrored yet): the ids of those the engine placed
+    since are forgotten, and a child listed long after its parent still follows it."""
+    settings = MlflowSourceSettings(name="s", type="mlflow", tracking_uri="http://h",
+                                    experiments=["e"], run_statuses=["FINISHED"])  # fmt: skip
+    count = 5 * PRUNE_DECIDED
+
+    def run(
+        run_id: str, start: int, parent: str | None = None, status: str = "FINISHED"
+    ) -> RunSnapshot:
+        return RunSnapshot(run_id, "1", run_id, status, "active", start, start, parent)
+
+    runs = [run("failed", 0, status="FAILED"), run("kept", 1)]
+    runs += [run(f"r{index:05d}", index + 2) for index in range(count)]
+    runs += [run("kid-of-failed", count + 2, "failed"), run("kid-of-kept", count + 3, "kept")]
+    placed: set[str] = set()  # the engine's records, as it places each run yielded
+    stream = Selection(settings, time.time).stream(runs, True, placed)
+    most = 0
+    for selected in stream:
+        placed.add(selected.run_id)
+        most = max(most, len(stream._decided))
+    assert "kid-of-kept" in placed and len(placed) == count + 2
+    assert stream.out == {"failed": STATUS, "kid-of-failed": PARENT}
+    assert most <= 2 * PRUNE_DECIDED, f"{most} decided run ids held at once"

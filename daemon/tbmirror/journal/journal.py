@@ -541,8 +541,8 @@ class Journal:
     def cursors(self, source: str, run_id: str) -> dict[str, Cursor]:
         return self.store.cursors(source, run_id)
 
-    def trials(self) -> set[str]:
-        return self.store.trials()
+    def trial_taken(self, name: str) -> bool:
+        return self.store.trial_taken(name)
 
     def media(self, source: str, run_id: str) -> dict[str, MediaRecord]:
         return self.store.media(source, run_id)

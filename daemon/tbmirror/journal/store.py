@@ -167,6 +167,7 @@ class Store:
             self._db.execute("PRAGMA busy_timeout=10000")
             self._db.executescript(_SCHEMA)
             _add_missing_columns(self._db)
+            self._db.execute("CREATE INDEX IF NOT EXISTS runs_trial ON runs (trial)")
         except (OSError, sqlite3.Error) as error:
             raise MirrorError(f"cannot open the state store {path}: {error}") from error
         version = self._meta("schema_version")
@@ -260,9 +261,10 @@ class Store:
                 records.update((run.run_id, run) for run in map(_run_from_row, batch))
         return records
 
-    def trials(self) -> set[str]:
-        """The HParams session names of every source's runs."""
-        return {row[0] for row in self._query("SELECT trial FROM runs WHERE trial IS NOT NULL")}
+    def trial_taken(self, name: str) -> bool:
+        """Whether a run of any source has the HParams session `name` (indexed: not every name
+        is held in memory, 100,000 of them in a first sync)."""
+        return bool(self._query("SELECT 1 FROM runs WHERE trial = ? LIMIT 1", (name,)))
 
     def put_run(self, run: RunRecord) -> None:
         values = [getattr(run, name) for name in _RUN_COLUMNS]

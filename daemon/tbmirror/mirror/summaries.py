@@ -1,8 +1,10 @@
 """Serialized `Event` protos for what tbmirror writes: scalars, images, text, HParams sessions; and
 the scalars of a run directory read back.
 
-Everything is built with TensorBoard's own protos and plugin metadata helpers (no TensorFlow).
-Each encoding function returns the payload bytes of one record.
+Everything is built with TensorBoard's own protos (no TensorFlow); text and HParams summaries as
+TensorBoard's `text_pb` and `hparams_pb` build them (byte for byte, but for the order of a map's
+entries, which protobuf does not fix), without those helpers: they import numpy and absl (~13 MB
+of a first sync's peak). Each encoding function returns the payload bytes of one record.
 
 TensorBoard's protos (protobuf), numpy, PIL and TensorBoard's plugin helpers (which bring its
 TensorFlow stub and absl) are imported inside the functions that use them, so a command that
@@ -16,8 +18,13 @@ import math
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tbmirror.mirror import events
+
+if TYPE_CHECKING:
+    from tensorboard.compat.proto.tensor_pb2 import TensorProto
+    from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
 
 FILE_VERSION = "brain.Event:2"
 MAX_TAG_BYTES = 1000
@@ -25,6 +32,8 @@ IMAGE_FORMATS = frozenset({"PNG", "JPEG", "GIF"})  # what TensorBoard's images d
 MAX_IMAGE_PIXELS = 25_000_000  # decoded to check it: at most ~100 MB of RGBA in memory
 
 ParamValue = bool | float | str
+SESSION_START_TAG = "_hparams_/session_start_info"  # (TensorBoard's hparams.metadata)
+SESSION_END_TAG = "_hparams_/session_end_info"
 
 # MLflow run status -> the name of an HParams session status (api_pb2.Status).
 SESSION_STATUS = {
@@ -65,12 +74,17 @@ class ScalarEncoder:
 
 
 def text(tag: str, markdown: str, wall_time: float, step: int) -> bytes:
-    """A text-plugin summary holding `markdown`."""
-    from tensorboard.compat.proto.event_pb2 import Event
-    from tensorboard.plugins.text.summary_v2 import text_pb
+    """A text-plugin summary holding `markdown` (what TensorBoard's `text_pb` builds, without the
+    numpy it imports)."""
+    from tensorboard.compat.proto.tensor_pb2 import TensorProto
+    from tensorboard.compat.proto.tensor_shape_pb2 import TensorShapeProto
+    from tensorboard.compat.proto.types_pb2 import DT_STRING
+    from tensorboard.plugins.text.plugin_data_pb2 import TextPluginData
 
-    summary = text_pb(clean_tag(tag), markdown)
-    return Event(wall_time=wall_time, step=step, summary=summary).SerializeToString()
+    content = TextPluginData(version=0).SerializeToString()
+    scalar = TensorShapeProto()
+    tensor = TensorProto(dtype=DT_STRING, tensor_shape=scalar, string_val=[markdown.encode()])
+    return _plugin_event(clean_tag(tag), "text", content, tensor, wall_time, step)
 
 
 class BadImageError(ValueError):
@@ -126,37 +140,59 @@ def coerce_param(value: str) -> ParamValue:
 def session_start(
     params: dict[str, str], trial_id: str, start_time_secs: float, wall_time: float
 ) -> bytes:
-    """An HParams session start (one per run directory), with `params` coerced."""
-    from tensorboard.compat.proto.event_pb2 import Event
-    from tensorboard.plugins.hparams.summary_v2 import hparams_pb
+    """An HParams session start (one per run directory), with `params` coerced: what
+    TensorBoard's `hparams_pb` builds (without the numpy and absl it imports)."""
+    from tensorboard.plugins.hparams import plugin_data_pb2
 
     values = {clean_tag(name): coerce_param(value) for name, value in params.items()}
-    summary = hparams_pb(values, trial_id=trial_id, start_time_secs=start_time_secs)
-    return Event(wall_time=wall_time, summary=summary).SerializeToString()
+    info = plugin_data_pb2.SessionStartInfo(group_name=trial_id, start_time_secs=start_time_secs)
+    for name in sorted(values):
+        value = values[name]
+        if isinstance(value, bool):
+            info.hparams[name].bool_value = value
+        elif isinstance(value, float):
+            info.hparams[name].number_value = value
+        else:
+            info.hparams[name].string_value = value
+    data = plugin_data_pb2.HParamsPluginData(session_start_info=info)
+    return _hparams_event(SESSION_START_TAG, data, wall_time)
 
 
 def session_end(status: str, end_time_secs: float, wall_time: float) -> bytes:
     """An HParams session end for a finished MLflow `status` (a key of SESSION_STATUS)."""
-    from tensorboard.compat.proto.event_pb2 import Event
-    from tensorboard.compat.proto.summary_pb2 import Summary
     from tensorboard.plugins.hparams import api_pb2, plugin_data_pb2
-    from tensorboard.plugins.hparams import metadata as hparams_metadata
 
-    plugin_data = plugin_data_pb2.HParamsPluginData(
+    data = plugin_data_pb2.HParamsPluginData(
         session_end_info=plugin_data_pb2.SessionEndInfo(
             status=api_pb2.Status.Value(SESSION_STATUS[status]), end_time_secs=end_time_secs
         )
     )
-    summary = Summary(
-        value=[
-            Summary.Value(
-                tag=hparams_metadata.SESSION_END_INFO_TAG,
-                metadata=hparams_metadata.create_summary_metadata(plugin_data),
-                tensor=hparams_metadata.NULL_TENSOR,
-            )
-        ]
-    )
-    return Event(wall_time=wall_time, summary=summary).SerializeToString()
+    return _hparams_event(SESSION_END_TAG, data, wall_time)
+
+
+def _hparams_event(tag: str, data: HParamsPluginData, wall_time: float) -> bytes:
+    """An event of one HParams summary: `data` (version 0) as the plugin's content, with the
+    empty float tensor TensorBoard's HParams helpers write."""
+    from tensorboard.compat.proto.tensor_pb2 import TensorProto
+    from tensorboard.compat.proto.tensor_shape_pb2 import TensorShapeProto
+    from tensorboard.compat.proto.types_pb2 import DT_FLOAT
+
+    data.version = 0
+    shape = TensorShapeProto(dim=[TensorShapeProto.Dim(size=0)])
+    empty = TensorProto(dtype=DT_FLOAT, tensor_shape=shape)
+    return _plugin_event(tag, "hparams", data.SerializeToString(), empty, wall_time)
+
+
+def _plugin_event(
+    tag: str, plugin: str, content: bytes, tensor: TensorProto, wall_time: float, step: int = 0
+) -> bytes:
+    """An event of one summary value: `tensor`, for `plugin` (its plugin data `content`)."""
+    from tensorboard.compat.proto.event_pb2 import Event
+    from tensorboard.compat.proto.summary_pb2 import Summary, SummaryMetadata
+
+    data = SummaryMetadata.PluginData(plugin_name=plugin, content=content)
+    value = Summary.Value(tag=tag, metadata=SummaryMetadata(plugin_data=data), tensor=tensor)
+    return Event(wall_time=wall_time, step=step, summary=Summary(value=[value])).SerializeToString()
 
 
 def float32_bits(value: float) -> bytes:

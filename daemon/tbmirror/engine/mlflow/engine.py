@@ -140,7 +140,6 @@ class MlflowEngine:
     ) -> None:
         self.journal.settle(self.source.name)
         self.placement.load()
-        self.writer.start_pass()
         listing_started = self.clock()
         listing = self._list(full)
         report.missing_experiments = listing.missing_experiments

@@ -29,6 +29,7 @@ from tbmirror.model import RunSnapshot
 
 STATUS, AGE, MAX_RUNS, PARENT = "status", "max_age", "max_runs", "parent"
 FILTER = "filter"  # (found by the engine: absent from a full listing, refused by a search)
+PRUNE_DECIDED = 2000  # decided runs held at least before those mirrored since are forgotten
 
 Ranked = tuple[float, str]  # (start time in ms, run id): the larger, the more recent
 Rivals = Callable[[], Mapping[str, list[Ranked]]]  # experiment id -> mirrored runs not listed
@@ -122,6 +123,7 @@ class SelectionStream:
         self._archived = archived
         self._max_runs = selection.settings.max_runs if complete else None
         self._decided: set[str] = set()  # in (yielded or held) or out; not in_root (_judged)
+        self._prune_at = PRUNE_DECIDED
         self._waiting: dict[str, list[RunSnapshot]] = defaultdict(list)  # by their parent's id
         self._waiting_ids: set[str] = set()
         self._held: dict[str, list[tuple[int, str]]] = defaultdict(list)  # experiment -> heap
@@ -152,6 +154,8 @@ class SelectionStream:
             run, parent_listed = todo.pop()
             if run.run_id not in self._in_root:
                 self._decided.add(run.run_id)
+                if len(self._decided) >= self._prune_at:
+                    self._prune_decided()
             self._waiting_ids.discard(run.run_id)
             reason, tree = self._verdict(run, parent_listed)
             if reason:
@@ -162,6 +166,14 @@ class SelectionStream:
             else:
                 yield run
             todo += [(child, True) for child in reversed(self._waiting.pop(run.run_id, []))]
+
+    def _prune_decided(self) -> None:
+        """Forget the decided runs that are mirrored (`in_root`) by now: the engine places each
+        run it is given, and `in_root` only grows while a listing is read, so every question
+        about them is answered the same (see `_judged`, `_verdict`); a first sync then holds the
+        ids of the runs not placed yet, not of all 100,000 it judged."""
+        self._decided = {run_id for run_id in self._decided if run_id not in self._in_root}
+        self._prune_at = max(PRUNE_DECIDED, 2 * len(self._decided))
 
     def _judged(self, run_id: str | None) -> bool:
         """Whether `run_id` was judged in this listing. A mirrored (`in_root`) run is known judged

@@ -47,10 +47,7 @@ class RunWriter:
         self.clock = clock
         self.encoder = RunEncoder(settings.run_link_base, journal.layout.resolve, self._trial_name)
         self._run_failed = run_failed
-        self._trials: set[str] | None = None  # HParams session names in use (read once a pass)
-
-    def start_pass(self) -> None:
-        self._trials = None
+        self._trials: set[str] = set()  # HParams session names given in the batch being made
 
     def unchanged(self, run: RunSnapshot, placed: Placed) -> bool:
         """Whether this very snapshot of the run was mirrored whole, where it is placed now."""
@@ -75,6 +72,7 @@ class RunWriter:
         committed: list[RunRecord] = []
         written: list[Encoded] = []
         streams: list[tuple[str, SeriesStream]] = []
+        self._trials.clear()  # (those of earlier batches are in the store now, or not given)
         with self.journal.batch(self.source) as batch:
             for plan in plans:
                 if stop is not None and stop.is_set():
@@ -164,12 +162,11 @@ class RunWriter:
         return written
 
     def _trial_name(self, run: RunSnapshot) -> str:
-        """A name for the run's HParams session that no other session in the state store has:
-        the run's name, else with the first 8 characters of its id, else its id."""
-        if self._trials is None:
-            self._trials = self.journal.trials()
+        """A name for the run's HParams session that no other session in the state store or the
+        batch being made has: the run's name, else with the first 8 characters of its id, else
+        its id."""
         for name in (run.name, f"{run.name} ({run.run_id[:8]})"):
-            if name not in self._trials:
+            if name not in self._trials and not self.journal.trial_taken(name):
                 self._trials.add(name)
                 return name
         return run.run_id
