@@ -128,15 +128,25 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowSe
 
 
 @pytest.fixture
-def fluent_mlflow(mlflow_server: MlflowServer) -> Iterator[str]:
-    """mlflow's fluent API (`mlflow.start_run`, ...) pointed at the worker's server for one test;
-    its process-wide tracking URI (and MLFLOW_TRACKING_URI) are put back afterwards."""
+def fluent_mlflow(mlflow_server: MlflowServer, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """mlflow's fluent API (`mlflow.start_run`, ...) pointed at the worker's server for one test.
+    mlflow keeps the fluent API's tracking URI and active experiment in module globals and in
+    environment variables (for child processes): all four are put back afterwards."""
     import mlflow
+    from mlflow.tracking import _tracking_service, fluent
 
-    before = os.environ.get("MLFLOW_TRACKING_URI")
+    utils = _tracking_service.utils
+    monkeypatch.setattr(utils, "_tracking_uri", utils._tracking_uri)
+    monkeypatch.setattr(fluent, "_active_experiment_id", fluent._active_experiment_id)
+    variables = ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_ID")
+    before = {variable: os.environ.get(variable) for variable in variables}
     mlflow.set_tracking_uri(mlflow_server.url)
     yield mlflow_server.url
-    mlflow.set_tracking_uri(before)  # type: ignore[arg-type]  # None unsets both
+    for variable, value in before.items():
+        if value is None:
+            os.environ.pop(variable, None)
+        else:
+            os.environ[variable] = value
 
 
 ADMIN_PASSWORD = "s3cret-Admin-pw-9431"

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import errno
 import os
+import unicodedata
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -99,6 +100,86 @@ def test_a_name_taken_on_disk_is_refused_and_told_apart_from_an_empty_directory(
             batch.create(RUN_DIR, file_start(1.0), "free")
     assert (tmp_path / "outside").read_bytes() == b"secret"
     assert (run / "free").read_bytes() == file_start(1.0)
+
+
+def test_a_listing_that_fails_is_not_taken_for_an_empty_directory(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Out of file descriptors (or an I/O error) when the directory is listed: the name is not
+    taken for free, so a committed file of that name is not written over."""
+    with rig.journal.batch(OWNER) as batch:
+        batch.create(RUN_DIR, file_start(1.0), "copy.tfevents")
+    committed = rig.read(f"{RUN_DIR}/copy.tfevents")
+
+    def out_of_descriptors(path: object) -> list[str]:
+        raise OSError(errno.EMFILE, "Too many open files")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(os, "listdir", out_of_descriptors)
+        for attempt in ("create", "occupied"):
+            with (
+                pytest.raises(OSError, match="Too many open files"),
+                rig.journal.batch(OWNER) as batch,
+            ):
+                if attempt == "create":
+                    batch.create(RUN_DIR, b"\0" * 40, "copy.tfevents")
+                else:
+                    batch.occupied(f"{RUN_DIR}/copy.tfevents")
+    assert rig.read(f"{RUN_DIR}/copy.tfevents") == committed
+    assert rig.journal.store.files() == {f"{RUN_DIR}/copy.tfevents": len(committed)}
+
+
+def test_a_name_listed_in_another_case_or_form_is_asked_of_the_file_system(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A case-insensitive root (CIFS, casefolded ext4) takes `Theirs` and `THEIRS` for one name,
+    as a normalising one takes both Unicode forms of `é`: a name listed in another case or form
+    is looked up on disk. Here, a file system that tells them apart allows the new name; one
+    that does not (stood in for by its `lexists`: no such root can be mounted here) refuses it."""
+    run = rig.root / RUN_DIR
+    run.mkdir(parents=True)
+    (run / "Theirs.tfevents").write_bytes(b"theirs")
+    (run / "e\u0301.tfevents").write_bytes(b"decomposed")
+
+    def folded(name: str) -> str:
+        return unicodedata.normalize("NFC", name).casefold()
+
+    def insensitive_lexists(path: str | os.PathLike[str]) -> bool:
+        name, parent = Path(path).name, Path(path).parent
+        return parent.is_dir() and folded(name) in {folded(n) for n in os.listdir(parent)}
+
+    with monkeypatch.context() as patched:
+        patched.setattr(os.path, "lexists", insensitive_lexists)
+        with rig.journal.batch(OWNER) as batch:
+            for name in ("THEIRS.tfevents", "\u00e9.tfevents"):
+                assert batch.occupied(f"{RUN_DIR}/{name}")
+                with pytest.raises(MirrorError, match="exists already"):
+                    batch.create(RUN_DIR, file_start(1.0), name)
+    with rig.journal.batch(OWNER) as batch:
+        for name in ("THEIRS.tfevents", "\u00e9.tfevents"):
+            assert not batch.occupied(f"{RUN_DIR}/{name}")
+            batch.create(RUN_DIR, file_start(1.0), name)
+    assert (run / "Theirs.tfevents").read_bytes() == b"theirs"
+    assert (run / "e\u0301.tfevents").read_bytes() == b"decomposed"
+    assert rig.read(f"{RUN_DIR}/THEIRS.tfevents") == file_start(1.0)
+
+
+def test_a_directory_swapped_for_a_link_before_appended_bytes_are_written_faults_the_batch(
+    rig: Rig, tmp_path: Path
+) -> None:
+    """The batch is kept (pending) and the fault said, as for any failed write, so that its owner
+    reads back what is committed: no byte it had taken is skipped."""
+    with rig.journal.batch(OWNER) as batch:
+        name = batch.create(RUN_DIR, file_start(1.0))
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    with pytest.raises(WriteFault), rig.journal.batch(OWNER) as batch:
+        batch.append(f"{RUN_DIR}/{name}", scalar_records(range(3), 1.0))
+        swap_for_link(rig.root / RUN_DIR, outside)
+    assert list(outside.iterdir()) == []
+    assert rig.journal.store.files() == {f"{RUN_DIR}/{name}": len(file_start(1.0))}
+    with pytest.raises(WriteFault):
+        rig.journal.settle(OWNER)  # still in the way: still pending
 
 
 def test_a_file_swapped_for_a_link_is_lost_not_followed(rig: Rig, tmp_path: Path) -> None:

@@ -37,6 +37,7 @@ import signal
 import sqlite3
 import threading
 import time
+import unicodedata
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
@@ -78,6 +79,27 @@ class _FileWrite:
         return self.chunks[0] if len(self.chunks) == 1 else b"".join(self.chunks)
 
 
+class _Listing:
+    """The names in one directory on disk, as listed."""
+
+    def __init__(self, directory: Path, names: set[str]) -> None:
+        self.directory, self.names = directory, names
+        self._folded: set[str] | None = None
+
+    def holds(self, name: str) -> bool:
+        """Whether `name` is taken: listed as it is, or listed in another case or Unicode form,
+        which a case-insensitive file system takes for the same name (it is then asked)."""
+        if name in self.names:
+            return True
+        if self._folded is None:
+            self._folded = {_folded(listed) for listed in self.names}
+        return _folded(name) in self._folded and os.path.lexists(self.directory / name)
+
+
+def _folded(name: str) -> str:
+    return unicodedata.normalize("NFC", name).casefold()
+
+
 class Batch:
     """One unit of the protocol: appends plus the store changes that cover them (see module)."""
 
@@ -91,7 +113,7 @@ class Batch:
         self.bytes_written = 0  # new bytes the batch holds, all files together
         self._paths = CheckedPaths(journal.layout)  # (the batch's directories change at its end)
         self._creatable: set[str] = set()  # relative dirs where nothing is in the way
-        self._listed: dict[str, set[str]] = {}  # relative dir -> its names on disk (_names_in)
+        self._listed: dict[str, _Listing] = {}  # relative dir -> its names on disk (_listing)
 
     # -- bytes ------------------------------------------------------------------------------
 
@@ -127,12 +149,12 @@ class Batch:
                 raise MirrorError(f"{os.path.relpath(blocker, self._journal.layout.root)} is in "
                                   f"the way of {relative_dir}: not a directory")  # fmt: skip
             self._creatable.add(relative_dir)
-        on_disk = self._names_in(relative_dir)
+        on_disk = self._listing(relative_dir)
         if name is None:
-            newest = max((events.file_secs(n) for n in on_disk if "tfevents" in n), default=0)
+            newest = max((events.file_secs(n) for n in on_disk.names if "tfevents" in n), default=0)
             name = events.new_file_name(not_before_secs=newest + 1 if newest else 0)
         relative = f"{relative_dir}/{join(name)}"
-        if relative in self._files or name in on_disk:
+        if relative in self._files or on_disk.holds(name):
             raise MirrorError(f"{relative} exists already")
         write = self._files[relative] = _FileWrite(0, created=True)
         write.add(data)
@@ -144,21 +166,24 @@ class Batch:
         if relative_path in self._files:
             return True
         relative_dir, _, name = relative_path.rpartition("/")
-        if relative_dir and name not in self._names_in(relative_dir):
+        if relative_dir and not self._listing(relative_dir).holds(name):
             return False
         return _occupied(self._paths.file(relative_path))
 
-    def _names_in(self, relative_dir: str) -> set[str]:
-        """The names in a directory on disk (none if it is missing), listed once per batch: no
-        one but the batch's end writes in its owner's subtree (locks.py), and that is later."""
-        listed = self._listed.get(relative_dir)
-        if listed is None:
+    def _listing(self, relative_dir: str) -> _Listing:
+        """A directory's names on disk (none if it is missing), listed once per batch: no one but
+        the batch's end writes in its owner's subtree (locks.py), and that is later. A listing
+        that fails otherwise (no file descriptor left, I/O error, ...) raises: it must never pass
+        for an empty directory, whose names a new file could then take."""
+        listing = self._listed.get(relative_dir)
+        if listing is None:
+            directory = self._paths.directory(relative_dir)
             try:
-                listed = set(os.listdir(self._paths.directory(relative_dir)))
-            except OSError:  # missing, or not a directory (create refuses that)
-                listed = set()
-            self._listed[relative_dir] = listed
-        return listed
+                names = set(os.listdir(directory))
+            except (FileNotFoundError, NotADirectoryError):  # (create refuses a non-directory)
+                names = set()
+            listing = self._listed[relative_dir] = _Listing(directory, names)
+        return listing
 
     # -- store changes ------------------------------------------------------------------------
 
@@ -372,13 +397,14 @@ class Journal:
 
     def _finish(self, batch: Batch) -> None:
         paths = CheckedPaths(self.layout)  # each directory checked once, just before the writes
-        lost = {
-            relative
-            for relative, write in batch._files.items()
-            if not write.created and (self.files.size(paths.file(relative)) or 0) < write.committed
-        }  # removed or cut outside tbmirror (while the batch was pending): reset, not written
         where = self.store.path.name
         try:
+            lost = {
+                relative
+                for relative, write in batch._files.items()
+                if not write.created
+                and (self.files.size(paths.file(relative)) or 0) < write.committed
+            }  # removed or cut outside tbmirror (while the batch was pending): reset, not written
             written: list[Path] = []
             new_dirs: set[Path] = set()
             made: set[Path] = set()  # directories of new files, made (once each)
