@@ -1,7 +1,8 @@
 """Start benchmark: `tbmirror` commands with nothing to do, against importing their libraries.
 
-Each command is timed against `python -c "import httpx, pydantic, structlog"` (the libraries
-every command needs), measured in the same run.
+Each command is timed against `python -c "import httpx, pydantic, structlog"`, measured in the
+same run (the baseline issue 29 set: tbmirror itself no longer uses pydantic; its settings are
+msgspec structs).
 
 Builds (once per --workdir) an experiment of --runs FINISHED runs x 5 keys x 10 points in a local
 `mlflow server`, mirrors it with one `tbmirror sync`, then times, in --rounds rounds, each of
@@ -11,9 +12,6 @@ the machine's speed drifts):
   - the same and httpcore (what any request imports: `import httpx` alone does not; httpcore
     imports trio when it is installed, as selenium, a test dependency, does here: printed;
     tbmirror's own import of httpcore hides it, sources/blocking_httpcore.py);
-  - the same and one pydantic model built (pydantic's plugin scan off, as tbmirror turns it off):
-    `import pydantic` alone loads none of the machinery that building any model needs; this is
-    the floor of any command that validates its config with pydantic models;
   - `tbmirror sync` with nothing new (target: <= 1.5x the baseline, the median of the rounds'
     ratios);
   - `tbmirror --help` (target: <= 0.15 s, the median; an absolute figure, so it is only a target
@@ -55,14 +53,6 @@ from tbmirror.local_mlflow import LocalMlflowServer
 
 EXPERIMENT = "start"
 BASELINE = "baseline: import httpx, pydantic, structlog"
-ONE_MODEL = "the baseline and one pydantic model built"
-ONE_MODEL_CODE = (
-    "import os\n"
-    "os.environ.setdefault('PYDANTIC_DISABLE_PLUGINS', '__all__')\n"
-    "import httpx, pydantic, structlog\n"
-    "class One(pydantic.BaseModel):\n"
-    "    value: int = 0\n"
-)
 
 
 def main() -> None:
@@ -102,7 +92,6 @@ def measure(args: argparse.Namespace, results: Results) -> None:
                 "-c",
                 "import httpx, pydantic, structlog, httpcore",
             ],
-            ONE_MODEL: [sys.executable, "-c", ONE_MODEL_CODE],
             "tbmirror sync (nothing new)": [*tbmirror, "sync", "--config", str(config)],
             "tbmirror --help": [*tbmirror, "--help"],
             "tbmirror status": [*tbmirror, "status", "--config", str(config)],

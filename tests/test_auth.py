@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
+import msgspec
 import pytest
 from mlflow.entities import Metric
 
@@ -289,11 +290,14 @@ def test_auth_config_errors_name_the_field() -> None:
     for auth, message in [
         (
             "{type: basic, username: u}",
-            "sources[0].auth: Value error, password or password_file is required",
+            "sources[0].auth: password or password_file is required",
         ),
         ("{type: bearer, token: t, token_file: /f}", "give either token or token_file, not both"),
         ("{type: databricks, client_id: c}", "client_secret or client_secret_file is required"),
-        ("{type: azure, credential: magic}", "sources[0].auth.credential: Input should be"),
+        (
+            "{type: azure, credential: magic}",
+            "sources[0].auth.credential: expected one of 'default', 'managed_identity'",
+        ),
         (
             "{type: kerberos}",
             "sources[0].auth.type: expected one of 'basic', 'bearer', 'databricks', 'azure' (got",
@@ -301,9 +305,10 @@ def test_auth_config_errors_name_the_field() -> None:
     ]:
         with pytest.raises(ConfigError) as raised:
             parse_settings(base % auth)
-        assert message.replace("Value error, ", "") in str(raised.value), str(raised.value)
+        assert message in str(raised.value), str(raised.value)
     secret = parse_settings(base % "{type: bearer, token: hunter2-token}")
-    assert "hunter2" not in repr(secret) and "hunter2" not in str(secret.model_dump())
+    assert "hunter2" not in repr(secret) and "hunter2" not in str(secret)
+    assert "hunter2" not in msgspec.json.encode(secret, enc_hook=repr).decode()
 
 
 def test_an_unreadable_secret_file_fails_that_source_only(

@@ -105,7 +105,7 @@ def test_trial_names_are_looked_up_in_the_store_by_an_index(tmp_path: Path) -> N
 def test_a_first_syncs_selection_forgets_the_runs_placed_since() -> None:
     """A first sync judges every run (none is mirrored yet): the ids of those the engine placed
     since are forgotten, and a child listed long after its parent still follows it."""
-    settings = MlflowSourceSettings(name="s", type="mlflow", tracking_uri="http://h",
+    settings = MlflowSourceSettings(name="s", tracking_uri="http://h",
                                     experiments=["e"], run_statuses=["FINISHED"])  # fmt: skip
     count = 5 * PRUNE_DECIDED
 

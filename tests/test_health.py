@@ -7,7 +7,10 @@ import threading
 import time
 from typing import Any
 
+from msgspec.structs import replace
+
 from tbmirror.config import HealthSettings, TensorBoardSettings
+from tbmirror.config.schema import PublicUrl
 from tbmirror.service.daemon import _restart_needed
 from tbmirror.service.health import LIVENESS_SECONDS, HealthReport, heartbeat
 
@@ -66,6 +69,6 @@ def test_a_heartbeat_keeps_liveness_through_a_step_longer_than_its_window() -> N
 
 def test_only_tensorboards_own_settings_restart_it_not_the_public_url() -> None:
     old = TensorBoardSettings()
-    assert not _restart_needed(old, old.model_copy(update={"public_url": "https://x.org/"}))
-    assert _restart_needed(old, old.model_copy(update={"port": 6007}))
-    assert _restart_needed(old, old.model_copy(update={"reload_interval": 30}))
+    assert not _restart_needed(old, replace(old, public_url=PublicUrl("https://x.org/")))
+    assert _restart_needed(old, replace(old, port=6007))
+    assert _restart_needed(old, replace(old, reload_interval=30))

@@ -141,7 +141,7 @@ def clocked_engine(
 ) -> Iterator[MlflowEngine]:
     """An in-process engine for one experiment whose clock is `now[0]`."""
     settings = MlflowSourceSettings(
-        name="clocked", type="mlflow", tracking_uri=server.url, experiments=[experiment],
+        name="clocked", tracking_uri=server.url, experiments=[experiment],
         reconcile_interval=600,
     )  # fmt: skip
     journal = Journal.open(MirrorLayout(tmp_path / "root"), tmp_path / "state.db")

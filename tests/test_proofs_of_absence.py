@@ -105,7 +105,7 @@ class Mirrored:
         self.gateway = Gateway()
         self.root, self.archive = tmp_path / "root", tmp_path / "archive"
         self.journal = Journal.open(MirrorLayout(self.root, self.archive), tmp_path / "state.db")
-        source = MlflowSourceSettings(name="s", type="mlflow", tracking_uri="http://mlflow.invalid",
+        source = MlflowSourceSettings(name="s", tracking_uri="http://mlflow.invalid",
                                       experiments=["e"], **settings)  # fmt: skip
         self.journal.own(source.name)
         self.engine: MlflowEngine = build_engine(

@@ -176,7 +176,7 @@ def history_pages(source: MlflowSource, run_id: str) -> list[tuple[list[int], in
 
 
 def settings_for(url: str) -> MlflowSourceSettings:
-    return MlflowSourceSettings(name="conformance", type="mlflow", tracking_uri=url,
+    return MlflowSourceSettings(name="conformance", tracking_uri=url,
                                 experiments=["*"], max_retries=0)  # fmt: skip
 
 

@@ -63,7 +63,7 @@ def test_a_built_source_reads_its_experiments_through_the_transport() -> None:
         return httpx.Response(200, json={"experiment": found})
 
     settings = MlflowSourceSettings(
-        name="s", type="mlflow", tracking_uri="http://mlflow.invalid", experiments=["e"]
+        name="s", tracking_uri="http://mlflow.invalid", experiments=["e"]
     )
     source = build_source(settings, transport=httpx.MockTransport(answer))
     experiments, missing = source.experiments()
@@ -152,7 +152,7 @@ class ScriptedRuns:
 
 @pytest.fixture
 def scripted(tmp_path: Path) -> Iterator[tuple[ScriptedRuns, MlflowEngine]]:
-    settings = MlflowSourceSettings(name="s", type="mlflow", tracking_uri="http://mlflow.invalid",
+    settings = MlflowSourceSettings(name="s", tracking_uri="http://mlflow.invalid",
                                     experiments=["e"], on_delete="remove")  # fmt: skip
     journal = Journal.open(MirrorLayout(tmp_path / "root"), tmp_path / "state.db")
     journal.own(settings.name)
@@ -203,7 +203,7 @@ def test_a_stop_while_proving_a_run_gone_ends_the_pass_and_blames_no_run(
     or out of the selection (the filtered search): the pass ends as stopped, that run is neither
     failed nor kept on "no proof" nor removed, and the next pass proves it as usual."""
     settings = MlflowSourceSettings(
-        name="s", type="mlflow", tracking_uri="http://mlflow.invalid", experiments=["e"],
+        name="s", tracking_uri="http://mlflow.invalid", experiments=["e"],
         on_delete="remove", filter="metrics.m >= 0" if proof == "filtered search" else "",
     )  # fmt: skip
     journal = Journal.open(MirrorLayout(tmp_path / "root"), tmp_path / "state.db")

@@ -178,7 +178,7 @@ def test_children_follow_their_parent_in_quick_and_full_listings() -> None:
         return RunSnapshot(run_id, "1", run_id, status, "active", start, start, parent)
 
     def selection(**settings: Any) -> Selection:
-        source = MlflowSourceSettings(name="s", type="mlflow", tracking_uri="http://h",
+        source = MlflowSourceSettings(name="s", tracking_uri="http://h",
                                       experiments=["e"], **settings)  # fmt: skip
         return Selection(source, time.time)
 

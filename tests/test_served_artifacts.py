@@ -19,12 +19,13 @@ from typing import Any
 import httpx
 import pytest
 import structlog.testing
+from msgspec.structs import replace
 from tensorboard.compat.proto.event_pb2 import Event
 
 from conftest import MlflowServer, mlflow_source, new_run, write_config
 from helpers import in_process
 from helpers.scripted_mlflow import ScriptedMlflow
-from tbmirror.config import MlflowSourceSettings
+from tbmirror.config import ArtifactSettings, MlflowSourceSettings
 from tbmirror.engine.mlflow.engine import MlflowEngine
 from tbmirror.journal import Journal
 from tbmirror.mirror import events
@@ -156,8 +157,9 @@ def test_a_served_store_is_listed_without_artifacts_list_and_mirrors_the_same(
 
 
 def scripted_settings(**artifacts: Any) -> MlflowSourceSettings:
-    return MlflowSourceSettings(name="s", type="mlflow", tracking_uri=ScriptedMlflow.url,
-                                experiments=["e"], max_retries=0, artifacts=artifacts)  # fmt: skip
+    return MlflowSourceSettings(name="s", tracking_uri=ScriptedMlflow.url,
+                                experiments=["e"], max_retries=0,
+                                artifacts=ArtifactSettings(**artifacts))  # fmt: skip
 
 
 def test_a_gateway_refusing_the_store_makes_the_source_list_runs_the_old_way_said_once(
@@ -212,7 +214,7 @@ def test_mlflows_no_serve_artifacts_503_falls_back_and_a_busy_503_is_retried() -
     assert [a.path for a in store.files(ref, False)] == ["a.txt"] and not store.served
     scripted.clear()
     scripted.set("status", path="mlflow-artifacts", code=503, times=1, body="busy")
-    settings = scripted_settings().model_copy(update={"max_retries": 2})
+    settings = replace(scripted_settings(), max_retries=2)
     store = in_process.source_for(settings, scripted.transport).store
     assert isinstance(store, MlflowArtifacts)
     assert [a.path for a in store.files(ref, False)] == ["a.txt"] and store.served
@@ -286,7 +288,7 @@ def test_the_scripted_store_lists_as_a_real_server_serving_artifacts(
     ]:
         run_id = new_run(client, experiment_name, "r")
         client.log_artifacts(run_id, str(tmp_path / "logged"))
-        settings = scripted_settings().model_copy(update={"tracking_uri": url})
+        settings = replace(scripted_settings(), tracking_uri=url)
         source = in_process.source_for(settings, transport)
         assert isinstance(source.store, MlflowArtifacts)
         root = source.store.served_root(client.get_run(run_id).info.artifact_uri)

@@ -39,7 +39,7 @@ def snapshot(run_id: str, start: int = 0, parent: str | None = None, **kw: Any) 
 
 
 def selection(**settings: Any) -> Selection:
-    source = MlflowSourceSettings(name="s", type="mlflow", tracking_uri="http://h",
+    source = MlflowSourceSettings(name="s", tracking_uri="http://h",
                                   experiments=["e"], **settings)  # fmt: skip
     return Selection(source, time.time)
 
@@ -123,7 +123,7 @@ def test_a_listing_cut_mid_way_keeps_what_its_pages_wrote_and_proves_nothing_gon
     for index, name in enumerate(["r0", "r1", "r2", "r3", "r4", "gone"]):
         run = client.create_run(experiment_id, start_time=T0 + index * 1000, run_name=name)
         ids[name] = run.info.run_id
-    settings = MlflowSourceSettings(name="streamed", type="mlflow", tracking_uri=scripted.url,
+    settings = MlflowSourceSettings(name="streamed", tracking_uri=scripted.url,
                                     experiments=[experiment_name], on_delete="remove",
                                     timeout=5)  # fmt: skip
     journal = Journal.open(MirrorLayout(tmp_path / "root"), tmp_path / "state.db")
@@ -181,7 +181,7 @@ def test_a_run_listed_as_it_was_mirrored_whole_is_not_looked_into_again(
     for run_id in ids:
         client.log_batch(run_id, metrics=[Metric("m", 1.0, T0, 0)])
         client.set_terminated(run_id)
-    settings = MlflowSourceSettings(name="unchanged", type="mlflow", tracking_uri=scripted.url,
+    settings = MlflowSourceSettings(name="unchanged", tracking_uri=scripted.url,
                                     experiments=[experiment_name])  # fmt: skip
     journal = Journal.open(MirrorLayout(tmp_path / "root"), tmp_path / "state.db")
     journal.own(settings.name)

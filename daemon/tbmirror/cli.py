@@ -5,8 +5,8 @@ Every TbmirrorError ends a command with one line on stderr and its exit code (78
 
 Imports: this module imports only the standard library and tbmirror.errors at its top; app,
 config, logs, structlog and rich are imported inside the functions that use them, so that
-`tbmirror --help` imports no engine (they bring numpy, TensorBoard's protos and pydantic's
-models), and each command pays only for what it uses (tests/test_start.py holds --help to it).
+`tbmirror --help` imports no engine (they bring numpy, TensorBoard's protos and the HTTP
+stack), and each command pays only for what it uses (tests/test_start.py holds --help to it).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The configuration reference (docs/reference/configuration.md), generated from the schema.
 
 Every key of `tbmirror.config.Settings` with its type, default, limits and description (the
-models' `Field(description=...)`; a key without one is an error here, so the reference cannot
+sections' `Meta(description=...)`; a key without one is an error here, so the reference cannot
 fall behind the schema). Regenerate with:
 
     python -m tbmirror.config_reference docs/reference/configuration.md
@@ -16,18 +16,18 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 
-import annotated_types
-from pydantic import BaseModel, BeforeValidator, ByteSize, SecretStr
-from pydantic.fields import FieldInfo
+import msgspec
 
 from tbmirror import config
+from tbmirror.config.base import Section
+from tbmirror.config.values import INT64_MAX, ByteSize, Duration, HttpUrl, PositiveDuration, Secret
 
 COMMAND = "python -m tbmirror.config_reference docs/reference/configuration.md"
 _UNITS = (("d", 86400.0), ("h", 3600.0), ("m", 60.0), ("s", 1.0), ("ms", 0.001))
 _SIZES = (("GiB", 1024**3), ("MiB", 1024**2), ("KiB", 1024))
 
 # The sections of the file, in the order a reader meets them: (heading, key prefix, model).
-SECTIONS: list[tuple[str, str, type[BaseModel]]] = [
+SECTIONS: list[tuple[str, str, type[Section]]] = [
     ("The top level", "", config.Settings),
     ("mirror", "mirror.", config.MirrorSettings),
     ("An mlflow source", "sources[].", config.MlflowSourceSettings),
@@ -78,63 +78,79 @@ def render() -> str:
     return "".join(parts)
 
 
-def _rows(model: type[BaseModel], prefix: str) -> Iterator[tuple[str, str, str, str]]:
-    for name, field in model.model_fields.items():
-        if not field.description:
-            raise ValueError(f"{model.__name__}.{name} has no Field(description=...)")
-        limits = _limits(field)
-        description = field.description + (f" Limits: {limits}." if limits else "")
+def _rows(section: type[Section], prefix: str) -> Iterator[tuple[str, str, str, str]]:
+    tag = section.__struct_config__.tag
+    if tag is not None:  # the key that selects this section in a union
         yield (
-            f"`{prefix}{name}`",
-            _type(field.annotation, field.metadata),
+            f"`{prefix}{section.__struct_config__.tag_field}`",
+            f"`{tag}`",
+            "required",
+            f"`{tag}`.",
+        )
+    for field in msgspec.structs.fields(section):
+        metadata = _metadata(field.type)
+        descriptions = [m.description for m in metadata if m.description]
+        if not descriptions:
+            raise ValueError(f"{section.__name__}.{field.name} has no Meta(description=...)")
+        limits = _limits(field.type, metadata)
+        description = descriptions[0] + (f" Limits: {limits}." if limits else "")
+        yield (
+            f"`{prefix}{field.name}`",
+            _type(field.type),
             _default(field),
             description.replace("|", "\\|"),
         )
 
 
-def _type(annotation: Any, metadata: list[Any]) -> str:
+def _metadata(annotation: Any) -> list[msgspec.Meta]:
+    """Every `Meta` of an annotation, through nested Annotated and unions."""
+    found = []
+    if typing.get_origin(annotation) is typing.Annotated:
+        found = [m for m in annotation.__metadata__ if isinstance(m, msgspec.Meta)]
+    for argument in typing.get_args(annotation):
+        if typing.get_origin(annotation) in (typing.Annotated, typing.Union, types.UnionType):
+            found += _metadata(argument)
+    return found
+
+
+def _type(annotation: Any) -> str:
     """A reader's name for a field's type."""
-    if any(isinstance(m, BeforeValidator) and m.func is config.parse_duration for m in metadata):
-        return "duration"
     origin, arguments = typing.get_origin(annotation), typing.get_args(annotation)
     if origin is typing.Annotated:
-        return _type(arguments[0], list(arguments[1:]))
+        return _type(arguments[0])
     if origin in (typing.Union, types.UnionType):
         kept = [argument for argument in arguments if argument is not type(None)]
-        kinds = dict.fromkeys(_type(argument, metadata) for argument in kept)
+        kinds = dict.fromkeys(_type(argument) for argument in kept)
         return " or ".join(kinds)  # a union of sections is one "mapping"
     if origin is Literal:
         return " \\| ".join(f"`{value}`" for value in arguments)
     if origin is list:
-        return f"list of {_type(arguments[0], [])}"
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return "mapping"
-    names: dict[Any, str] = {
-        str: "string",
-        bool: "boolean",
-        int: "integer",
-        float: "number",
-        Path: "path",
-        ByteSize: "size",
-        SecretStr: "secret",
-    }
-    return names.get(annotation, getattr(annotation, "__name__", str(annotation)))
+        return f"list of {_type(arguments[0])}"
+    names: list[tuple[type, str]] = [
+        (Section, "mapping"),
+        (Duration, "duration"),
+        (ByteSize, "size"),
+        (Secret, "secret"),
+        (Path, "path"),
+        (HttpUrl, "URL"),
+        (list, "list of string"),
+        (str, "string"),
+        (bool, "boolean"),
+        (int, "integer"),
+        (float, "number"),
+    ]
+    return next(name for kind, name in names if issubclass(annotation, kind))
 
 
-def _default(field: FieldInfo) -> str:
-    if field.is_required():
+def _default(field: msgspec.structs.FieldInfo) -> str:
+    if field.required:
         return "required"
-    value = field.get_default(call_default_factory=True)
+    value = field.default if field.default_factory is msgspec.NODEFAULT else field.default_factory()
     if value is None:
         return "unset"
-    if isinstance(value, BaseModel):
+    if isinstance(value, Section):
         return "(below)"
-    metadata = field.metadata + [
-        item
-        for argument in typing.get_args(field.annotation)
-        for item in getattr(argument, "__metadata__", ())
-    ]
-    if _type(field.annotation, metadata) == "duration":
+    if isinstance(value, Duration):
         return f"`{_duration(float(value))}`"
     if isinstance(value, ByteSize):
         return f"`{_size(int(value))}`"
@@ -163,19 +179,26 @@ def _size(count: int) -> str:
     return f"{count} bytes"
 
 
-def _limits(field: FieldInfo) -> str:
-    """The field's constraints, in words."""
+def _limits(annotation: Any, metadata: list[msgspec.Meta]) -> str:
+    """The field's constraints, in words (an integer's int64 ceiling goes without saying)."""
     found = []
-    for item in field.metadata:
-        if isinstance(item, annotated_types.Ge):
+    for item in metadata:
+        if item.ge is not None:
             found.append(f">= {_number(item.ge)}")
-        elif isinstance(item, annotated_types.Le):
+        if item.le is not None and item.le != INT64_MAX:
             found.append(f"<= {_number(item.le)}")
-        elif isinstance(item, annotated_types.MinLen):
+        if item.min_length is not None:
             found.append(f"at least {item.min_length} item" + "s" * (item.min_length != 1))
-        elif getattr(item, "pattern", None):
+        if item.pattern is not None:
             found.append(f"matches `{item.pattern}`")
+    if PositiveDuration in _custom_types(annotation):
+        found.append("> 0")
     return ", ".join(found)
+
+
+def _custom_types(annotation: Any) -> list[Any]:
+    arguments = typing.get_args(annotation)
+    return [annotation] if not arguments else [t for a in arguments for t in _custom_types(a)]
 
 
 def _number(value: Any) -> str:

@@ -21,7 +21,7 @@ from typing import Any
 
 import structlog
 
-from tbmirror.config import Settings
+from tbmirror.config import settings_from
 from tbmirror.errors import TbmirrorError
 from tbmirror.local_mlflow import LocalMlflowServer
 from tbmirror.service.daemon import Daemon
@@ -72,9 +72,9 @@ def _mirror(
     log_sweep(server.url, stop)
     trainer = threading.Thread(target=train, args=(server.url, stop), daemon=True)
     trainer.start()
-    settings = Settings.model_validate(
+    settings = settings_from(
         {
-            "mirror": {"root": directory / "logs", "state": directory / "state.db"},
+            "mirror": {"root": str(directory / "logs"), "state": str(directory / "state.db")},
             "sources": [
                 {
                     "name": "demo",
@@ -86,7 +86,8 @@ def _mirror(
             ],
             "tensorboard": {"port": port, "reload_interval": 1},
             "health": {"port": health_port},
-        }
+        },
+        origin="the demo's settings",
     )
     announced = threading.Event()
 

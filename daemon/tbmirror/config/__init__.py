@@ -2,8 +2,10 @@
 
 The shape of the file lives in this package and only here: schema.py (the top level and its
 sections) with one module per source kind's settings (mlflow.py, uploads.py, auth.py), base.py
-(what every section checks), values.py (durations, URLs, hosts, paths), loading.py (YAML,
-`${ENV_VAR}`, validation) and rendering.py (errors as the operator reads them).
+(what every section is), values.py (durations, sizes, URLs, hosts, secrets, paths), loading.py
+(YAML, `${ENV_VAR}`, conversion) and rendering.py (errors as the operator reads them). The
+sections are msgspec structs: building them imports no schema machinery, which keeps every
+command's start short (`benchmarks/start.py`).
 `load_settings` either returns settings that the rest of tbmirror can trust or raises
 `ConfigError` whose message names the file, the key path (`sources[0].poll_interval`) and what
 was expected.
@@ -14,15 +16,8 @@ source's engine, the scheduler, TensorBoard and the health endpoint never meet a
 cannot use. No error message shows a secret, a line of the file or a URL's user:password@.
 """
 
-import os
-
-# pydantic reads every installed distribution's entry points for plugins when the first model
-# class is built: ~40 million instructions in a large environment, at every command's start.
-# tbmirror's settings use no plugin; an operator who wants one sets the variable to "".
-os.environ.setdefault("PYDANTIC_DISABLE_PLUGINS", "__all__")
-
 from tbmirror.config.auth import Auth, AzureAuth, BasicAuth, BearerAuth, DatabricksAuth
-from tbmirror.config.loading import load_settings, parse_settings
+from tbmirror.config.loading import load_settings, parse_settings, settings_from
 from tbmirror.config.mlflow import ArtifactSettings, MlflowSourceSettings
 from tbmirror.config.schema import (
     HealthSettings,
@@ -62,5 +57,6 @@ __all__ = [
     "load_settings",
     "parse_duration",
     "parse_settings",
+    "settings_from",
     "without_userinfo",
 ]

@@ -1,62 +1,43 @@
-"""The base of every section of the file, and of sections holding a secret."""
+"""The base of every section of the file, of sections told apart by `type`, and of sections
+holding a secret."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
-from pydantic import BaseModel, ByteSize, ConfigDict, SecretStr, field_validator
+import msgspec
 
-from tbmirror.config.values import INT64, MAX_SECRET_FILE_BYTES, read_small_file
+from tbmirror.config.values import MAX_SECRET_FILE_BYTES, read_small_file
 from tbmirror.errors import ConfigError
 
 
-class Section(BaseModel):
-    """A section of the file: unknown keys refused, floats finite, and every value in the range
-    the code that uses it can take (checked for every field of every section; `_lax_inputs`
-    refuses what pydantic's lax mode would quietly take)."""
+class Section(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    """A section of the file: unknown keys refused, read-only once built (every subclass says
+    `frozen=True` again: msgspec inherits it, type checkers do not).
 
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
-
-    @field_validator("*", mode="after")
-    @classmethod
-    def _in_range(cls, value: Any) -> Any:
-        if isinstance(value, ByteSize) and not 0 < value <= INT64[1]:
-            raise ValueError("expected a size greater than 0 (and below 8 EiB)")
-        if isinstance(value, int) and not isinstance(value, bool):
-            if value > INT64[1]:
-                raise ValueError(f"expected at most {INT64[1]}")
-            if value < INT64[0]:
-                raise ValueError(f"expected at least {INT64[0]}")
-        return value
+    Every field is `Annotated[<type>, msgspec.Meta(description=..., <limits>)]`, the reference
+    (config_reference.py) is generated from these. Its type or its limits check every value in
+    the range the code that uses it can take (an unbounded integer: `le=INT64_MAX`); a check of
+    one value is its type (values.py), a check across the section's values is `__post_init__`
+    raising ValueError."""
 
 
-class SecretSource(Section):
-    """A secret given inline (use ${ENV_VAR}) or as a file (e.g. systemd LoadCredential=).
+class TaggedSection(Section, tag_field="type", frozen=True):
+    """A member of a union of sections told apart by their `type` key (`tag=` of the class)."""
+
+    @property
+    def type(self) -> str:
+        """The `type:` that selects this section."""
+        return str(self.__struct_config__.tag)
+
+
+class SecretSource(TaggedSection, frozen=True):
+    """A section with secrets given inline (`Secret`; use ${ENV_VAR}) or as a file
+    (`<field>_file`, an `AbsolutePath`, e.g. systemd LoadCredential=).
 
     A secret is one line: an inline one with a CR, LF or NUL is refused at validation, a file is
     checked when it is read (on first use) and may end with a newline. Errors name the key or the
     file, never the content."""
-
-    @field_validator("*", mode="after")
-    @classmethod
-    def _one_line(cls, value: Any) -> Any:
-        if isinstance(value, SecretStr):
-            secret = value.get_secret_value()
-            if not secret.strip():
-                raise ValueError("expected a secret, not an empty value")
-            if any(character in secret for character in "\r\n\0"):
-                raise ValueError("expected one line (no CR, LF or NUL)")
-        return value
-
-    @field_validator("*", mode="after")
-    @classmethod
-    def _absolute_file(cls, value: Any) -> Any:
-        """A secret file is named by an absolute path: the daemon's working directory is not
-        the operator's."""
-        if isinstance(value, Path) and not value.is_absolute():
-            raise ValueError("expected an absolute path")
-        return value
 
     def secret(self, field: str) -> str:
         """The secret `field`, or the content of `<field>_file` when that is set (trimmed)."""
@@ -83,12 +64,8 @@ class SecretSource(Section):
             )
         return text
 
-    @staticmethod
-    def _one_of(settings: Section, field: str, required: bool = True) -> None:
-        given = [
-            getattr(settings, field) is not None,
-            getattr(settings, f"{field}_file") is not None,
-        ]
+    def _one_of(self, field: str, required: bool = True) -> None:
+        given = [getattr(self, field) is not None, getattr(self, f"{field}_file") is not None]
         if all(given):
             raise ValueError(f"give either {field} or {field}_file, not both")
         if required and not any(given):

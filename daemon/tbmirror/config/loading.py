@@ -1,20 +1,21 @@
-"""Loading the file: read, parse the YAML safely, interpolate `${ENV_VAR}`, validate against
-the schema, and refuse what pydantic's lax mode would quietly take."""
+"""Loading the file: read, parse the YAML safely, interpolate `${ENV_VAR}`, and build the settings
+(msgspec, each section and each source apart so the first problem of each is named; a string
+given for a number or a boolean is read as one, as `${PORT}` gives a string)."""
 
 from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, get_args
+from typing import Any
 
+import msgspec
 import yaml
-from pydantic import BaseModel, ValidationError
 
 from tbmirror import parsers
-from tbmirror.config.rendering import describe, key_path
-from tbmirror.config.schema import Settings
+from tbmirror.config.rendering import describe, key_path, line, unknown_key
+from tbmirror.config.schema import Location, Settings, SourceSettings, relations
+from tbmirror.config.values import convert_value
 from tbmirror.errors import ConfigError, ParseError
 
 _ENV_REFERENCE = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
@@ -45,43 +46,53 @@ def parse_settings(text: str, origin: str = "<config>", offline: bool = False) -
         raise ConfigError(str(error)) from None
     if not isinstance(document, dict):
         raise ConfigError(f"{origin}: expected a mapping with 'mirror' and 'sources' at the top")
-    document = _interpolate(document, (), origin)
-    try:
-        settings = Settings.model_validate(document, context={"offline": offline})
-    except ValidationError as error:
-        raise ConfigError(describe(error, origin)) from None
-    problems = [
-        f"{origin}: {key_path(where)}: {what}"
-        for where, what in _lax_inputs(settings, document, ())
+    return settings_from(_interpolate(document, (), origin), origin, offline)
+
+
+def settings_from(
+    document: dict[str, Any], origin: str = "<config>", offline: bool = False
+) -> Settings:
+    """Settings from the file's parsed and interpolated `document` (or one a program built), or
+    ConfigError with one line per problem: every section and every source is converted apart
+    (so each one's first problem is named), then the sections are checked against each other."""
+    fields = {field.name: field for field in msgspec.structs.fields(Settings)}
+    problems: list[tuple[Location, str]] = [
+        unknown_key((name,), document) for name in document if name not in fields
     ]
+    parts: dict[str, Any] = {}
+    for name, field in fields.items():
+        if name not in document:
+            if field.required:
+                problems.append(((name,), "required key is missing"))
+        elif name == "sources" and isinstance(document[name], list) and document[name]:
+            parts[name] = [
+                _convert(item, SourceSettings, (name, index), document, problems)
+                for index, item in enumerate(document[name])
+            ]
+        else:
+            parts[name] = _convert(document[name], field.type, (name,), document, problems)
+    if not problems:
+        settings = Settings(**parts)
+        problems = list(relations(settings, offline))
     if problems:
-        raise ConfigError("\n".join(problems))
+        raise ConfigError("\n".join(line(origin, where, what) for where, what in problems))
     return settings
 
 
-def _lax_inputs(
-    section: BaseModel, raw: Any, where: tuple[str | int, ...]
-) -> Iterator[tuple[tuple[str | int, ...], str]]:
-    """Values of the file that validated only because pydantic is lax, and what was expected:
-    true/false for a number (`port: true` would be port 1), an empty path (the working
-    directory)."""
-    if not isinstance(raw, dict):
-        return
-    for name, field in type(section).model_fields.items():
-        if name not in raw:
-            continue
-        value, given = getattr(section, name), raw[name]
-        kinds = get_args(field.annotation) or (field.annotation,)
-        if isinstance(value, BaseModel):
-            yield from _lax_inputs(value, given, (*where, name))
-        elif isinstance(value, list) and isinstance(given, list):
-            for index, (item, item_given) in enumerate(zip(value, given, strict=False)):
-                if isinstance(item, BaseModel):
-                    yield from _lax_inputs(item, item_given, (*where, name, index))
-        elif isinstance(given, bool) and not isinstance(value, bool):
-            yield (*where, name), "expected a number, not true or false"
-        elif isinstance(given, str) and not given.strip() and Path in kinds:
-            yield (*where, name), "expected a path"
+def _convert(
+    value: Any,
+    kind: Any,
+    location: Location,
+    document: dict[str, Any],
+    problems: list[tuple[Location, str]],
+) -> Any:
+    """`value` (at `location` of `document`) as a `kind`, or None with its problem added to
+    `problems`."""
+    try:
+        return msgspec.convert(value, kind, strict=False, dec_hook=convert_value)
+    except msgspec.ValidationError as error:
+        problems.append(describe(error, location, document))
+        return None
 
 
 class _Loader(yaml.SafeLoader):

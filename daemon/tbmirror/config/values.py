@@ -1,6 +1,9 @@
-"""Value parsers and checks of the config file's values: durations, URLs, hosts, paths, small
-files. Each raises ValueError saying what was expected, never quoting the value (it may be a
-secret); pydantic turns that into an error naming the key."""
+"""The config file's values that msgspec cannot check alone (durations, sizes, URLs, hosts,
+secrets, absolute paths), their parsers, and the file-system helpers of the checks.
+
+A value type builds itself from what YAML gave with `from_config`, which raises ValueError saying
+what was expected, never quoting the value (it may be a secret); `convert_value` is the hook
+msgspec calls for them, and turns that ValueError into an error naming the key."""
 
 from __future__ import annotations
 
@@ -11,16 +14,16 @@ import os
 import re
 import stat
 import urllib.parse
-from pathlib import Path
-from typing import Annotated, Literal
+from pathlib import Path, PosixPath
+from typing import Annotated, Any, Literal, Self
 
 import httpx
-from pydantic import BeforeValidator, Field, ValidationInfo
+from msgspec import Meta
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
 _HOST_NAME = re.compile(r"^(?!-)[A-Za-z0-9_-]{1,63}(?<!-)(\.(?!-)[A-Za-z0-9_-]{1,63}(?<!-))*\.?$")
-INT64 = (-(2**63), 2**63 - 1)
+INT64_MAX = 2**63 - 1  # the largest integer SQLite and the code using a count can hold
 MAX_DURATION_SECONDS = 366 * 86400.0  # longer is a mistake (and overflows timers)
 MAX_SECRET_FILE_BYTES = 64 * 1024
 DEFAULT_MAX_FILE_SIZE = 2 * 1024**3  # of a file mirrored (tfevents, CSV, ...)
@@ -116,15 +119,144 @@ def listen_host(value: str) -> str:
     return value
 
 
-Duration = Annotated[float, BeforeValidator(parse_duration)]
-SourceName = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")]
+SourceName = Annotated[str, Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")]
 RunStatus = Literal["RUNNING", "SCHEDULED", "FINISHED", "FAILED", "KILLED"]
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([A-Za-z]{0,3})\s*$")
+_SIZE_UNITS = {
+    "": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12, "pb": 10**15,
+    "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40, "pib": 2**50,
+}  # fmt: skip
 
 
-def is_offline(info: ValidationInfo) -> bool:
-    """Whether the file is checked alone (`check --offline`): paths compared as written, never
-    looked up on this machine's disk."""
-    return bool(info.context and info.context.get("offline"))
+def convert_value(kind: type, value: Any) -> Any:
+    """msgspec's hook for the types it cannot build alone: a value of `kind` from what the file
+    gave, or ValueError saying what was expected."""
+    if kind is Path:
+        return Path(_path_text(value))
+    from_config = getattr(kind, "from_config", None)
+    if from_config is None:
+        raise NotImplementedError(kind)  # a schema bug: msgspec reports "unsupported type"
+    return from_config(value)
+
+
+class Duration(float):
+    """Seconds, written `500ms`, `10s`, `5m`, `1h`, `1d` or as a number of seconds."""
+
+    @classmethod
+    def from_config(cls, value: object) -> Self:
+        return cls(parse_duration(value))
+
+
+class PositiveDuration(Duration):
+    """A duration greater than 0."""
+
+    @classmethod
+    def from_config(cls, value: object) -> Self:
+        seconds = super().from_config(value)
+        if seconds <= 0:
+            raise ValueError("expected a duration greater than 0")
+        return seconds
+
+
+class ByteSize(int):
+    """A number of bytes, written `512MiB`, `2GiB`, `10GB` or as a number, from 1 to `maximum`."""
+
+    maximum = INT64_MAX
+
+    @classmethod
+    def from_config(cls, value: object) -> Self:
+        count: float | None = None
+        if isinstance(value, int) and not isinstance(value, bool):
+            count = value
+        elif isinstance(value, float) and value.is_integer():
+            count = int(value)
+        elif isinstance(value, str) and (match := _SIZE.match(value)):
+            unit = _SIZE_UNITS.get(match.group(2).lower())
+            if unit is not None:
+                count = int(float(match.group(1)) * unit)
+        if count is None:
+            raise ValueError("expected a size like '512MiB', '2GiB', '10GB' or a number of bytes")
+        if not 0 < count <= cls.maximum:
+            raise ValueError(f"expected a size greater than 0 and at most {cls.maximum:,} bytes")
+        return cls(count)
+
+
+class HttpUrl(str):
+    """An http(s) base URL requests can be sent to (see `http_url`)."""
+
+    @classmethod
+    def from_config(cls, value: object) -> Self:
+        if not isinstance(value, str):
+            raise ValueError("expected an http:// or https:// (or azureml://) URL")
+        return cls(http_url(value))
+
+
+class ListenHost(str):
+    """A host to listen on (see `listen_host`)."""
+
+    @classmethod
+    def from_config(cls, value: object) -> Self:
+        return cls(listen_host(value if isinstance(value, str) else ""))
+
+
+class OneLine(str):
+    """Text on one line (no CR, LF or NUL), without the spaces around it."""
+
+    @classmethod
+    def from_config(cls, value: object) -> Self:
+        if not isinstance(value, str):
+            raise ValueError("expected a string")
+        if any(character in value for character in "\r\n\0"):
+            raise ValueError("expected one line (no CR, LF or NUL)")
+        return cls(value.strip())
+
+
+class AbsolutePath(PosixPath):
+    """A path from the root (the daemon's working directory is not the operator's)."""
+
+    @classmethod
+    def from_config(cls, value: object) -> Self:
+        path = cls(_path_text(value))
+        if not path.is_absolute():
+            raise ValueError("expected an absolute path")
+        return path
+
+
+class Secret:
+    """A secret given inline: one line, never shown (`repr` and `str` hide it)."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    @classmethod
+    def from_config(cls, value: object) -> Self:
+        if not isinstance(value, str) or not value.strip():
+            raise ValueError("expected a secret, not an empty value")
+        if any(character in value for character in "\r\n\0"):
+            raise ValueError("expected one line (no CR, LF or NUL)")
+        return cls(value)
+
+    def get_secret_value(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('**********')"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+
+def _path_text(value: object) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError("expected a path")
+    return value
 
 
 def absolute_path(path: Path | str, offline: bool) -> str:

@@ -22,6 +22,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+import msgspec
 import structlog
 
 from tbmirror import logs
@@ -262,7 +263,7 @@ class Daemon:
 def _restart_needed(old: TensorBoardSettings, new: TensorBoardSettings) -> bool:
     """Whether TensorBoard must restart for a change of its settings: not for `public_url`
     alone, which only the daemon's banner and status show."""
-    return new.model_copy(update={"public_url": old.public_url}) != old
+    return msgspec.structs.replace(new, public_url=old.public_url) != old
 
 
 def _keep_freed_memory_returned() -> None:

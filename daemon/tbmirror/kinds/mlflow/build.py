@@ -7,6 +7,7 @@ from __future__ import annotations
 import threading
 
 import httpx
+import msgspec
 
 from tbmirror.config import MlflowSourceSettings, azureml_workspace, without_userinfo
 from tbmirror.config.auth import DatabricksAuth
@@ -43,12 +44,11 @@ def with_cloud_defaults(settings: MlflowSourceSettings) -> MlflowSourceSettings:
         search_rate = DATABRICKS_SEARCH_RATE if databricks else rate
     if rate is None and databricks:
         rate = DATABRICKS_RATE
-    return settings.model_copy(
-        update={
-            "artifacts": settings.artifacts.model_copy(update={"store": store}),
-            "max_requests_per_second": rate,
-            "max_search_requests_per_second": search_rate,
-        }
+    return msgspec.structs.replace(
+        settings,
+        artifacts=msgspec.structs.replace(settings.artifacts, store=store),
+        max_requests_per_second=rate,
+        max_search_requests_per_second=search_rate,
     )
 
 

@@ -8,6 +8,8 @@ import difflib
 import time
 from collections import Counter
 
+import msgspec
+
 from tbmirror.checks import Finding
 from tbmirror.config import MlflowSourceSettings, without_userinfo
 from tbmirror.engine.mlflow.selection import Selection
@@ -23,7 +25,7 @@ def check(settings: MlflowSourceSettings) -> list[Finding]:
     """The server answers as MLflow, and every configured experiment name or glob matches."""
     name, url = settings.name, without_userinfo(settings.tracking_uri)
     try:
-        source = build_source(settings.model_copy(update={"max_retries": 0}))
+        source = build_source(msgspec.structs.replace(settings, max_retries=0))
     except TbmirrorError as error:  # a secret file that cannot be read
         return [Finding(name, False, str(error))]
     try:
