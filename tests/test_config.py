@@ -184,6 +184,53 @@ def test_a_missing_environment_variable_names_the_key(monkeypatch: pytest.Monkey
         parse_settings(GOOD.replace("127.0.0.1:5000/", "${NO_SUCH_VARIABLE}"))
 
 
+def test_numbers_and_booleans_given_as_strings_are_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`${VAR}` always gives a string: `port: ${PORT}` must still be a port."""
+    monkeypatch.setenv("PORT", "6008")
+    text = GOOD + "tensorboard: {port: '${PORT}', enabled: 'false', memory_budget: 1.5GiB}\n"
+    tensorboard = parse_settings(text).tensorboard
+    assert (tensorboard.port, tensorboard.enabled) == (6008, False)
+    assert tensorboard.memory_budget == 1024**3 * 3 // 2
+
+
+@pytest.mark.parametrize(
+    ("size", "expected"),
+    [("512MiB", 512 * 1024**2), ("10GB", 10 * 10**9), ("1.5 KiB", 1536), (4096, 4096),
+     ("8kb", 8000), ("100", 100)],
+)  # fmt: skip
+def test_sizes_are_read_in_their_units(size: str | int, expected: int) -> None:
+    text = GOOD + f"    max_response_bytes: {size}\n"
+    assert parse_settings(text).sources[0].max_response_bytes == expected
+
+
+def test_each_section_and_source_names_its_own_problem() -> None:
+    text = (
+        GOOD.replace("poll_interval: 10s", "poll_interval: 0")
+        + "  - {name: jobs, type: uploads, path: relative}\n"
+        + "  - {name: other, type: s3}\n"
+        + "tensorboard: {port: 0}\nhealth: {colour: red}\n"
+    )
+    with pytest.raises(ConfigError) as raised:
+        parse_settings(text, origin="my.yaml")
+    assert str(raised.value).splitlines() == [
+        "my.yaml: sources[0].poll_interval: expected a duration greater than 0 (got 0)",
+        "my.yaml: sources[1].path: expected an absolute path (got 'relative')",
+        "my.yaml: sources[2].type: expected one of 'mlflow', 'uploads' (got 's3')",
+        "my.yaml: tensorboard.port: expected an integer at least 1 (got 0)",
+        "my.yaml: health.colour: unknown key",
+    ]
+
+
+def test_a_secret_is_never_shown_by_the_settings() -> None:
+    text = GOOD + "    auth: {type: bearer, token: hunter2-token}\n"
+    settings = parse_settings(text)
+    auth = settings.sources[0].auth
+    assert "hunter2" not in repr(settings) and "hunter2" not in str(auth)
+    assert auth is not None and auth.secret("token") == "hunter2-token"
+    assert parse_settings(text) == settings  # a reload of the same file changes nothing
+    assert parse_settings(text.replace("hunter2", "hunter3")) != settings
+
+
 @pytest.mark.e2e  # starts `tbmirror` (or another process)
 def test_cli_exits_78_on_a_bad_config(tmp_path: Path) -> None:
     path = tmp_path / "bad.yaml"

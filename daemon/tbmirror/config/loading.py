@@ -57,7 +57,7 @@ def settings_from(
     (so each one's first problem is named), then the sections are checked against each other."""
     fields = {field.name: field for field in msgspec.structs.fields(Settings)}
     problems: list[tuple[Location, str]] = [
-        unknown_key((name,), document) for name in document if name not in fields
+        unknown_key((str(name),), document) for name in document if name not in fields
     ]
     parts: dict[str, Any] = {}
     for name, field in fields.items():

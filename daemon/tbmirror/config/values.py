@@ -232,7 +232,9 @@ class Secret:
 
     @classmethod
     def from_config(cls, value: object) -> Self:
-        if not isinstance(value, str) or not value.strip():
+        if not isinstance(value, str):
+            raise ValueError("expected a string (a secret of digits only is written in quotes)")
+        if not value.strip():
             raise ValueError("expected a secret, not an empty value")
         if any(character in value for character in "\r\n\0"):
             raise ValueError("expected one line (no CR, LF or NUL)")
