@@ -196,11 +196,32 @@ def test_numbers_and_booleans_given_as_strings_are_read(monkeypatch: pytest.Monk
 @pytest.mark.parametrize(
     ("size", "expected"),
     [("512MiB", 512 * 1024**2), ("10GB", 10 * 10**9), ("1.5 KiB", 1536), (4096, 4096),
-     ("8kb", 8000), ("100", 100)],
+     ("8kb", 8000), ("100", 100), ("512M", 512 * 10**6), (".5GB", 5 * 10**8),
+     ("9007199254740993", 2**53 + 1), ("1EiB", 2**60)],
 )  # fmt: skip
 def test_sizes_are_read_in_their_units(size: str | int, expected: int) -> None:
     text = GOOD + f"    max_response_bytes: {size}\n"
     assert parse_settings(text).sources[0].max_response_bytes == expected
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ("max_response_bytes: '" + "9" * 400 + "KiB'", "max_response_bytes: expected a size"),
+        ("max_response_bytes: '0.1'", "max_response_bytes: expected a size greater than 0"),
+        ("max_requests_per_second: '1e400'", "max_requests_per_second: expected a number within"),
+        ("artifacts: {1: x}", "artifacts: expected every key to be a string"),
+        ("auth: {type: null}", "auth.type: expected one of 'basic', 'bearer', 'databricks'"),
+        ("experiments: [2020-01-01]", "experiments[0]: expected a string, not a date"),
+        ("auth: {type: basic, username: u, password: 1234}", "auth.password: expected a string"),
+    ],
+)  # fmt: skip
+def test_unusual_values_get_an_error_naming_the_key(change: str, message: str) -> None:
+    text = GOOD + f"    {change}\n"
+    with pytest.raises(ConfigError) as raised:
+        parse_settings(text, origin="my.yaml")
+    assert f"my.yaml: sources[0].{message}" in str(raised.value), str(raised.value)
+    assert "\n" not in str(raised.value) and "1234" not in str(raised.value)
 
 
 def test_each_section_and_source_names_its_own_problem() -> None:

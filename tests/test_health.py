@@ -9,7 +9,7 @@ from typing import Any
 
 from msgspec.structs import replace
 
-from tbmirror.config import HealthSettings, TensorBoardSettings
+from tbmirror.config import HealthSettings, TensorBoardSettings, parse_settings
 from tbmirror.config.schema import PublicUrl
 from tbmirror.service.daemon import _restart_needed
 from tbmirror.service.health import LIVENESS_SECONDS, HealthReport, heartbeat
@@ -67,8 +67,19 @@ def test_a_heartbeat_keeps_liveness_through_a_step_longer_than_its_window() -> N
         assert probes.report.live()[0], probes.report.live()[1]
 
 
+PROXIED = """
+mirror: {root: /r, state: /s.db}
+sources: [{name: a, type: mlflow, tracking_uri: "http://h", experiments: [e]}]
+tensorboard: {public_url: "https://x.org/tb/", path_prefix: /tb}
+"""
+
+
 def test_only_tensorboards_own_settings_restart_it_not_the_public_url() -> None:
     old = TensorBoardSettings()
     assert not _restart_needed(old, replace(old, public_url=PublicUrl("https://x.org/")))
     assert _restart_needed(old, replace(old, port=6007))
     assert _restart_needed(old, replace(old, reload_interval=30))
+    proxied = parse_settings(PROXIED).tensorboard
+    moved = parse_settings(PROXIED.replace("/tb", "/tb2")).tensorboard
+    assert _restart_needed(proxied, moved) and _restart_needed(moved, proxied)
+    assert _restart_needed(proxied, old) and _restart_needed(old, proxied)

@@ -13,7 +13,6 @@ import pytest
 
 from tbmirror.app import KINDS
 from tbmirror.config import SourceSettings, parse_settings
-from tbmirror.config.schema import SourceKindSettings
 from tbmirror.errors import TbmirrorError
 from tbmirror.journal import Journal
 from tbmirror.kinds.base import Registry, Schedule
@@ -34,7 +33,7 @@ def _sources() -> list[SourceSettings]:
 
 
 def test_every_kind_the_schema_accepts_has_a_plugin() -> None:
-    models = get_args(SourceKindSettings)
+    models = get_args(SourceSettings)
     assert len(models) >= 2
     sources = _sources()
     assert {type(source) for source in sources} == set(models)  # CONFIG has one of each kind

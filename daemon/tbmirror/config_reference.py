@@ -55,7 +55,10 @@ seconds (got 'soon')`.
 Value formats:
 
 - **duration**: `500ms`, `10s`, `5m`, `1h`, `1d`, or a bare number of seconds (at most 366 days).
-- **size**: `512MiB`, `2GiB`, `10GB` or a number of bytes.
+- **size**: `512MiB`, `2GiB` (powers of 1024), `10GB` or `10G` (powers of 1000), or a number of
+  bytes.
+- **numbers and booleans** may be written as strings, as `${{NAME}}` gives them: `"6006"`,
+  `"true"`, `"false"`, `"1"`, `"0"` (and `"null"` is null).
 - **`${{NAME}}`** in any string is replaced by the environment variable `NAME` (an unset one is
   an error naming the key); `$$` is a literal `$`.
 - **secret**: one line; write `${{ENV_VAR}}` or use the matching `*_file` key rather than the
@@ -191,8 +194,11 @@ def _limits(annotation: Any, metadata: list[msgspec.Meta]) -> str:
             found.append(f"at least {item.min_length} item" + "s" * (item.min_length != 1))
         if item.pattern is not None:
             found.append(f"matches `{item.pattern}`")
-    if PositiveDuration in _custom_types(annotation):
-        found.append("> 0")
+    for kind in _custom_types(annotation):
+        if kind is PositiveDuration:
+            found.append("> 0")
+        elif isinstance(kind, type) and issubclass(kind, ByteSize) and kind.maximum != INT64_MAX:
+            found.append(f"<= {_size(kind.maximum)}")
     return ", ".join(found)
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import msgspec
 
-from tbmirror.config.values import MAX_SECRET_FILE_BYTES, read_small_file
+from tbmirror.config.values import MAX_SECRET_FILE_BYTES, is_one_line, read_small_file
 from tbmirror.errors import ConfigError
 
 
@@ -58,7 +58,7 @@ class SecretSource(TaggedSection, frozen=True):
             raise ConfigError(f"{name}: expected UTF-8 text") from None
         if not text:
             raise ConfigError(f"{name}: expected a secret, the file is empty")
-        if any(character in text for character in "\r\n\0"):
+        if not is_one_line(text):
             raise ConfigError(
                 f"{name}: expected the secret on one line (found a second line, a CR or a NUL)"
             )

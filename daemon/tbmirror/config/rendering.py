@@ -16,6 +16,7 @@ from tbmirror.config.schema import Location, Settings
 from tbmirror.config.values import without_userinfo
 
 _SECRET_FIELD = re.compile(r"password|token|secret|key", re.IGNORECASE)
+_WHERE = re.compile(r"(.*) - at `(key` in `)?\$(.*)`", re.DOTALL)
 _PATH_PART = re.compile(r"\.([^.\[]+)|\[(\d+)\]")
 _KINDS = {
     "int": "an integer",
@@ -25,6 +26,11 @@ _KINDS = {
     "array": "a list",
     "object": "a mapping",
     "null": "null",
+    "NoneType": "null",
+    "date": "a date",
+    "datetime": "a date and time",
+    "time": "a time",
+    "bytes": "binary data",
 }
 _BOUNDS = {">=": "at least", "<=": "at most", ">": "greater than", "<": "less than"}
 
@@ -44,12 +50,14 @@ def line(origin: str, location: Location, message: str) -> str:
 def describe(error: msgspec.ValidationError, base: Location, document: Any) -> tuple[Location, str]:
     """Where in the file and what is wrong, for msgspec's `error` converting the value at `base`
     of the `document` (read to name the choices, the known keys and the value given)."""
-    text, at, path = str(error).rpartition(" - at `$")
-    if not at:
-        text, path = str(error), ""
+    text, path, of_key = str(error), "", False
+    if where := _WHERE.fullmatch(text):
+        text, of_key, path = where.group(1), bool(where.group(2)), where.group(3)
     location = base + tuple(
-        int(index) if index else name for name, index in _PATH_PART.findall(path.rstrip("`"))
+        int(index) if index else name for name, index in _PATH_PART.findall(path)
     )
+    if of_key:  # a mapping's key that is not a string (`1: x`)
+        return location, "expected every key to be a string"
     if match := re.fullmatch(r"Object (missing required|contains unknown) field `(.*)`", text):
         location += (match.group(2),)
         if match.group(1) == "missing required":
@@ -71,6 +79,10 @@ def describe(error: msgspec.ValidationError, base: Location, document: Any) -> t
 
 def _expected(text: str, location: Location, document: Any) -> str:
     """msgspec's `Expected ...` in words; our own checks' messages as they are."""
+    if location and location[-1] == "type" and (tags := _choices(location, document)):
+        return f"expected one of {', '.join(map(repr, tags))}"  # whatever was wrong with it
+    if text in ("Number out of range", "Integer value out of range"):
+        return "expected a number within the key's limits (see the configuration reference)"
     if match := re.fullmatch(r"Expected `(.+?)`, got `(.+?)`", text):
         return f"expected {_kinds(match.group(1))}, not {_kinds(match.group(2))}"
     if match := re.fullmatch(r"Expected `(.+?)` of length (>=|<=) (\d+)", text):

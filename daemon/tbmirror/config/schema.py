@@ -3,7 +3,7 @@ which source settings `sources` may hold (one member per kind, told apart by `ty
 checks across sections (`relations`).
 
 A source kind's settings section lives in its own module of this package (mlflow.py,
-uploads.py); it is a member of `SourceKindSettings` below, and its behaviour is registered in
+uploads.py); it is a member of `SourceSettings` below, and its behaviour is registered in
 tbmirror.app's registry of kinds.
 """
 
@@ -63,8 +63,7 @@ class MirrorSettings(Section, frozen=True):
 
 
 # One member per kind of source (tbmirror.app.KINDS holds what each kind does).
-SourceKindSettings: TypeAlias = MlflowSourceSettings | UploadsSourceSettings
-SourceSettings: TypeAlias = SourceKindSettings
+SourceSettings: TypeAlias = MlflowSourceSettings | UploadsSourceSettings
 
 
 class LoggingSettings(Section, frozen=True):
@@ -80,9 +79,10 @@ class PublicUrl(HttpUrl):
 
     @classmethod
     def from_config(cls, value: object) -> Self:
-        if isinstance(value, str) and "@" in urllib.parse.urlsplit(value).netloc:
+        url = HttpUrl.from_config(value)  # a valid URL: its parts can be read
+        if "@" in urllib.parse.urlsplit(url).netloc:
             raise ValueError("expected a URL without user:password@ (sign-in is the proxy's job)")
-        return cls(f"{HttpUrl.from_config(value)}/")
+        return cls(f"{url}/")
 
 
 class TensorBoardSettings(Section, frozen=True):

@@ -14,6 +14,7 @@ import os
 import re
 import stat
 import urllib.parse
+from fractions import Fraction
 from pathlib import Path, PosixPath
 from typing import Annotated, Any, Literal, Self
 
@@ -121,11 +122,15 @@ def listen_host(value: str) -> str:
 
 SourceName = Annotated[str, Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")]
 RunStatus = Literal["RUNNING", "SCHEDULED", "FINISHED", "FAILED", "KILLED"]
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([A-Za-z]{0,3})\s*$")
+_SIZE = re.compile(r"^\s*(\d{0,40}\.?\d{1,40})\s*([A-Za-z]{0,3})\s*$")
+_DECIMAL_UNITS = {"k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12, "p": 10**15, "e": 10**18}
 _SIZE_UNITS = {
-    "": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12, "pb": 10**15,
-    "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40, "pib": 2**50,
-}  # fmt: skip
+    "": 1,
+    "b": 1,
+    **_DECIMAL_UNITS,  # `512M` is 512 MB, as pydantic read it
+    **{f"{prefix}b": size for prefix, size in _DECIMAL_UNITS.items()},
+    **{f"{prefix}ib": 2 ** (10 * power) for power, prefix in enumerate("kmgtpe", start=1)},
+}
 
 
 def convert_value(kind: type, value: Any) -> Any:
@@ -165,7 +170,7 @@ class ByteSize(int):
 
     @classmethod
     def from_config(cls, value: object) -> Self:
-        count: float | None = None
+        count: int | None = None
         if isinstance(value, int) and not isinstance(value, bool):
             count = value
         elif isinstance(value, float) and value.is_integer():
@@ -173,7 +178,7 @@ class ByteSize(int):
         elif isinstance(value, str) and (match := _SIZE.match(value)):
             unit = _SIZE_UNITS.get(match.group(2).lower())
             if unit is not None:
-                count = int(float(match.group(1)) * unit)
+                count = int(Fraction(match.group(1)) * unit)  # exact: no float rounding
         if count is None:
             raise ValueError("expected a size like '512MiB', '2GiB', '10GB' or a number of bytes")
         if not 0 < count <= cls.maximum:
@@ -206,7 +211,7 @@ class OneLine(str):
     def from_config(cls, value: object) -> Self:
         if not isinstance(value, str):
             raise ValueError("expected a string")
-        if any(character in value for character in "\r\n\0"):
+        if not is_one_line(value):
             raise ValueError("expected one line (no CR, LF or NUL)")
         return cls(value.strip())
 
@@ -236,7 +241,7 @@ class Secret:
             raise ValueError("expected a string (a secret of digits only is written in quotes)")
         if not value.strip():
             raise ValueError("expected a secret, not an empty value")
-        if any(character in value for character in "\r\n\0"):
+        if not is_one_line(value):
             raise ValueError("expected one line (no CR, LF or NUL)")
         return cls(value)
 
@@ -253,6 +258,11 @@ class Secret:
 
     def __hash__(self) -> int:
         return hash(self._value)
+
+
+def is_one_line(text: str) -> bool:
+    """Whether `text` has no CR, LF or NUL (a header, a path, a search filter)."""
+    return not any(character in text for character in "\r\n\0")
 
 
 def _path_text(value: object) -> str:

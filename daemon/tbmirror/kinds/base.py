@@ -29,7 +29,8 @@ class Schedule(NamedTuple):
 
 
 class SourceKind(Protocol[S]):
-    """One kind of source; `settings` is the model (with its `type:` literal) it answers to."""
+    """One kind of source; `settings` is the settings section (whose `tag` is its `type:`) it
+    answers to."""
 
     @property
     def settings(self) -> type[Any]: ...

@@ -22,7 +22,6 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-import msgspec
 import structlog
 
 from tbmirror import logs
@@ -263,7 +262,11 @@ class Daemon:
 def _restart_needed(old: TensorBoardSettings, new: TensorBoardSettings) -> bool:
     """Whether TensorBoard must restart for a change of its settings: not for `public_url`
     alone, which only the daemon's banner and status show."""
-    return msgspec.structs.replace(new, public_url=old.public_url) != old
+    return any(
+        getattr(new, field) != getattr(old, field)
+        for field in new.__struct_fields__
+        if field != "public_url"
+    )
 
 
 def _keep_freed_memory_returned() -> None:
