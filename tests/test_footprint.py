@@ -6,10 +6,13 @@ at the seams (no server: the pages are bytes, the store a file).
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import subprocess
 import sys
 import time
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
@@ -126,3 +129,50 @@ def test_a_first_syncs_selection_forgets_the_runs_placed_since() -> None:
     assert "kid-of-kept" in placed and len(placed) == count + 2
     assert stream.out == {"failed": STATUS, "kid-of-failed": PARENT}
     assert most <= 2 * PRUNE_DECIDED, f"{most} decided run ids held at once"
+
+
+def _footprint_benchmark() -> ModuleType:
+    """benchmarks/footprint.py as a module (it imports its neighbour common.py)."""
+    benchmarks = Path(__file__).parent.parent / "benchmarks"
+    sys.path.insert(0, str(benchmarks))
+    try:
+        spec = importlib.util.spec_from_file_location("footprint", benchmarks / "footprint.py")
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module  # (its dataclasses look their module up there)
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(benchmarks))
+    return module
+
+
+def synced(full: bool, points: int = 0, bytes: int = 0) -> dict[str, object]:
+    """A `source_synced` event as the daemon logs it."""
+    return {"event": "source_synced", "full": full, "points": points, "bytes": bytes,
+            "runs": 3, "planned": 0, "requests": 2, "duration_ms": 5}  # fmt: skip
+
+
+def test_a_daemon_from_empty_is_caught_up_after_a_full_pass_that_wrote_nothing(
+    tmp_path: Path,
+) -> None:
+    """--daemon-from-empty follows the daemon's passes until a full one after the backfill wrote
+    nothing (idle quick passes before it do not count), with the peak RSS of a live process."""
+    footprint = _footprint_benchmark()
+    backfill, quick, wrote = synced(True, 9, 90), synced(False), synced(True, 1, 10)
+    assert not footprint.caught_up([backfill])
+    assert not footprint.caught_up([backfill, quick, wrote, quick])
+    assert footprint.caught_up([backfill, quick, wrote, synced(True)])
+    log_path = tmp_path / "daemon.log"
+    lines = [backfill, quick, synced(True)]
+    log_path.write_text("not json\n" + "".join(json.dumps(e) + "\n" for e in lines))
+    daemon = subprocess.Popen(["sleep", "60"])
+    try:
+        passes, backfill_peak, peak = footprint.follow_passes(log_path, daemon, 30)
+    finally:
+        daemon.kill()
+        daemon.wait()
+    assert passes == lines
+    assert 0 < backfill_peak <= peak, (backfill_peak, peak)
+    log_path.write_text(json.dumps(backfill) + "\n")
+    with pytest.raises(SystemExit, match="the daemon exited"):
+        footprint.follow_passes(log_path, subprocess.Popen(["true"]), 30)
