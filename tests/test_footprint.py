@@ -11,17 +11,24 @@ import json
 import subprocess
 import sys
 import time
+import weakref
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import pytest
 
-from tbmirror.config import MlflowSourceSettings
+from tbmirror.config import MlflowSourceSettings, parse_settings
+from tbmirror.engine.mlflow.engine import MlflowEngine
 from tbmirror.engine.mlflow.selection import PARENT, PRUNE_DECIDED, STATUS, Selection
+from tbmirror.journal import Journal
 from tbmirror.journal.store import Store
-from tbmirror.model import RunRecord, RunSnapshot
+from tbmirror.mirror.layout import MirrorLayout
+from tbmirror.model import MetricPoint, RunRecord, RunSnapshot
 from tbmirror.sources.http import BadAnswerError
+from tbmirror.sources.mlflow import RunListing
 from tbmirror.sources.responses import RunsPage, pages
+from test_seams import ScriptedRuns
 
 ENDPOINT = "runs/search"
 
@@ -176,3 +183,42 @@ def test_a_daemon_from_empty_is_caught_up_after_a_full_pass_that_wrote_nothing(
     log_path.write_text(json.dumps(backfill) + "\n")
     with pytest.raises(SystemExit, match="the daemon exited"):
         footprint.follow_passes(log_path, subprocess.Popen(["true"]), 30)
+
+
+def test_a_pass_lets_go_of_its_listing(tmp_path: Path) -> None:
+    """A daemon's full pass after its backfill reads 100,000 runs again: the listing of the pass
+    before (with its set of 100,000 listed ids) is not held meanwhile. After a pass, nothing
+    holds its listing (the proofs of absence it gathered were for it alone)."""
+    settings = parse_settings(
+        f"mirror: {{root: {tmp_path / 'root'}, state: {tmp_path / 'state.db'}}}\n"
+        "sources: [{name: s, type: mlflow, tracking_uri: 'http://mlflow.invalid', "
+        "experiments: [e], on_delete: remove}]\n"
+    ).sources[0]
+    assert isinstance(settings, MlflowSourceSettings)
+    journal = Journal.open(MirrorLayout(tmp_path / "root"), tmp_path / "state.db")
+    journal.own(settings.name)
+    source = ScriptedRuns(settings)
+    listings: list[weakref.ref[RunListing]] = []
+    list_runs = source.list_runs
+
+    def listed(*args: Any, **kwargs: Any) -> RunListing:
+        listing = list_runs(*args, **kwargs)
+        listings.append(weakref.ref(listing))
+        return listing
+
+    source.list_runs = listed  # type: ignore[method-assign]
+    source.add("a", [MetricPoint(1, 0, 0.5)])
+    source.add("b", [MetricPoint(1, 0, 0.5)])
+    engine = MlflowEngine(source, journal)
+    try:
+        for _ in range(2):
+            report = engine.run_pass(full=True)
+            assert (report.failure, report.runs_listed) == (None, 2), report
+            assert listings[-1]() is None, "the pass's listing is held after it"
+        del source.runs["b"]
+        source.states["b"] = "gone"  # (proven absent: the proofs are gathered for its listing)
+        report = engine.run_pass(full=True)
+        assert (report.failure, report.runs_removed) == (None, 1), report
+        assert listings[-1]() is None, "the pass's listing is held after it"
+    finally:
+        journal.close()
