@@ -185,10 +185,8 @@ def test_a_daemon_from_empty_is_caught_up_after_a_full_pass_that_wrote_nothing(
         footprint.follow_passes(log_path, subprocess.Popen(["true"]), 30)
 
 
-def test_a_pass_lets_go_of_its_listing(tmp_path: Path) -> None:
-    """A daemon's full pass after its backfill reads 100,000 runs again: the listing of the pass
-    before (with its set of 100,000 listed ids) is not held meanwhile. After a pass, nothing
-    holds its listing (the proofs of absence it gathered were for it alone)."""
+def _scripted_engine(tmp_path: Path) -> tuple[MlflowEngine, ScriptedRuns, Journal]:
+    """An engine on a ScriptedRuns source "s" (experiment "1", "e"), its mirror in tmp_path."""
     settings = parse_settings(
         f"mirror: {{root: {tmp_path / 'root'}, state: {tmp_path / 'state.db'}}}\n"
         "sources: [{name: s, type: mlflow, tracking_uri: 'http://mlflow.invalid', "
@@ -198,6 +196,14 @@ def test_a_pass_lets_go_of_its_listing(tmp_path: Path) -> None:
     journal = Journal.open(MirrorLayout(tmp_path / "root"), tmp_path / "state.db")
     journal.own(settings.name)
     source = ScriptedRuns(settings)
+    return MlflowEngine(source, journal), source, journal
+
+
+def test_a_pass_lets_go_of_its_listing(tmp_path: Path) -> None:
+    """A daemon's full pass after its backfill reads 100,000 runs again: the listing of the pass
+    before (with its set of 100,000 listed ids) is not held meanwhile. After a pass, nothing
+    holds its listing (the proofs of absence it gathered were for it alone)."""
+    engine, source, journal = _scripted_engine(tmp_path)
     listings: list[weakref.ref[RunListing]] = []
     list_runs = source.list_runs
 
@@ -209,7 +215,6 @@ def test_a_pass_lets_go_of_its_listing(tmp_path: Path) -> None:
     source.list_runs = listed  # type: ignore[method-assign]
     source.add("a", [MetricPoint(1, 0, 0.5)])
     source.add("b", [MetricPoint(1, 0, 0.5)])
-    engine = MlflowEngine(source, journal)
     try:
         for _ in range(2):
             report = engine.run_pass(full=True)
@@ -220,5 +225,30 @@ def test_a_pass_lets_go_of_its_listing(tmp_path: Path) -> None:
         report = engine.run_pass(full=True)
         assert (report.failure, report.runs_removed) == (None, 1), report
         assert listings[-1]() is None, "the pass's listing is held after it"
+    finally:
+        journal.close()
+
+
+def test_run_directories_are_looked_up_in_the_store(tmp_path: Path) -> None:
+    """Placement holds no set of every run's directory (100,000 of them): a directory taken by
+    a run committed in an earlier pass or chunk is found in the store, one placed in the chunk
+    being made is held until its batch commits."""
+    engine, source, journal = _scripted_engine(tmp_path)
+    try:
+
+        def named(run_id: str, name: str) -> RunSnapshot:
+            point = MetricPoint(1, 0, 0.5)
+            return RunSnapshot(run_id, "1", name, "FINISHED", "active", 1, 2, None,
+                               latest={"m": point})  # fmt: skip
+
+        source.series.update({(i, "m"): [MetricPoint(1, 0, 0.5)] for i in ("a1", "a2", "a3")})
+        source.runs["a1"] = named("a1", "same")
+        assert engine.run_pass().failure is None
+        source.runs["a2"], source.runs["a3"] = named("a2", "same"), named("a3", "same")
+        assert engine.run_pass().failure is None
+        dirs = {run_id: record.dir for run_id, record in engine.placement.records.items()}
+        assert dirs == {"a1": "s/e/same", "a2": "s/e/same-a2", "a3": "s/e/same-a3"}, dirs
+        assert engine.placement._new_dirs == set()
+        assert journal.run_dir_taken("s/e/same-a2") and not journal.run_dir_taken("s/e/other")
     finally:
         journal.close()
