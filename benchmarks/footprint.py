@@ -80,11 +80,12 @@ def raise_open_files() -> int:
     return resource.getrlimit(resource.RLIMIT_NOFILE)[1]
 
 
-def server_port(work: Path, keep_mirror: bool) -> int:
-    """A free port, or with --keep-mirror the port the last invocation's server had: the MLflow
-    link in every run's text names it, and a new one would rewrite 100,000 texts."""
+def server_port(work: Path, keep: bool) -> int:
+    """A free port, or if `keep` (--keep-mirror, or --mirror: the workdir's mirror is left as it
+    is) the port the last invocation's server had: the MLflow link in every run's text names it,
+    and a new one would rewrite 100,000 texts."""
     saved = work / "server-port"
-    port = int(saved.read_text()) if keep_mirror and saved.exists() else free_port()
+    port = int(saved.read_text()) if keep and saved.exists() else free_port()
     saved.write_text(f"{port}\n")
     return port
 
@@ -279,7 +280,8 @@ def measure_daemon(args: argparse.Namespace, results: Results) -> None:
     """Run the benchmark; print and record its figures."""
     work = args.workdir or Path(tempfile.mkdtemp(prefix="tbmirror-footprint-"))
     work.mkdir(parents=True, exist_ok=True)
-    server = LocalMlflowServer(work / "mlflow", port=server_port(work, args.keep_mirror))
+    port = server_port(work, args.keep_mirror or args.mirror is not None)
+    server = LocalMlflowServer(work / "mlflow", port=port)
     store = open_store(server)
     build_runs(store, EXPERIMENT, args.runs, [f"key_{k:02d}" for k in range(args.keys)], 1)
     store.engine.dispose()
