@@ -6,6 +6,7 @@ at the seams (no server: the pages are bytes, the store a file).
 
 from __future__ import annotations
 
+import ctypes
 import importlib.util
 import json
 import subprocess
@@ -185,13 +186,18 @@ def test_a_daemon_from_empty_is_caught_up_after_a_full_pass_that_wrote_nothing(
         footprint.follow_passes(log_path, subprocess.Popen(["true"]), 30)
 
 
-def _scripted_engine(tmp_path: Path) -> tuple[MlflowEngine, ScriptedRuns, Journal]:
-    """An engine on a ScriptedRuns source "s" (experiment "1", "e"), its mirror in tmp_path."""
-    settings = parse_settings(
+def _config(tmp_path: Path) -> str:
+    """A config of a mirror in `tmp_path` with one MLflow source "s" (experiment "e")."""
+    return (
         f"mirror: {{root: {tmp_path / 'root'}, state: {tmp_path / 'state.db'}}}\n"
         "sources: [{name: s, type: mlflow, tracking_uri: 'http://mlflow.invalid', "
         "experiments: [e], on_delete: remove}]\n"
-    ).sources[0]
+    )
+
+
+def _scripted_engine(tmp_path: Path) -> tuple[MlflowEngine, ScriptedRuns, Journal]:
+    """An engine on a ScriptedRuns source "s" (experiment "1", "e"), its mirror in tmp_path."""
+    settings = parse_settings(_config(tmp_path)).sources[0]
     assert isinstance(settings, MlflowSourceSettings)
     journal = Journal.open(MirrorLayout(tmp_path / "root"), tmp_path / "state.db")
     journal.own(settings.name)
@@ -252,3 +258,37 @@ def test_run_directories_are_looked_up_in_the_store(tmp_path: Path) -> None:
         assert journal.run_dir_taken("s/e/same-a2") and not journal.run_dir_taken("s/e/other")
     finally:
         journal.close()
+
+
+ALLOCATES = """
+import ctypes, sys
+from tbmirror import app, config
+if len(sys.argv) > 1:  # a process that opens a journal, as `tbmirror run` and `sync` do
+    app.open_journal(config.parse_settings(sys.argv[1])).close()
+class MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in ("arena", "ordblks", "smblks", "hblks",
+                "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
+libc = ctypes.CDLL(None)
+libc.mallinfo2.restype = MallInfo2
+page = bytearray(4 << 20)  # a listing page, served by mmap, freed
+del page
+before = libc.mallinfo2().hblks
+pages = [bytearray(1 << 20) for _ in range(4)]
+print(libc.mallinfo2().hblks - before)  # of these, the blocks served by mmap
+"""
+
+
+@pytest.mark.skipif(
+    not hasattr(ctypes.CDLL(None), "mallinfo2"), reason="the C library is not glibc >= 2.33"
+)
+def test_a_mirroring_process_hands_large_freed_blocks_back(tmp_path: Path) -> None:
+    """Once a 4 MiB block was freed, glibc serves the next 1 MiB blocks from its heap (where
+    what they leave stays with the process); in a process that opened a journal, by mmap (handed
+    back when freed)."""
+
+    def mmapped(*args: str) -> int:
+        result = subprocess.run([sys.executable, "-c", ALLOCATES, *args], capture_output=True,
+                                text=True, check=True)  # fmt: skip
+        return int(result.stdout.splitlines()[-1])
+
+    assert (mmapped(), mmapped(_config(tmp_path))) == (0, 4)
