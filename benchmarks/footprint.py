@@ -16,6 +16,10 @@ interrupted build is completed by the next invocation) an experiment of --runs F
      over `full_listing_interval`;
 against a Python that only imports tbmirror (its RSS). --sync-only: step 1 alone; --mirror DIR:
 the mirror and its state in DIR (made empty first) instead of the workdir (which keeps its own).
+--daemon-from-empty: instead of steps 1-3, the daemon (TensorBoard off) started on the empty
+mirror: its peak RSS (VmHWM) once its first pass (the backfill) is logged, and again once a later
+full pass wrote nothing (caught up, checked by a complete listing); each pass's kind, duration,
+requests and runs whose cursors were read.
 Targets: peak RSS <= 150 MB (the sync's and the daemon's), its first pass reading no cursor of
 a run (none changed), idle CPU <= 2 % of one core over the window; a
 window in which no full listing fell (one shorter than `full_listing_interval`) adds the
@@ -23,7 +27,7 @@ amortised full listing to its CPU.
 
 Usage: python benchmarks/footprint.py [--runs 100000 --keys 20] [--window 600] [--workdir DIR]
            [--build-only] [--artifacts] [--keep-mirror] [--no-listing-cpu] [--sync-only]
-           [--mirror DIR]
+           [--mirror DIR] [--daemon-from-empty]
 """
 
 from __future__ import annotations
@@ -76,11 +80,12 @@ def raise_open_files() -> int:
     return resource.getrlimit(resource.RLIMIT_NOFILE)[1]
 
 
-def server_port(work: Path, keep_mirror: bool) -> int:
-    """A free port, or with --keep-mirror the port the last invocation's server had: the MLflow
-    link in every run's text names it, and a new one would rewrite 100,000 texts."""
+def server_port(work: Path, keep: bool) -> int:
+    """A free port, or if `keep` (--keep-mirror, or --mirror: the workdir's mirror is left as it
+    is) the port the last invocation's server had: the MLflow link in every run's text names it,
+    and a new one would rewrite 100,000 texts."""
     saved = work / "server-port"
-    port = int(saved.read_text()) if keep_mirror and saved.exists() else free_port()
+    port = int(saved.read_text()) if keep and saved.exists() else free_port()
     saved.write_text(f"{port}\n")
     return port
 
@@ -160,6 +165,68 @@ def full_listing(config: Path) -> tuple[float, float, int]:
     return cpu, wall, report.requests
 
 
+def caught_up(passes: list[dict[str, Any]]) -> bool:
+    """Whether a daemon's `source_synced` events show it caught up: a full pass after its first
+    one (the backfill) that wrote nothing (a complete listing found every run mirrored)."""
+    return any(e["full"] and not e["points"] and not e["bytes"] for e in passes[1:])
+
+
+def follow_passes(
+    log_path: Path, daemon: subprocess.Popen[bytes], timeout: float
+) -> tuple[list[dict[str, Any]], float, float]:
+    """The daemon's passes until it caught up (`caught_up`), and its VmHWM (MB) once its first
+    pass was logged and at the end."""
+    deadline = time.monotonic() + timeout
+    backfill_peak = None
+    while time.monotonic() < deadline:
+        passes = [e for e in events(log_path) if e.get("event") == "source_synced"]
+        if passes and backfill_peak is None:
+            backfill_peak = status_mb(daemon.pid, "VmHWM")
+            print(f"first pass logged: VmHWM {backfill_peak:.1f} MB", flush=True)
+        if backfill_peak is not None and caught_up(passes):
+            return passes, backfill_peak, status_mb(daemon.pid, "VmHWM")
+        if daemon.poll() is not None:
+            raise SystemExit(f"the daemon exited ({daemon.returncode}); see {log_path}")
+        time.sleep(1)
+    raise SystemExit(f"the daemon did not catch up within {timeout:.0f} s; see {log_path}")
+
+
+def from_empty(args: argparse.Namespace, config: Path, log_path: Path, results: Results) -> None:
+    """Measure the daemon started on an empty mirror (--daemon-from-empty); print and record."""
+    started = time.monotonic()
+    daemon = start_daemon(config, log_path)
+    try:
+        passes, backfill_peak, peak = follow_passes(log_path, daemon, 2 * 3600)
+    finally:
+        stop_process_group(daemon)
+    wall = time.monotonic() - started
+    results.workload = (
+        f"{args.runs:,} finished runs x {args.keys} keys x 1 point; the daemon (TensorBoard off) "
+        "started on an empty mirror, at its default intervals; artifact listings "
+        f"{'on' if args.artifacts else 'off'}"
+    )
+    print(f"workload: {results.workload}")
+    for number, event in enumerate(passes, 1):
+        print(f"  pass {number} ({'full' if event['full'] else 'quick'}): "
+              f"{event['duration_ms'] / 1000:.1f} s, {event['requests']:,} requests, "
+              f"{event['runs']:,} runs listed, {event['planned']:,} runs' cursors read, "
+              f"{event['points']:,} points")  # fmt: skip
+    backfill = passes[0]
+    after = next(e for e in passes[1:] if e["full"])
+    print(f"peak RSS (VmHWM) once the backfill was logged: {backfill_peak:.1f} MB; once caught "
+          f"up ({len(passes)} passes, {wall:.0f} s): {peak:.1f} MB; target <= "
+          f"{RSS_TARGET:.0f} MB: {met(peak <= RSS_TARGET)}")  # fmt: skip
+    results.add("the daemon's backfill pass", backfill["duration_ms"] / 1000, "s")
+    results.add("peak RSS (VmHWM) once the backfill was logged", backfill_peak, "MB",
+                f"<= {RSS_TARGET:.0f} MB", backfill_peak <= RSS_TARGET)  # fmt: skip
+    results.add("the full pass after the backfill", after["duration_ms"] / 1000, "s")
+    results.add("the full pass after the backfill: runs whose cursors were read",
+                after["planned"], "runs", "0", after["planned"] == 0)  # fmt: skip
+    results.add("passes until caught up", len(passes), "passes")
+    results.add("peak RSS (VmHWM) once caught up", peak, "MB", f"<= {RSS_TARGET:.0f} MB",
+                peak <= RSS_TARGET)  # fmt: skip
+
+
 def met(ok: bool) -> str:
     return "met" if ok else "MISSED"
 
@@ -190,6 +257,11 @@ def main() -> None:
         help="measure the first backfill alone (no daemon, no listing CPU)",
     )  # fmt: skip
     parser.add_argument(
+        "--daemon-from-empty", action="store_true",
+        help="measure the daemon (TensorBoard off) started on the empty mirror, until caught up, "
+        "instead of a sync and a daemon on its mirror",
+    )  # fmt: skip
+    parser.add_argument(
         "--mirror", type=Path,
         help="the mirror and its state here (made empty first), not in --workdir",
     )  # fmt: skip
@@ -198,6 +270,8 @@ def main() -> None:
         parser.error("--runs, --keys and --window must be positive")
     if args.sync_only and args.keep_mirror:
         parser.error("--sync-only measures the backfill that --keep-mirror skips")
+    if args.daemon_from_empty and (args.sync_only or args.keep_mirror):
+        parser.error("--daemon-from-empty starts on an empty mirror, without a sync")
     with Results("footprint") as results:
         measure_daemon(args, results)
 
@@ -206,7 +280,8 @@ def measure_daemon(args: argparse.Namespace, results: Results) -> None:
     """Run the benchmark; print and record its figures."""
     work = args.workdir or Path(tempfile.mkdtemp(prefix="tbmirror-footprint-"))
     work.mkdir(parents=True, exist_ok=True)
-    server = LocalMlflowServer(work / "mlflow", port=server_port(work, args.keep_mirror))
+    port = server_port(work, args.keep_mirror or args.mirror is not None)
+    server = LocalMlflowServer(work / "mlflow", port=port)
     store = open_store(server)
     build_runs(store, EXPERIMENT, args.runs, [f"key_{k:02d}" for k in range(args.keys)], 1)
     store.engine.dispose()
@@ -225,9 +300,16 @@ def measure_daemon(args: argparse.Namespace, results: Results) -> None:
         config = write_config(
             mirror, server.url, EXPERIMENT,
             source={"artifacts": {"enabled": args.artifacts}},
-            tensorboard={"port": free_port()}, health={"port": free_port()},
+            tensorboard=(
+                {"enabled": False} if args.daemon_from_empty else {"port": free_port()}
+            ),
+            health={"port": free_port()},
             logging={"level": "debug"},  # every pass's source_synced, idle ones too
         )  # fmt: skip
+        log_path = mirror / "daemon.log"
+        if args.daemon_from_empty:
+            from_empty(args, config, log_path, results)
+            return
         backfill = None if args.keep_mirror else run_sync(config)
         if args.sync_only:
             assert backfill is not None
@@ -238,7 +320,6 @@ def measure_daemon(args: argparse.Namespace, results: Results) -> None:
             print(f"workload: {results.workload}")
             report_backfill(args, backfill, results)
             return
-        log_path = mirror / "daemon.log"
         daemon = start_daemon(config, log_path)
         baseline = subprocess.Popen(
             [sys.executable, "-c", "import tbmirror.cli, time; time.sleep(3600)"]

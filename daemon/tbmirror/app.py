@@ -17,7 +17,7 @@ from typing import Any
 
 import structlog
 
-from tbmirror import checks, pruning
+from tbmirror import allocator, checks, pruning
 from tbmirror.checks import Finding
 from tbmirror.config import Settings, SourceSettings
 from tbmirror.engine.base import Engine, PassReport, Progress, WatchSpec
@@ -56,7 +56,10 @@ ProgressFor = Callable[[str], AbstractContextManager[Progress | None]]
 
 def open_journal(settings: Settings) -> Journal:
     """Open the store and own every configured source's subtree (both locked for this process),
-    and bring those subtrees back to what the store says (recovery) before anything reads them."""
+    and bring those subtrees back to what the store says (recovery) before anything reads them.
+    The process is one that mirrors from then on: its large freed blocks go back to the system
+    (allocator.py)."""
+    allocator.return_large_blocks()
     layout = MirrorLayout(settings.mirror.root, settings.mirror.archive)
     try:
         layout.root.mkdir(parents=True, exist_ok=True)

@@ -579,6 +579,9 @@ class Journal:
     def experiment_dirs(self, source: str) -> dict[str, tuple[str, str]]:
         return self.store.experiment_dirs(source)
 
+    def run_dir_taken(self, dir: str) -> bool:
+        return self.store.run_dir_taken(dir)
+
     def sources(self) -> set[str]:
         return self.store.sources()
 

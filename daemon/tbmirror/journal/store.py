@@ -266,6 +266,10 @@ class Store:
         is held in memory, 100,000 of them in a first sync)."""
         return bool(self._query("SELECT 1 FROM runs WHERE trial = ? LIMIT 1", (name,)))
 
+    def run_dir_taken(self, dir: str) -> bool:
+        """Whether a run of any source lives in `dir` (relative; indexed: dirs are unique)."""
+        return bool(self._query("SELECT 1 FROM runs WHERE dir = ? LIMIT 1", (dir,)))
+
     def put_run(self, run: RunRecord) -> None:
         values = [getattr(run, name) for name in _RUN_COLUMNS]
         if run.text_digest is not None:  # 64 bits: more than SQLite's signed INTEGER holds

@@ -42,7 +42,7 @@ class Placement:
         self.journal = journal
         self.records: dict[str, RunRecord] = {}  # runs in the root
         self.archived: dict[str, RunRecord] = {}  # runs in the archive
-        self._dirs: set[str] = set()  # the runs' directories (root and archive)
+        self._new_dirs: set[str] = set()  # directories of runs placed, not in the store yet
         self._loaded = False
 
     @property
@@ -55,7 +55,7 @@ class Placement:
             records = self.journal.runs(self.source)
             self.records = {i: r for i, r in records.items() if not layout.is_archived(r.dir)}
             self.archived = {i: r for i, r in records.items() if layout.is_archived(r.dir)}
-            self._dirs = {record.dir for record in records.values()}
+            self._new_dirs = set()
             self._loaded = True
 
     def invalidate(self) -> None:
@@ -66,6 +66,7 @@ class Placement:
         """Take records just committed by a batch."""
         for record in records:
             self.records[record.run_id] = record
+            self._new_dirs.discard(record.dir)
 
     # -- experiments --------------------------------------------------------------------------
 
@@ -112,7 +113,7 @@ class Placement:
             experiment_id = sys.intern(run.experiment_id)  # (shared by its experiment's runs)
             record = RunRecord(self.source, run.run_id, experiment_id, None, dir, run.name, "")
             self.records[run.run_id] = record
-            self._dirs.add(dir)
+            self._new_dirs.add(dir)
         elif record.dir != dir:
             self._move(record.dir, dir)
             moved = True
@@ -151,9 +152,14 @@ class Placement:
             return current_dir
         return self._first_free(candidates, run.run_id)
 
+    def _taken(self, dir: str) -> bool:
+        """Whether `dir` is a run's directory (in the root or the archive): one the store keeps
+        (looked up there: 100,000 directories are not held here), or one placed since."""
+        return dir in self._new_dirs or self.journal.run_dir_taken(dir)
+
     def _first_free(self, candidates: list[str], run_id: str) -> str:
         for candidate in candidates:
-            if candidate not in self._dirs and not self.journal.occupied(candidate):
+            if not self._taken(candidate) and not self.journal.occupied(candidate):
                 return candidate
         raise TbmirrorError(f"no free directory for run {run_id}: {candidates[0]} is taken")
 
@@ -162,9 +168,10 @@ class Placement:
         self.journal.move(self.source, old_dir, new_dir)
         for record in [*self.records.values(), *self.archived.values()]:
             if layout.within(record.dir, old_dir):
-                self._dirs.remove(record.dir)
                 record.dir = new_dir + record.dir[len(old_dir) :]
-                self._dirs.add(record.dir)
+        moved = {dir for dir in self._new_dirs if layout.within(dir, old_dir)}
+        self._new_dirs -= moved
+        self._new_dirs |= {new_dir + dir[len(old_dir) :] for dir in moved}
 
     def remove(self, record: RunRecord) -> None:
         """Forget a deleted run (in the root or archived) and remove its own files and tfevents
@@ -200,7 +207,7 @@ class Placement:
         for run in runs:
             self.records.pop(run.run_id, None)
             self.archived.pop(run.run_id, None)
-            self._dirs.discard(run.dir)
+            self._new_dirs.discard(run.dir)
 
     def reset(self, record: RunRecord) -> None:
         """Forget what was written of a run whose file was lost: the next pass writes it anew."""
@@ -215,7 +222,7 @@ class Placement:
         folders = [layout.sanitize_component(f) for f in artifact.path.split("/")[:-1]]
         folders = folders or ["artifacts"]
         dir = layout.join(*run_dir, *folders)
-        if dir in self._dirs:
+        if self._taken(dir):
             dir = layout.join(*run_dir, layout.disambiguate(folders[0], "tfevents"), *folders[1:])
         return dir
 

@@ -14,6 +14,8 @@ each kind of proof; the rest wait for the next pass.
 
 from __future__ import annotations
 
+import weakref
+
 import structlog
 
 from tbmirror.engine.base import PassReport, RunFailed
@@ -45,7 +47,9 @@ class Removal:
         self.placement = placement
         self.selection = selection
         self._run_failed = run_failed
-        self._absent: tuple[RunListing, dict[str, RunState | None]] | None = None
+        # (the listing is referred to weakly: its set of 100,000 listed ids is let go with it,
+        # not held through the next pass)
+        self._absent: tuple[weakref.ref[RunListing], dict[str, RunState | None]] | None = None
 
     def after_listing(
         self, listing: RunListing, full: bool, out: dict[str, str], report: PassReport
@@ -87,8 +91,9 @@ class Removal:
 
     def _absent_states(self, listing: RunListing, full: bool) -> dict[str, RunState | None]:
         """What runs/get says of each mirrored run a full listing of its experiment does not
-        show (None: no clear answer, or not asked: at most PROOF_CHECKS are), once per listing."""
-        if self._absent is not None and self._absent[0] is listing:
+        show (None: no clear answer, or not asked: at most PROOF_CHECKS are), once per listing
+        (kept while the listing lives)."""
+        if self._absent is not None and self._absent[0]() is listing:
             return self._absent[1]
         states: dict[str, RunState | None] = {}
         if full:
@@ -108,7 +113,7 @@ class Removal:
                 except TbmirrorError as error:  # no proof either way: kept
                     log.warning("run_absent_kept", source=self.source.name, run_id=run_id,
                                 error=str(error))  # fmt: skip
-        self._absent = (listing, states)
+        self._absent = (weakref.ref(listing), states)
         return states
 
     def _remove_deleted(
