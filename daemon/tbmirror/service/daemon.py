@@ -10,7 +10,6 @@ TensorBoard and returns 0.
 
 from __future__ import annotations
 
-import ctypes
 import ipaddress
 import os
 import signal
@@ -38,7 +37,6 @@ from tbmirror.service.tensorboard import TensorBoardSupervisor
 log = structlog.get_logger(__name__)
 
 TICK_SECONDS = 1.0
-M_ARENA_MAX, M_MMAP_THRESHOLD = -8, -3  # glibc's mallopt parameters (malloc.h)
 SHUTDOWN_GRACE_SECONDS = (
     5.0  # then passes still in a request are abandoned (SIGTERM -> exit < 10 s)
 )
@@ -78,7 +76,6 @@ class Daemon:
 
     def run(self) -> int:
         """Serve until SIGTERM/SIGINT; returns the exit code."""
-        _keep_freed_memory_returned()
         signal.signal(signal.SIGTERM, self.request_stop)
         signal.signal(signal.SIGINT, self.request_stop)
         signal.signal(signal.SIGHUP, self._request_reload)
@@ -267,18 +264,6 @@ def _restart_needed(old: TensorBoardSettings, new: TensorBoardSettings) -> bool:
         for field in new.__struct_fields__
         if field != "public_url"
     )
-
-
-def _keep_freed_memory_returned() -> None:
-    """glibc: at most 2 malloc arenas (passes run in pool threads), and blocks of 256 KiB and
-    more (a listing page is ~4 MB) always mapped apart and unmapped when freed, so a long-running
-    daemon's RSS stays near what it holds. Without glibc, nothing."""
-    try:
-        mallopt = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError):
-        return
-    mallopt(M_ARENA_MAX, 2)
-    mallopt(M_MMAP_THRESHOLD, 256 * 1024)
 
 
 def _warn_loopback_links(
