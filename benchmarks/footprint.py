@@ -92,10 +92,18 @@ def server_port(work: Path, keep: bool) -> int:
 
 def events(log_path: Path, offset: int = 0) -> list[dict[str, Any]]:
     """The JSON events of the complete lines the daemon logged from byte `offset` on."""
+    return events_since(log_path, offset)[0]
+
+
+def events_since(log_path: Path, offset: int) -> tuple[list[dict[str, Any]], int]:
+    """The JSON events of the complete lines the daemon logged from byte `offset` on, and the
+    offset after the last of them."""
     with log_path.open("rb") as log:
         log.seek(offset)
-        lines = log.read().split(b"\n")[:-1]
-    return [json.loads(line) for line in lines if line.startswith(b"{")]
+        data = log.read()
+    complete = data[: data.rfind(b"\n") + 1]
+    lines = complete.split(b"\n")
+    return [json.loads(line) for line in lines if line.startswith(b"{")], offset + len(complete)
 
 
 def wait_for(
@@ -165,29 +173,36 @@ def full_listing(config: Path) -> tuple[float, float, int]:
     return cpu, wall, report.requests
 
 
-def caught_up(passes: list[dict[str, Any]]) -> bool:
+def caught_up(passes: list[dict[str, Any]], runs: int) -> bool:
     """Whether a daemon's `source_synced` events show it caught up: a full pass after its first
-    one (the backfill) that wrote nothing (a complete listing found every run mirrored)."""
-    return any(e["full"] and not e["points"] and not e["bytes"] for e in passes[1:])
+    one (the backfill) that listed all `runs`, failed none and wrote nothing (every run was
+    mirrored)."""
+    return any(
+        e["full"] and e["runs"] == runs and not (e["failed_runs"] or e["points"] or e["bytes"])
+        for e in passes[1:]
+    )
 
 
 def follow_passes(
-    log_path: Path, daemon: subprocess.Popen[bytes], timeout: float
+    log_path: Path, daemon: subprocess.Popen[bytes], runs: int, timeout: float
 ) -> tuple[list[dict[str, Any]], float, float]:
     """The daemon's passes until it caught up (`caught_up`), and its VmHWM (MB) once its first
-    pass was logged and at the end."""
+    pass was logged (looked at every 0.1 s, as the next pass starts at once) and at the end."""
     deadline = time.monotonic() + timeout
     backfill_peak = None
+    passes: list[dict[str, Any]] = []
+    offset = 0
     while time.monotonic() < deadline:
-        passes = [e for e in events(log_path) if e.get("event") == "source_synced"]
+        logged, offset = events_since(log_path, offset)
+        passes += [e for e in logged if e.get("event") == "source_synced"]
         if passes and backfill_peak is None:
             backfill_peak = status_mb(daemon.pid, "VmHWM")
             print(f"first pass logged: VmHWM {backfill_peak:.1f} MB", flush=True)
-        if backfill_peak is not None and caught_up(passes):
+        if backfill_peak is not None and caught_up(passes, runs):
             return passes, backfill_peak, status_mb(daemon.pid, "VmHWM")
         if daemon.poll() is not None:
             raise SystemExit(f"the daemon exited ({daemon.returncode}); see {log_path}")
-        time.sleep(1)
+        time.sleep(0.1 if backfill_peak is None else 1)
     raise SystemExit(f"the daemon did not catch up within {timeout:.0f} s; see {log_path}")
 
 
@@ -196,7 +211,7 @@ def from_empty(args: argparse.Namespace, config: Path, log_path: Path, results: 
     started = time.monotonic()
     daemon = start_daemon(config, log_path)
     try:
-        passes, backfill_peak, peak = follow_passes(log_path, daemon, 2 * 3600)
+        passes, backfill_peak, peak = follow_passes(log_path, daemon, args.runs, 2 * 3600)
     finally:
         stop_process_group(daemon)
     wall = time.monotonic() - started

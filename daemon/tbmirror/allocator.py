@@ -1,31 +1,36 @@
-"""The C allocator of a process that mirrors: large blocks go back to the system once freed,
-and at most 2 malloc arenas (passes run in pool threads, each would get its own).
+"""The C allocator of a process that opens the journal (`run`, `sync`, `prune`): large blocks go
+back to the system once freed, and at most 2 malloc arenas (passes run in pool threads; each
+would get an arena of its own).
 
-glibc's malloc serves a block of 128 KiB or more by mmap and returns it when it is freed, but
-then raises that threshold to the size freed (up to 32 MiB): from then on the MBs of every
-listing page are carved from a heap, and what they leave there between long-lived blocks stays
-with the process. Measured on a daemon's full pass after its backfill at 20,000 runs: +4.9 MB of
-peak RSS over the backfill's; +0.6 MB with the threshold held (benchmarks/footprint.py). Holding
-it costs an mmap and a munmap per large block (a page of a listing or of a history).
+Left to itself, glibc's malloc serves a block of 128 KiB or more by mmap and returns it when it
+is freed, but then raises that threshold to the size freed (up to 32 MiB): from then on the MBs
+of every listing page are carved from a heap, and what they leave there between long-lived
+blocks stays with the process. Measured in a process that set nothing, on a full pass after a
+backfill at 20,000 runs: +4.9 MB of peak RSS over the backfill's; +0.6 MB with the threshold
+held (benchmarks/footprint.py's workload). Holding it costs an mmap and a munmap per large block
+(a page of a listing or of a history). An operator's own setting (MALLOC_ARENA_MAX,
+MALLOC_MMAP_THRESHOLD_, GLIBC_TUNABLES) is left as it is.
 """
 
 from __future__ import annotations
 
 import ctypes
+import os
 import sys
 
 M_ARENA_MAX, M_MMAP_THRESHOLD = -8, -3  # glibc's mallopt parameters (malloc.h)
 ARENAS = 2
 LARGE_BLOCK = 128 * 1024  # glibc's default threshold, held there
+OPERATOR_SETTINGS = ("MALLOC_ARENA_MAX", "MALLOC_MMAP_THRESHOLD_", "GLIBC_TUNABLES")
 
 
-def return_large_blocks() -> bool:
+def configure() -> None:
     """Hold glibc's mmap threshold at LARGE_BLOCK (setting it ends its rise) and its arenas at
-    ARENAS. True if set; False with another C library (musl, macOS: nothing to set)."""
-    if not sys.platform.startswith("linux"):
-        return False
+    ARENAS, unless the operator set either; nothing with another C library (musl, macOS)."""
+    if not sys.platform.startswith("linux") or any(os.environ.get(n) for n in OPERATOR_SETTINGS):
+        return
     libc = ctypes.CDLL(None)
     if not hasattr(libc, "gnu_get_libc_version"):
-        return False  # (musl's mallopt does nothing)
-    arenas = libc.mallopt(M_ARENA_MAX, ARENAS)
-    return bool(libc.mallopt(M_MMAP_THRESHOLD, LARGE_BLOCK) and arenas)
+        return  # (musl's mallopt does nothing)
+    libc.mallopt(M_ARENA_MAX, ARENAS)
+    libc.mallopt(M_MMAP_THRESHOLD, LARGE_BLOCK)

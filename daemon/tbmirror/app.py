@@ -57,9 +57,8 @@ ProgressFor = Callable[[str], AbstractContextManager[Progress | None]]
 def open_journal(settings: Settings) -> Journal:
     """Open the store and own every configured source's subtree (both locked for this process),
     and bring those subtrees back to what the store says (recovery) before anything reads them.
-    The process is one that mirrors from then on: its large freed blocks go back to the system
-    (allocator.py)."""
-    allocator.return_large_blocks()
+    From then on the process's large freed blocks go back to the system (allocator.py)."""
+    allocator.configure()
     layout = MirrorLayout(settings.mirror.root, settings.mirror.archive)
     try:
         layout.root.mkdir(parents=True, exist_ok=True)
