@@ -177,9 +177,9 @@ class MlflowSourceSettings(TaggedSection, tag="mlflow", frozen=True):
     full_listing_interval: Annotated[
         Duration,
         Meta(
-            description="How often the daemon lists every run, which sees deletions, renames "
-            "and finished runs; between full listings it lists only running, new and "
-            "just-finished runs."
+            description="How long after a full listing ends the daemon lists every run again, "
+            "which sees deletions, renames and finished runs; between full listings it lists "
+            "only running, new and just-finished runs."
         ),
     ] = Duration(600.0)
     reconcile_interval: Annotated[

@@ -10,9 +10,11 @@ mirrored, and /healthz healthy, within about a poll interval (`source_recovered`
 is the disk's, not the source's: no backoff. The other sources keep their schedule. A pass that
 changed nothing is logged at debug, one that changed something in one info line
 (`source_synced`).
-Every `full_listing_interval` a pass lists every run; in between, quick passes list only running,
-new and just-finished runs. An uploads source is rescanned at `rescan_interval` and, once its
-directory exists, also watched (watcher.py): changed files are synced under the same lock.
+A pass lists every run once `full_listing_interval` has passed since the last such pass ended (a
+backfill or a full listing longer than the interval is not followed at once by another); in
+between, quick passes list only running, new and just-finished runs. An uploads source is
+rescanned at `rescan_interval` and, once its directory exists, also watched (watcher.py):
+changed files are synced under the same lock.
 """
 
 from __future__ import annotations
@@ -199,7 +201,7 @@ class SourceScheduler:
             if not probe:  # a whole ordinary pass went well (a quick probe may miss what the
                 runner.failures = 0  # full listing meets: the backoff keeps growing until then)
         if full:
-            runner.last_full = now
+            runner.last_full = time.monotonic()  # the interval counts from the listing's end
         _log_synced(report, full)
 
     def _retire(self, runner: _Runner) -> None:

@@ -1,10 +1,12 @@
-"""A source a reload removes while its pass is in flight: its metric series go once that pass
-has ended, never before (the pass's own `record` would bring them back). A real scheduler, journal
-and uploads engine; only the engine's pass is held open by the test."""
+"""The scheduler with a real journal and real engines whose passes the tests hold or time: a
+source a reload removes while its pass is in flight (its metric series go once that pass has
+ended, never before: the pass's own `record` would bring them back), and when a full listing
+is due."""
 
 from __future__ import annotations
 
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -60,6 +62,46 @@ def test_a_retired_sources_series_go_after_its_pass_in_flight(
         assert 'source="held"' not in exposed, exposed
     finally:
         release.set()
+        stop.set()
+        scheduler.shutdown(10)
+        mirror.close()
+
+
+def test_a_full_listing_longer_than_its_interval_is_not_followed_by_another(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`full_listing_interval` counts from the end of the last full listing: after a backfill
+    that outlasted it (17 minutes at 100,000 runs), the next poll is a quick pass, not the whole
+    listing again. A real scheduler; the engine's passes are the test's (nothing is fetched)."""
+    settings = parse_settings(
+        f"mirror: {{root: {tmp_path / 'root'}, state: {tmp_path / 'state.db'}}}\n"
+        "sources: [{name: s, type: mlflow, tracking_uri: 'http://mlflow.invalid', "
+        "experiments: [e], poll_interval: 0.2s, full_listing_interval: 3s}]\n"
+    )
+    passes: list[bool] = []
+    mirror = Mirror.open(settings)
+    real_build = mirror.build
+
+    def timed_engine(source: SourceSettings, stop: threading.Event | None) -> Engine:
+        engine = real_build(source, stop)
+
+        def run_pass(full: bool = False, **options: object) -> PassReport:
+            passes.append(full)
+            if len(passes) == 1:
+                time.sleep(3.5)  # the backfill: longer than the interval
+            return PassReport(source.name)
+
+        engine.run_pass = run_pass  # type: ignore[method-assign]
+        return engine
+
+    monkeypatch.setattr(mirror, "build", timed_engine)
+    stop = threading.Event()
+    scheduler = SourceScheduler(mirror, DaemonMetrics(lambda: {}, lambda: None), stop)
+    try:
+        scheduler.start(list(settings.sources))
+        wait_until(lambda: len(passes) >= 3, 30, "three passes")
+        assert passes[:3] == [True, False, False], passes
+    finally:
         stop.set()
         scheduler.shutdown(10)
         mirror.close()
