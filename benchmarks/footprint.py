@@ -6,11 +6,11 @@ interrupted build is completed by the next invocation) an experiment of --runs F
   1. the first backfill, `tbmirror sync` (every run's metrics; with --artifacts, every run's
      artifact listing too): its time, requests and peak RSS (--keep-mirror: skipped, the mirror
      of the last invocation kept, and its server's port);
-  2. the daemon (`tbmirror run`, default intervals: a quick pass every 10 s, a full listing every
-     600 s) on that mirror: once its first pass (a full one) is logged, over --window seconds, its
-     RSS (sampled every SAMPLE s; and its peak, VmHWM, the first pass included), its CPU share and
-     the passes it logged (the full ones: duration, requests); TensorBoard, its child (Python and
-     the data server), apart;
+  2. the daemon (`tbmirror run`, default intervals: a quick pass every 10 s, a full listing 600 s
+     after the last one ended) on that mirror: once its first pass (a full one) is logged, over
+     --window seconds, its RSS (sampled every SAMPLE s; and its peak, VmHWM, the first pass
+     included), its CPU share and the passes it logged (the full ones: duration, requests);
+     TensorBoard, its child (Python and the data server), apart;
   3. once the daemon stopped, in this process: the CPU of a full listing with nothing new (after
      a first pass that loads the engine's state, as the daemon's later passes find it), amortised
      over `full_listing_interval`;
@@ -351,8 +351,8 @@ def measure_daemon(args: argparse.Namespace, results: Results) -> None:
     interval = load_settings(config).sources[0].full_listing_interval
 
     print(f"workload: {args.runs:,} FINISHED runs x {args.keys} keys x 1 point; the daemon at "
-          f"its default intervals (full listing every {interval:.0f} s); artifact listings "
-          f"{'on' if args.artifacts else 'off'}; open files {open_files:,}")  # fmt: skip
+          f"its default intervals (full listing {interval:.0f} s after the last); artifact "
+          f"listings {'on' if args.artifacts else 'off'}; open files {open_files:,}")  # fmt: skip
     if backfill is None:
         print("first backfill: skipped (--keep-mirror)")
     else:

@@ -303,3 +303,6 @@ def test_a_mirroring_process_hands_large_freed_blocks_back(tmp_path: Path) -> No
 
     assert (mmapped(), mmapped(_config(tmp_path))) == (0, 4)
     assert mmapped(_config(tmp_path), MALLOC_MMAP_THRESHOLD_=str(8 << 20)) == 0
+    tunables = f"glibc.malloc.mmap_threshold={8 << 20}"
+    assert mmapped(_config(tmp_path), GLIBC_TUNABLES=tunables) == 0
+    assert mmapped(_config(tmp_path), GLIBC_TUNABLES="glibc.pthread.rseq=0") == 4  # another one

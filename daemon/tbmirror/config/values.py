@@ -122,7 +122,7 @@ def listen_host(value: str) -> str:
 
 SourceName = Annotated[str, Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")]
 RunStatus = Literal["RUNNING", "SCHEDULED", "FINISHED", "FAILED", "KILLED"]
-_SIZE = re.compile(r"^\s*(\d{0,40}\.?\d{1,40})\s*([A-Za-z]{0,3})\s*$")
+_SIZE = re.compile(r"^\s*([0-9]{0,40}\.?[0-9]{1,40})\s*([A-Za-z]{0,3})\s*$")
 _DECIMAL_UNITS = {"k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12, "p": 10**15, "e": 10**18}
 _SIZE_UNITS = {
     "": 1,
