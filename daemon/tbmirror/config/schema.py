@@ -31,6 +31,9 @@ from tbmirror.config.values import (
 )
 
 Location: TypeAlias = tuple[str | int, ...]
+# what TensorBoard and the health endpoint listen on
+Host = Annotated[ListenHost, Meta(description="The address it listens on (IPv4).")]
+Port = Annotated[int, Meta(ge=1, le=65535, description="The port it listens on.")]
 
 
 class MirrorSettings(Section, frozen=True):
@@ -89,10 +92,8 @@ class TensorBoardSettings(Section, frozen=True):
     """The one TensorBoard the daemon runs on the mirror root."""
 
     enabled: Annotated[bool, Meta(description="Run the supervised TensorBoard.")] = True
-    host: Annotated[ListenHost, Meta(description="The address it listens on (IPv4).")] = ListenHost(
-        "127.0.0.1"
-    )
-    port: Annotated[int, Meta(ge=1, le=65535, description="The port it listens on.")] = 6006
+    host: Host = ListenHost("127.0.0.1")
+    port: Port = 6006
     path_prefix: Annotated[
         str,
         Meta(
@@ -171,10 +172,8 @@ class HealthSettings(Section, frozen=True):
     """The /healthz and /metrics endpoint."""
 
     enabled: Annotated[bool, Meta(description="Serve `/healthz` and `/metrics`.")] = True
-    host: Annotated[ListenHost, Meta(description="The address it listens on (IPv4).")] = ListenHost(
-        "127.0.0.1"
-    )
-    port: Annotated[int, Meta(ge=1, le=65535, description="The port it listens on.")] = 9464
+    host: Host = ListenHost("127.0.0.1")
+    port: Port = 9464
     failure_threshold: Annotated[
         int,
         Meta(

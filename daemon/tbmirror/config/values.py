@@ -21,10 +21,11 @@ from typing import Annotated, Any, Literal, Self
 import httpx
 from msgspec import Meta
 
+from tbmirror.mirror.steps import INT64_MAX  # (what SQLite and a count can hold too)
+
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
 _HOST_NAME = re.compile(r"^(?!-)[A-Za-z0-9_-]{1,63}(?<!-)(\.(?!-)[A-Za-z0-9_-]{1,63}(?<!-))*\.?$")
-INT64_MAX = 2**63 - 1  # the largest integer SQLite and the code using a count can hold
 MAX_DURATION_SECONDS = 366 * 86400.0  # longer is a mistake (and overflows timers)
 MAX_SECRET_FILE_BYTES = 64 * 1024
 DEFAULT_MAX_FILE_SIZE = 2 * 1024**3  # of a file mirrored (tfevents, CSV, ...)
